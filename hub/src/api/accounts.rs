@@ -1,0 +1,221 @@
+//! Connected storage accounts: connect (with a real credential check), list, retrieve, update,
+//! disconnect. Credentials are sealed at rest and never returned.
+
+use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
+use crate::auth::Caller;
+use crate::db::{AccountChanges, AccountRecord};
+use crate::error::{ApiError, ApiResult};
+use crate::guard;
+use crate::model::{rfc3339, AccountChangesBody, AccountView, BearerToken, NewAccount, ObjectList};
+use crate::state::{account_aad, now_ms, AppState};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use shared::auth::{generate_token, hash_token};
+use shared::storage::{Connector, ServiceConfig, SettingsError};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_accounts, create_account))
+        .routes(routes!(get_account, patch_account, delete_account))
+}
+
+fn view(r: &AccountRecord, settings: Option<&ServiceConfig>) -> AccountView {
+    AccountView {
+        id: r.id,
+        account: r.name.clone(),
+        service: r.service.clone(),
+        service_name: settings
+            .map(|s| s.display_name().to_owned())
+            .unwrap_or_else(|| r.service.clone()),
+        active: r.active,
+        admin: false,
+        apis: vec!["storage"],
+        created: rfc3339(r.created_ms),
+        modified: rfc3339(r.modified_ms),
+        capabilities: None,
+        bearer_token: None,
+    }
+}
+
+fn settings_error(e: SettingsError) -> ApiError {
+    ApiError::bad_request(e.to_string())
+}
+
+fn validate_display_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.len() > 255 {
+        return Err(ApiError::bad_request("`account` must be 1 to 255 characters"));
+    }
+    Ok(())
+}
+
+/// Parses, guards (SSRF, fs allow-list) and live-checks account settings.
+async fn checked_settings(
+    state: &AppState,
+    service: &str,
+    credentials: serde_json::Value,
+) -> ApiResult<ServiceConfig> {
+    if !credentials.is_object() {
+        return Err(ApiError::bad_request("`credentials` must be an object"));
+    }
+    let mut settings = ServiceConfig::from_parts(service, credentials).map_err(settings_error)?;
+    if let ServiceConfig::Fs(fs) = &mut settings {
+        let canon = guard::check_fs_root(&fs.root, &state.fs_roots)?;
+        fs.root = canon.to_string_lossy().into_owned();
+    }
+    guard::check_endpoint(&settings, state.config.storage.allow_private_endpoints).await?;
+    let connector = Connector::connect(&settings, &state.connect_options)?;
+    connector.check().await?;
+    Ok(settings)
+}
+
+fn seal(state: &AppState, settings: &ServiceConfig, id: i64) -> Vec<u8> {
+    let plain = serde_json::to_vec(settings).unwrap_or_default();
+    state.sealer.seal(&plain, account_aad(id).as_bytes())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct RetrieveOptions {
+    /// Include per-account `capabilities`.
+    #[serde(default)]
+    retrieve_full: Option<bool>,
+}
+
+/// List connected accounts.
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", params(Paging),
+    responses((status = 200, body = ObjectList<AccountView>), CommonErrors))]
+async fn list_accounts(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<ObjectList<AccountView>>> {
+    let (page, size) = paging.resolve()?;
+    let (rows, total) = state
+        .db
+        .list_accounts(
+            caller.app_id,
+            caller.account_id,
+            Paging::offset(page, size) as i64,
+            i64::from(size),
+        )
+        .await?;
+    let objects = rows.iter().map(|r| view(r, None)).collect();
+    Ok(Json(page_of(objects, page, size, total as usize, "meta")))
+}
+
+/// Connect a storage account. The credentials are checked with a real call to the provider
+/// first; the response carries the account's bearer token, shown only this once.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = NewAccount,
+    responses((status = 201, body = AccountView), CommonErrors))]
+async fn create_account(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<NewAccount>,
+) -> ApiResult<(StatusCode, Json<AccountView>)> {
+    if caller.account_id.is_some() {
+        return Err(ApiError::forbidden("an account token cannot connect accounts; use an API key"));
+    }
+    let (record, settings, token) = connect_account(&state, caller.app_id, &body).await?;
+    let mut v = view(&record, Some(&settings));
+    v.bearer_token = Some(BearerToken { key: token });
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// Checks and stores a new account of `app_id`; returns it with its new bearer token.
+pub async fn connect_account(
+    state: &AppState,
+    app_id: i64,
+    body: &NewAccount,
+) -> ApiResult<(AccountRecord, ServiceConfig, String)> {
+    validate_display_name(&body.account)?;
+    let settings = checked_settings(state, &body.service, body.credentials.clone()).await?;
+    let now = now_ms();
+    let record = state
+        .db
+        .create_account(app_id, settings.name(), &body.account, |id| seal(state, &settings, id), now)
+        .await?;
+    let token = generate_token("at_");
+    state
+        .db
+        .create_account_token(record.id, &hash_token(token.expose_secret()), now)
+        .await?;
+    tracing::info!(account = record.id, app = app_id, service = settings.name(), "account connected");
+    Ok((record, settings, token.expose_secret().to_owned()))
+}
+
+/// Retrieve an account.
+#[utoipa::path(get, path = "/v1/accounts/{acc}", tag = "accounts",
+    params(("acc" = String, Path, description = "Account id or `me`"), RetrieveOptions),
+    responses((status = 200, body = AccountView), CommonErrors))]
+async fn get_account(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+    ApiQuery(opts): ApiQuery<RetrieveOptions>,
+) -> ApiResult<Json<AccountView>> {
+    let id = caller.account_id(&acc)?;
+    let account = state.account(caller.app_id, id).await?;
+    let mut v = view(&account.record, Some(&account.settings));
+    if opts.retrieve_full == Some(true) {
+        v.capabilities = serde_json::to_value(account.connector.capabilities()).ok();
+    }
+    Ok(Json(v))
+}
+
+/// Update an account: display name, active flag, or credentials (checked again).
+#[utoipa::path(patch, path = "/v1/accounts/{acc}", tag = "accounts",
+    params(("acc" = String, Path, description = "Account id or `me`")),
+    request_body = AccountChangesBody,
+    responses((status = 200, body = AccountView), CommonErrors))]
+async fn patch_account(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+    ApiJson(body): ApiJson<AccountChangesBody>,
+) -> ApiResult<Json<AccountView>> {
+    let id = caller.account_id(&acc)?;
+    let current = state.account(caller.app_id, id).await?;
+    if let Some(n) = &body.account {
+        validate_display_name(n)?;
+    }
+    let mut changes = AccountChanges {
+        name: body.account.clone(),
+        active: body.active,
+        credentials: None,
+    };
+    let mut settings = current.settings.clone();
+    if let Some(creds) = body.credentials {
+        settings = checked_settings(&state, current.settings.name(), creds).await?;
+        changes.credentials = Some(seal(&state, &settings, id));
+    }
+    let record = state
+        .db
+        .update_account(caller.app_id, id, changes, now_ms())
+        .await?
+        .ok_or_else(|| ApiError::not_found("account"))?;
+    state.forget_account(id);
+    Ok(Json(view(&record, Some(&settings))))
+}
+
+/// Disconnect an account (its files stay where they are).
+#[utoipa::path(delete, path = "/v1/accounts/{acc}", tag = "accounts",
+    params(("acc" = String, Path, description = "Account id or `me`")),
+    responses((status = 204, description = "Disconnected"), CommonErrors))]
+async fn delete_account(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    let id = caller.account_id(&acc)?;
+    if !state.db.delete_account(caller.app_id, id).await? {
+        return Err(ApiError::not_found("account"));
+    }
+    state.forget_account(id);
+    Ok(StatusCode::NO_CONTENT)
+}

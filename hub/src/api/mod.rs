@@ -1,0 +1,355 @@
+//! The REST API: router assembly, the per-request middleware (request id, metrics, JSON
+//! errors), and extractors that turn malformed input into `{"error_code","message","id"}`.
+
+mod accounts;
+pub use accounts::connect_account;
+mod meta;
+pub use meta::create_api_key as create_api_key_for;
+mod ops;
+mod storage;
+
+use crate::error::{ApiError, ErrorBody, REQUEST_ID};
+use crate::metrics::{RequestLabels, RouteLabels};
+use crate::model::ObjectList;
+use crate::state::AppState;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Switchyard API",
+        description = "Unified storage API, wire-compatible with the Kloudless v1 Storage API."
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&SecuritySchemes),
+    security(("api_key" = []), ("bearer" = []))
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = openapi.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "Authorization",
+                "`APIKey <key>`",
+            ))),
+        );
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Error responses every authenticated route may give.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum CommonErrors {
+    /// Invalid input.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// Missing or invalid credentials.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Not found, or not reachable with these credentials.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// Request body too large.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The storage provider is rate limiting (see `Retry-After`).
+    #[response(status = 429)]
+    RateLimited(ErrorBody),
+    /// Internal error.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// The storage provider failed.
+    #[response(status = 502)]
+    BadGateway(ErrorBody),
+}
+
+/// Builds the router with every route and its OpenAPI document.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(meta::routes())
+        .merge(accounts::routes())
+        .merge(storage::routes())
+        .merge(ops::documented_routes())
+        .split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    let json_limit = state.config.limits.max_json_body_bytes;
+    api.merge(ops::routes(doc))
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .with_state(state)
+}
+
+/// Per request: a request id (task-local, echoed in `X-Request-Id`), metrics, and a JSON body
+/// for any error response that lacks one (405, 413 and the like from the framework).
+async fn request_context(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let labels = RouteLabels { route };
+    let bytes_in = state.metrics.bytes_in.get_or_create(&labels).clone();
+    let req = req.map(|b| Body::new(CountingBody { inner: b, counter: bytes_in }));
+
+    let mut resp = REQUEST_ID.scope(id.clone(), async move {
+        let resp = next.run(req).await;
+        if resp.status().is_client_error() || resp.status().is_server_error() {
+            ensure_json_error(resp).await
+        } else {
+            resp
+        }
+    })
+    .await;
+
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    state
+        .metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route: labels.route.clone(),
+            status,
+        })
+        .inc();
+    let bytes_out = state.metrics.bytes_out.get_or_create(&labels).clone();
+    resp.map(|b| Body::new(CountingBody { inner: b, counter: bytes_out }))
+}
+
+/// Gives framework-made error responses (405, 413, 404 from extractors) our JSON error shape.
+async fn ensure_json_error(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let status = resp.status();
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", "request body is too large"),
+        StatusCode::NOT_FOUND => ("not_found", "not found"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_parameters", "unsupported content type"),
+        s if s.is_server_error() => ("internal_server_error", "internal error"),
+        _ => ("invalid_parameters", "invalid request"),
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER, header::CONTENT_RANGE] {
+        if let Some(v) = resp.headers().get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
+pin_project_lite::pin_project! {
+    /// A body that adds the length of every data frame to a counter as it passes.
+    struct CountingBody {
+        #[pin]
+        inner: Body,
+        counter: Counter,
+    }
+}
+
+impl http_body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(d) = frame.data_ref() {
+                this.counter.inc_by(d.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// JSON body extractor whose errors name the offending field and use our error shape. It does
+/// not insist on a `Content-Type`, as some Kloudless clients omit it.
+pub(crate) struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body is too large")
+            } else {
+                ApiError::bad_request(format!("cannot read request body: {e}"))
+            }
+        })?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(ApiJson)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                if path == "." {
+                    ApiError::bad_request(format!("invalid JSON body: {}", e.inner()))
+                } else {
+                    ApiError::bad_request(format!("invalid JSON body at `{path}`: {}", e.inner()))
+                }
+            })
+    }
+}
+
+/// Query-string extractor with our error shape.
+pub(crate) struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, ApiError> {
+        let q = parts.uri.query().unwrap_or("");
+        serde_urlencoded_from(q)
+            .map(ApiQuery)
+            .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))
+    }
+}
+
+fn serde_urlencoded_from<T: DeserializeOwned>(q: &str) -> Result<T, String> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{q}")
+            .parse()
+            .map_err(|e: axum::http::uri::InvalidUri| e.to_string())?,
+    )
+    .map(|axum::extract::Query(v)| v)
+    .map_err(|e| e.body_text())
+}
+
+/// Path-parameter extractor with our error shape.
+pub(crate) struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::bad_request(format!("invalid path parameter: {}", e.body_text())))
+    }
+}
+
+/// Most items a page may hold.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// `page` (from 1) and `page_size` (1 to 1000) query parameters.
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
+#[into_params(parameter_in = Query)]
+pub struct Paging {
+    /// Page number, starting at 1.
+    #[serde(default)]
+    #[param(minimum = 1)]
+    pub page: Option<u32>,
+    /// Items per page (at most 1000).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
+    pub page_size: Option<u32>,
+}
+
+impl Paging {
+    /// Validated `(page, page_size)`.
+    pub fn resolve(&self) -> Result<(u32, u32), ApiError> {
+        let page = self.page.unwrap_or(1);
+        let size = self.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
+        if page == 0 {
+            return Err(ApiError::bad_request("page starts at 1"));
+        }
+        if size == 0 || size > MAX_PAGE_SIZE {
+            return Err(ApiError::bad_request(format!(
+                "page_size must be between 1 and {MAX_PAGE_SIZE}"
+            )));
+        }
+        Ok((page, size))
+    }
+
+    /// Offset of the first item.
+    pub fn offset(page: u32, size: u32) -> usize {
+        (page as usize - 1) * size as usize
+    }
+}
+
+/// Builds a page from the items of this page and the total count.
+pub fn page_of<T: ToSchema>(objects: Vec<T>, page: u32, size: u32, total: usize, api: &'static str) -> ObjectList<T> {
+    let more = Paging::offset(page, size) + objects.len() < total;
+    ObjectList {
+        kind: "object_list",
+        api,
+        count: objects.len(),
+        objects,
+        page,
+        next_page: more.then_some(page + 1),
+    }
+}

@@ -1,0 +1,765 @@
+//! The storage API: folders, files (streaming upload and download with `Range`), copy, move,
+//! search and recent, over any connected account.
+
+use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::IdCodec;
+use crate::model::{
+    rfc3339, AccountRefBody, CopyTarget, FolderRef, NewFolder, ObjectChanges, ObjectList,
+    StorageObject, UploadMetadata,
+};
+use crate::state::{Account, AppState};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use shared::storage::{ByteRange, Entry, EntryKind, StorageError, StoragePath};
+use std::sync::Arc;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_folder))
+        .routes(routes!(get_folder, patch_folder, delete_folder))
+        .routes(routes!(folder_contents))
+        .routes(routes!(copy_folder))
+        .routes(routes!(upload_file))
+        .routes(routes!(get_file, replace_file, patch_file, delete_file))
+        .routes(routes!(download_file))
+        .routes(routes!(copy_file))
+        .routes(routes!(search))
+        .routes(routes!(recent))
+}
+
+/// Most objects a search or recent listing examines (bounds its memory and time).
+const SCAN_LIMIT: usize = 50_000;
+/// Auto-rename tries for `overwrite=false` before giving up.
+const MAX_RENAME_TRIES: u32 = 1000;
+
+/// Renders an entry as the API's object.
+fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
+    let name = if e.path.is_root() { "root".to_owned() } else { e.path.name().to_owned() };
+    let folder_ref = |p: &StoragePath| FolderRef {
+        id: ids.encode(account, EntryKind::Folder, p),
+        name: if p.is_root() { "root".into() } else { p.name().to_owned() },
+    };
+    let is_folder = e.kind == EntryKind::Folder;
+    StorageObject {
+        id: ids.encode(account, e.kind, &e.path),
+        name,
+        kind: if is_folder { "folder" } else { "file" },
+        size: (!is_folder).then_some(e.size),
+        created: None,
+        modified: e.modified.map(rfc3339),
+        mime_type: (!is_folder).then(|| mime_type(e)),
+        account,
+        parent: e.path.parent().map(|p| folder_ref(&p)),
+        ancestors: e.path.ancestors().iter().map(folder_ref).collect(),
+        path: e.path.to_string(),
+        downloadable: !is_folder,
+        raw_id: e.path.to_string(),
+        api: "storage",
+        can_create_folders: is_folder.then_some(true),
+        can_upload_files: is_folder.then_some(true),
+    }
+}
+
+fn mime_type(e: &Entry) -> String {
+    e.content_type
+        .clone()
+        .filter(|t| !t.is_empty() && t != "application/octet-stream")
+        .unwrap_or_else(|| {
+            mime_guess::from_path(e.path.name())
+                .first_raw()
+                .unwrap_or("application/octet-stream")
+                .to_owned()
+        })
+}
+
+/// The account named by `{acc}`, if this caller may reach it and it is active.
+async fn account(state: &AppState, caller: &Caller, acc: &str) -> ApiResult<Arc<Account>> {
+    let id = caller.account_id(acc)?;
+    let a = state.account(caller.app_id, id).await?;
+    if !a.record.active {
+        return Err(ApiError::forbidden("account is inactive"));
+    }
+    Ok(a)
+}
+
+/// The destination account of a copy or move: the same one, or another of the same
+/// application that this caller can reach.
+async fn target_account(
+    state: &AppState,
+    caller: &Caller,
+    src: &Arc<Account>,
+    account: Option<&AccountRefBody>,
+) -> ApiResult<Arc<Account>> {
+    let text = match account {
+        None => return Ok(src.clone()),
+        Some(AccountRefBody::Number(n)) => n.to_string(),
+        Some(AccountRefBody::Text(t)) => t.clone(),
+    };
+    let a = self::account(state, caller, &text).await?;
+    Ok(a)
+}
+
+fn folder_path(state: &AppState, a: &Account, id: &str) -> ApiResult<StoragePath> {
+    state.ids.decode(a.id(), EntryKind::Folder, id)
+}
+
+fn file_path(state: &AppState, a: &Account, id: &str) -> ApiResult<StoragePath> {
+    state.ids.decode(a.id(), EntryKind::File, id)
+}
+
+fn not_found_as(kind: &'static str) -> impl Fn(StorageError) -> ApiError {
+    move |e| match e {
+        StorageError::NotFound | StorageError::WrongKind { .. } => ApiError::not_found(kind),
+        other => other.into(),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CreateFolderOptions {
+    /// Answer 409 if the folder already exists (otherwise the existing folder is returned).
+    #[serde(default)]
+    conflict_if_exists: Option<bool>,
+}
+
+/// Create a folder.
+#[utoipa::path(post, path = "/v1/accounts/{acc}/storage/folders", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), CreateFolderOptions),
+    request_body = NewFolder,
+    responses((status = 201, body = StorageObject), (status = 200, body = StorageObject, description = "Already existed"),
+              (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+async fn create_folder(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+    ApiQuery(opts): ApiQuery<CreateFolderOptions>,
+    ApiJson(body): ApiJson<NewFolder>,
+) -> ApiResult<(StatusCode, Json<StorageObject>)> {
+    let a = account(&state, &caller, &acc).await?;
+    let parent = folder_path(&state, &a, &body.parent_id)?;
+    let path = parent.join(&body.name)?;
+    a.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    match a.connector.stat(&path).await {
+        Ok(existing) if existing.kind == EntryKind::Folder && opts.conflict_if_exists != Some(true) => {
+            return Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))));
+        }
+        Ok(_) => return Err(ApiError::conflict("conflict", "an object with that name already exists")),
+        Err(StorageError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let e = a.connector.create_folder(&path).await?;
+    Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
+}
+
+/// Retrieve a folder's metadata (`root` is the account's top folder).
+#[utoipa::path(get, path = "/v1/accounts/{acc}/storage/folders/{id}", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id or `root`")),
+    responses((status = 200, body = StorageObject), CommonErrors))]
+async fn get_folder(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<StorageObject>> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = folder_path(&state, &a, &id)?;
+    let e = a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
+    Ok(Json(object(&state.ids, a.id(), &e)))
+}
+
+/// List a folder's contents, sorted by name.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/storage/folders/{id}/contents", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id or `root`"), Paging),
+    responses((status = 200, body = ObjectList<StorageObject>), CommonErrors))]
+async fn folder_contents(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<ObjectList<StorageObject>>> {
+    let (page, size) = paging.resolve()?;
+    let a = account(&state, &caller, &acc).await?;
+    let path = folder_path(&state, &a, &id)?;
+    a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
+    let (entries, _) = a.connector.list(&path).await?;
+    let total = entries.len();
+    let objects = entries
+        .iter()
+        .skip(Paging::offset(page, size))
+        .take(size as usize)
+        .map(|e| object(&state.ids, a.id(), e))
+        .collect();
+    Ok(Json(page_of(objects, page, size, total, "storage")))
+}
+
+/// Rename (`name`) or move (`parent_id`) a folder.
+#[utoipa::path(patch, path = "/v1/accounts/{acc}/storage/folders/{id}", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id")),
+    request_body = ObjectChanges,
+    responses((status = 200, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+async fn patch_folder(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<ObjectChanges>,
+) -> ApiResult<Json<StorageObject>> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = folder_path(&state, &a, &id)?;
+    if path.is_root() {
+        return Err(ApiError::bad_request("the root folder cannot be renamed or moved"));
+    }
+    if body.account.is_some() {
+        return Err(ApiError::bad_request("folders cannot be moved to another account; copy them instead"));
+    }
+    a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
+    let target = destination(&state, &a, &path, body.parent_id.as_deref(), body.name.as_deref()).await?;
+    if target == path {
+        return Ok(Json(object(&state.ids, a.id(), &a.connector.stat(&path).await?)));
+    }
+    let e = a.connector.rename(&path, &target, EntryKind::Folder).await?;
+    Ok(Json(object(&state.ids, a.id(), &e)))
+}
+
+/// The path `name` (default: the source's name) inside `parent_id` (default: the source's
+/// folder) of account `a`, after checking that the parent is a folder.
+async fn destination(
+    state: &AppState,
+    a: &Account,
+    src: &StoragePath,
+    parent_id: Option<&str>,
+    name: Option<&str>,
+) -> ApiResult<StoragePath> {
+    let parent = match parent_id {
+        Some(p) => folder_path(state, a, p)?,
+        None => src.parent().unwrap_or_else(StoragePath::root),
+    };
+    let name = name.unwrap_or(src.name());
+    let target = parent.join(name)?;
+    a.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    Ok(target)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct DeleteFolderOptions {
+    /// Delete a non-empty folder with everything in it.
+    #[serde(default)]
+    recursive: Option<bool>,
+}
+
+/// Delete a folder (`recursive=true` for a non-empty one).
+#[utoipa::path(delete, path = "/v1/accounts/{acc}/storage/folders/{id}", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id"), DeleteFolderOptions),
+    responses((status = 204, description = "Deleted"), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+async fn delete_folder(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    ApiQuery(opts): ApiQuery<DeleteFolderOptions>,
+) -> ApiResult<StatusCode> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = folder_path(&state, &a, &id)?;
+    if path.is_root() {
+        return Err(ApiError::bad_request("the root folder cannot be deleted"));
+    }
+    a.connector
+        .delete_folder(&path, opts.recursive == Some(true))
+        .await
+        .map_err(not_found_as("folder"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Copy a folder tree, within the account or to another account of the application.
+#[utoipa::path(post, path = "/v1/accounts/{acc}/storage/folders/{id}/copy", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id")),
+    request_body = CopyTarget,
+    responses((status = 201, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+async fn copy_folder(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<CopyTarget>,
+) -> ApiResult<(StatusCode, Json<StorageObject>)> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = folder_path(&state, &a, &id)?;
+    if path.is_root() && body.name.is_none() {
+        return Err(ApiError::bad_request("copying the root folder needs a `name`"));
+    }
+    a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
+    let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;
+    let src_name = if path.is_root() { "root" } else { path.name() };
+    let parent = match body.parent_id.as_deref() {
+        Some(p) => folder_path(&state, &dst, p)?,
+        None if Arc::ptr_eq(&a, &dst) => path.parent().unwrap_or_else(StoragePath::root),
+        None => StoragePath::root(),
+    };
+    let target = parent.join(body.name.as_deref().unwrap_or(src_name))?;
+    dst.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    if dst.connector.exists(&target).await? {
+        return Err(ApiError::conflict("conflict", "an object with that name already exists"));
+    }
+    let e = dst
+        .connector
+        .copy_folder_from(&a.connector, &path, &target)
+        .await?;
+    Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct UploadOptions {
+    /// Replace an existing file of the same name; when false (the default) the upload is
+    /// renamed `name (1).ext`, `name (2).ext`, ...
+    #[serde(default)]
+    overwrite: Option<bool>,
+}
+
+/// Upload a file: the raw body is the content, `X-Kloudless-Metadata: {"name","parent_id"}`
+/// names it. The body streams to the provider; an interrupted upload leaves no file behind.
+#[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), UploadOptions,
+           ("X-Kloudless-Metadata" = String, Header, description = "JSON: {\"name\": ..., \"parent_id\": ...}")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = StorageObject), CommonErrors))]
+async fn upload_file(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+    ApiQuery(opts): ApiQuery<UploadOptions>,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<StorageObject>)> {
+    let a = account(&state, &caller, &acc).await?;
+    let meta = upload_metadata(req.headers())?;
+    let parent = folder_path(&state, &a, &meta.parent_id)?;
+    let mut target = parent.join(&meta.name)?;
+    a.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    match a.connector.stat(&target).await {
+        Ok(e) if e.kind == EntryKind::Folder => {
+            return Err(ApiError::conflict("conflict", "a folder with that name exists"))
+        }
+        Ok(_) if opts.overwrite != Some(true) => {
+            target = free_name(&a, &parent, &meta.name).await?;
+        }
+        Ok(_) | Err(StorageError::NotFound) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes);
+    let e = a.connector.write(&target, body).await.map_err(upload_error)?;
+    Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
+}
+
+fn upload_metadata(headers: &HeaderMap) -> ApiResult<UploadMetadata> {
+    let raw = headers
+        .get("x-kloudless-metadata")
+        .ok_or_else(|| ApiError::bad_request("the X-Kloudless-Metadata header is required"))?;
+    // The header is JSON; non-ASCII names arrive as raw UTF-8 bytes.
+    let text = std::str::from_utf8(raw.as_bytes())
+        .map_err(|_| ApiError::bad_request("X-Kloudless-Metadata is not UTF-8"))?;
+    serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "X-Kloudless-Metadata must be JSON with `name` and `parent_id`: {e}"
+        ))
+    })
+}
+
+/// `name (1).ext`, `name (2).ext`, ...: the first name not taken in `parent`.
+async fn free_name(a: &Account, parent: &StoragePath, name: &str) -> ApiResult<StoragePath> {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    for n in 1..=MAX_RENAME_TRIES {
+        let candidate = parent.join(&format!("{stem} ({n}){ext}"))?;
+        if !a.connector.exists(&candidate).await? {
+            return Ok(candidate);
+        }
+    }
+    Err(ApiError::conflict("conflict", "too many files with that name"))
+}
+
+/// An upload error: exceeding the size limit is a 413.
+fn upload_error(e: StorageError) -> ApiError {
+    match &e {
+        StorageError::Interrupted(m) if m.contains(TOO_LARGE) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "upload exceeds limits.max_upload_bytes",
+        ),
+        _ => e.into(),
+    }
+}
+
+const TOO_LARGE: &str = "upload size limit exceeded";
+
+/// The request body as a byte stream that fails once more than `limit` bytes (0: no limit)
+/// have passed.
+fn limited_body(
+    body: Body,
+    limit: u64,
+) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static {
+    let mut seen: u64 = 0;
+    body.into_data_stream().map(move |chunk| {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        seen += chunk.len() as u64;
+        if limit > 0 && seen > limit {
+            return Err(TOO_LARGE.to_owned());
+        }
+        Ok(chunk)
+    })
+}
+
+/// Retrieve a file's metadata.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    responses((status = 200, body = StorageObject), CommonErrors))]
+async fn get_file(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+) -> ApiResult<Json<StorageObject>> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = file_path(&state, &a, &id)?;
+    let e = a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    Ok(Json(object(&state.ids, a.id(), &e)))
+}
+
+/// Replace a file's content with the raw request body (streamed).
+#[utoipa::path(put, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = StorageObject), CommonErrors))]
+async fn replace_file(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    req: Request,
+) -> ApiResult<Json<StorageObject>> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = file_path(&state, &a, &id)?;
+    a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes);
+    let e = a.connector.write(&path, body).await.map_err(upload_error)?;
+    Ok(Json(object(&state.ids, a.id(), &e)))
+}
+
+/// Rename (`name`), move (`parent_id`), or move to another account (`account`).
+#[utoipa::path(patch, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    request_body = ObjectChanges,
+    responses((status = 200, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+async fn patch_file(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<ObjectChanges>,
+) -> ApiResult<Json<StorageObject>> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = file_path(&state, &a, &id)?;
+    a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;
+    if Arc::ptr_eq(&a, &dst) {
+        let target = destination(&state, &a, &path, body.parent_id.as_deref(), body.name.as_deref()).await?;
+        if target == path {
+            return Ok(Json(object(&state.ids, a.id(), &a.connector.stat_file(&path).await?)));
+        }
+        let e = a.connector.rename(&path, &target, EntryKind::File).await?;
+        return Ok(Json(object(&state.ids, a.id(), &e)));
+    }
+    let parent = match body.parent_id.as_deref() {
+        Some(p) => folder_path(&state, &dst, p)?,
+        None => StoragePath::root(),
+    };
+    let target = parent.join(body.name.as_deref().unwrap_or(path.name()))?;
+    dst.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    if dst.connector.exists(&target).await? {
+        return Err(ApiError::conflict("conflict", "an object with that name already exists"));
+    }
+    let e = dst.connector.copy_file_from(&a.connector, &path, &target).await?;
+    a.connector.delete_file(&path).await?;
+    Ok(Json(object(&state.ids, dst.id(), &e)))
+}
+
+/// Delete a file.
+#[utoipa::path(delete, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    responses((status = 204, description = "Deleted"), CommonErrors))]
+async fn delete_file(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = file_path(&state, &a, &id)?;
+    a.connector.delete_file(&path).await.map_err(not_found_as("file"))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Copy a file, within the account or to another account of the application.
+#[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files/{id}/copy", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    request_body = CopyTarget,
+    responses((status = 201, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+async fn copy_file(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<CopyTarget>,
+) -> ApiResult<(StatusCode, Json<StorageObject>)> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = file_path(&state, &a, &id)?;
+    a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;
+    let same = Arc::ptr_eq(&a, &dst);
+    let parent = match body.parent_id.as_deref() {
+        Some(p) => folder_path(&state, &dst, p)?,
+        None if same => path.parent().unwrap_or_else(StoragePath::root),
+        None => StoragePath::root(),
+    };
+    dst.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    let name = body.name.as_deref().unwrap_or(path.name());
+    let mut target = parent.join(name)?;
+    if dst.connector.exists(&target).await? {
+        target = free_name(&dst, &parent, name).await?;
+    }
+    let e = if same {
+        a.connector.copy_file(&path, &target).await?
+    } else {
+        dst.connector.copy_file_from(&a.connector, &path, &target).await?
+    };
+    Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))))
+}
+
+/// Download a file's content. Supports a single `Range` (206), `ETag` and `If-None-Match`.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/storage/files/{id}/contents", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id"),
+           ("Range" = Option<String>, Header, description = "bytes=START-END")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 304, description = "Not modified"),
+              (status = 416, body = crate::error::ErrorBody), CommonErrors))]
+async fn download_file(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath((acc, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let a = account(&state, &caller, &acc).await?;
+    let path = file_path(&state, &a, &id)?;
+    let e = a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    let etag = format!(
+        "\"{}\"",
+        e.etag.clone().unwrap_or_else(|| format!("{:x}-{:x}", e.size, e.modified.unwrap_or(0)))
+    );
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        insert(&mut r, header::ETAG, &etag);
+        return Ok(r);
+    }
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v == etag);
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(r) if if_range_ok => parse_range(r, e.size),
+        _ => RangeRequest::Full,
+    };
+    let (status, read_range, len) = match range {
+        RangeRequest::Full => (StatusCode::OK, None, e.size),
+        RangeRequest::Unsatisfiable => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                "requested range is not satisfiable",
+            )
+            .into_response();
+            insert(&mut r, header::CONTENT_RANGE, &format!("bytes */{}", e.size));
+            return Ok(r);
+        }
+        RangeRequest::Part { start, end } => (
+            StatusCode::PARTIAL_CONTENT,
+            Some(ByteRange { start, len: Some(end - start + 1) }),
+            end - start + 1,
+        ),
+    };
+    let stream = if len == 0 {
+        futures::stream::empty().boxed()
+    } else {
+        a.connector.read(&path, read_range).await?.boxed()
+    };
+    let mut r = Response::new(Body::from_stream(stream));
+    *r.status_mut() = status;
+    insert(&mut r, header::CONTENT_TYPE, &mime_type(&e));
+    insert(&mut r, header::CONTENT_LENGTH, &len.to_string());
+    insert(&mut r, header::ETAG, &etag);
+    insert(&mut r, header::ACCEPT_RANGES, "bytes");
+    let encoded: String = percent_encoding::utf8_percent_encode(e.path.name(), percent_encoding::NON_ALPHANUMERIC).to_string();
+    insert(&mut r, header::CONTENT_DISPOSITION, &format!("attachment; filename*=UTF-8''{encoded}"));
+    if let Some(ms) = e.modified {
+        if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) {
+            if let Ok(s) = t.format(&time::format_description::well_known::Rfc2822) {
+                insert(&mut r, header::LAST_MODIFIED, &s.replace("+0000", "GMT"));
+            }
+        }
+    }
+    if let Some((start, end)) = read_range.map(|r| (r.start, r.start + len - 1)) {
+        insert(&mut r, header::CONTENT_RANGE, &format!("bytes {start}-{end}/{}", e.size));
+    }
+    Ok(r)
+}
+
+fn insert(r: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+/// A parsed `Range` header.
+#[derive(Debug, PartialEq, Eq)]
+enum RangeRequest {
+    Full,
+    Part { start: u64, end: u64 },
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against a file of `size` bytes. Malformed and multi-range
+/// headers are ignored (the full file is sent), as RFC 9110 allows.
+fn parse_range(h: &str, size: u64) -> RangeRequest {
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return RangeRequest::Full;
+    };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(start), _) if start >= size => RangeRequest::Unsatisfiable,
+        (Ok(start), Ok(end)) if end >= start => RangeRequest::Part { start, end: end.min(size - 1) },
+        (Ok(_), Ok(_)) => RangeRequest::Full,
+        (Ok(start), Err(_)) if b.is_empty() => RangeRequest::Part { start, end: size - 1 },
+        (Err(_), Ok(suffix)) if a.is_empty() => {
+            if suffix == 0 || size == 0 {
+                RangeRequest::Unsatisfiable
+            } else {
+                RangeRequest::Part { start: size.saturating_sub(suffix), end: size - 1 }
+            }
+        }
+        _ => RangeRequest::Full,
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SearchQuery {
+    /// Text to find in names (case-insensitive); must not be empty.
+    q: Option<String>,
+    /// Comma-separated folder ids to search below (default: the whole account).
+    #[serde(default)]
+    parents: Option<String>,
+    #[serde(default)]
+    page: Option<u32>,
+    #[serde(default)]
+    page_size: Option<u32>,
+}
+
+/// Search names below the root or below `parents`.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/storage/search", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), SearchQuery),
+    responses((status = 200, body = ObjectList<StorageObject>), CommonErrors))]
+async fn search(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+    ApiQuery(q): ApiQuery<SearchQuery>,
+) -> ApiResult<Json<ObjectList<StorageObject>>> {
+    let (page, size) = Paging { page: q.page, page_size: q.page_size }.resolve()?;
+    let needle = q.q.as_deref().map(str::trim).unwrap_or("");
+    if needle.is_empty() {
+        return Err(ApiError::bad_request("`q` must not be empty"));
+    }
+    let needle = needle.to_lowercase();
+    let a = account(&state, &caller, &acc).await?;
+    let roots = match q.parents.as_deref().filter(|p| !p.is_empty()) {
+        None => vec![StoragePath::root()],
+        Some(list) => list
+            .split(',')
+            .map(|id| folder_path(&state, &a, id.trim()))
+            .collect::<ApiResult<Vec<_>>>()?,
+    };
+    let mut hits = Vec::new();
+    for root in roots {
+        let (entries, _) = a.connector.walk(&root, SCAN_LIMIT).await.map_err(not_found_as("folder"))?;
+        hits.extend(entries.into_iter().filter(|e| e.path.name().to_lowercase().contains(&needle)));
+    }
+    hits.sort_by(|x, y| x.path.cmp(&y.path));
+    hits.dedup_by(|x, y| x.path == y.path);
+    let total = hits.len();
+    let objects = hits
+        .iter()
+        .skip(Paging::offset(page, size))
+        .take(size as usize)
+        .map(|e| object(&state.ids, a.id(), e))
+        .collect();
+    Ok(Json(page_of(objects, page, size, total, "storage")))
+}
+
+/// Recently modified files, newest first.
+#[utoipa::path(get, path = "/v1/accounts/{acc}/storage/recent", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`"), Paging),
+    responses((status = 200, body = ObjectList<StorageObject>), CommonErrors))]
+async fn recent(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> ApiResult<Json<ObjectList<StorageObject>>> {
+    let (page, size) = paging.resolve()?;
+    let a = account(&state, &caller, &acc).await?;
+    let (entries, _) = a.connector.walk(&StoragePath::root(), SCAN_LIMIT).await?;
+    let mut files: Vec<_> = entries.into_iter().filter(|e| e.kind == EntryKind::File).collect();
+    files.sort_by(|x, y| y.modified.cmp(&x.modified).then_with(|| x.path.cmp(&y.path)));
+    let total = files.len();
+    let objects = files
+        .iter()
+        .skip(Paging::offset(page, size))
+        .take(size as usize)
+        .map(|e| object(&state.ids, a.id(), e))
+        .collect();
+    Ok(Json(page_of(objects, page, size, total, "storage")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-9", 100), RangeRequest::Part { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=90-", 100), RangeRequest::Part { start: 90, end: 99 });
+        assert_eq!(parse_range("bytes=-10", 100), RangeRequest::Part { start: 90, end: 99 });
+        assert_eq!(parse_range("bytes=-1000", 100), RangeRequest::Part { start: 0, end: 99 });
+        assert_eq!(parse_range("bytes=50-1000", 100), RangeRequest::Part { start: 50, end: 99 });
+        assert_eq!(parse_range("bytes=100-", 100), RangeRequest::Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 100), RangeRequest::Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-1", 100), RangeRequest::Full);
+        assert_eq!(parse_range("bytes=0-1,3-4", 100), RangeRequest::Full);
+        assert_eq!(parse_range("items=0-1", 100), RangeRequest::Full);
+        assert_eq!(parse_range("bytes=x-y", 100), RangeRequest::Full);
+    }
+}

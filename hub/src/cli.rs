@@ -1,0 +1,192 @@
+//! The `hub` command line: `serve`, `migrate`, `apps`, `keys`, `meta-token` and `dev`.
+
+use crate::config::Config;
+use crate::state::now_ms;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+use shared::auth::{generate_token, hash_token};
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "hub", version, about = "Switchyard regional hub: the unified storage API")]
+pub struct Cli {
+    /// Configuration file (YAML); `SWITCHYARD_*` variables override it.
+    #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API.
+    Serve {
+        /// Override `listen`.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Manage applications.
+    Apps {
+        #[command(subcommand)]
+        command: AppsCommand,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage Meta API tokens.
+    MetaToken {
+        #[command(subcommand)]
+        command: MetaTokenCommand,
+    },
+    /// Zero-setup development hub: SQLite, an application, an API key and an `fs` account
+    /// under DATA_DIR, created once and reused.
+    Dev {
+        /// Where everything lives.
+        #[arg(long, default_value = "./switchyard-data")]
+        data_dir: PathBuf,
+        /// Port on 127.0.0.1.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppsCommand {
+    /// Create an application and its first API key.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List applications.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key for an application (shown once).
+    Create {
+        #[arg(long)]
+        app: i64,
+    },
+    /// Revoke an API key (the key itself or its id).
+    Revoke {
+        #[arg(long)]
+        app: i64,
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MetaTokenCommand {
+    /// Create a Meta API token (shown once).
+    Create {
+        #[arg(long, default_value = "operator")]
+        name: String,
+    },
+}
+
+/// Runs the CLI; errors are printed and become exit code 1.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    Ok(Config::load(cli.config.as_deref(), std::env::vars())?)
+}
+
+/// Installs the tracing subscriber from `log.level` (or `SWITCHYARD_LOG`) and `log.format`.
+pub fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("SWITCHYARD_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = writeln!(o, "{text}");
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Dev { data_dir, port } => {
+            return crate::dev::run(data_dir.clone(), *port, cli.config.as_deref()).await;
+        }
+        Command::Serve { listen } => {
+            let mut config = load_config(&cli)?;
+            if let Some(l) = listen {
+                config.listen = *l;
+            }
+            init_tracing(&config);
+            return crate::run(config).await;
+        }
+        _ => {}
+    }
+    let config = load_config(&cli)?;
+    init_tracing(&config);
+    let state = crate::open(config).await?;
+    let db = &state.db;
+    match cli.command {
+        Command::Migrate => out("migrations applied"),
+        Command::Apps { command: AppsCommand::Create { name, description } } => {
+            let app = db.create_app(&name, &description, now_ms()).await?;
+            let (_, key) = crate::api::create_api_key_for(&state, app.id).await?;
+            out(&format!("application {} ({})\napi key: {key}\n(the key is shown only once)", app.id, app.name));
+        }
+        Command::Apps { command: AppsCommand::List } => {
+            let (apps, _) = db.list_apps(0, i64::MAX).await?;
+            for a in apps {
+                out(&format!("{}\t{}\t{}", a.id, if a.active { "active" } else { "inactive" }, a.name));
+            }
+        }
+        Command::Keys { command: KeysCommand::Create { app } } => {
+            db.get_app(app).await?.context("no such application")?;
+            let (_, key) = crate::api::create_api_key_for(&state, app).await?;
+            out(&format!("api key: {key}\n(the key is shown only once)"));
+        }
+        Command::Keys { command: KeysCommand::Revoke { app, key } } => {
+            let deleted = db.delete_api_key(app, key.parse().ok(), &hash_token(&key)).await?;
+            anyhow::ensure!(deleted, "no such key for application {app}");
+            out("revoked");
+        }
+        Command::MetaToken { command: MetaTokenCommand::Create { name } } => {
+            let token = generate_token("mt_");
+            db.create_meta_token(&name, &hash_token(token.expose_secret()), now_ms()).await?;
+            out(&format!("meta token: {}\n(the token is shown only once)", token.expose_secret()));
+        }
+        Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled above"),
+    }
+    state.db.close().await;
+    Ok(())
+}

@@ -1,0 +1,382 @@
+//! Hub configuration: a YAML file, overridden by `SWITCHYARD_*` environment variables and by
+//! command-line flags, validated once at start-up with errors that name the offending key.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole hub configuration. See `config/hub.yaml` for a commented example.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the REST API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Base URL clients use to reach this hub (for links in responses); defaults to
+    /// `http://<listen>`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Region this hub serves.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Directory for the embedded database, keys and scratch files.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (embedded default: `DATA_DIR/hub.db`) or `postgres://...`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Connection pool size.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Base64 of 32 random bytes. Prefer `master_key_file`.
+    #[serde(default)]
+    pub master_key: Option<String>,
+    /// File holding the base64 master key (must not be readable by group or others).
+    #[serde(default)]
+    pub master_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default)]
+    pub fs: FsStorageConfig,
+    /// Allow user-supplied endpoints (S3, WebDAV, SFTP...) that resolve to loopback, private,
+    /// link-local or otherwise internal addresses. Off by default: this is the SSRF guard.
+    #[serde(default)]
+    pub allow_private_endpoints: bool,
+    /// Timeout of one provider request, in seconds.
+    #[serde(default = "default_io_timeout")]
+    pub io_timeout_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            fs: FsStorageConfig::default(),
+            allow_private_endpoints: false,
+            io_timeout_secs: default_io_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FsStorageConfig {
+    /// Directories under which `fs` accounts may be rooted. Empty: `fs` accounts are refused.
+    #[serde(default)]
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest JSON request body, in bytes.
+    #[serde(default = "default_json_body")]
+    pub max_json_body_bytes: usize,
+    /// Largest upload, in bytes (0: no limit).
+    #[serde(default)]
+    pub max_upload_bytes: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_json_body_bytes: default_json_body(),
+            max_upload_bytes: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter such as `info` or `hub=debug,info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    /// `text` or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: default_log_format(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_region() -> String {
+    "local".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./switchyard-data")
+}
+fn default_max_connections() -> u32 {
+    16
+}
+fn default_io_timeout() -> u64 {
+    60
+}
+fn default_json_body() -> usize {
+    1024 * 1024
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_log_format() -> String {
+    "text".into()
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Environment variables that are flags of the CLI rather than config keys.
+const NOT_KEYS: &[&str] = &["SWITCHYARD_CONFIG", "SWITCHYARD_LOG"];
+
+impl Config {
+    /// Loads `path` (or only defaults when `None`), applies `SWITCHYARD_*` overrides from `env`,
+    /// and validates the result.
+    ///
+    /// An environment variable `SWITCHYARD_A__B` sets key `a.b`; its value is parsed as YAML,
+    /// so `SWITCHYARD_STORAGE__FS__ALLOWED_ROOTS='[/srv/a, /srv/b]'` sets a list.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_yaml(&text, env)
+    }
+
+    /// Like [`Config::load`] but from YAML text.
+    pub fn from_yaml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        use serde_yaml_ng::{Mapping, Value};
+        let mut root: Value = if text.trim().is_empty() {
+            Value::Mapping(Mapping::new())
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| {
+                let key = e
+                    .location()
+                    .map(|l| format!("line {} column {}", l.line(), l.column()))
+                    .unwrap_or_else(|| "(document)".into());
+                invalid(&key, e.to_string())
+            })?
+        };
+        if root.is_null() {
+            root = Value::Mapping(Mapping::new());
+        }
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("SWITCHYARD_") else {
+                continue;
+            };
+            if NOT_KEYS.contains(&name.as_str()) {
+                continue;
+            }
+            let keys: Vec<String> = rest.split("__").map(|k| k.to_ascii_lowercase()).collect();
+            let parsed: Value =
+                serde_yaml_ng::from_str(&value).unwrap_or(Value::String(value.clone()));
+            set_path(&mut root, &keys, parsed)
+                .map_err(|m| invalid(&format!("{name} ({})", keys.join(".")), m))?;
+        }
+        let cfg: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+            let key = e.path().to_string();
+            invalid(&key, e.into_inner().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database.url {
+            if !(url.starts_with("sqlite:") || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+            {
+                return Err(invalid(
+                    "database.url",
+                    "must start with sqlite:// or postgres://",
+                ));
+            }
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if let Some(u) = &self.public_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(invalid("public_url", "must be an http:// or https:// URL"));
+            }
+        }
+        if self.secrets.master_key.is_some() && self.secrets.master_key_file.is_some() {
+            return Err(invalid(
+                "secrets",
+                "set only one of master_key and master_key_file",
+            ));
+        }
+        if let Some(k) = &self.secrets.master_key {
+            shared::auth::MasterKey::from_base64(k)
+                .map_err(|e| invalid("secrets.master_key", e.to_string()))?;
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(invalid("log.format", "must be `text` or `json`"));
+        }
+        if self.storage.io_timeout_secs == 0 {
+            return Err(invalid("storage.io_timeout_secs", "must be at least 1"));
+        }
+        if self.limits.max_json_body_bytes < 1024 {
+            return Err(invalid("limits.max_json_body_bytes", "must be at least 1024"));
+        }
+        if self.region.is_empty()
+            || !self
+                .region
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(invalid("region", "must be letters, digits and '-'"));
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in the data dir.
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("hub.db").display())
+        })
+    }
+
+    /// The base URL clients use.
+    pub fn public_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+fn set_path(
+    root: &mut serde_yaml_ng::Value,
+    keys: &[String],
+    value: serde_yaml_ng::Value,
+) -> Result<(), String> {
+    use serde_yaml_ng::{Mapping, Value};
+    let (first, rest) = keys.split_first().ok_or("empty key")?;
+    let Value::Mapping(map) = root else {
+        return Err("cannot set a key below a non-mapping value".into());
+    };
+    let k = Value::String(first.clone());
+    if rest.is_empty() {
+        map.insert(k, value);
+        return Ok(());
+    }
+    let child = map
+        .entry(k)
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if child.is_null() {
+        *child = Value::Mapping(Mapping::new());
+    }
+    set_path(child, rest, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_env_overrides() {
+        let c = Config::from_yaml(
+            "listen: 127.0.0.1:9000\n",
+            env(&[
+                ("SWITCHYARD_DATABASE__MAX_CONNECTIONS", "4"),
+                ("SWITCHYARD_STORAGE__FS__ALLOWED_ROOTS", "[/srv/a, /srv/b]"),
+                ("SWITCHYARD_CONFIG", "ignored.yaml"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.database.max_connections, 4);
+        assert_eq!(c.storage.fs.allowed_roots.len(), 2);
+        assert!(c.database_url().starts_with("sqlite://"));
+        assert_eq!(c.public_url(), "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = Config::from_yaml("database:\n  max_connections: lots\n", env(&[]))
+            .expect_err("invalid");
+        assert!(e.to_string().contains("database.max_connections"), "{e}");
+        let e = Config::from_yaml("storage:\n  fss: {}\n", env(&[])).expect_err("unknown key");
+        assert!(e.to_string().contains("storage"), "{e}");
+        let e = Config::from_yaml("", env(&[("SWITCHYARD_DATABASE__URL", "mysql://x")]))
+            .expect_err("bad url");
+        assert!(e.to_string().contains("database.url"), "{e}");
+        let e = Config::from_yaml("secrets:\n  master_key: short\n", env(&[]))
+            .expect_err("bad key");
+        assert!(e.to_string().contains("secrets.master_key"), "{e}");
+    }
+}

@@ -1,0 +1,467 @@
+//! The hub's database: sqlx over SQLite (embedded default) or PostgreSQL through the Any
+//! driver, so one set of queries serves both. Schema lives only in `migrations/`.
+//!
+//! Row types are private to this module; callers get the domain records below.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Which engine a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool plus the queries the hub needs.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// An application (a tenant: its keys reach only its accounts).
+#[derive(Debug, Clone)]
+pub struct Application {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub active: bool,
+    pub created_ms: i64,
+    pub modified_ms: i64,
+}
+
+/// An API key as stored: only a hash and a short hint of the key text.
+#[derive(Debug, Clone)]
+pub struct ApiKeyRecord {
+    pub id: i64,
+    pub app_id: i64,
+    pub hint: String,
+    pub created_ms: i64,
+}
+
+/// A connected storage account; `credentials` is the sealed (encrypted) settings blob.
+#[derive(Debug, Clone)]
+pub struct AccountRecord {
+    pub id: i64,
+    pub app_id: i64,
+    pub service: String,
+    pub name: String,
+    pub credentials: Vec<u8>,
+    pub active: bool,
+    pub created_ms: i64,
+    pub modified_ms: i64,
+}
+
+/// Fields an account update may change.
+#[derive(Debug, Default)]
+pub struct AccountChanges {
+    pub name: Option<String>,
+    pub active: Option<bool>,
+    pub credentials: Option<Vec<u8>>,
+}
+
+/// Result alias for database calls.
+pub type DbResult<T> = Result<T, sqlx::Error>;
+
+fn app_from(r: &AnyRow) -> DbResult<Application> {
+    Ok(Application {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        active: r.try_get::<i64, _>("active")? != 0,
+        created_ms: r.try_get("created_ms")?,
+        modified_ms: r.try_get("modified_ms")?,
+    })
+}
+
+fn account_from(r: &AnyRow) -> DbResult<AccountRecord> {
+    Ok(AccountRecord {
+        id: r.try_get("id")?,
+        app_id: r.try_get("app_id")?,
+        service: r.try_get("service")?,
+        name: r.try_get("name")?,
+        credentials: r.try_get("credentials")?,
+        active: r.try_get::<i64, _>("active")? != 0,
+        created_ms: r.try_get("created_ms")?,
+        modified_ms: r.try_get("modified_ms")?,
+    })
+}
+
+fn key_from(r: &AnyRow) -> DbResult<ApiKeyRecord> {
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        app_id: r.try_get("app_id")?,
+        hint: r.try_get("key_hint")?,
+        created_ms: r.try_get("created_ms")?,
+    })
+}
+
+const ACCOUNT_COLS: &str =
+    "id, app_id, service, name, credentials, active, created_ms, modified_ms";
+const APP_COLS: &str = "id, name, description, active, created_ms, modified_ms";
+
+impl Db {
+    /// Connects (creating an SQLite file if needed) without running migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> DbResult<Self> {
+        sqlx::any::install_default_drivers();
+        let (url, backend) = if let Some(rest) = url.strip_prefix("sqlite:") {
+            let path = rest.trim_start_matches("//");
+            if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
+            {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)?;
+                }
+            }
+            let sep = if url.contains('?') { '&' } else { '?' };
+            let url = if url.contains("mode=") {
+                url.to_owned()
+            } else {
+                format!("{url}{sep}mode=rwc")
+            };
+            (url, Backend::Sqlite)
+        } else {
+            (url.to_owned(), Backend::Postgres)
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the single writer; busy_timeout turns
+                        // writer contention into waiting rather than SQLITE_BUSY errors.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending migrations for this backend.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await,
+        }
+    }
+
+    /// A cheap round trip, for `/readyz`.
+    pub async fn ping(&self) -> DbResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- applications ----
+
+    pub async fn create_app(&self, name: &str, description: &str, now: i64) -> DbResult<Application> {
+        let r = sqlx::query(&format!(
+            "INSERT INTO applications (name, description, active, created_ms, modified_ms) \
+             VALUES ($1, $2, 1, $3, $3) RETURNING {APP_COLS}"
+        ))
+        .bind(name)
+        .bind(description)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        app_from(&r)
+    }
+
+    pub async fn list_apps(&self, offset: i64, limit: i64) -> DbResult<(Vec<Application>, i64)> {
+        let rows = sqlx::query(&format!(
+            "SELECT {APP_COLS} FROM applications ORDER BY id LIMIT $1 OFFSET $2"
+        ))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM applications")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?;
+        Ok((rows.iter().map(app_from).collect::<DbResult<_>>()?, total))
+    }
+
+    pub async fn get_app(&self, id: i64) -> DbResult<Option<Application>> {
+        sqlx::query(&format!("SELECT {APP_COLS} FROM applications WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(app_from)
+            .transpose()
+    }
+
+    pub async fn update_app(
+        &self,
+        id: i64,
+        name: Option<&str>,
+        description: Option<&str>,
+        active: Option<bool>,
+        now: i64,
+    ) -> DbResult<Option<Application>> {
+        sqlx::query(&format!(
+            "UPDATE applications SET name = COALESCE($1, name), \
+             description = COALESCE($2, description), active = COALESCE($3, active), \
+             modified_ms = $4 WHERE id = $5 RETURNING {APP_COLS}"
+        ))
+        .bind(name)
+        .bind(description)
+        .bind(active.map(i64::from))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(app_from)
+        .transpose()
+    }
+
+    pub async fn delete_app(&self, id: i64) -> DbResult<bool> {
+        let n = sqlx::query("DELETE FROM applications WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    // ---- API keys ----
+
+    pub async fn create_api_key(
+        &self,
+        app_id: i64,
+        hash: &[u8],
+        hint: &str,
+        now: i64,
+    ) -> DbResult<ApiKeyRecord> {
+        let r = sqlx::query(
+            "INSERT INTO api_keys (app_id, key_hash, key_hint, created_ms) VALUES ($1, $2, $3, $4) \
+             RETURNING id, app_id, key_hint, created_ms",
+        )
+        .bind(app_id)
+        .bind(hash.to_vec())
+        .bind(hint)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        key_from(&r)
+    }
+
+    pub async fn list_api_keys(&self, app_id: i64) -> DbResult<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, app_id, key_hint, created_ms FROM api_keys WHERE app_id = $1 ORDER BY id",
+        )
+        .bind(app_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from).collect()
+    }
+
+    /// Deletes the key of `app_id` with this id or this hash; true when one was deleted.
+    pub async fn delete_api_key(&self, app_id: i64, id: Option<i64>, hash: &[u8]) -> DbResult<bool> {
+        let n = sqlx::query(
+            "DELETE FROM api_keys WHERE app_id = $1 AND (id = $2 OR key_hash = $3)",
+        )
+        .bind(app_id)
+        .bind(id.unwrap_or(-1))
+        .bind(hash.to_vec())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n > 0)
+    }
+
+    /// The active application an API key hash belongs to.
+    pub async fn app_for_api_key(&self, hash: &[u8]) -> DbResult<Option<i64>> {
+        let r = sqlx::query(
+            "SELECT a.id AS id FROM api_keys k JOIN applications a ON a.id = k.app_id \
+             WHERE k.key_hash = $1 AND a.active = 1",
+        )
+        .bind(hash.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| r.try_get("id")).transpose()
+    }
+
+    // ---- meta tokens ----
+
+    pub async fn create_meta_token(&self, name: &str, hash: &[u8], now: i64) -> DbResult<i64> {
+        sqlx::query(
+            "INSERT INTO meta_tokens (name, token_hash, created_ms) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(hash.to_vec())
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("id")
+    }
+
+    pub async fn meta_token_exists(&self, hash: &[u8]) -> DbResult<bool> {
+        Ok(sqlx::query("SELECT id FROM meta_tokens WHERE token_hash = $1")
+            .bind(hash.to_vec())
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    // ---- accounts ----
+
+    /// Inserts an account; `seal` encrypts the settings bound to the new row's id, in the same
+    /// transaction, so no row ever holds unbound credentials.
+    pub async fn create_account(
+        &self,
+        app_id: i64,
+        service: &str,
+        name: &str,
+        seal: impl FnOnce(i64) -> Vec<u8>,
+        now: i64,
+    ) -> DbResult<AccountRecord> {
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO accounts (app_id, service, name, credentials, active, created_ms, modified_ms) \
+             VALUES ($1, $2, $3, $4, 1, $5, $5) RETURNING id",
+        )
+        .bind(app_id)
+        .bind(service)
+        .bind(name)
+        .bind(Vec::<u8>::new())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("id")?;
+        let sealed = seal(id);
+        let r = sqlx::query(&format!(
+            "UPDATE accounts SET credentials = $1 WHERE id = $2 RETURNING {ACCOUNT_COLS}"
+        ))
+        .bind(sealed)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        account_from(&r)
+    }
+
+    /// A page of an application's accounts (or just `only`, for a bearer token).
+    pub async fn list_accounts(
+        &self,
+        app_id: i64,
+        only: Option<i64>,
+        offset: i64,
+        limit: i64,
+    ) -> DbResult<(Vec<AccountRecord>, i64)> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE app_id = $1 AND ($2 < 0 OR id = $2) \
+             ORDER BY id LIMIT $3 OFFSET $4"
+        ))
+        .bind(app_id)
+        .bind(only.unwrap_or(-1))
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let total: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM accounts WHERE app_id = $1 AND ($2 < 0 OR id = $2)",
+        )
+        .bind(app_id)
+        .bind(only.unwrap_or(-1))
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        Ok((rows.iter().map(account_from).collect::<DbResult<_>>()?, total))
+    }
+
+    /// An account, only if it belongs to `app_id`.
+    pub async fn get_account(&self, app_id: i64, id: i64) -> DbResult<Option<AccountRecord>> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1 AND app_id = $2"
+        ))
+        .bind(id)
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(account_from)
+        .transpose()
+    }
+
+    pub async fn update_account(
+        &self,
+        app_id: i64,
+        id: i64,
+        changes: AccountChanges,
+        now: i64,
+    ) -> DbResult<Option<AccountRecord>> {
+        sqlx::query(&format!(
+            "UPDATE accounts SET name = COALESCE($1, name), active = COALESCE($2, active), \
+             credentials = COALESCE($3, credentials), modified_ms = $4 \
+             WHERE id = $5 AND app_id = $6 RETURNING {ACCOUNT_COLS}"
+        ))
+        .bind(changes.name)
+        .bind(changes.active.map(i64::from))
+        .bind(changes.credentials)
+        .bind(now)
+        .bind(id)
+        .bind(app_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(account_from)
+        .transpose()
+    }
+
+    pub async fn delete_account(&self, app_id: i64, id: i64) -> DbResult<bool> {
+        let n = sqlx::query("DELETE FROM accounts WHERE id = $1 AND app_id = $2")
+            .bind(id)
+            .bind(app_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
+    pub async fn create_account_token(&self, account_id: i64, hash: &[u8], now: i64) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO account_tokens (account_id, token_hash, created_ms) VALUES ($1, $2, $3)",
+        )
+        .bind(account_id)
+        .bind(hash.to_vec())
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The (account, application) a bearer token hash belongs to, if both are active.
+    pub async fn account_for_token(&self, hash: &[u8]) -> DbResult<Option<(i64, i64)>> {
+        let r = sqlx::query(
+            "SELECT c.id AS account_id, c.app_id AS app_id FROM account_tokens t \
+             JOIN accounts c ON c.id = t.account_id JOIN applications a ON a.id = c.app_id \
+             WHERE t.token_hash = $1 AND c.active = 1 AND a.active = 1",
+        )
+        .bind(hash.to_vec())
+        .fetch_optional(&self.pool)
+        .await?;
+        r.map(|r| Ok((r.try_get("account_id")?, r.try_get("app_id")?)))
+            .transpose()
+    }
+}

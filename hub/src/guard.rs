@@ -1,0 +1,140 @@
+//! Input guards for what users point the hub at: SSRF checks on storage endpoints (no internal
+//! addresses unless the operator allows them) and the `fs` root allow-list.
+
+use crate::error::ApiError;
+use shared::storage::ServiceConfig;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// True for addresses a user-supplied endpoint must not reach by default: loopback, private,
+/// link-local, CGNAT, unique-local, unspecified, multicast, documentation and broadcast.
+pub fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x64 && s[1] == 0xff9b)
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+        }
+    }
+}
+
+/// Splits a user endpoint into host and port. URL endpoints must be http(s); SFTP endpoints
+/// are `host[:port]` or `ssh://host[:port]`.
+fn host_port(endpoint: &str, sftp: bool) -> Result<(String, u16), ApiError> {
+    let bad = || ApiError::bad_request("`endpoint` is not a valid address");
+    if sftp {
+        let rest = endpoint.strip_prefix("ssh://").unwrap_or(endpoint);
+        let uri: axum::http::Uri = format!("ssh://{rest}").parse().map_err(|_| bad())?;
+        let host = uri.host().ok_or_else(bad)?;
+        return Ok((host.trim_matches(['[', ']']).to_owned(), uri.port_u16().unwrap_or(22)));
+    }
+    let uri: axum::http::Uri = endpoint.parse().map_err(|_| bad())?;
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err(ApiError::bad_request("`endpoint` must be an http:// or https:// URL")),
+    };
+    let host = uri.host().ok_or_else(bad)?;
+    Ok((host.trim_matches(['[', ']']).to_owned(), uri.port_u16().unwrap_or(default_port)))
+}
+
+/// Checks a service's endpoint against the SSRF policy. The check resolves the name now; the
+/// provider connection resolves again later, so operators who fear DNS rebinding should also
+/// filter egress at the network layer.
+pub async fn check_endpoint(cfg: &ServiceConfig, allow_private: bool) -> Result<(), ApiError> {
+    let Some(endpoint) = cfg.endpoint() else {
+        return Ok(());
+    };
+    let (host, port) = host_port(endpoint, cfg.name() == "sftp")?;
+    if allow_private {
+        return Ok(());
+    }
+    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|_| ApiError::bad_request(format!("cannot resolve endpoint host `{host}`")))?
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| is_internal(a.ip())) {
+        return Err(ApiError::bad_request(
+            "`endpoint` resolves to an internal address, which this hub does not allow \
+             (storage.allow_private_endpoints)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an `fs` root: it must exist and lie under one of the allowed roots after resolving
+/// symlinks and `..`.
+pub fn check_fs_root(root: &str, allowed: &[PathBuf]) -> Result<PathBuf, ApiError> {
+    let canon = Path::new(root)
+        .canonicalize()
+        .map_err(|_| ApiError::bad_request("fs `root` does not exist"))?;
+    if !canon.is_dir() {
+        return Err(ApiError::bad_request("fs `root` is not a directory"));
+    }
+    if allowed.iter().any(|a| canon.starts_with(a)) {
+        Ok(canon)
+    } else {
+        Err(ApiError::bad_request(
+            "fs `root` is outside storage.fs.allowed_roots",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses() {
+        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+                  "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
+            assert!(is_internal(a.parse().expect("ip")), "{a}");
+        }
+        for a in ["8.8.8.8", "2606:4700::1111", "1.1.1.1"] {
+            assert!(!is_internal(a.parse().expect("ip")), "{a}");
+        }
+    }
+
+    #[test]
+    fn endpoint_parsing() {
+        assert_eq!(host_port("http://h:9000/x", false).expect("ok"), ("h".into(), 9000));
+        assert_eq!(host_port("https://h", false).expect("ok"), ("h".into(), 443));
+        assert!(host_port("file:///etc", false).is_err());
+        assert_eq!(host_port("h:2222", true).expect("ok"), ("h".into(), 2222));
+        assert_eq!(host_port("ssh://[::1]:22", true).expect("ok"), ("::1".into(), 22));
+    }
+
+    #[test]
+    fn fs_roots() {
+        let base = tempfile::tempdir().expect("tmp");
+        let allowed = vec![base.path().canonicalize().expect("canon")];
+        let inside = base.path().join("a");
+        std::fs::create_dir(&inside).expect("mkdir");
+        assert!(check_fs_root(&inside.to_string_lossy(), &allowed).is_ok());
+        let escape = format!("{}/a/../..", base.path().display());
+        assert!(check_fs_root(&escape, &allowed).is_err());
+        assert!(check_fs_root("/etc", &allowed).is_err());
+    }
+}

@@ -1,0 +1,126 @@
+//! Switchyard hub: the regional control plane. Today it serves the unified storage REST API
+//! (Kloudless v1 compatible) over the database and the storage connectors.
+//!
+//! Entry points: [`run`] serves a loaded [`config::Config`]; [`open`] builds the shared state
+//! (database, keys, caches) and [`app`] the router, which tests drive in-process.
+
+pub mod api;
+pub mod auth;
+mod cache;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod dev;
+pub mod error;
+pub mod guard;
+pub mod ids;
+mod metrics;
+pub mod model;
+pub mod state;
+
+use anyhow::Context as _;
+use shared::auth::MasterKey;
+use state::{AppState, HubState};
+use std::sync::Arc;
+
+/// Connects and migrates the database, loads the master key, and builds the hub state.
+pub async fn open(config: config::Config) -> anyhow::Result<AppState> {
+    let master = load_master_key(&config)?;
+    let url = config.database_url();
+    let db = db::Db::connect(&url, config.database.max_connections)
+        .await
+        .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
+    db.migrate().await.context("applying database migrations")?;
+    Ok(Arc::new(HubState::new(config, db, &master)?))
+}
+
+/// The HTTP application for a hub state.
+pub fn app(state: AppState) -> axum::Router {
+    api::router(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")
+}
+
+/// Runs a hub with `config` until SIGINT or SIGTERM.
+pub async fn run(config: config::Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let state = open(config).await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, region = %state.config.region, "hub listening");
+    serve(state.clone(), listener, shutdown_signal()).await?;
+    state.db.close().await;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Reads the master key from `secrets.master_key` or `secrets.master_key_file`.
+pub fn load_master_key(config: &config::Config) -> anyhow::Result<MasterKey> {
+    if let Some(k) = &config.secrets.master_key {
+        return MasterKey::from_base64(k).context("secrets.master_key");
+    }
+    let path = config.secrets.master_key_file.clone().ok_or_else(|| {
+        anyhow::anyhow!(
+            "config key `secrets.master_key_file`: no master key configured; create one with \
+             `head -c 32 /dev/urandom | base64 > master.key && chmod 600 master.key`"
+        )
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(&path)
+        .with_context(|| format!("secrets.master_key_file: cannot read {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        anyhow::bail!(
+            "secrets.master_key_file: {} is readable by group or others; chmod 600 it",
+            path.display()
+        );
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("secrets.master_key_file: cannot read {}", path.display()))?;
+    MasterKey::from_base64(&text).context("secrets.master_key_file")
+}
+
+/// A database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}

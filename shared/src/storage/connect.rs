@@ -1,0 +1,213 @@
+//! Builds an OpenDAL operator for each service from its typed settings (no IO except creating
+//! the fs staging directory and writing an SFTP private key file for the ssh client).
+
+use super::service::ServiceConfig;
+use super::{webdav, Connector, Staging, StorageError};
+use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::Operator;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Process-level settings every connector needs.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// A private directory (mode 0700) for files the ssh client must read (SFTP keys).
+    pub scratch_dir: PathBuf,
+    /// Per-request timeout for network providers.
+    pub io_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            scratch_dir: std::env::temp_dir().join("switchyard-scratch"),
+            io_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The OAuth consumer services share one builder shape.
+macro_rules! oauth_service {
+    ($builder:ty, $s:expr, $bad:expr) => {{
+        let s = $s;
+        let mut b = <$builder>::default();
+        if let Some(t) = &s.access_token {
+            b = b.access_token(t);
+        }
+        if let Some(t) = &s.refresh_token {
+            b = b.refresh_token(t);
+        }
+        if let Some(t) = &s.client_id {
+            b = b.client_id(t);
+        }
+        if let Some(t) = &s.client_secret {
+            b = b.client_secret(t);
+        }
+        if let Some(r) = &s.root {
+            b = b.root(r);
+        }
+        (Operator::new(b).map_err($bad)?, Staging::Atomic)
+    }};
+}
+
+static INSTALL: std::sync::Once = std::sync::Once::new();
+
+impl Connector {
+    /// Builds the connector for `cfg`. This does not contact the provider: call
+    /// [`Connector::check`] for that.
+    pub fn connect(cfg: &ServiceConfig, opts: &ConnectOptions) -> Result<Self, StorageError> {
+        INSTALL.call_once(opendal::install_default);
+        let bad = |e: opendal::Error| StorageError::InvalidSettings(e.message().to_owned());
+        let (op, staging) = match cfg {
+            #[cfg(feature = "fs")]
+            ServiceConfig::Fs(s) => {
+                let root = std::path::Path::new(&s.root);
+                if !root.is_dir() {
+                    return Err(StorageError::InvalidSettings(
+                        "fs root does not exist or is not a directory".into(),
+                    ));
+                }
+                let staging_dir = root.join(format!("{}partial", super::RESERVED_PREFIX));
+                let b = opendal::services::Fs::default()
+                    .root(&s.root)
+                    .atomic_write_dir(&staging_dir.to_string_lossy());
+                (Operator::new(b).map_err(bad)?, Staging::Atomic)
+            }
+            #[cfg(feature = "s3")]
+            ServiceConfig::S3(s) => {
+                let mut b = opendal::services::S3::default()
+                    .bucket(&s.bucket)
+                    .access_key_id(&s.access_key_id)
+                    .secret_access_key(&s.secret_access_key)
+                    .region(s.region.as_deref().unwrap_or("us-east-1"))
+                    .disable_config_load()
+                    .disable_ec2_metadata();
+                if let Some(e) = &s.endpoint {
+                    b = b.endpoint(e);
+                }
+                if let Some(r) = &s.root {
+                    b = b.root(r);
+                }
+                (Operator::new(b).map_err(bad)?, Staging::Atomic)
+            }
+            #[cfg(feature = "webdav")]
+            ServiceConfig::Webdav(s) => {
+                let mut b = opendal::services::Webdav::default().endpoint(&s.endpoint);
+                if let Some(u) = &s.username {
+                    b = b.username(u);
+                }
+                if let Some(p) = &s.password {
+                    b = b.password(p);
+                }
+                if let Some(r) = &s.root {
+                    b = b.root(r);
+                }
+                let client = webdav::Client::new(s, opts.io_timeout)?;
+                (Operator::new(b).map_err(bad)?, Staging::Webdav(client))
+            }
+            #[cfg(feature = "sftp")]
+            ServiceConfig::Sftp(s) => {
+                let key = s.key.as_deref().ok_or_else(|| {
+                    StorageError::InvalidSettings("sftp needs a private `key`".into())
+                })?;
+                let key_path = write_private_key(&opts.scratch_dir, key)?;
+                let endpoint = if s.endpoint.starts_with("ssh://") {
+                    s.endpoint.clone()
+                } else {
+                    format!("ssh://{}", s.endpoint)
+                };
+                let mut b = opendal::services::Sftp::default()
+                    .endpoint(&endpoint)
+                    .user(&s.user)
+                    .key(&key_path.to_string_lossy())
+                    .known_hosts_strategy("accept");
+                if let Some(r) = &s.root {
+                    b = b.root(r);
+                }
+                (Operator::new(b).map_err(bad)?, Staging::Rename)
+            }
+            #[cfg(feature = "azblob")]
+            ServiceConfig::Azblob(s) => {
+                let mut b = opendal::services::Azblob::default()
+                    .container(&s.container)
+                    .endpoint(&s.endpoint)
+                    .account_name(&s.account_name)
+                    .account_key(&s.account_key);
+                if let Some(r) = &s.root {
+                    b = b.root(r);
+                }
+                (Operator::new(b).map_err(bad)?, Staging::Atomic)
+            }
+            #[cfg(feature = "gcs")]
+            ServiceConfig::Gcs(s) => {
+                let mut b = opendal::services::Gcs::default()
+                    .bucket(&s.bucket)
+                    .credential(&s.credential);
+                if let Some(e) = &s.endpoint {
+                    b = b.endpoint(e);
+                }
+                if let Some(r) = &s.root {
+                    b = b.root(r);
+                }
+                (Operator::new(b).map_err(bad)?, Staging::Atomic)
+            }
+            #[cfg(feature = "dropbox")]
+            ServiceConfig::Dropbox(s) => oauth_service!(opendal::services::Dropbox, s, bad),
+            #[cfg(feature = "gdrive")]
+            ServiceConfig::Gdrive(s) => oauth_service!(opendal::services::Gdrive, s, bad),
+            #[cfg(feature = "onedrive")]
+            ServiceConfig::Onedrive(s) => oauth_service!(opendal::services::Onedrive, s, bad),
+            #[allow(unreachable_patterns)]
+            other => {
+                return Err(StorageError::Unsupported(format!(
+                    "service '{}' is not compiled into this build",
+                    other.name()
+                )))
+            }
+        };
+        let op = if cfg.name() == "fs" {
+            op
+        } else {
+            op.layer(TimeoutLayer::new().with_io_timeout(opts.io_timeout))
+                .layer(RetryLayer::new().with_max_times(3).with_jitter())
+        };
+        Ok(Connector {
+            op,
+            service: cfg.name(),
+            staging,
+        })
+    }
+}
+
+/// Writes an SFTP private key where the ssh client can read it: a file named by the key's hash
+/// under a 0700 directory, mode 0600, written once.
+#[cfg(feature = "sftp")]
+fn write_private_key(dir: &std::path::Path, key: &str) -> Result<PathBuf, StorageError> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StorageError::Other(format!("cannot write sftp key file: {e}"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    let mut text = key.trim().to_owned();
+    text.push('\n');
+    let name = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
+    let path = dir.join(format!("sftp-{name}.key"));
+    if !path.exists() {
+        let tmp = dir.join(format!("sftp-{name}.{:x}.tmp", rand::random::<u64>()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        f.write_all(text.as_bytes()).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &path).map_err(io)?;
+    }
+    Ok(path)
+}

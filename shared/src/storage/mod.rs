@@ -1,0 +1,601 @@
+//! Storage connectors: one [`Connector`] per connected account, over Apache OpenDAL, with each
+//! service behind a Cargo feature. This is the only module of `shared` that does IO.
+//!
+//! The connector adds what the API needs on top of OpenDAL: validated paths ([`StoragePath`]),
+//! name-sorted paged listings that hide Switchyard's staging files, uploads that never leave a
+//! partial file visible (atomic write, or a staging name plus rename), streaming range reads, and
+//! errors mapped onto the few kinds the API distinguishes ([`StorageError`]).
+
+mod connect;
+pub mod path;
+pub mod service;
+mod webdav;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use opendal::{EntryMode, ErrorKind, Metadata, Operator};
+use std::time::Duration;
+
+pub use connect::ConnectOptions;
+pub use path::{validate_name, PathError, StoragePath, RESERVED_PREFIX};
+pub use service::{ServiceConfig, SettingsError, SERVICES};
+
+/// Most entries one folder listing or recursive walk collects; larger folders are truncated
+/// (and flagged) rather than exhausting memory.
+pub const MAX_LISTING: usize = 100_000;
+
+/// What a listed or stat'ed object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Folder,
+}
+
+/// Metadata of one file or folder.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub path: StoragePath,
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Unix milliseconds.
+    pub modified: Option<i64>,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+}
+
+/// A storage failure, reduced to what the API must tell apart.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    AlreadyExists,
+    #[error("folder is not empty")]
+    NotEmpty,
+    #[error("expected a {expected}")]
+    WrongKind { expected: &'static str },
+    #[error("the provider refused access: {0}")]
+    PermissionDenied(String),
+    #[error("the provider rejected the account settings: {0}")]
+    InvalidSettings(String),
+    #[error("the provider is rate limiting requests")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("the provider is unavailable: {0}")]
+    Unavailable(String),
+    #[error("requested range is not satisfiable")]
+    RangeNotSatisfiable,
+    #[error("not supported by this service: {0}")]
+    Unsupported(String),
+    #[error("the upload stream was interrupted: {0}")]
+    Interrupted(String),
+    #[error("invalid path: {0}")]
+    Path(#[from] PathError),
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+impl From<opendal::Error> for StorageError {
+    fn from(e: opendal::Error) -> Self {
+        match e.kind() {
+            ErrorKind::NotFound => Self::NotFound,
+            ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => Self::AlreadyExists,
+            ErrorKind::IsADirectory => Self::WrongKind { expected: "file" },
+            ErrorKind::NotADirectory => Self::WrongKind { expected: "folder" },
+            ErrorKind::PermissionDenied => Self::PermissionDenied(e.message().to_owned()),
+            ErrorKind::ConfigInvalid => Self::InvalidSettings(e.message().to_owned()),
+            ErrorKind::RateLimited => Self::RateLimited { retry_after: None },
+            ErrorKind::RangeNotSatisfied => Self::RangeNotSatisfiable,
+            ErrorKind::Unsupported => Self::Unsupported(e.message().to_owned()),
+            _ if e.is_temporary() => Self::Unavailable(e.message().to_owned()),
+            _ => Self::Other(e.to_string()),
+        }
+    }
+}
+
+/// A byte range of a read: `start..` or `start..start+len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub len: Option<u64>,
+}
+
+/// A connected storage account.
+#[derive(Clone)]
+pub struct Connector {
+    op: Operator,
+    service: &'static str,
+    /// Where uploads go first when the service has no atomic write of its own.
+    staging: Staging,
+}
+
+#[derive(Clone)]
+enum Staging {
+    /// The service (or its OpenDAL writer) only makes an object visible when it is complete.
+    Atomic,
+    /// Write to a reserved sibling name, then rename over the target.
+    Rename,
+    /// WebDAV: a streaming PUT of our own (OpenDAL's WebDAV writer buffers whole files), to a
+    /// reserved sibling name, then MOVE.
+    Webdav(webdav::Client),
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Connector({})", self.service)
+    }
+}
+
+/// Feature flags of an account, as `retrieve_full=true` reports them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Capabilities {
+    pub copy: bool,
+    pub rename: bool,
+    pub server_side_copy: bool,
+    pub multipart: bool,
+    pub range_reads: bool,
+    pub folders: bool,
+}
+
+fn entry_from(path: StoragePath, meta: &Metadata) -> Entry {
+    Entry {
+        path,
+        kind: if meta.mode() == EntryMode::DIR {
+            EntryKind::Folder
+        } else {
+            EntryKind::File
+        },
+        size: if meta.mode() == EntryMode::DIR {
+            0
+        } else {
+            meta.content_length()
+        },
+        modified: meta.last_modified().map(|t| t.into_inner().as_millisecond()),
+        etag: meta.etag().map(|s| s.trim_matches('"').to_owned()),
+        content_type: meta.content_type().map(str::to_owned),
+    }
+}
+
+/// Turns an OpenDAL listing path (relative to the root, folders with a trailing `/`) into a
+/// validated path; names we cannot represent safely are skipped.
+fn listed_path(raw: &str) -> Option<StoragePath> {
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        return None;
+    }
+    StoragePath::parse(trimmed).ok()
+}
+
+fn staging_name() -> String {
+    format!("{RESERVED_PREFIX}partial-{:016x}", rand::random::<u64>())
+}
+
+impl Connector {
+    /// The API service name (`fs`, `s3`, ...).
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
+    /// Verifies the account settings with a real call to the provider (lists the root).
+    pub async fn check(&self) -> Result<(), StorageError> {
+        match self.op.lister_with("/").limit(1).await {
+            Ok(mut l) => match l.try_next().await {
+                Ok(_) => Ok(()),
+                Err(e) => Err(check_error(e)),
+            },
+            Err(e) => Err(check_error(e)),
+        }
+    }
+
+    pub fn capabilities(&self) -> Capabilities {
+        let cap = self.op.info().capability();
+        Capabilities {
+            copy: true,
+            rename: true,
+            server_side_copy: cap.copy,
+            multipart: cap.write_can_multi,
+            range_reads: cap.read,
+            folders: cap.create_dir,
+        }
+    }
+
+    /// Metadata of a file or folder; the root is always a folder.
+    pub async fn stat(&self, path: &StoragePath) -> Result<Entry, StorageError> {
+        if path.is_root() {
+            return Ok(Entry {
+                path: StoragePath::root(),
+                kind: EntryKind::Folder,
+                size: 0,
+                modified: None,
+                etag: None,
+                content_type: None,
+            });
+        }
+        match self.op.stat(path.file_key()).await {
+            Ok(meta) => Ok(entry_from(path.clone(), &meta)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                // Object stores report a folder only under its trailing-slash key.
+                let meta = self.op.stat(&path.dir_key()).await?;
+                Ok(entry_from(path.clone(), &meta))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Metadata of `path`, which must be a folder.
+    pub async fn stat_folder(&self, path: &StoragePath) -> Result<Entry, StorageError> {
+        let e = self.stat(path).await?;
+        if e.kind != EntryKind::Folder {
+            return Err(StorageError::WrongKind { expected: "folder" });
+        }
+        Ok(e)
+    }
+
+    /// Metadata of `path`, which must be a file.
+    pub async fn stat_file(&self, path: &StoragePath) -> Result<Entry, StorageError> {
+        if path.is_root() {
+            return Err(StorageError::WrongKind { expected: "file" });
+        }
+        let meta = self.op.stat(path.file_key()).await?;
+        if meta.mode() == EntryMode::DIR {
+            return Err(StorageError::WrongKind { expected: "file" });
+        }
+        Ok(entry_from(path.clone(), &meta))
+    }
+
+    /// The children of `folder`, sorted by name, hiding reserved names. The bool is true when
+    /// the folder had more than [`MAX_LISTING`] entries and the listing was cut.
+    pub async fn list(&self, folder: &StoragePath) -> Result<(Vec<Entry>, bool), StorageError> {
+        self.collect(folder, false).await
+    }
+
+    /// Every object below `folder` (recursive), hiding reserved names, capped at `limit`.
+    pub async fn walk(
+        &self,
+        folder: &StoragePath,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), StorageError> {
+        let (mut v, cut) = self.collect_limited(folder, true, limit).await?;
+        v.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok((v, cut))
+    }
+
+    async fn collect(
+        &self,
+        folder: &StoragePath,
+        recursive: bool,
+    ) -> Result<(Vec<Entry>, bool), StorageError> {
+        let (mut v, cut) = self
+            .collect_limited(folder, recursive, MAX_LISTING)
+            .await?;
+        v.sort_by(|a, b| a.path.name().cmp(b.path.name()));
+        Ok((v, cut))
+    }
+
+    async fn collect_limited(
+        &self,
+        folder: &StoragePath,
+        recursive: bool,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, bool), StorageError> {
+        let dir = folder.dir_key();
+        let mut lister = self.op.lister_with(&dir).recursive(recursive).await?;
+        let mut out = Vec::new();
+        let mut missing_meta = Vec::new();
+        while let Some(entry) = lister.try_next().await? {
+            let Some(path) = listed_path(entry.path()) else {
+                continue;
+            };
+            if path == *folder || path.as_str().split('/').any(|c| c.starts_with(RESERVED_PREFIX))
+            {
+                continue;
+            }
+            if out.len() >= limit {
+                return Ok((out, true));
+            }
+            let meta = entry.metadata();
+            if meta.mode() == EntryMode::FILE && meta.last_modified().is_none() {
+                missing_meta.push(out.len());
+            }
+            out.push(entry_from(path, meta));
+        }
+        // Some services list names only; fill in sizes and times with a stat each.
+        for i in missing_meta {
+            if let Ok(meta) = self.op.stat(out[i].path.file_key()).await {
+                let path = out[i].path.clone();
+                out[i] = entry_from(path, &meta);
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// True when `path` exists as a file or folder.
+    pub async fn exists(&self, path: &StoragePath) -> Result<bool, StorageError> {
+        match self.stat(path).await {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates a folder (its parent must exist).
+    pub async fn create_folder(&self, path: &StoragePath) -> Result<Entry, StorageError> {
+        self.op.create_dir(&path.dir_key()).await?;
+        self.stat(path).await
+    }
+
+    /// Streams a file's bytes (optionally a range) with bounded memory.
+    pub async fn read(
+        &self,
+        path: &StoragePath,
+        range: Option<ByteRange>,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, StorageError>
+    {
+        let reader = self
+            .op
+            .reader_with(path.file_key())
+            .chunk(READ_CHUNK)
+            .await?;
+        let stream = match range {
+            None => reader.into_bytes_stream(..).await?,
+            Some(ByteRange { start, len: None }) => reader.into_bytes_stream(start..).await?,
+            Some(ByteRange {
+                start,
+                len: Some(n),
+            }) => reader.into_bytes_stream(start..start + n).await?,
+        };
+        Ok(stream)
+    }
+
+    /// Writes `body` to `path` (replacing it), never leaving a partial file visible under
+    /// `path`: if the stream fails, the upload is aborted and nothing appears.
+    pub async fn write<S, E>(&self, path: &StoragePath, body: S) -> Result<Entry, StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        let parent = path.parent().unwrap_or_else(StoragePath::root);
+        match &self.staging {
+            Staging::Atomic => self.write_direct(path.file_key(), body).await?,
+            Staging::Rename => {
+                let tmp = parent.join_reserved(&staging_name());
+                let res = self.write_direct(tmp.file_key(), body).await;
+                self.finish_staged(res, &tmp, path).await?;
+            }
+            Staging::Webdav(client) => {
+                let tmp = parent.join_reserved(&staging_name());
+                let res = client.put_stream(tmp.file_key(), body).await;
+                self.finish_staged(res, &tmp, path).await?;
+            }
+        }
+        self.stat_file(path).await
+    }
+
+    async fn finish_staged(
+        &self,
+        res: Result<(), StorageError>,
+        tmp: &StoragePath,
+        path: &StoragePath,
+    ) -> Result<(), StorageError> {
+        if let Err(e) = res {
+            let _ = self.op.delete(tmp.file_key()).await;
+            return Err(e);
+        }
+        match self.op.rename(tmp.file_key(), path.file_key()).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                // SFTP v3 rename will not replace; remove the old file, then move into place.
+                self.op.delete(path.file_key()).await?;
+                self.op
+                    .rename(tmp.file_key(), path.file_key())
+                    .await
+                    .map_err(Into::into)
+            }
+            Err(e) => {
+                let _ = self.op.delete(tmp.file_key()).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn write_direct<S, E>(&self, key: &str, mut body: S) -> Result<(), StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut w = self
+            .op
+            .writer_with(key)
+            .chunk(WRITE_CHUNK)
+            .concurrent(WRITE_CONCURRENCY)
+            .await?;
+        while let Some(next) = body.next().await {
+            match next {
+                Ok(bytes) => {
+                    if let Err(e) = w.write(bytes).await {
+                        let _ = w.abort().await;
+                        return Err(e.into());
+                    }
+                }
+                Err(e) => {
+                    let _ = w.abort().await;
+                    return Err(StorageError::Interrupted(e.to_string()));
+                }
+            }
+        }
+        w.close().await?;
+        Ok(())
+    }
+
+    /// Deletes a file.
+    pub async fn delete_file(&self, path: &StoragePath) -> Result<(), StorageError> {
+        self.stat_file(path).await?;
+        self.op.delete(path.file_key()).await?;
+        Ok(())
+    }
+
+    /// Deletes a folder; without `recursive` a non-empty folder is refused.
+    pub async fn delete_folder(
+        &self,
+        path: &StoragePath,
+        recursive: bool,
+    ) -> Result<(), StorageError> {
+        if path.is_root() {
+            return Err(StorageError::PermissionDenied(
+                "the root folder cannot be deleted".into(),
+            ));
+        }
+        self.stat_folder(path).await?;
+        if recursive {
+            self.op.delete_with(&path.dir_key()).recursive(true).await?;
+        } else {
+            let mut l = self.op.lister_with(&path.dir_key()).await?;
+            while let Some(e) = l.try_next().await? {
+                if listed_path(e.path()).is_some_and(|p| p != *path) {
+                    return Err(StorageError::NotEmpty);
+                }
+            }
+            self.op.delete(&path.dir_key()).await?;
+        }
+        Ok(())
+    }
+
+    /// Copies a file within this account (server-side when the service can).
+    pub async fn copy_file(&self, from: &StoragePath, to: &StoragePath) -> Result<Entry, StorageError> {
+        if self.op.info().capability().copy {
+            self.op.copy(from.file_key(), to.file_key()).await?;
+            self.stat_file(to).await
+        } else {
+            let src = self.read(from, None).await?;
+            self.write(to, Box::pin(src)).await
+        }
+    }
+
+    /// Copies a file from another account by streaming it through this process.
+    pub async fn copy_file_from(
+        &self,
+        src: &Connector,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<Entry, StorageError> {
+        let stream = src.read(from, None).await?;
+        self.write(to, Box::pin(stream)).await
+    }
+
+    /// Copies a folder tree (within this account or from `src`), bounded by [`MAX_LISTING`].
+    pub async fn copy_folder_from(
+        &self,
+        src: &Connector,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<Entry, StorageError> {
+        if to.starts_with(from) && std::ptr::eq(self, src) {
+            return Err(StorageError::PermissionDenied(
+                "a folder cannot be copied into itself".into(),
+            ));
+        }
+        let (entries, cut) = src.walk(from, MAX_LISTING).await?;
+        if cut {
+            return Err(StorageError::Unsupported(format!(
+                "folder has more than {MAX_LISTING} entries"
+            )));
+        }
+        self.create_folder_all(to).await?;
+        for e in entries {
+            let Some(target) = e.path.rebase(from, to) else {
+                continue;
+            };
+            match e.kind {
+                EntryKind::Folder => {
+                    self.create_folder_all(&target).await?;
+                }
+                EntryKind::File => {
+                    if let Some(p) = target.parent() {
+                        self.create_folder_all(&p).await?;
+                    }
+                    if std::ptr::eq(self, src) {
+                        self.copy_file(&e.path, &target).await?;
+                    } else {
+                        self.copy_file_from(src, &e.path, &target).await?;
+                    }
+                }
+            }
+        }
+        self.stat_folder(to).await
+    }
+
+    async fn create_folder_all(&self, path: &StoragePath) -> Result<(), StorageError> {
+        if path.is_root() {
+            return Ok(());
+        }
+        self.op.create_dir(&path.dir_key()).await?;
+        Ok(())
+    }
+
+    /// Renames or moves a file or folder within this account.
+    pub async fn rename(
+        &self,
+        from: &StoragePath,
+        to: &StoragePath,
+        kind: EntryKind,
+    ) -> Result<Entry, StorageError> {
+        if self.exists(to).await? {
+            return Err(StorageError::AlreadyExists);
+        }
+        let cap = self.op.info().capability();
+        match kind {
+            EntryKind::File if cap.rename => {
+                self.op.rename(from.file_key(), to.file_key()).await?;
+            }
+            EntryKind::File => {
+                self.copy_file(from, to).await?;
+                self.op.delete(from.file_key()).await?;
+            }
+            EntryKind::Folder => {
+                if to.starts_with(from) {
+                    return Err(StorageError::PermissionDenied(
+                        "a folder cannot be moved into itself".into(),
+                    ));
+                }
+                if cap.rename && self.service != "webdav" {
+                    self.op.rename(from.file_key(), to.file_key()).await?;
+                } else {
+                    self.copy_folder_from(self, from, to).await?;
+                    self.op.delete_with(&from.dir_key()).recursive(true).await?;
+                }
+            }
+        }
+        self.stat(to).await
+    }
+}
+
+/// Credential checks report the provider's own complaint; a missing bucket/container or a
+/// refused login both mean "these settings do not work".
+fn check_error(e: opendal::Error) -> StorageError {
+    match e.kind() {
+        ErrorKind::PermissionDenied | ErrorKind::ConfigInvalid | ErrorKind::NotFound => {
+            StorageError::InvalidSettings(provider_complaint(&e))
+        }
+        ErrorKind::Unexpected if !e.is_temporary() => {
+            StorageError::InvalidSettings(provider_complaint(&e))
+        }
+        _ => e.into(),
+    }
+}
+
+/// The provider's own words from an OpenDAL error, without our internal context.
+fn provider_complaint(e: &opendal::Error) -> String {
+    let msg = e.message();
+    let short: String = msg.chars().take(500).collect();
+    if short.is_empty() {
+        format!("{:?}", e.kind())
+    } else {
+        short
+    }
+}
+
+/// Read chunk: large enough to amortise per-call overhead, small enough to bound memory.
+const READ_CHUNK: usize = 4 * 1024 * 1024;
+/// Write chunk: also the S3 multipart part size (S3 requires at least 5 MiB).
+const WRITE_CHUNK: usize = 8 * 1024 * 1024;
+/// Parts in flight per upload; with [`WRITE_CHUNK`] this bounds an upload's buffers.
+const WRITE_CONCURRENCY: usize = 2;

@@ -1,0 +1,265 @@
+//! Typed settings of each storage service, parsed from the `credentials` object a client sends
+//! when it connects an account. Unknown keys are refused so that typos surface as clear errors.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Settings for one connected storage account. `Debug` never prints secrets.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "service", content = "credentials", rename_all = "lowercase")]
+pub enum ServiceConfig {
+    Fs(FsSettings),
+    S3(S3Settings),
+    Webdav(WebdavSettings),
+    Sftp(SftpSettings),
+    Azblob(AzblobSettings),
+    Gcs(GcsSettings),
+    Dropbox(OAuthSettings),
+    Gdrive(OAuthSettings),
+    Onedrive(OAuthSettings),
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FsSettings {
+    /// Absolute directory on the hub or spoke host; must lie under `storage.fs.allowed_roots`.
+    pub root: String,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    pub bucket: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebdavSettings {
+    pub endpoint: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SftpSettings {
+    /// `host:port` or `ssh://host:port`.
+    pub endpoint: String,
+    pub user: String,
+    /// The private key itself (OpenSSH or PEM text).
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AzblobSettings {
+    pub container: String,
+    pub endpoint: String,
+    pub account_name: String,
+    pub account_key: String,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GcsSettings {
+    pub bucket: String,
+    /// Service-account JSON, base64 encoded.
+    pub credential: String,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+/// OAuth-based consumer services (Dropbox, Google Drive, OneDrive).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSettings {
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub root: Option<String>,
+}
+
+/// Why a service/credentials pair was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("unknown service '{0}' (known: {known})", known = SERVICES.join(", "))]
+    UnknownService(String),
+    #[error("service '{0}' is not compiled into this build")]
+    NotCompiled(String),
+    #[error("invalid credentials for '{service}': {reason}")]
+    Invalid { service: String, reason: String },
+}
+
+/// Every service name the API knows, compiled in or not.
+pub const SERVICES: &[&str] = &[
+    "fs", "s3", "webdav", "sftp", "azblob", "gcs", "dropbox", "gdrive", "onedrive",
+];
+
+impl ServiceConfig {
+    /// Builds settings from the API's `service` name and `credentials` object.
+    pub fn from_parts(service: &str, credentials: serde_json::Value) -> Result<Self, SettingsError> {
+        if !SERVICES.contains(&service) {
+            return Err(SettingsError::UnknownService(service.to_owned()));
+        }
+        if !compiled_in(service) {
+            return Err(SettingsError::NotCompiled(service.to_owned()));
+        }
+        let wrapped = serde_json::json!({ "service": service, "credentials": credentials });
+        let cfg: Self = serde_json::from_value(wrapped).map_err(|e| SettingsError::Invalid {
+            service: service.to_owned(),
+            reason: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        let bad = |reason: &str| {
+            Err(SettingsError::Invalid {
+                service: self.name().to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        match self {
+            Self::Fs(s) if !s.root.starts_with('/') => bad("`root` must be an absolute path"),
+            Self::S3(s) if s.bucket.is_empty() => bad("`bucket` is required"),
+            Self::Sftp(s) if s.key.is_none() && s.password.is_none() => {
+                bad("one of `key` or `password` is required")
+            }
+            Self::Sftp(s) if s.key.is_none() => bad(
+                "password login is not supported by the sftp connector; supply the private `key`",
+            ),
+            Self::Dropbox(s) | Self::Gdrive(s) | Self::Onedrive(s)
+                if s.access_token.is_none() && s.refresh_token.is_none() =>
+            {
+                bad("one of `access_token` or `refresh_token` is required")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The API's name for this service.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Fs(_) => "fs",
+            Self::S3(_) => "s3",
+            Self::Webdav(_) => "webdav",
+            Self::Sftp(_) => "sftp",
+            Self::Azblob(_) => "azblob",
+            Self::Gcs(_) => "gcs",
+            Self::Dropbox(_) => "dropbox",
+            Self::Gdrive(_) => "gdrive",
+            Self::Onedrive(_) => "onedrive",
+        }
+    }
+
+    /// A human name for listings.
+    pub fn display_name(&self) -> &'static str {
+        match self {
+            Self::Fs(_) => "Local Filesystem",
+            Self::S3(_) => "Amazon S3",
+            Self::Webdav(_) => "WebDAV",
+            Self::Sftp(_) => "SFTP",
+            Self::Azblob(_) => "Azure Blob Storage",
+            Self::Gcs(_) => "Google Cloud Storage",
+            Self::Dropbox(_) => "Dropbox",
+            Self::Gdrive(_) => "Google Drive",
+            Self::Onedrive(_) => "OneDrive",
+        }
+    }
+
+    /// The network endpoint a user supplied, if any: the hub checks it against its SSRF policy.
+    pub fn endpoint(&self) -> Option<&str> {
+        match self {
+            Self::S3(s) => s.endpoint.as_deref(),
+            Self::Webdav(s) => Some(&s.endpoint),
+            Self::Sftp(s) => Some(&s.endpoint),
+            Self::Azblob(s) => Some(&s.endpoint),
+            Self::Gcs(s) => s.endpoint.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for ServiceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceConfig({}, <credentials redacted>)", self.name())
+    }
+}
+
+fn compiled_in(service: &str) -> bool {
+    match service {
+        "fs" => cfg!(feature = "fs"),
+        "s3" => cfg!(feature = "s3"),
+        "webdav" => cfg!(feature = "webdav"),
+        "sftp" => cfg!(feature = "sftp"),
+        "azblob" => cfg!(feature = "azblob"),
+        "gcs" => cfg!(feature = "gcs"),
+        "dropbox" => cfg!(feature = "dropbox"),
+        "gdrive" => cfg!(feature = "gdrive"),
+        "onedrive" => cfg!(feature = "onedrive"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_and_refuses() {
+        let s3 = ServiceConfig::from_parts(
+            "s3",
+            json!({"bucket":"b","access_key_id":"k","secret_access_key":"s","endpoint":"http://127.0.0.1:9000"}),
+        )
+        .expect("valid s3");
+        assert_eq!(s3.name(), "s3");
+        assert_eq!(s3.endpoint(), Some("http://127.0.0.1:9000"));
+        assert!(!format!("{s3:?}").contains('s'.to_string().repeat(2).as_str()));
+        assert!(matches!(
+            ServiceConfig::from_parts("nope", json!({})),
+            Err(SettingsError::UnknownService(_))
+        ));
+        let typo = ServiceConfig::from_parts("fs", json!({"rooot": "/x"}));
+        assert!(matches!(typo, Err(SettingsError::Invalid { .. })));
+        assert!(ServiceConfig::from_parts("fs", json!({"root": "rel"})).is_err());
+        assert!(ServiceConfig::from_parts("sftp", json!({"endpoint":"h:22","user":"u"})).is_err());
+    }
+
+    #[test]
+    fn serde_roundtrip() {
+        let c = ServiceConfig::from_parts("webdav", json!({"endpoint":"http://h/dav","password":"p"}))
+            .expect("valid");
+        let text = serde_json::to_string(&c).expect("serialises");
+        let back: ServiceConfig = serde_json::from_str(&text).expect("parses");
+        assert!(back == c);
+    }
+}

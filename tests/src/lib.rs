@@ -1,0 +1,200 @@
+//! The end-to-end harness: an in-process hub on a loopback port (`TestHub::start()`), real
+//! servers for the production dependencies (`servers`), and small request helpers.
+
+pub mod servers;
+
+use anyhow::Context as _;
+use hub::config::Config;
+use hub::dev::DevCredentials;
+use hub::state::AppState;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; panics with `what` on timeout.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $timeout:expr, $what:expr) => {{
+        let deadline = std::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {}", $what);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// How to start a test hub.
+#[derive(Debug, Default, Clone)]
+pub struct HubOptions {
+    /// A PostgreSQL URL; SQLite in the data dir when `None`.
+    pub database_url: Option<String>,
+    /// `limits.max_upload_bytes`.
+    pub max_upload_bytes: u64,
+    /// Extra YAML merged as the base config.
+    pub yaml: Option<String>,
+}
+
+/// A hub serving on 127.0.0.1 with a dev application, API key, meta token and `fs` account.
+pub struct TestHub {
+    pub base_url: String,
+    pub creds: DevCredentials,
+    pub state: AppState,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    _dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestHub {
+    /// A hub on SQLite.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(HubOptions::default()).await
+    }
+
+    pub async fn start_with(opts: HubOptions) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("data");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let base = match &opts.yaml {
+            Some(y) => {
+                let p = dir.path().join("base.yaml");
+                std::fs::write(&p, y)?;
+                Some(p)
+            }
+            None => None,
+        };
+        let mut config: Config = hub::dev::dev_config(&data_dir, port, base.as_deref())?;
+        config.database.url = opts.database_url.clone();
+        config.limits.max_upload_bytes = opts.max_upload_bytes;
+        config.storage.fs.allowed_roots.push(dir.path().join("roots"));
+        std::fs::create_dir_all(dir.path().join("roots"))?;
+        let state = hub::open(config).await.context("opening the hub")?;
+        let creds = hub::dev::bootstrap(&state).await?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(hub::serve(state.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            base_url: format!("http://127.0.0.1:{port}"),
+            creds,
+            state,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?,
+            data_dir: data_dir.canonicalize()?,
+            _dir: dir,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// A directory under an allowed `fs` root, for extra accounts.
+    pub fn new_fs_root(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let p = self._dir.path().join("roots").join(name);
+        std::fs::create_dir_all(&p)?;
+        Ok(p.canonicalize()?)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// `/v1/accounts/{dev account}{rest}`.
+    pub fn acc(&self, rest: &str) -> String {
+        self.url(&format!("/v1/accounts/{}{rest}", self.creds.account_id))
+    }
+
+    pub fn apikey(&self) -> String {
+        format!("APIKey {}", self.creds.api_key)
+    }
+
+    pub fn meta(&self) -> String {
+        format!("Bearer {}", self.creds.meta_token)
+    }
+
+    /// A request with the API key.
+    pub fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .header("Authorization", self.apikey())
+    }
+
+    /// Uploads `data` as `name` into folder `parent` of `account`; returns the file object.
+    pub async fn upload(
+        &self,
+        account: i64,
+        parent: &str,
+        name: &str,
+        data: Vec<u8>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let meta = serde_json::json!({ "name": name, "parent_id": parent }).to_string();
+        let r = self
+            .req(
+                reqwest::Method::POST,
+                &self.url(&format!("/v1/accounts/{account}/storage/files")),
+            )
+            .header("X-Kloudless-Metadata", meta)
+            .body(data)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "upload failed: {} {}", r.status(), r.text().await?);
+        Ok(r.json().await?)
+    }
+
+    /// Connects an account of the dev application; returns its JSON (with `bearer_token`).
+    pub async fn connect(
+        &self,
+        service: &str,
+        credentials: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .req(reqwest::Method::POST, &self.url("/v1/accounts"))
+            .json(&serde_json::json!({ "service": service, "account": format!("{service} test"), "credentials": credentials }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "connect {service} failed: {} {}", r.status(), r.text().await?);
+        Ok(r.json().await?)
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// SHA-256 hex of bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}

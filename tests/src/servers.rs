@@ -1,0 +1,1080 @@
+//! Real backing servers for tests — PostgreSQL, S3 (moto), WebDAV (rclone) and SFTP (OpenSSH sshd) —
+//! started on 127.0.0.1 free ports; each handle kills its processes and removes its temp dir on Drop.
+//!
+//! Every server runs in its own process group with stdout/stderr captured to a log file in its
+//! temp dir; the tail of that log is part of the error when a server fails to start. Readiness is
+//! polled (every 50 ms, at most 30 s), never slept for. A small `sh` watchdog per server kills the
+//! server and removes its temp dir if the test process dies without running `Drop` (SIGKILL,
+//! servers kept in statics, ...).
+//!
+//! Binaries come from the machine; `.ci/install-deps.sh` installs the missing ones.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::future::Future;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Readiness poll interval.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Start attempts (each on a fresh port) when a server exits during startup, e.g. port race.
+const START_ATTEMPTS: usize = 3;
+/// Timeout of one probe / helper request.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// Public helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A currently free TCP port on 127.0.0.1 (bind port 0, read it, drop the listener).
+///
+/// Ports are never handed out twice within one process, so concurrently starting servers
+/// cannot race each other for the same port (other processes still can; starters retry).
+pub fn free_port() -> u16 {
+    static HANDED_OUT: OnceLock<Mutex<HashSet<u16>>> = OnceLock::new();
+    let handed_out = HANDED_OUT.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut port = 0;
+    for _ in 0..64 {
+        let listener =
+            TcpListener::bind(("127.0.0.1", 0)).expect("bind a TCP listener on 127.0.0.1:0");
+        port = listener
+            .local_addr()
+            .expect("local_addr of a bound listener")
+            .port();
+        drop(listener);
+        let mut set = handed_out
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if set.insert(port) {
+            break;
+        }
+    }
+    port
+}
+
+/// Finds an executable named `bin` in `PATH`, then the usual sbin/bin directories, then
+/// `/usr/lib/postgresql/*/bin` (newest version first). A `bin` containing `/` is checked as is.
+pub fn which(bin: &str) -> Option<PathBuf> {
+    if bin.contains('/') {
+        let path = PathBuf::from(bin);
+        return is_executable(&path).then_some(path);
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for extra in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        dirs.push(PathBuf::from(extra));
+    }
+    dirs.extend(postgres_bin_dirs());
+    dirs.into_iter()
+        .map(|dir| dir.join(bin))
+        .find(|path| is_executable(path))
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL
+// ---------------------------------------------------------------------------------------------
+
+/// A throwaway PostgreSQL cluster (trust auth, user and database `switchyard`, fsync off).
+pub struct Postgres {
+    // Field order is drop order: the process guard goes before the temp dir.
+    proc: Proc,
+    port: u16,
+    data: PathBuf,
+    pg_ctl: PathBuf,
+    run_as: Option<Account>,
+    dir: TempDir,
+}
+
+impl Postgres {
+    /// `initdb`s a cluster in a temp dir and starts `postgres` on a free loopback port.
+    pub async fn start() -> Result<Postgres> {
+        const SERVER_PKG: &str = "Debian package `postgresql` (postgresql-15)";
+        const CLIENT_PKG: &str = "Debian package `postgresql-client`";
+        let initdb = which("initdb").ok_or_else(|| missing("initdb", SERVER_PKG))?;
+        // Prefer the tools next to the real initdb (not Debian's pg_wrapper in /usr/bin).
+        let bindir = fs::canonicalize(&initdb)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf));
+        let tool = |name: &str, pkg: &str| -> Result<PathBuf> {
+            bindir
+                .as_ref()
+                .map(|dir| dir.join(name))
+                .filter(|path| is_executable(path))
+                .or_else(|| which(name))
+                .ok_or_else(|| missing(name, pkg))
+        };
+        let postgres = tool("postgres", SERVER_PKG)?;
+        let pg_ctl = tool("pg_ctl", SERVER_PKG)?;
+        let pg_isready = tool("pg_isready", CLIENT_PKG)?;
+        let createdb = tool("createdb", CLIENT_PKG)?;
+
+        // initdb/postgres refuse to run as root.
+        let run_as = postgres_account()?;
+        // /tmp rather than $TMPDIR: it must be reachable by the unprivileged account, and unix
+        // socket paths are limited to ~107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-pg-")
+            .tempdir_in("/tmp")
+            .context("creating the PostgreSQL temp dir")?;
+        if let Some(account) = &run_as {
+            std::os::unix::fs::chown(dir.path(), Some(account.uid), Some(account.gid))
+                .with_context(|| format!("chown {} to {}", dir.path().display(), account.name))?;
+        }
+        let log = dir.path().join("postgres.log");
+        let data = dir.path().join("data");
+
+        let mut initdb_cmd = tokio::process::Command::new(&initdb);
+        initdb_cmd
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "switchyard",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_stdio(&log)?)
+            .stderr(log_stdio(&log)?)
+            .kill_on_drop(true);
+        clear_pg_env_tokio(&mut initdb_cmd);
+        if let Some(account) = &run_as {
+            initdb_cmd.uid(account.uid).gid(account.gid);
+        }
+        let status = initdb_cmd
+            .status()
+            .await
+            .with_context(|| format!("running {}", initdb.display()))?;
+        if !status.success() {
+            bail!("initdb failed ({status}){}", log_tail_section(&log));
+        }
+
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut cmd = Command::new(&postgres);
+            cmd.arg("-D")
+                .arg(&data)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-c")
+                .arg("listen_addresses=127.0.0.1")
+                .arg("-c")
+                .arg(format!("unix_socket_directories={}", dir.path().display()))
+                .args([
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                ])
+                .args(["-c", "max_connections=200"])
+                .current_dir(dir.path());
+            clear_pg_env(&mut cmd);
+            if let Some(account) = &run_as {
+                cmd.uid(account.uid).gid(account.gid);
+            }
+            // SIGQUIT = immediate shutdown, so a watchdog stop also releases shared memory.
+            let mut proc = Proc::spawn("postgres", cmd, &log, dir.path(), 3)?;
+            let ready = wait_ready(&mut proc, || pg_isready_ok(&pg_isready, port)).await;
+            match ready {
+                Ok(()) => {
+                    let server = Postgres {
+                        proc,
+                        port,
+                        data: data.clone(),
+                        pg_ctl: pg_ctl.clone(),
+                        run_as,
+                        dir,
+                    };
+                    server.create_database(&createdb).await?;
+                    return Ok(server);
+                }
+                Err(Failure::Exited(err)) => {
+                    // Not `Postgres` yet: stop this attempt's server via the Proc guard.
+                    drop(proc);
+                    last_error = Some(err);
+                }
+                Err(Failure::Fatal(err)) => {
+                    stop_postgres(&pg_ctl, &data, dir.path(), run_as.as_ref());
+                    return Err(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("postgres did not start")))
+    }
+
+    /// `postgres://switchyard@127.0.0.1:PORT/switchyard` (trust auth, no password).
+    pub fn url(&self) -> String {
+        format!("postgres://switchyard@127.0.0.1:{}/switchyard", self.port)
+    }
+
+    async fn create_database(&self, createdb: &Path) -> Result<()> {
+        let mut cmd = tokio::process::Command::new(createdb);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "switchyard",
+            "switchyard",
+        ])
+        .current_dir(self.dir.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        clear_pg_env_tokio(&mut cmd);
+        let output = tokio::time::timeout(READY_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| anyhow!("createdb timed out"))?
+            .with_context(|| format!("running {}", createdb.display()))?;
+        if !output.status.success() {
+            bail!(
+                "createdb switchyard failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                log_tail_section(&self.proc.log)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Then `proc` drops (kills whatever is left of the process group), then `dir`.
+        stop_postgres(
+            &self.pg_ctl,
+            &self.data,
+            self.dir.path(),
+            self.run_as.as_ref(),
+        );
+    }
+}
+
+fn stop_postgres(pg_ctl: &Path, data: &Path, cwd: &Path, run_as: Option<&Account>) {
+    let mut cmd = Command::new(pg_ctl);
+    cmd.arg("stop")
+        .arg("-D")
+        .arg(data)
+        .args(["-m", "immediate", "-w", "-t", "10"])
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    clear_pg_env(&mut cmd);
+    if let Some(account) = run_as {
+        cmd.uid(account.uid).gid(account.gid);
+    }
+    let _ = cmd.status();
+}
+
+async fn pg_isready_ok(pg_isready: &Path, port: u16) -> bool {
+    let mut cmd = tokio::process::Command::new(pg_isready);
+    cmd.args([
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-U",
+        "switchyard",
+        "-d",
+        "postgres",
+        "-t",
+        "2",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    clear_pg_env_tokio(&mut cmd);
+    matches!(tokio::time::timeout(IO_TIMEOUT, cmd.status()).await, Ok(Ok(status)) if status.success())
+}
+
+/// The account to run the PostgreSQL server binaries as: none when not root, else `postgres`
+/// (or `nobody`).
+fn postgres_account() -> Result<Option<Account>> {
+    if current_uid() != 0 {
+        return Ok(None);
+    }
+    ["postgres", "nobody"]
+        .into_iter()
+        .find_map(account_by_name)
+        .map(Some)
+        .ok_or_else(|| {
+            anyhow!(
+                "running as root but neither a `postgres` nor a `nobody` user exists for initdb"
+            )
+        })
+}
+
+fn is_pg_env(key: &OsStr) -> bool {
+    key.to_str().is_some_and(|k| k.starts_with("PG"))
+}
+
+/// Drops inherited `PG*` variables (PGHOST, PGDATABASE, PGDATA, ...) that would redirect tools.
+fn clear_pg_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os().filter(|(k, _)| is_pg_env(k)) {
+        cmd.env_remove(key);
+    }
+}
+
+fn clear_pg_env_tokio(cmd: &mut tokio::process::Command) {
+    for (key, _) in std::env::vars_os().filter(|(k, _)| is_pg_env(k)) {
+        cmd.env_remove(key);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// S3 (moto)
+// ---------------------------------------------------------------------------------------------
+
+/// An in-memory S3 API (moto server). Any credentials are accepted.
+pub struct S3Server {
+    proc: Proc,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl S3Server {
+    /// Starts `moto_server` (or `python3 -m moto.server`) on a free loopback port.
+    pub async fn start() -> Result<S3Server> {
+        let (program, prefix) = moto_command().await?;
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-s3-")
+            .tempdir()
+            .context("creating the S3 temp dir")?;
+        let log = dir.path().join("moto.log");
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut cmd = Command::new(&program);
+            cmd.args(&prefix)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir.path())
+                .env("PYTHONUNBUFFERED", "1");
+            let mut proc = Proc::spawn("moto_server", cmd, &log, dir.path(), 0)?;
+            match wait_ready(&mut proc, || async move {
+                matches!(http_request(port, "GET", "/", "").await, Ok((200, _)))
+            })
+            .await
+            {
+                Ok(()) => {
+                    return Ok(S3Server {
+                        proc,
+                        port,
+                        _dir: dir,
+                    })
+                }
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("moto_server did not start")))
+    }
+
+    /// `http://127.0.0.1:PORT` (path-style addressing; region is anything, e.g. us-east-1).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket with an unauthenticated `PUT /name` (moto does not check signatures).
+    pub async fn create_bucket(&self, name: &str) -> Result<()> {
+        let (status, body) = http_request(self.port, "PUT", &format!("/{name}"), "")
+            .await
+            .with_context(|| format!("PUT /{name} to moto at {}", self.endpoint()))?;
+        if status != 200 {
+            bail!(
+                "creating bucket {name:?}: HTTP {status}: {}{}",
+                String::from_utf8_lossy(&body).trim(),
+                log_tail_section(&self.proc.log)
+            );
+        }
+        Ok(())
+    }
+
+    /// Access key id to sign with (moto accepts any).
+    pub fn access_key_id(&self) -> &str {
+        "switchyard"
+    }
+
+    /// Secret access key to sign with (moto accepts any).
+    pub fn secret_access_key(&self) -> &str {
+        "switchyard-secret"
+    }
+}
+
+async fn moto_command() -> Result<(PathBuf, Vec<String>)> {
+    if let Some(moto) = which("moto_server") {
+        return Ok((moto, Vec::new()));
+    }
+    if let Some(python) = which("python3") {
+        let ok = tokio::process::Command::new(&python)
+            .args(["-c", "import moto.server"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if ok {
+            return Ok((python, vec!["-m".into(), "moto.server".into()]));
+        }
+    }
+    Err(missing(
+        "moto_server",
+        "PyPI package `moto[server]` (pip install 'moto[server]')",
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebDAV (rclone)
+// ---------------------------------------------------------------------------------------------
+
+/// A WebDAV server (`rclone serve webdav`) over a temp directory, with basic auth.
+pub struct WebDavServer {
+    _proc: Proc,
+    port: u16,
+    data: PathBuf,
+    _dir: TempDir,
+}
+
+impl WebDavServer {
+    /// Starts `rclone serve webdav` on a free loopback port.
+    pub async fn start() -> Result<WebDavServer> {
+        let rclone = which("rclone").ok_or_else(|| missing("rclone", "Debian package `rclone`"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-webdav-")
+            .tempdir()
+            .context("creating the WebDAV temp dir")?;
+        let data = dir.path().join("data");
+        fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
+        let config = dir.path().join("rclone.conf");
+        fs::write(&config, "").with_context(|| format!("creating {}", config.display()))?;
+        let log = dir.path().join("rclone.log");
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut cmd = Command::new(&rclone);
+            cmd.args(["serve", "webdav"])
+                .arg(&data)
+                .args(["--addr", &format!("127.0.0.1:{port}")])
+                .args(["--user", "switchyard", "--pass", "switchyard-secret"])
+                .arg("--config")
+                .arg(&config)
+                // Files written straight into dir() by tests must show up at once.
+                .args(["--dir-cache-time", "0s"])
+                .current_dir(dir.path());
+            let mut proc = Proc::spawn("rclone", cmd, &log, dir.path(), 0)?;
+            match wait_ready(&mut proc, || async move {
+                http_request(port, "OPTIONS", "/", "").await.is_ok()
+            })
+            .await
+            {
+                Ok(()) => {
+                    return Ok(WebDavServer {
+                        _proc: proc,
+                        port,
+                        data,
+                        _dir: dir,
+                    })
+                }
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("rclone serve webdav did not start")))
+    }
+
+    /// `http://127.0.0.1:PORT` (the WebDAV root is [`WebDavServer::dir`]).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Basic-auth user.
+    pub fn username(&self) -> &str {
+        "switchyard"
+    }
+
+    /// Basic-auth password.
+    pub fn password(&self) -> &str {
+        "switchyard-secret"
+    }
+
+    /// The directory served at the WebDAV root.
+    pub fn dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SFTP (OpenSSH sshd)
+// ---------------------------------------------------------------------------------------------
+
+/// An OpenSSH `sshd` with its own config and host key, public-key login for the current user
+/// (root in CI) and `internal-sftp`.
+pub struct SftpServer {
+    _proc: Proc,
+    port: u16,
+    user: String,
+    private_key: String,
+    data: PathBuf,
+    _dir: TempDir,
+}
+
+impl SftpServer {
+    /// Generates keys and a config in a temp dir and starts `sshd -D -e` on a free loopback port.
+    pub async fn start() -> Result<SftpServer> {
+        let sshd =
+            which("sshd").ok_or_else(|| missing("sshd", "Debian package `openssh-server`"))?;
+        let ssh_keygen = which("ssh-keygen")
+            .ok_or_else(|| missing("ssh-keygen", "Debian package `openssh-client`"))?;
+        // sshd re-executes itself and insists on an absolute path.
+        let sshd = if sshd.is_absolute() {
+            sshd
+        } else {
+            fs::canonicalize(&sshd)?
+        };
+        ensure_privsep_dir();
+
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-sftp-")
+            .tempdir()
+            .context("creating the SFTP temp dir")?;
+        let log = dir.path().join("sshd.log");
+        let host_key = dir.path().join("ssh_host_ed25519_key");
+        let client_key = dir.path().join("client_ed25519");
+        keygen(&ssh_keygen, &host_key).await?;
+        keygen(&ssh_keygen, &client_key).await?;
+        let authorized_keys = dir.path().join("authorized_keys");
+        fs::copy(client_key.with_extension("pub"), &authorized_keys)
+            .context("writing authorized_keys")?;
+        let private_key =
+            fs::read_to_string(&client_key).context("reading the client private key")?;
+        let data = dir.path().join("data");
+        fs::create_dir(&data).with_context(|| format!("creating {}", data.display()))?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o755))?;
+
+        let uid = current_uid();
+        let user = account_by_uid(uid)
+            .map(|a| a.name)
+            .or_else(|| std::env::var("USER").ok())
+            .unwrap_or_else(|| "root".to_owned());
+        // Without PAM, sshd refuses accounts whose password is locked ("!..."); PAM does not.
+        let use_pam = password_locked(&user) && Path::new("/etc/pam.d/sshd").exists();
+
+        let config = dir.path().join("sshd_config");
+        let pid_file = dir.path().join("sshd.pid");
+        let mut penalties_supported = true;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let write_config = |penalties: bool| -> Result<()> {
+                let mut text = format!(
+                    "ListenAddress 127.0.0.1:{port}\n\
+                     AddressFamily inet\n\
+                     HostKey \"{host_key}\"\n\
+                     PidFile \"{pid_file}\"\n\
+                     AuthorizedKeysFile \"{authorized_keys}\"\n\
+                     StrictModes no\n\
+                     UsePAM {pam}\n\
+                     PermitRootLogin prohibit-password\n\
+                     PubkeyAuthentication yes\n\
+                     PasswordAuthentication no\n\
+                     KbdInteractiveAuthentication no\n\
+                     UseDNS no\n\
+                     PrintMotd no\n\
+                     PrintLastLog no\n\
+                     X11Forwarding no\n\
+                     MaxSessions 1000\n\
+                     MaxStartups 1000\n\
+                     MaxAuthTries 20\n\
+                     LoginGraceTime 30\n\
+                     LogLevel INFO\n\
+                     Subsystem sftp internal-sftp\n",
+                    host_key = host_key.display(),
+                    pid_file = pid_file.display(),
+                    authorized_keys = authorized_keys.display(),
+                    pam = if use_pam { "yes" } else { "no" },
+                );
+                if penalties {
+                    // OpenSSH >= 9.8 would otherwise block 127.0.0.1 after failed/aborted logins.
+                    text.push_str("PerSourcePenalties no\n");
+                }
+                fs::write(&config, text).with_context(|| format!("writing {}", config.display()))
+            };
+            write_config(penalties_supported)?;
+            if penalties_supported {
+                let check = tokio::process::Command::new(&sshd)
+                    .arg("-t")
+                    .arg("-f")
+                    .arg(&config)
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .with_context(|| format!("running {} -t", sshd.display()))?;
+                if !check.status.success() {
+                    let stderr = String::from_utf8_lossy(&check.stderr);
+                    if stderr.contains("PerSourcePenalties") {
+                        penalties_supported = false;
+                        write_config(false)?;
+                    } else {
+                        bail!(
+                            "sshd rejected its config {}: {}",
+                            config.display(),
+                            stderr.trim()
+                        );
+                    }
+                }
+            }
+
+            let mut cmd = Command::new(&sshd);
+            cmd.arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&config)
+                .current_dir(dir.path());
+            let mut proc = Proc::spawn("sshd", cmd, &log, dir.path(), 0)?;
+            match wait_ready(&mut proc, || ssh_banner_ok(port)).await {
+                Ok(()) => {
+                    return Ok(SftpServer {
+                        _proc: proc,
+                        port,
+                        user,
+                        private_key,
+                        data,
+                        _dir: dir,
+                    })
+                }
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| anyhow!("sshd did not start")))
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The user that logs in (the current user; root in CI).
+    pub fn user(&self) -> String {
+        self.user.clone()
+    }
+
+    /// OpenSSH-format ed25519 private key (no passphrase) authorized for [`SftpServer::user`].
+    pub fn private_key(&self) -> String {
+        self.private_key.clone()
+    }
+
+    /// A directory the user can write, to use as the SFTP root.
+    pub fn dir(&self) -> &Path {
+        &self.data
+    }
+}
+
+async fn keygen(ssh_keygen: &Path, path: &Path) -> Result<()> {
+    let output = tokio::process::Command::new(ssh_keygen)
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "switchyard-test",
+            "-f",
+        ])
+        .arg(path)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("running {}", ssh_keygen.display()))?;
+    if !output.status.success() {
+        bail!(
+            "ssh-keygen -f {} failed ({}): {}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// sshd's privilege-separation chroot; missing in containers where sshd never ran.
+fn ensure_privsep_dir() {
+    let dir = Path::new("/run/sshd");
+    if !dir.is_dir() && fs::create_dir_all(dir).is_ok() {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o755));
+    }
+}
+
+fn password_locked(user: &str) -> bool {
+    fs::read_to_string("/etc/shadow")
+        .ok()
+        .is_some_and(|shadow| {
+            shadow.lines().any(|line| {
+                let mut fields = line.split(':');
+                fields.next() == Some(user) && fields.next().is_some_and(|pw| pw.starts_with('!'))
+            })
+        })
+}
+
+async fn ssh_banner_ok(port: u16) -> bool {
+    let probe = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut buf = Vec::new();
+        while !buf.contains(&b'\n') && buf.len() < 512 {
+            let mut chunk = [0u8; 256];
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(buf.starts_with(b"SSH-2.0"))
+    };
+    matches!(
+        tokio::time::timeout(IO_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process guard, readiness, logs
+// ---------------------------------------------------------------------------------------------
+
+/// A server process in its own process group. Drop kills the group and reaps the child.
+struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+    watchdog: Option<Child>,
+}
+
+impl Proc {
+    /// Spawns `cmd` as a process-group leader with stdout/stderr appended to `log`, plus a
+    /// watchdog that (after sending `stop_signal`, if non-zero) kills the group and removes
+    /// `cleanup_dir` once this test process is gone.
+    fn spawn(
+        name: &'static str,
+        mut cmd: Command,
+        log: &Path,
+        cleanup_dir: &Path,
+        stop_signal: i32,
+    ) -> Result<Proc> {
+        cmd.stdin(Stdio::null())
+            .stdout(log_stdio(log)?)
+            .stderr(log_stdio(log)?)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {name} ({:?})", cmd.get_program()))?;
+        let watchdog = spawn_watchdog(child.id(), cleanup_dir, stop_signal);
+        Ok(Proc {
+            name,
+            child,
+            log: log.to_path_buf(),
+            watchdog,
+        })
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        kill_group(self.child.id(), 9);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            kill_group(watchdog.id(), 9);
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+/// `kill -SIG -PGID` through `sh` (a shell builtin, so no procps needed and no `unsafe`).
+fn kill_group(pgid: u32, signal: i32) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} -{pgid} 2>/dev/null"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+const WATCHDOG_SCRIPT: &str = r#"
+parent=$1 pgid=$2 dir=$3 sig=$4
+while kill -0 "$parent" 2>/dev/null; do sleep 1; done
+if [ "$sig" != 0 ]; then
+  kill "-$sig" "$pgid" 2>/dev/null
+  i=0
+  while [ "$i" -lt 50 ] && kill -0 "$pgid" 2>/dev/null; do sleep 0.1; i=$((i + 1)); done
+fi
+kill -9 "-$pgid" 2>/dev/null
+rm -rf "$dir"
+"#;
+
+fn spawn_watchdog(pgid: u32, cleanup_dir: &Path, stop_signal: i32) -> Option<Child> {
+    Command::new("sh")
+        .arg("-c")
+        .arg(WATCHDOG_SCRIPT)
+        .arg("switchyard-test-watchdog")
+        .arg(std::process::id().to_string())
+        .arg(pgid.to_string())
+        .arg(cleanup_dir)
+        .arg(stop_signal.to_string())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .ok()
+}
+
+enum Failure {
+    /// The process exited while starting (e.g. the port was taken): worth a retry on another port.
+    Exited(anyhow::Error),
+    /// Not ready in time: give up.
+    Fatal(anyhow::Error),
+}
+
+async fn wait_ready<F, Fut>(proc: &mut Proc, mut probe: F) -> Result<(), Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        match proc.child.try_wait() {
+            Ok(Some(status)) => {
+                return Err(Failure::Exited(anyhow!(
+                    "{} exited during startup ({status}){}",
+                    proc.name,
+                    log_tail_section(&proc.log)
+                )))
+            }
+            Ok(None) => {}
+            Err(err) => return Err(Failure::Fatal(anyhow!("waiting for {}: {err}", proc.name))),
+        }
+        if probe().await {
+            return Ok(());
+        }
+        if started.elapsed() >= READY_TIMEOUT {
+            return Err(Failure::Fatal(anyhow!(
+                "{} not ready after {:?}{}",
+                proc.name,
+                READY_TIMEOUT,
+                log_tail_section(&proc.log)
+            )));
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn log_stdio(log: &Path) -> Result<Stdio> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening log file {}", log.display()))?;
+    Ok(Stdio::from(file))
+}
+
+/// The last lines of a log file, formatted to append to an error message.
+fn log_tail_section(log: &Path) -> String {
+    const MAX_BYTES: u64 = 8 * 1024;
+    const MAX_LINES: usize = 60;
+    let mut text = Vec::new();
+    if let Ok(mut file) = File::open(log) {
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(MAX_BYTES)));
+        let _ = file.read_to_end(&mut text);
+    }
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(MAX_LINES)..].join("\n");
+    if tail.trim().is_empty() {
+        format!("\n(log {} is empty)", log.display())
+    } else {
+        format!("\n--- tail of {} ---\n{tail}", log.display())
+    }
+}
+
+fn missing(bin: &str, provider: &str) -> anyhow::Error {
+    anyhow!(
+        "`{bin}` not found in PATH, /usr/sbin or /usr/lib/postgresql/*/bin: install {provider} \
+         (.ci/install-deps.sh does)"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 for probes and bucket creation
+// ---------------------------------------------------------------------------------------------
+
+/// One `Connection: close` request with an empty body; returns the status and the body.
+async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+) -> Result<(u16, Vec<u8>)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+             Connection: close\r\n{extra_headers}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        // Headers.
+        let header_end = loop {
+            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break pos + 4;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                bail!("connection closed before the response headers were complete");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .filter(|_| head.starts_with("HTTP/1."))
+            .ok_or_else(|| {
+                anyhow!(
+                    "not an HTTP response: {:?}",
+                    head.lines().next().unwrap_or("")
+                )
+            })?;
+        let content_length = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())
+                .flatten()
+        });
+        // Body: Content-Length bytes, or until close.
+        let mut body = buf.split_off(header_end);
+        loop {
+            if content_length.is_some_and(|len| body.len() >= len) || method == "HEAD" {
+                break;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+        Ok((status, body))
+    };
+    tokio::time::timeout(IO_TIMEOUT, exchange)
+        .await
+        .map_err(|_| anyhow!("HTTP {method} {path} timed out"))?
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accounts and files
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Account {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
+fn passwd_accounts() -> Vec<Account> {
+    fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?.to_owned();
+            let _password = fields.next()?;
+            let uid = fields.next()?.parse().ok()?;
+            let gid = fields.next()?.parse().ok()?;
+            Some(Account { name, uid, gid })
+        })
+        .collect()
+}
+
+fn account_by_name(name: &str) -> Option<Account> {
+    passwd_accounts().into_iter().find(|a| a.name == name)
+}
+
+fn account_by_uid(uid: u32) -> Option<Account> {
+    passwd_accounts().into_iter().find(|a| a.uid == uid)
+}
+
+/// The effective uid, without `unsafe` (the workspace forbids it): `/proc/self` is owned by it.
+fn current_uid() -> u32 {
+    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// `/usr/lib/postgresql/*/bin`, highest major version first.
+fn postgres_bin_dirs() -> Vec<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .map(|entry| entry.path())
+                .filter_map(|path| {
+                    let version = path
+                        .file_name()?
+                        .to_str()?
+                        .split('.')
+                        .next()?
+                        .parse()
+                        .ok()?;
+                    Some((version, path.join("bin")))
+                })
+                .filter(|(_, bin)| bin.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+    versions.into_iter().map(|(_, bin)| bin).collect()
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests: one test binary, one module per area.
+
+mod api;
+mod connectors;
+mod database;
+mod docs;

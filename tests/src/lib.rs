@@ -34,6 +34,8 @@ pub struct HubOptions {
     pub max_upload_bytes: u64,
     /// Extra YAML merged as the base config.
     pub yaml: Option<String>,
+    /// Keep the SSRF guard on (test hubs otherwise allow loopback storage servers).
+    pub ssrf_guard: bool,
 }
 
 /// A hub serving on 127.0.0.1 with a dev application, API key, meta token and `fs` account.
@@ -70,6 +72,7 @@ impl TestHub {
         let mut config: Config = hub::dev::dev_config(&data_dir, port, base.as_deref())?;
         config.database.url = opts.database_url.clone();
         config.limits.max_upload_bytes = opts.max_upload_bytes;
+        config.storage.allow_private_endpoints = !opts.ssrf_guard;
         config.storage.fs.allowed_roots.push(dir.path().join("roots"));
         std::fs::create_dir_all(dir.path().join("roots"))?;
         let state = hub::open(config).await.context("opening the hub")?;

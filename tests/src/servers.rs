@@ -142,6 +142,7 @@ impl Postgres {
             std::os::unix::fs::chown(dir.path(), Some(account.uid), Some(account.gid))
                 .with_context(|| format!("chown {} to {}", dir.path().display(), account.name))?;
         }
+        let initdb_log = dir.path().join("initdb.log");
         let log = dir.path().join("postgres.log");
         let data = dir.path().join("data");
 
@@ -160,8 +161,8 @@ impl Postgres {
             ])
             .current_dir(dir.path())
             .stdin(Stdio::null())
-            .stdout(log_stdio(&log)?)
-            .stderr(log_stdio(&log)?)
+            .stdout(log_stdio(&initdb_log)?)
+            .stderr(log_stdio(&initdb_log)?)
             .kill_on_drop(true);
         clear_pg_env_tokio(&mut initdb_cmd);
         if let Some(account) = &run_as {
@@ -172,7 +173,7 @@ impl Postgres {
             .await
             .with_context(|| format!("running {}", initdb.display()))?;
         if !status.success() {
-            bail!("initdb failed ({status}){}", log_tail_section(&log));
+            bail!("initdb failed ({status}){}", log_tail_section(&initdb_log));
         }
 
         let mut last_error = None;
@@ -228,7 +229,7 @@ impl Postgres {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow!("postgres did not start")))
+        Err(attempts_failed("postgres", last_error))
     }
 
     /// `postgres://switchyard@127.0.0.1:PORT/switchyard` (trust auth, no password).
@@ -398,7 +399,7 @@ impl S3Server {
                 Err(Failure::Fatal(err)) => return Err(err),
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow!("moto_server did not start")))
+        Err(attempts_failed("moto_server", last_error))
     }
 
     /// `http://127.0.0.1:PORT` (path-style addressing; region is anything, e.g. us-east-1).
@@ -512,7 +513,7 @@ impl WebDavServer {
                 Err(Failure::Fatal(err)) => return Err(err),
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow!("rclone serve webdav did not start")))
+        Err(attempts_failed("rclone serve webdav", last_error))
     }
 
     /// `http://127.0.0.1:PORT` (the WebDAV root is [`WebDavServer::dir`]).
@@ -680,7 +681,7 @@ impl SftpServer {
                 Err(Failure::Fatal(err)) => return Err(err),
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow!("sshd did not start")))
+        Err(attempts_failed("sshd", last_error))
     }
 
     /// `127.0.0.1:PORT`.
@@ -812,6 +813,21 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// `Err(Failure::Exited)` with the log tail once the process has exited.
+    fn check_running(&mut self) -> Result<(), Failure> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(Failure::Exited(anyhow!(
+                "{} exited during startup ({status}){}",
+                self.name,
+                log_tail_section(&self.log)
+            ))),
+            Err(err) => Err(Failure::Fatal(anyhow!("waiting for {}: {err}", self.name))),
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         kill_group(self.child.id(), 9);
@@ -879,28 +895,35 @@ where
     Fut: Future<Output = bool>,
 {
     let started = Instant::now();
+    let timed_out = |proc: &Proc| {
+        Failure::Fatal(anyhow!(
+            "{} not ready after {:?}{}",
+            proc.name,
+            READY_TIMEOUT,
+            log_tail_section(&proc.log)
+        ))
+    };
     loop {
-        match proc.child.try_wait() {
-            Ok(Some(status)) => {
-                return Err(Failure::Exited(anyhow!(
-                    "{} exited during startup ({status}){}",
-                    proc.name,
-                    log_tail_section(&proc.log)
-                )))
+        proc.check_running()?;
+        // A probe can hang on someone else's listener when the port was taken from under us
+        // (then our server exits), so keep watching the child while it runs.
+        let mut attempt = std::pin::pin!(probe());
+        let ready = loop {
+            tokio::select! {
+                ready = &mut attempt => break ready,
+                () = tokio::time::sleep(POLL_INTERVAL) => {
+                    proc.check_running()?;
+                    if started.elapsed() >= READY_TIMEOUT {
+                        return Err(timed_out(proc));
+                    }
+                }
             }
-            Ok(None) => {}
-            Err(err) => return Err(Failure::Fatal(anyhow!("waiting for {}: {err}", proc.name))),
-        }
-        if probe().await {
+        };
+        if ready {
             return Ok(());
         }
         if started.elapsed() >= READY_TIMEOUT {
-            return Err(Failure::Fatal(anyhow!(
-                "{} not ready after {:?}{}",
-                proc.name,
-                READY_TIMEOUT,
-                log_tail_section(&proc.log)
-            )));
+            return Err(timed_out(proc));
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
@@ -932,6 +955,14 @@ fn log_tail_section(log: &Path) -> String {
         format!("\n(log {} is empty)", log.display())
     } else {
         format!("\n--- tail of {} ---\n{tail}", log.display())
+    }
+}
+
+fn attempts_failed(name: &str, last_error: Option<anyhow::Error>) -> anyhow::Error {
+    let summary = format!("{name} failed to start ({START_ATTEMPTS} attempts on different ports)");
+    match last_error {
+        Some(err) => err.context(summary),
+        None => anyhow!(summary),
     }
 }
 

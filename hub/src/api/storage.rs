@@ -74,7 +74,7 @@ fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
 fn mime_type(e: &Entry) -> String {
     e.content_type
         .clone()
-        .filter(|t| !t.is_empty() && t != "application/octet-stream")
+        .filter(|t| !t.is_empty() && t != "application/octet-stream" && t != "binary/octet-stream")
         .unwrap_or_else(|| {
             mime_guess::from_path(e.path.name())
                 .first_raw()

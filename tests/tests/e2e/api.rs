@@ -338,7 +338,6 @@ async fn accounts_crud_and_credentials_hidden() {
         ("fs", json!({"rooot": "/tmp"}), "invalid_parameters"),
         ("fs", json!({"root": "/etc"}), "invalid_parameters"),
         ("fs", json!({"root": "/definitely/missing"}), "invalid_parameters"),
-        ("s3", json!({"bucket": "b", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://169.254.169.254"}), "invalid_parameters"),
     ] {
         let r = hub.req(Method::POST, &hub.url("/v1/accounts"))
             .json(&json!({"service": service, "account": "x", "credentials": creds}))
@@ -350,6 +349,25 @@ async fn accounts_crud_and_credentials_hidden() {
     let db = std::fs::read(hub.data_dir.join("hub.db")).expect("db file");
     let needle = root.to_str().expect("utf8").as_bytes();
     assert!(!db.windows(needle.len()).any(|w| w == needle));
+}
+
+#[tokio::test]
+async fn ssrf_guard_refuses_internal_endpoints() {
+    let hub = TestHub::start_with(HubOptions { ssrf_guard: true, ..Default::default() }).await.expect("hub");
+    for (service, creds) in [
+        ("s3", json!({"bucket": "b", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://169.254.169.254"})),
+        ("s3", json!({"bucket": "b", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://localhost:9000"})),
+        ("webdav", json!({"endpoint": "http://[::1]:8080/dav"})),
+        ("webdav", json!({"endpoint": "file:///etc/passwd"})),
+        ("sftp", json!({"endpoint": "10.0.0.1:22", "user": "u", "key": "k"})),
+    ] {
+        let r = hub.req(Method::POST, &hub.url("/v1/accounts"))
+            .json(&json!({"service": service, "account": "x", "credentials": creds}))
+            .send().await.expect("ssrf");
+        assert_eq!(r.status(), 400, "{service} {creds}");
+        let v = json_of(r).await;
+        assert_error_shape(&v, "invalid_parameters");
+    }
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@
 use crate::error::ApiError;
 use crate::state::{AppState, Principal};
 use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use shared::auth::hash_token;
 
 /// A caller of the storage API: an application, possibly narrowed to one account.
@@ -34,10 +34,9 @@ fn credential(parts: &Parts) -> Result<Credential<'_>, ApiError> {
         .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?
         .to_str()
         .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
-    let (scheme, token) = value
-        .trim()
-        .split_once(' ')
-        .ok_or_else(|| ApiError::unauthorized("Authorization must be `APIKey <key>` or `Bearer <token>`"))?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| {
+        ApiError::unauthorized("Authorization must be `APIKey <key>` or `Bearer <token>`")
+    })?;
     let token = token.trim();
     if token.is_empty() || token.len() > 512 {
         return Err(ApiError::unauthorized("malformed credentials"));
@@ -90,7 +89,9 @@ impl FromRequestParts<AppState> for MetaCaller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         match principal(parts, state).await? {
             Principal::Meta => Ok(MetaCaller),
-            _ => Err(ApiError::unauthorized("the Meta API needs a meta bearer token")),
+            _ => Err(ApiError::unauthorized(
+                "the Meta API needs a meta bearer token",
+            )),
         }
     }
 }

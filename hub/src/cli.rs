@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "hub", version, about = "Switchyard regional hub: the unified storage API")]
+#[command(
+    name = "hub",
+    version,
+    about = "Switchyard regional hub: the unified storage API"
+)]
 pub struct Cli {
     /// Configuration file (YAML); `SWITCHYARD_*` variables override it.
     #[arg(long, global = true, env = "SWITCHYARD_CONFIG")]
@@ -97,7 +101,10 @@ pub enum MetaTokenCommand {
 
 /// Runs the CLI; errors are printed and become exit code 1.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -125,7 +132,9 @@ pub fn init_tracing(config: &Config) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(&config.log.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if config.log.format == "json" {
         builder.json().try_init()
     } else {
@@ -159,31 +168,55 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let db = &state.db;
     match cli.command {
         Command::Migrate => out("migrations applied"),
-        Command::Apps { command: AppsCommand::Create { name, description } } => {
+        Command::Apps {
+            command: AppsCommand::Create { name, description },
+        } => {
             let app = db.create_app(&name, &description, now_ms()).await?;
             let (_, key) = crate::api::create_api_key_for(&state, app.id).await?;
-            out(&format!("application {} ({})\napi key: {key}\n(the key is shown only once)", app.id, app.name));
+            out(&format!(
+                "application {} ({})\napi key: {key}\n(the key is shown only once)",
+                app.id, app.name
+            ));
         }
-        Command::Apps { command: AppsCommand::List } => {
+        Command::Apps {
+            command: AppsCommand::List,
+        } => {
             let (apps, _) = db.list_apps(0, i64::MAX).await?;
             for a in apps {
-                out(&format!("{}\t{}\t{}", a.id, if a.active { "active" } else { "inactive" }, a.name));
+                out(&format!(
+                    "{}\t{}\t{}",
+                    a.id,
+                    if a.active { "active" } else { "inactive" },
+                    a.name
+                ));
             }
         }
-        Command::Keys { command: KeysCommand::Create { app } } => {
+        Command::Keys {
+            command: KeysCommand::Create { app },
+        } => {
             db.get_app(app).await?.context("no such application")?;
             let (_, key) = crate::api::create_api_key_for(&state, app).await?;
             out(&format!("api key: {key}\n(the key is shown only once)"));
         }
-        Command::Keys { command: KeysCommand::Revoke { app, key } } => {
-            let deleted = db.delete_api_key(app, key.parse().ok(), &hash_token(&key)).await?;
+        Command::Keys {
+            command: KeysCommand::Revoke { app, key },
+        } => {
+            let deleted = db
+                .delete_api_key(app, key.parse().ok(), &hash_token(&key))
+                .await?;
             anyhow::ensure!(deleted, "no such key for application {app}");
             out("revoked");
         }
-        Command::MetaToken { command: MetaTokenCommand::Create { name } } => {
+        Command::MetaToken {
+            command: MetaTokenCommand::Create { name },
+        } => {
             let token = generate_token("mt_");
-            db.create_meta_token(&name, &hash_token(token.expose_secret()), now_ms()).await?;
-            out(&format!("meta token: {}\n(the token is shown only once)", token.expose_secret()));
+            db.create_meta_token(&name, &hash_token(token.expose_secret()), now_ms())
+                .await?;
+            out(&format!(
+                "meta token: {}\n(the token is shown only once)",
+                token.expose_secret()
+            ));
         }
         Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled above"),
     }

@@ -247,7 +247,8 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.database.url {
-            if !(url.starts_with("sqlite:") || url.starts_with("postgres://")
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
                 || url.starts_with("postgresql://"))
             {
                 return Err(invalid(
@@ -281,7 +282,10 @@ impl Config {
             return Err(invalid("storage.io_timeout_secs", "must be at least 1"));
         }
         if self.limits.max_json_body_bytes < 1024 {
-            return Err(invalid("limits.max_json_body_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "limits.max_json_body_bytes",
+                "must be at least 1024",
+            ));
         }
         if self.region.is_empty()
             || !self
@@ -296,9 +300,10 @@ impl Config {
 
     /// The database URL, defaulting to SQLite in the data dir.
     pub fn database_url(&self) -> String {
-        self.database.url.clone().unwrap_or_else(|| {
-            format!("sqlite://{}", self.data_dir.join("hub.db").display())
-        })
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("hub.db").display()))
     }
 
     /// The base URL clients use.
@@ -375,8 +380,8 @@ mod tests {
         let e = Config::from_yaml("", env(&[("SWITCHYARD_DATABASE__URL", "mysql://x")]))
             .expect_err("bad url");
         assert!(e.to_string().contains("database.url"), "{e}");
-        let e = Config::from_yaml("secrets:\n  master_key: short\n", env(&[]))
-            .expect_err("bad key");
+        let e =
+            Config::from_yaml("secrets:\n  master_key: short\n", env(&[])).expect_err("bad key");
         assert!(e.to_string().contains("secrets.master_key"), "{e}");
     }
 }

@@ -135,10 +135,18 @@ impl Db {
                     if backend == Backend::Sqlite {
                         // WAL lets readers run beside the single writer; busy_timeout turns
                         // writer contention into waiting rather than SQLITE_BUSY errors.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA foreign_keys = ON").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA foreign_keys = ON")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 5000")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -172,7 +180,12 @@ impl Db {
 
     // ---- applications ----
 
-    pub async fn create_app(&self, name: &str, description: &str, now: i64) -> DbResult<Application> {
+    pub async fn create_app(
+        &self,
+        name: &str,
+        description: &str,
+        now: i64,
+    ) -> DbResult<Application> {
         let r = sqlx::query(&format!(
             "INSERT INTO applications (name, description, active, created_ms, modified_ms) \
              VALUES ($1, $2, 1, $3, $3) RETURNING {APP_COLS}"
@@ -201,13 +214,15 @@ impl Db {
     }
 
     pub async fn get_app(&self, id: i64) -> DbResult<Option<Application>> {
-        sqlx::query(&format!("SELECT {APP_COLS} FROM applications WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(app_from)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {APP_COLS} FROM applications WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(app_from)
+        .transpose()
     }
 
     pub async fn update_app(
@@ -277,16 +292,20 @@ impl Db {
     }
 
     /// Deletes the key of `app_id` with this id or this hash; true when one was deleted.
-    pub async fn delete_api_key(&self, app_id: i64, id: Option<i64>, hash: &[u8]) -> DbResult<bool> {
-        let n = sqlx::query(
-            "DELETE FROM api_keys WHERE app_id = $1 AND (id = $2 OR key_hash = $3)",
-        )
-        .bind(app_id)
-        .bind(id.unwrap_or(-1))
-        .bind(hash.to_vec())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+    pub async fn delete_api_key(
+        &self,
+        app_id: i64,
+        id: Option<i64>,
+        hash: &[u8],
+    ) -> DbResult<bool> {
+        let n =
+            sqlx::query("DELETE FROM api_keys WHERE app_id = $1 AND (id = $2 OR key_hash = $3)")
+                .bind(app_id)
+                .bind(id.unwrap_or(-1))
+                .bind(hash.to_vec())
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         Ok(n > 0)
     }
 
@@ -317,11 +336,13 @@ impl Db {
     }
 
     pub async fn meta_token_exists(&self, hash: &[u8]) -> DbResult<bool> {
-        Ok(sqlx::query("SELECT id FROM meta_tokens WHERE token_hash = $1")
-            .bind(hash.to_vec())
-            .fetch_optional(&self.pool)
-            .await?
-            .is_some())
+        Ok(
+            sqlx::query("SELECT id FROM meta_tokens WHERE token_hash = $1")
+                .bind(hash.to_vec())
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
     }
 
     // ---- accounts ----
@@ -387,7 +408,10 @@ impl Db {
         .fetch_one(&self.pool)
         .await?
         .try_get("n")?;
-        Ok((rows.iter().map(account_from).collect::<DbResult<_>>()?, total))
+        Ok((
+            rows.iter().map(account_from).collect::<DbResult<_>>()?,
+            total,
+        ))
     }
 
     /// An account, only if it belongs to `app_id`.
@@ -439,7 +463,12 @@ impl Db {
         Ok(n > 0)
     }
 
-    pub async fn create_account_token(&self, account_id: i64, hash: &[u8], now: i64) -> DbResult<()> {
+    pub async fn create_account_token(
+        &self,
+        account_id: i64,
+        hash: &[u8],
+        now: i64,
+    ) -> DbResult<()> {
         sqlx::query(
             "INSERT INTO account_tokens (account_id, token_hash, created_ms) VALUES ($1, $2, $3)",
         )

@@ -44,8 +44,11 @@ pub fn dev_config(data_dir: &Path, port: u16, base: Option<&Path>) -> anyhow::Re
     let data_dir = data_dir.canonicalize()?;
     let key_file = data_dir.join("master.key");
     if !key_file.exists() {
-        write_private(&key_file, MasterKey::generate().to_base64().expose_secret().as_bytes())
-            .context("writing the master key")?;
+        write_private(
+            &key_file,
+            MasterKey::generate().to_base64().expose_secret().as_bytes(),
+        )
+        .context("writing the master key")?;
     }
     let mut config = Config::load(base, std::env::vars())?;
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -64,9 +67,17 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<DevCredentials> {
     let base_url = state.config.public_url();
     if let Ok(text) = std::fs::read_to_string(&file) {
         if let Ok(mut c) = serde_json::from_str::<DevCredentials>(&text) {
-            let key_ok = state.db.app_for_api_key(&hash_token(&c.api_key)).await? == Some(c.application_id);
-            let meta_ok = state.db.meta_token_exists(&hash_token(&c.meta_token)).await?;
-            let acct_ok = state.db.get_account(c.application_id, c.account_id).await?.is_some();
+            let key_ok =
+                state.db.app_for_api_key(&hash_token(&c.api_key)).await? == Some(c.application_id);
+            let meta_ok = state
+                .db
+                .meta_token_exists(&hash_token(&c.meta_token))
+                .await?;
+            let acct_ok = state
+                .db
+                .get_account(c.application_id, c.account_id)
+                .await?
+                .is_some();
             if key_ok && meta_ok && acct_ok {
                 if c.base_url != base_url {
                     c.base_url = base_url;
@@ -76,7 +87,10 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<DevCredentials> {
             }
         }
     }
-    let app = state.db.create_app("dev", "created by `hub dev`", now_ms()).await?;
+    let app = state
+        .db
+        .create_app("dev", "created by `hub dev`", now_ms())
+        .await?;
     let (_, api_key) = crate::api::create_api_key_for(state, app.id).await?;
     let meta = generate_token("mt_");
     state

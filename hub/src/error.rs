@@ -64,7 +64,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
@@ -88,7 +92,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -133,9 +143,11 @@ impl From<StorageError> for ApiError {
                 "folder_not_empty",
                 "folder is not empty; pass recursive=true to delete it",
             ),
-            StorageError::WrongKind { expected } => {
-                Self::new(StatusCode::NOT_FOUND, "not_found", format!("no such {expected}"))
-            }
+            StorageError::WrongKind { expected } => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no such {expected}"),
+            ),
             StorageError::PermissionDenied(m) => Self::forbidden(m),
             StorageError::InvalidSettings(m) => Self::new(
                 StatusCode::BAD_REQUEST,

@@ -48,16 +48,26 @@ fn host_port(endpoint: &str, sftp: bool) -> Result<(String, u16), ApiError> {
         let rest = endpoint.strip_prefix("ssh://").unwrap_or(endpoint);
         let uri: axum::http::Uri = format!("ssh://{rest}").parse().map_err(|_| bad())?;
         let host = uri.host().ok_or_else(bad)?;
-        return Ok((host.trim_matches(['[', ']']).to_owned(), uri.port_u16().unwrap_or(22)));
+        return Ok((
+            host.trim_matches(['[', ']']).to_owned(),
+            uri.port_u16().unwrap_or(22),
+        ));
     }
     let uri: axum::http::Uri = endpoint.parse().map_err(|_| bad())?;
     let default_port = match uri.scheme_str() {
         Some("http") => 80,
         Some("https") => 443,
-        _ => return Err(ApiError::bad_request("`endpoint` must be an http:// or https:// URL")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "`endpoint` must be an http:// or https:// URL",
+            ))
+        }
     };
     let host = uri.host().ok_or_else(bad)?;
-    Ok((host.trim_matches(['[', ']']).to_owned(), uri.port_u16().unwrap_or(default_port)))
+    Ok((
+        host.trim_matches(['[', ']']).to_owned(),
+        uri.port_u16().unwrap_or(default_port),
+    ))
 }
 
 /// Checks a service's endpoint against the SSRF policy. The check resolves the name now; the
@@ -108,8 +118,19 @@ mod tests {
 
     #[test]
     fn internal_addresses() {
-        for a in ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-                  "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:127.0.0.1"] {
+        for a in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(is_internal(a.parse().expect("ip")), "{a}");
         }
         for a in ["8.8.8.8", "2606:4700::1111", "1.1.1.1"] {
@@ -119,11 +140,20 @@ mod tests {
 
     #[test]
     fn endpoint_parsing() {
-        assert_eq!(host_port("http://h:9000/x", false).expect("ok"), ("h".into(), 9000));
-        assert_eq!(host_port("https://h", false).expect("ok"), ("h".into(), 443));
+        assert_eq!(
+            host_port("http://h:9000/x", false).expect("ok"),
+            ("h".into(), 9000)
+        );
+        assert_eq!(
+            host_port("https://h", false).expect("ok"),
+            ("h".into(), 443)
+        );
         assert!(host_port("file:///etc", false).is_err());
         assert_eq!(host_port("h:2222", true).expect("ok"), ("h".into(), 2222));
-        assert_eq!(host_port("ssh://[::1]:22", true).expect("ok"), ("::1".into(), 22));
+        assert_eq!(
+            host_port("ssh://[::1]:22", true).expect("ok"),
+            ("::1".into(), 22)
+        );
     }
 
     #[test]

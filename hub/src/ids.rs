@@ -139,7 +139,9 @@ mod tests {
         raw.extend_from_slice(b"../../etc/passwd");
         let forged = format!("F{}", URL_SAFE_NO_PAD.encode(raw));
         assert_eq!(
-            c.decode(7, EntryKind::File, &forged).expect_err("forged").status(),
+            c.decode(7, EntryKind::File, &forged)
+                .expect_err("forged")
+                .status(),
             StatusCode::NOT_FOUND
         );
         for bad in ["../etc", "F", "Fa.b", "X123", "F!!!", "/etc/passwd"] {

@@ -49,7 +49,11 @@ impl Default for Metrics {
             "Time to response headers",
             latency.clone(),
         );
-        registry.register("http_request_body_bytes", "Request body bytes read", bytes_in.clone());
+        registry.register(
+            "http_request_body_bytes",
+            "Request body bytes read",
+            bytes_in.clone(),
+        );
         registry.register(
             "http_response_body_bytes",
             "Response body bytes sent",

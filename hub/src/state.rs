@@ -99,7 +99,11 @@ impl HubState {
     }
 
     /// Resolves a token hash to a principal (API key, account token or meta token).
-    pub async fn principal_for(&self, hash: [u8; 32], bearer: bool) -> ApiResult<Option<Principal>> {
+    pub async fn principal_for(
+        &self,
+        hash: [u8; 32],
+        bearer: bool,
+    ) -> ApiResult<Option<Principal>> {
         let now = Instant::now();
         if let Some(p) = self.principals.get(&hash, now) {
             return Ok(Some(p));
@@ -134,7 +138,9 @@ impl HubState {
     /// Forgets a cached account (after update or delete).
     pub fn forget_account(&self, id: i64) {
         self.accounts.remove(&id);
-        self.principals.retain(|_, p| !matches!(p, Principal::Account { account_id, .. } if *account_id == id));
+        self.principals.retain(
+            |_, p| !matches!(p, Principal::Account { account_id, .. } if *account_id == id),
+        );
     }
 
     /// Loads an account of `app_id` with its connector (cached).

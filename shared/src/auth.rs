@@ -77,8 +77,8 @@ impl MasterKey {
 
     /// Derives an independent key for `purpose` (HMAC-SHA256 as a PRF).
     pub fn derive(&self, purpose: &str) -> [u8; KEY_LEN] {
-        let mut mac =
-            <HmacSha256 as Mac>::new_from_slice(self.0.expose_secret()).expect("HMAC takes any key length");
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(self.0.expose_secret())
+            .expect("HMAC takes any key length");
         mac.update(b"switchyard/v1/");
         mac.update(purpose.as_bytes());
         mac.finalize().into_bytes().into()
@@ -169,7 +169,8 @@ impl Tagger {
     /// HMAC-SHA256 over the concatenation of `parts`, each length-prefixed so that part
     /// boundaries cannot be shifted.
     pub fn tag(&self, parts: &[&[u8]]) -> [u8; 32] {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
         for p in parts {
             mac.update(&(p.len() as u64).to_be_bytes());
             mac.update(p);

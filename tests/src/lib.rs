@@ -19,7 +19,11 @@ macro_rules! assert_eventually {
             if $cond {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for {}", $what);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {}",
+                $what
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }};
@@ -73,7 +77,11 @@ impl TestHub {
         config.database.url = opts.database_url.clone();
         config.limits.max_upload_bytes = opts.max_upload_bytes;
         config.storage.allow_private_endpoints = !opts.ssrf_guard;
-        config.storage.fs.allowed_roots.push(dir.path().join("roots"));
+        config
+            .storage
+            .fs
+            .allowed_roots
+            .push(dir.path().join("roots"));
         std::fs::create_dir_all(dir.path().join("roots"))?;
         let state = hub::open(config).await.context("opening the hub")?;
         let creds = hub::dev::bootstrap(&state).await?;
@@ -144,7 +152,12 @@ impl TestHub {
             .body(data)
             .send()
             .await?;
-        anyhow::ensure!(r.status() == 201, "upload failed: {} {}", r.status(), r.text().await?);
+        anyhow::ensure!(
+            r.status() == 201,
+            "upload failed: {} {}",
+            r.status(),
+            r.text().await?
+        );
         Ok(r.json().await?)
     }
 
@@ -159,7 +172,12 @@ impl TestHub {
             .json(&serde_json::json!({ "service": service, "account": format!("{service} test"), "credentials": credentials }))
             .send()
             .await?;
-        anyhow::ensure!(r.status() == 201, "connect {service} failed: {} {}", r.status(), r.text().await?);
+        anyhow::ensure!(
+            r.status() == 201,
+            "connect {service} failed: {} {}",
+            r.status(),
+            r.text().await?
+        );
         Ok(r.json().await?)
     }
 
@@ -191,7 +209,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 /// Deterministic pseudo-random bytes.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;

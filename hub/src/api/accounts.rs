@@ -49,7 +49,9 @@ fn settings_error(e: SettingsError) -> ApiError {
 
 fn validate_display_name(name: &str) -> ApiResult<()> {
     if name.trim().is_empty() || name.len() > 255 {
-        return Err(ApiError::bad_request("`account` must be 1 to 255 characters"));
+        return Err(ApiError::bad_request(
+            "`account` must be 1 to 255 characters",
+        ));
     }
     Ok(())
 }
@@ -119,7 +121,9 @@ async fn create_account(
     ApiJson(body): ApiJson<NewAccount>,
 ) -> ApiResult<(StatusCode, Json<AccountView>)> {
     if caller.account_id.is_some() {
-        return Err(ApiError::forbidden("an account token cannot connect accounts; use an API key"));
+        return Err(ApiError::forbidden(
+            "an account token cannot connect accounts; use an API key",
+        ));
     }
     let (record, settings, token) = connect_account(&state, caller.app_id, &body).await?;
     let mut v = view(&record, Some(&settings));
@@ -138,14 +142,25 @@ pub async fn connect_account(
     let now = now_ms();
     let record = state
         .db
-        .create_account(app_id, settings.name(), &body.account, |id| seal(state, &settings, id), now)
+        .create_account(
+            app_id,
+            settings.name(),
+            &body.account,
+            |id| seal(state, &settings, id),
+            now,
+        )
         .await?;
     let token = generate_token("at_");
     state
         .db
         .create_account_token(record.id, &hash_token(token.expose_secret()), now)
         .await?;
-    tracing::info!(account = record.id, app = app_id, service = settings.name(), "account connected");
+    tracing::info!(
+        account = record.id,
+        app = app_id,
+        service = settings.name(),
+        "account connected"
+    );
     Ok((record, settings, token.expose_secret().to_owned()))
 }
 

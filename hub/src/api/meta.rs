@@ -3,7 +3,9 @@
 use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
 use crate::auth::MetaCaller;
 use crate::error::{ApiError, ApiResult};
-use crate::model::{rfc3339, ApiKeyView, ApplicationChanges, ApplicationView, NewApplication, ObjectList};
+use crate::model::{
+    rfc3339, ApiKeyView, ApplicationChanges, ApplicationView, NewApplication, ObjectList,
+};
 use crate::state::{now_ms, AppState};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -76,7 +78,11 @@ async fn create_app(
     validate_app_name(&body.name)?;
     let app = state
         .db
-        .create_app(&body.name, body.description.as_deref().unwrap_or(""), now_ms())
+        .create_app(
+            &body.name,
+            body.description.as_deref().unwrap_or(""),
+            now_ms(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(app_view(app))))
 }
@@ -90,7 +96,11 @@ async fn get_app(
     State(state): State<AppState>,
     ApiPath(app): ApiPath<i64>,
 ) -> ApiResult<Json<ApplicationView>> {
-    let a = state.db.get_app(app).await?.ok_or_else(|| ApiError::not_found("application"))?;
+    let a = state
+        .db
+        .get_app(app)
+        .await?
+        .ok_or_else(|| ApiError::not_found("application"))?;
     Ok(Json(app_view(a)))
 }
 
@@ -109,7 +119,13 @@ async fn patch_app(
     }
     let a = state
         .db
-        .update_app(app, body.name.as_deref(), body.description.as_deref(), body.active, now_ms())
+        .update_app(
+            app,
+            body.name.as_deref(),
+            body.description.as_deref(),
+            body.active,
+            now_ms(),
+        )
         .await?
         .ok_or_else(|| ApiError::not_found("application"))?;
     state.forget_app(app);
@@ -143,7 +159,11 @@ async fn list_keys(
     ApiQuery(paging): ApiQuery<Paging>,
 ) -> ApiResult<Json<ObjectList<ApiKeyView>>> {
     let (page, size) = paging.resolve()?;
-    state.db.get_app(app).await?.ok_or_else(|| ApiError::not_found("application"))?;
+    state
+        .db
+        .get_app(app)
+        .await?
+        .ok_or_else(|| ApiError::not_found("application"))?;
     let keys = state.db.list_api_keys(app).await?;
     let total = keys.len();
     let objects = keys
@@ -164,7 +184,11 @@ async fn create_key(
     State(state): State<AppState>,
     ApiPath(app): ApiPath<i64>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyView>)> {
-    state.db.get_app(app).await?.ok_or_else(|| ApiError::not_found("application"))?;
+    state
+        .db
+        .get_app(app)
+        .await?
+        .ok_or_else(|| ApiError::not_found("application"))?;
     let (record, key) = create_api_key(&state, app).await?;
     Ok((StatusCode::CREATED, Json(key_view(record, Some(key)))))
 }

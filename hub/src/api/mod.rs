@@ -44,7 +44,9 @@ struct SecuritySchemes;
 
 impl utoipa::Modify for SecuritySchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
         let c = openapi.components.get_or_insert_with(Default::default);
         c.add_security_scheme(
             "api_key",
@@ -99,7 +101,10 @@ pub fn router(state: AppState) -> Router {
     let json_limit = state.config.limits.max_json_body_bytes;
     api.merge(ops::routes(doc))
         .fallback(|| async { ApiError::not_found("route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .layer(DefaultBodyLimit::max(json_limit))
         .with_state(state)
 }
@@ -119,7 +124,8 @@ async fn request_context(
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 64
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
@@ -131,17 +137,23 @@ async fn request_context(
     let method = req.method().as_str().to_owned();
     let labels = RouteLabels { route };
     let bytes_in = state.metrics.bytes_in.get_or_create(&labels).clone();
-    let req = req.map(|b| Body::new(CountingBody { inner: b, counter: bytes_in }));
+    let req = req.map(|b| {
+        Body::new(CountingBody {
+            inner: b,
+            counter: bytes_in,
+        })
+    });
 
-    let mut resp = REQUEST_ID.scope(id.clone(), async move {
-        let resp = next.run(req).await;
-        if resp.status().is_client_error() || resp.status().is_server_error() {
-            ensure_json_error(resp).await
-        } else {
-            resp
-        }
-    })
-    .await;
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), async move {
+            let resp = next.run(req).await;
+            if resp.status().is_client_error() || resp.status().is_server_error() {
+                ensure_json_error(resp).await
+            } else {
+                resp
+            }
+        })
+        .await;
 
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
@@ -162,7 +174,12 @@ async fn request_context(
         })
         .inc();
     let bytes_out = state.metrics.bytes_out.get_or_create(&labels).clone();
-    resp.map(|b| Body::new(CountingBody { inner: b, counter: bytes_out }))
+    resp.map(|b| {
+        Body::new(CountingBody {
+            inner: b,
+            counter: bytes_out,
+        })
+    })
 }
 
 /// Gives framework-made error responses (405, 413, 404 from extractors) our JSON error shape.
@@ -176,7 +193,9 @@ async fn ensure_json_error(resp: Response) -> Response {
     }
     let status = resp.status();
     let (code, message) = match status {
-        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "method not allowed on this route"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ("method_not_allowed", "method not allowed on this route")
+        }
         StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", "request body is too large"),
         StatusCode::NOT_FOUND => ("not_found", "not found"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_parameters", "unsupported content type"),
@@ -238,7 +257,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request_too_large", "request body is too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    "request body is too large",
+                )
             } else {
                 ApiError::bad_request(format!("cannot read request body: {e}"))
             }
@@ -297,7 +320,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| ApiPath(v))
-            .map_err(|e| ApiError::bad_request(format!("invalid path parameter: {}", e.body_text())))
+            .map_err(|e| {
+                ApiError::bad_request(format!("invalid path parameter: {}", e.body_text()))
+            })
     }
 }
 
@@ -342,7 +367,13 @@ impl Paging {
 }
 
 /// Builds a page from the items of this page and the total count.
-pub fn page_of<T: ToSchema>(objects: Vec<T>, page: u32, size: u32, total: usize, api: &'static str) -> ObjectList<T> {
+pub fn page_of<T: ToSchema>(
+    objects: Vec<T>,
+    page: u32,
+    size: u32,
+    total: usize,
+    api: &'static str,
+) -> ObjectList<T> {
     let more = Paging::offset(page, size) + objects.len() < total;
     ObjectList {
         kind: "object_list",

@@ -33,9 +33,17 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
         Ok(Ok(())) => Ok(Json(Health { status: "ok" })),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: database unreachable");
-            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database unreachable"))
+            Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "database unreachable",
+            ))
         }
-        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "database timed out")),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "database timed out",
+        )),
     }
 }
 
@@ -44,7 +52,10 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
     responses((status = 200, content_type = "text/plain", body = String)))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -63,7 +74,12 @@ pub(super) fn routes(doc: Arc<utoipa::openapi::OpenApi>) -> Router<AppState> {
         "/v1/openapi.json",
         get(move || {
             let body = body.clone();
-            async move { ([(header::CONTENT_TYPE, "application/json")], (*body).clone()) }
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    (*body).clone(),
+                )
+            }
         }),
     )
 }

@@ -45,10 +45,18 @@ const MAX_RENAME_TRIES: u32 = 1000;
 
 /// Renders an entry as the API's object.
 fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
-    let name = if e.path.is_root() { "root".to_owned() } else { e.path.name().to_owned() };
+    let name = if e.path.is_root() {
+        "root".to_owned()
+    } else {
+        e.path.name().to_owned()
+    };
     let folder_ref = |p: &StoragePath| FolderRef {
         id: ids.encode(account, EntryKind::Folder, p),
-        name: if p.is_root() { "root".into() } else { p.name().to_owned() },
+        name: if p.is_root() {
+            "root".into()
+        } else {
+            p.name().to_owned()
+        },
     };
     let is_folder = e.kind == EntryKind::Folder;
     StorageObject {
@@ -149,12 +157,22 @@ async fn create_folder(
     let a = account(&state, &caller, &acc).await?;
     let parent = folder_path(&state, &a, &body.parent_id)?;
     let path = parent.join(&body.name)?;
-    a.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    a.connector
+        .stat_folder(&parent)
+        .await
+        .map_err(not_found_as("parent folder"))?;
     match a.connector.stat(&path).await {
-        Ok(existing) if existing.kind == EntryKind::Folder && opts.conflict_if_exists != Some(true) => {
+        Ok(existing)
+            if existing.kind == EntryKind::Folder && opts.conflict_if_exists != Some(true) =>
+        {
             return Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))));
         }
-        Ok(_) => return Err(ApiError::conflict("conflict", "an object with that name already exists")),
+        Ok(_) => {
+            return Err(ApiError::conflict(
+                "conflict",
+                "an object with that name already exists",
+            ))
+        }
         Err(StorageError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
@@ -173,7 +191,11 @@ async fn get_folder(
 ) -> ApiResult<Json<StorageObject>> {
     let a = account(&state, &caller, &acc).await?;
     let path = folder_path(&state, &a, &id)?;
-    let e = a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
+    let e = a
+        .connector
+        .stat_folder(&path)
+        .await
+        .map_err(not_found_as("folder"))?;
     Ok(Json(object(&state.ids, a.id(), &e)))
 }
 
@@ -190,7 +212,10 @@ async fn folder_contents(
     let (page, size) = paging.resolve()?;
     let a = account(&state, &caller, &acc).await?;
     let path = folder_path(&state, &a, &id)?;
-    a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
+    a.connector
+        .stat_folder(&path)
+        .await
+        .map_err(not_found_as("folder"))?;
     let (entries, _) = a.connector.list(&path).await?;
     let total = entries.len();
     let objects = entries
@@ -216,17 +241,38 @@ async fn patch_folder(
     let a = account(&state, &caller, &acc).await?;
     let path = folder_path(&state, &a, &id)?;
     if path.is_root() {
-        return Err(ApiError::bad_request("the root folder cannot be renamed or moved"));
+        return Err(ApiError::bad_request(
+            "the root folder cannot be renamed or moved",
+        ));
     }
     if body.account.is_some() {
-        return Err(ApiError::bad_request("folders cannot be moved to another account; copy them instead"));
+        return Err(ApiError::bad_request(
+            "folders cannot be moved to another account; copy them instead",
+        ));
     }
-    a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
-    let target = destination(&state, &a, &path, body.parent_id.as_deref(), body.name.as_deref()).await?;
+    a.connector
+        .stat_folder(&path)
+        .await
+        .map_err(not_found_as("folder"))?;
+    let target = destination(
+        &state,
+        &a,
+        &path,
+        body.parent_id.as_deref(),
+        body.name.as_deref(),
+    )
+    .await?;
     if target == path {
-        return Ok(Json(object(&state.ids, a.id(), &a.connector.stat(&path).await?)));
+        return Ok(Json(object(
+            &state.ids,
+            a.id(),
+            &a.connector.stat(&path).await?,
+        )));
     }
-    let e = a.connector.rename(&path, &target, EntryKind::Folder).await?;
+    let e = a
+        .connector
+        .rename(&path, &target, EntryKind::Folder)
+        .await?;
     Ok(Json(object(&state.ids, a.id(), &e)))
 }
 
@@ -245,7 +291,10 @@ async fn destination(
     };
     let name = name.unwrap_or(src.name());
     let target = parent.join(name)?;
-    a.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    a.connector
+        .stat_folder(&parent)
+        .await
+        .map_err(not_found_as("parent folder"))?;
     Ok(target)
 }
 
@@ -293,9 +342,14 @@ async fn copy_folder(
     let a = account(&state, &caller, &acc).await?;
     let path = folder_path(&state, &a, &id)?;
     if path.is_root() && body.name.is_none() {
-        return Err(ApiError::bad_request("copying the root folder needs a `name`"));
+        return Err(ApiError::bad_request(
+            "copying the root folder needs a `name`",
+        ));
     }
-    a.connector.stat_folder(&path).await.map_err(not_found_as("folder"))?;
+    a.connector
+        .stat_folder(&path)
+        .await
+        .map_err(not_found_as("folder"))?;
     let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;
     let src_name = if path.is_root() { "root" } else { path.name() };
     let parent = match body.parent_id.as_deref() {
@@ -304,9 +358,15 @@ async fn copy_folder(
         None => StoragePath::root(),
     };
     let target = parent.join(body.name.as_deref().unwrap_or(src_name))?;
-    dst.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    dst.connector
+        .stat_folder(&parent)
+        .await
+        .map_err(not_found_as("parent folder"))?;
     if dst.connector.exists(&target).await? {
-        return Err(ApiError::conflict("conflict", "an object with that name already exists"));
+        return Err(ApiError::conflict(
+            "conflict",
+            "an object with that name already exists",
+        ));
     }
     let e = dst
         .connector
@@ -342,10 +402,16 @@ async fn upload_file(
     let meta = upload_metadata(req.headers())?;
     let parent = folder_path(&state, &a, &meta.parent_id)?;
     let mut target = parent.join(&meta.name)?;
-    a.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    a.connector
+        .stat_folder(&parent)
+        .await
+        .map_err(not_found_as("parent folder"))?;
     match a.connector.stat(&target).await {
         Ok(e) if e.kind == EntryKind::Folder => {
-            return Err(ApiError::conflict("conflict", "a folder with that name exists"))
+            return Err(ApiError::conflict(
+                "conflict",
+                "a folder with that name exists",
+            ))
         }
         Ok(_) if opts.overwrite != Some(true) => {
             target = free_name(&a, &parent, &meta.name).await?;
@@ -354,7 +420,11 @@ async fn upload_file(
         Err(e) => return Err(e.into()),
     }
     let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes);
-    let e = a.connector.write(&target, body).await.map_err(upload_error)?;
+    let e = a
+        .connector
+        .write(&target, body)
+        .await
+        .map_err(upload_error)?;
     Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
 }
 
@@ -384,7 +454,10 @@ async fn free_name(a: &Account, parent: &StoragePath, name: &str) -> ApiResult<S
             return Ok(candidate);
         }
     }
-    Err(ApiError::conflict("conflict", "too many files with that name"))
+    Err(ApiError::conflict(
+        "conflict",
+        "too many files with that name",
+    ))
 }
 
 /// An upload error: exceeding the size limit is a 413.
@@ -429,7 +502,11 @@ async fn get_file(
 ) -> ApiResult<Json<StorageObject>> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    let e = a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    let e = a
+        .connector
+        .stat_file(&path)
+        .await
+        .map_err(not_found_as("file"))?;
     Ok(Json(object(&state.ids, a.id(), &e)))
 }
 
@@ -446,7 +523,10 @@ async fn replace_file(
 ) -> ApiResult<Json<StorageObject>> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    a.connector
+        .stat_file(&path)
+        .await
+        .map_err(not_found_as("file"))?;
     let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes);
     let e = a.connector.write(&path, body).await.map_err(upload_error)?;
     Ok(Json(object(&state.ids, a.id(), &e)))
@@ -465,12 +545,26 @@ async fn patch_file(
 ) -> ApiResult<Json<StorageObject>> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    a.connector
+        .stat_file(&path)
+        .await
+        .map_err(not_found_as("file"))?;
     let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;
     if Arc::ptr_eq(&a, &dst) {
-        let target = destination(&state, &a, &path, body.parent_id.as_deref(), body.name.as_deref()).await?;
+        let target = destination(
+            &state,
+            &a,
+            &path,
+            body.parent_id.as_deref(),
+            body.name.as_deref(),
+        )
+        .await?;
         if target == path {
-            return Ok(Json(object(&state.ids, a.id(), &a.connector.stat_file(&path).await?)));
+            return Ok(Json(object(
+                &state.ids,
+                a.id(),
+                &a.connector.stat_file(&path).await?,
+            )));
         }
         let e = a.connector.rename(&path, &target, EntryKind::File).await?;
         return Ok(Json(object(&state.ids, a.id(), &e)));
@@ -480,11 +574,20 @@ async fn patch_file(
         None => StoragePath::root(),
     };
     let target = parent.join(body.name.as_deref().unwrap_or(path.name()))?;
-    dst.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    dst.connector
+        .stat_folder(&parent)
+        .await
+        .map_err(not_found_as("parent folder"))?;
     if dst.connector.exists(&target).await? {
-        return Err(ApiError::conflict("conflict", "an object with that name already exists"));
+        return Err(ApiError::conflict(
+            "conflict",
+            "an object with that name already exists",
+        ));
     }
-    let e = dst.connector.copy_file_from(&a.connector, &path, &target).await?;
+    let e = dst
+        .connector
+        .copy_file_from(&a.connector, &path, &target)
+        .await?;
     a.connector.delete_file(&path).await?;
     Ok(Json(object(&state.ids, dst.id(), &e)))
 }
@@ -500,7 +603,10 @@ async fn delete_file(
 ) -> ApiResult<StatusCode> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector.delete_file(&path).await.map_err(not_found_as("file"))?;
+    a.connector
+        .delete_file(&path)
+        .await
+        .map_err(not_found_as("file"))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -517,7 +623,10 @@ async fn copy_file(
 ) -> ApiResult<(StatusCode, Json<StorageObject>)> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    a.connector
+        .stat_file(&path)
+        .await
+        .map_err(not_found_as("file"))?;
     let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;
     let same = Arc::ptr_eq(&a, &dst);
     let parent = match body.parent_id.as_deref() {
@@ -525,7 +634,10 @@ async fn copy_file(
         None if same => path.parent().unwrap_or_else(StoragePath::root),
         None => StoragePath::root(),
     };
-    dst.connector.stat_folder(&parent).await.map_err(not_found_as("parent folder"))?;
+    dst.connector
+        .stat_folder(&parent)
+        .await
+        .map_err(not_found_as("parent folder"))?;
     let name = body.name.as_deref().unwrap_or(path.name());
     let mut target = parent.join(name)?;
     if dst.connector.exists(&target).await? {
@@ -534,7 +646,9 @@ async fn copy_file(
     let e = if same {
         a.connector.copy_file(&path, &target).await?
     } else {
-        dst.connector.copy_file_from(&a.connector, &path, &target).await?
+        dst.connector
+            .copy_file_from(&a.connector, &path, &target)
+            .await?
     };
     Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))))
 }
@@ -555,10 +669,16 @@ async fn download_file(
 ) -> ApiResult<Response> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    let e = a.connector.stat_file(&path).await.map_err(not_found_as("file"))?;
+    let e = a
+        .connector
+        .stat_file(&path)
+        .await
+        .map_err(not_found_as("file"))?;
     let etag = format!(
         "\"{}\"",
-        e.etag.clone().unwrap_or_else(|| format!("{:x}-{:x}", e.size, e.modified.unwrap_or(0)))
+        e.etag
+            .clone()
+            .unwrap_or_else(|| format!("{:x}-{:x}", e.size, e.modified.unwrap_or(0)))
     );
     if headers
         .get(header::IF_NONE_MATCH)
@@ -586,12 +706,19 @@ async fn download_file(
                 "requested range is not satisfiable",
             )
             .into_response();
-            insert(&mut r, header::CONTENT_RANGE, &format!("bytes */{}", e.size));
+            insert(
+                &mut r,
+                header::CONTENT_RANGE,
+                &format!("bytes */{}", e.size),
+            );
             return Ok(r);
         }
         RangeRequest::Part { start, end } => (
             StatusCode::PARTIAL_CONTENT,
-            Some(ByteRange { start, len: Some(end - start + 1) }),
+            Some(ByteRange {
+                start,
+                len: Some(end - start + 1),
+            }),
             end - start + 1,
         ),
     };
@@ -606,8 +733,14 @@ async fn download_file(
     insert(&mut r, header::CONTENT_LENGTH, &len.to_string());
     insert(&mut r, header::ETAG, &etag);
     insert(&mut r, header::ACCEPT_RANGES, "bytes");
-    let encoded: String = percent_encoding::utf8_percent_encode(e.path.name(), percent_encoding::NON_ALPHANUMERIC).to_string();
-    insert(&mut r, header::CONTENT_DISPOSITION, &format!("attachment; filename*=UTF-8''{encoded}"));
+    let encoded: String =
+        percent_encoding::utf8_percent_encode(e.path.name(), percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    insert(
+        &mut r,
+        header::CONTENT_DISPOSITION,
+        &format!("attachment; filename*=UTF-8''{encoded}"),
+    );
     if let Some(ms) = e.modified {
         if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) {
             if let Ok(s) = t.format(&time::format_description::well_known::Rfc2822) {
@@ -616,7 +749,11 @@ async fn download_file(
         }
     }
     if let Some((start, end)) = read_range.map(|r| (r.start, r.start + len - 1)) {
-        insert(&mut r, header::CONTENT_RANGE, &format!("bytes {start}-{end}/{}", e.size));
+        insert(
+            &mut r,
+            header::CONTENT_RANGE,
+            &format!("bytes {start}-{end}/{}", e.size),
+        );
     }
     Ok(r)
 }
@@ -650,14 +787,23 @@ fn parse_range(h: &str, size: u64) -> RangeRequest {
     let (a, b) = (a.trim(), b.trim());
     match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(start), _) if start >= size => RangeRequest::Unsatisfiable,
-        (Ok(start), Ok(end)) if end >= start => RangeRequest::Part { start, end: end.min(size - 1) },
+        (Ok(start), Ok(end)) if end >= start => RangeRequest::Part {
+            start,
+            end: end.min(size - 1),
+        },
         (Ok(_), Ok(_)) => RangeRequest::Full,
-        (Ok(start), Err(_)) if b.is_empty() => RangeRequest::Part { start, end: size - 1 },
+        (Ok(start), Err(_)) if b.is_empty() => RangeRequest::Part {
+            start,
+            end: size - 1,
+        },
         (Err(_), Ok(suffix)) if a.is_empty() => {
             if suffix == 0 || size == 0 {
                 RangeRequest::Unsatisfiable
             } else {
-                RangeRequest::Part { start: size.saturating_sub(suffix), end: size - 1 }
+                RangeRequest::Part {
+                    start: size.saturating_sub(suffix),
+                    end: size - 1,
+                }
             }
         }
         _ => RangeRequest::Full,
@@ -688,7 +834,11 @@ async fn search(
     ApiPath(acc): ApiPath<String>,
     ApiQuery(q): ApiQuery<SearchQuery>,
 ) -> ApiResult<Json<ObjectList<StorageObject>>> {
-    let (page, size) = Paging { page: q.page, page_size: q.page_size }.resolve()?;
+    let (page, size) = Paging {
+        page: q.page,
+        page_size: q.page_size,
+    }
+    .resolve()?;
     let needle = q.q.as_deref().map(str::trim).unwrap_or("");
     if needle.is_empty() {
         return Err(ApiError::bad_request("`q` must not be empty"));
@@ -704,8 +854,16 @@ async fn search(
     };
     let mut hits = Vec::new();
     for root in roots {
-        let (entries, _) = a.connector.walk(&root, SCAN_LIMIT).await.map_err(not_found_as("folder"))?;
-        hits.extend(entries.into_iter().filter(|e| e.path.name().to_lowercase().contains(&needle)));
+        let (entries, _) = a
+            .connector
+            .walk(&root, SCAN_LIMIT)
+            .await
+            .map_err(not_found_as("folder"))?;
+        hits.extend(
+            entries
+                .into_iter()
+                .filter(|e| e.path.name().to_lowercase().contains(&needle)),
+        );
     }
     hits.sort_by(|x, y| x.path.cmp(&y.path));
     hits.dedup_by(|x, y| x.path == y.path);
@@ -732,8 +890,15 @@ async fn recent(
     let (page, size) = paging.resolve()?;
     let a = account(&state, &caller, &acc).await?;
     let (entries, _) = a.connector.walk(&StoragePath::root(), SCAN_LIMIT).await?;
-    let mut files: Vec<_> = entries.into_iter().filter(|e| e.kind == EntryKind::File).collect();
-    files.sort_by(|x, y| y.modified.cmp(&x.modified).then_with(|| x.path.cmp(&y.path)));
+    let mut files: Vec<_> = entries
+        .into_iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    files.sort_by(|x, y| {
+        y.modified
+            .cmp(&x.modified)
+            .then_with(|| x.path.cmp(&y.path))
+    });
     let total = files.len();
     let objects = files
         .iter()
@@ -750,11 +915,26 @@ mod tests {
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range("bytes=0-9", 100), RangeRequest::Part { start: 0, end: 9 });
-        assert_eq!(parse_range("bytes=90-", 100), RangeRequest::Part { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=-10", 100), RangeRequest::Part { start: 90, end: 99 });
-        assert_eq!(parse_range("bytes=-1000", 100), RangeRequest::Part { start: 0, end: 99 });
-        assert_eq!(parse_range("bytes=50-1000", 100), RangeRequest::Part { start: 50, end: 99 });
+        assert_eq!(
+            parse_range("bytes=0-9", 100),
+            RangeRequest::Part { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range("bytes=90-", 100),
+            RangeRequest::Part { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=-10", 100),
+            RangeRequest::Part { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=-1000", 100),
+            RangeRequest::Part { start: 0, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=50-1000", 100),
+            RangeRequest::Part { start: 50, end: 99 }
+        );
         assert_eq!(parse_range("bytes=100-", 100), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), RangeRequest::Unsatisfiable);
         assert_eq!(parse_range("bytes=5-1", 100), RangeRequest::Full);

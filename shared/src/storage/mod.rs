@@ -149,7 +149,9 @@ fn entry_from(path: StoragePath, meta: &Metadata) -> Entry {
         } else {
             meta.content_length()
         },
-        modified: meta.last_modified().map(|t| t.into_inner().as_millisecond()),
+        modified: meta
+            .last_modified()
+            .map(|t| t.into_inner().as_millisecond()),
         etag: meta.etag().map(|s| s.trim_matches('"').to_owned()),
         content_type: meta.content_type().map(str::to_owned),
     }
@@ -264,9 +266,7 @@ impl Connector {
         folder: &StoragePath,
         recursive: bool,
     ) -> Result<(Vec<Entry>, bool), StorageError> {
-        let (mut v, cut) = self
-            .collect_limited(folder, recursive, MAX_LISTING)
-            .await?;
+        let (mut v, cut) = self.collect_limited(folder, recursive, MAX_LISTING).await?;
         v.sort_by(|a, b| a.path.name().cmp(b.path.name()));
         Ok((v, cut))
     }
@@ -285,7 +285,11 @@ impl Connector {
             let Some(path) = listed_path(entry.path()) else {
                 continue;
             };
-            if path == *folder || path.as_str().split('/').any(|c| c.starts_with(RESERVED_PREFIX))
+            if path == *folder
+                || path
+                    .as_str()
+                    .split('/')
+                    .any(|c| c.starts_with(RESERVED_PREFIX))
             {
                 continue;
             }
@@ -460,7 +464,11 @@ impl Connector {
     }
 
     /// Copies a file within this account (server-side when the service can).
-    pub async fn copy_file(&self, from: &StoragePath, to: &StoragePath) -> Result<Entry, StorageError> {
+    pub async fn copy_file(
+        &self,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<Entry, StorageError> {
         if self.op.info().capability().copy {
             self.op.copy(from.file_key(), to.file_key()).await?;
             self.stat_file(to).await

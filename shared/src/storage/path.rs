@@ -199,7 +199,15 @@ mod tests {
     #[test]
     fn rejects_traversal_and_bad_chars() {
         for bad in [
-            "..", "a/../b", "/etc/passwd", "a//b", "a/", "a\\b", "a\0b", ".", "a/./b",
+            "..",
+            "a/../b",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "a\\b",
+            "a\0b",
+            ".",
+            "a/./b",
             ".switchyard-x",
         ] {
             assert!(StoragePath::parse(bad).is_err(), "{bad:?} must be refused");
@@ -217,7 +225,11 @@ mod tests {
         let p = StoragePath::parse("a/b/c.txt").expect("valid");
         assert_eq!(p.name(), "c.txt");
         assert_eq!(p.parent().expect("has parent").as_str(), "a/b");
-        let anc: Vec<_> = p.ancestors().iter().map(|a| a.as_str().to_owned()).collect();
+        let anc: Vec<_> = p
+            .ancestors()
+            .iter()
+            .map(|a| a.as_str().to_owned())
+            .collect();
         assert_eq!(anc, vec!["", "a", "a/b"]);
         assert!(StoragePath::root().ancestors().is_empty());
         assert_eq!(StoragePath::root().dir_key(), "/");

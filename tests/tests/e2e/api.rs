@@ -18,32 +18,55 @@ fn assert_error_shape(v: &Value, code: &str) {
 async fn upload_list_download_roundtrip() {
     let hub = TestHub::start().await.expect("hub");
     let data = pattern(300_000, 1);
-    let f = hub.upload(hub.creds.account_id, "root", "data.bin", data.clone()).await.expect("upload");
+    let f = hub
+        .upload(hub.creds.account_id, "root", "data.bin", data.clone())
+        .await
+        .expect("upload");
     assert_eq!(f["type"], "file");
     assert_eq!(f["size"], 300_000);
     assert_eq!(f["parent"]["id"], "root");
     assert_eq!(f["path"], "/data.bin");
     let id = f["id"].as_str().expect("id");
 
-    let meta = hub.req(Method::GET, &hub.acc(&format!("/storage/files/{id}"))).send().await.expect("get");
+    let meta = hub
+        .req(Method::GET, &hub.acc(&format!("/storage/files/{id}")))
+        .send()
+        .await
+        .expect("get");
     assert_eq!(meta.status(), 200);
     assert!(meta.headers().contains_key("x-request-id"));
     assert_eq!(json_of(meta).await["id"], id);
 
-    let list = json_of(hub.req(Method::GET, &hub.acc("/storage/folders/root/contents")).send().await.expect("list")).await;
+    let list = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
     assert_eq!(list["type"], "object_list");
     assert_eq!(list["count"], 1);
     assert_eq!(list["objects"][0]["name"], "data.bin");
     assert_eq!(list["next_page"], Value::Null);
 
-    let dl = hub.req(Method::GET, &hub.acc(&format!("/storage/files/{id}/contents"))).send().await.expect("download");
+    let dl = hub
+        .req(
+            Method::GET,
+            &hub.acc(&format!("/storage/files/{id}/contents")),
+        )
+        .send()
+        .await
+        .expect("download");
     assert_eq!(dl.status(), 200);
     let etag = dl.headers()["etag"].to_str().expect("etag").to_owned();
     let body = dl.bytes().await.expect("body");
     assert_eq!(sha256_hex(&body), sha256_hex(&data));
 
     let part = hub
-        .req(Method::GET, &hub.acc(&format!("/storage/files/{id}/contents")))
+        .req(
+            Method::GET,
+            &hub.acc(&format!("/storage/files/{id}/contents")),
+        )
         .header("Range", "bytes=1000-1999")
         .send()
         .await
@@ -53,16 +76,25 @@ async fn upload_list_download_roundtrip() {
     assert_eq!(&part.bytes().await.expect("body")[..], &data[1000..2000]);
 
     let suffix = hub
-        .req(Method::GET, &hub.acc(&format!("/storage/files/{id}/contents")))
+        .req(
+            Method::GET,
+            &hub.acc(&format!("/storage/files/{id}/contents")),
+        )
         .header("Range", "bytes=-10")
         .send()
         .await
         .expect("suffix");
     assert_eq!(suffix.status(), 206);
-    assert_eq!(&suffix.bytes().await.expect("body")[..], &data[data.len() - 10..]);
+    assert_eq!(
+        &suffix.bytes().await.expect("body")[..],
+        &data[data.len() - 10..]
+    );
 
     let bad = hub
-        .req(Method::GET, &hub.acc(&format!("/storage/files/{id}/contents")))
+        .req(
+            Method::GET,
+            &hub.acc(&format!("/storage/files/{id}/contents")),
+        )
         .header("Range", "bytes=400000-")
         .send()
         .await
@@ -71,7 +103,10 @@ async fn upload_list_download_roundtrip() {
     assert_eq!(bad.headers()["content-range"], "bytes */300000");
 
     let cached = hub
-        .req(Method::GET, &hub.acc(&format!("/storage/files/{id}/contents")))
+        .req(
+            Method::GET,
+            &hub.acc(&format!("/storage/files/{id}/contents")),
+        )
         .header("If-None-Match", &etag)
         .send()
         .await
@@ -84,15 +119,27 @@ async fn upload_list_download_roundtrip() {
 async fn overwrite_false_renames_and_put_replaces() {
     let hub = TestHub::start().await.expect("hub");
     let acc = hub.creds.account_id;
-    let a = hub.upload(acc, "root", "report.txt", b"one".to_vec()).await.expect("first");
-    let b = hub.upload(acc, "root", "report.txt", b"two".to_vec()).await.expect("second");
+    let a = hub
+        .upload(acc, "root", "report.txt", b"one".to_vec())
+        .await
+        .expect("first");
+    let b = hub
+        .upload(acc, "root", "report.txt", b"two".to_vec())
+        .await
+        .expect("second");
     assert_eq!(b["name"], "report (1).txt");
-    let c = hub.upload(acc, "root", "report.txt", b"three".to_vec()).await.expect("third");
+    let c = hub
+        .upload(acc, "root", "report.txt", b"three".to_vec())
+        .await
+        .expect("third");
     assert_eq!(c["name"], "report (2).txt");
 
     let r = hub
         .req(Method::POST, &hub.acc("/storage/files?overwrite=true"))
-        .header("X-Kloudless-Metadata", r#"{"name":"report.txt","parent_id":"root"}"#)
+        .header(
+            "X-Kloudless-Metadata",
+            r#"{"name":"report.txt","parent_id":"root"}"#,
+        )
         .body("replaced")
         .send()
         .await
@@ -110,7 +157,10 @@ async fn overwrite_false_renames_and_put_replaces() {
     assert_eq!(put.status(), 200);
     assert_eq!(json_of(put).await["size"], 12);
     let body = hub
-        .req(Method::GET, &hub.acc(&format!("/storage/files/{id}/contents")))
+        .req(
+            Method::GET,
+            &hub.acc(&format!("/storage/files/{id}/contents")),
+        )
         .send()
         .await
         .expect("dl")
@@ -143,7 +193,10 @@ async fn folders_move_copy_delete_search_recent() {
     assert_eq!(s, 200);
     assert_eq!(again["id"], docs["id"]);
     let conflict = hub
-        .req(Method::POST, &hub.acc("/storage/folders?conflict_if_exists=true"))
+        .req(
+            Method::POST,
+            &hub.acc("/storage/folders?conflict_if_exists=true"),
+        )
         .json(&json!({"parent_id": "root", "name": "docs"}))
         .send()
         .await
@@ -153,23 +206,52 @@ async fn folders_move_copy_delete_search_recent() {
 
     let docs_id = docs["id"].as_str().expect("id").to_owned();
     let (_, sub) = mk(docs_id.clone(), "sub").await;
-    let f = hub.upload(acc, sub["id"].as_str().expect("id"), "Needle Notes.md", b"# hi".to_vec()).await.expect("up");
+    let f = hub
+        .upload(
+            acc,
+            sub["id"].as_str().expect("id"),
+            "Needle Notes.md",
+            b"# hi".to_vec(),
+        )
+        .await
+        .expect("up");
     assert_eq!(f["ancestors"].as_array().expect("ancestors").len(), 3);
-    hub.upload(acc, "root", "other.txt", b"x".to_vec()).await.expect("up");
+    hub.upload(acc, "root", "other.txt", b"x".to_vec())
+        .await
+        .expect("up");
 
-    let search = json_of(hub.req(Method::GET, &hub.acc("/storage/search?q=needle")).send().await.expect("search")).await;
+    let search = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/search?q=needle"))
+            .send()
+            .await
+            .expect("search"),
+    )
+    .await;
     assert_eq!(search["count"], 1);
     assert_eq!(search["objects"][0]["name"], "Needle Notes.md");
-    let empty = hub.req(Method::GET, &hub.acc("/storage/search?q=")).send().await.expect("empty q");
+    let empty = hub
+        .req(Method::GET, &hub.acc("/storage/search?q="))
+        .send()
+        .await
+        .expect("empty q");
     assert_eq!(empty.status(), 400);
     assert_error_shape(&json_of(empty).await, "invalid_parameters");
 
-    let recent = json_of(hub.req(Method::GET, &hub.acc("/storage/recent")).send().await.expect("recent")).await;
+    let recent = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/recent"))
+            .send()
+            .await
+            .expect("recent"),
+    )
+    .await;
     assert_eq!(recent["count"], 2);
 
     // Rename the folder: children move with it and get new ids.
     let renamed = hub
-        .req(Method::PATCH, &hub.acc(&format!("/storage/folders/{docs_id}")))
+        .req(
+            Method::PATCH,
+            &hub.acc(&format!("/storage/folders/{docs_id}")),
+        )
         .json(&json!({"name": "papers"}))
         .send()
         .await
@@ -177,45 +259,87 @@ async fn folders_move_copy_delete_search_recent() {
     assert_eq!(renamed.status(), 200);
     let renamed = json_of(renamed).await;
     assert_eq!(renamed["path"], "/papers");
-    let old = hub.req(Method::GET, &hub.acc(&format!("/storage/folders/{docs_id}"))).send().await.expect("old");
+    let old = hub
+        .req(
+            Method::GET,
+            &hub.acc(&format!("/storage/folders/{docs_id}")),
+        )
+        .send()
+        .await
+        .expect("old");
     assert_eq!(old.status(), 404);
 
     // Copy the tree.
     let papers_id = renamed["id"].as_str().expect("id");
     let copy = hub
-        .req(Method::POST, &hub.acc(&format!("/storage/folders/{papers_id}/copy")))
+        .req(
+            Method::POST,
+            &hub.acc(&format!("/storage/folders/{papers_id}/copy")),
+        )
         .json(&json!({"parent_id": "root", "name": "papers-copy"}))
         .send()
         .await
         .expect("copy");
     assert_eq!(copy.status(), 201);
-    let search = json_of(hub.req(Method::GET, &hub.acc("/storage/search?q=needle")).send().await.expect("search")).await;
+    let search = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/search?q=needle"))
+            .send()
+            .await
+            .expect("search"),
+    )
+    .await;
     assert_eq!(search["count"], 2);
 
     // Non-recursive delete of a non-empty folder is refused; recursive works.
-    let refuse = hub.req(Method::DELETE, &hub.acc(&format!("/storage/folders/{papers_id}"))).send().await.expect("del");
+    let refuse = hub
+        .req(
+            Method::DELETE,
+            &hub.acc(&format!("/storage/folders/{papers_id}")),
+        )
+        .send()
+        .await
+        .expect("del");
     assert_eq!(refuse.status(), 409);
     let ok = hub
-        .req(Method::DELETE, &hub.acc(&format!("/storage/folders/{papers_id}?recursive=true")))
+        .req(
+            Method::DELETE,
+            &hub.acc(&format!("/storage/folders/{papers_id}?recursive=true")),
+        )
         .send()
         .await
         .expect("del");
     assert_eq!(ok.status(), 204);
-    let root_delete = hub.req(Method::DELETE, &hub.acc("/storage/folders/root")).send().await.expect("root");
+    let root_delete = hub
+        .req(Method::DELETE, &hub.acc("/storage/folders/root"))
+        .send()
+        .await
+        .expect("root");
     assert_eq!(root_delete.status(), 400);
 
     // File move and copy.
-    let other = json_of(hub.req(Method::GET, &hub.acc("/storage/search?q=other")).send().await.expect("s")).await;
+    let other = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/search?q=other"))
+            .send()
+            .await
+            .expect("s"),
+    )
+    .await;
     let other_id = other["objects"][0]["id"].as_str().expect("id").to_owned();
     let copied = hub
-        .req(Method::POST, &hub.acc(&format!("/storage/files/{other_id}/copy")))
+        .req(
+            Method::POST,
+            &hub.acc(&format!("/storage/files/{other_id}/copy")),
+        )
         .json(&json!({"name": "other-copy.txt"}))
         .send()
         .await
         .expect("copy");
     assert_eq!(copied.status(), 201);
     let moved = hub
-        .req(Method::PATCH, &hub.acc(&format!("/storage/files/{other_id}")))
+        .req(
+            Method::PATCH,
+            &hub.acc(&format!("/storage/files/{other_id}")),
+        )
         .json(&json!({"parent_id": renamed_root_copy(&hub).await}))
         .send()
         .await
@@ -225,7 +349,13 @@ async fn folders_move_copy_delete_search_recent() {
 }
 
 async fn renamed_root_copy(hub: &TestHub) -> String {
-    let list = json_of(hub.req(Method::GET, &hub.acc("/storage/folders/root/contents")).send().await.expect("list")).await;
+    let list = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
     list["objects"]
         .as_array()
         .expect("objects")
@@ -241,17 +371,49 @@ async fn renamed_root_copy(hub: &TestHub) -> String {
 async fn paging() {
     let hub = TestHub::start().await.expect("hub");
     for i in 0..25 {
-        hub.upload(hub.creds.account_id, "root", &format!("f{i:02}.txt"), vec![b'x'; i]).await.expect("up");
+        hub.upload(
+            hub.creds.account_id,
+            "root",
+            &format!("f{i:02}.txt"),
+            vec![b'x'; i],
+        )
+        .await
+        .expect("up");
     }
-    let p1 = json_of(hub.req(Method::GET, &hub.acc("/storage/folders/root/contents?page_size=10")).send().await.expect("p1")).await;
+    let p1 = json_of(
+        hub.req(
+            Method::GET,
+            &hub.acc("/storage/folders/root/contents?page_size=10"),
+        )
+        .send()
+        .await
+        .expect("p1"),
+    )
+    .await;
     assert_eq!(p1["count"], 10);
     assert_eq!(p1["next_page"], 2);
     assert_eq!(p1["objects"][0]["name"], "f00.txt");
-    let p3 = json_of(hub.req(Method::GET, &hub.acc("/storage/folders/root/contents?page_size=10&page=3")).send().await.expect("p3")).await;
+    let p3 = json_of(
+        hub.req(
+            Method::GET,
+            &hub.acc("/storage/folders/root/contents?page_size=10&page=3"),
+        )
+        .send()
+        .await
+        .expect("p3"),
+    )
+    .await;
     assert_eq!(p3["count"], 5);
     assert_eq!(p3["next_page"], Value::Null);
     for bad in ["page_size=1001", "page_size=0", "page=0", "page=abc"] {
-        let r = hub.req(Method::GET, &hub.acc(&format!("/storage/folders/root/contents?{bad}"))).send().await.expect("bad");
+        let r = hub
+            .req(
+                Method::GET,
+                &hub.acc(&format!("/storage/folders/root/contents?{bad}")),
+            )
+            .send()
+            .await
+            .expect("bad");
         assert_eq!(r.status(), 400, "{bad}");
         assert_error_shape(&json_of(r).await, "invalid_parameters");
     }
@@ -264,52 +426,135 @@ async fn auth_errors_and_isolation() {
     let none = hub.http.get(&url).send().await.expect("no auth");
     assert_eq!(none.status(), 401);
     assert_error_shape(&json_of(none).await, "unauthorized");
-    let wrong = hub.http.get(&url).header("Authorization", "APIKey sk_nope").send().await.expect("wrong");
+    let wrong = hub
+        .http
+        .get(&url)
+        .header("Authorization", "APIKey sk_nope")
+        .send()
+        .await
+        .expect("wrong");
     assert_eq!(wrong.status(), 401);
-    let scheme = hub.http.get(&url).header("Authorization", format!("apikey {}", hub.creds.api_key)).send().await.expect("lower");
+    let scheme = hub
+        .http
+        .get(&url)
+        .header("Authorization", format!("apikey {}", hub.creds.api_key))
+        .send()
+        .await
+        .expect("lower");
     assert_eq!(scheme.status(), 200, "scheme is case-insensitive");
-    let meta_on_storage = hub.http.get(&url).header("Authorization", hub.meta()).send().await.expect("meta");
+    let meta_on_storage = hub
+        .http
+        .get(&url)
+        .header("Authorization", hub.meta())
+        .send()
+        .await
+        .expect("meta");
     assert_eq!(meta_on_storage.status(), 401);
 
     // A second application: its key must not reach the first app's account (404, not 403).
     let app = json_of(
-        hub.http.post(hub.url("/v1/meta/applications")).header("Authorization", hub.meta())
-            .json(&json!({"name": "other"})).send().await.expect("app"),
-    ).await;
+        hub.http
+            .post(hub.url("/v1/meta/applications"))
+            .header("Authorization", hub.meta())
+            .json(&json!({"name": "other"}))
+            .send()
+            .await
+            .expect("app"),
+    )
+    .await;
     let app_id = app["id"].as_i64().expect("id");
     let key = json_of(
-        hub.http.post(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys")))
-            .header("Authorization", hub.meta()).send().await.expect("key"),
-    ).await;
+        hub.http
+            .post(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys")))
+            .header("Authorization", hub.meta())
+            .send()
+            .await
+            .expect("key"),
+    )
+    .await;
     let other_key = key["key"].as_str().expect("key shown once").to_owned();
-    let foreign = hub.http.get(&url).header("Authorization", format!("APIKey {other_key}")).send().await.expect("foreign");
+    let foreign = hub
+        .http
+        .get(&url)
+        .header("Authorization", format!("APIKey {other_key}"))
+        .send()
+        .await
+        .expect("foreign");
     assert_eq!(foreign.status(), 404);
     assert_error_shape(&json_of(foreign).await, "not_found");
 
     // Keys are listed by hint only; revoking one takes effect at once.
     let keys = json_of(
-        hub.http.get(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys")))
-            .header("Authorization", hub.meta()).send().await.expect("list"),
-    ).await;
+        hub.http
+            .get(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys")))
+            .header("Authorization", hub.meta())
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
     assert_eq!(keys["count"], 1);
     assert!(keys["objects"][0].get("key").is_none());
-    let del = hub.http.delete(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys/{other_key}")))
-        .header("Authorization", hub.meta()).send().await.expect("revoke");
+    let del = hub
+        .http
+        .delete(hub.url(&format!(
+            "/v1/meta/applications/{app_id}/apikeys/{other_key}"
+        )))
+        .header("Authorization", hub.meta())
+        .send()
+        .await
+        .expect("revoke");
     assert_eq!(del.status(), 204);
-    let revoked = hub.http.get(hub.url("/v1/accounts")).header("Authorization", format!("APIKey {other_key}")).send().await.expect("revoked");
+    let revoked = hub
+        .http
+        .get(hub.url("/v1/accounts"))
+        .header("Authorization", format!("APIKey {other_key}"))
+        .send()
+        .await
+        .expect("revoked");
     assert_eq!(revoked.status(), 401);
 
     // An account bearer token reaches `me` and only its own account.
     let root2 = hub.new_fs_root("second").expect("root");
-    let second = hub.connect("fs", json!({"root": root2})).await.expect("connect");
-    let token = second["bearer_token"]["key"].as_str().expect("token").to_owned();
-    let me = hub.http.get(hub.url("/v1/accounts/me/storage/folders/root")).header("Authorization", format!("Bearer {token}")).send().await.expect("me");
+    let second = hub
+        .connect("fs", json!({"root": root2}))
+        .await
+        .expect("connect");
+    let token = second["bearer_token"]["key"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let me = hub
+        .http
+        .get(hub.url("/v1/accounts/me/storage/folders/root"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("me");
     assert_eq!(me.status(), 200);
-    let other = hub.http.get(&url).header("Authorization", format!("Bearer {token}")).send().await.expect("other");
+    let other = hub
+        .http
+        .get(&url)
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .expect("other");
     assert_eq!(other.status(), 404);
-    let listed = json_of(hub.http.get(hub.url("/v1/accounts")).header("Authorization", format!("Bearer {token}")).send().await.expect("list")).await;
+    let listed = json_of(
+        hub.http
+            .get(hub.url("/v1/accounts"))
+            .header("Authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
     assert_eq!(listed["count"], 1);
-    let me_with_key = hub.req(Method::GET, &hub.url("/v1/accounts/me")).send().await.expect("me");
+    let me_with_key = hub
+        .req(Method::GET, &hub.url("/v1/accounts/me"))
+        .send()
+        .await
+        .expect("me");
     assert_eq!(me_with_key.status(), 400);
 }
 
@@ -317,19 +562,55 @@ async fn auth_errors_and_isolation() {
 async fn accounts_crud_and_credentials_hidden() {
     let hub = TestHub::start().await.expect("hub");
     let root = hub.new_fs_root("crud").expect("root");
-    let acct = hub.connect("fs", json!({"root": root})).await.expect("connect");
+    let acct = hub
+        .connect("fs", json!({"root": root}))
+        .await
+        .expect("connect");
     let id = acct["id"].as_i64().expect("numeric id");
     assert!(acct.get("credentials").is_none());
-    let full = json_of(hub.req(Method::GET, &hub.url(&format!("/v1/accounts/{id}?retrieve_full=true"))).send().await.expect("get")).await;
+    let full = json_of(
+        hub.req(
+            Method::GET,
+            &hub.url(&format!("/v1/accounts/{id}?retrieve_full=true")),
+        )
+        .send()
+        .await
+        .expect("get"),
+    )
+    .await;
     assert!(full["capabilities"].is_object(), "{full}");
-    assert!(!full.to_string().contains(root.to_str().expect("utf8")), "no credentials in responses");
-    let patched = json_of(hub.req(Method::PATCH, &hub.url(&format!("/v1/accounts/{id}"))).json(&json!({"account": "renamed"})).send().await.expect("patch")).await;
+    assert!(
+        !full.to_string().contains(root.to_str().expect("utf8")),
+        "no credentials in responses"
+    );
+    let patched = json_of(
+        hub.req(Method::PATCH, &hub.url(&format!("/v1/accounts/{id}")))
+            .json(&json!({"account": "renamed"}))
+            .send()
+            .await
+            .expect("patch"),
+    )
+    .await;
     assert_eq!(patched["account"], "renamed");
-    let list = json_of(hub.req(Method::GET, &hub.url("/v1/accounts")).send().await.expect("list")).await;
+    let list = json_of(
+        hub.req(Method::GET, &hub.url("/v1/accounts"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
     assert_eq!(list["count"], 2);
-    let del = hub.req(Method::DELETE, &hub.url(&format!("/v1/accounts/{id}"))).send().await.expect("del");
+    let del = hub
+        .req(Method::DELETE, &hub.url(&format!("/v1/accounts/{id}")))
+        .send()
+        .await
+        .expect("del");
     assert_eq!(del.status(), 204);
-    let gone = hub.req(Method::GET, &hub.url(&format!("/v1/accounts/{id}"))).send().await.expect("gone");
+    let gone = hub
+        .req(Method::GET, &hub.url(&format!("/v1/accounts/{id}")))
+        .send()
+        .await
+        .expect("gone");
     assert_eq!(gone.status(), 404);
 
     // Bad account input.
@@ -337,11 +618,18 @@ async fn accounts_crud_and_credentials_hidden() {
         ("nope", json!({}), "invalid_parameters"),
         ("fs", json!({"rooot": "/tmp"}), "invalid_parameters"),
         ("fs", json!({"root": "/etc"}), "invalid_parameters"),
-        ("fs", json!({"root": "/definitely/missing"}), "invalid_parameters"),
+        (
+            "fs",
+            json!({"root": "/definitely/missing"}),
+            "invalid_parameters",
+        ),
     ] {
-        let r = hub.req(Method::POST, &hub.url("/v1/accounts"))
+        let r = hub
+            .req(Method::POST, &hub.url("/v1/accounts"))
             .json(&json!({"service": service, "account": "x", "credentials": creds}))
-            .send().await.expect("bad");
+            .send()
+            .await
+            .expect("bad");
         assert_eq!(r.status(), 400, "{service} {creds}");
         assert_error_shape(&json_of(r).await, code);
     }
@@ -353,17 +641,34 @@ async fn accounts_crud_and_credentials_hidden() {
 
 #[tokio::test]
 async fn ssrf_guard_refuses_internal_endpoints() {
-    let hub = TestHub::start_with(HubOptions { ssrf_guard: true, ..Default::default() }).await.expect("hub");
+    let hub = TestHub::start_with(HubOptions {
+        ssrf_guard: true,
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
     for (service, creds) in [
-        ("s3", json!({"bucket": "b", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://169.254.169.254"})),
-        ("s3", json!({"bucket": "b", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://localhost:9000"})),
+        (
+            "s3",
+            json!({"bucket": "b", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://169.254.169.254"}),
+        ),
+        (
+            "s3",
+            json!({"bucket": "b", "access_key_id": "a", "secret_access_key": "s", "endpoint": "http://localhost:9000"}),
+        ),
         ("webdav", json!({"endpoint": "http://[::1]:8080/dav"})),
         ("webdav", json!({"endpoint": "file:///etc/passwd"})),
-        ("sftp", json!({"endpoint": "10.0.0.1:22", "user": "u", "key": "k"})),
+        (
+            "sftp",
+            json!({"endpoint": "10.0.0.1:22", "user": "u", "key": "k"}),
+        ),
     ] {
-        let r = hub.req(Method::POST, &hub.url("/v1/accounts"))
+        let r = hub
+            .req(Method::POST, &hub.url("/v1/accounts"))
             .json(&json!({"service": service, "account": "x", "credentials": creds}))
-            .send().await.expect("ssrf");
+            .send()
+            .await
+            .expect("ssrf");
         assert_eq!(r.status(), 400, "{service} {creds}");
         let v = json_of(r).await;
         assert_error_shape(&v, "invalid_parameters");
@@ -374,63 +679,161 @@ async fn ssrf_guard_refuses_internal_endpoints() {
 async fn bad_input_is_rejected() {
     let hub = TestHub::start().await.expect("hub");
     let acc = hub.creds.account_id;
-    for name in ["..", ".", "a/b", "a\\b", "with\0nul", &"x".repeat(300), ".switchyard-partial"] {
+    for name in [
+        "..",
+        ".",
+        "a/b",
+        "a\\b",
+        "with\0nul",
+        &"x".repeat(300),
+        ".switchyard-partial",
+    ] {
         let meta = json!({"name": name, "parent_id": "root"}).to_string();
-        let r = hub.req(Method::POST, &hub.acc("/storage/files")).header("X-Kloudless-Metadata", meta).body("x").send().await;
-        let r = match r { Ok(r) => r, Err(_) => continue };
+        let r = hub
+            .req(Method::POST, &hub.acc("/storage/files"))
+            .header("X-Kloudless-Metadata", meta)
+            .body("x")
+            .send()
+            .await;
+        let r = match r {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
         assert_eq!(r.status(), 400, "name {name:?}");
         assert_error_shape(&json_of(r).await, "invalid_parameters");
-        let r = hub.req(Method::POST, &hub.acc("/storage/folders")).json(&json!({"parent_id": "root", "name": name})).send().await.expect("mkdir");
+        let r = hub
+            .req(Method::POST, &hub.acc("/storage/folders"))
+            .json(&json!({"parent_id": "root", "name": name}))
+            .send()
+            .await
+            .expect("mkdir");
         assert_eq!(r.status(), 400, "folder {name:?}");
     }
-    for id in ["..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "F..", "Fnot-base64!", "D%00"] {
-        let r = hub.req(Method::GET, &hub.acc(&format!("/storage/files/{id}"))).send().await.expect("traversal id");
+    for id in [
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2Fetc%2Fpasswd",
+        "F..",
+        "Fnot-base64!",
+        "D%00",
+    ] {
+        let r = hub
+            .req(Method::GET, &hub.acc(&format!("/storage/files/{id}")))
+            .send()
+            .await
+            .expect("traversal id");
         assert_eq!(r.status(), 400, "id {id}");
     }
     // A forged id (valid encoding, invalid tag) and another account's id are 404.
     use base64::Engine as _;
     let mut raw = vec![0u8; 12];
     raw.extend_from_slice(b"../../etc/passwd");
-    let forged = format!("F{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw));
-    let r = hub.req(Method::GET, &hub.acc(&format!("/storage/files/{forged}"))).send().await.expect("forged");
+    let forged = format!(
+        "F{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let r = hub
+        .req(Method::GET, &hub.acc(&format!("/storage/files/{forged}")))
+        .send()
+        .await
+        .expect("forged");
     assert_eq!(r.status(), 404);
-    let f = hub.upload(acc, "root", "mine.txt", b"x".to_vec()).await.expect("up");
+    let f = hub
+        .upload(acc, "root", "mine.txt", b"x".to_vec())
+        .await
+        .expect("up");
     let root2 = hub.new_fs_root("foreign").expect("root");
-    let second = hub.connect("fs", json!({"root": root2})).await.expect("connect");
+    let second = hub
+        .connect("fs", json!({"root": root2}))
+        .await
+        .expect("connect");
     std::fs::write(root2.join("mine.txt"), b"other").expect("write");
-    let r = hub.req(Method::GET, &hub.url(&format!("/v1/accounts/{}/storage/files/{}", second["id"], f["id"].as_str().expect("id")))).send().await.expect("foreign id");
+    let r = hub
+        .req(
+            Method::GET,
+            &hub.url(&format!(
+                "/v1/accounts/{}/storage/files/{}",
+                second["id"],
+                f["id"].as_str().expect("id")
+            )),
+        )
+        .send()
+        .await
+        .expect("foreign id");
     assert_eq!(r.status(), 404);
 
     // Malformed metadata, malformed JSON, unknown route, wrong method, too-large body.
     for meta in ["not json", r#"{"name": "x"}"#, "[]"] {
-        let r = hub.req(Method::POST, &hub.acc("/storage/files")).header("X-Kloudless-Metadata", meta).body("x").send().await.expect("meta");
+        let r = hub
+            .req(Method::POST, &hub.acc("/storage/files"))
+            .header("X-Kloudless-Metadata", meta)
+            .body("x")
+            .send()
+            .await
+            .expect("meta");
         assert_eq!(r.status(), 400, "{meta}");
     }
-    let r = hub.req(Method::POST, &hub.acc("/storage/files")).body("no metadata").send().await.expect("missing meta");
+    let r = hub
+        .req(Method::POST, &hub.acc("/storage/files"))
+        .body("no metadata")
+        .send()
+        .await
+        .expect("missing meta");
     assert_eq!(r.status(), 400);
-    let r = hub.req(Method::POST, &hub.acc("/storage/folders")).header("content-type", "application/json").body("{oops").send().await.expect("bad json");
+    let r = hub
+        .req(Method::POST, &hub.acc("/storage/folders"))
+        .header("content-type", "application/json")
+        .body("{oops")
+        .send()
+        .await
+        .expect("bad json");
     assert_eq!(r.status(), 400);
     assert_error_shape(&json_of(r).await, "invalid_parameters");
-    let r = hub.req(Method::GET, &hub.url("/v1/nothing/here")).send().await.expect("404");
+    let r = hub
+        .req(Method::GET, &hub.url("/v1/nothing/here"))
+        .send()
+        .await
+        .expect("404");
     assert_eq!(r.status(), 404);
     assert_error_shape(&json_of(r).await, "not_found");
-    let r = hub.req(Method::PUT, &hub.url("/v1/accounts")).send().await.expect("405");
+    let r = hub
+        .req(Method::PUT, &hub.url("/v1/accounts"))
+        .send()
+        .await
+        .expect("405");
     assert_eq!(r.status(), 405);
     assert_error_shape(&json_of(r).await, "method_not_allowed");
     let big = vec![b' '; 2 * 1024 * 1024];
-    let r = hub.req(Method::POST, &hub.acc("/storage/folders")).header("content-type", "application/json").body(big).send().await.expect("413");
+    let r = hub
+        .req(Method::POST, &hub.acc("/storage/folders"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("413");
     assert_eq!(r.status(), 413);
     assert_error_shape(&json_of(r).await, "request_too_large");
-    let r = hub.req(Method::GET, &hub.url("/v1/accounts/abc")).send().await.expect("non-numeric");
+    let r = hub
+        .req(Method::GET, &hub.url("/v1/accounts/abc"))
+        .send()
+        .await
+        .expect("non-numeric");
     assert_eq!(r.status(), 400);
 }
 
 #[tokio::test]
 async fn upload_limit_and_interrupted_upload_leave_nothing() {
-    let hub = TestHub::start_with(HubOptions { max_upload_bytes: 1024 * 1024, ..Default::default() }).await.expect("hub");
+    let hub = TestHub::start_with(HubOptions {
+        max_upload_bytes: 1024 * 1024,
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
     let r = hub
         .req(Method::POST, &hub.acc("/storage/files"))
-        .header("X-Kloudless-Metadata", r#"{"name":"big.bin","parent_id":"root"}"#)
+        .header(
+            "X-Kloudless-Metadata",
+            r#"{"name":"big.bin","parent_id":"root"}"#,
+        )
         .body(vec![0u8; 2 * 1024 * 1024])
         .send()
         .await;
@@ -439,7 +842,9 @@ async fn upload_limit_and_interrupted_upload_leave_nothing() {
     }
     // An upload whose connection dies halfway: raw HTTP with a longer Content-Length than sent.
     use tokio::io::AsyncWriteExt;
-    let mut s = tokio::net::TcpStream::connect(hub.base_url.trim_start_matches("http://")).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(hub.base_url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
     let head = format!(
         "POST /v1/accounts/{}/storage/files HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
          X-Kloudless-Metadata: {{\"name\":\"half.bin\",\"parent_id\":\"root\"}}\r\nContent-Length: 1000000\r\n\r\n",
@@ -453,38 +858,99 @@ async fn upload_limit_and_interrupted_upload_leave_nothing() {
     let files = hub.data_dir.join("files");
     // The hub notices the broken body and aborts; the staging area drains and nothing is visible.
     e2e::assert_eventually!(
-        std::fs::read_dir(files.join(".switchyard-partial")).map(|d| d.count() == 0).unwrap_or(true),
+        std::fs::read_dir(files.join(".switchyard-partial"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
         std::time::Duration::from_secs(10),
         "staging file removal"
     );
-    let visible: Vec<_> = std::fs::read_dir(&files).expect("ls").filter_map(|e| e.ok()).map(|e| e.file_name()).filter(|n| n != ".switchyard-partial").collect();
+    let visible: Vec<_> = std::fs::read_dir(&files)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n != ".switchyard-partial")
+        .collect();
     assert!(visible.is_empty(), "partial upload visible: {visible:?}");
-    let list = json_of(hub.req(Method::GET, &hub.acc("/storage/folders/root/contents")).send().await.expect("list")).await;
+    let list = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
     assert_eq!(list["count"], 0);
 }
 
 #[tokio::test]
 async fn health_metrics_and_openapi() {
     let hub = TestHub::start().await.expect("hub");
-    assert_eq!(hub.http.get(hub.url("/healthz")).send().await.expect("h").status(), 200);
-    assert_eq!(hub.http.get(hub.url("/readyz")).send().await.expect("r").status(), 200);
-    hub.upload(hub.creds.account_id, "root", "m.bin", vec![1u8; 4096]).await.expect("up");
-    let m = hub.http.get(hub.url("/metrics")).send().await.expect("m").text().await.expect("text");
+    assert_eq!(
+        hub.http
+            .get(hub.url("/healthz"))
+            .send()
+            .await
+            .expect("h")
+            .status(),
+        200
+    );
+    assert_eq!(
+        hub.http
+            .get(hub.url("/readyz"))
+            .send()
+            .await
+            .expect("r")
+            .status(),
+        200
+    );
+    hub.upload(hub.creds.account_id, "root", "m.bin", vec![1u8; 4096])
+        .await
+        .expect("up");
+    let m = hub
+        .http
+        .get(hub.url("/metrics"))
+        .send()
+        .await
+        .expect("m")
+        .text()
+        .await
+        .expect("text");
     assert!(m.contains("switchyard_hub_http_requests_total"), "{m}");
     assert!(m.contains("switchyard_hub_http_request_duration_seconds_bucket"));
-    assert!(m.contains("route=\"/v1/accounts/{acc}/storage/files\""), "{m}");
-    let doc: Value = hub.http.get(hub.url("/v1/openapi.json")).send().await.expect("o").json().await.expect("json");
+    assert!(
+        m.contains("route=\"/v1/accounts/{acc}/storage/files\""),
+        "{m}"
+    );
+    let doc: Value = hub
+        .http
+        .get(hub.url("/v1/openapi.json"))
+        .send()
+        .await
+        .expect("o")
+        .json()
+        .await
+        .expect("json");
     assert!(doc["openapi"].as_str().expect("version").starts_with("3.1"));
     let paths = doc["paths"].as_object().expect("paths");
     for p in [
-        "/v1/meta/applications", "/v1/meta/applications/{app}", "/v1/meta/applications/{app}/apikeys",
-        "/v1/meta/applications/{app}/apikeys/{key}", "/v1/accounts", "/v1/accounts/{acc}",
-        "/v1/accounts/{acc}/storage/folders", "/v1/accounts/{acc}/storage/folders/{id}",
-        "/v1/accounts/{acc}/storage/folders/{id}/contents", "/v1/accounts/{acc}/storage/folders/{id}/copy",
-        "/v1/accounts/{acc}/storage/files", "/v1/accounts/{acc}/storage/files/{id}",
-        "/v1/accounts/{acc}/storage/files/{id}/contents", "/v1/accounts/{acc}/storage/files/{id}/copy",
-        "/v1/accounts/{acc}/storage/search", "/v1/accounts/{acc}/storage/recent",
-        "/healthz", "/readyz", "/metrics",
+        "/v1/meta/applications",
+        "/v1/meta/applications/{app}",
+        "/v1/meta/applications/{app}/apikeys",
+        "/v1/meta/applications/{app}/apikeys/{key}",
+        "/v1/accounts",
+        "/v1/accounts/{acc}",
+        "/v1/accounts/{acc}/storage/folders",
+        "/v1/accounts/{acc}/storage/folders/{id}",
+        "/v1/accounts/{acc}/storage/folders/{id}/contents",
+        "/v1/accounts/{acc}/storage/folders/{id}/copy",
+        "/v1/accounts/{acc}/storage/files",
+        "/v1/accounts/{acc}/storage/files/{id}",
+        "/v1/accounts/{acc}/storage/files/{id}/contents",
+        "/v1/accounts/{acc}/storage/files/{id}/copy",
+        "/v1/accounts/{acc}/storage/search",
+        "/v1/accounts/{acc}/storage/recent",
+        "/healthz",
+        "/readyz",
+        "/metrics",
     ] {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }

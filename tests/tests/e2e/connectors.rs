@@ -14,8 +14,14 @@ fn p(s: &str) -> StoragePath {
     StoragePath::parse(s).expect("valid path")
 }
 
-fn chunks(data: &[u8], size: usize) -> impl futures::Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static {
-    let parts: Vec<Result<Bytes, String>> = data.chunks(size).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+fn chunks(
+    data: &[u8],
+    size: usize,
+) -> impl futures::Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static {
+    let parts: Vec<Result<Bytes, String>> = data
+        .chunks(size)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
     futures::stream::iter(parts)
 }
 
@@ -27,8 +33,14 @@ async fn read_all(c: &Connector, path: &StoragePath, range: Option<ByteRange>) -
 
 fn connect(service: &str, creds: serde_json::Value, scratch: &std::path::Path) -> Connector {
     let cfg = ServiceConfig::from_parts(service, creds).expect("settings");
-    Connector::connect(&cfg, &ConnectOptions { scratch_dir: scratch.to_owned(), ..Default::default() })
-        .expect("connector")
+    Connector::connect(
+        &cfg,
+        &ConnectOptions {
+            scratch_dir: scratch.to_owned(),
+            ..Default::default()
+        },
+    )
+    .expect("connector")
 }
 
 /// The shared cases: every connector must pass all of them.
@@ -36,8 +48,14 @@ async fn conformance(c: &Connector) {
     c.check().await.expect("credential check");
     let base = p("conformance");
     c.create_folder(&base).await.expect("mkdir");
-    assert_eq!(c.stat_folder(&base).await.expect("stat dir").kind, EntryKind::Folder);
-    assert!(matches!(c.stat(&p("conformance/missing")).await, Err(StorageError::NotFound)));
+    assert_eq!(
+        c.stat_folder(&base).await.expect("stat dir").kind,
+        EntryKind::Folder
+    );
+    assert!(matches!(
+        c.stat(&p("conformance/missing")).await,
+        Err(StorageError::NotFound)
+    ));
 
     // Streaming write in many chunks, then full and ranged reads.
     let data = pattern(3 * 1024 * 1024 + 17, 9);
@@ -46,9 +64,25 @@ async fn conformance(c: &Connector) {
     assert_eq!(e.size, data.len() as u64);
     assert_eq!(e.kind, EntryKind::File);
     assert_eq!(sha256_hex(&read_all(c, &a, None).await), sha256_hex(&data));
-    let r = read_all(c, &a, Some(ByteRange { start: 1000, len: Some(5000) })).await;
+    let r = read_all(
+        c,
+        &a,
+        Some(ByteRange {
+            start: 1000,
+            len: Some(5000),
+        }),
+    )
+    .await;
     assert_eq!(r, &data[1000..6000]);
-    let tail = read_all(c, &a, Some(ByteRange { start: data.len() as u64 - 10, len: None })).await;
+    let tail = read_all(
+        c,
+        &a,
+        Some(ByteRange {
+            start: data.len() as u64 - 10,
+            len: None,
+        }),
+    )
+    .await;
     assert_eq!(tail, &data[data.len() - 10..]);
 
     // Replace in place.
@@ -62,12 +96,19 @@ async fn conformance(c: &Connector) {
     ]);
     let res = c.write(&p("conformance/broken.bin"), broken).await;
     assert!(matches!(res, Err(StorageError::Interrupted(_))), "{res:?}");
-    assert!(!c.exists(&p("conformance/broken.bin")).await.expect("exists"));
+    assert!(!c
+        .exists(&p("conformance/broken.bin"))
+        .await
+        .expect("exists"));
 
     // Listing is sorted and hides reserved names.
-    c.write(&p("conformance/b.txt"), chunks(b"bee", 8)).await.expect("b");
+    c.write(&p("conformance/b.txt"), chunks(b"bee", 8))
+        .await
+        .expect("b");
     c.create_folder(&p("conformance/sub")).await.expect("sub");
-    c.write(&p("conformance/sub/deep.txt"), chunks(b"deep", 8)).await.expect("deep");
+    c.write(&p("conformance/sub/deep.txt"), chunks(b"deep", 8))
+        .await
+        .expect("deep");
     let (list, cut) = c.list(&base).await.expect("list");
     assert!(!cut);
     let names: Vec<_> = list.iter().map(|e| e.path.name().to_owned()).collect();
@@ -76,30 +117,68 @@ async fn conformance(c: &Connector) {
     assert_eq!(list[1].size, 3);
 
     // Copy and rename files; rename folders with their contents.
-    c.copy_file(&p("conformance/b.txt"), &p("conformance/c.txt")).await.expect("copy");
+    c.copy_file(&p("conformance/b.txt"), &p("conformance/c.txt"))
+        .await
+        .expect("copy");
     assert_eq!(read_all(c, &p("conformance/c.txt"), None).await, b"bee");
-    c.rename(&p("conformance/c.txt"), &p("conformance/sub/d.txt"), EntryKind::File).await.expect("move");
+    c.rename(
+        &p("conformance/c.txt"),
+        &p("conformance/sub/d.txt"),
+        EntryKind::File,
+    )
+    .await
+    .expect("move");
     assert!(!c.exists(&p("conformance/c.txt")).await.expect("exists"));
     assert!(matches!(
-        c.rename(&p("conformance/b.txt"), &p("conformance/sub/d.txt"), EntryKind::File).await,
+        c.rename(
+            &p("conformance/b.txt"),
+            &p("conformance/sub/d.txt"),
+            EntryKind::File
+        )
+        .await,
         Err(StorageError::AlreadyExists)
     ));
-    c.rename(&p("conformance/sub"), &p("conformance/moved"), EntryKind::Folder).await.expect("move dir");
-    assert_eq!(read_all(c, &p("conformance/moved/deep.txt"), None).await, b"deep");
+    c.rename(
+        &p("conformance/sub"),
+        &p("conformance/moved"),
+        EntryKind::Folder,
+    )
+    .await
+    .expect("move dir");
+    assert_eq!(
+        read_all(c, &p("conformance/moved/deep.txt"), None).await,
+        b"deep"
+    );
     assert!(!c.exists(&p("conformance/sub")).await.expect("exists"));
 
     // Walk finds nested objects.
     let (all, _) = c.walk(&StoragePath::root(), 1000).await.expect("walk");
-    assert!(all.iter().any(|e| e.path.as_str() == "conformance/moved/d.txt"), "{all:?}");
-    assert!(all.iter().all(|e| !e.path.as_str().contains(".switchyard-")));
+    assert!(
+        all.iter()
+            .any(|e| e.path.as_str() == "conformance/moved/d.txt"),
+        "{all:?}"
+    );
+    assert!(all
+        .iter()
+        .all(|e| !e.path.as_str().contains(".switchyard-")));
 
     // Folder copy from the same connector.
-    c.copy_folder_from(c, &p("conformance/moved"), &p("conformance/copied")).await.expect("copy dir");
-    assert_eq!(read_all(c, &p("conformance/copied/d.txt"), None).await, b"bee");
+    c.copy_folder_from(c, &p("conformance/moved"), &p("conformance/copied"))
+        .await
+        .expect("copy dir");
+    assert_eq!(
+        read_all(c, &p("conformance/copied/d.txt"), None).await,
+        b"bee"
+    );
 
     // Deletes.
-    assert!(matches!(c.delete_folder(&base, false).await, Err(StorageError::NotEmpty)));
-    c.delete_file(&p("conformance/b.txt")).await.expect("delete file");
+    assert!(matches!(
+        c.delete_folder(&base, false).await,
+        Err(StorageError::NotEmpty)
+    ));
+    c.delete_file(&p("conformance/b.txt"))
+        .await
+        .expect("delete file");
     assert!(!c.exists(&p("conformance/b.txt")).await.expect("exists"));
     c.delete_folder(&base, true).await.expect("delete tree");
     assert!(!c.exists(&base).await.expect("exists"));
@@ -111,7 +190,9 @@ async fn fs_connector() {
     let c = connect("fs", json!({"root": dir.path()}), dir.path());
     conformance(&c).await;
     let staging = dir.path().join(".switchyard-partial");
-    assert!(std::fs::read_dir(staging).map(|d| d.count() == 0).unwrap_or(true));
+    assert!(std::fs::read_dir(staging)
+        .map(|d| d.count() == 0)
+        .unwrap_or(true));
 }
 
 #[tokio::test]
@@ -122,18 +203,30 @@ async fn s3_connector() {
     let creds = json!({"bucket": "conformance", "endpoint": s3.endpoint(), "region": "us-east-1",
                        "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()});
     conformance(&connect("s3", creds, scratch.path())).await;
-    let missing = connect("s3", json!({"bucket": "no-such-bucket", "endpoint": s3.endpoint(),
-        "access_key_id": "a", "secret_access_key": "b"}), scratch.path());
-    assert!(matches!(missing.check().await, Err(StorageError::InvalidSettings(_))));
+    let missing = connect(
+        "s3",
+        json!({"bucket": "no-such-bucket", "endpoint": s3.endpoint(),
+        "access_key_id": "a", "secret_access_key": "b"}),
+        scratch.path(),
+    );
+    assert!(matches!(
+        missing.check().await,
+        Err(StorageError::InvalidSettings(_))
+    ));
 }
 
 #[tokio::test]
 async fn webdav_connector() {
     let dav = WebDavServer::start().await.expect("rclone webdav");
     let scratch = tempfile::tempdir().expect("tmp");
-    let creds = json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()});
+    let creds =
+        json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()});
     conformance(&connect("webdav", creds, scratch.path())).await;
-    let wrong = connect("webdav", json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": "wrong"}), scratch.path());
+    let wrong = connect(
+        "webdav",
+        json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": "wrong"}),
+        scratch.path(),
+    );
     let err = wrong.check().await.expect_err("wrong password");
     assert!(matches!(err, StorageError::InvalidSettings(_)), "{err:?}");
 }
@@ -145,9 +238,15 @@ async fn sftp_connector() {
     let creds = json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
                        "root": sftp.dir()});
     conformance(&connect("sftp", creds, scratch.path())).await;
-    let other_key = e2e::servers::SftpServer::start().await.expect("second sshd");
-    let wrong = connect("sftp", json!({"endpoint": sftp.endpoint(), "user": sftp.user(),
-        "key": other_key.private_key(), "root": sftp.dir()}), scratch.path());
+    let other_key = e2e::servers::SftpServer::start()
+        .await
+        .expect("second sshd");
+    let wrong = connect(
+        "sftp",
+        json!({"endpoint": sftp.endpoint(), "user": sftp.user(),
+        "key": other_key.private_key(), "root": sftp.dir()}),
+        scratch.path(),
+    );
     assert!(wrong.check().await.is_err());
 }
 
@@ -159,17 +258,38 @@ async fn api_over_s3_and_webdav() {
     let s3 = S3Server::start().await.expect("moto");
     s3.create_bucket("api").await.expect("bucket");
     let dav = WebDavServer::start().await.expect("webdav");
-    let s3acct = hub.connect("s3", json!({"bucket": "api", "endpoint": s3.endpoint(),
-        "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()})).await.expect("s3");
-    let davacct = hub.connect("webdav", json!({"endpoint": dav.endpoint(), "username": dav.username(),
-        "password": dav.password()})).await.expect("webdav");
+    let s3acct = hub
+        .connect(
+            "s3",
+            json!({"bucket": "api", "endpoint": s3.endpoint(),
+        "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()}),
+        )
+        .await
+        .expect("s3");
+    let davacct = hub
+        .connect(
+            "webdav",
+            json!({"endpoint": dav.endpoint(), "username": dav.username(),
+        "password": dav.password()}),
+        )
+        .await
+        .expect("webdav");
     let s3id = s3acct["id"].as_i64().expect("id");
     let david = davacct["id"].as_i64().expect("id");
     let data = pattern(1_500_000, 4);
-    let f = hub.upload(s3id, "root", "photo.jpg", data.clone()).await.expect("upload");
+    let f = hub
+        .upload(s3id, "root", "photo.jpg", data.clone())
+        .await
+        .expect("upload");
     assert_eq!(f["mime_type"], "image/jpeg");
     let copy = hub
-        .req(reqwest::Method::POST, &hub.url(&format!("/v1/accounts/{s3id}/storage/files/{}/copy", f["id"].as_str().expect("id"))))
+        .req(
+            reqwest::Method::POST,
+            &hub.url(&format!(
+                "/v1/accounts/{s3id}/storage/files/{}/copy",
+                f["id"].as_str().expect("id")
+            )),
+        )
         .json(&json!({"account": david, "parent_id": "root"}))
         .send()
         .await
@@ -178,7 +298,13 @@ async fn api_over_s3_and_webdav() {
     let copied: serde_json::Value = copy.json().await.expect("json");
     assert_eq!(copied["account"], david);
     let body = hub
-        .req(reqwest::Method::GET, &hub.url(&format!("/v1/accounts/{david}/storage/files/{}/contents", copied["id"].as_str().expect("id"))))
+        .req(
+            reqwest::Method::GET,
+            &hub.url(&format!(
+                "/v1/accounts/{david}/storage/files/{}/contents",
+                copied["id"].as_str().expect("id")
+            )),
+        )
         .send()
         .await
         .expect("download")
@@ -186,7 +312,12 @@ async fn api_over_s3_and_webdav() {
         .await
         .expect("bytes");
     assert_eq!(sha256_hex(&body), sha256_hex(&data));
-    assert_eq!(std::fs::read(dav.dir().join("photo.jpg")).expect("on disk").len(), data.len());
+    assert_eq!(
+        std::fs::read(dav.dir().join("photo.jpg"))
+            .expect("on disk")
+            .len(),
+        data.len()
+    );
 
     // A wrong WebDAV password is a 400 that names the provider's complaint.
     let r = hub

@@ -1,0 +1,410 @@
+//! Benchmarks, each against its baseline in the same run (medians of several rounds):
+//!
+//! - `metadata`: GET file metadata (fs account) with `wrk`, hub on SQLite and on PostgreSQL,
+//!   against a bare axum handler.
+//! - `transfer`: 2 GiB download and upload through the hub against nginx serving / accepting
+//!   the same file, with the hub's peak RSS sampled throughout.
+//!
+//! Run: `cargo build --release -p hub -p e2e && target/release/bench all` (as root, on a quiet
+//! machine). The hub runs as its own process (`hub dev`), from the same directory as this binary.
+
+#![allow(clippy::print_stdout)]
+
+use anyhow::{bail, Context as _};
+use e2e::servers::{free_port, Postgres};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROUNDS: usize = 3;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("serve-bare") => serve_bare(args.get(2).context("port")?.parse()?),
+        Some(which @ ("metadata" | "transfer" | "all")) => {
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                if which != "transfer" {
+                    metadata().await?;
+                }
+                if which != "metadata" {
+                    transfer().await?;
+                }
+                anyhow::Ok(())
+            })
+        }
+        _ => bail!("usage: bench metadata|transfer|all"),
+    }
+}
+
+/// The baseline: a bare axum handler answering a small JSON document.
+fn serve_bare(port: u16) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async move {
+        let app = axum_bare::router();
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        axum_bare::serve(l, app).await
+    })
+}
+
+mod axum_bare {
+    //! The bare axum baseline server.
+    pub fn router() -> hub_axum::Router {
+        hub_axum::Router::new().route(
+            "/meta",
+            hub_axum::routing::get(|| async {
+                hub_axum::Json(serde_json::json!({"id": "Fabc", "name": "file.bin", "type": "file", "size": 4096}))
+            }),
+        )
+    }
+    pub async fn serve(l: tokio::net::TcpListener, app: hub_axum::Router) -> anyhow::Result<()> {
+        hub_axum::serve(l, app).await?;
+        Ok(())
+    }
+    use axum as hub_axum;
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let p = std::env::current_exe()?
+        .parent()
+        .context("exe dir")?
+        .join(name);
+    anyhow::ensure!(
+        p.exists(),
+        "{} not built: cargo build --release -p hub",
+        p.display()
+    );
+    Ok(p)
+}
+
+async fn wait_port(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("port {port} did not open")
+}
+
+struct DevHub {
+    proc: Proc,
+    base: String,
+    key: String,
+    account: i64,
+    dir: PathBuf,
+}
+
+async fn start_hub(dir: &Path, db_url: Option<&str>) -> anyhow::Result<DevHub> {
+    let port = free_port();
+    let mut cmd = Command::new(sibling("hub")?);
+    cmd.args(["dev", "--data-dir"])
+        .arg(dir)
+        .args(["--port", &port.to_string()]);
+    cmd.env("SWITCHYARD_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    if let Some(u) = db_url {
+        cmd.env("SWITCHYARD_DATABASE__URL", u);
+    }
+    let proc = Proc(cmd.spawn()?);
+    wait_port(port).await?;
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("dev-credentials.json"))?)?;
+    Ok(DevHub {
+        proc,
+        base: format!("http://127.0.0.1:{port}"),
+        key: creds["api_key"].as_str().context("key")?.to_owned(),
+        account: creds["account_id"].as_i64().context("account")?,
+        dir: dir.to_owned(),
+    })
+}
+
+struct WrkResult {
+    rps: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str, auth: Option<&str>) -> anyhow::Result<WrkResult> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c32", "-d8s", "--latency"]);
+    if let Some(a) = auth {
+        cmd.args(["-H", &format!("Authorization: {a}")]);
+    }
+    let out = cmd
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("wrk output")?
+        .parse()?;
+    let p99 = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("99%"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .context("wrk latency")?;
+    let non2xx = text.lines().any(|l| l.contains("Non-2xx"));
+    anyhow::ensure!(!non2xx, "wrk saw errors:\n{text}");
+    Ok(WrkResult {
+        rps,
+        p99_ms: parse_ms(p99),
+    })
+}
+
+fn parse_ms(s: &str) -> f64 {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v / 1000.0,
+        "ms" => v,
+        "s" => v * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn metadata() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let pg = Postgres::start().await?;
+    let sqlite_hub = start_hub(&tmp.path().join("sqlite"), None).await?;
+    let pg_hub = start_hub(&tmp.path().join("pg"), Some(&pg.url())).await?;
+    let bare_port = free_port();
+    let _bare = Proc(
+        Command::new(std::env::current_exe()?)
+            .args(["serve-bare", &bare_port.to_string()])
+            .spawn()?,
+    );
+    wait_port(bare_port).await?;
+    let http = reqwest::Client::new();
+    let mut urls = Vec::new();
+    for h in [&sqlite_hub, &pg_hub] {
+        let r = http
+            .post(format!(
+                "{}/v1/accounts/{}/storage/files",
+                h.base, h.account
+            ))
+            .header("Authorization", format!("APIKey {}", h.key))
+            .header(
+                "X-Kloudless-Metadata",
+                r#"{"name":"bench.bin","parent_id":"root"}"#,
+            )
+            .body(vec![7u8; 4096])
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "upload: {}", r.status());
+        let v: serde_json::Value = r.json().await?;
+        urls.push(format!(
+            "{}/v1/accounts/{}/storage/files/{}",
+            h.base,
+            h.account,
+            v["id"].as_str().context("id")?
+        ));
+    }
+    let bare_url = format!("http://127.0.0.1:{bare_port}/meta");
+    let (mut s_rps, mut s_p99, mut p_rps, mut p_p99, mut b_rps) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        let b = wrk(&bare_url, None)?;
+        let s = wrk(&urls[0], Some(&format!("APIKey {}", sqlite_hub.key)))?;
+        let p = wrk(&urls[1], Some(&format!("APIKey {}", pg_hub.key)))?;
+        println!(
+            "round {round}: bare {:.0} req/s | sqlite {:.0} req/s p99 {:.2} ms | postgres {:.0} req/s p99 {:.2} ms",
+            b.rps, s.rps, s.p99_ms, p.rps, p.p99_ms
+        );
+        b_rps.push(b.rps);
+        s_rps.push(s.rps);
+        s_p99.push(s.p99_ms);
+        p_rps.push(p.rps);
+        p_p99.push(p.p99_ms);
+    }
+    let (b, s, p) = (median(b_rps), median(s_rps), median(p_rps));
+    println!(
+        "metadata (median of {ROUNDS}): bare axum {b:.0} req/s; hub/sqlite {s:.0} req/s (p99 {:.2} ms, {:.2}x bare); \
+         hub/postgres {p:.0} req/s (p99 {:.2} ms, {:.2}x bare)",
+        median(s_p99),
+        s / b,
+        median(p_p99),
+        p / b
+    );
+    drop(pg_hub);
+    drop(sqlite_hub);
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs a curl command, sampling `pid`'s RSS; returns (seconds, peak RSS KiB).
+fn timed_curl(args: &[&str], pid: u32) -> anyhow::Result<(f64, u64)> {
+    let start = Instant::now();
+    let mut child = Command::new("curl")
+        .args(["-sS", "-f", "-o", "/dev/null"])
+        .args(args)
+        .spawn()?;
+    let mut peak = 0;
+    loop {
+        peak = peak.max(rss_kib(pid));
+        if let Some(status) = child.try_wait()? {
+            anyhow::ensure!(status.success(), "curl {args:?} failed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((start.elapsed().as_secs_f64(), peak))
+}
+
+async fn transfer() -> anyhow::Result<()> {
+    const SIZE: u64 = 2 * 1024 * 1024 * 1024;
+    let tmp = tempfile::tempdir()?;
+    let hub = start_hub(&tmp.path().join("hub"), None).await?;
+    let files = hub.dir.join("files");
+    let src = files.join("big.bin");
+    {
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&src)?);
+        let block = e2e::pattern(1 << 20, 5);
+        for _ in 0..(SIZE >> 20) {
+            f.write_all(&block)?;
+        }
+        f.flush()?;
+    }
+    let http = reqwest::Client::new();
+    let list: serde_json::Value = http
+        .get(format!(
+            "{}/v1/accounts/{}/storage/search?q=big.bin",
+            hub.base, hub.account
+        ))
+        .header("Authorization", format!("APIKey {}", hub.key))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = list["objects"][0]["id"]
+        .as_str()
+        .context("file id")?
+        .to_owned();
+
+    // nginx: serves the same directory and accepts PUT into another.
+    let ng = tmp.path().join("nginx");
+    std::fs::create_dir_all(ng.join("put"))?;
+    let port = free_port();
+    std::fs::write(
+        ng.join("nginx.conf"),
+        format!(
+            "user root; daemon off; worker_processes 1; error_log {ng}/error.log; pid {ng}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; sendfile on; client_max_body_size 0; client_body_temp_path {ng}/tmp;\n\
+               server {{ listen 127.0.0.1:{port};\n\
+                 location /files/ {{ alias {files}/; }}\n\
+                 location /put/ {{ alias {ng}/put/; dav_methods PUT; create_full_put_path on; }} }} }}\n",
+            ng = ng.display(),
+            files = files.display()
+        ),
+    )?;
+    let _nginx = Proc(
+        Command::new("nginx")
+            .args(["-c"])
+            .arg(ng.join("nginx.conf"))
+            .args(["-p"])
+            .arg(&ng)
+            .spawn()
+            .context("nginx (apt-get install nginx-light)")?,
+    );
+    wait_port(port).await?;
+    let auth = format!("Authorization: APIKey {}", hub.key);
+    let pid = hub.proc.0.id();
+    let gib = SIZE as f64 / (1u64 << 30) as f64;
+    let (mut dl, mut ul, mut ndl, mut nul) = (vec![], vec![], vec![], vec![]);
+    let mut peak = 0;
+    let src_s = src.to_string_lossy().into_owned();
+    for round in 0..ROUNDS {
+        let (t_n, _) = timed_curl(&[&format!("http://127.0.0.1:{port}/files/big.bin")], pid)?;
+        let (t_h, p1) = timed_curl(
+            &[
+                "-H",
+                &auth,
+                &format!(
+                    "{}/v1/accounts/{}/storage/files/{id}/contents",
+                    hub.base, hub.account
+                ),
+            ],
+            pid,
+        )?;
+        let (t_nu, _) = timed_curl(
+            &[
+                "-T",
+                &src_s,
+                &format!("http://127.0.0.1:{port}/put/up-{round}.bin"),
+            ],
+            pid,
+        )?;
+        let (t_hu, p2) = timed_curl(
+            &[
+                "-X",
+                "POST",
+                "-T",
+                &src_s,
+                "-H",
+                &auth,
+                "-H",
+                "Expect:",
+                "-H",
+                &format!(
+                    "X-Kloudless-Metadata: {{\"name\":\"up-{round}.bin\",\"parent_id\":\"root\"}}"
+                ),
+                &format!("{}/v1/accounts/{}/storage/files", hub.base, hub.account),
+            ],
+            pid,
+        )?;
+        peak = peak.max(p1).max(p2);
+        println!(
+            "round {round}: download hub {:.2} GiB/s nginx {:.2} GiB/s | upload hub {:.2} GiB/s nginx {:.2} GiB/s | hub peak RSS {} MiB",
+            gib / t_h, gib / t_n, gib / t_hu, gib / t_nu, peak / 1024
+        );
+        dl.push(gib / t_h);
+        ndl.push(gib / t_n);
+        ul.push(gib / t_hu);
+        nul.push(gib / t_nu);
+        std::fs::remove_file(files.join(format!("up-{round}.bin"))).ok();
+        std::fs::remove_file(ng.join(format!("put/up-{round}.bin"))).ok();
+    }
+    let (d, nd, u, nu) = (median(dl), median(ndl), median(ul), median(nul));
+    println!(
+        "transfer 2 GiB (median of {ROUNDS}): download hub {d:.2} GiB/s vs nginx {nd:.2} GiB/s ({:.2}x); \
+         upload hub {u:.2} GiB/s vs nginx {nu:.2} GiB/s ({:.2}x); hub peak RSS {} MiB",
+        d / nd,
+        u / nu,
+        peak / 1024
+    );
+    Ok(())
+}

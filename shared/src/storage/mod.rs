@@ -86,7 +86,9 @@ impl From<opendal::Error> for StorageError {
             ErrorKind::RateLimited => Self::RateLimited { retry_after: None },
             ErrorKind::RangeNotSatisfied => Self::RangeNotSatisfiable,
             ErrorKind::Unsupported => Self::Unsupported(e.message().to_owned()),
-            _ if e.is_temporary() => Self::Unavailable(e.message().to_owned()),
+            // Temporary: retryable; persistent: still failing after the retry layer gave up
+            // (connection refused, provider 5xx). Either way the provider, not us, is at fault.
+            _ if e.is_temporary() || e.is_persistent() => Self::Unavailable(e.message().to_owned()),
             _ => Self::Other(e.to_string()),
         }
     }
@@ -583,9 +585,7 @@ fn check_error(e: opendal::Error) -> StorageError {
         ErrorKind::PermissionDenied | ErrorKind::ConfigInvalid | ErrorKind::NotFound => {
             StorageError::InvalidSettings(provider_complaint(&e))
         }
-        ErrorKind::Unexpected if !e.is_temporary() => {
-            StorageError::InvalidSettings(provider_complaint(&e))
-        }
+        ErrorKind::Unexpected => StorageError::InvalidSettings(provider_complaint(&e)),
         _ => e.into(),
     }
 }

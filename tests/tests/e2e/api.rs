@@ -955,3 +955,23 @@ async fn health_metrics_and_openapi() {
         assert!(paths.contains_key(p), "openapi lacks {p}");
     }
 }
+
+/// Schemathesis (PyPI) fuzzes every route from `/v1/openapi.json`, with an API key and with a
+/// meta token: no 5xx, no response that breaks its own schema, no undocumented status.
+#[tokio::test]
+async fn schemathesis_finds_no_server_errors() {
+    let hub = TestHub::start().await.expect("hub");
+    for auth in [hub.apikey(), hub.meta()] {
+        let out = tokio::process::Command::new("schemathesis")
+            .args(["run", &hub.url("/v1/openapi.json"), "-H", &format!("Authorization: {auth}")])
+            .args(["--max-examples", "10", "--seed", "1", "--no-color"])
+            .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
+            .env("SCHEMATHESIS_HOOKS", "")
+            .output()
+            .await
+            .expect("schemathesis (pip install schemathesis)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "schemathesis found failures:\n{text}");
+        assert!(text.contains("passed"), "{text}");
+    }
+}

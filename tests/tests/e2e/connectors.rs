@@ -329,4 +329,20 @@ async fn api_over_s3_and_webdav() {
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["error_code"], "invalid_credentials", "{v}");
+
+    // The provider goes away: a clear 502, not a 500 or a hang.
+    drop(s3);
+    let r = hub
+        .req(
+            reqwest::Method::GET,
+            &hub.url(&format!(
+                "/v1/accounts/{s3id}/storage/folders/root/contents"
+            )),
+        )
+        .send()
+        .await
+        .expect("provider down");
+    assert_eq!(r.status(), 502);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["error_code"], "service_unavailable", "{v}");
 }

@@ -79,6 +79,23 @@ fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
     }
 }
 
+/// One page of `entries` as API objects.
+fn entries_page(
+    ids: &IdCodec,
+    account: i64,
+    entries: &[Entry],
+    page: u32,
+    size: u32,
+) -> ObjectList<StorageObject> {
+    let objects = entries
+        .iter()
+        .skip(Paging::offset(page, size))
+        .take(size as usize)
+        .map(|e| object(ids, account, e))
+        .collect();
+    page_of(objects, page, size, entries.len(), "storage")
+}
+
 fn mime_type(e: &Entry) -> String {
     e.content_type
         .clone()
@@ -217,14 +234,7 @@ async fn folder_contents(
         .await
         .map_err(not_found_as("folder"))?;
     let (entries, _) = a.connector.list(&path).await?;
-    let total = entries.len();
-    let objects = entries
-        .iter()
-        .skip(Paging::offset(page, size))
-        .take(size as usize)
-        .map(|e| object(&state.ids, a.id(), e))
-        .collect();
-    Ok(Json(page_of(objects, page, size, total, "storage")))
+    Ok(Json(entries_page(&state.ids, a.id(), &entries, page, size)))
 }
 
 /// Rename (`name`) or move (`parent_id`) a folder.
@@ -867,14 +877,7 @@ async fn search(
     }
     hits.sort_by(|x, y| x.path.cmp(&y.path));
     hits.dedup_by(|x, y| x.path == y.path);
-    let total = hits.len();
-    let objects = hits
-        .iter()
-        .skip(Paging::offset(page, size))
-        .take(size as usize)
-        .map(|e| object(&state.ids, a.id(), e))
-        .collect();
-    Ok(Json(page_of(objects, page, size, total, "storage")))
+    Ok(Json(entries_page(&state.ids, a.id(), &hits, page, size)))
 }
 
 /// Recently modified files, newest first.
@@ -899,14 +902,7 @@ async fn recent(
             .cmp(&x.modified)
             .then_with(|| x.path.cmp(&y.path))
     });
-    let total = files.len();
-    let objects = files
-        .iter()
-        .skip(Paging::offset(page, size))
-        .take(size as usize)
-        .map(|e| object(&state.ids, a.id(), e))
-        .collect();
-    Ok(Json(page_of(objects, page, size, total, "storage")))
+    Ok(Json(entries_page(&state.ids, a.id(), &files, page, size)))
 }
 
 #[cfg(test)]

@@ -172,7 +172,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             command: AppsCommand::Create { name, description },
         } => {
             let app = db.create_app(&name, &description, now_ms()).await?;
-            let (_, key) = crate::api::create_api_key_for(&state, app.id).await?;
+            let (_, key) = crate::api::create_api_key(&state, app.id).await?;
             out(&format!(
                 "application {} ({})\napi key: {key}\n(the key is shown only once)",
                 app.id, app.name
@@ -195,7 +195,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             command: KeysCommand::Create { app },
         } => {
             db.get_app(app).await?.context("no such application")?;
-            let (_, key) = crate::api::create_api_key_for(&state, app).await?;
+            let (_, key) = crate::api::create_api_key(&state, app).await?;
             out(&format!("api key: {key}\n(the key is shown only once)"));
         }
         Command::Keys {

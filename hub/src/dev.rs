@@ -91,7 +91,7 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<DevCredentials> {
         .db
         .create_app("dev", "created by `hub dev`", now_ms())
         .await?;
-    let (_, api_key) = crate::api::create_api_key_for(state, app.id).await?;
+    let (_, api_key) = crate::api::create_api_key(state, app.id).await?;
     let meta = generate_token("mt_");
     state
         .db

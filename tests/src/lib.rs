@@ -161,6 +161,16 @@ impl TestHub {
         Ok(r.json().await?)
     }
 
+    /// Downloads the whole content of file `id` of `account`.
+    pub async fn download(&self, account: i64, id: &str) -> anyhow::Result<bytes::Bytes> {
+        let url = self.url(&format!(
+            "/v1/accounts/{account}/storage/files/{id}/contents"
+        ));
+        let r = self.req(reqwest::Method::GET, &url).send().await?;
+        anyhow::ensure!(r.status().is_success(), "download failed: {}", r.status());
+        Ok(r.bytes().await?)
+    }
+
     /// Connects an account of the dev application; returns its JSON (with `bearer_token`).
     pub async fn connect(
         &self,

@@ -4,7 +4,7 @@
 mod accounts;
 pub use accounts::connect_account;
 mod meta;
-pub use meta::create_api_key as create_api_key_for;
+pub use meta::create_api_key;
 mod ops;
 mod storage;
 
@@ -290,21 +290,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, ApiError> {
-        let q = parts.uri.query().unwrap_or("");
-        serde_urlencoded_from(q)
-            .map(ApiQuery)
-            .map_err(|e| ApiError::bad_request(format!("invalid query parameters: {e}")))
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(v)| ApiQuery(v))
+            .map_err(|e| {
+                ApiError::bad_request(format!("invalid query parameters: {}", e.body_text()))
+            })
     }
-}
-
-fn serde_urlencoded_from<T: DeserializeOwned>(q: &str) -> Result<T, String> {
-    axum::extract::Query::<T>::try_from_uri(
-        &format!("/?{q}")
-            .parse()
-            .map_err(|e: axum::http::uri::InvalidUri| e.to_string())?,
-    )
-    .map(|axum::extract::Query(v)| v)
-    .map_err(|e| e.body_text())
 }
 
 /// Path-parameter extractor with our error shape.

@@ -131,8 +131,7 @@ async fn target_account(
         Some(AccountRefBody::Number(n)) => n.to_string(),
         Some(AccountRefBody::Text(t)) => t.clone(),
     };
-    let a = self::account(state, caller, &text).await?;
-    Ok(a)
+    self::account(state, caller, &text).await
 }
 
 fn folder_path(state: &AppState, a: &Account, id: &str) -> ApiResult<StoragePath> {

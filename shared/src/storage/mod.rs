@@ -13,7 +13,7 @@ mod webdav;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use opendal::{EntryMode, ErrorKind, Metadata, Operator};
+use opendal::{BytesRange, EntryMode, ErrorKind, Metadata, Operator};
 use std::time::Duration;
 
 pub use connect::ConnectOptions;
@@ -249,7 +249,9 @@ impl Connector {
     /// The children of `folder`, sorted by name, hiding reserved names. The bool is true when
     /// the folder had more than [`MAX_LISTING`] entries and the listing was cut.
     pub async fn list(&self, folder: &StoragePath) -> Result<(Vec<Entry>, bool), StorageError> {
-        self.collect(folder, false).await
+        let (mut v, cut) = self.collect_limited(folder, false, MAX_LISTING).await?;
+        v.sort_by(|a, b| a.path.name().cmp(b.path.name()));
+        Ok((v, cut))
     }
 
     /// Every object below `folder` (recursive), hiding reserved names, capped at `limit`.
@@ -260,16 +262,6 @@ impl Connector {
     ) -> Result<(Vec<Entry>, bool), StorageError> {
         let (mut v, cut) = self.collect_limited(folder, true, limit).await?;
         v.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok((v, cut))
-    }
-
-    async fn collect(
-        &self,
-        folder: &StoragePath,
-        recursive: bool,
-    ) -> Result<(Vec<Entry>, bool), StorageError> {
-        let (mut v, cut) = self.collect_limited(folder, recursive, MAX_LISTING).await?;
-        v.sort_by(|a, b| a.path.name().cmp(b.path.name()));
         Ok((v, cut))
     }
 
@@ -341,15 +333,10 @@ impl Connector {
             .reader_with(path.file_key())
             .chunk(READ_CHUNK)
             .await?;
-        let stream = match range {
-            None => reader.into_bytes_stream(..).await?,
-            Some(ByteRange { start, len: None }) => reader.into_bytes_stream(start..).await?,
-            Some(ByteRange {
-                start,
-                len: Some(n),
-            }) => reader.into_bytes_stream(start..start + n).await?,
-        };
-        Ok(stream)
+        let range = range.map_or(BytesRange::new(0, None), |r| {
+            BytesRange::new(r.start, r.len)
+        });
+        Ok(reader.into_bytes_stream(range).await?)
     }
 
     /// Writes `body` to `path` (replacing it), never leaving a partial file visible under

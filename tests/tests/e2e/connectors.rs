@@ -298,19 +298,9 @@ async fn api_over_s3_and_webdav() {
     let copied: serde_json::Value = copy.json().await.expect("json");
     assert_eq!(copied["account"], david);
     let body = hub
-        .req(
-            reqwest::Method::GET,
-            &hub.url(&format!(
-                "/v1/accounts/{david}/storage/files/{}/contents",
-                copied["id"].as_str().expect("id")
-            )),
-        )
-        .send()
+        .download(david, copied["id"].as_str().expect("id"))
         .await
-        .expect("download")
-        .bytes()
-        .await
-        .expect("bytes");
+        .expect("download");
     assert_eq!(sha256_hex(&body), sha256_hex(&data));
     assert_eq!(
         std::fs::read(dav.dir().join("photo.jpg"))

@@ -184,19 +184,9 @@ async fn postgres_suite_and_api() {
         .await
         .expect("upload");
     let body = hub
-        .req(
-            reqwest::Method::GET,
-            &hub.acc(&format!(
-                "/storage/files/{}/contents",
-                f["id"].as_str().expect("id")
-            )),
-        )
-        .send()
+        .download(hub.creds.account_id, f["id"].as_str().expect("id"))
         .await
-        .expect("download")
-        .bytes()
-        .await
-        .expect("bytes");
+        .expect("download");
     assert_eq!(sha256_hex(&body), sha256_hex(&data));
     assert_eq!(
         hub.http

@@ -78,6 +78,14 @@ done
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || pip_install 'moto[server]'
 have schemathesis || pip_install schemathesis
 
+# Azurite (the Azure Blob emulator) comes from the npm registry.
+if ! have azurite-blob; then
+  have npm || apt_install npm
+  $SUDO npm install -g --silent azurite@3 >>"$LOG" 2>&1 || fail "npm install -g azurite failed"
+  hash -r
+  log "installed azurite (npm)"
+fi
+
 # sshd's privilege-separation directory (not created in containers where sshd never ran).
 if [ ! -d /run/sshd ]; then
   $SUDO install -d -m 0755 /run/sshd
@@ -87,7 +95,7 @@ fi
 # package scripts started; the tests start their own instances on free ports, so nothing to do.
 
 missing=()
-for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis; do
+for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob; do
   have "$cmd" || missing+=("$cmd")
 done
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || missing+=(moto_server)

@@ -1,5 +1,6 @@
-//! Real backing servers for tests — PostgreSQL, S3 (moto), WebDAV (rclone) and SFTP (OpenSSH sshd) —
-//! started on 127.0.0.1 free ports; each handle kills its processes and removes its temp dir on Drop.
+//! Real backing servers for tests — PostgreSQL, S3 (moto), WebDAV (rclone), SFTP (OpenSSH sshd) and
+//! Azure Blob (Azurite) — started on 127.0.0.1 free ports; each handle kills its processes and removes
+//! its temp dir on Drop.
 //!
 //! Every server runs in its own process group with stdout/stderr captured to a log file in its
 //! temp dir; the tail of that log is part of the error when a server fails to start. Readiness is
@@ -535,6 +536,126 @@ impl WebDavServer {
     pub fn dir(&self) -> &Path {
         &self.data
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Azure Blob (Azurite)
+// ---------------------------------------------------------------------------------------------
+
+/// Azurite's well-known development account (public, documented by Microsoft).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURE_API_VERSION: &str = "2021-08-06";
+
+/// The Azure Blob emulator (`azurite-blob` from npm) on a free loopback port, storing in a temp
+/// dir. It checks SharedKey signatures, so a wrong key is really refused.
+pub struct AzuriteServer {
+    proc: Proc,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl AzuriteServer {
+    /// Starts `azurite-blob` on a free loopback port.
+    pub async fn start() -> Result<AzuriteServer> {
+        let azurite = which("azurite-blob")
+            .ok_or_else(|| missing("azurite-blob", "npm package `azurite` (npm install -g azurite)"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-azurite-")
+            .tempdir()
+            .context("creating the Azurite temp dir")?;
+        let log = dir.path().join("azurite.log");
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut cmd = Command::new(&azurite);
+            cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .arg("--location")
+                .arg(dir.path())
+                .args(["--skipApiVersionCheck", "--disableProductStyleUrl"])
+                .current_dir(dir.path());
+            let mut proc = Proc::spawn("azurite-blob", cmd, &log, dir.path(), 0)?;
+            match wait_ready(&mut proc, || async move {
+                // Any HTTP answer (403 for an unsigned request) means it is listening.
+                http_request(port, "GET", "/", "").await.is_ok()
+            })
+            .await
+            {
+                Ok(()) => {
+                    return Ok(AzuriteServer {
+                        proc,
+                        port,
+                        _dir: dir,
+                    })
+                }
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(attempts_failed("azurite-blob", last_error))
+    }
+
+    /// `http://127.0.0.1:PORT/devstoreaccount1` (path-style, as the emulator expects).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    /// The storage account name.
+    pub fn account_name(&self) -> &str {
+        AZURITE_ACCOUNT
+    }
+
+    /// The storage account key (base64).
+    pub fn account_key(&self) -> &str {
+        AZURITE_KEY
+    }
+
+    /// Creates a container with a SharedKey-signed `PUT ?restype=container`.
+    pub async fn create_container(&self, name: &str) -> Result<()> {
+        let date = rfc1123_now();
+        // Content-Length 0 signs as empty (API versions since 2015-02-21).
+        let string_to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{AZURE_API_VERSION}\n\
+             /{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+        );
+        let signature = shared_key_signature(AZURITE_KEY, &string_to_sign)?;
+        let headers = format!(
+            "x-ms-date: {date}\r\nx-ms-version: {AZURE_API_VERSION}\r\n\
+             Authorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\n"
+        );
+        let path = format!("/{AZURITE_ACCOUNT}/{name}?restype=container");
+        let (status, body) = http_request(self.port, "PUT", &path, &headers)
+            .await
+            .with_context(|| format!("PUT {path} to Azurite"))?;
+        if status != 201 {
+            bail!(
+                "creating container {name:?}: HTTP {status}: {}{}",
+                String::from_utf8_lossy(&body).trim(),
+                log_tail_section(&self.proc.log)
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT`, the date format SharedKey signs.
+fn rfc1123_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    now.format(&format).unwrap_or_default()
+}
+
+fn shared_key_signature(key_b64: &str, string_to_sign: &str) -> Result<String> {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let key = engine.decode(key_b64).context("account key is not base64")?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).context("HMAC key")?;
+    mac.update(string_to_sign.as_bytes());
+    Ok(engine.encode(mac.finalize().into_bytes()))
 }
 
 // ---------------------------------------------------------------------------------------------

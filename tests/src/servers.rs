@@ -1,5 +1,5 @@
-//! Real backing servers for tests — PostgreSQL, S3 (moto), WebDAV (rclone), SFTP (OpenSSH sshd) and
-//! Azure Blob (Azurite) — started on 127.0.0.1 free ports; each handle kills its processes and removes
+//! Real backing servers for tests — PostgreSQL, S3 (moto), WebDAV (rclone), SFTP (OpenSSH sshd),
+//! Azure Blob (Azurite) and nginx — started on 127.0.0.1 free ports; each handle kills its processes and removes
 //! its temp dir on Drop.
 //!
 //! Every server runs in its own process group with stdout/stderr captured to a log file in its
@@ -656,6 +656,75 @@ fn shared_key_signature(key_b64: &str, string_to_sign: &str) -> Result<String> {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).context("HMAC key")?;
     mac.update(string_to_sign.as_bytes());
     Ok(engine.encode(mac.finalize().into_bytes()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx
+// ---------------------------------------------------------------------------------------------
+
+/// An nginx on a free loopback port with the caller's `server { ... }` body (the `listen` line is
+/// added), e.g. a reverse proxy that rate limits like a cloud provider's front end.
+pub struct NginxServer {
+    _proc: Proc,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl NginxServer {
+    /// Starts nginx in the foreground with `server_body` inside its only `server` block.
+    pub async fn start(server_body: &str) -> Result<NginxServer> {
+        let nginx = which("nginx").ok_or_else(|| missing("nginx", "Debian package `nginx-light`"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-nginx-")
+            .tempdir()
+            .context("creating the nginx temp dir")?;
+        let d = dir.path().display();
+        let log = dir.path().join("nginx.log");
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let conf = dir.path().join("nginx.conf");
+            fs::write(
+                &conf,
+                format!(
+                    "daemon off; worker_processes 1; error_log {d}/error.log; pid {d}/nginx.pid;\n\
+                     events {{ worker_connections 256; }}\n\
+                     http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+                       server {{ listen 127.0.0.1:{port};\n{server_body}\n}} }}\n"
+                ),
+            )
+            .with_context(|| format!("writing {}", conf.display()))?;
+            let mut cmd = Command::new(&nginx);
+            cmd.arg("-c").arg(&conf).arg("-p").arg(dir.path());
+            let mut proc = Proc::spawn("nginx", cmd, &log, dir.path(), 0)?;
+            match wait_ready(&mut proc, || async move {
+                http_request(port, "GET", "/", "").await.is_ok()
+            })
+            .await
+            {
+                Ok(()) => {
+                    return Ok(NginxServer {
+                        _proc: proc,
+                        port,
+                        _dir: dir,
+                    })
+                }
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(attempts_failed("nginx", last_error))
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The loopback port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

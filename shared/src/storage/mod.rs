@@ -83,7 +83,13 @@ impl From<opendal::Error> for StorageError {
             ErrorKind::NotADirectory => Self::WrongKind { expected: "folder" },
             ErrorKind::PermissionDenied => Self::PermissionDenied(e.message().to_owned()),
             ErrorKind::ConfigInvalid => Self::InvalidSettings(e.message().to_owned()),
-            ErrorKind::RateLimited => Self::RateLimited { retry_after: None },
+            ErrorKind::RateLimited => Self::RateLimited {
+                retry_after: provider_retry_after(&e.to_string()),
+            },
+            // Some services (WebDAV) report a 429 as "unexpected"; the response is in the context.
+            _ if provider_status(&e.to_string()) == Some(429) => Self::RateLimited {
+                retry_after: provider_retry_after(&e.to_string()),
+            },
             ErrorKind::RangeNotSatisfied => Self::RangeNotSatisfiable,
             ErrorKind::Unsupported => Self::Unsupported(e.message().to_owned()),
             // Temporary: retryable; persistent: still failing after the retry layer gave up
@@ -92,6 +98,20 @@ impl From<opendal::Error> for StorageError {
             _ => Self::Other(e.to_string()),
         }
     }
+}
+
+/// The provider's HTTP status, from the `response: Parts { status: N, ... }` context OpenDAL
+/// attaches to HTTP errors (it has no typed accessor for it).
+fn provider_status(display: &str) -> Option<u16> {
+    let rest = &display[display.find("response: Parts { status: ")? + 26..];
+    rest.get(..3)?.parse().ok()
+}
+
+/// The provider's `Retry-After` in seconds (the delta form), from the same context.
+fn provider_retry_after(display: &str) -> Option<Duration> {
+    let rest = &display[display.find("\"retry-after\": \"")? + 16..];
+    let secs: u64 = rest[..rest.find('"')?].trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
 }
 
 /// A byte range of a read: `start..` or `start..start+len`.

@@ -68,7 +68,14 @@ impl Client {
         Err(match status.as_u16() {
             401 | 403 => StorageError::PermissionDenied(format!("WebDAV PUT answered {status}")),
             404 | 409 => StorageError::NotFound,
-            429 => StorageError::RateLimited { retry_after: None },
+            429 => StorageError::RateLimited {
+                retry_after: resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(std::time::Duration::from_secs),
+            },
             507 => StorageError::Other("WebDAV server is out of space (507)".into()),
             s if s >= 500 => StorageError::Unavailable(format!("WebDAV PUT answered {status}")),
             _ => StorageError::Other(format!("WebDAV PUT answered {status}")),

@@ -3,7 +3,7 @@
 //! (Azurite).
 
 use bytes::Bytes;
-use e2e::servers::{AzuriteServer, S3Server, SftpServer, WebDavServer};
+use e2e::servers::{AzuriteServer, NginxServer, S3Server, SftpServer, WebDavServer};
 use e2e::{pattern, sha256_hex, TestHub};
 use futures::TryStreamExt;
 use serde_json::json;
@@ -355,4 +355,107 @@ async fn api_over_s3_and_webdav() {
     assert_eq!(r.status(), 502);
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["error_code"], "service_unavailable", "{v}");
+}
+
+/// A provider that rate limits (nginx in front of WebDAV answering 429 with `Retry-After`, as
+/// cloud front ends do): the client gets a 429 with `Retry-After`, never a 500.
+#[tokio::test]
+async fn provider_rate_limit_is_a_429_with_retry_after() {
+    let hub = TestHub::start().await.expect("hub");
+    let dav = WebDavServer::start().await.expect("webdav");
+    std::fs::create_dir(dav.dir().join("limited")).expect("mkdir");
+    std::fs::write(dav.dir().join("limited/a.txt"), b"hello").expect("file");
+    let front = NginxServer::start(&format!(
+        "location /limited {{ add_header Retry-After 7 always; return 429; }}\n\
+         location / {{ proxy_pass {}; proxy_set_header Host $http_host; }}",
+        dav.endpoint()
+    ))
+    .await
+    .expect("nginx");
+    let acct = hub
+        .connect(
+            "webdav",
+            json!({"endpoint": front.endpoint(), "username": dav.username(),
+                   "password": dav.password()}),
+        )
+        .await
+        .expect("webdav through nginx");
+    let id = acct["id"].as_i64().expect("id");
+    let root: serde_json::Value = hub
+        .req(
+            reqwest::Method::GET,
+            &hub.url(&format!("/v1/accounts/{id}/storage/folders/root/contents")),
+        )
+        .send()
+        .await
+        .expect("root")
+        .json()
+        .await
+        .expect("json");
+    let folder = root["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["name"] == "limited")
+        .expect("the limited folder")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    let check = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 429);
+        let retry: u64 = r
+            .headers()
+            .get("retry-after")
+            .expect("Retry-After")
+            .to_str()
+            .expect("ascii")
+            .parse()
+            .expect("seconds");
+        assert!(retry >= 1);
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["error_code"], "rate_limited", "{v}");
+        assert!(v["id"].is_string());
+        retry
+    };
+    let r = hub
+        .req(
+            reqwest::Method::GET,
+            &hub.url(&format!(
+                "/v1/accounts/{id}/storage/folders/{folder}/contents"
+            )),
+        )
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(check(r).await, 7, "the provider's own Retry-After");
+    // A write into the limited folder is refused the same way.
+    let r = hub
+        .req(
+            reqwest::Method::POST,
+            &hub.url(&format!("/v1/accounts/{id}/storage/files")),
+        )
+        .header(
+            "X-Kloudless-Metadata",
+            json!({"parent_id": "root", "name": "x.txt"}).to_string(),
+        )
+        .body("data")
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201, "the rest of the account still works");
+    let f: serde_json::Value = r.json().await.expect("json");
+    let r = hub
+        .req(
+            reqwest::Method::PATCH,
+            &hub.url(&format!(
+                "/v1/accounts/{id}/storage/files/{}",
+                f["id"].as_str().expect("id")
+            )),
+        )
+        .json(&json!({"parent_id": folder}))
+        .send()
+        .await
+        .expect("move");
+    assert_eq!(check(r).await, 7);
 }

@@ -559,8 +559,12 @@ pub struct AzuriteServer {
 impl AzuriteServer {
     /// Starts `azurite-blob` on a free loopback port.
     pub async fn start() -> Result<AzuriteServer> {
-        let azurite = which("azurite-blob")
-            .ok_or_else(|| missing("azurite-blob", "npm package `azurite` (npm install -g azurite)"))?;
+        let azurite = which("azurite-blob").ok_or_else(|| {
+            missing(
+                "azurite-blob",
+                "npm package `azurite` (npm install -g azurite)",
+            )
+        })?;
         let dir = tempfile::Builder::new()
             .prefix("switchyard-azurite-")
             .tempdir()
@@ -652,7 +656,9 @@ fn shared_key_signature(key_b64: &str, string_to_sign: &str) -> Result<String> {
     use base64::Engine as _;
     use hmac::Mac as _;
     let engine = base64::engine::general_purpose::STANDARD;
-    let key = engine.decode(key_b64).context("account key is not base64")?;
+    let key = engine
+        .decode(key_b64)
+        .context("account key is not base64")?;
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).context("HMAC key")?;
     mac.update(string_to_sign.as_bytes());
     Ok(engine.encode(mac.finalize().into_bytes()))
@@ -673,7 +679,8 @@ pub struct NginxServer {
 impl NginxServer {
     /// Starts nginx in the foreground with `server_body` inside its only `server` block.
     pub async fn start(server_body: &str) -> Result<NginxServer> {
-        let nginx = which("nginx").ok_or_else(|| missing("nginx", "Debian package `nginx-light`"))?;
+        let nginx =
+            which("nginx").ok_or_else(|| missing("nginx", "Debian package `nginx-light`"))?;
         let dir = tempfile::Builder::new()
             .prefix("switchyard-nginx-")
             .tempdir()

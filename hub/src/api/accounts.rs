@@ -166,7 +166,7 @@ pub async fn connect_account(
 
 /// Retrieve an account.
 #[utoipa::path(get, path = "/v1/accounts/{acc}", tag = "accounts",
-    params(("acc" = String, Path, description = "Account id or `me`"), RetrieveOptions),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), RetrieveOptions),
     responses((status = 200, body = AccountView), CommonErrors))]
 async fn get_account(
     caller: Caller,
@@ -185,7 +185,7 @@ async fn get_account(
 
 /// Update an account: display name, active flag, or credentials (checked again).
 #[utoipa::path(patch, path = "/v1/accounts/{acc}", tag = "accounts",
-    params(("acc" = String, Path, description = "Account id or `me`")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$")),
     request_body = AccountChangesBody,
     responses((status = 200, body = AccountView), CommonErrors))]
 async fn patch_account(
@@ -220,7 +220,7 @@ async fn patch_account(
 
 /// Disconnect an account (its files stay where they are).
 #[utoipa::path(delete, path = "/v1/accounts/{acc}", tag = "accounts",
-    params(("acc" = String, Path, description = "Account id or `me`")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$")),
     responses((status = 204, description = "Disconnected"), CommonErrors))]
 async fn delete_account(
     caller: Caller,

@@ -211,7 +211,7 @@ pub async fn create_api_key(
 /// Revoke an API key, given the key itself or its numeric id.
 #[utoipa::path(delete, path = "/v1/meta/applications/{app}/apikeys/{key}", tag = "meta",
     params(("app" = i64, Path, description = "Application id"),
-           ("key" = String, Path, description = "The API key, or its id")),
+           ("key" = String, Path, description = "The API key, or its id", pattern = r"^[A-Za-z0-9_-]{1,128}$")),
     responses((status = 204, description = "Revoked"), CommonErrors))]
 async fn delete_key(
     _: MetaCaller,

@@ -159,7 +159,7 @@ struct CreateFolderOptions {
 
 /// Create a folder.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/folders", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), CreateFolderOptions),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), CreateFolderOptions),
     request_body = NewFolder,
     responses((status = 201, body = StorageObject), (status = 200, body = StorageObject, description = "Already existed"),
               (status = 409, body = crate::error::ErrorBody), CommonErrors))]
@@ -198,7 +198,7 @@ async fn create_folder(
 
 /// Retrieve a folder's metadata (`root` is the account's top folder).
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/folders/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id or `root`")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "Folder id or `root`", pattern = r"^(root|D[A-Za-z0-9_-]+)$")),
     responses((status = 200, body = StorageObject), CommonErrors))]
 async fn get_folder(
     caller: Caller,
@@ -217,7 +217,7 @@ async fn get_folder(
 
 /// List a folder's contents, sorted by name.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/folders/{id}/contents", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id or `root`"), Paging),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "Folder id or `root`", pattern = r"^(root|D[A-Za-z0-9_-]+)$"), Paging),
     responses((status = 200, body = ObjectList<StorageObject>), CommonErrors))]
 async fn folder_contents(
     caller: Caller,
@@ -238,7 +238,7 @@ async fn folder_contents(
 
 /// Rename (`name`) or move (`parent_id`) a folder.
 #[utoipa::path(patch, path = "/v1/accounts/{acc}/storage/folders/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "Folder id", pattern = r"^D[A-Za-z0-9_-]+$")),
     request_body = ObjectChanges,
     responses((status = 200, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
 async fn patch_folder(
@@ -317,7 +317,7 @@ struct DeleteFolderOptions {
 
 /// Delete a folder (`recursive=true` for a non-empty one).
 #[utoipa::path(delete, path = "/v1/accounts/{acc}/storage/folders/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id"), DeleteFolderOptions),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "Folder id", pattern = r"^D[A-Za-z0-9_-]+$"), DeleteFolderOptions),
     responses((status = 204, description = "Deleted"), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
 async fn delete_folder(
     caller: Caller,
@@ -339,7 +339,7 @@ async fn delete_folder(
 
 /// Copy a folder tree, within the account or to another account of the application.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/folders/{id}/copy", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "Folder id")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "Folder id", pattern = r"^D[A-Za-z0-9_-]+$")),
     request_body = CopyTarget,
     responses((status = 201, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
 async fn copy_folder(
@@ -396,7 +396,7 @@ struct UploadOptions {
 /// Upload a file: the raw body is the content, `X-Kloudless-Metadata: {"name","parent_id"}`
 /// names it. The body streams to the provider; an interrupted upload leaves no file behind.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), UploadOptions,
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), UploadOptions,
            ("X-Kloudless-Metadata" = String, Header, description = "JSON: {\"name\": ..., \"parent_id\": ...}")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = StorageObject), CommonErrors))]
@@ -502,7 +502,7 @@ fn limited_body(
 
 /// Retrieve a file's metadata.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
     responses((status = 200, body = StorageObject), CommonErrors))]
 async fn get_file(
     caller: Caller,
@@ -521,7 +521,7 @@ async fn get_file(
 
 /// Replace a file's content with the raw request body (streamed).
 #[utoipa::path(put, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = StorageObject), CommonErrors))]
 async fn replace_file(
@@ -543,7 +543,7 @@ async fn replace_file(
 
 /// Rename (`name`), move (`parent_id`), or move to another account (`account`).
 #[utoipa::path(patch, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
     request_body = ObjectChanges,
     responses((status = 200, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
 async fn patch_file(
@@ -603,7 +603,7 @@ async fn patch_file(
 
 /// Delete a file.
 #[utoipa::path(delete, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
     responses((status = 204, description = "Deleted"), CommonErrors))]
 async fn delete_file(
     caller: Caller,
@@ -621,7 +621,7 @@ async fn delete_file(
 
 /// Copy a file, within the account or to another account of the application.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files/{id}/copy", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
     request_body = CopyTarget,
     responses((status = 201, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
 async fn copy_file(
@@ -664,7 +664,7 @@ async fn copy_file(
 
 /// Download a file's content. Supports a single `Range` (206), `ETag` and `If-None-Match`.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/files/{id}/contents", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), ("id" = String, Path, description = "File id"),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$"),
            ("Range" = Option<String>, Header, description = "bytes=START-END")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
               (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
@@ -835,7 +835,7 @@ struct SearchQuery {
 
 /// Search names below the root or below `parents`.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/search", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), SearchQuery),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), SearchQuery),
     responses((status = 200, body = ObjectList<StorageObject>), CommonErrors))]
 async fn search(
     caller: Caller,
@@ -881,7 +881,7 @@ async fn search(
 
 /// Recently modified files, newest first.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/recent", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`"), Paging),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), Paging),
     responses((status = 200, body = ObjectList<StorageObject>), CommonErrors))]
 async fn recent(
     caller: Caller,

@@ -97,7 +97,11 @@ async fn operator_commands_work_against_a_running_hub() {
     );
 
     // keys create + revoke: the revoked key stops working once the hub's 10 s cache expires.
-    let o = hub(Some(&config), &[], &["keys", "create", "--app", &app.to_string()]);
+    let o = hub(
+        Some(&config),
+        &[],
+        &["keys", "create", "--app", &app.to_string()],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let second = field(&stdout(&o), "api key:");
     assert_eq!(accounts(second.clone()).await, 200);
@@ -125,7 +129,11 @@ async fn operator_commands_work_against_a_running_hub() {
     assert!(stderr(&o).contains("no such application"), "{}", stderr(&o));
 
     // meta-token create: the token opens the Meta API.
-    let o = hub(Some(&config), &[], &["meta-token", "create", "--name", "ops"]);
+    let o = hub(
+        Some(&config),
+        &[],
+        &["meta-token", "create", "--name", "ops"],
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let token = field(&stdout(&o), "meta token:");
     let r = th
@@ -217,8 +225,8 @@ async fn hub_dev_is_idempotent() {
             .args(["dev", "--port", &port.to_string(), "--data-dir"])
             .arg(&data)
             .env("SWITCHYARD_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("hub dev");
@@ -264,7 +272,7 @@ async fn hub_dev_is_idempotent() {
             .expect("json");
         assert_eq!(apps["count"], 1, "round {round}: {apps}");
         match &first_key {
-            None => first_key = Some(key),
+            None => first_key = Some(key.clone()),
             Some(k) => assert_eq!(k, &key, "the second run reuses the first key"),
         }
         // SIGTERM: a graceful stop.
@@ -278,5 +286,23 @@ async fn hub_dev_is_idempotent() {
             .expect("hub dev stops on SIGTERM")
             .expect("wait");
         assert!(status.success(), "exit status {status}");
+        // It printed what a developer needs: base URL, ids, the key and a curl to paste.
+        let mut printed = String::new();
+        use tokio::io::AsyncReadExt as _;
+        child
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut printed)
+            .await
+            .expect("read stdout");
+        for needle in [
+            format!("http://127.0.0.1:{port}"),
+            key.clone(),
+            "curl".to_owned(),
+            creds["account_id"].to_string(),
+        ] {
+            assert!(printed.contains(&needle), "{needle:?} not in {printed:?}");
+        }
     }
 }

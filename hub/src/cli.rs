@@ -1,4 +1,4 @@
-//! The `hub` command line: `serve`, `migrate`, `apps`, `keys`, `meta-token` and `dev`.
+//! The `hub` command line: `serve`, `migrate`, `apps`, `keys`, `meta-token`, `spokes` and `dev`.
 
 use crate::config::Config;
 use crate::state::now_ms;
@@ -50,6 +50,11 @@ pub enum Command {
         #[command(subcommand)]
         command: MetaTokenCommand,
     },
+    /// Manage spokes: join tokens, the registry, revocation.
+    Spokes {
+        #[command(subcommand)]
+        command: SpokesCommand,
+    },
     /// Zero-setup development hub: SQLite, an application, an API key and an `fs` account
     /// under DATA_DIR, created once and reused.
     Dev {
@@ -88,6 +93,58 @@ pub enum KeysCommand {
         app: i64,
         key: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpokesCommand {
+    /// Join tokens for new spokes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// List enrolled spokes.
+    List,
+    /// Revoke a spoke: its connections close and it is refused from now on.
+    Revoke { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a single-use, expiring join token and print its join string.
+    Create {
+        /// Region the spoke serves.
+        #[arg(long)]
+        region: String,
+        /// Name for the spoke.
+        #[arg(long)]
+        name: Option<String>,
+        /// Validity: a number with a unit, `s`, `m`, `h` or `d` (default `network.join_token_ttl_secs`).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<std::time::Duration>,
+    },
+}
+
+/// Parses `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
+pub fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
+    };
+    if !(60..=30 * 86_400).contains(&secs) {
+        return Err("the TTL must be between 1 minute and 30 days".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +274,58 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 "meta token: {}\n(the token is shown only once)",
                 token.expose_secret()
             ));
+        }
+        Command::Spokes {
+            command:
+                SpokesCommand::Token {
+                    command: TokenCommand::Create { region, name, ttl },
+                },
+        } => {
+            let ttl = ttl.unwrap_or(std::time::Duration::from_secs(
+                state.config.network.join_token_ttl_secs,
+            ));
+            let (rec, join) =
+                crate::network::enroll::create_token(&state, &region, name.as_deref(), ttl).await?;
+            out(&format!(
+                "join token {} for region {} (expires {}, single use)\n{join}\n\
+                 on the new spoke: spoke enroll '{join}' --data-dir /var/lib/switchyard-spoke",
+                rec.id,
+                rec.region,
+                crate::model::rfc3339(rec.expires_ms)
+            ));
+        }
+        Command::Spokes {
+            command: SpokesCommand::List,
+        } => {
+            for s in db.list_spokes().await? {
+                out(&format!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    s.id,
+                    if s.revoked_ms.is_some() {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    s.region,
+                    s.name,
+                    s.last_seen_ms
+                        .map(crate::model::rfc3339)
+                        .unwrap_or_else(|| "never seen".into())
+                ));
+            }
+        }
+        Command::Spokes {
+            command: SpokesCommand::Revoke { id },
+        } => {
+            db.get_spoke(id)
+                .await?
+                .with_context(|| format!("no spoke {id}"))?;
+            let changed = db.revoke_spoke(id, now_ms()).await?;
+            out(if changed {
+                "revoked (hubs close its connections within a second)"
+            } else {
+                "already revoked"
+            });
         }
         Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled above"),
     }

@@ -32,6 +32,122 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+    #[serde(default)]
+    pub offload: OffloadConfig,
+}
+
+/// The spoke control plane (QUIC with mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// UDP address of the QUIC control endpoint spokes dial; `null` turns the network off.
+    #[serde(default = "default_quic_listen")]
+    pub quic_listen: Option<SocketAddr>,
+    /// `host:port` spokes use to reach `quic_listen` (join strings carry it); defaults to
+    /// `quic_listen` when that is a specific address.
+    #[serde(default)]
+    pub quic_advertise: Option<String>,
+    /// Extra DNS names or IPs in the hub's certificate.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// How often spokes report, in milliseconds.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Missed heartbeats before a spoke is unhealthy.
+    #[serde(default = "default_missed")]
+    pub missed_heartbeats: u32,
+    /// Validity of spoke certificates, in days.
+    #[serde(default = "default_cert_days")]
+    pub spoke_cert_days: u64,
+    /// Default validity of join tokens, in seconds.
+    #[serde(default = "default_token_ttl")]
+    pub join_token_ttl_secs: u64,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            quic_listen: default_quic_listen(),
+            quic_advertise: None,
+            names: Vec::new(),
+            heartbeat_ms: default_heartbeat_ms(),
+            missed_heartbeats: default_missed(),
+            spoke_cert_days: default_cert_days(),
+            join_token_ttl_secs: default_token_ttl(),
+        }
+    }
+}
+
+/// When and how the hub hands work to spokes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OffloadConfig {
+    /// Transfers at or above this size go to a spoke; smaller ones within one account may run
+    /// on the hub.
+    #[serde(default = "default_threshold")]
+    pub threshold: u64,
+    /// Preferred part size of resumable transfers.
+    #[serde(default = "default_part_size")]
+    pub part_size: u64,
+    /// Parts in flight per transfer.
+    #[serde(default = "default_part_concurrency")]
+    pub part_concurrency: u32,
+    /// Transfers one spoke runs at once.
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs_per_spoke: u32,
+    /// Bandwidth cap per spoke in bytes per second (`null`: none).
+    #[serde(default)]
+    pub spoke_rate_limit: Option<u64>,
+    /// After a hub start, how long to wait for spokes to reconnect before running pending
+    /// transfers itself, in seconds.
+    #[serde(default = "default_grace")]
+    pub startup_grace_secs: u64,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        Self {
+            threshold: default_threshold(),
+            part_size: default_part_size(),
+            part_concurrency: default_part_concurrency(),
+            max_jobs_per_spoke: default_max_jobs(),
+            spoke_rate_limit: None,
+            startup_grace_secs: default_grace(),
+        }
+    }
+}
+
+fn default_quic_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 7443)))
+}
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_missed() -> u32 {
+    3
+}
+fn default_cert_days() -> u64 {
+    90
+}
+fn default_token_ttl() -> u64 {
+    3600
+}
+fn default_threshold() -> u64 {
+    64 << 20
+}
+fn default_part_size() -> u64 {
+    16 << 20
+}
+fn default_part_concurrency() -> u32 {
+    4
+}
+fn default_max_jobs() -> u32 {
+    4
+}
+fn default_grace() -> u64 {
+    5
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,7 +411,42 @@ impl Config {
         {
             return Err(invalid("region", "must be letters, digits and '-'"));
         }
+        if self.network.heartbeat_ms < 50 {
+            return Err(invalid("network.heartbeat_ms", "must be at least 50"));
+        }
+        if self.network.missed_heartbeats == 0 {
+            return Err(invalid("network.missed_heartbeats", "must be at least 1"));
+        }
+        if self.network.spoke_cert_days == 0 {
+            return Err(invalid("network.spoke_cert_days", "must be at least 1"));
+        }
+        if self.network.join_token_ttl_secs < 60 {
+            return Err(invalid(
+                "network.join_token_ttl_secs",
+                "must be at least 60",
+            ));
+        }
+        if self.offload.part_size < 5 << 20 {
+            return Err(invalid(
+                "offload.part_size",
+                "must be at least 5 MiB (5242880), the S3 minimum part size",
+            ));
+        }
+        if self.offload.part_concurrency == 0 || self.offload.max_jobs_per_spoke == 0 {
+            return Err(invalid(
+                "offload.part_concurrency",
+                "part_concurrency and max_jobs_per_spoke must be at least 1",
+            ));
+        }
         Ok(())
+    }
+
+    /// The `host:port` spokes dial, when the network is on.
+    pub fn quic_advertise(&self) -> Option<String> {
+        if let Some(a) = &self.network.quic_advertise {
+            return Some(a.clone());
+        }
+        self.network.quic_listen.map(|l| l.to_string())
     }
 
     /// The database URL, defaulting to SQLite in the data dir.

@@ -56,6 +56,8 @@ pub fn dev_config(data_dir: &Path, port: u16, base: Option<&Path>) -> anyhow::Re
     config.secrets.master_key_file = Some(key_file);
     config.secrets.master_key = None;
     config.storage.fs.allowed_roots.push(data_dir.join("files"));
+    // Spokes dial UDP on the same port number as the API's TCP port.
+    config.network.quic_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     // A development hub connects to storage servers on this machine (MinIO, a NAS...).
     config.storage.allow_private_endpoints = true;
     Ok(config)
@@ -145,7 +147,9 @@ pub async fn run(data_dir: PathBuf, port: u16, base: Option<&Path>) -> anyhow::R
     let _ = o.write_all(msg.as_bytes());
     let _ = o.flush();
     drop(o);
+    let background = crate::Background::start(&state).await?;
     crate::serve(state.clone(), listener, crate::shutdown_signal()).await?;
+    background.shutdown().await;
     state.db.close().await;
     Ok(())
 }

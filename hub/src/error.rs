@@ -51,6 +51,16 @@ impl ApiError {
         }
     }
 
+    /// The message shown to clients.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether trying again (elsewhere, later) may succeed: provider outages and rate limits.
+    pub fn retryable(&self) -> bool {
+        self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_parameters", message)
     }

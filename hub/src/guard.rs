@@ -40,44 +40,13 @@ pub fn is_internal(ip: IpAddr) -> bool {
     }
 }
 
-/// Splits a user endpoint into host and port. URL endpoints must be http(s); SFTP endpoints
-/// are `host[:port]` or `ssh://host[:port]`.
-fn host_port(endpoint: &str, sftp: bool) -> Result<(String, u16), ApiError> {
-    let bad = || ApiError::bad_request("`endpoint` is not a valid address");
-    if sftp {
-        let rest = endpoint.strip_prefix("ssh://").unwrap_or(endpoint);
-        let uri: axum::http::Uri = format!("ssh://{rest}").parse().map_err(|_| bad())?;
-        let host = uri.host().ok_or_else(bad)?;
-        return Ok((
-            host.trim_matches(['[', ']']).to_owned(),
-            uri.port_u16().unwrap_or(22),
-        ));
-    }
-    let uri: axum::http::Uri = endpoint.parse().map_err(|_| bad())?;
-    let default_port = match uri.scheme_str() {
-        Some("http") => 80,
-        Some("https") => 443,
-        _ => {
-            return Err(ApiError::bad_request(
-                "`endpoint` must be an http:// or https:// URL",
-            ))
-        }
-    };
-    let host = uri.host().ok_or_else(bad)?;
-    Ok((
-        host.trim_matches(['[', ']']).to_owned(),
-        uri.port_u16().unwrap_or(default_port),
-    ))
-}
-
 /// Checks a service's endpoint against the SSRF policy. The check resolves the name now; the
 /// provider connection resolves again later, so operators who fear DNS rebinding should also
 /// filter egress at the network layer.
 pub async fn check_endpoint(cfg: &ServiceConfig, allow_private: bool) -> Result<(), ApiError> {
-    let Some(endpoint) = cfg.endpoint() else {
+    let Some((host, port)) = cfg.endpoint_addr().map_err(ApiError::bad_request)? else {
         return Ok(());
     };
-    let (host, port) = host_port(endpoint, cfg.name() == "sftp")?;
     if allow_private {
         return Ok(());
     }

@@ -1,5 +1,6 @@
-//! Switchyard hub: the regional control plane. Today it serves the unified storage REST API
-//! (Kloudless v1 compatible) over the database and the storage connectors.
+//! Switchyard hub: the regional control plane. It serves the unified storage REST API
+//! (Kloudless v1 compatible) over the database and the storage connectors, enrolls spokes and
+//! keeps their QUIC control connections, and schedules transfers onto them.
 //!
 //! Entry points: [`run`] serves a loaded [`config::Config`]; [`open`] builds the shared state
 //! (database, keys, caches) and [`app`] the router, which tests drive in-process.
@@ -16,7 +17,9 @@ pub mod guard;
 pub mod ids;
 mod metrics;
 pub mod model;
+pub mod network;
 pub mod state;
+pub mod transfers;
 
 use anyhow::Context as _;
 use shared::auth::MasterKey;
@@ -31,7 +34,48 @@ pub async fn open(config: config::Config) -> anyhow::Result<AppState> {
         .await
         .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
     db.migrate().await.context("applying database migrations")?;
-    Ok(Arc::new(HubState::new(config, db, &master)?))
+    let sealer = shared::auth::Sealer::new(&master.derive("network-ca"));
+    let network = network::Network::load(&db, &sealer, &config)
+        .await
+        .context("loading the network CA")?;
+    Ok(Arc::new(HubState::new(config, db, &master, network)?))
+}
+
+/// What runs beside the HTTP API: the QUIC endpoint for spokes and the transfer scheduler.
+#[derive(Debug)]
+pub struct Background {
+    pub network: Option<network::NetworkHandle>,
+    scheduler: tokio::task::JoinHandle<()>,
+}
+
+impl Background {
+    /// Starts the spoke network (when `network.quic_listen` is set) and the scheduler.
+    pub async fn start(state: &AppState) -> anyhow::Result<Background> {
+        let network = match state.config.network.quic_listen {
+            Some(addr) => Some(network::start(state.clone(), addr).await?),
+            None => None,
+        };
+        Ok(Background {
+            network,
+            scheduler: transfers::spawn_scheduler(state.clone()),
+        })
+    }
+
+    /// Stops both without waiting (for `Drop` paths).
+    pub fn abort(&self) {
+        self.scheduler.abort();
+        if let Some(n) = &self.network {
+            n.close();
+        }
+    }
+
+    /// Stops both.
+    pub async fn shutdown(self) {
+        self.scheduler.abort();
+        if let Some(n) = self.network {
+            n.shutdown().await;
+        }
+    }
 }
 
 /// The HTTP application for a hub state.
@@ -63,7 +107,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, region = %state.config.region, "hub listening");
+    let background = Background::start(&state).await?;
     serve(state.clone(), listener, shutdown_signal()).await?;
+    background.shutdown().await;
     state.db.close().await;
     Ok(())
 }

@@ -54,6 +54,10 @@ pub struct HubState {
     pub connect_options: ConnectOptions,
     /// Canonical forms of `storage.fs.allowed_roots`.
     pub fs_roots: Vec<PathBuf>,
+    /// The spoke network: CA, connected spokes.
+    pub network: crate::network::Network,
+    /// Live state of transfers run or watched by this hub.
+    pub transfers: crate::transfers::TransferBook,
     principals: TtlCache<[u8; 32], Principal>,
     accounts: TtlCache<i64, Arc<Account>>,
 }
@@ -67,7 +71,12 @@ pub fn now_ms() -> i64 {
 }
 
 impl HubState {
-    pub fn new(config: Config, db: Db, master: &MasterKey) -> anyhow::Result<Self> {
+    pub fn new(
+        config: Config,
+        db: Db,
+        master: &MasterKey,
+        network: crate::network::Network,
+    ) -> anyhow::Result<Self> {
         let scratch_dir = config.data_dir.join("scratch");
         let fs_roots = config
             .storage
@@ -91,6 +100,8 @@ impl HubState {
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
             metrics: Metrics::default(),
             fs_roots,
+            network,
+            transfers: crate::transfers::TransferBook::default(),
             principals: TtlCache::new(CACHE_TTL, CACHE_CAPACITY),
             accounts: TtlCache::new(CACHE_TTL, CACHE_CAPACITY),
             config,

@@ -52,6 +52,7 @@ pub struct TestHub {
     _dir: tempfile::TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    background: Option<hub::Background>,
 }
 
 impl TestHub {
@@ -85,6 +86,7 @@ impl TestHub {
         std::fs::create_dir_all(dir.path().join("roots"))?;
         let state = hub::open(config).await.context("opening the hub")?;
         let creds = hub::dev::bootstrap(&state).await?;
+        let background = hub::Background::start(&state).await?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(hub::serve(state.clone(), listener, async move {
             let _ = rx.await;
@@ -100,6 +102,7 @@ impl TestHub {
             _dir: dir,
             shutdown: Some(tx),
             task: Some(task),
+            background: Some(background),
         })
     }
 
@@ -199,6 +202,9 @@ impl TestHub {
         if let Some(t) = self.task.take() {
             t.await??;
         }
+        if let Some(b) = self.background.take() {
+            b.shutdown().await;
+        }
         Ok(())
     }
 }
@@ -207,6 +213,9 @@ impl Drop for TestHub {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(b) = &self.background {
+            b.abort();
         }
     }
 }

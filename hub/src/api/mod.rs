@@ -3,10 +3,13 @@
 
 mod accounts;
 pub use accounts::connect_account;
+pub use network::revoke as revoke_spoke;
 mod meta;
 pub use meta::create_api_key;
+mod network;
 mod ops;
-mod storage;
+pub(crate) mod storage;
+pub(crate) mod transfers;
 
 use crate::error::{ApiError, ErrorBody, REQUEST_ID};
 use crate::metrics::{RequestLabels, RouteLabels};
@@ -95,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         .merge(meta::routes())
         .merge(accounts::routes())
         .merge(storage::routes())
+        .merge(network::routes())
+        .merge(transfers::routes())
         .merge(ops::documented_routes())
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);

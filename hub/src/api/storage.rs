@@ -619,20 +619,51 @@ async fn delete_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Copy a file, within the account or to another account of the application.
+/// Query of a copy.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct CopyQuery {
+    /// `task` runs the copy asynchronously and answers 202 with a task.
+    #[serde(default)]
+    #[param(pattern = r"^(task|object)$")]
+    return_type: Option<String>,
+}
+
+/// Copy a file, within the account or to another account of the application. Copies between
+/// accounts and copies of at least `offload.threshold` bytes run as transfers on a spoke (or
+/// on the hub when no spoke is healthy); with `X-Kloudless-Async: true` or
+/// `return_type=task` the answer is a task to poll at `/v1/accounts/{acc}/tasks/{id}`.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files/{id}/copy", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$"),
+           CopyQuery, ("X-Kloudless-Async" = Option<bool>, Header, description = "Run as a task")),
     request_body = CopyTarget,
-    responses((status = 201, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+    responses((status = 201, body = StorageObject),
+              (status = 202, body = crate::api::transfers::TaskView),
+              (status = 409, body = crate::error::ErrorBody), CommonErrors))]
 async fn copy_file(
     caller: Caller,
     State(state): State<AppState>,
     ApiPath((acc, id)): ApiPath<(String, String)>,
+    ApiQuery(query): ApiQuery<CopyQuery>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<CopyTarget>,
-) -> ApiResult<(StatusCode, Json<StorageObject>)> {
+) -> ApiResult<Response> {
+    let as_task = match query.return_type.as_deref() {
+        None | Some("object") => false,
+        Some("task") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "`return_type` must be `task` or `object`",
+            ))
+        }
+    } || headers
+        .get("x-kloudless-async")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector
+    let src = a
+        .connector
         .stat_file(&path)
         .await
         .map_err(not_found_as("file"))?;
@@ -652,6 +683,38 @@ async fn copy_file(
     if dst.connector.exists(&target).await? {
         target = free_name(&dst, &parent, name).await?;
     }
+    if as_task || crate::transfers::should_offload(&state, &a, &dst, src.size) {
+        let t = crate::transfers::create_copy(
+            &state,
+            caller.app_id,
+            &a,
+            &path,
+            &dst,
+            &target,
+            src.size,
+        )
+        .await?;
+        if as_task {
+            let task = crate::api::transfers::task_view(&state, t).await?;
+            return Ok((StatusCode::ACCEPTED, Json(task)).into_response());
+        }
+        let t =
+            crate::transfers::wait(&state, t.id, std::time::Duration::from_secs(24 * 3600)).await?;
+        if t.state != "done" {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "transfer_failed",
+                format!(
+                    "the copy (transfer {}) ended {}: {}",
+                    t.id,
+                    t.state,
+                    t.error.as_deref().unwrap_or("no detail")
+                ),
+            ));
+        }
+        let obj = transferred_object(&state, &t).await?;
+        return Ok((StatusCode::CREATED, Json(obj)).into_response());
+    }
     let e = if same {
         a.connector.copy_file(&path, &target).await?
     } else {
@@ -659,7 +722,23 @@ async fn copy_file(
             .copy_file_from(&a.connector, &path, &target)
             .await?
     };
-    Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))))
+    Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))).into_response())
+}
+
+/// The destination file of a finished transfer, as a storage object.
+pub(crate) async fn transferred_object(
+    state: &AppState,
+    t: &crate::db::TransferRecord,
+) -> ApiResult<StorageObject> {
+    let dst = state.account(t.app_id, t.dst_account).await?;
+    let path = StoragePath::parse(&t.dst_path)
+        .map_err(|e| ApiError::internal(format_args!("stored path {:?}: {e}", t.dst_path)))?;
+    let e = dst
+        .connector
+        .stat_file(&path)
+        .await
+        .map_err(not_found_as("file"))?;
+    Ok(object(&state.ids, dst.id(), &e))
 }
 
 /// Download a file's content. Supports a single `Range` (206), `ETag` and `If-None-Match`.

@@ -7,8 +7,10 @@
 //! errors mapped onto the few kinds the API distinguishes ([`StorageError`]).
 
 mod connect;
+pub mod multipart;
 pub mod path;
 pub mod service;
+pub mod transfer;
 mod webdav;
 
 use bytes::Bytes;

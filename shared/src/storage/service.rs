@@ -211,6 +211,36 @@ impl ServiceConfig {
     }
 }
 
+impl ServiceConfig {
+    /// Host and port of the user-supplied endpoint (`None` for services without one). URL
+    /// endpoints must be http(s); SFTP endpoints are `host[:port]` or `ssh://host[:port]`.
+    pub fn endpoint_addr(&self) -> Result<Option<(String, u16)>, String> {
+        let Some(endpoint) = self.endpoint() else {
+            return Ok(None);
+        };
+        let bad = || "`endpoint` is not a valid address".to_owned();
+        let (url, default_port) = if self.name() == "sftp" {
+            let rest = endpoint.strip_prefix("ssh://").unwrap_or(endpoint);
+            (format!("ssh://{rest}"), 22)
+        } else {
+            let port = if endpoint.starts_with("http://") {
+                80
+            } else if endpoint.starts_with("https://") {
+                443
+            } else {
+                return Err("`endpoint` must be an http:// or https:// URL".into());
+            };
+            (endpoint.to_owned(), port)
+        };
+        let u = reqwest::Url::parse(&url).map_err(|_| bad())?;
+        let host = u.host_str().ok_or_else(bad)?;
+        Ok(Some((
+            host.trim_matches(['[', ']']).to_owned(),
+            u.port().unwrap_or(default_port),
+        )))
+    }
+}
+
 impl fmt::Debug for ServiceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ServiceConfig({}, <credentials redacted>)", self.name())

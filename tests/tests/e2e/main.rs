@@ -5,3 +5,6 @@ mod cli;
 mod connectors;
 mod database;
 mod docs;
+mod network;
+mod spokes;
+mod transfer_engine;

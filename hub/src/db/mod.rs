@@ -3,6 +3,11 @@
 //!
 //! Row types are private to this module; callers get the domain records below.
 
+mod network;
+mod transfers;
+pub use network::{CaRecord, HubRecord, JoinTokenRecord, SpokeRecord};
+pub use transfers::{NewTransfer, TransferRecord};
+
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::time::Duration;

@@ -1,0 +1,280 @@
+//! Queries of the spoke network: the internal CA, join tokens and the spoke registry.
+
+use super::{Db, DbResult};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+/// The stored CA: certificate, sealed signing key, fingerprint.
+#[derive(Debug, Clone)]
+pub struct CaRecord {
+    pub cert_pem: String,
+    pub key_sealed: Vec<u8>,
+    pub fingerprint: String,
+}
+
+/// A join token as stored (the secret only as a hash).
+#[derive(Debug, Clone)]
+pub struct JoinTokenRecord {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    pub region: String,
+    pub name: Option<String>,
+    pub expires_ms: i64,
+    pub used_ms: Option<i64>,
+    pub spoke_id: Option<i64>,
+    pub created_ms: i64,
+}
+
+/// An enrolled spoke.
+#[derive(Debug, Clone)]
+pub struct SpokeRecord {
+    pub id: i64,
+    pub name: String,
+    pub region: String,
+    pub cert_fingerprint: String,
+    pub advertise: Option<String>,
+    pub enrolled_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub last_seen_ms: Option<i64>,
+}
+
+const TOKEN_COLS: &str = "id, secret_hash, region, name, expires_ms, used_ms, spoke_id, created_ms";
+const SPOKE_COLS: &str =
+    "id, name, region, cert_fingerprint, advertise, enrolled_ms, revoked_ms, last_seen_ms";
+
+fn token_from(r: &AnyRow) -> DbResult<JoinTokenRecord> {
+    Ok(JoinTokenRecord {
+        id: r.try_get("id")?,
+        secret_hash: r.try_get("secret_hash")?,
+        region: r.try_get("region")?,
+        name: r.try_get("name")?,
+        expires_ms: r.try_get("expires_ms")?,
+        used_ms: r.try_get("used_ms")?,
+        spoke_id: r.try_get("spoke_id")?,
+        created_ms: r.try_get("created_ms")?,
+    })
+}
+
+fn spoke_from(r: &AnyRow) -> DbResult<SpokeRecord> {
+    Ok(SpokeRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        region: r.try_get("region")?,
+        cert_fingerprint: r.try_get("cert_fingerprint")?,
+        advertise: r.try_get("advertise")?,
+        enrolled_ms: r.try_get("enrolled_ms")?,
+        revoked_ms: r.try_get("revoked_ms")?,
+        last_seen_ms: r.try_get("last_seen_ms")?,
+    })
+}
+
+impl Db {
+    /// The network CA, if one was created.
+    pub async fn get_ca(&self) -> DbResult<Option<CaRecord>> {
+        let row =
+            sqlx::query("SELECT cert_pem, key_sealed, fingerprint FROM network_ca WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(CaRecord {
+                cert_pem: r.try_get("cert_pem")?,
+                key_sealed: r.try_get("key_sealed")?,
+                fingerprint: r.try_get("fingerprint")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Stores `ca` unless another hub stored one first; returns the CA that won.
+    pub async fn insert_ca_if_absent(&self, ca: &CaRecord, now: i64) -> DbResult<CaRecord> {
+        sqlx::query(
+            "INSERT INTO network_ca (id, cert_pem, key_sealed, fingerprint, created_ms) \
+             VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&ca.cert_pem)
+        .bind(&ca.key_sealed)
+        .bind(&ca.fingerprint)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.get_ca().await?.ok_or_else(|| sqlx::Error::RowNotFound)
+    }
+
+    pub async fn create_join_token(&self, t: &JoinTokenRecord) -> DbResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO join_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)"
+        ))
+        .bind(&t.id)
+        .bind(&t.secret_hash)
+        .bind(&t.region)
+        .bind(&t.name)
+        .bind(t.expires_ms)
+        .bind(t.created_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_join_token(&self, id: &str) -> DbResult<Option<JoinTokenRecord>> {
+        sqlx::query(&format!(
+            "SELECT {TOKEN_COLS} FROM join_tokens WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(token_from)
+        .transpose()
+    }
+
+    /// Marks a token used if it is still unused and unexpired. Exactly one caller wins, even
+    /// across hubs sharing the database (a single conditional UPDATE on the primary).
+    pub async fn consume_join_token(&self, id: &str, now: i64) -> DbResult<bool> {
+        let done = sqlx::query(
+            "UPDATE join_tokens SET used_ms = $1 WHERE id = $2 AND used_ms IS NULL AND expires_ms > $1",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records which spoke a token enrolled.
+    pub async fn set_join_token_spoke(&self, id: &str, spoke_id: i64) -> DbResult<()> {
+        sqlx::query("UPDATE join_tokens SET spoke_id = $1 WHERE id = $2")
+            .bind(spoke_id)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Inserts a spoke with a placeholder fingerprint (its certificate needs the id first).
+    pub async fn create_spoke(
+        &self,
+        name: &str,
+        region: &str,
+        placeholder_fingerprint: &str,
+        advertise: Option<&str>,
+        now: i64,
+    ) -> DbResult<i64> {
+        let r = sqlx::query(
+            "INSERT INTO spokes (name, region, cert_fingerprint, advertise, enrolled_ms) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(name)
+        .bind(region)
+        .bind(placeholder_fingerprint)
+        .bind(advertise)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        r.try_get("id")
+    }
+
+    pub async fn set_spoke_fingerprint(&self, id: i64, fingerprint: &str) -> DbResult<()> {
+        sqlx::query("UPDATE spokes SET cert_fingerprint = $1 WHERE id = $2")
+            .bind(fingerprint)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn spoke_by_fingerprint(&self, fingerprint: &str) -> DbResult<Option<SpokeRecord>> {
+        sqlx::query(&format!(
+            "SELECT {SPOKE_COLS} FROM spokes WHERE cert_fingerprint = $1"
+        ))
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await?
+        .as_ref()
+        .map(spoke_from)
+        .transpose()
+    }
+
+    pub async fn get_spoke(&self, id: i64) -> DbResult<Option<SpokeRecord>> {
+        sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(spoke_from)
+            .transpose()
+    }
+
+    pub async fn list_spokes(&self) -> DbResult<Vec<SpokeRecord>> {
+        let rows = sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(spoke_from).collect()
+    }
+
+    /// Revokes a spoke; false when it does not exist or was already revoked.
+    pub async fn revoke_spoke(&self, id: i64, now: i64) -> DbResult<bool> {
+        let done =
+            sqlx::query("UPDATE spokes SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn touch_spoke(&self, id: i64, now: i64) -> DbResult<()> {
+        sqlx::query("UPDATE spokes SET last_seen_ms = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A hub as announced in the database.
+#[derive(Debug, Clone)]
+pub struct HubRecord {
+    pub quic: String,
+    pub region: String,
+    pub api: String,
+    pub seen_ms: i64,
+}
+
+impl Db {
+    /// Announces (or refreshes) a hub.
+    pub async fn upsert_hub(&self, quic: &str, region: &str, api: &str, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO hubs (quic, region, api, seen_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (quic) DO UPDATE SET region = excluded.region, api = excluded.api, \
+             seen_ms = excluded.seen_ms",
+        )
+        .bind(quic)
+        .bind(region)
+        .bind(api)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Hubs seen since `since_ms`, newest first.
+    pub async fn list_hubs(&self, since_ms: i64) -> DbResult<Vec<HubRecord>> {
+        let rows = sqlx::query(
+            "SELECT quic, region, api, seen_ms FROM hubs WHERE seen_ms >= $1 ORDER BY seen_ms DESC",
+        )
+        .bind(since_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(HubRecord {
+                    quic: r.try_get("quic")?,
+                    region: r.try_get("region")?,
+                    api: r.try_get("api")?,
+                    seen_ms: r.try_get("seen_ms")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,283 @@
+//! The QUIC accept loop and one task per spoke connection: enrollment on connections without
+//! a client certificate, the control stream (hello, heartbeats, transfer reports) on
+//! connections with one.
+
+use crate::state::{now_ms, AppState};
+use shared::proto::{
+    self, check_preamble, encode, preamble, FrameDecoder, HubMsg, ProtoError, SpokeMsg, Welcome,
+};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a new connection may take to open its stream and say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn accept_loop(state: AppState, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    if let Err(e) = handle(state, conn).await {
+                        tracing::info!(%remote, error = %e, "spoke connection ended");
+                    }
+                }
+                Err(e) => tracing::info!(%remote, error = %e, "spoke handshake failed"),
+            }
+        });
+    }
+}
+
+/// A control stream: decoded frames in, encoded frames out.
+pub(crate) struct Stream {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+    buf: Vec<u8>,
+}
+
+/// Errors of a control stream.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error("stream closed")]
+    Closed,
+    #[error("read: {0}")]
+    Read(#[from] quinn::ReadError),
+    #[error("read: {0}")]
+    ReadExact(#[from] quinn::ReadExactError),
+    #[error("write: {0}")]
+    Write(#[from] quinn::WriteError),
+}
+
+impl Stream {
+    /// Exchanges preambles (ours first, so a mismatched peer learns our version too).
+    pub(crate) async fn open(
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) -> Result<Stream, StreamError> {
+        send.write_all(&preamble(proto::VERSION)).await?;
+        let mut theirs = [0u8; proto::PREAMBLE_LEN];
+        recv.read_exact(&mut theirs).await?;
+        check_preamble(&theirs)?;
+        Ok(Stream {
+            send,
+            recv,
+            decoder: FrameDecoder::default(),
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+
+    pub(crate) async fn recv(&mut self) -> Result<SpokeMsg, StreamError> {
+        loop {
+            if let Some(m) = self.decoder.next::<SpokeMsg>()? {
+                return Ok(m);
+            }
+            match self.recv.read(&mut self.buf).await? {
+                Some(n) => self.decoder.push(&self.buf[..n]),
+                None => return Err(StreamError::Closed),
+            }
+        }
+    }
+
+    pub(crate) async fn send(&mut self, msg: &HubMsg) -> Result<(), StreamError> {
+        self.send.write_all(&encode(msg)?).await?;
+        Ok(())
+    }
+}
+
+async fn handle(state: AppState, conn: quinn::Connection) -> anyhow::Result<()> {
+    let leaf = conn
+        .peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().map(|c| shared::pki::fingerprint(c)));
+    let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+        .await
+        .map_err(|_| anyhow::anyhow!("no control stream within {HELLO_TIMEOUT:?}"))??;
+    let mut stream = match tokio::time::timeout(HELLO_TIMEOUT, Stream::open(send, recv)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(StreamError::Proto(e @ ProtoError::VersionMismatch { .. }))) => {
+            let reason = format!("{e}");
+            tracing::warn!(remote = %conn.remote_address(), "{reason}");
+            conn.close(
+                quinn::VarInt::from_u32(proto::CLOSE_VERSION_MISMATCH),
+                reason.as_bytes(),
+            );
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            conn.close(
+                quinn::VarInt::from_u32(proto::CLOSE_PROTOCOL),
+                b"bad preamble",
+            );
+            return Err(e.into());
+        }
+        Err(_) => anyhow::bail!("no preamble within {HELLO_TIMEOUT:?}"),
+    };
+    match leaf {
+        None => enroll(state, conn, stream).await,
+        Some(fp) => {
+            let first = tokio::time::timeout(HELLO_TIMEOUT, stream.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"));
+            let hello = match first {
+                Ok(Ok(SpokeMsg::Hello(h))) => h,
+                Ok(Ok(other)) => {
+                    refuse_and_close(&conn, &mut stream, "protocol", "expected a hello first")
+                        .await;
+                    anyhow::bail!("first message was not a hello: {other:?}");
+                }
+                Ok(Err(e)) => {
+                    conn.close(
+                        quinn::VarInt::from_u32(proto::CLOSE_PROTOCOL),
+                        e.to_string().as_bytes(),
+                    );
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e),
+            };
+            control(state, conn, stream, fp, hello).await
+        }
+    }
+}
+
+async fn refuse_and_close(
+    conn: &quinn::Connection,
+    stream: &mut Stream,
+    code: &str,
+    message: &str,
+) {
+    let _ = stream
+        .send(&HubMsg::Refused {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        })
+        .await;
+    let _ = stream.send.finish();
+    // Give the frame a moment to leave before the close overtakes it.
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.send.stopped()).await;
+    let close = if code == "revoked" {
+        proto::CLOSE_REVOKED
+    } else {
+        proto::CLOSE_PROTOCOL
+    };
+    conn.close(quinn::VarInt::from_u32(close), message.as_bytes());
+}
+
+async fn enroll(
+    state: AppState,
+    conn: quinn::Connection,
+    mut stream: Stream,
+) -> anyhow::Result<()> {
+    let req = match tokio::time::timeout(HELLO_TIMEOUT, stream.recv()).await {
+        Ok(Ok(SpokeMsg::Enroll(r))) => r,
+        Ok(Ok(_)) => {
+            refuse_and_close(
+                &conn,
+                &mut stream,
+                "no_certificate",
+                "this connection has no client certificate: only enrollment is allowed",
+            )
+            .await;
+            return Ok(());
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => anyhow::bail!("no enrollment request within {HELLO_TIMEOUT:?}"),
+    };
+    match super::enroll::enroll(&state, &req).await {
+        Ok(done) => {
+            stream.send(&HubMsg::Enrolled(Box::new(done))).await?;
+            let _ = stream.send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.send.stopped()).await;
+            conn.close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"enrolled");
+        }
+        Err(r) => {
+            tracing::info!(code = r.code, token = %req.token_id, "enrollment refused");
+            refuse_and_close(&conn, &mut stream, r.code, &r.message).await;
+        }
+    }
+    Ok(())
+}
+
+async fn control(
+    state: AppState,
+    conn: quinn::Connection,
+    mut stream: Stream,
+    fingerprint: String,
+    hello: proto::Hello,
+) -> anyhow::Result<()> {
+    let spoke = match state.db.spoke_by_fingerprint(&fingerprint).await? {
+        Some(s) if s.revoked_ms.is_none() && s.id == hello.spoke_id => s,
+        Some(s) if s.revoked_ms.is_some() => {
+            refuse_and_close(&conn, &mut stream, "revoked", "this spoke has been revoked").await;
+            anyhow::bail!("revoked spoke {} refused", s.id);
+        }
+        _ => {
+            refuse_and_close(
+                &conn,
+                &mut stream,
+                "revoked",
+                "this certificate belongs to no enrolled spoke",
+            )
+            .await;
+            anyhow::bail!("unknown spoke certificate refused");
+        }
+    };
+    stream
+        .send(&HubMsg::Welcome(Welcome {
+            hub_region: state.config.region.clone(),
+            settings: super::enroll::spoke_settings(&state),
+        }))
+        .await?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<HubMsg>();
+    let session = state.network.registry.insert(
+        spoke.id,
+        &spoke.name,
+        &spoke.region,
+        hello.slots.max(1),
+        conn.clone(),
+        tx,
+    );
+    let _ = state.db.touch_spoke(spoke.id, now_ms()).await;
+    tracing::info!(spoke_id = spoke.id, name = %spoke.name, region = %spoke.region,
+                   remote = %conn.remote_address(), "spoke connected");
+    crate::transfers::spoke_ready(&state, spoke.id, &hello.running);
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                msg = stream.recv() => match msg {
+                    Ok(SpokeMsg::Heartbeat(hb)) => {
+                        state.network.registry.heartbeat(spoke.id, hb);
+                    }
+                    Ok(SpokeMsg::Hello(_)) | Ok(SpokeMsg::Enroll(_)) => {
+                        anyhow::bail!("unexpected hello/enroll on an open control stream");
+                    }
+                    Ok(other) => crate::transfers::on_report(&state, spoke.id, other).await,
+                    Err(StreamError::Proto(e)) => {
+                        conn.close(quinn::VarInt::from_u32(proto::CLOSE_PROTOCOL), e.to_string().as_bytes());
+                        anyhow::bail!("protocol error: {e}");
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                out = rx.recv() => match out {
+                    Some(m) => stream.send(&m).await?,
+                    None => return Ok(()),
+                },
+                reason = conn.closed() => {
+                    return Err(anyhow::anyhow!("connection closed: {reason}"));
+                }
+            }
+        }
+    }
+    .await;
+    if state.network.registry.remove(spoke.id, session) {
+        tracing::info!(spoke_id = spoke.id, "spoke disconnected");
+        crate::transfers::spoke_lost(&state, spoke.id).await;
+    }
+    result
+}

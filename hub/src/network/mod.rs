@@ -1,0 +1,157 @@
+//! The hub's side of the spoke network: the internal CA, the QUIC control endpoint (mutual
+//! TLS), enrollment, and the registry of connected spokes.
+//!
+//! [`Network::load`] runs at hub start (the CA is shared by all hubs through the database);
+//! [`start`] binds the QUIC endpoint and spawns the accept loop.
+
+mod control;
+pub mod enroll;
+pub mod registry;
+
+use crate::state::{now_ms, AppState};
+use anyhow::Context as _;
+use shared::auth::Sealer;
+use shared::pki::Ca;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use registry::{LiveStatus, Registry};
+
+/// The CA lives ten years; hub certificates one year and are re-issued at every start.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
+const HUB_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+const CA_AAD: &[u8] = b"network-ca";
+
+/// Network state held by the hub.
+#[derive(Debug)]
+pub struct Network {
+    pub ca: Ca,
+    pub ca_fingerprint: String,
+    pub registry: Registry,
+    /// `host:port` spokes dial, known once the endpoint is bound.
+    advertise: OnceLock<String>,
+}
+
+impl Network {
+    /// Loads the network CA from the database, creating it on first start.
+    pub async fn load(
+        db: &crate::db::Db,
+        sealer: &Sealer,
+        config: &crate::config::Config,
+    ) -> anyhow::Result<Network> {
+        let record = match db.get_ca().await? {
+            Some(r) => r,
+            None => {
+                let ca = Ca::generate("Switchyard network CA", CA_LIFETIME)?;
+                let fresh = crate::db::CaRecord {
+                    fingerprint: ca.fingerprint()?,
+                    key_sealed: sealer.seal(ca.key_pem().as_bytes(), CA_AAD),
+                    cert_pem: ca.cert_pem.clone(),
+                };
+                db.insert_ca_if_absent(&fresh, now_ms()).await?
+            }
+        };
+        let key = sealer.open(&record.key_sealed, CA_AAD).map_err(|e| {
+            anyhow::anyhow!("the network CA key does not open with this master key: {e}")
+        })?;
+        let key = String::from_utf8(key).context("network CA key")?;
+        let ca = Ca::from_pem(&record.cert_pem, &key)?;
+        Ok(Network {
+            ca,
+            ca_fingerprint: record.fingerprint,
+            registry: Registry::new(
+                Duration::from_millis(config.network.heartbeat_ms),
+                config.network.missed_heartbeats,
+            ),
+            advertise: OnceLock::new(),
+        })
+    }
+
+    /// The QUIC endpoint spokes dial, if the network is running.
+    pub fn advertise(&self) -> Option<&str> {
+        self.advertise.get().map(String::as_str)
+    }
+}
+
+/// A running QUIC endpoint.
+#[derive(Debug)]
+pub struct NetworkHandle {
+    pub local_addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl NetworkHandle {
+    /// Closes the endpoint at once (connections get a close frame, no waiting).
+    pub fn close(&self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(shared::proto::CLOSE_NORMAL),
+            b"hub shutting down",
+        );
+        self.task.abort();
+    }
+
+    /// Closes every spoke connection and stops accepting.
+    pub async fn shutdown(self) {
+        self.endpoint.close(
+            quinn::VarInt::from_u32(shared::proto::CLOSE_NORMAL),
+            b"hub shutting down",
+        );
+        self.task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Binds the QUIC control endpoint on `addr` and serves spokes until shut down.
+pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<NetworkHandle> {
+    let net = &state.network;
+    let mut names = state.config.network.names.clone();
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    let (chain, key) = net.ca.issue_hub(&names, HUB_CERT_LIFETIME)?;
+    let tls = shared::pki::hub_server_config(&net.ca.cert_pem, &chain, &key, shared::proto::ALPN)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| anyhow::anyhow!("QUIC TLS config: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport(&state.config)));
+    let endpoint = quinn::Endpoint::server(server, addr)
+        .with_context(|| format!("binding the QUIC endpoint on {addr}"))?;
+    let local_addr = endpoint.local_addr()?;
+    let advertise = state
+        .config
+        .network
+        .quic_advertise
+        .clone()
+        .unwrap_or_else(|| local_addr.to_string());
+    let _ = net.advertise.set(advertise.clone());
+    state
+        .db
+        .upsert_hub(
+            &advertise,
+            &state.config.region,
+            &state.config.public_url(),
+            now_ms(),
+        )
+        .await?;
+    tracing::info!(%local_addr, %advertise, ca = %net.ca_fingerprint, "spoke network listening");
+    let task = tokio::spawn(control::accept_loop(state.clone(), endpoint.clone()));
+    Ok(NetworkHandle {
+        local_addr,
+        endpoint,
+        task,
+    })
+}
+
+/// QUIC transport settings shared by hub and spoke: keep-alives well inside the idle timeout.
+pub fn transport(config: &crate::config::Config) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    let hb = Duration::from_millis(config.network.heartbeat_ms);
+    t.keep_alive_interval(Some(hb));
+    let idle = (hb * (config.network.missed_heartbeats + 2)).max(Duration::from_secs(5));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}

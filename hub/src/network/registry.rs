@@ -1,0 +1,249 @@
+//! The spokes connected to this hub: their control channels, last heartbeats and load, and the
+//! choice of a spoke for a transfer.
+
+use shared::proto::{Heartbeat, HubMsg};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A live control connection.
+#[derive(Debug)]
+struct Connected {
+    name: String,
+    region: String,
+    session: u64,
+    conn: quinn::Connection,
+    tx: mpsc::UnboundedSender<HubMsg>,
+    connected_at: Instant,
+    last_heartbeat: Instant,
+    load: Heartbeat,
+    slots: u32,
+    /// Transfers this hub assigned and has not heard the end of.
+    assigned: usize,
+}
+
+/// What the API shows about a connected spoke.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct LiveStatus {
+    pub healthy: bool,
+    pub connected_secs: u64,
+    pub last_heartbeat_ms_ago: u64,
+    pub active_jobs: u32,
+    pub free_slots: u32,
+    pub bytes_per_sec: u64,
+    /// Control-connection round trip measured by QUIC, microseconds.
+    pub rtt_us: u64,
+    /// Round trips the spoke measured itself (`hub:<region>`, `storage:<host:port>`).
+    pub rtts: HashMap<String, u64>,
+}
+
+/// The registry (one per hub process).
+#[derive(Debug)]
+pub struct Registry {
+    inner: Mutex<HashMap<i64, Connected>>,
+    next_session: std::sync::atomic::AtomicU64,
+    heartbeat: Duration,
+    missed: u32,
+}
+
+/// A spoke picked for work.
+#[derive(Debug, Clone)]
+pub struct Pick {
+    pub spoke_id: i64,
+    pub region: String,
+    pub tx: mpsc::UnboundedSender<HubMsg>,
+}
+
+impl Registry {
+    pub fn new(heartbeat: Duration, missed: u32) -> Self {
+        Self {
+            inner: Mutex::new(HashMap::new()),
+            next_session: std::sync::atomic::AtomicU64::new(1),
+            heartbeat,
+            missed,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Connected>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn healthy(&self, c: &Connected, now: Instant) -> bool {
+        now.duration_since(c.last_heartbeat) < self.heartbeat * self.missed
+            && c.conn.close_reason().is_none()
+    }
+
+    /// Registers a connection; a previous connection of the same spoke is closed. Returns the
+    /// session number that [`Registry::remove`] must present.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert(
+        &self,
+        spoke_id: i64,
+        name: &str,
+        region: &str,
+        slots: u32,
+        conn: quinn::Connection,
+        tx: mpsc::UnboundedSender<HubMsg>,
+    ) -> u64 {
+        let session = self
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = Instant::now();
+        let old = self.lock().insert(
+            spoke_id,
+            Connected {
+                name: name.to_owned(),
+                region: region.to_owned(),
+                session,
+                conn,
+                tx,
+                connected_at: now,
+                last_heartbeat: now,
+                load: Heartbeat::default(),
+                slots,
+                assigned: 0,
+            },
+        );
+        if let Some(old) = old {
+            old.conn.close(
+                quinn::VarInt::from_u32(shared::proto::CLOSE_NORMAL),
+                b"replaced by a newer connection",
+            );
+        }
+        session
+    }
+
+    /// Forgets a connection if it is still the registered session.
+    pub fn remove(&self, spoke_id: i64, session: u64) -> bool {
+        let mut map = self.lock();
+        if map.get(&spoke_id).is_some_and(|c| c.session == session) {
+            map.remove(&spoke_id);
+            return true;
+        }
+        false
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(&self, spoke_id: i64, hb: Heartbeat) {
+        if let Some(c) = self.lock().get_mut(&spoke_id) {
+            c.last_heartbeat = Instant::now();
+            c.load = hb;
+        }
+    }
+
+    /// Closes a spoke's connection at once (revocation).
+    pub fn disconnect(&self, spoke_id: i64, code: u32, reason: &str) -> bool {
+        match self.lock().remove(&spoke_id) {
+            Some(c) => {
+                c.conn
+                    .close(quinn::VarInt::from_u32(code), reason.as_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the spoke is connected and healthy.
+    pub fn is_healthy(&self, spoke_id: i64) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .get(&spoke_id)
+            .is_some_and(|c| self.healthy(c, now))
+    }
+
+    /// Sends a message to a connected spoke; false when it is gone.
+    pub fn send(&self, spoke_id: i64, msg: HubMsg) -> bool {
+        self.lock()
+            .get(&spoke_id)
+            .is_some_and(|c| c.tx.send(msg).is_ok())
+    }
+
+    /// Adjusts the count of transfers assigned to a spoke.
+    pub fn note_assigned(&self, spoke_id: i64, delta: isize) {
+        if let Some(c) = self.lock().get_mut(&spoke_id) {
+            c.assigned = c.assigned.saturating_add_signed(delta);
+        }
+    }
+
+    /// Connected spoke ids (healthy or not).
+    pub fn connected_ids(&self) -> Vec<i64> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Healthy spoke ids.
+    pub fn healthy_ids(&self) -> Vec<i64> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, c)| self.healthy(c, now))
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Live status of one spoke.
+    pub fn status(&self, spoke_id: i64) -> Option<LiveStatus> {
+        let now = Instant::now();
+        self.lock().get(&spoke_id).map(|c| LiveStatus {
+            healthy: self.healthy(c, now),
+            connected_secs: now.duration_since(c.connected_at).as_secs(),
+            last_heartbeat_ms_ago: now.duration_since(c.last_heartbeat).as_millis() as u64,
+            active_jobs: c.load.active_jobs,
+            free_slots: c.load.free_slots,
+            bytes_per_sec: c.load.bytes_per_sec,
+            rtt_us: c.conn.rtt().as_micros() as u64,
+            rtts: c
+                .load
+                .rtts
+                .iter()
+                .map(|s| (s.target.clone(), s.rtt_us))
+                .collect(),
+        })
+    }
+
+    /// Chooses a spoke for a transfer touching storage in `near` (host:port of the provider
+    /// endpoints) and `region`: healthy, with a free slot; then the lowest measured RTT to the
+    /// storage, then same region, then least loaded. `exclude` skips spokes (e.g. the one that
+    /// just failed).
+    pub fn choose(&self, region: Option<&str>, near: &[String], exclude: &[i64]) -> Option<Pick> {
+        let now = Instant::now();
+        let map = self.lock();
+        let mut best: Option<(i64, (u64, u8, u64, i64), &Connected)> = None;
+        for (id, c) in map.iter() {
+            if exclude.contains(id) || !self.healthy(c, now) {
+                continue;
+            }
+            let busy = (c.assigned as u32).max(c.load.active_jobs);
+            if busy >= c.slots {
+                continue;
+            }
+            let rtt = near
+                .iter()
+                .filter_map(|n| {
+                    c.load
+                        .rtts
+                        .iter()
+                        .find(|s| s.target == format!("storage:{n}"))
+                        .map(|s| s.rtt_us)
+                })
+                .min()
+                .unwrap_or(u64::MAX);
+            let same_region = u8::from(region != Some(c.region.as_str()));
+            // Lower is better; the id keeps the choice deterministic.
+            let key = (rtt / 1000, same_region, u64::from(busy), *id);
+            if best.as_ref().is_none_or(|(_, k, _)| key < *k) {
+                best = Some((*id, key, c));
+            }
+        }
+        best.map(|(id, _, c)| Pick {
+            spoke_id: id,
+            region: c.region.clone(),
+            tx: c.tx.clone(),
+        })
+    }
+
+    /// Names of connected spokes (for logs).
+    pub fn name_of(&self, spoke_id: i64) -> Option<String> {
+        self.lock().get(&spoke_id).map(|c| c.name.clone())
+    }
+}

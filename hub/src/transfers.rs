@@ -1,0 +1,701 @@
+//! The transfer scheduler: creates transfers, picks a spoke (or runs them on the hub when no
+//! spoke is healthy), makes every verified part durable, and resumes a transfer on another
+//! executor when its spoke or this hub went away.
+//!
+//! Life of a transfer: `queued` → `running` (executor `spoke` or `hub`) → `done` | `failed` |
+//! `cancelled`. Parts are recorded in `transfer_parts` as they are verified; a resumed
+//! transfer gets only the parts not yet recorded. Bytes of a spoke-run transfer never pass
+//! through the hub: the hub only creates and (on cancel) aborts the destination's multipart
+//! upload, which are small control requests.
+
+use crate::db::{NewTransfer, TransferRecord};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, Account, AppState};
+use shared::proto::{Assignment, HubMsg, Location, SpokeMsg};
+use shared::storage::multipart::S3Multipart;
+use shared::storage::transfer::{
+    choose_part_size, composite_sha256, copy_parts, copy_stream, plan_parts, CopyEvent,
+    CopyOptions, PartDone,
+};
+use shared::storage::{ServiceConfig, StoragePath};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// A transfer is failed after this many executor attempts.
+const MAX_ATTEMPTS: i64 = 6;
+/// How often the scheduler looks at queued and running transfers.
+const TICK: Duration = Duration::from_millis(500);
+
+/// In-memory view of running transfers (progress between database writes, inline tasks).
+#[derive(Debug)]
+pub struct TransferBook {
+    live: Mutex<HashMap<i64, Live>>,
+    inline: Mutex<HashMap<i64, CancellationToken>>,
+    started: Instant,
+    /// Wakes waiters when any transfer ends.
+    pub changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    bytes_done: u64,
+    bytes_per_sec: u64,
+    persisted: Instant,
+}
+
+impl Default for TransferBook {
+    fn default() -> Self {
+        Self {
+            live: Mutex::new(HashMap::new()),
+            inline: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TransferBook {
+    /// Live progress of a running transfer: `(bytes_done, bytes_per_sec)`.
+    pub fn live(&self, id: i64) -> Option<(u64, u64)> {
+        lock(&self.live)
+            .get(&id)
+            .map(|l| (l.bytes_done, l.bytes_per_sec))
+    }
+}
+
+/// This hub's identity as a transfer owner.
+pub fn owner(state: &AppState) -> String {
+    state
+        .network
+        .advertise()
+        .map(str::to_owned)
+        .unwrap_or_else(|| state.config.public_url())
+}
+
+/// Whether a copy of `size` bytes from `src` to `dst` goes to a spoke.
+pub fn should_offload(state: &AppState, src: &Account, dst: &Account, size: u64) -> bool {
+    src.record.id != dst.record.id || size >= state.config.offload.threshold
+}
+
+/// Creates a copy transfer and dispatches it.
+pub async fn create_copy(
+    state: &AppState,
+    app_id: i64,
+    src: &Account,
+    src_path: &StoragePath,
+    dst: &Account,
+    dst_path: &StoragePath,
+    size: u64,
+) -> ApiResult<TransferRecord> {
+    let part_size = choose_part_size(size, state.config.offload.part_size);
+    let owner = owner(state);
+    let rec = state
+        .db
+        .create_transfer(
+            &NewTransfer {
+                app_id,
+                kind: "copy",
+                src_account: src.record.id,
+                src_path: src_path.as_str(),
+                dst_account: dst.record.id,
+                dst_path: dst_path.as_str(),
+                size: size as i64,
+                part_size: part_size as i64,
+                owner: &owner,
+            },
+            now_ms(),
+        )
+        .await?;
+    dispatch(state, rec.id, &[]).await;
+    Ok(state.db.get_transfer(rec.id).await?.unwrap_or(rec))
+}
+
+/// Opens both accounts of a transfer.
+async fn accounts(state: &AppState, t: &TransferRecord) -> ApiResult<(Arc<Account>, Arc<Account>)> {
+    let src = state.account(t.app_id, t.src_account).await?;
+    let dst = state.account(t.app_id, t.dst_account).await?;
+    Ok((src, dst))
+}
+
+fn path(p: &str) -> ApiResult<StoragePath> {
+    StoragePath::parse(p).map_err(|e| ApiError::internal(format_args!("stored path {p:?}: {e}")))
+}
+
+/// The destination's resumable multipart target, when it has one.
+fn multipart_target(dst: &ServiceConfig, path: &StoragePath) -> ApiResult<Option<S3Multipart>> {
+    match dst {
+        ServiceConfig::S3(s) => Ok(Some(S3Multipart::for_settings(s, path)?)),
+        _ => Ok(None),
+    }
+}
+
+fn endpoint_of(cfg: &ServiceConfig) -> Option<String> {
+    cfg.endpoint_addr()
+        .ok()
+        .flatten()
+        .map(|(h, p)| format!("{h}:{p}"))
+}
+
+/// Picks an executor for a queued transfer and starts it there. Never fails for lack of a
+/// spoke: after the start-up grace period, the hub runs it itself.
+pub async fn dispatch(state: &AppState, id: i64, exclude: &[i64]) {
+    if let Err(e) = try_dispatch(state, id, exclude).await {
+        tracing::warn!(transfer = id, error = %e.message(), "dispatch failed");
+        let _ = state
+            .db
+            .finish_transfer(id, "failed", None, Some(e.message()), None, now_ms())
+            .await;
+        state.transfers.changed.notify_waiters();
+    }
+}
+
+async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<()> {
+    let Some(t) = state.db.get_transfer(id).await? else {
+        return Ok(());
+    };
+    if t.state != "queued" {
+        return Ok(());
+    }
+    if t.attempts >= MAX_ATTEMPTS {
+        state
+            .db
+            .finish_transfer(
+                id,
+                "failed",
+                None,
+                Some(&format!("gave up after {} attempts", t.attempts)),
+                None,
+                now_ms(),
+            )
+            .await?;
+        state.transfers.changed.notify_waiters();
+        return Ok(());
+    }
+    let (src, dst) = accounts(state, &t).await?;
+    let dst_path = path(&t.dst_path)?;
+    // Resumable destinations get their multipart upload once, up front.
+    let mut upload_id = t.upload_id.clone();
+    if upload_id.is_none() {
+        if let Some(mp) = multipart_target(&dst.settings, &dst_path)? {
+            let id_ = mp.create().await?;
+            state.db.set_transfer_upload_id(id, &id_).await?;
+            upload_id = Some(id_);
+        }
+    }
+    let near: Vec<String> = [endpoint_of(&src.settings), endpoint_of(&dst.settings)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let pick = state
+        .network
+        .registry
+        .choose(Some(&state.config.region), &near, exclude);
+    let done: Vec<PartDone> = state
+        .db
+        .transfer_parts(id)
+        .await?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let todo: Vec<_> = plan_parts(t.size as u64, t.part_size as u64)
+        .into_iter()
+        .filter(|p| !done.iter().any(|d| d.index == p.index))
+        .collect();
+    match pick {
+        Some(pick) => {
+            let assignment = Assignment {
+                transfer_id: id,
+                source: Location {
+                    service: src.settings.clone(),
+                    path: t.src_path.clone(),
+                },
+                dest: Location {
+                    service: dst.settings.clone(),
+                    path: t.dst_path.clone(),
+                },
+                size: t.size as u64,
+                part_size: t.part_size as u64,
+                upload_id,
+                parts: todo,
+                done,
+                concurrency: state.config.offload.part_concurrency,
+                rate_limit: state.config.offload.spoke_rate_limit,
+            };
+            if !state
+                .db
+                .assign_transfer(
+                    id,
+                    "spoke",
+                    Some(pick.spoke_id),
+                    Some(&pick.region),
+                    None,
+                    now_ms(),
+                )
+                .await?
+            {
+                return Ok(());
+            }
+            if pick.tx.send(HubMsg::Assign(Box::new(assignment))).is_err() {
+                state
+                    .db
+                    .requeue_transfer(
+                        id,
+                        "the chosen spoke went away before the assignment",
+                        now_ms(),
+                    )
+                    .await?;
+                return Ok(());
+            }
+            state.network.registry.note_assigned(pick.spoke_id, 1);
+            tracing::info!(
+                transfer = id,
+                spoke = pick.spoke_id,
+                "transfer assigned to spoke"
+            );
+        }
+        None => {
+            let grace = Duration::from_secs(state.config.offload.startup_grace_secs);
+            if state.transfers.started.elapsed() < grace {
+                // Spokes may still be reconnecting after a hub restart; the tick retries.
+                return Ok(());
+            }
+            let note = "no healthy spoke: the hub ran this transfer itself";
+            if !state
+                .db
+                .assign_transfer(
+                    id,
+                    "hub",
+                    None,
+                    Some(&state.config.region),
+                    Some(note),
+                    now_ms(),
+                )
+                .await?
+            {
+                return Ok(());
+            }
+            tracing::info!(
+                transfer = id,
+                "no healthy spoke; running the transfer on the hub"
+            );
+            let cancel = CancellationToken::new();
+            lock(&state.transfers.inline).insert(id, cancel.clone());
+            let state = state.clone();
+            tokio::spawn(async move {
+                let result = run_inline(&state, id, src, dst, upload_id, todo, done, cancel).await;
+                lock(&state.transfers.inline).remove(&id);
+                if let Err(e) = result {
+                    requeue_or_fail(&state, id, e.message(), e.retryable()).await;
+                }
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs a transfer on the hub with the same engine spokes use.
+#[allow(clippy::too_many_arguments)]
+async fn run_inline(
+    state: &AppState,
+    id: i64,
+    src: Arc<Account>,
+    dst: Arc<Account>,
+    upload_id: Option<String>,
+    todo: Vec<shared::storage::transfer::PartPlan>,
+    done: Vec<PartDone>,
+    cancel: CancellationToken,
+) -> ApiResult<()> {
+    let Some(t) = state.db.get_transfer(id).await? else {
+        return Ok(());
+    };
+    let src_path = path(&t.src_path)?;
+    let dst_path = path(&t.dst_path)?;
+    let opts = CopyOptions {
+        concurrency: state.config.offload.part_concurrency as usize,
+        ..CopyOptions::default()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let base: u64 = done.iter().map(|p| p.len).sum();
+    let reporter = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut moved = base;
+            let started = Instant::now();
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    CopyEvent::Bytes(n) => {
+                        moved += n;
+                        let rate =
+                            (moved - base) as f64 / started.elapsed().as_secs_f64().max(0.001);
+                        progress(&state, id, moved, rate as u64).await;
+                    }
+                    CopyEvent::PartDone(p) => {
+                        let _ = state.db.record_part(id, &p, None, now_ms()).await;
+                    }
+                    CopyEvent::PartRetry { index, error } => {
+                        tracing::warn!(transfer = id, part = index, %error, "part retried");
+                    }
+                }
+            }
+        })
+    };
+    let result = match (upload_id, multipart_target(&dst.settings, &dst_path)?) {
+        (Some(upload_id), Some(mp)) => copy_parts(
+            &src.connector,
+            &src_path,
+            &mp,
+            &upload_id,
+            todo,
+            &opts,
+            tx,
+            cancel,
+        )
+        .await
+        .map(|()| None),
+        _ => copy_stream(
+            &src.connector,
+            &src_path,
+            &dst.connector,
+            &dst_path,
+            &opts,
+            tx,
+            cancel,
+        )
+        .await
+        .map(|c| Some(c.sha256)),
+    };
+    let _ = reporter.await;
+    let checksum = result?;
+    complete(state, id, checksum).await
+}
+
+/// Completes a transfer whose parts are all durable: assembles the multipart upload if the
+/// hub runs it, checks the parts cover the object, records the checksum.
+async fn complete(state: &AppState, id: i64, reported: Option<String>) -> ApiResult<()> {
+    let Some(t) = state.db.get_transfer(id).await? else {
+        return Ok(());
+    };
+    let parts: Vec<PartDone> = state
+        .db
+        .transfer_parts(id)
+        .await?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    let checksum = if t.upload_id.is_some() {
+        let plan = plan_parts(t.size as u64, t.part_size as u64);
+        if parts.len() != plan.len() {
+            return Err(ApiError::internal(format_args!(
+                "transfer {id}: {} of {} parts are durable at completion",
+                parts.len(),
+                plan.len()
+            )));
+        }
+        if t.executor.as_deref() == Some("hub") {
+            let (_, dst) = accounts(state, &t).await?;
+            if let (Some(upload), Some(mp)) = (
+                &t.upload_id,
+                multipart_target(&dst.settings, &path(&t.dst_path)?)?,
+            ) {
+                let list: Vec<(u16, String)> = parts
+                    .iter()
+                    .map(|p| ((p.index + 1) as u16, p.etag.clone()))
+                    .collect();
+                mp.complete(upload, &list).await?;
+            }
+        }
+        let ours = composite_sha256(&parts);
+        if let Some(r) = &reported {
+            if r != &ours {
+                return Err(ApiError::internal(format_args!(
+                    "transfer {id}: the spoke's checksum {r} differs from the durable parts' {ours}"
+                )));
+            }
+        }
+        Some(ours)
+    } else {
+        reported
+    };
+    state
+        .db
+        .finish_transfer(
+            id,
+            "done",
+            checksum.as_deref(),
+            None,
+            Some(t.size),
+            now_ms(),
+        )
+        .await?;
+    lock(&state.transfers.live).remove(&id);
+    state.transfers.changed.notify_waiters();
+    tracing::info!(transfer = id, executor = ?t.executor, "transfer done");
+    Ok(())
+}
+
+async fn progress(state: &AppState, id: i64, bytes_done: u64, bytes_per_sec: u64) {
+    let persist = {
+        let mut live = lock(&state.transfers.live);
+        let e = live.entry(id).or_insert(Live {
+            bytes_done,
+            bytes_per_sec,
+            persisted: Instant::now() - Duration::from_secs(10),
+        });
+        e.bytes_done = bytes_done;
+        e.bytes_per_sec = bytes_per_sec;
+        if e.persisted.elapsed() >= Duration::from_secs(1) {
+            e.persisted = Instant::now();
+            true
+        } else {
+            false
+        }
+    };
+    if persist {
+        let _ = state
+            .db
+            .set_transfer_progress(id, bytes_done as i64, now_ms())
+            .await;
+    }
+}
+
+/// Re-queues a failed attempt (the scheduler tick dispatches it) or fails the transfer.
+/// Returns whether it was re-queued.
+async fn requeue_or_fail(state: &AppState, id: i64, message: &str, retryable: bool) -> bool {
+    let now = now_ms();
+    if retryable {
+        if let Ok(true) = state
+            .db
+            .requeue_transfer(id, &format!("retrying after: {message}"), now)
+            .await
+        {
+            return true;
+        }
+    }
+    let _ = state
+        .db
+        .finish_transfer(id, "failed", None, Some(message), None, now)
+        .await;
+    lock(&state.transfers.live).remove(&id);
+    state.transfers.changed.notify_waiters();
+    false
+}
+
+/// Like [`requeue_or_fail`], then dispatches at once away from the spoke that failed.
+async fn fail_or_retry(state: &AppState, id: i64, spoke: i64, message: &str, retryable: bool) {
+    if requeue_or_fail(state, id, message, retryable).await {
+        dispatch(state, id, &[spoke]).await;
+    }
+}
+
+/// A report from a spoke about a transfer. Reports from a spoke that no longer owns the
+/// transfer (it was reassigned) are ignored.
+pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
+    let id = match &msg {
+        SpokeMsg::Progress { transfer_id, .. }
+        | SpokeMsg::PartDone { transfer_id, .. }
+        | SpokeMsg::Done { transfer_id, .. }
+        | SpokeMsg::Failed { transfer_id, .. } => *transfer_id,
+        _ => return,
+    };
+    let owned = matches!(state.db.get_transfer(id).await,
+        Ok(Some(t)) if t.state == "running" && t.spoke_id == Some(spoke_id));
+    if !owned {
+        tracing::debug!(
+            transfer = id,
+            spoke = spoke_id,
+            "report for a transfer this spoke no longer runs"
+        );
+        if !matches!(msg, SpokeMsg::Progress { .. }) {
+            state
+                .network
+                .registry
+                .send(spoke_id, HubMsg::Cancel { transfer_id: id });
+        }
+        return;
+    }
+    match msg {
+        SpokeMsg::Progress {
+            bytes_done,
+            bytes_per_sec,
+            ..
+        } => progress(state, id, bytes_done, bytes_per_sec).await,
+        SpokeMsg::PartDone { part, .. } => {
+            if let Err(e) = state
+                .db
+                .record_part(id, &part, Some(spoke_id), now_ms())
+                .await
+            {
+                tracing::error!(transfer = id, error = %e, "recording a part failed");
+            }
+        }
+        SpokeMsg::Done { checksum, .. } => {
+            state.network.registry.note_assigned(spoke_id, -1);
+            if let Err(e) = complete(state, id, Some(checksum)).await {
+                fail_or_retry(state, id, spoke_id, e.message(), true).await;
+            }
+        }
+        SpokeMsg::Failed {
+            message, retryable, ..
+        } => {
+            state.network.registry.note_assigned(spoke_id, -1);
+            tracing::warn!(transfer = id, spoke = spoke_id, %message, "transfer failed on spoke");
+            fail_or_retry(state, id, spoke_id, &message, retryable).await;
+        }
+        _ => {}
+    }
+}
+
+/// A spoke connected (or reconnected): the transfers it still runs stay with it.
+pub fn spoke_ready(state: &AppState, spoke_id: i64, running: &[i64]) {
+    for _ in running {
+        state.network.registry.note_assigned(spoke_id, 1);
+    }
+}
+
+/// A spoke's connection ended: its transfers go back to the queue and on to another executor.
+pub async fn spoke_lost(state: &AppState, spoke_id: i64) {
+    requeue_from(state, spoke_id, "its spoke disconnected").await;
+}
+
+async fn requeue_from(state: &AppState, spoke_id: i64, why: &str) {
+    let Ok(running) = state.db.transfers_in_state(&owner(state), "running").await else {
+        return;
+    };
+    for t in running.into_iter().filter(|t| t.spoke_id == Some(spoke_id)) {
+        tracing::info!(
+            transfer = t.id,
+            spoke = spoke_id,
+            "{why}; resuming elsewhere"
+        );
+        state
+            .network
+            .registry
+            .send(spoke_id, HubMsg::Cancel { transfer_id: t.id });
+        if let Ok(true) = state
+            .db
+            .requeue_transfer(
+                t.id,
+                &format!("spoke {spoke_id} lost ({why}); resumed"),
+                now_ms(),
+            )
+            .await
+        {
+            dispatch(state, t.id, &[spoke_id]).await;
+        }
+    }
+}
+
+/// Cancels a transfer: tells its spoke or stops the hub's task, and aborts the upload.
+pub async fn cancel(state: &AppState, t: &TransferRecord) -> ApiResult<bool> {
+    if !state
+        .db
+        .finish_transfer(
+            t.id,
+            "cancelled",
+            None,
+            Some("cancelled by the client"),
+            None,
+            now_ms(),
+        )
+        .await?
+    {
+        return Ok(false);
+    }
+    if let Some(s) = t.spoke_id {
+        state
+            .network
+            .registry
+            .send(s, HubMsg::Cancel { transfer_id: t.id });
+        state.network.registry.note_assigned(s, -1);
+    }
+    if let Some(c) = lock(&state.transfers.inline).remove(&t.id) {
+        c.cancel();
+    }
+    if let Some(upload) = &t.upload_id {
+        if let Ok((_, dst)) = accounts(state, t).await {
+            if let Ok(Some(mp)) = multipart_target(&dst.settings, &path(&t.dst_path)?) {
+                let _ = mp.abort(upload).await;
+            }
+        }
+    }
+    lock(&state.transfers.live).remove(&t.id);
+    state.transfers.changed.notify_waiters();
+    Ok(true)
+}
+
+/// Waits until a transfer ends or `timeout` passes; returns its latest row.
+pub async fn wait(state: &AppState, id: i64, timeout: Duration) -> ApiResult<TransferRecord> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = state.transfers.changed.notified();
+        let t = state
+            .db
+            .get_transfer(id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("transfer"))?;
+        if !matches!(t.state.as_str(), "queued" | "running") {
+            return Ok(t);
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(t);
+        }
+    }
+}
+
+/// Closes connections of spokes revoked elsewhere (another hub, the CLI).
+async fn disconnect_revoked(state: &AppState) {
+    let live = state.network.registry.connected_ids();
+    if live.is_empty() {
+        return;
+    }
+    let Ok(spokes) = state.db.list_spokes().await else {
+        return;
+    };
+    for s in spokes {
+        if s.revoked_ms.is_some() && live.contains(&s.id) {
+            let _ = crate::api::revoke_spoke(state, s.id).await;
+        }
+    }
+}
+
+/// Starts the scheduler: re-queues what this hub was running before a restart, then every tick
+/// dispatches queued transfers and takes transfers away from spokes that stopped reporting.
+pub fn spawn_scheduler(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let me = owner(&state);
+        if let Ok(running) = state.db.transfers_in_state(&me, "running").await {
+            for t in running {
+                let _ = state
+                    .db
+                    .requeue_transfer(t.id, "the hub restarted; resumed", now_ms())
+                    .await;
+            }
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            disconnect_revoked(&state).await;
+            if let Ok(queued) = state.db.transfers_in_state(&me, "queued").await {
+                for t in queued {
+                    dispatch(&state, t.id, &[]).await;
+                }
+            }
+            if let Ok(running) = state.db.transfers_in_state(&me, "running").await {
+                for t in running {
+                    if let Some(s) = t.spoke_id {
+                        if !state.network.registry.is_healthy(s) {
+                            requeue_from(&state, s, "its spoke missed heartbeats").await;
+                        }
+                    }
+                }
+            }
+        }
+    })
+}

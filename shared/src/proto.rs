@@ -1,0 +1,473 @@
+//! The hub↔spoke wire protocol: a versioned preamble, then length-prefixed JSON frames on QUIC
+//! streams. Sans-IO: [`encode`] makes bytes, [`FrameDecoder`] turns bytes back into messages;
+//! the caller owns the sockets.
+//!
+//! Stream layout: each side first writes a 6-byte preamble (`SWYD` + protocol version, big
+//! endian), then frames of `u32` big-endian length + one JSON message. A frame longer than
+//! [`MAX_FRAME`], a bad preamble or a message that does not parse is an error that closes the
+//! stream; it never panics. The control stream opened by a spoke starts with
+//! [`SpokeMsg::Hello`] (or [`SpokeMsg::Enroll`] on a connection without a client certificate).
+
+use crate::storage::service::ServiceConfig;
+use crate::storage::transfer::{PartDone, PartPlan};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks. Bump on any incompatible message change.
+pub const VERSION: u16 = 1;
+/// The QUIC ALPN of the control plane.
+pub const ALPN: &[u8] = b"switchyard";
+/// Start of every stream.
+pub const MAGIC: [u8; 4] = *b"SWYD";
+/// Bytes of the preamble: magic + version.
+pub const PREAMBLE_LEN: usize = 6;
+/// Largest frame body accepted (1 MiB): control messages are small; bytes never travel here.
+pub const MAX_FRAME: usize = 1 << 20;
+/// QUIC application error code: the peer speaks another protocol version.
+pub const CLOSE_VERSION_MISMATCH: u32 = 0x5601;
+/// QUIC application error code: the spoke is revoked or unknown.
+pub const CLOSE_REVOKED: u32 = 0x5602;
+/// QUIC application error code: a frame broke the protocol.
+pub const CLOSE_PROTOCOL: u32 = 0x5603;
+/// QUIC application error code: orderly shutdown.
+pub const CLOSE_NORMAL: u32 = 0;
+
+/// What can go wrong turning bytes into messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtoError {
+    #[error("not a Switchyard control stream (bad preamble)")]
+    BadMagic,
+    #[error("protocol version mismatch: we speak {ours}, the peer speaks {theirs}")]
+    VersionMismatch { ours: u16, theirs: u16 },
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("garbled frame: {0}")]
+    Garbled(String),
+}
+
+/// The preamble for `version`.
+pub fn preamble(version: u16) -> [u8; PREAMBLE_LEN] {
+    let v = version.to_be_bytes();
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1]]
+}
+
+/// The peer's version from its preamble; a version other than ours is an error naming both.
+pub fn check_preamble(bytes: &[u8; PREAMBLE_LEN]) -> Result<u16, ProtoError> {
+    if bytes[..4] != MAGIC {
+        return Err(ProtoError::BadMagic);
+    }
+    let theirs = u16::from_be_bytes([bytes[4], bytes[5]]);
+    if theirs != VERSION {
+        return Err(ProtoError::VersionMismatch {
+            ours: VERSION,
+            theirs,
+        });
+    }
+    Ok(theirs)
+}
+
+/// One message as a frame: length prefix + JSON.
+pub fn encode<M: Serialize>(msg: &M) -> Result<Vec<u8>, ProtoError> {
+    let body = serde_json::to_vec(msg).map_err(|e| ProtoError::Garbled(e.to_string()))?;
+    if body.len() > MAX_FRAME {
+        return Err(ProtoError::TooLarge {
+            len: body.len(),
+            max: MAX_FRAME,
+        });
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Reassembles frames from arbitrary chunks of a stream.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(MAX_FRAME)
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder refusing frames longer than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            max,
+        }
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes held but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete message, `Ok(None)` when more bytes are needed. An oversized length
+    /// is refused as soon as its prefix arrives, so the buffer never grows past the limit.
+    pub fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ProtoError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if len > self.max {
+            return Err(ProtoError::TooLarge { len, max: self.max });
+        }
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let parsed = serde_json::from_slice(&self.buf[4..4 + len])
+            .map_err(|e| ProtoError::Garbled(e.to_string()));
+        self.buf.drain(..4 + len);
+        parsed.map(Some)
+    }
+}
+
+/// A string that never shows in `Debug` output (tokens, secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(pub String);
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Messages a spoke sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SpokeMsg {
+    /// On an unauthenticated connection: join the network with a join token and a CSR.
+    Enroll(EnrollRequest),
+    /// First message of an enrolled spoke's control stream.
+    Hello(Hello),
+    /// Load and measurements, every `heartbeat_ms`.
+    Heartbeat(Heartbeat),
+    /// Bytes moved so far for a transfer (at least once a second while it runs).
+    Progress {
+        transfer_id: i64,
+        bytes_done: u64,
+        bytes_per_sec: u64,
+    },
+    /// One part is written and verified; the hub makes it durable.
+    PartDone { transfer_id: i64, part: PartDone },
+    /// The whole transfer is written and verified.
+    Done {
+        transfer_id: i64,
+        size: u64,
+        checksum: String,
+    },
+    /// The transfer failed on this spoke.
+    Failed {
+        transfer_id: i64,
+        message: String,
+        retryable: bool,
+    },
+}
+
+/// Messages a hub sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubMsg {
+    /// Enrollment accepted: the signed certificate and everything the spoke needs.
+    Enrolled(Box<Enrolled>),
+    /// A request was refused; `code` is stable, `message` is for people.
+    Refused { code: String, message: String },
+    /// The hello is accepted.
+    Welcome(Welcome),
+    /// Run (or resume) a transfer.
+    Assign(Box<Assignment>),
+    /// Stop a transfer now.
+    Cancel { transfer_id: i64 },
+}
+
+/// Join request: the token from the join string and a CSR for the spoke's own key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    pub token_id: String,
+    pub secret: Redacted,
+    pub csr_pem: String,
+    pub name: Option<String>,
+    /// Where clients and other spokes reach this spoke's data endpoint (`host:port`).
+    pub advertise: Option<String>,
+}
+
+/// Enrollment result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enrolled {
+    pub spoke_id: i64,
+    pub name: String,
+    pub region: String,
+    pub cert_pem: String,
+    pub ca_pem: String,
+    pub hubs: Vec<HubInfo>,
+    pub settings: SpokeSettings,
+}
+
+/// A hub a spoke dials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HubInfo {
+    pub region: String,
+    /// QUIC control endpoint, `host:port`.
+    pub quic: String,
+    /// REST API base URL.
+    pub api: String,
+}
+
+/// Knobs the hub hands its spokes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpokeSettings {
+    pub heartbeat_ms: u64,
+    pub max_jobs: u32,
+    pub part_concurrency: u32,
+    /// Bytes per second across all of this spoke's transfers; `None` = unlimited.
+    pub rate_limit: Option<u64>,
+}
+
+impl Default for SpokeSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 1000,
+            max_jobs: 4,
+            part_concurrency: 4,
+            rate_limit: None,
+        }
+    }
+}
+
+/// A spoke's greeting on its control stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u16,
+    pub spoke_id: i64,
+    pub region: String,
+    pub software: String,
+    /// Jobs it will run at once.
+    pub slots: u32,
+    /// Transfers this spoke still runs from before a reconnect.
+    pub running: Vec<i64>,
+}
+
+/// The hub's answer to a hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub hub_region: String,
+    pub settings: SpokeSettings,
+}
+
+/// Load and measurements.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Heartbeat {
+    pub active_jobs: u32,
+    pub free_slots: u32,
+    pub bytes_per_sec: u64,
+    /// Round-trip times the spoke measured (to this hub, to storage endpoints).
+    pub rtts: Vec<RttSample>,
+}
+
+/// One measured round trip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RttSample {
+    /// `hub:<region>` or `storage:<host:port>`.
+    pub target: String,
+    pub rtt_us: u64,
+}
+
+/// Where bytes come from or go to: a storage account's settings and a path in it.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub service: ServiceConfig,
+    pub path: String,
+}
+
+impl fmt::Debug for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // ServiceConfig's Debug already hides credentials.
+        f.debug_struct("Location")
+            .field("service", &self.service)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// A transfer (or the rest of one) for a spoke to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub transfer_id: i64,
+    pub source: Location,
+    pub dest: Location,
+    pub size: u64,
+    pub part_size: u64,
+    /// The destination's multipart upload, when it has resumable parts.
+    pub upload_id: Option<String>,
+    /// Parts still to do (completed ones are left out).
+    pub parts: Vec<PartPlan>,
+    /// Parts already durable, needed to complete the upload.
+    pub done: Vec<PartDone>,
+    pub concurrency: u32,
+    pub rate_limit: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_msgs() -> Vec<SpokeMsg> {
+        vec![
+            SpokeMsg::Hello(Hello {
+                version: VERSION,
+                spoke_id: 7,
+                region: "eu-west".into(),
+                software: "spoke 0.1".into(),
+                slots: 4,
+                running: vec![1, 2],
+            }),
+            SpokeMsg::Heartbeat(Heartbeat {
+                active_jobs: 1,
+                free_slots: 3,
+                bytes_per_sec: 123,
+                rtts: vec![RttSample {
+                    target: "hub:eu-west".into(),
+                    rtt_us: 800,
+                }],
+            }),
+            SpokeMsg::Progress {
+                transfer_id: 3,
+                bytes_done: 1 << 40,
+                bytes_per_sec: 9,
+            },
+            SpokeMsg::Failed {
+                transfer_id: 3,
+                message: "ünïcode ✓".into(),
+                retryable: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn roundtrip_in_one_push() {
+        let mut d = FrameDecoder::default();
+        for m in sample_msgs() {
+            d.push(&encode(&m).expect("encode"));
+        }
+        for m in sample_msgs() {
+            assert_eq!(d.next::<SpokeMsg>().expect("decode"), Some(m));
+        }
+        assert_eq!(d.next::<SpokeMsg>().expect("empty"), None);
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn preamble_checks() {
+        assert_eq!(check_preamble(&preamble(VERSION)), Ok(VERSION));
+        assert_eq!(
+            check_preamble(&preamble(VERSION + 1)),
+            Err(ProtoError::VersionMismatch {
+                ours: VERSION,
+                theirs: VERSION + 1
+            })
+        );
+        assert_eq!(check_preamble(b"HTTP/1"), Err(ProtoError::BadMagic));
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_the_body_arrives() {
+        let mut d = FrameDecoder::new(16);
+        d.push(&17u32.to_be_bytes());
+        assert_eq!(
+            d.next::<SpokeMsg>(),
+            Err(ProtoError::TooLarge { len: 17, max: 16 })
+        );
+    }
+
+    #[test]
+    fn unknown_and_garbled_frames_are_errors() {
+        let mut d = FrameDecoder::default();
+        let body = br#"{"type":"launch_missiles"}"#;
+        d.push(&(body.len() as u32).to_be_bytes());
+        d.push(body);
+        assert!(matches!(d.next::<SpokeMsg>(), Err(ProtoError::Garbled(_))));
+        let mut d = FrameDecoder::default();
+        d.push(&3u32.to_be_bytes());
+        d.push(b"{{{");
+        assert!(matches!(d.next::<HubMsg>(), Err(ProtoError::Garbled(_))));
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let m = SpokeMsg::Enroll(EnrollRequest {
+            token_id: "t1".into(),
+            secret: Redacted("hunter2-secret".into()),
+            csr_pem: String::new(),
+            name: None,
+            advertise: None,
+        });
+        assert!(!format!("{m:?}").contains("hunter2"));
+        let json = String::from_utf8(encode(&m).expect("encode")[4..].to_vec()).expect("utf8");
+        assert!(json.contains("hunter2"), "the wire carries it: {json}");
+    }
+
+    proptest! {
+        /// Any split of a valid stream into chunks decodes to the same messages.
+        #[test]
+        fn any_chunking_decodes_the_same(splits in proptest::collection::vec(1usize..64, 1..40),
+                                         n in 0u64..u64::MAX, text in ".{0,200}") {
+            let msgs = vec![
+                SpokeMsg::Progress { transfer_id: n as i64, bytes_done: n, bytes_per_sec: n / 3 },
+                SpokeMsg::Failed { transfer_id: 1, message: text.clone(), retryable: n % 2 == 0 },
+            ];
+            let mut wire = Vec::new();
+            for m in &msgs {
+                wire.extend(encode(m).expect("encode"));
+            }
+            let mut d = FrameDecoder::default();
+            let mut out = Vec::new();
+            let mut rest = &wire[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let take = splits[i % splits.len()].min(rest.len());
+                d.push(&rest[..take]);
+                rest = &rest[take..];
+                i += 1;
+                while let Some(m) = d.next::<SpokeMsg>().expect("decode") {
+                    out.push(m);
+                }
+            }
+            prop_assert_eq!(out, msgs);
+        }
+
+        /// Arbitrary bytes never panic the decoder: they decode, wait or fail cleanly.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let mut d = FrameDecoder::new(1024);
+            d.push(&bytes);
+            for _ in 0..8 {
+                match d.next::<HubMsg>() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            prop_assert!(d.buffered() <= bytes.len());
+        }
+
+        /// Random preambles are either ours or a clean error.
+        #[test]
+        fn preamble_never_panics(bytes in proptest::array::uniform6(any::<u8>())) {
+            let r = check_preamble(&bytes);
+            prop_assert!(r.is_ok() == (bytes == preamble(VERSION)));
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! Resumable multipart writes to object stores (S3 today): create, upload parts, complete, abort.
+//!
+//! OpenDAL's writer hides its multipart upload inside one `write` call, so a transfer that dies
+//! halfway starts over. [`S3Multipart`] exposes the upload itself: the upload id and the part
+//! ETags can be persisted, a later process can continue with the parts still missing (checking
+//! what S3 already holds with [`S3Multipart::list_parts`]) and complete it. Requests are
+//! presigned by rusty-s3 (sans-IO) and sent with reqwest; part bodies are streamed, never
+//! buffered. Answers are read leniently, field by field: S3-compatible servers disagree on
+//! details such as the root element's name (moto answers `ListPartsResponse` where S3 says
+//! `ListPartsResult`), which rusty-s3's strict parsers refuse.
+//!
+//! The object key is the one OpenDAL's S3 service uses for the same path and root, so an object
+//! written here is the object a [`Connector`](super::Connector) on the same account sees.
+
+use super::service::S3Settings;
+use super::{StorageError, StoragePath};
+use bytes::Bytes;
+use futures::Stream;
+use reqwest::{header, StatusCode, Url};
+use rusty_s3::actions::{
+    AbortMultipartUpload, CompleteMultipartUpload, CreateMultipartUpload, ListParts,
+};
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use std::fmt;
+use std::time::Duration;
+
+/// How long a presigned request stays valid. Each request is signed just before it is sent, so
+/// this only has to cover one request, including a slow part upload.
+const PRESIGN_EXPIRY: Duration = Duration::from_secs(3600);
+/// Connect and read timeout of the HTTP client, unless given.
+const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest response body read into memory: an error document or one page of ListParts (at most
+/// 1,000 parts of a few hundred bytes each).
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Most ListParts pages followed: 10,000 parts at the default 1,000 per page, with margin.
+const MAX_LIST_PAGES: usize = 100;
+
+/// One multipart upload target: an S3 bucket, an object key and the client that talks to them.
+///
+/// Cloning is cheap (the HTTP client is shared), so concurrent part uploads can each hold one.
+#[derive(Clone)]
+pub struct S3Multipart {
+    http: reqwest::Client,
+    bucket: Bucket,
+    credentials: Credentials,
+    key: String,
+}
+
+impl fmt::Debug for S3Multipart {
+    // Neither the credentials nor the customer's object key belong in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3Multipart({})", self.bucket.name())
+    }
+}
+
+/// One part S3 holds for an upload, as [`S3Multipart::list_parts`] reports it.
+pub type ListedPart = (u16, String, u64);
+
+impl S3Multipart {
+    /// The upload target for `path` on the account `settings` describe, with default timeouts.
+    /// Does not contact the provider.
+    pub fn for_settings(settings: &S3Settings, path: &StoragePath) -> Result<Self, StorageError> {
+        Self::with_io_timeout(settings, path, DEFAULT_IO_TIMEOUT)
+    }
+
+    /// Like [`S3Multipart::for_settings`], with the connect and read timeout of the HTTP client.
+    pub fn with_io_timeout(
+        settings: &S3Settings,
+        path: &StoragePath,
+        io_timeout: Duration,
+    ) -> Result<Self, StorageError> {
+        if path.is_root() {
+            return Err(StorageError::WrongKind { expected: "file" });
+        }
+        let region = settings.region.as_deref().unwrap_or("us-east-1");
+        let endpoint = endpoint_url(settings.endpoint.as_deref(), &settings.bucket, region)?;
+        let bucket = Bucket::new(
+            endpoint,
+            UrlStyle::Path,
+            settings.bucket.clone(),
+            region.to_owned(),
+        )
+        .map_err(|e| StorageError::InvalidSettings(format!("invalid S3 endpoint: {e:?}")))?;
+        let key = object_key(settings.root.as_deref(), path)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(io_timeout)
+            .read_timeout(io_timeout)
+            // A presigned request is only valid for its own URL; a redirect elsewhere is either
+            // a misconfiguration or an attempt to bounce us into another network.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| StorageError::InvalidSettings(e.to_string()))?;
+        Ok(Self {
+            http,
+            bucket,
+            credentials: Credentials::new(&settings.access_key_id, &settings.secret_access_key),
+            key,
+        })
+    }
+
+    /// The object key in the bucket (root included).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Starts a multipart upload and returns its id.
+    pub async fn create(&self) -> Result<String, StorageError> {
+        let url = CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &self.key)
+            .sign(PRESIGN_EXPIRY);
+        let body = self
+            .send("CreateMultipartUpload", self.http.post(url))
+            .await?;
+        xml_text(&body, "UploadId")
+            .ok_or_else(|| bad_response("CreateMultipartUpload", "no UploadId"))
+    }
+
+    /// Uploads part `part_number` (1-based) of `len` bytes, streaming `body`, and returns the
+    /// part's ETag without quotes. The body must yield exactly `len` bytes.
+    pub async fn upload_part(
+        &self,
+        upload_id: &str,
+        part_number: u16,
+        len: u64,
+        body: impl Stream<Item = Result<Bytes, StorageError>> + Send + 'static,
+    ) -> Result<String, StorageError> {
+        let url = self
+            .bucket
+            .upload_part(Some(&self.credentials), &self.key, part_number, upload_id)
+            .sign(PRESIGN_EXPIRY);
+        // With an explicit length hyper sends a plain body rather than chunked encoding, which
+        // S3 refuses on presigned part uploads.
+        let req = self
+            .http
+            .put(url)
+            .header(header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(body));
+        let resp = req.send().await.map_err(|e| send_error("UploadPart", e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(self.failure("UploadPart", resp).await);
+        }
+        let etag = resp
+            .headers()
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| StorageError::Other("S3 UploadPart answered without an ETag".into()))?;
+        Ok(etag)
+    }
+
+    /// Completes the upload from `parts` (part number, ETag), which must be sorted by part
+    /// number; returns the object's ETag without quotes. S3 requires every part but the last
+    /// to hold at least 5 MiB.
+    pub async fn complete(
+        &self,
+        upload_id: &str,
+        parts: &[(u16, String)],
+    ) -> Result<String, StorageError> {
+        if parts.is_empty() {
+            return Err(StorageError::Other(
+                "a multipart upload needs at least one part".into(),
+            ));
+        }
+        if parts.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(StorageError::Other(
+                "multipart parts must be sorted by part number, without duplicates".into(),
+            ));
+        }
+        let url = CompleteMultipartUpload::new(
+            &self.bucket,
+            Some(&self.credentials),
+            &self.key,
+            upload_id,
+            std::iter::empty(),
+        )
+        .sign(PRESIGN_EXPIRY);
+        let req = self
+            .http
+            .post(url)
+            .header(header::CONTENT_TYPE, "application/xml")
+            .body(complete_body(parts));
+        let body = self.send("CompleteMultipartUpload", req).await?;
+        // S3 may answer 200 and still fail: the status is sent before the work is done, and
+        // the error document follows in the body.
+        if let Some(code) = xml_text(&body, "Code") {
+            return Err(s3_error(
+                "CompleteMultipartUpload",
+                StatusCode::OK,
+                Some(&code),
+                xml_text(&body, "Message").as_deref(),
+                None,
+            ));
+        }
+        xml_text(&body, "ETag")
+            .map(|e| e.trim_matches('"').to_owned())
+            .ok_or_else(|| bad_response("CompleteMultipartUpload", "no ETag"))
+    }
+
+    /// Abandons the upload; S3 drops the parts it holds.
+    pub async fn abort(&self, upload_id: &str) -> Result<(), StorageError> {
+        let url =
+            AbortMultipartUpload::new(&self.bucket, Some(&self.credentials), &self.key, upload_id)
+                .sign(PRESIGN_EXPIRY);
+        self.send("AbortMultipartUpload", self.http.delete(url))
+            .await
+            .map(drop)
+    }
+
+    /// The parts S3 holds for the upload: (part number, ETag without quotes, size), sorted by
+    /// part number, following every page.
+    pub async fn list_parts(&self, upload_id: &str) -> Result<Vec<ListedPart>, StorageError> {
+        let mut out: Vec<ListedPart> = Vec::new();
+        let mut marker: Option<u16> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let mut action =
+                ListParts::new(&self.bucket, Some(&self.credentials), &self.key, upload_id);
+            if let Some(m) = marker {
+                action.set_part_number_marker(m);
+            }
+            let url = action.sign(PRESIGN_EXPIRY);
+            let body = self.send("ListParts", self.http.get(url)).await?;
+            let (parts, next) = parse_list_parts(&body)?;
+            out.extend(parts);
+            match next {
+                // A marker that does not advance would loop forever.
+                Some(next) if marker.is_none_or(|m| next > m) => marker = Some(next),
+                Some(_) => {
+                    return Err(StorageError::Other(
+                        "S3 ListParts returned a part marker that does not advance".into(),
+                    ))
+                }
+                None => {
+                    out.sort_by_key(|p| p.0);
+                    out.dedup_by_key(|p| p.0);
+                    return Ok(out);
+                }
+            }
+        }
+        Err(StorageError::Other(format!(
+            "S3 ListParts returned more than {MAX_LIST_PAGES} pages"
+        )))
+    }
+
+    /// Sends a request whose answer is a small document; returns the document on success.
+    async fn send(&self, op: &str, req: reqwest::RequestBuilder) -> Result<String, StorageError> {
+        let resp = req.send().await.map_err(|e| send_error(op, e))?;
+        if !resp.status().is_success() {
+            return Err(self.failure(op, resp).await);
+        }
+        let body = read_capped(resp)
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("S3 {op}: {}", error_chain(&e))))?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Turns an unsuccessful response into an error, with S3's code and message when present.
+    async fn failure(&self, op: &str, resp: reqwest::Response) -> StorageError {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
+        let body = read_capped(resp).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        s3_error(
+            op,
+            status,
+            xml_text(&text, "Code").as_deref(),
+            xml_text(&text, "Message").as_deref(),
+            retry_after,
+        )
+    }
+}
+
+/// The endpoint OpenDAL's S3 service would use, before the bucket is added (path style).
+fn endpoint_url(endpoint: Option<&str>, bucket: &str, region: &str) -> Result<Url, StorageError> {
+    let mut text = match endpoint {
+        Some(e) if e.starts_with("http") => e.to_owned(),
+        Some(e) => format!("https://{e}"),
+        None => "https://s3.amazonaws.com".to_owned(),
+    };
+    // A virtual-host style endpoint naming the bucket is turned back into the service's.
+    text = text.replace(&format!("//{bucket}."), "//");
+    let url = Url::parse(&text).map_err(bad_endpoint)?;
+    let normalized = url.as_str().trim_end_matches('/');
+    if normalized == "https://s3.amazonaws.com" {
+        return Url::parse(&format!("https://s3.{region}.amazonaws.com")).map_err(bad_endpoint);
+    }
+    Url::parse(normalized).map_err(bad_endpoint)
+}
+
+fn bad_endpoint(e: impl fmt::Display) -> StorageError {
+    StorageError::InvalidSettings(format!("invalid S3 endpoint: {e}"))
+}
+
+/// The key OpenDAL's S3 service gives `path` below `root`: the root normalized to `a/b/` (no
+/// leading slash, empty segments dropped, nothing for no root or `/`) followed by the path.
+fn object_key(root: Option<&str>, path: &StoragePath) -> Result<String, StorageError> {
+    let segments: Vec<&str> = root
+        .unwrap_or("")
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    // OpenDAL would send such a key as is, while a URL resolves the dot segments away: refuse
+    // rather than write somewhere the connector does not look.
+    if segments.iter().any(|s| *s == "." || *s == "..") {
+        return Err(StorageError::InvalidSettings(
+            "the S3 `root` must not contain '.' or '..' segments".into(),
+        ));
+    }
+    let mut key = String::new();
+    for s in segments {
+        key.push_str(s);
+        key.push('/');
+    }
+    key.push_str(path.file_key());
+    Ok(key)
+}
+
+/// One page of a ListParts answer: the parts, and the marker of the next page if there is one.
+fn parse_list_parts(doc: &str) -> Result<(Vec<ListedPart>, Option<u16>), StorageError> {
+    let bad = |what: &str| bad_response("ListParts", what);
+    let mut parts = Vec::new();
+    let mut rest = doc;
+    while let Some(start) = rest.find("<Part>") {
+        let block_and_rest = &rest[start + "<Part>".len()..];
+        let end = block_and_rest
+            .find("</Part>")
+            .ok_or_else(|| bad("unterminated Part"))?;
+        let block = &block_and_rest[..end];
+        let number = xml_text(block, "PartNumber")
+            .and_then(|n| n.parse::<u16>().ok())
+            .ok_or_else(|| bad("a Part without a valid PartNumber"))?;
+        let etag = xml_text(block, "ETag").ok_or_else(|| bad("a Part without an ETag"))?;
+        let size = xml_text(block, "Size")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| bad("a Part without a valid Size"))?;
+        parts.push((number, etag.trim_matches('"').to_owned(), size));
+        rest = &block_and_rest[end + "</Part>".len()..];
+    }
+    let next = if xml_text(doc, "IsTruncated").as_deref() == Some("true") {
+        let marker = xml_text(doc, "NextPartNumberMarker")
+            .and_then(|n| n.parse::<u16>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| bad("a truncated page without NextPartNumberMarker"))?;
+        Some(marker)
+    } else {
+        None
+    };
+    Ok((parts, next))
+}
+
+/// The CompleteMultipartUpload document. rusty-s3's numbers parts by position, which is only
+/// right when every part from 1 is present; this one keeps the given numbers.
+fn complete_body(parts: &[(u16, String)]) -> String {
+    let mut xml = String::from("<CompleteMultipartUpload>");
+    for (number, etag) in parts {
+        xml.push_str("<Part><ETag>&quot;");
+        xml.push_str(&xml_escape(etag.trim_matches('"')));
+        xml.push_str("&quot;</ETag><PartNumber>");
+        xml.push_str(&number.to_string());
+        xml.push_str("</PartNumber></Part>");
+    }
+    xml.push_str("</CompleteMultipartUpload>");
+    xml
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// The text of the first `<tag>` element in an S3 document (error documents are flat and
+/// small; this avoids an XML parser for two fields).
+fn xml_text(doc: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = doc.find(&open)? + open.len();
+    let end = start + doc[start..].find(&format!("</{tag}>"))?;
+    let raw = doc[start..end].trim();
+    let text: String = raw
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+        .chars()
+        .take(500)
+        .collect();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Maps an S3 failure onto [`StorageError`], keeping the provider's words.
+fn s3_error(
+    op: &str,
+    status: StatusCode,
+    code: Option<&str>,
+    message: Option<&str>,
+    retry_after: Option<Duration>,
+) -> StorageError {
+    let detail = match (code, message) {
+        (Some(c), Some(m)) => format!("S3 {op} answered {status}: {c}: {m}"),
+        (Some(c), None) => format!("S3 {op} answered {status}: {c}"),
+        (None, Some(m)) => format!("S3 {op} answered {status}: {m}"),
+        (None, None) => format!("S3 {op} answered {status}"),
+    };
+    match (status.as_u16(), code) {
+        (_, Some("SlowDown")) | (429 | 503, _) => StorageError::RateLimited { retry_after },
+        (403, _) => StorageError::PermissionDenied(detail),
+        (_, Some("NoSuchUpload")) => StorageError::NotFound,
+        (_, Some("NoSuchBucket")) => StorageError::InvalidSettings(detail),
+        (404, _) => StorageError::NotFound,
+        (_, Some("InternalError" | "ServiceUnavailable" | "RequestTimeout")) => {
+            StorageError::Unavailable(detail)
+        }
+        (s, _) if s >= 500 => StorageError::Unavailable(detail),
+        _ => StorageError::Other(detail),
+    }
+}
+
+/// A request that got no answer: the network or the provider is at fault, or our own body
+/// stream failed (the part source broke off).
+fn send_error(op: &str, e: reqwest::Error) -> StorageError {
+    // The presigned URL carries a signature that works for an hour: never show it.
+    let e = e.without_url();
+    let detail = format!("S3 {op}: {}", error_chain(&e));
+    if e.is_body() || (e.is_request() && !e.is_connect() && !e.is_timeout()) {
+        StorageError::Interrupted(detail)
+    } else {
+        StorageError::Unavailable(detail)
+    }
+}
+
+fn bad_response(op: &str, e: impl fmt::Display) -> StorageError {
+    StorageError::Other(format!("S3 {op} answered a document we cannot read: {e}"))
+}
+
+/// An error and its sources, `: `-separated (reqwest's own display stops at the outermost).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Reads a response body, refusing more than [`MAX_RESPONSE_BYTES`].
+async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room <= chunk.len() {
+            break;
+        }
+    }
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> StoragePath {
+        StoragePath::parse(s).expect("valid path")
+    }
+
+    #[test]
+    fn keys_follow_opendal_root_normalization() {
+        let path = p("dir/file.bin");
+        for (root, want) in [
+            (None, "dir/file.bin"),
+            (Some(""), "dir/file.bin"),
+            (Some("/"), "dir/file.bin"),
+            (Some("a"), "a/dir/file.bin"),
+            (Some("/a/b/"), "a/b/dir/file.bin"),
+            (Some("a//b"), "a/b/dir/file.bin"),
+            (Some("//a/b"), "a/b/dir/file.bin"),
+        ] {
+            assert_eq!(object_key(root, &path).expect("key"), want, "root {root:?}");
+        }
+        assert!(object_key(Some("a/../b"), &path).is_err());
+    }
+
+    #[test]
+    fn endpoints_follow_opendal() {
+        let ep = |e: Option<&str>| {
+            endpoint_url(e, "bkt", "eu-west-1")
+                .expect("endpoint")
+                .to_string()
+        };
+        assert_eq!(ep(None), "https://s3.eu-west-1.amazonaws.com/");
+        assert_eq!(
+            ep(Some("https://s3.amazonaws.com/")),
+            "https://s3.eu-west-1.amazonaws.com/"
+        );
+        assert_eq!(ep(Some("http://127.0.0.1:9000")), "http://127.0.0.1:9000/");
+        assert_eq!(ep(Some("minio.local")), "https://minio.local/");
+        assert_eq!(ep(Some("https://bkt.minio.local")), "https://minio.local/");
+        let s = S3Settings {
+            bucket: "bkt".into(),
+            endpoint: Some("http://127.0.0.1:9000/base".into()),
+            region: None,
+            access_key_id: "id".into(),
+            secret_access_key: "secret".into(),
+            root: Some("/r/".into()),
+        };
+        let m = S3Multipart::for_settings(&s, &p("a b/c")).expect("target");
+        assert_eq!(m.key(), "r/a b/c");
+        assert_eq!(
+            m.bucket.object_url(m.key()).as_str(),
+            "http://127.0.0.1:9000/base/bkt/r/a%20b/c"
+        );
+        assert!(!format!("{m:?}").contains("secret"));
+        assert!(matches!(
+            S3Multipart::for_settings(&s, &StoragePath::root()),
+            Err(StorageError::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn complete_document_keeps_part_numbers() {
+        let body = complete_body(&[(1, "\"aa\"".into()), (3, "bb".into())]);
+        assert_eq!(
+            body,
+            "<CompleteMultipartUpload><Part><ETag>&quot;aa&quot;</ETag><PartNumber>1</PartNumber>\
+             </Part><Part><ETag>&quot;bb&quot;</ETag><PartNumber>3</PartNumber></Part>\
+             </CompleteMultipartUpload>"
+        );
+    }
+
+    #[test]
+    fn list_parts_pages_parse_whatever_the_root() {
+        let page = |root: &str, truncated: bool| {
+            format!(
+                "<?xml version=\"1.0\"?><{root} xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <Bucket>b</Bucket><Key>k</Key><UploadId>u</UploadId>\
+                 <PartNumberMarker>0</PartNumberMarker><NextPartNumberMarker>2</NextPartNumberMarker>\
+                 <MaxParts>2</MaxParts><IsTruncated>{truncated}</IsTruncated>\
+                 <Part><PartNumber>1</PartNumber><LastModified>x</LastModified>\
+                 <ETag>&quot;aa&quot;</ETag><Size>5242880</Size></Part>\
+                 <Part><PartNumber>2</PartNumber><ETag>\"bb\"</ETag><Size>7</Size></Part></{root}>"
+            )
+        };
+        let want = vec![(1, "aa".to_owned(), 5_242_880), (2, "bb".to_owned(), 7)];
+        let (parts, next) = parse_list_parts(&page("ListPartsResult", true)).expect("parses");
+        assert_eq!((parts, next), (want.clone(), Some(2)));
+        let (parts, next) = parse_list_parts(&page("ListPartsResponse", false)).expect("parses");
+        assert_eq!((parts, next), (want, None));
+        assert!(parse_list_parts("<ListPartsResult><Part><PartNumber>1</PartNumber>").is_err());
+    }
+
+    #[test]
+    fn errors_map_to_kinds() {
+        let doc = "<?xml version=\"1.0\"?><Error><Code>NoSuchUpload</Code>\
+                   <Message>The specified upload does not exist.</Message></Error>";
+        assert_eq!(xml_text(doc, "Code").as_deref(), Some("NoSuchUpload"));
+        let e = |status: u16, code: Option<&str>| {
+            s3_error(
+                "Op",
+                StatusCode::from_u16(status).expect("status"),
+                code,
+                Some("msg"),
+                None,
+            )
+        };
+        assert!(matches!(
+            e(404, Some("NoSuchUpload")),
+            StorageError::NotFound
+        ));
+        assert!(matches!(
+            e(403, Some("AccessDenied")),
+            StorageError::PermissionDenied(m) if m.contains("AccessDenied: msg")
+        ));
+        assert!(matches!(
+            e(503, Some("SlowDown")),
+            StorageError::RateLimited { .. }
+        ));
+        assert!(matches!(e(429, None), StorageError::RateLimited { .. }));
+        assert!(matches!(e(500, None), StorageError::Unavailable(_)));
+        assert!(matches!(
+            e(200, Some("InternalError")),
+            StorageError::Unavailable(_)
+        ));
+        assert!(matches!(
+            e(400, Some("EntityTooSmall")),
+            StorageError::Other(_)
+        ));
+    }
+}

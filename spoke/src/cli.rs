@@ -1,0 +1,142 @@
+//! The `spoke` command line: `enroll` and `run`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "spoke",
+    version,
+    about = "Switchyard spoke: moves bytes near storage providers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Join the network with a join string from `hub spokes token create`.
+    Enroll {
+        /// The join string (`SYJ1-...`).
+        join: String,
+        /// Where the spoke keeps its key, certificate and config.
+        #[arg(long, default_value = "./spoke-data")]
+        data_dir: PathBuf,
+        /// `host:port` where clients and other spokes reach this spoke's data endpoint.
+        #[arg(long)]
+        advertise: Option<String>,
+        /// A name for this spoke (default: from the token, or generated).
+        #[arg(long)]
+        name: Option<String>,
+        /// Seconds to wait for the hub.
+        #[arg(long, default_value_t = 15)]
+        timeout: u64,
+    },
+    /// Connect to the hubs and run the transfers they assign.
+    Run {
+        #[arg(long, default_value = "./spoke-data")]
+        data_dir: PathBuf,
+        /// Announce another protocol version (for testing version mismatches).
+        #[arg(long, hide = true, default_value_t = shared::proto::VERSION)]
+        protocol_version: u16,
+    },
+}
+
+/// Runs the CLI; errors are printed and become exit code 1.
+pub fn main(cli: Cli) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("SWITCHYARD_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Enroll {
+            join,
+            data_dir,
+            advertise,
+            name,
+            timeout,
+        } => {
+            let timeout = std::time::Duration::from_secs(timeout.max(1));
+            let j = crate::enroll::enroll(&join, &data_dir, name, advertise, timeout).await?;
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "enrolled spoke {} ({}) in region {}\nhubs: {}\nconfig: {}\nnext: spoke run --data-dir {}",
+                j.spoke_id,
+                j.name,
+                j.region,
+                j.hubs.join(", "),
+                data_dir.join(crate::config::CONFIG_FILE).display(),
+                data_dir.display()
+            )?;
+            Ok(())
+        }
+        Command::Run {
+            data_dir,
+            protocol_version,
+        } => {
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                s.cancel();
+            });
+            crate::control::run(
+                crate::control::RunOptions {
+                    data_dir,
+                    protocol_version,
+                },
+                shutdown,
+            )
+            .await
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,320 @@
+//! Runs the transfers hubs assign: the same engine the hub uses inline
+//! (`shared::storage::transfer`), reporting progress at least once a second and every
+//! verified part as it lands, then completing the destination upload.
+
+use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings};
+use shared::storage::multipart::S3Multipart;
+use shared::storage::transfer::{
+    composite_sha256, copy_parts, copy_stream, CopyEvent, CopyOptions, PartDone,
+};
+use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{self, UnboundedSender};
+use tokio_util::sync::CancellationToken;
+
+/// How often progress is reported while bytes flow (the hub needs at least one a second).
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How often storage endpoints are probed for RTT.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The transfers running on this spoke.
+#[derive(Debug)]
+pub struct Jobs {
+    slots: u32,
+    running: Mutex<HashMap<i64, (u64, CancellationToken)>>,
+    generation: AtomicU64,
+    /// Bytes moved since start, for the rate in heartbeats.
+    moved: AtomicU64,
+    rate: Mutex<(Instant, u64, u64)>,
+    /// Storage endpoints (`host:port`) seen in assignments, and their last RTT in µs.
+    probes: Mutex<HashMap<String, Option<u64>>>,
+    scratch: PathBuf,
+}
+
+impl Jobs {
+    pub fn new(slots: u32, scratch: PathBuf) -> Self {
+        Self {
+            slots: slots.max(1),
+            running: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(1),
+            moved: AtomicU64::new(0),
+            rate: Mutex::new((Instant::now(), 0, 0)),
+            probes: Mutex::new(HashMap::new()),
+            scratch,
+        }
+    }
+
+    pub fn active(&self) -> u32 {
+        lock(&self.running).len() as u32
+    }
+
+    pub fn free(&self) -> u32 {
+        self.slots.saturating_sub(self.active())
+    }
+
+    /// Bytes per second since the previous call.
+    pub fn bytes_per_sec(&self) -> u64 {
+        let now = Instant::now();
+        let total = self.moved.load(Ordering::Relaxed);
+        let mut r = lock(&self.rate);
+        let secs = now.duration_since(r.0).as_secs_f64();
+        if secs >= 0.5 {
+            r.2 = ((total - r.1) as f64 / secs) as u64;
+            *r = (now, total, r.2);
+        }
+        r.2
+    }
+
+    /// Latest storage RTTs.
+    pub fn probe_samples(&self) -> Vec<RttSample> {
+        lock(&self.probes)
+            .iter()
+            .filter_map(|(k, v)| {
+                v.map(|rtt_us| RttSample {
+                    target: format!("storage:{k}"),
+                    rtt_us,
+                })
+            })
+            .collect()
+    }
+
+    pub fn cancel(&self, id: i64) {
+        if let Some((_, c)) = lock(&self.running).remove(&id) {
+            tracing::info!(transfer = id, "transfer cancelled by the hub");
+            c.cancel();
+        }
+    }
+
+    pub fn cancel_all(&self) {
+        for (_, (_, c)) in lock(&self.running).drain() {
+            c.cancel();
+        }
+    }
+
+    /// Starts an assignment (replacing a previous run of the same transfer).
+    pub fn start(
+        self: &Arc<Self>,
+        a: Assignment,
+        settings: SpokeSettings,
+        report: UnboundedSender<SpokeMsg>,
+        cancel: CancellationToken,
+    ) {
+        let id = a.transfer_id;
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, old)) = lock(&self.running).insert(id, (generation, cancel.clone())) {
+            old.cancel();
+        }
+        {
+            let mut probes = lock(&self.probes);
+            for cfg in [&a.source.service, &a.dest.service] {
+                if let Ok(Some((h, p))) = cfg.endpoint_addr() {
+                    probes.entry(format!("{h}:{p}")).or_insert(None);
+                }
+            }
+        }
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            tracing::info!(
+                transfer = id,
+                parts = a.parts.len(),
+                done = a.done.len(),
+                "transfer started"
+            );
+            let result = run(&jobs, &a, &settings, &report, cancel.clone()).await;
+            let mine = {
+                let mut running = lock(&jobs.running);
+                let mine = running.get(&id).is_some_and(|(g, _)| *g == generation);
+                if mine {
+                    running.remove(&id);
+                }
+                mine
+            };
+            match result {
+                Ok(msg) => {
+                    tracing::info!(transfer = id, "transfer done");
+                    let _ = report.send(msg);
+                }
+                Err(_) if cancel.is_cancelled() || !mine => {}
+                Err(e) => {
+                    tracing::warn!(transfer = id, error = %e, "transfer failed");
+                    let retryable = matches!(
+                        e,
+                        StorageError::Unavailable(_)
+                            | StorageError::RateLimited { .. }
+                            | StorageError::Interrupted(_)
+                            | StorageError::Other(_)
+                    );
+                    let _ = report.send(SpokeMsg::Failed {
+                        transfer_id: id,
+                        message: e.to_string(),
+                        retryable,
+                    });
+                }
+            }
+        });
+    }
+}
+
+async fn run(
+    jobs: &Arc<Jobs>,
+    a: &Assignment,
+    settings: &SpokeSettings,
+    report: &UnboundedSender<SpokeMsg>,
+    cancel: CancellationToken,
+) -> Result<SpokeMsg, StorageError> {
+    let opts = ConnectOptions {
+        scratch_dir: jobs.scratch.clone(),
+        ..ConnectOptions::default()
+    };
+    let src = Connector::connect(&a.source.service, &opts)?;
+    let src_path = StoragePath::parse(&a.source.path)?;
+    let dst_path = StoragePath::parse(&a.dest.path)?;
+    let copy = CopyOptions {
+        concurrency: a.concurrency.max(1) as usize,
+        rate_limit: a.rate_limit.or(settings.rate_limit),
+        ..CopyOptions::default()
+    };
+    let base: u64 = a.done.iter().map(|p| p.len).sum();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let forward = tokio::spawn(forward_events(
+        a.transfer_id,
+        base,
+        rx,
+        report.clone(),
+        jobs.clone(),
+    ));
+    let result = match (&a.upload_id, &a.dest.service) {
+        (Some(upload_id), ServiceConfig::S3(s3)) => {
+            let mp = S3Multipart::for_settings(s3, &dst_path)?;
+            let r = copy_parts(
+                &src,
+                &src_path,
+                &mp,
+                upload_id,
+                a.parts.clone(),
+                &copy,
+                tx,
+                cancel.clone(),
+            )
+            .await;
+            let new_parts = forward.await.unwrap_or_default();
+            r?;
+            let mut all: Vec<PartDone> = a.done.clone();
+            all.extend(new_parts);
+            all.sort_by_key(|p| p.index);
+            all.dedup_by_key(|p| p.index);
+            let list: Vec<(u16, String)> = all
+                .iter()
+                .map(|p| ((p.index + 1) as u16, p.etag.clone()))
+                .collect();
+            match mp.complete(upload_id, &list).await {
+                Ok(_) => {}
+                // Completed by an earlier run whose report was lost: the object is there.
+                Err(StorageError::NotFound) => {
+                    let dst = Connector::connect(&a.dest.service, &opts)?;
+                    let e = dst.stat_file(&dst_path).await?;
+                    if e.size != a.size {
+                        return Err(StorageError::Other(format!(
+                            "the upload is gone and the destination has {} bytes, not {}",
+                            e.size, a.size
+                        )));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            SpokeMsg::Done {
+                transfer_id: a.transfer_id,
+                size: a.size,
+                checksum: composite_sha256(&all),
+            }
+        }
+        _ => {
+            let dst = Connector::connect(&a.dest.service, &opts)?;
+            let r = copy_stream(&src, &src_path, &dst, &dst_path, &copy, tx, cancel.clone()).await;
+            let _ = forward.await;
+            let c = r?;
+            SpokeMsg::Done {
+                transfer_id: a.transfer_id,
+                size: c.size,
+                checksum: c.sha256,
+            }
+        }
+    };
+    Ok(result)
+}
+
+/// Turns engine events into reports; returns the parts that completed.
+async fn forward_events(
+    transfer_id: i64,
+    base: u64,
+    mut rx: mpsc::UnboundedReceiver<CopyEvent>,
+    report: UnboundedSender<SpokeMsg>,
+    jobs: Arc<Jobs>,
+) -> Vec<PartDone> {
+    let started = Instant::now();
+    let mut moved = 0u64;
+    let mut durable = base;
+    let mut last = Instant::now();
+    let mut parts = Vec::new();
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(CopyEvent::Bytes(n)) => {
+                    moved += n;
+                    jobs.moved.fetch_add(n, Ordering::Relaxed);
+                }
+                Some(CopyEvent::PartDone(p)) => {
+                    durable += p.len;
+                    let _ = report.send(SpokeMsg::PartDone { transfer_id, part: p.clone() });
+                    parts.push(p);
+                }
+                Some(CopyEvent::PartRetry { index, error }) => {
+                    tracing::warn!(transfer = transfer_id, part = index, %error, "part retried");
+                }
+                None => break,
+            },
+            _ = tick.tick() => {}
+        }
+        if last.elapsed() >= PROGRESS_EVERY {
+            last = Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            let _ = report.send(SpokeMsg::Progress {
+                transfer_id,
+                // Never below what is durable, never above what was sent.
+                bytes_done: (base + moved).max(durable),
+                bytes_per_sec: (moved as f64 / secs) as u64,
+            });
+        }
+    }
+    parts
+}
+
+/// Measures TCP connect time to every storage endpoint seen, every few seconds.
+pub async fn probe_loop(jobs: Arc<Jobs>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let targets: HashSet<String> = lock(&jobs.probes).keys().cloned().collect();
+        for t in targets {
+            let start = Instant::now();
+            let ok =
+                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&t))
+                    .await
+                    .is_ok_and(|r| r.is_ok());
+            let rtt = ok.then(|| start.elapsed().as_micros() as u64);
+            lock(&jobs.probes).insert(t, rtt);
+        }
+    }
+}

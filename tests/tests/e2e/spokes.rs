@@ -1,0 +1,145 @@
+//! Spoke processes for the network tests: enroll and run the real `spoke` binary.
+
+use e2e::TestHub;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+pub const SPOKE: &str = env!("CARGO_BIN_EXE_e2e-spoke");
+
+/// A join string from the hub's API.
+pub async fn join_token(hub: &TestHub, region: &str) -> String {
+    let r = hub
+        .http
+        .post(hub.url("/v1/network/spokes/tokens"))
+        .header("Authorization", hub.meta())
+        .json(&json!({"region": region}))
+        .send()
+        .await
+        .expect("token");
+    assert_eq!(r.status(), 201);
+    let v: serde_json::Value = r.json().await.expect("json");
+    v["join"].as_str().expect("join").to_owned()
+}
+
+/// `spoke enroll JOIN --data-dir DIR` (plus `extra` flags).
+pub async fn enroll(join: &str, dir: &Path, extra: &[&str]) -> Output {
+    tokio::process::Command::new(SPOKE)
+        .arg("enroll")
+        .arg(join)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("SWITCHYARD_LOG", "warn")
+        .output()
+        .await
+        .expect("spoke enroll")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A running `spoke run` process; killed on drop.
+pub struct SpokeProc {
+    pub child: tokio::process::Child,
+    pub dir: PathBuf,
+    pub id: i64,
+    pub log: PathBuf,
+}
+
+impl SpokeProc {
+    /// Enrolls a new spoke into a fresh dir under `root` and starts it.
+    pub async fn start(hub: &TestHub, root: &Path, name: &str) -> SpokeProc {
+        Self::start_with(hub, root, name, &[]).await
+    }
+
+    pub async fn start_with(
+        hub: &TestHub,
+        root: &Path,
+        name: &str,
+        run_args: &[&str],
+    ) -> SpokeProc {
+        let dir = root.join(name);
+        let join = join_token(hub, &hub.state.config.region).await;
+        let o = enroll(&join, &dir, &["--name", name]).await;
+        assert!(o.status.success(), "enroll: {}", text(&o.stderr));
+        let id: i64 = text(&o.stdout)
+            .split_whitespace()
+            .nth(2)
+            .and_then(|s| s.parse().ok())
+            .expect("spoke id in the enroll output");
+        Self::run(dir, id, run_args)
+    }
+
+    /// Starts `spoke run` on an enrolled dir.
+    pub fn run(dir: PathBuf, id: i64, run_args: &[&str]) -> SpokeProc {
+        let log = dir.join("run.log");
+        let file = std::fs::File::create(&log).expect("log");
+        let child = tokio::process::Command::new(SPOKE)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(run_args)
+            .env("SWITCHYARD_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spoke run");
+        SpokeProc {
+            child,
+            dir,
+            id,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, no goodbye.
+    pub async fn kill(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn exit_within(&mut self, d: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(d, self.child.wait())
+            .await
+            .expect("spoke exits in time")
+            .expect("wait")
+    }
+}
+
+/// The spoke as the hub's API shows it.
+pub async fn spoke_view(hub: &TestHub, id: i64) -> serde_json::Value {
+    hub.http
+        .get(hub.url(&format!("/v1/network/spokes/{id}")))
+        .header("Authorization", hub.meta())
+        .send()
+        .await
+        .expect("spoke")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Waits until the hub reports the spoke connected and healthy.
+pub async fn wait_healthy(hub: &TestHub, id: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = spoke_view(hub, id).await;
+        if v["status"]["healthy"] == true {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spoke {id} never became healthy: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

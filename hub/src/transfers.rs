@@ -203,10 +203,18 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    let todo: Vec<_> = plan_parts(t.size as u64, t.part_size as u64)
+    let plan = plan_parts(t.size as u64, t.part_size as u64);
+    let total_parts = plan.len();
+    let todo: Vec<_> = plan
         .into_iter()
         .filter(|p| !done.iter().any(|d| d.index == p.index))
         .collect();
+    let resumed = (!done.is_empty() && upload_id.is_some()).then(|| {
+        format!(
+            "resumed with {} of {total_parts} parts already durable",
+            done.len()
+        )
+    });
     match pick {
         Some(pick) => {
             let assignment = Assignment {
@@ -234,7 +242,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                     "spoke",
                     Some(pick.spoke_id),
                     Some(&pick.region),
-                    None,
+                    resumed.as_deref(),
                     now_ms(),
                 )
                 .await?
@@ -265,7 +273,10 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 // Spokes may still be reconnecting after a hub restart; the tick retries.
                 return Ok(());
             }
-            let note = "no healthy spoke: the hub ran this transfer itself";
+            let mut note = "no healthy spoke: the hub ran this transfer itself".to_owned();
+            if let Some(r) = &resumed {
+                note = format!("{note}; {r}");
+            }
             if !state
                 .db
                 .assign_transfer(
@@ -273,7 +284,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                     "hub",
                     None,
                     Some(&state.config.region),
-                    Some(note),
+                    Some(&note),
                     now_ms(),
                 )
                 .await?

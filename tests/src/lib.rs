@@ -40,6 +40,27 @@ pub struct HubOptions {
     pub yaml: Option<String>,
     /// Keep the SSRF guard on (test hubs otherwise allow loopback storage servers).
     pub ssrf_guard: bool,
+    /// Use this directory (kept after the hub stops) instead of a fresh temp dir, so a second
+    /// hub can restart on the same data.
+    pub dir: Option<PathBuf>,
+    /// Serve on this port (HTTP on TCP, spokes on UDP) instead of a free one.
+    pub port: Option<u16>,
+}
+
+/// A test hub's directory: a temp dir, or one the test keeps for a restart.
+#[derive(Debug)]
+enum Dir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl Dir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            Dir::Temp(t) => t.path(),
+            Dir::Kept(p) => p,
+        }
+    }
 }
 
 /// A hub serving on 127.0.0.1 with a dev application, API key, meta token and `fs` account.
@@ -49,7 +70,7 @@ pub struct TestHub {
     pub state: AppState,
     pub http: reqwest::Client,
     pub data_dir: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Dir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     background: Option<hub::Background>,
@@ -62,9 +83,15 @@ impl TestHub {
     }
 
     pub async fn start_with(opts: HubOptions) -> anyhow::Result<Self> {
-        let dir = tempfile::tempdir()?;
+        let dir = match &opts.dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                Dir::Kept(d.clone())
+            }
+            None => Dir::Temp(tempfile::tempdir()?),
+        };
         let data_dir = dir.path().join("data");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port.unwrap_or(0))).await?;
         let port = listener.local_addr()?.port();
         let base = match &opts.yaml {
             Some(y) => {

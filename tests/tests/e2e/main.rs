@@ -6,5 +6,6 @@ mod connectors;
 mod database;
 mod docs;
 mod network;
+mod offload;
 mod spokes;
 mod transfer_engine;

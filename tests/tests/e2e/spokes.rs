@@ -44,6 +44,8 @@ pub fn text(b: &[u8]) -> String {
 /// A running `spoke run` process; killed on drop.
 pub struct SpokeProc {
     pub child: tokio::process::Child,
+    /// The spoke's data dir.
+    #[allow(dead_code)]
     pub dir: PathBuf,
     pub id: i64,
     pub log: PathBuf,

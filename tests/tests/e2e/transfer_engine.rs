@@ -157,7 +157,6 @@ async fn parts_copy_between_buckets() {
     assert_eq!(mp.key(), "copies/dst/big copy.bin");
     let upload = mp.create().await.expect("create upload");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let started = Instant::now();
     copy_parts(
         &a,
         &src,
@@ -170,7 +169,6 @@ async fn parts_copy_between_buckets() {
     )
     .await
     .expect("copy parts");
-    let took = started.elapsed();
     let (bytes, done, retries) = tally(&drain(&mut rx));
     assert_eq!(retries, 0);
     assert_eq!(bytes, size, "progress events account for every byte");
@@ -200,7 +198,6 @@ async fn parts_copy_between_buckets() {
     let entry = b.stat_file(&dst).await.expect("stat copy");
     assert_eq!(entry.size, size);
     assert_eq!(sha256_hex(&read_all(&b, &dst).await), sha256_hex(&data));
-    eprintln!("FIG 40MiB took {took:?}");
 }
 
 /// Parts 0 and 1 in one run, the rest in a second run on a fresh client (as after a restart),
@@ -314,7 +311,6 @@ async fn parts_copy_is_rate_limited() {
     .await
     .expect("copy parts");
     let took = started.elapsed();
-    eprintln!("FIG rate took {took:?}");
     assert!(took >= Duration::from_millis(1200), "took {took:?}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
     let (bytes, done, _) = tally(&drain(&mut rx));
@@ -388,7 +384,6 @@ async fn parts_copy_cancels_promptly() {
         "{result:?}"
     );
     let delay = returned_at.saturating_duration_since(cancelled_at);
-    eprintln!("FIG cancel delay {delay:?}");
     assert!(
         delay < Duration::from_millis(500),
         "returned {delay:?} after the cancel"

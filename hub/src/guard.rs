@@ -109,20 +109,29 @@ mod tests {
 
     #[test]
     fn endpoint_parsing() {
-        assert_eq!(
-            host_port("http://h:9000/x", false).expect("ok"),
-            ("h".into(), 9000)
-        );
-        assert_eq!(
-            host_port("https://h", false).expect("ok"),
-            ("h".into(), 443)
-        );
-        assert!(host_port("file:///etc", false).is_err());
-        assert_eq!(host_port("h:2222", true).expect("ok"), ("h".into(), 2222));
-        assert_eq!(
-            host_port("ssh://[::1]:22", true).expect("ok"),
-            ("::1".into(), 22)
-        );
+        let addr = |service: &str, creds: serde_json::Value| {
+            ServiceConfig::from_parts(service, creds)
+                .expect("settings")
+                .endpoint_addr()
+        };
+        let s3 = |e: &str| {
+            addr(
+                "s3",
+                serde_json::json!({"bucket": "b", "endpoint": e, "access_key_id": "a",
+                                   "secret_access_key": "s"}),
+            )
+        };
+        let sftp = |e: &str| {
+            addr(
+                "sftp",
+                serde_json::json!({"endpoint": e, "user": "u", "key": "k"}),
+            )
+        };
+        assert_eq!(s3("http://h:9000/x"), Ok(Some(("h".into(), 9000))));
+        assert_eq!(s3("https://h"), Ok(Some(("h".into(), 443))));
+        assert!(s3("file:///etc").is_err());
+        assert_eq!(sftp("h:2222"), Ok(Some(("h".into(), 2222))));
+        assert_eq!(sftp("ssh://[::1]:22"), Ok(Some(("::1".into(), 22))));
     }
 
     #[test]

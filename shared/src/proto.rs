@@ -116,7 +116,7 @@ impl FrameDecoder {
 
     /// The next complete message, `Ok(None)` when more bytes are needed. An oversized length
     /// is refused as soon as its prefix arrives, so the buffer never grows past the limit.
-    pub fn next<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ProtoError> {
+    pub fn decode<M: DeserializeOwned>(&mut self) -> Result<Option<M>, ProtoError> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -364,9 +364,9 @@ mod tests {
             d.push(&encode(&m).expect("encode"));
         }
         for m in sample_msgs() {
-            assert_eq!(d.next::<SpokeMsg>().expect("decode"), Some(m));
+            assert_eq!(d.decode::<SpokeMsg>().expect("decode"), Some(m));
         }
-        assert_eq!(d.next::<SpokeMsg>().expect("empty"), None);
+        assert_eq!(d.decode::<SpokeMsg>().expect("empty"), None);
         assert_eq!(d.buffered(), 0);
     }
 
@@ -388,7 +388,7 @@ mod tests {
         let mut d = FrameDecoder::new(16);
         d.push(&17u32.to_be_bytes());
         assert_eq!(
-            d.next::<SpokeMsg>(),
+            d.decode::<SpokeMsg>(),
             Err(ProtoError::TooLarge { len: 17, max: 16 })
         );
     }
@@ -399,11 +399,14 @@ mod tests {
         let body = br#"{"type":"launch_missiles"}"#;
         d.push(&(body.len() as u32).to_be_bytes());
         d.push(body);
-        assert!(matches!(d.next::<SpokeMsg>(), Err(ProtoError::Garbled(_))));
+        assert!(matches!(
+            d.decode::<SpokeMsg>(),
+            Err(ProtoError::Garbled(_))
+        ));
         let mut d = FrameDecoder::default();
         d.push(&3u32.to_be_bytes());
         d.push(b"{{{");
-        assert!(matches!(d.next::<HubMsg>(), Err(ProtoError::Garbled(_))));
+        assert!(matches!(d.decode::<HubMsg>(), Err(ProtoError::Garbled(_))));
     }
 
     #[test]
@@ -442,7 +445,7 @@ mod tests {
                 d.push(&rest[..take]);
                 rest = &rest[take..];
                 i += 1;
-                while let Some(m) = d.next::<SpokeMsg>().expect("decode") {
+                while let Some(m) = d.decode::<SpokeMsg>().expect("decode") {
                     out.push(m);
                 }
             }
@@ -455,7 +458,7 @@ mod tests {
             let mut d = FrameDecoder::new(1024);
             d.push(&bytes);
             for _ in 0..8 {
-                match d.next::<HubMsg>() {
+                match d.decode::<HubMsg>() {
                     Ok(Some(_)) => continue,
                     Ok(None) | Err(_) => break,
                 }

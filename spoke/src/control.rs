@@ -108,7 +108,7 @@ impl ControlStream {
 
     pub async fn recv(&mut self) -> anyhow::Result<HubMsg> {
         loop {
-            if let Some(m) = self.decoder.next::<HubMsg>()? {
+            if let Some(m) = self.decoder.decode::<HubMsg>()? {
                 return Ok(m);
             }
             match self.recv.read(&mut self.buf).await? {

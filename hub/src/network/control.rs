@@ -72,7 +72,7 @@ impl Stream {
 
     pub(crate) async fn recv(&mut self) -> Result<SpokeMsg, StreamError> {
         loop {
-            if let Some(m) = self.decoder.next::<SpokeMsg>()? {
+            if let Some(m) = self.decoder.decode::<SpokeMsg>()? {
                 return Ok(m);
             }
             match self.recv.read(&mut self.buf).await? {

@@ -208,7 +208,9 @@ impl Registry {
     pub fn choose(&self, region: Option<&str>, near: &[String], exclude: &[i64]) -> Option<Pick> {
         let now = Instant::now();
         let map = self.lock();
-        let mut best: Option<(i64, (u64, u8, u64, i64), &Connected)> = None;
+        // (id, ranking key: storage RTT ms, other region, busy slots, id; lower is better)
+        type Ranked<'a> = (i64, (u64, u8, u64, i64), &'a Connected);
+        let mut best: Option<Ranked<'_>> = None;
         for (id, c) in map.iter() {
             if exclude.contains(id) || !self.healthy(c, now) {
                 continue;

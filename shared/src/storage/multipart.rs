@@ -22,12 +22,15 @@ use rusty_s3::actions::{
 };
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::fmt;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 /// How long a presigned request stays valid. Each request is signed just before it is sent, so
 /// this only has to cover one request, including a slow part upload.
 const PRESIGN_EXPIRY: Duration = Duration::from_secs(3600);
-/// Connect and read timeout of the HTTP client, unless given.
+/// Longest silence of the server (see [`S3Multipart::with_io_timeout`]), unless given.
 const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest response body read into memory: an error document or one page of ListParts (at most
 /// 1,000 parts of a few hundred bytes each).
@@ -41,6 +44,9 @@ const MAX_LIST_PAGES: usize = 100;
 #[derive(Clone)]
 pub struct S3Multipart {
     http: reqwest::Client,
+    /// Longest silence of the server: before it answers, between reads of an answer, and while
+    /// it leaves a part body unread.
+    io_timeout: Duration,
     bucket: Bucket,
     credentials: Credentials,
     key: String,
@@ -63,7 +69,8 @@ impl S3Multipart {
         Self::with_io_timeout(settings, path, DEFAULT_IO_TIMEOUT)
     }
 
-    /// Like [`S3Multipart::for_settings`], with the connect and read timeout of the HTTP client.
+    /// Like [`S3Multipart::for_settings`], with the longest the server may stay silent (connect,
+    /// answer, reading a part body) before the request fails as unavailable.
     pub fn with_io_timeout(
         settings: &S3Settings,
         path: &StoragePath,
@@ -82,9 +89,11 @@ impl S3Multipart {
         )
         .map_err(|e| StorageError::InvalidSettings(format!("invalid S3 endpoint: {e:?}")))?;
         let key = object_key(settings.root.as_deref(), path)?;
+        // No client read timeout: reqwest's runs from the start of the request until the
+        // answer's headers, so it would also bound the upload of a (slow, rate limited) part.
+        // Silence is timed per request instead, see `upload_part` and `send`.
         let http = reqwest::Client::builder()
             .connect_timeout(io_timeout)
-            .read_timeout(io_timeout)
             // A presigned request is only valid for its own URL; a redirect elsewhere is either
             // a misconfiguration or an attempt to bounce us into another network.
             .redirect(reqwest::redirect::Policy::none())
@@ -92,6 +101,7 @@ impl S3Multipart {
             .map_err(|e| StorageError::InvalidSettings(e.to_string()))?;
         Ok(Self {
             http,
+            io_timeout,
             bucket,
             credentials: Credentials::new(&settings.access_key_id, &settings.secret_access_key),
             key,
@@ -127,14 +137,36 @@ impl S3Multipart {
             .bucket
             .upload_part(Some(&self.credentials), &self.key, part_number, upload_id)
             .sign(PRESIGN_EXPIRY);
+        let stall = Arc::new(Mutex::new(Some(Instant::now())));
+        let body = Watched {
+            inner: Box::pin(body),
+            waiting_since: stall.clone(),
+        };
         // With an explicit length hyper sends a plain body rather than chunked encoding, which
         // S3 refuses on presigned part uploads.
-        let req = self
+        let send = self
             .http
             .put(url)
             .header(header::CONTENT_LENGTH, len)
-            .body(reqwest::Body::wrap_stream(body));
-        let resp = req.send().await.map_err(|e| send_error("UploadPart", e))?;
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        tokio::pin!(send);
+        let mut tick = tokio::time::interval(watch_interval(self.io_timeout));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let resp = loop {
+            tokio::select! {
+                r = &mut send => break r.map_err(|e| send_error("UploadPart", e))?,
+                _ = tick.tick() => {
+                    let since = *lock(&stall);
+                    if since.is_some_and(|t| t.elapsed() > self.io_timeout) {
+                        return Err(StorageError::Unavailable(format!(
+                            "S3 UploadPart: the server was silent for more than {:?}",
+                            self.io_timeout
+                        )));
+                    }
+                }
+            }
+        };
         let status = resp.status();
         if !status.is_success() {
             return Err(self.failure("UploadPart", resp).await);
@@ -244,14 +276,48 @@ impl S3Multipart {
 
     /// Sends a request whose answer is a small document; returns the document on success.
     async fn send(&self, op: &str, req: reqwest::RequestBuilder) -> Result<String, StorageError> {
-        let resp = req.send().await.map_err(|e| send_error(op, e))?;
+        let resp = tokio::time::timeout(self.io_timeout, req.send())
+            .await
+            .map_err(|_| self.silent(op))?
+            .map_err(|e| send_error(op, e))?;
         if !resp.status().is_success() {
             return Err(self.failure(op, resp).await);
         }
-        let body = read_capped(resp)
-            .await
-            .map_err(|e| StorageError::Unavailable(format!("S3 {op}: {}", error_chain(&e))))?;
+        let body = self.read_capped(op, resp).await?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn silent(&self, op: &str) -> StorageError {
+        StorageError::Unavailable(format!(
+            "S3 {op}: the server was silent for more than {:?}",
+            self.io_timeout
+        ))
+    }
+
+    /// Reads an answer, keeping at most [`MAX_RESPONSE_BYTES`] and allowing the server
+    /// `io_timeout` between reads (S3 keeps a long CompleteMultipartUpload alive with spaces).
+    async fn read_capped(
+        &self,
+        op: &str,
+        mut resp: reqwest::Response,
+    ) -> Result<Vec<u8>, StorageError> {
+        let mut body = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(self.io_timeout, resp.chunk())
+                .await
+                .map_err(|_| self.silent(op))?
+                .map_err(|e| {
+                    StorageError::Unavailable(format!("S3 {op}: {}", error_chain(&e.without_url())))
+                })?;
+            let Some(chunk) = chunk else {
+                return Ok(body);
+            };
+            let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if room <= chunk.len() {
+                return Ok(body);
+            }
+        }
     }
 
     /// Turns an unsuccessful response into an error, with S3's code and message when present.
@@ -263,7 +329,7 @@ impl S3Multipart {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(3600)));
-        let body = read_capped(resp).await.unwrap_or_default();
+        let body = self.read_capped(op, resp).await.unwrap_or_default();
         let text = String::from_utf8_lossy(&body);
         s3_error(
             op,
@@ -423,17 +489,24 @@ fn s3_error(
     }
 }
 
-/// A request that got no answer: the network or the provider is at fault, or our own body
-/// stream failed (the part source broke off).
+/// A request that got no answer: our own body stream failed (interrupted), or the network or
+/// the provider is at fault (unavailable).
 fn send_error(op: &str, e: reqwest::Error) -> StorageError {
     // The presigned URL carries a signature that works for an hour: never show it.
     let e = e.without_url();
-    let detail = format!("S3 {op}: {}", error_chain(&e));
-    if e.is_body() || (e.is_request() && !e.is_connect() && !e.is_timeout()) {
-        StorageError::Interrupted(detail)
-    } else {
-        StorageError::Unavailable(detail)
+    // The part body's own failure (the source broke off, the copy was cancelled) travels down
+    // the chain of sources.
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(body) = s.downcast_ref::<StorageError>() {
+            return match body {
+                StorageError::Interrupted(why) => StorageError::Interrupted(why.clone()),
+                other => StorageError::Interrupted(other.to_string()),
+            };
+        }
+        source = s.source();
     }
+    StorageError::Unavailable(format!("S3 {op}: {}", error_chain(&e)))
 }
 
 fn bad_response(op: &str, e: impl fmt::Display) -> StorageError {
@@ -455,17 +528,36 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Reads a response body, refusing more than [`MAX_RESPONSE_BYTES`].
-async fn read_capped(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        let room = MAX_RESPONSE_BYTES.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
+/// A part body that notes when it waits on the server: from the moment it hands a piece over
+/// (or ends) until the HTTP client asks for the next one. While the body itself is producing
+/// (reading the source, waiting on the rate limiter) the server is not to blame.
+struct Watched {
+    inner: Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>,
+    waiting_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Stream for Watched {
+    type Item = Result<Bytes, StorageError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        *lock(&self.waiting_since) = None;
+        let next = self.inner.as_mut().poll_next(cx);
+        if next.is_ready() {
+            *lock(&self.waiting_since) = Some(Instant::now());
         }
+        next
     }
-    Ok(body)
+}
+
+/// How often an upload checks for a silent server: often enough to notice within a tenth of
+/// the timeout, at most once a second.
+fn watch_interval(io_timeout: Duration) -> Duration {
+    (io_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Locks a mutex whose data (a timestamp) stays valid even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -5,7 +5,11 @@
 //! - `transfer`: 2 GiB download and upload through the hub against nginx serving / accepting
 //!   the same file, with the hub's peak RSS sampled throughout.
 //!
-//! Run: `cargo build --release -p hub -p e2e && target/release/bench all` (as root, on a quiet
+//! - `offload`: copy a 2 GiB object between two S3 accounts (two moto servers) through a
+//!   spoke, against `rclone copyto` between the same two, with the bytes the hub process moved
+//!   (its read/write syscalls, `/proc/PID/io`) and the spoke's peak and idle RSS.
+//!
+//! Run: `cargo build --release -p hub -p spoke -p e2e && target/release/bench all` (as root, on a quiet
 //! machine). The hub runs as its own process (`hub dev`), from the same directory as this binary.
 
 #![allow(clippy::print_stdout)]
@@ -23,19 +27,22 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve-bare") => serve_bare(args.get(2).context("port")?.parse()?),
-        Some(which @ ("metadata" | "transfer" | "all")) => {
+        Some(which @ ("metadata" | "transfer" | "offload" | "all")) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
-                if which != "transfer" {
+                if matches!(which, "metadata" | "all") {
                     metadata().await?;
                 }
-                if which != "metadata" {
+                if matches!(which, "transfer" | "all") {
                     transfer().await?;
+                }
+                if matches!(which, "offload" | "all") {
+                    offload().await?;
                 }
                 anyhow::Ok(())
             })
         }
-        _ => bail!("usage: bench metadata|transfer|all"),
+        _ => bail!("usage: bench metadata|transfer|offload|all"),
     }
 }
 
@@ -406,5 +413,213 @@ async fn transfer() -> anyhow::Result<()> {
         u / nu,
         peak / 1024
     );
+    Ok(())
+}
+
+/// `(rchar + wchar)` of a process: every byte it passed through read/write syscalls, sockets
+/// included.
+fn io_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("rchar:") || l.starts_with("wchar:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn offload() -> anyhow::Result<()> {
+    use e2e::servers::S3Server;
+    use futures::StreamExt as _;
+    use shared::storage::{ConnectOptions, Connector, ServiceConfig, StoragePath};
+    const SIZE: u64 = 2 << 30;
+    const MIB: u64 = 1 << 20;
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (S3Server::start().await?, S3Server::start().await?);
+    a.create_bucket("src").await?;
+    b.create_bucket("dst").await?;
+    let creds = |s: &S3Server, bucket: &str| {
+        serde_json::json!({"bucket": bucket, "endpoint": s.endpoint(), "region": "us-east-1",
+            "access_key_id": s.access_key_id(), "secret_access_key": s.secret_access_key()})
+    };
+    let (ca, cb) = (creds(&a, "src"), creds(&b, "dst"));
+    let src = Connector::connect(
+        &ServiceConfig::from_parts("s3", ca.clone())?,
+        &ConnectOptions::default(),
+    )?;
+    let dst = Connector::connect(
+        &ServiceConfig::from_parts("s3", cb.clone())?,
+        &ConnectOptions::default(),
+    )?;
+    println!("offload: writing the 2 GiB source object");
+    let stream = futures::stream::iter(0..SIZE / MIB)
+        .map(|i| Ok::<_, String>(bytes::Bytes::from(e2e::pattern(MIB as usize, i))));
+    src.write(&StoragePath::parse("big.bin")?, Box::pin(stream))
+        .await?;
+
+    let hub = start_hub(&tmp.path().join("hub"), None).await?;
+    let dev: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(hub.dir.join("dev-credentials.json"))?)?;
+    let meta = dev["meta_token"].as_str().context("meta")?.to_owned();
+    let http = reqwest::Client::new();
+    let auth = format!("APIKey {}", hub.key);
+    let mut accounts = Vec::new();
+    for c in [&ca, &cb] {
+        let v: serde_json::Value = http
+            .post(format!("{}/v1/accounts", hub.base))
+            .header("Authorization", &auth)
+            .json(&serde_json::json!({"service": "s3", "account": "bench", "credentials": c}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        accounts.push(v["id"].as_i64().context("account id")?);
+    }
+    let token: serde_json::Value = http
+        .post(format!("{}/v1/network/spokes/tokens", hub.base))
+        .bearer_auth(&meta)
+        .json(&serde_json::json!({"region": "local"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let spoke_dir = tmp.path().join("spoke");
+    let st = Command::new(sibling("spoke")?)
+        .arg("enroll")
+        .arg(token["join"].as_str().context("join")?)
+        .arg("--data-dir")
+        .arg(&spoke_dir)
+        .stdout(Stdio::null())
+        .status()?;
+    anyhow::ensure!(st.success(), "spoke enroll failed");
+    let spoke = Proc(
+        Command::new(sibling("spoke")?)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(&spoke_dir)
+            .env("SWITCHYARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let spoke_pid = spoke.0.id();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle_rss = status_kib(spoke_pid, "VmRSS:");
+    let list: serde_json::Value = http
+        .get(format!(
+            "{}/v1/accounts/{}/storage/folders/root/contents",
+            hub.base, accounts[0]
+        ))
+        .header("Authorization", &auth)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let file = list["objects"][0]["id"]
+        .as_str()
+        .context("file id")?
+        .to_owned();
+    let rclone_env = |name: &str, s: &S3Server| -> Vec<(String, String)> {
+        let p = format!("RCLONE_CONFIG_{}_", name.to_uppercase());
+        vec![
+            (format!("{p}TYPE"), "s3".into()),
+            (format!("{p}PROVIDER"), "Other".into()),
+            (format!("{p}ENDPOINT"), s.endpoint()),
+            (format!("{p}ACCESS_KEY_ID"), s.access_key_id().into()),
+            (
+                format!("{p}SECRET_ACCESS_KEY"),
+                s.secret_access_key().into(),
+            ),
+            (format!("{p}REGION"), "us-east-1".into()),
+        ]
+    };
+    let gib = SIZE as f64 / (1u64 << 30) as f64;
+    let (mut ours, mut theirs, mut hub_share) = (vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        // Ours: a cross-account copy the hub offloads to the spoke.
+        let hub_io = io_bytes(hub.proc.0.id());
+        let t0 = Instant::now();
+        let v: serde_json::Value = http
+            .post(format!(
+                "{}/v1/accounts/{}/storage/files/{file}/copy",
+                hub.base, accounts[0]
+            ))
+            .header("Authorization", &auth)
+            .header("X-Kloudless-Async", "true")
+            .json(&serde_json::json!({"account": accounts[1], "parent_id": "root", "name": "ours.bin"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let tid = v["transfer"].as_i64().context("transfer")?;
+        let t = loop {
+            let t: serde_json::Value = http
+                .get(format!("{}/v1/transfers/{tid}", hub.base))
+                .header("Authorization", &auth)
+                .send()
+                .await?
+                .json()
+                .await?;
+            if t["state"] != "queued" && t["state"] != "running" {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            t["state"] == "done" && t["executor"] == "spoke",
+            "copy: {t}"
+        );
+        let moved = io_bytes(hub.proc.0.id()) - hub_io;
+        ours.push(gib / secs);
+        hub_share.push(moved as f64 / SIZE as f64 * 100.0);
+        dst.delete_file(&StoragePath::parse("ours.bin")?).await?;
+
+        // Baseline: rclone streaming between the two servers.
+        let t0 = Instant::now();
+        let st = Command::new("rclone")
+            .args([
+                "copyto",
+                "a:src/big.bin",
+                "b:dst/rclone.bin",
+                "--config",
+                "/dev/null",
+            ])
+            .envs(rclone_env("a", &a))
+            .envs(rclone_env("b", &b))
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "rclone copyto failed");
+        theirs.push(gib / t0.elapsed().as_secs_f64());
+        dst.delete_file(&StoragePath::parse("rclone.bin")?).await?;
+        println!(
+            "round {round}: spoke {:.3} GiB/s rclone {:.3} GiB/s | hub moved {:.3} % of the payload",
+            ours[round], theirs[round], hub_share[round]
+        );
+    }
+    let peak = status_kib(spoke_pid, "VmHWM:");
+    let (o, r) = (median(ours), median(theirs));
+    println!(
+        "offload (median of {ROUNDS}): spoke copy {o:.3} GiB/s vs rclone copyto {r:.3} GiB/s = {:.2}x | \
+         hub moved {:.3} % of the payload | spoke peak RSS {} MiB, idle RSS {} MiB",
+        o / r,
+        median(hub_share),
+        peak / 1024,
+        idle_rss / 1024
+    );
+    drop(spoke);
     Ok(())
 }

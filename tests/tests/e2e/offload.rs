@@ -446,3 +446,48 @@ async fn no_spoke_means_the_hub_does_it() {
     let on_disk = std::fs::read(fs_root.join("big.bin")).expect("copied file");
     assert_eq!(e2e::sha256_hex(&on_disk), s.sha);
 }
+
+/// A spoke that stops heartbeating (SIGSTOP) is marked unhealthy and gets no work; when it
+/// comes back (SIGCONT) it is healthy again and work goes to it.
+#[tokio::test]
+async fn silent_spoke_gets_no_work() {
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some(hub_yaml(None, 8)),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let root = tempfile::tempdir().expect("tmp");
+    let spoke = SpokeProc::start(&hub, root.path(), "quiet").await;
+    wait_healthy(&hub, spoke.id).await;
+    let s = setup(&hub, 24 * MIB).await;
+    let pid = spoke.child.id().expect("pid").to_string();
+    let signal = |sig: &str| {
+        let st = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    };
+    signal("-STOP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::spokes::spoke_view(&hub, spoke.id).await["status"]["healthy"] == true {
+        assert!(Instant::now() < deadline, "the silent spoke stayed healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = start_copy(&hub, &s).await;
+    let t = until(&hub, id, Duration::from_secs(60), "the copy", |t| {
+        t["state"] == "done"
+    })
+    .await;
+    assert_eq!(t["executor"], "hub", "{t}");
+    signal("-CONT");
+    wait_healthy(&hub, spoke.id).await;
+    let id = start_copy(&hub, &s).await;
+    let t = until(&hub, id, Duration::from_secs(60), "the copy", |t| {
+        t["state"] == "done"
+    })
+    .await;
+    assert_eq!(t["executor"], "spoke", "{t}");
+    assert_eq!(t["spoke"], spoke.id, "{t}");
+}

@@ -475,3 +475,72 @@ async fn stream_copy_to_local_disk() {
         Err(StorageError::NotFound)
     ));
 }
+
+/// `upload_part` blames the server only for its own silence: a slow body is fine, a server that
+/// stops reading fails the part as unavailable, and a failing body comes back as the
+/// interruption it reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn part_uploads_time_out_on_silence_only() {
+    let s3 = s3_with(&["silence"]).await;
+    let target = settings(&s3, "silence", None);
+    let io_timeout = Duration::from_millis(300);
+    let mp = S3Multipart::with_io_timeout(&target, &p("slow.bin"), io_timeout).expect("target");
+    let upload = mp.create().await.expect("create upload");
+
+    // Three pieces, 0.4 s apart: longer than the timeout, but the wait is the body's own.
+    let slow = futures::stream::unfold(0u8, |i| async move {
+        if i == 3 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Some((Ok(Bytes::from(vec![i; 1000])), i + 1))
+    });
+    let etag = mp
+        .upload_part(&upload, 1, 3000, slow)
+        .await
+        .expect("slow body");
+    assert_eq!(etag.len(), 32);
+
+    let broken = futures::stream::iter([
+        Ok(Bytes::from(vec![1u8; MIB])),
+        Err(StorageError::Interrupted("the source broke off".into())),
+    ]);
+    let failed = mp.upload_part(&upload, 2, 2 * MIB as u64, broken).await;
+    assert!(
+        matches!(&failed, Err(StorageError::Interrupted(m)) if m == "the source broke off"),
+        "{failed:?}"
+    );
+    mp.abort(&upload).await.expect("abort");
+
+    // A server that accepts the connection and never reads: once the socket buffers are full
+    // the body waits on the server, and the part fails soon after the timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let hold = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.expect("accept");
+        // Keep the connection open, unread, until the test ends.
+        std::future::pending::<()>().await;
+        drop(socket);
+    });
+    let deaf = S3Settings {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..target
+    };
+    let mp = S3Multipart::with_io_timeout(&deaf, &p("deaf.bin"), io_timeout).expect("target");
+    let block = Bytes::from(vec![0u8; MIB]);
+    let big = futures::stream::iter((0..256).map(move |_| Ok(block.clone())));
+    let started = Instant::now();
+    let stalled = mp.upload_part("upload", 1, 256 * MIB as u64, big).await;
+    assert!(
+        matches!(&stalled, Err(StorageError::Unavailable(m)) if m.contains("silent")),
+        "{stalled:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    hold.abort();
+}

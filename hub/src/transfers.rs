@@ -14,7 +14,7 @@ use crate::state::{now_ms, Account, AppState};
 use shared::proto::{Assignment, HubMsg, Location, SpokeMsg};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
-    choose_part_size, composite_sha256, copy_parts, copy_stream, plan_parts, CopyEvent,
+    choose_part_size, composite_sha256, copy_parts_from, copy_stream, plan_parts, CopyEvent,
     CopyOptions, PartDone,
 };
 use shared::storage::{ServiceConfig, StoragePath};
@@ -357,8 +357,9 @@ async fn run_inline(
         })
     };
     let result = match (upload_id, multipart_target(&dst.settings, &dst_path)?) {
-        (Some(upload_id), Some(mp)) => copy_parts(
+        (Some(upload_id), Some(mp)) => copy_parts_from(
             &src.connector,
+            multipart_target(&src.settings, &src_path)?.as_ref(),
             &src_path,
             &mp,
             &upload_id,

@@ -5,7 +5,7 @@
 use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
-    composite_sha256, copy_parts, copy_stream, CopyEvent, CopyOptions, PartDone,
+    composite_sha256, copy_parts_from, copy_stream, CopyEvent, CopyOptions, PartDone,
 };
 use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
 use std::collections::{HashMap, HashSet};
@@ -194,8 +194,13 @@ async fn run(
     let result = match (&a.upload_id, &a.dest.service) {
         (Some(upload_id), ServiceConfig::S3(s3)) => {
             let mp = S3Multipart::for_settings(s3, &dst_path)?;
-            let r = copy_parts(
+            let src_s3 = match &a.source.service {
+                ServiceConfig::S3(s) => Some(S3Multipart::for_settings(s, &src_path)?),
+                _ => None,
+            };
+            let r = copy_parts_from(
                 &src,
+                src_s3.as_ref(),
                 &src_path,
                 &mp,
                 upload_id,

@@ -350,10 +350,22 @@ impl Connector {
         range: Option<ByteRange>,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, StorageError>
     {
+        self.read_chunked(path, range, READ_CHUNK).await
+    }
+
+    /// Like [`Connector::read`], fetching at most `chunk` bytes per provider request (and
+    /// holding at most that much): transfers running many parts at once use small chunks.
+    pub async fn read_chunked(
+        &self,
+        path: &StoragePath,
+        range: Option<ByteRange>,
+        chunk: usize,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, StorageError>
+    {
         let reader = self
             .op
             .reader_with(path.file_key())
-            .chunk(READ_CHUNK)
+            .chunk(chunk.max(64 * 1024))
             .await?;
         let range = range.map_or(BytesRange::new(0, None), |r| {
             BytesRange::new(r.start, r.len)

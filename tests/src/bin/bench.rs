@@ -442,35 +442,70 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// An S3 API server over a directory (`s3s-fs`, `cargo install s3s-fs --features binary`):
+/// a bucket is a directory, so the 2 GiB source is written straight to disk.
+struct S3Fs {
+    _proc: Proc,
+    port: u16,
+    root: PathBuf,
+}
+
+impl S3Fs {
+    async fn start(root: PathBuf) -> anyhow::Result<S3Fs> {
+        std::fs::create_dir_all(&root)?;
+        let port = free_port();
+        let proc = Proc(
+            Command::new("s3s-fs")
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--access-key", "bench", "--secret-key", "bench-secret"])
+                .arg(&root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("s3s-fs (cargo install s3s-fs@0.14.1 --features binary)")?,
+        );
+        wait_port(port).await?;
+        Ok(S3Fs {
+            _proc: proc,
+            port,
+            root,
+        })
+    }
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 async fn offload() -> anyhow::Result<()> {
-    use e2e::servers::S3Server;
-    use futures::StreamExt as _;
-    use shared::storage::{ConnectOptions, Connector, ServiceConfig, StoragePath};
     const SIZE: u64 = 2 << 30;
     const MIB: u64 = 1 << 20;
-    let tmp = tempfile::tempdir()?;
-    let (a, b) = (S3Server::start().await?, S3Server::start().await?);
-    a.create_bucket("src").await?;
-    b.create_bucket("dst").await?;
-    let creds = |s: &S3Server, bucket: &str| {
+    let tmp = tempfile::Builder::new()
+        .prefix("switchyard-bench-")
+        .tempdir_in("/var/tmp")?;
+    let a = S3Fs::start(tmp.path().join("a")).await?;
+    let b = S3Fs::start(tmp.path().join("b")).await?;
+    std::fs::create_dir_all(a.root.join("src"))?;
+    std::fs::create_dir_all(b.root.join("dst"))?;
+    let creds = |s: &S3Fs, bucket: &str| {
         serde_json::json!({"bucket": bucket, "endpoint": s.endpoint(), "region": "us-east-1",
-            "access_key_id": s.access_key_id(), "secret_access_key": s.secret_access_key()})
+            "access_key_id": "bench", "secret_access_key": "bench-secret"})
     };
     let (ca, cb) = (creds(&a, "src"), creds(&b, "dst"));
-    let src = Connector::connect(
-        &ServiceConfig::from_parts("s3", ca.clone())?,
-        &ConnectOptions::default(),
-    )?;
-    let dst = Connector::connect(
-        &ServiceConfig::from_parts("s3", cb.clone())?,
-        &ConnectOptions::default(),
-    )?;
+    // Through the S3 API, so the server records the object's ETag (s3s-fs otherwise hashes the
+    // whole file on every ranged GET).
     println!("offload: writing the 2 GiB source object");
-    let stream = futures::stream::iter(0..SIZE / MIB)
-        .map(|i| Ok::<_, String>(bytes::Bytes::from(e2e::pattern(MIB as usize, i))));
-    src.write(&StoragePath::parse("big.bin")?, Box::pin(stream))
-        .await?;
-
+    {
+        use futures::StreamExt as _;
+        use shared::storage::{ConnectOptions, Connector, ServiceConfig, StoragePath};
+        let src = Connector::connect(
+            &ServiceConfig::from_parts("s3", ca.clone())?,
+            &ConnectOptions::default(),
+        )?;
+        let stream = futures::stream::iter(0..SIZE / MIB)
+            .map(|i| Ok::<_, String>(bytes::Bytes::from(e2e::pattern(MIB as usize, i))));
+        src.write(&StoragePath::parse("big.bin")?, Box::pin(stream))
+            .await?;
+    }
     let hub = start_hub(&tmp.path().join("hub"), None).await?;
     let dev: serde_json::Value =
         serde_json::from_slice(&std::fs::read(hub.dir.join("dev-credentials.json"))?)?;
@@ -532,17 +567,14 @@ async fn offload() -> anyhow::Result<()> {
         .as_str()
         .context("file id")?
         .to_owned();
-    let rclone_env = |name: &str, s: &S3Server| -> Vec<(String, String)> {
+    let rclone_env = |name: &str, s: &S3Fs| -> Vec<(String, String)> {
         let p = format!("RCLONE_CONFIG_{}_", name.to_uppercase());
         vec![
             (format!("{p}TYPE"), "s3".into()),
             (format!("{p}PROVIDER"), "Other".into()),
             (format!("{p}ENDPOINT"), s.endpoint()),
-            (format!("{p}ACCESS_KEY_ID"), s.access_key_id().into()),
-            (
-                format!("{p}SECRET_ACCESS_KEY"),
-                s.secret_access_key().into(),
-            ),
+            (format!("{p}ACCESS_KEY_ID"), "bench".into()),
+            (format!("{p}SECRET_ACCESS_KEY"), "bench-secret".into()),
             (format!("{p}REGION"), "us-east-1".into()),
         ]
     };
@@ -586,7 +618,9 @@ async fn offload() -> anyhow::Result<()> {
         let moved = io_bytes(hub.proc.0.id()) - hub_io;
         ours.push(gib / secs);
         hub_share.push(moved as f64 / SIZE as f64 * 100.0);
-        dst.delete_file(&StoragePath::parse("ours.bin")?).await?;
+        let copied = std::fs::metadata(b.root.join("dst/ours.bin"))?.len();
+        anyhow::ensure!(copied == SIZE, "copied {copied} bytes");
+        std::fs::remove_file(b.root.join("dst/ours.bin"))?;
 
         // Baseline: rclone streaming between the two servers.
         let t0 = Instant::now();
@@ -600,11 +634,13 @@ async fn offload() -> anyhow::Result<()> {
             ])
             .envs(rclone_env("a", &a))
             .envs(rclone_env("b", &b))
+            // rclone 1.60's S3 client cannot load a custom CA bundle with its own transport.
+            .env_remove("AWS_CA_BUNDLE")
             .stdout(Stdio::null())
             .status()?;
         anyhow::ensure!(st.success(), "rclone copyto failed");
         theirs.push(gib / t0.elapsed().as_secs_f64());
-        dst.delete_file(&StoragePath::parse("rclone.bin")?).await?;
+        std::fs::remove_file(b.root.join("dst/rclone.bin"))?;
         println!(
             "round {round}: spoke {:.3} GiB/s rclone {:.3} GiB/s | hub moved {:.3} % of the payload",
             ours[round], theirs[round], hub_share[round]

@@ -332,3 +332,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     state.db.close().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+    use std::time::Duration;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_ttl("600"), Ok(Duration::from_secs(600)));
+        assert!(parse_ttl("5y").is_err());
+        assert!(parse_ttl("10s").is_err(), "below a minute");
+        assert!(parse_ttl("31d").is_err(), "above 30 days");
+        assert!(parse_ttl("h").is_err());
+    }
+}

@@ -411,6 +411,23 @@ impl Config {
         {
             return Err(invalid("region", "must be letters, digits and '-'"));
         }
+        if let Some(l) = self.network.quic_listen {
+            if l.ip().is_unspecified() && self.network.quic_advertise.is_none() {
+                return Err(invalid(
+                    "network.quic_advertise",
+                    "required when network.quic_listen is a wildcard address: spokes need a \
+                     host:port they can dial",
+                ));
+            }
+        }
+        if let Some(a) = &self.network.quic_advertise {
+            let ok = a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                return Err(invalid("network.quic_advertise", "must be host:port"));
+            }
+        }
         if self.network.heartbeat_ms < 50 {
             return Err(invalid("network.heartbeat_ms", "must be at least 50"));
         }
@@ -534,5 +551,26 @@ mod tests {
         let e =
             Config::from_yaml("secrets:\n  master_key: short\n", env(&[])).expect_err("bad key");
         assert!(e.to_string().contains("secrets.master_key"), "{e}");
+    }
+
+    #[test]
+    fn network_and_offload_are_checked() {
+        let e = Config::from_yaml("network:\n  quic_listen: 0.0.0.0:7443\n", env(&[]))
+            .expect_err("wildcard without advertise");
+        assert!(e.to_string().contains("network.quic_advertise"), "{e}");
+        let c = Config::from_yaml(
+            "network:\n  quic_listen: 0.0.0.0:7443\n  quic_advertise: hub.example.net:7443\n",
+            env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(c.quic_advertise().as_deref(), Some("hub.example.net:7443"));
+        let e = Config::from_yaml("network:\n  quic_advertise: nope\n", env(&[]))
+            .expect_err("not host:port");
+        assert!(e.to_string().contains("network.quic_advertise"), "{e}");
+        let e =
+            Config::from_yaml("offload:\n  part_size: 1024\n", env(&[])).expect_err("tiny parts");
+        assert!(e.to_string().contains("offload.part_size"), "{e}");
+        let c = Config::from_yaml("network:\n  quic_listen: null\n", env(&[])).expect("off");
+        assert_eq!(c.quic_advertise(), None);
     }
 }

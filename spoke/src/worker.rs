@@ -186,6 +186,7 @@ async fn run(
     let (tx, rx) = mpsc::unbounded_channel();
     let forward = tokio::spawn(forward_events(
         a.transfer_id,
+        a.size,
         base,
         rx,
         report.clone(),
@@ -259,6 +260,7 @@ async fn run(
 /// Turns engine events into reports; returns the parts that completed.
 async fn forward_events(
     transfer_id: i64,
+    total: u64,
     base: u64,
     mut rx: mpsc::UnboundedReceiver<CopyEvent>,
     report: UnboundedSender<SpokeMsg>,
@@ -295,7 +297,8 @@ async fn forward_events(
             let _ = report.send(SpokeMsg::Progress {
                 transfer_id,
                 // Never below what is durable, never above what was sent.
-                bytes_done: (base + moved).max(durable),
+                // Retried attempts count again, so cap at what the object holds.
+                bytes_done: (base + moved).max(durable).min(total),
                 bytes_per_sec: (moved as f64 / secs) as u64,
             });
         }

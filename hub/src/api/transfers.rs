@@ -75,7 +75,7 @@ pub async fn transfer_view(state: &AppState, t: TransferRecord) -> ApiResult<Tra
     };
     let running = t.state == "running";
     let (bytes_done, rate) = match state.transfers.live(t.id) {
-        Some((b, r)) if running => (b.max(t.bytes_done as u64), r),
+        Some((b, r)) if running => (b.max(t.bytes_done as u64).min(t.size as u64), r),
         _ => (t.bytes_done as u64, 0),
     };
     let total = t.size as u64;

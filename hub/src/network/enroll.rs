@@ -276,3 +276,30 @@ fn parse_advertise(a: &str) -> Option<String> {
     }
     Some(host.to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_advertise_addresses() {
+        for ok in ["eu-west", "us_east.1", "a"] {
+            assert!(valid_label(ok), "{ok}");
+        }
+        for bad in ["", "has space", "ünï", &"x".repeat(64), "a/b"] {
+            assert!(!valid_label(bad), "{bad}");
+        }
+        assert_eq!(
+            parse_advertise("10.0.0.5:9443").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(parse_advertise("[::1]:9443").as_deref(), Some("::1"));
+        assert_eq!(
+            parse_advertise("spoke1.example.net:443").as_deref(),
+            Some("spoke1.example.net")
+        );
+        for bad in ["spoke1", "host:port", ":443", "a b:1", "h:99999"] {
+            assert_eq!(parse_advertise(bad), None, "{bad}");
+        }
+    }
+}

@@ -191,6 +191,25 @@ pub enum HubMsg {
     Assign(Box<Assignment>),
     /// Stop a transfer now.
     Cancel { transfer_id: i64 },
+    /// Serve one client-direct upload or download on the data endpoint until it expires.
+    Grant(Box<Grant>),
+}
+
+/// A client-direct data grant: the spoke accepts `method` on `/v1/data/{grant_id}` with a URL
+/// signed over the same claims (`shared::auth::DataClaims`) by the key in [`Welcome`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grant {
+    pub grant_id: String,
+    /// `GET` or `PUT`.
+    pub method: String,
+    pub account: i64,
+    pub location: Location,
+    /// The object id the file has (or will have) in the API, for the upload's answer.
+    pub file_id: String,
+    /// Unix seconds.
+    pub expires: i64,
+    /// Largest upload accepted, bytes (0: no limit).
+    pub max_bytes: u64,
 }
 
 /// Join request: the token from the join string and a CSR for the spoke's own key.
@@ -265,6 +284,10 @@ pub struct Hello {
 pub struct Welcome {
     pub hub_region: String,
     pub settings: SpokeSettings,
+    /// This spoke's key for verifying signed data URLs (base64url of 32 bytes), derived by the
+    /// hub per spoke; absent from hubs that do not hand out data URLs.
+    #[serde(default)]
+    pub data_key: Option<Redacted>,
 }
 
 /// Load and measurements.

@@ -232,6 +232,7 @@ async fn control(
         .send(&HubMsg::Welcome(Welcome {
             hub_region: state.config.region.clone(),
             settings: super::enroll::spoke_settings(&state),
+            data_key: None,
         }))
         .await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<HubMsg>();

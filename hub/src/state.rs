@@ -54,6 +54,8 @@ pub struct HubState {
     pub connect_options: ConnectOptions,
     /// Canonical forms of `storage.fs.allowed_roots`.
     pub fs_roots: Vec<PathBuf>,
+    /// Root of the per-spoke keys that sign data URLs.
+    pub spoke_data: Tagger,
     /// The spoke network: CA, connected spokes.
     pub network: crate::network::Network,
     /// Live state of transfers run or watched by this hub.
@@ -100,6 +102,7 @@ impl HubState {
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
             metrics: Metrics::default(),
             fs_roots,
+            spoke_data: Tagger::new(master.derive("spoke-data")),
             network,
             transfers: crate::transfers::TransferBook::default(),
             principals: TtlCache::new(CACHE_TTL, CACHE_CAPACITY),
@@ -187,6 +190,13 @@ impl HubState {
             settings,
             connector,
         })
+    }
+}
+
+impl HubState {
+    /// The key spoke `id` verifies data URLs with (the hub signs with the same).
+    pub fn spoke_data_key(&self, id: i64) -> [u8; 32] {
+        self.spoke_data.tag(&[b"spoke-data-key", &id.to_be_bytes()])
     }
 }
 

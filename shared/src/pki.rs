@@ -220,6 +220,23 @@ pub fn hub_server_config(
     Ok(cfg)
 }
 
+/// A spoke's data endpoint TLS config: its enrolled certificate (which carries ServerAuth and
+/// its advertised host) plus the CA, so clients that trust the network CA can verify it.
+pub fn spoke_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let mut chain = certs(cert_pem)?;
+    chain.extend(certs(ca_pem)?);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key(key_pem)?)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
 /// An enrolled spoke's TLS config: trusts only the network CA, presents its certificate.
 pub fn spoke_client_config(
     ca_pem: &str,

@@ -160,11 +160,34 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(spoke_id = ident.config.spoke_id, name = %ident.config.name,
                    region = %ident.config.region, hubs = ident.config.hubs.len(), "spoke starting");
     let probes = tokio::spawn(worker::probe_loop(jobs.clone(), shutdown.clone()));
+    let grants = Arc::new(crate::data::Grants::default());
+    let data = match &ident.config.advertise {
+        Some(a) => {
+            let listen: SocketAddr = a.parse().with_context(|| {
+                format!("advertise {a:?} must be ip:port to serve the data endpoint")
+            })?;
+            let tls =
+                shared::pki::spoke_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)?;
+            let app = crate::data::router(grants.clone(), opts.data_dir.join("scratch"));
+            Some(tokio::spawn(crate::data::serve(
+                listen,
+                tls,
+                app,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut sessions = tokio::task::JoinSet::new();
     for hub in ident.config.hubs.clone() {
-        let (ident, jobs, shutdown, opts) =
-            (ident.clone(), jobs.clone(), shutdown.clone(), opts.clone());
-        sessions.spawn(async move { hub_loop(hub, ident, jobs, opts, shutdown).await });
+        let (ident, jobs, shutdown, opts, grants) = (
+            ident.clone(),
+            jobs.clone(),
+            shutdown.clone(),
+            opts.clone(),
+            grants.clone(),
+        );
+        sessions.spawn(async move { hub_loop(hub, ident, jobs, grants, opts, shutdown).await });
     }
     let mut fatal = Vec::new();
     while let Some(r) = sessions.join_next().await {
@@ -173,6 +196,9 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         }
     }
     probes.abort();
+    if let Some(d) = data {
+        d.abort();
+    }
     jobs.cancel_all();
     if shutdown.is_cancelled() {
         return Ok(());
@@ -185,6 +211,7 @@ async fn hub_loop(
     hub: HubInfo,
     ident: Arc<Identity>,
     jobs: Arc<Jobs>,
+    grants: Arc<crate::data::Grants>,
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -192,7 +219,7 @@ async fn hub_loop(
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(&hub, &ident, &jobs, &opts, &shutdown) => r,
+            r = session(&hub, &ident, &jobs, &grants, &opts, &shutdown) => r,
             () = shutdown.cancelled() => return Ok(()),
         };
         match result {
@@ -222,6 +249,7 @@ async fn session(
     hub: &HubInfo,
     ident: &Identity,
     jobs: &Arc<Jobs>,
+    grants: &crate::data::Grants,
     opts: &RunOptions,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -257,6 +285,9 @@ async fn session(
             Err(e) => return Err(closed_reason(&conn).unwrap_or(e)),
         };
         tracing::info!(hub = %hub.quic, region = %welcome.hub_region, "connected to hub");
+        if let Some(k) = &welcome.data_key {
+            grants.set_key(&k.0);
+        }
         let session_jobs = CancellationToken::new();
         let (tx, mut rx) = mpsc::unbounded_channel::<SpokeMsg>();
         let mut tick = tokio::time::interval(Duration::from_millis(welcome.settings.heartbeat_ms.max(50)));
@@ -283,6 +314,7 @@ async fn session(
                         jobs.start(*a, welcome.settings.clone(), tx.clone(), session_jobs.child_token());
                     }
                     Ok(HubMsg::Cancel { transfer_id }) => jobs.cancel(transfer_id),
+                    Ok(HubMsg::Grant(g)) => grants.add(*g),
                     Ok(HubMsg::Refused { code, message }) if code == "revoked" => {
                         break Err(anyhow::Error::new(Fatal(message)));
                     }

@@ -6,5 +6,6 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod data;
 pub mod enroll;
 pub mod worker;

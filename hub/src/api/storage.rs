@@ -31,6 +31,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(folder_contents))
         .routes(routes!(copy_folder))
         .routes(routes!(upload_file))
+        .routes(routes!(upload_url))
         .routes(routes!(get_file, replace_file, patch_file, delete_file))
         .routes(routes!(download_file))
         .routes(routes!(copy_file))
@@ -619,6 +620,125 @@ async fn delete_file(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A request for a client-direct upload URL.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UploadUrlRequest {
+    parent_id: String,
+    name: String,
+    /// Seconds the URL stays valid (1 to 86400; default 3600).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
+    expires_in: Option<u64>,
+}
+
+/// A client-direct upload URL.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct UploadUrl {
+    /// `PUT` (or `POST`) the raw bytes here; no Authorization header is needed.
+    url: String,
+    /// The id the file will have.
+    id: String,
+    expires: String,
+}
+
+/// Registers a single-purpose grant on a spoke with a data endpoint and returns the signed URL
+/// and its expiry (Unix seconds), or `None` when no such spoke is healthy.
+async fn direct_url(
+    state: &AppState,
+    a: &Account,
+    path: &StoragePath,
+    method: &str,
+    ttl_secs: u64,
+) -> Option<(String, i64)> {
+    let (spoke, addr) = state.network.registry.choose_data(&state.config.region)?;
+    let grant_id = format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    let expires = crate::state::now_ms() / 1000 + ttl_secs as i64;
+    let grant = shared::proto::Grant {
+        grant_id: grant_id.clone(),
+        method: method.to_owned(),
+        account: a.id(),
+        location: shared::proto::Location {
+            service: a.settings.clone(),
+            path: path.as_str().to_owned(),
+        },
+        file_id: state.ids.encode(a.id(), EntryKind::File, path),
+        expires,
+        max_bytes: state.config.limits.max_upload_bytes,
+    };
+    if !state
+        .network
+        .registry
+        .send(spoke, shared::proto::HubMsg::Grant(Box::new(grant)))
+    {
+        return None;
+    }
+    let claims = shared::auth::DataClaims {
+        method,
+        grant: &grant_id,
+        account: a.id(),
+        target: path.as_str(),
+        expires,
+    };
+    let sig = shared::auth::sign_data(
+        &shared::auth::Tagger::new(state.spoke_data_key(spoke)),
+        &claims,
+    );
+    Some((
+        format!("https://{addr}/v1/data/{grant_id}?exp={expires}&sig={sig}"),
+        expires,
+    ))
+}
+
+/// Get a URL a client uploads a file to directly (served by a spoke near the storage, so the
+/// bytes never pass through a hub). The URL is signed, expiring and good for one upload.
+#[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files/upload_url", tag = "storage",
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$")),
+    request_body = UploadUrlRequest,
+    responses((status = 200, body = UploadUrl), (status = 503, body = crate::error::ErrorBody), CommonErrors))]
+async fn upload_url(
+    caller: Caller,
+    State(state): State<AppState>,
+    ApiPath(acc): ApiPath<String>,
+    ApiJson(body): ApiJson<UploadUrlRequest>,
+) -> ApiResult<Json<UploadUrl>> {
+    let ttl = body.expires_in.unwrap_or(3600);
+    if !(1..=86_400).contains(&ttl) {
+        return Err(ApiError::bad_request(
+            "`expires_in` must be between 1 and 86400",
+        ));
+    }
+    let a = account(&state, &caller, &acc).await?;
+    let parent = folder_path(&state, &a, &body.parent_id)?;
+    a.connector
+        .stat_folder(&parent)
+        .await
+        .map_err(not_found_as("parent folder"))?;
+    let mut target = parent.join(&body.name)?;
+    if a.connector.exists(&target).await? {
+        target = free_name(&a, &parent, &body.name).await?;
+    }
+    let (url, expires) = direct_url(&state, &a, &target, "PUT", ttl)
+        .await
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_data_spoke",
+                "no spoke with a data endpoint is available; upload through \
+             POST /v1/accounts/{acc}/storage/files instead",
+            )
+        })?;
+    Ok(Json(UploadUrl {
+        url,
+        id: state.ids.encode(a.id(), EntryKind::File, &target),
+        expires: crate::model::rfc3339(expires * 1000),
+    }))
+}
+
 /// Query of a copy.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -748,6 +868,7 @@ pub(crate) async fn transferred_object(
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
               (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
               (status = 304, description = "Not modified"),
+              (status = 307, description = "Large file: fetch it from the spoke at `Location`"),
               (status = 416, body = crate::error::ErrorBody), CommonErrors))]
 async fn download_file(
     caller: Caller,
@@ -762,6 +883,14 @@ async fn download_file(
         .stat_file(&path)
         .await
         .map_err(not_found_as("file"))?;
+    // Large whole-file downloads go straight to a spoke near the storage.
+    if e.size >= state.config.offload.threshold && !headers.contains_key(header::RANGE) {
+        if let Some((url, _)) = direct_url(&state, &a, &path, "GET", 600).await {
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            insert(&mut r, header::LOCATION, &url);
+            return Ok(r);
+        }
+    }
     let etag = format!(
         "\"{}\"",
         e.etag

@@ -232,12 +232,17 @@ async fn control(
         .send(&HubMsg::Welcome(Welcome {
             hub_region: state.config.region.clone(),
             settings: super::enroll::spoke_settings(&state),
-            data_key: None,
+            data_key: Some(shared::proto::Redacted({
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(state.spoke_data_key(spoke.id))
+            })),
         }))
         .await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<HubMsg>();
     let session = state.network.registry.insert(
         spoke.id,
+        spoke.advertise.clone(),
         &spoke.name,
         &spoke.region,
         hello.slots.max(1),

@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 #[derive(Debug)]
 struct Connected {
     name: String,
+    /// The data endpoint (`host:port`), when the spoke serves one.
+    advertise: Option<String>,
     region: String,
     session: u64,
     conn: quinn::Connection,
@@ -80,6 +82,7 @@ impl Registry {
     pub fn insert(
         &self,
         spoke_id: i64,
+        advertise: Option<String>,
         name: &str,
         region: &str,
         slots: u32,
@@ -93,6 +96,7 @@ impl Registry {
         let old = self.lock().insert(
             spoke_id,
             Connected {
+                advertise,
                 name: name.to_owned(),
                 region: region.to_owned(),
                 session,
@@ -242,6 +246,22 @@ impl Registry {
             region: c.region.clone(),
             tx: c.tx.clone(),
         })
+    }
+
+    /// A healthy spoke with a data endpoint for client-direct transfers: same region first,
+    /// then least busy. Returns `(spoke id, host:port)`.
+    pub fn choose_data(&self, region: &str) -> Option<(i64, String)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, c)| self.healthy(c, now))
+            .filter_map(|(id, c)| {
+                let a = c.advertise.clone()?;
+                let key = (u8::from(c.region != region), c.load.active_jobs, *id);
+                Some((key, *id, a))
+            })
+            .min_by_key(|(k, _, _)| *k)
+            .map(|(_, id, a)| (id, a))
     }
 
     /// Names of connected spokes (for logs).

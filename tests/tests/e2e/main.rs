@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod connectors;
 mod database;
+mod direct;
 mod docs;
 mod network;
 mod offload;

@@ -45,7 +45,6 @@ pub fn text(b: &[u8]) -> String {
 pub struct SpokeProc {
     pub child: tokio::process::Child,
     /// The spoke's data dir.
-    #[allow(dead_code)]
     pub dir: PathBuf,
     pub id: i64,
     pub log: PathBuf,
@@ -63,9 +62,22 @@ impl SpokeProc {
         name: &str,
         run_args: &[&str],
     ) -> SpokeProc {
+        Self::start_full(hub, root, name, &[], run_args).await
+    }
+
+    /// Enrolls with extra `enroll_args` (e.g. `--advertise`) and starts it.
+    pub async fn start_full(
+        hub: &TestHub,
+        root: &Path,
+        name: &str,
+        enroll_args: &[&str],
+        run_args: &[&str],
+    ) -> SpokeProc {
         let dir = root.join(name);
         let join = join_token(hub, &hub.state.config.region).await;
-        let o = enroll(&join, &dir, &["--name", name]).await;
+        let mut args = vec!["--name", name];
+        args.extend_from_slice(enroll_args);
+        let o = enroll(&join, &dir, &args).await;
         assert!(o.status.success(), "enroll: {}", text(&o.stderr));
         let id: i64 = text(&o.stdout)
             .split_whitespace()

@@ -37,16 +37,33 @@ async fn write_object(c: &Connector, path: &str, size: u64, seed: u64) -> String
     sha_of(c, path).await
 }
 
+/// SHA-256 of an object as the store serves it. Moto sometimes drops a connection when the
+/// machine is loaded; a read that fails that way is retried (a missing object is not).
 async fn sha_of(c: &Connector, path: &str) -> String {
-    let mut s = c
-        .read(&StoragePath::parse(path).expect("path"), None)
-        .await
-        .expect("read");
+    let p = StoragePath::parse(path).expect("path");
+    let mut last = String::new();
+    for _ in 0..5 {
+        match try_sha(c, &p).await {
+            Ok(h) => return h,
+            Err(shared::storage::StorageError::NotFound) => panic!("{path} does not exist"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("reading {path} kept failing: {last}")
+}
+
+async fn try_sha(c: &Connector, p: &StoragePath) -> Result<String, shared::storage::StorageError> {
+    let mut s = c.read(p, None).await?;
     let mut h = Sha256::new();
-    while let Some(chunk) = s.try_next().await.expect("chunk") {
+    while let Some(chunk) = s
+        .try_next()
+        .await
+        .map_err(|e| shared::storage::StorageError::Interrupted(e.to_string()))?
+    {
         h.update(&chunk);
     }
-    hex::encode(h.finalize())
+    Ok(hex::encode(h.finalize()))
 }
 
 struct Setup {

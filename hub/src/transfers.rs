@@ -42,7 +42,8 @@ pub struct TransferBook {
 struct Live {
     bytes_done: u64,
     bytes_per_sec: u64,
-    persisted: Instant,
+    /// When progress was last written to the database.
+    persisted: Option<Instant>,
 }
 
 impl Default for TransferBook {
@@ -457,12 +458,14 @@ async fn progress(state: &AppState, id: i64, bytes_done: u64, bytes_per_sec: u64
         let e = live.entry(id).or_insert(Live {
             bytes_done,
             bytes_per_sec,
-            persisted: Instant::now() - Duration::from_secs(10),
+            persisted: None,
         });
         e.bytes_done = bytes_done;
         e.bytes_per_sec = bytes_per_sec;
-        if e.persisted.elapsed() >= Duration::from_secs(1) {
-            e.persisted = Instant::now();
+        if e.persisted
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            e.persisted = Some(Instant::now());
             true
         } else {
             false
@@ -565,9 +568,10 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
 
 /// A spoke connected (or reconnected): the transfers it still runs stay with it.
 pub fn spoke_ready(state: &AppState, spoke_id: i64, running: &[i64]) {
-    for _ in running {
-        state.network.registry.note_assigned(spoke_id, 1);
-    }
+    state
+        .network
+        .registry
+        .note_assigned(spoke_id, running.len() as isize);
 }
 
 /// A spoke's connection ended: its transfers go back to the queue and on to another executor.

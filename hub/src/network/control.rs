@@ -243,7 +243,6 @@ async fn control(
     let session = state.network.registry.insert(
         spoke.id,
         spoke.advertise.clone(),
-        &spoke.name,
         &spoke.region,
         hello.slots.max(1),
         conn.clone(),

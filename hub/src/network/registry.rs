@@ -10,7 +10,6 @@ use tokio::sync::mpsc;
 /// A live control connection.
 #[derive(Debug)]
 struct Connected {
-    name: String,
     /// The data endpoint (`host:port`), when the spoke serves one.
     advertise: Option<String>,
     region: String,
@@ -78,12 +77,10 @@ impl Registry {
 
     /// Registers a connection; a previous connection of the same spoke is closed. Returns the
     /// session number that [`Registry::remove`] must present.
-    #[allow(clippy::too_many_arguments)]
     pub fn insert(
         &self,
         spoke_id: i64,
         advertise: Option<String>,
-        name: &str,
         region: &str,
         slots: u32,
         conn: quinn::Connection,
@@ -97,7 +94,6 @@ impl Registry {
             spoke_id,
             Connected {
                 advertise,
-                name: name.to_owned(),
                 region: region.to_owned(),
                 session,
                 conn,
@@ -173,16 +169,6 @@ impl Registry {
     /// Connected spoke ids (healthy or not).
     pub fn connected_ids(&self) -> Vec<i64> {
         self.lock().keys().copied().collect()
-    }
-
-    /// Healthy spoke ids.
-    pub fn healthy_ids(&self) -> Vec<i64> {
-        let now = Instant::now();
-        self.lock()
-            .iter()
-            .filter(|(_, c)| self.healthy(c, now))
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// Live status of one spoke.
@@ -262,10 +248,5 @@ impl Registry {
             })
             .min_by_key(|(k, _, _)| *k)
             .map(|(_, id, a)| (id, a))
-    }
-
-    /// Names of connected spokes (for logs).
-    pub fn name_of(&self, spoke_id: i64) -> Option<String> {
-        self.lock().get(&spoke_id).map(|c| c.name.clone())
     }
 }

@@ -129,7 +129,19 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
         .json()
         .await
         .expect("json");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let exp: u64 = u["url"]
+        .as_str()
+        .and_then(|url| url.split("exp=").nth(1))
+        .and_then(|r| r.split('&').next())
+        .and_then(|e| e.parse().ok())
+        .expect("exp");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    e2e::assert_eventually!(now() > exp, Duration::from_secs(5), "the URL to expire");
     let r = client
         .put(u["url"].as_str().expect("url"))
         .body("late")

@@ -192,19 +192,25 @@ fn hub_yaml_grace(rate: Option<u64>, part_mib: u64, grace_secs: u64) -> String {
     y
 }
 
-/// 256 MiB between two S3 accounts, moved by a spoke: byte-identical, with a checksum, and the
-/// task API reports it.
-#[tokio::test]
-async fn offloaded_copy_is_byte_identical() {
+/// A hub with `yaml` and one enrolled, healthy spoke called `name`.
+async fn hub_with_spoke(yaml: String, name: &str) -> (TestHub, tempfile::TempDir, SpokeProc) {
     let hub = TestHub::start_with(HubOptions {
-        yaml: Some(hub_yaml(None, 16)),
+        yaml: Some(yaml),
         ..Default::default()
     })
     .await
     .expect("hub");
     let root = tempfile::tempdir().expect("tmp");
-    let spoke = SpokeProc::start(&hub, root.path(), "s1").await;
+    let spoke = SpokeProc::start(&hub, root.path(), name).await;
     wait_healthy(&hub, spoke.id).await;
+    (hub, root, spoke)
+}
+
+/// 256 MiB between two S3 accounts, moved by a spoke: byte-identical, with a checksum, and the
+/// task API reports it.
+#[tokio::test]
+async fn offloaded_copy_is_byte_identical() {
+    let (hub, _root, spoke) = hub_with_spoke(hub_yaml(None, 16), "s1").await;
     let s = setup(&hub, 256 * MIB).await;
     let id = start_copy(&hub, &s).await;
     let t = until(&hub, id, Duration::from_secs(240), "the copy", |t| {
@@ -259,15 +265,7 @@ async fn offloaded_copy_is_byte_identical() {
 /// the parts that were not durable yet; the result is byte-identical.
 #[tokio::test]
 async fn spoke_killed_halfway_resumes_on_another_spoke() {
-    let hub = TestHub::start_with(HubOptions {
-        yaml: Some(hub_yaml(Some(48 * MIB), 8)),
-        ..Default::default()
-    })
-    .await
-    .expect("hub");
-    let root = tempfile::tempdir().expect("tmp");
-    let mut a = SpokeProc::start(&hub, root.path(), "a").await;
-    wait_healthy(&hub, a.id).await;
+    let (hub, root, mut a) = hub_with_spoke(hub_yaml(Some(48 * MIB), 8), "a").await;
     let s = setup(&hub, 256 * MIB).await;
     let id = start_copy(&hub, &s).await;
     let t = until(
@@ -355,15 +353,7 @@ async fn hub_restart_mid_transfer_completes() {
 /// the destination upload is aborted (no object appears).
 #[tokio::test]
 async fn progress_and_cancel() {
-    let hub = TestHub::start_with(HubOptions {
-        yaml: Some(hub_yaml(Some(16 * MIB), 8)),
-        ..Default::default()
-    })
-    .await
-    .expect("hub");
-    let root = tempfile::tempdir().expect("tmp");
-    let spoke = SpokeProc::start(&hub, root.path(), "s").await;
-    wait_healthy(&hub, spoke.id).await;
+    let (hub, _root, spoke) = hub_with_spoke(hub_yaml(Some(16 * MIB), 8), "s").await;
     let s = setup(&hub, 96 * MIB).await;
     let id = start_copy(&hub, &s).await;
     until(&hub, id, Duration::from_secs(30), "progress", |t| {
@@ -468,15 +458,7 @@ async fn no_spoke_means_the_hub_does_it() {
 /// comes back (SIGCONT) it is healthy again and work goes to it.
 #[tokio::test]
 async fn silent_spoke_gets_no_work() {
-    let hub = TestHub::start_with(HubOptions {
-        yaml: Some(hub_yaml(None, 8)),
-        ..Default::default()
-    })
-    .await
-    .expect("hub");
-    let root = tempfile::tempdir().expect("tmp");
-    let spoke = SpokeProc::start(&hub, root.path(), "quiet").await;
-    wait_healthy(&hub, spoke.id).await;
+    let (hub, _root, spoke) = hub_with_spoke(hub_yaml(None, 8), "quiet").await;
     let s = setup(&hub, 24 * MIB).await;
     let pid = spoke.child.id().expect("pid").to_string();
     let signal = |sig: &str| {

@@ -104,6 +104,14 @@ pub struct OffloadConfig {
     /// transfers itself, in seconds.
     #[serde(default = "default_grace")]
     pub startup_grace_secs: u64,
+    /// Let a spoke near the source relay the bytes to the spoke near the destination when they
+    /// differ (spoke↔spoke over QUIC).
+    #[serde(default = "default_true")]
+    pub relay: bool,
+    /// Congestion controller of relay connections: `cubic`, `bbr` (keeps its rate under random
+    /// loss on long paths) or `new_reno`.
+    #[serde(default)]
+    pub congestion: shared::quic::Congestion,
 }
 
 impl Default for OffloadConfig {
@@ -115,10 +123,15 @@ impl Default for OffloadConfig {
             max_jobs_per_spoke: default_max_jobs(),
             spoke_rate_limit: None,
             startup_grace_secs: default_grace(),
+            relay: true,
+            congestion: shared::quic::Congestion::default(),
         }
     }
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_quic_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 7443)))
 }
@@ -570,6 +583,11 @@ mod tests {
         let e =
             Config::from_yaml("offload:\n  part_size: 1024\n", env(&[])).expect_err("tiny parts");
         assert!(e.to_string().contains("offload.part_size"), "{e}");
+        let e = Config::from_yaml("offload:\n  congestion: vegas\n", env(&[]))
+            .expect_err("unknown controller");
+        assert!(e.to_string().contains("offload.congestion"), "{e}");
+        let c = Config::from_yaml("offload:\n  congestion: bbr\n", env(&[])).expect("bbr");
+        assert_eq!(c.offload.congestion, shared::quic::Congestion::Bbr);
         let c = Config::from_yaml("network:\n  quic_listen: null\n", env(&[])).expect("off");
         assert_eq!(c.quic_advertise(), None);
     }

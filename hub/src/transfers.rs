@@ -11,7 +11,7 @@
 use crate::db::{NewTransfer, TransferRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, Account, AppState};
-use shared::proto::{Assignment, HubMsg, Location, SpokeMsg};
+use shared::proto::{Assignment, HubMsg, Location, RelayFrom, SpokeMsg};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
     choose_part_size, composite_sha256, copy_parts_from, copy_stream, plan_parts, CopyEvent,
@@ -27,6 +27,10 @@ use tokio_util::sync::CancellationToken;
 const MAX_ATTEMPTS: i64 = 6;
 /// How often the scheduler looks at queued and running transfers.
 const TICK: Duration = Duration::from_millis(500);
+/// How long a new transfer waits for spokes to measure storage endpoints they have not seen.
+const PROBE_WAIT: Duration = Duration::from_secs(4);
+/// Validity of a relay grant (a re-dispatch makes a new one).
+const RELAY_GRANT: Duration = Duration::from_secs(6 * 3600);
 
 /// In-memory view of running transfers (progress between database writes, inline tasks).
 #[derive(Debug)]
@@ -189,14 +193,33 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
             upload_id = Some(id_);
         }
     }
-    let near: Vec<String> = [endpoint_of(&src.settings), endpoint_of(&dst.settings)]
+    let (src_ep, dst_ep) = (endpoint_of(&src.settings), endpoint_of(&dst.settings));
+    let near: Vec<String> = [src_ep.clone(), dst_ep.clone()]
         .into_iter()
         .flatten()
         .collect();
-    let pick = state
-        .network
-        .registry
-        .choose(Some(&state.config.region), &near, exclude);
+    let registry = &state.network.registry;
+    let region = Some(state.config.region.as_str());
+    // Spokes measure storage endpoints when asked; a new transfer waits a moment for that.
+    let age = Duration::from_millis(now_ms().saturating_sub(t.created_ms).max(0) as u64);
+    if registry.request_probes(&near) && age < PROBE_WAIT {
+        return Ok(());
+    }
+    // The spoke nearest the destination writes; when another spoke is clearly nearer the
+    // source, that one reads and relays (resumable destinations only: parts are the unit).
+    let mut relay = None;
+    let mut pick = None;
+    if let (true, Some(_), Some(s), Some(d)) =
+        (state.config.offload.relay, &upload_id, &src_ep, &dst_ep)
+    {
+        if let Some(w) = registry.choose(region, std::slice::from_ref(d), exclude) {
+            if let Some(r) = registry.choose_relay(s, w.spoke_id, exclude) {
+                relay = Some(r);
+                pick = Some(w);
+            }
+        }
+    }
+    let pick = pick.or_else(|| registry.choose(region, &near, exclude));
     let done: Vec<PartDone> = state
         .db
         .transfer_parts(id)
@@ -218,6 +241,15 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
     });
     match pick {
         Some(pick) => {
+            let relay_from = relay.and_then(|(rid, addr)| relay_grant(state, rid, addr, &src, &t));
+            let note = match (&relay_from, &resumed) {
+                (Some(r), res) => Some(format!(
+                    "source relayed by spoke {} (nearer the source){}",
+                    r.spoke_id,
+                    res.as_ref().map(|x| format!("; {x}")).unwrap_or_default()
+                )),
+                (None, res) => res.clone(),
+            };
             let assignment = Assignment {
                 transfer_id: id,
                 source: Location {
@@ -235,6 +267,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 done,
                 concurrency: state.config.offload.part_concurrency,
                 rate_limit: state.config.offload.spoke_rate_limit,
+                relay: relay_from,
             };
             if !state
                 .db
@@ -243,7 +276,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                     "spoke",
                     Some(pick.spoke_id),
                     Some(&pick.region),
-                    resumed.as_deref(),
+                    note.as_deref(),
                     now_ms(),
                 )
                 .await?
@@ -309,6 +342,60 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
         }
     }
     Ok(())
+}
+
+/// Registers a `RELAY` grant for the transfer's source on spoke `relay` and signs it for the
+/// writing spoke; `None` when the relay spoke is gone.
+fn relay_grant(
+    state: &AppState,
+    relay: i64,
+    addr: String,
+    src: &Account,
+    t: &TransferRecord,
+) -> Option<RelayFrom> {
+    let grant_id = format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    let expires = now_ms() / 1000 + RELAY_GRANT.as_secs() as i64;
+    let grant = shared::proto::Grant {
+        grant_id: grant_id.clone(),
+        method: "RELAY".to_owned(),
+        account: src.id(),
+        location: Location {
+            service: src.settings.clone(),
+            path: t.src_path.clone(),
+        },
+        file_id: String::new(),
+        expires,
+        max_bytes: 0,
+    };
+    if !state
+        .network
+        .registry
+        .send(relay, HubMsg::Grant(Box::new(grant)))
+    {
+        return None;
+    }
+    let claims = shared::auth::DataClaims {
+        method: "RELAY",
+        grant: &grant_id,
+        account: src.id(),
+        target: &t.src_path,
+        expires,
+    };
+    let signature = shared::auth::sign_data(
+        &shared::auth::Tagger::new(state.spoke_data_key(relay)),
+        &claims,
+    );
+    Some(RelayFrom {
+        spoke_id: relay,
+        addr,
+        grant_id,
+        expires,
+        signature: shared::proto::Redacted(signature),
+    })
 }
 
 /// Runs a transfer on the hub with the same engine spokes use.

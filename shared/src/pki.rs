@@ -157,7 +157,7 @@ impl Ca {
     ) -> Result<String, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| PkiError::BadCsr(e.to_string()))?;
-        let mut names = vec![format!("spoke-{spoke_id}.{HUB_SERVER_NAME}")];
+        let mut names = vec![spoke_server_name(spoke_id)];
         if let Some(h) = advertise_host {
             names.push(h.to_owned());
         }
@@ -234,6 +234,32 @@ pub fn spoke_server_config(
         .with_no_client_auth()
         .with_single_cert(chain, private_key(key_pem)?)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// The name every spoke certificate carries: other spokes dial its relay under it.
+pub fn spoke_server_name(spoke_id: i64) -> String {
+    format!("spoke-{spoke_id}.{HUB_SERVER_NAME}")
+}
+
+/// A spoke's relay endpoint TLS config: its enrolled certificate, and only peers with a
+/// certificate from the network CA (other spokes) get in.
+pub fn relay_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+            .build()
+            .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut chain = certs(cert_pem)?;
+    chain.extend(certs(ca_pem)?);
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, private_key(key_pem)?)?;
+    cfg.alpn_protocols = vec![crate::proto::ALPN_RELAY.to_vec()];
     Ok(cfg)
 }
 

@@ -18,6 +18,10 @@ use std::fmt;
 pub const VERSION: u16 = 1;
 /// The QUIC ALPN of the control plane.
 pub const ALPN: &[u8] = b"switchyard";
+/// The QUIC ALPN of the spoke↔spoke relay.
+pub const ALPN_RELAY: &[u8] = b"switchyard-relay";
+/// Largest relay request frame (requests are a few hundred bytes).
+pub const MAX_RELAY_FRAME: usize = 16 * 1024;
 /// Start of every stream.
 pub const MAGIC: [u8; 4] = *b"SWYD";
 /// Bytes of the preamble: magic + version.
@@ -193,6 +197,8 @@ pub enum HubMsg {
     Cancel { transfer_id: i64 },
     /// Serve one client-direct upload or download on the data endpoint until it expires.
     Grant(Box<Grant>),
+    /// Measure the RTT to these storage endpoints (`host:port`) now and in every heartbeat.
+    Probe { targets: Vec<String> },
 }
 
 /// A client-direct data grant: the spoke accepts `method` on `/v1/data/{grant_id}` with a URL
@@ -253,6 +259,9 @@ pub struct SpokeSettings {
     pub part_concurrency: u32,
     /// Bytes per second across all of this spoke's transfers; `None` = unlimited.
     pub rate_limit: Option<u64>,
+    /// Congestion controller of relay connections.
+    #[serde(default)]
+    pub congestion: crate::quic::Congestion,
 }
 
 impl Default for SpokeSettings {
@@ -262,6 +271,7 @@ impl Default for SpokeSettings {
             max_jobs: 4,
             part_concurrency: 4,
             rate_limit: None,
+            congestion: crate::quic::Congestion::default(),
         }
     }
 }
@@ -299,6 +309,9 @@ pub struct Heartbeat {
     /// Round-trip times the spoke measured (to this hub, to storage endpoints).
     pub rtts: Vec<RttSample>,
 }
+
+/// The `rtt_us` of a storage endpoint the spoke could not connect to.
+pub const UNREACHABLE: u64 = u64::MAX;
 
 /// One measured round trip.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,6 +354,58 @@ pub struct Assignment {
     pub done: Vec<PartDone>,
     pub concurrency: u32,
     pub rate_limit: Option<u64>,
+    /// Read the source through this spoke (it sits near the source; this one near the
+    /// destination) instead of from the provider directly.
+    #[serde(default)]
+    pub relay: Option<RelayFrom>,
+}
+
+/// A spoke relaying a transfer's source bytes, and the signed grant that lets us ask it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayFrom {
+    pub spoke_id: i64,
+    /// Its QUIC relay endpoint, `host:port` (the UDP side of its data endpoint).
+    pub addr: String,
+    /// The `RELAY` grant the hub registered on it.
+    pub grant_id: String,
+    /// Unix seconds.
+    pub expires: i64,
+    /// `shared::auth::sign_data` over the grant's claims with the relaying spoke's data key.
+    pub signature: Redacted,
+}
+
+/// First frame of a relay stream (writer → relaying spoke): send bytes `offset..offset+len` of
+/// the grant's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRequest {
+    pub grant_id: String,
+    pub expires: i64,
+    pub signature: Redacted,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// The relaying spoke's answer; after `Ok` exactly the requested bytes follow, raw, and the
+/// stream finishes (a failure part-way resets the stream instead).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RelayReply {
+    Ok,
+    Refused { code: String, message: String },
+}
+
+/// The length of the frame whose 4-byte prefix is `prefix`, or an error beyond `max`.
+pub fn frame_len(prefix: [u8; 4], max: usize) -> Result<usize, ProtoError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > max {
+        return Err(ProtoError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
+/// Parses one frame body (without its length prefix).
+pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtoError> {
+    serde_json::from_slice(body).map_err(|e| ProtoError::Garbled(e.to_string()))
 }
 
 #[cfg(test)]
@@ -391,6 +456,36 @@ mod tests {
         }
         assert_eq!(d.decode::<SpokeMsg>().expect("empty"), None);
         assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn relay_frames_roundtrip_and_hide_their_signature() {
+        let req = RelayRequest {
+            grant_id: "g".into(),
+            expires: 99,
+            signature: Redacted("s3cr3t".into()),
+            offset: 5 << 30,
+            len: 8 << 20,
+        };
+        let frame = encode(&req).expect("encode");
+        let len = frame_len(frame[..4].try_into().expect("prefix"), MAX_RELAY_FRAME).expect("len");
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode_body::<RelayRequest>(&frame[4..]), Ok(req.clone()));
+        assert!(!format!("{req:?}").contains("s3cr3t"));
+        assert_eq!(
+            frame_len((MAX_RELAY_FRAME as u32 + 1).to_be_bytes(), MAX_RELAY_FRAME),
+            Err(ProtoError::TooLarge {
+                len: MAX_RELAY_FRAME + 1,
+                max: MAX_RELAY_FRAME
+            })
+        );
+        assert!(decode_body::<RelayReply>(b"{\"type\":\"maybe\"}").is_err());
+        let refused = RelayReply::Refused {
+            code: "forbidden".into(),
+            message: "no".into(),
+        };
+        let f = encode(&refused).expect("encode");
+        assert_eq!(decode_body::<RelayReply>(&f[4..]), Ok(refused));
     }
 
     #[test]

@@ -156,11 +156,13 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let jobs = Arc::new(Jobs::new(
         ident.config.settings.max_jobs,
         opts.data_dir.join("scratch"),
+        ident.clone(),
     ));
     tracing::info!(spoke_id = ident.config.spoke_id, name = %ident.config.name,
                    region = %ident.config.region, hubs = ident.config.hubs.len(), "spoke starting");
     let probes = tokio::spawn(worker::probe_loop(jobs.clone(), shutdown.clone()));
     let grants = Arc::new(crate::data::Grants::default());
+    let mut relay_endpoint = None;
     let data = match &ident.config.advertise {
         Some(a) => {
             let listen: SocketAddr = a.parse().with_context(|| {
@@ -169,6 +171,15 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             let tls =
                 shared::pki::spoke_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)?;
             let app = crate::data::router(grants.clone(), opts.data_dir.join("scratch"));
+            // The same address over UDP relays source bytes to other spokes.
+            let relay = crate::relay::bind(&ident, listen)?;
+            relay_endpoint = Some(relay.clone());
+            tokio::spawn(crate::relay::serve(
+                relay,
+                grants.clone(),
+                opts.data_dir.join("scratch"),
+                shutdown.clone(),
+            ));
             Some(tokio::spawn(crate::data::serve(
                 listen,
                 tls,
@@ -180,14 +191,14 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     };
     let mut sessions = tokio::task::JoinSet::new();
     for hub in ident.config.hubs.clone() {
-        let (ident, jobs, shutdown, opts, grants) = (
-            ident.clone(),
-            jobs.clone(),
-            shutdown.clone(),
-            opts.clone(),
-            grants.clone(),
-        );
-        sessions.spawn(async move { hub_loop(hub, ident, jobs, grants, opts, shutdown).await });
+        let node = Node {
+            ident: ident.clone(),
+            jobs: jobs.clone(),
+            grants: grants.clone(),
+            relay: relay_endpoint.clone(),
+        };
+        let (shutdown, opts) = (shutdown.clone(), opts.clone());
+        sessions.spawn(async move { hub_loop(hub, node, opts, shutdown).await });
     }
     let mut fatal = Vec::new();
     while let Some(r) = sessions.join_next().await {
@@ -207,11 +218,19 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     anyhow::bail!("every hub refused this spoke: {}", msg.join("; "))
 }
 
-async fn hub_loop(
-    hub: HubInfo,
+/// What every hub session of this spoke shares.
+#[derive(Clone)]
+struct Node {
     ident: Arc<Identity>,
     jobs: Arc<Jobs>,
     grants: Arc<crate::data::Grants>,
+    /// The relay endpoint, when this spoke serves one.
+    relay: Option<quinn::Endpoint>,
+}
+
+async fn hub_loop(
+    hub: HubInfo,
+    node: Node,
     opts: RunOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -219,7 +238,7 @@ async fn hub_loop(
     loop {
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(&hub, &ident, &jobs, &grants, &opts, &shutdown) => r,
+            r = session(&hub, &node, &opts, &shutdown) => r,
             () = shutdown.cancelled() => return Ok(()),
         };
         match result {
@@ -247,12 +266,11 @@ async fn hub_loop(
 
 async fn session(
     hub: &HubInfo,
-    ident: &Identity,
-    jobs: &Arc<Jobs>,
-    grants: &crate::data::Grants,
+    node: &Node,
     opts: &RunOptions,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let (ident, jobs, grants) = (&node.ident, &node.jobs, &node.grants);
     let tls = shared::pki::spoke_client_config(
         &ident.ca_pem,
         &ident.cert_pem,
@@ -288,6 +306,14 @@ async fn session(
         if let Some(k) = &welcome.data_key {
             grants.set_key(&k.0);
         }
+        if let Some(relay) = &node.relay {
+            if welcome.settings.congestion != ident.config.settings.congestion {
+                relay.set_server_config(Some(crate::relay::server_config(
+                    ident,
+                    welcome.settings.congestion,
+                )?));
+            }
+        }
         let session_jobs = CancellationToken::new();
         let (tx, mut rx) = mpsc::unbounded_channel::<SpokeMsg>();
         let mut tick = tokio::time::interval(Duration::from_millis(welcome.settings.heartbeat_ms.max(50)));
@@ -315,6 +341,7 @@ async fn session(
                     }
                     Ok(HubMsg::Cancel { transfer_id }) => jobs.cancel(transfer_id),
                     Ok(HubMsg::Grant(g)) => grants.add(*g),
+                    Ok(HubMsg::Probe { targets }) => jobs.probe(targets),
                     Ok(HubMsg::Refused { code, message }) if code == "revoked" => {
                         break Err(anyhow::Error::new(Fatal(message)));
                     }

@@ -61,9 +61,14 @@ impl Grants {
         self.added.notify_waiters();
     }
 
+    /// The URL key, once a hub has sent it.
+    pub(crate) fn key(&self) -> Option<[u8; 32]> {
+        *lock(&self.key)
+    }
+
     /// The grant, waiting briefly for one still in flight from the hub (a client may follow a
     /// redirect faster than the control message arrives).
-    async fn get(&self, id: &str) -> Option<Grant> {
+    pub(crate) async fn get(&self, id: &str) -> Option<Grant> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             let notified = self.added.notified();

@@ -1,11 +1,13 @@
 //! The spoke: the data-plane agent. `spoke enroll` joins the network with a join string
 //! ([`enroll`]); `spoke run` keeps a QUIC control connection to each hub ([`control`]) and
 //! runs the transfers hubs assign ([`worker`]), moving bytes between storage providers
-//! without passing them through a hub.
+//! without passing them through a hub. A spoke with an advertised address also serves clients
+//! directly ([`data`], HTTPS) and relays source bytes to other spokes ([`relay`], QUIC).
 
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod data;
 pub mod enroll;
+pub mod relay;
 pub mod worker;

@@ -2,10 +2,13 @@
 //! (`shared::storage::transfer`), reporting progress at least once a second and every
 //! verified part as it lands, then completing the destination upload.
 
-use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings};
+use crate::config::Identity;
+use crate::relay::Relayed;
+use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings, UNREACHABLE};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
-    composite_sha256, copy_parts_from, copy_stream, CopyEvent, CopyOptions, PartDone,
+    composite_sha256, copy_parts_from, copy_parts_via, copy_stream, CopyEvent, CopyOptions,
+    PartDone,
 };
 use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
 use std::collections::{HashMap, HashSet};
@@ -20,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// How often storage endpoints are probed for RTT.
 const PROBE_EVERY: Duration = Duration::from_secs(5);
+/// Storage endpoints measured at most.
+const MAX_PROBES: usize = 1024;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -34,13 +39,18 @@ pub struct Jobs {
     /// Bytes moved since start, for the rate in heartbeats.
     moved: AtomicU64,
     rate: Mutex<(Instant, u64, u64)>,
-    /// Storage endpoints (`host:port`) seen in assignments, and their last RTT in µs.
+    /// Storage endpoints (`host:port`) seen in assignments or named by a hub, and their last
+    /// RTT in µs ([`UNREACHABLE`] when a connection failed; `None` before the first probe).
     probes: Mutex<HashMap<String, Option<u64>>>,
+    /// Wakes the probe loop for endpoints just added.
+    probe_now: tokio::sync::Notify,
     scratch: PathBuf,
+    /// This spoke's certificate, for dialing relay spokes.
+    ident: Arc<Identity>,
 }
 
 impl Jobs {
-    pub fn new(slots: u32, scratch: PathBuf) -> Self {
+    pub fn new(slots: u32, scratch: PathBuf, ident: Arc<Identity>) -> Self {
         Self {
             slots: slots.max(1),
             running: Mutex::new(HashMap::new()),
@@ -48,7 +58,9 @@ impl Jobs {
             moved: AtomicU64::new(0),
             rate: Mutex::new((Instant::now(), 0, 0)),
             probes: Mutex::new(HashMap::new()),
+            probe_now: tokio::sync::Notify::new(),
             scratch,
+            ident,
         }
     }
 
@@ -84,6 +96,19 @@ impl Jobs {
                 })
             })
             .collect()
+    }
+
+    /// Adds storage endpoints to measure (from a hub's probe request) and measures them now.
+    pub fn probe(&self, targets: Vec<String>) {
+        let mut probes = lock(&self.probes);
+        for t in targets {
+            // Only `host:port`, and not too many: the hub is trusted, but bounded anyway.
+            if probes.len() < MAX_PROBES && t.len() <= 300 && t.rsplit_once(':').is_some() {
+                probes.entry(t).or_insert(None);
+            }
+        }
+        drop(probes);
+        self.probe_now.notify_one();
     }
 
     pub fn cancel(&self, id: i64) {
@@ -195,22 +220,43 @@ async fn run(
     let result = match (&a.upload_id, &a.dest.service) {
         (Some(upload_id), ServiceConfig::S3(s3)) => {
             let mp = S3Multipart::for_settings(s3, &dst_path)?;
-            let src_s3 = match &a.source.service {
-                ServiceConfig::S3(s) => Some(S3Multipart::for_settings(s, &src_path)?),
-                _ => None,
+            let r = match &a.relay {
+                // The source is near another spoke: it reads, we write.
+                Some(from) => {
+                    let relayed =
+                        Arc::new(Relayed::connect(&jobs.ident, from, settings.congestion).await?);
+                    let r = copy_parts_via(
+                        relayed.clone(),
+                        &mp,
+                        upload_id,
+                        a.parts.clone(),
+                        &copy,
+                        tx,
+                        cancel.clone(),
+                    )
+                    .await;
+                    relayed.close();
+                    r
+                }
+                None => {
+                    let src_s3 = match &a.source.service {
+                        ServiceConfig::S3(s) => Some(S3Multipart::for_settings(s, &src_path)?),
+                        _ => None,
+                    };
+                    copy_parts_from(
+                        &src,
+                        src_s3.as_ref(),
+                        &src_path,
+                        &mp,
+                        upload_id,
+                        a.parts.clone(),
+                        &copy,
+                        tx,
+                        cancel.clone(),
+                    )
+                    .await
+                }
             };
-            let r = copy_parts_from(
-                &src,
-                src_s3.as_ref(),
-                &src_path,
-                &mp,
-                upload_id,
-                a.parts.clone(),
-                &copy,
-                tx,
-                cancel.clone(),
-            )
-            .await;
             let new_parts = forward.await.unwrap_or_default();
             r?;
             let mut all: Vec<PartDone> = a.done.clone();
@@ -312,17 +358,27 @@ pub async fn probe_loop(jobs: Arc<Jobs>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = jobs.probe_now.notified() => {}
             () = shutdown.cancelled() => return,
         }
         let targets: HashSet<String> = lock(&jobs.probes).keys().cloned().collect();
-        for t in targets {
+        let measured = futures::future::join_all(targets.into_iter().map(|t| async move {
             let start = Instant::now();
             let ok =
                 tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&t))
                     .await
                     .is_ok_and(|r| r.is_ok());
-            let rtt = ok.then(|| start.elapsed().as_micros() as u64);
-            lock(&jobs.probes).insert(t, rtt);
+            let rtt = if ok {
+                (start.elapsed().as_micros() as u64).max(1)
+            } else {
+                UNREACHABLE
+            };
+            (t, rtt)
+        }))
+        .await;
+        let mut probes = lock(&jobs.probes);
+        for (t, rtt) in measured {
+            probes.insert(t, Some(rtt));
         }
     }
 }

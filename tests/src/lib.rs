@@ -45,6 +45,8 @@ pub struct HubOptions {
     pub dir: Option<PathBuf>,
     /// Serve on this port (HTTP on TCP, spokes on UDP) instead of a free one.
     pub port: Option<u16>,
+    /// Serve on this address instead of 127.0.0.1 (spokes in network namespaces dial it).
+    pub bind: Option<std::net::IpAddr>,
 }
 
 /// A test hub's directory: a temp dir, or one the test keeps for a restart.
@@ -91,7 +93,8 @@ impl TestHub {
             None => Dir::Temp(tempfile::tempdir()?),
         };
         let data_dir = dir.path().join("data");
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", opts.port.unwrap_or(0))).await?;
+        let ip = opts.bind.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let listener = tokio::net::TcpListener::bind((ip, opts.port.unwrap_or(0))).await?;
         let port = listener.local_addr()?.port();
         let base = match &opts.yaml {
             Some(y) => {
@@ -103,6 +106,8 @@ impl TestHub {
         };
         let mut config: Config = hub::dev::dev_config(&data_dir, port, base.as_deref())?;
         config.database.url = opts.database_url.clone();
+        config.listen = std::net::SocketAddr::new(ip, port);
+        config.network.quic_listen = Some(std::net::SocketAddr::new(ip, port));
         config.limits.max_upload_bytes = opts.max_upload_bytes;
         config.storage.allow_private_endpoints = !opts.ssrf_guard;
         config
@@ -119,7 +124,7 @@ impl TestHub {
             let _ = rx.await;
         }));
         Ok(Self {
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: format!("http://{}", std::net::SocketAddr::new(ip, port)),
             creds,
             state,
             http: reqwest::Client::builder()

@@ -362,6 +362,7 @@ fn clear_pg_env_tokio(cmd: &mut tokio::process::Command) {
 /// An in-memory S3 API (moto server). Any credentials are accepted.
 pub struct S3Server {
     proc: Proc,
+    host: std::net::IpAddr,
     port: u16,
     _dir: TempDir,
 }
@@ -369,6 +370,16 @@ pub struct S3Server {
 impl S3Server {
     /// Starts `moto_server` (or `python3 -m moto.server`) on a free loopback port.
     pub async fn start() -> Result<S3Server> {
+        Self::start_at(None, std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts moto inside network namespace `netns` (made by the caller), listening on `host`,
+    /// an address of that namespace the test process can reach.
+    pub async fn start_in(netns: &str, host: std::net::IpAddr) -> Result<S3Server> {
+        Self::start_at(Some(netns), host).await
+    }
+
+    async fn start_at(netns: Option<&str>, host: std::net::IpAddr) -> Result<S3Server> {
         let (program, prefix) = moto_command().await?;
         let dir = tempfile::Builder::new()
             .prefix("switchyard-s3-")
@@ -378,20 +389,29 @@ impl S3Server {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            let mut cmd = Command::new(&program);
+            let mut cmd = match netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns]).arg(&program);
+                    c
+                }
+                None => Command::new(&program),
+            };
             cmd.args(&prefix)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .args(["-H", &host.to_string(), "-p", &port.to_string()])
                 .current_dir(dir.path())
                 .env("PYTHONUNBUFFERED", "1");
             let mut proc = Proc::spawn("moto_server", cmd, &log, dir.path(), 0)?;
+            let addr = std::net::SocketAddr::new(host, port);
             match wait_ready(&mut proc, || async move {
-                matches!(http_request(port, "GET", "/", "").await, Ok((200, _)))
+                matches!(http_request_to(addr, "GET", "/", "").await, Ok((200, _)))
             })
             .await
             {
                 Ok(()) => {
                     return Ok(S3Server {
                         proc,
+                        host,
                         port,
                         _dir: dir,
                     })
@@ -403,14 +423,15 @@ impl S3Server {
         Err(attempts_failed("moto_server", last_error))
     }
 
-    /// `http://127.0.0.1:PORT` (path-style addressing; region is anything, e.g. us-east-1).
+    /// `http://HOST:PORT` (path-style addressing; region is anything, e.g. us-east-1).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", std::net::SocketAddr::new(self.host, self.port))
     }
 
     /// Creates a bucket with an unauthenticated `PUT /name` (moto does not check signatures).
     pub async fn create_bucket(&self, name: &str) -> Result<()> {
-        let (status, body) = http_request(self.port, "PUT", &format!("/{name}"), "")
+        let addr = std::net::SocketAddr::new(self.host, self.port);
+        let (status, body) = http_request_to(addr, "PUT", &format!("/{name}"), "")
             .await
             .with_context(|| format!("PUT /{name} to moto at {}", self.endpoint()))?;
         if status != 200 {
@@ -1181,10 +1202,21 @@ async fn http_request(
     path: &str,
     extra_headers: &str,
 ) -> Result<(u16, Vec<u8>)> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    http_request_to(addr, method, path, extra_headers).await
+}
+
+/// Like [`http_request`], to any address.
+async fn http_request_to(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    extra_headers: &str,
+) -> Result<(u16, Vec<u8>)> {
     let exchange = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut stream = TcpStream::connect(addr).await?;
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\
              Connection: close\r\n{extra_headers}\r\n"
         );
         stream.write_all(request.as_bytes()).await?;

@@ -400,14 +400,16 @@ struct UploadOptions {
     params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), UploadOptions,
            ("X-Kloudless-Metadata" = String, Header, description = "JSON: {\"name\": ..., \"parent_id\": ...}")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 201, body = StorageObject), CommonErrors))]
+    responses((status = 201, body = StorageObject),
+              (status = 307, description = "Large upload (Content-Length ≥ `offload.threshold`): repeat the request at `Location`, a spoke near the storage"),
+              (status = 413, body = crate::error::ErrorBody), CommonErrors))]
 async fn upload_file(
     caller: Caller,
     State(state): State<AppState>,
     ApiPath(acc): ApiPath<String>,
     ApiQuery(opts): ApiQuery<UploadOptions>,
     req: Request,
-) -> ApiResult<(StatusCode, Json<StorageObject>)> {
+) -> ApiResult<Response> {
     let a = account(&state, &caller, &acc).await?;
     let meta = upload_metadata(req.headers())?;
     let parent = folder_path(&state, &a, &meta.parent_id)?;
@@ -429,13 +431,35 @@ async fn upload_file(
         Ok(_) | Err(StorageError::NotFound) => {}
         Err(e) => return Err(e.into()),
     }
-    let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes);
+    // A large upload goes straight to a spoke near the storage: the client repeats the
+    // request there (307 keeps the method and body), and the bytes never pass through a hub.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let max = state.config.limits.max_upload_bytes;
+    if let Some(n) = declared.filter(|n| *n >= state.config.offload.threshold) {
+        if max > 0 && n > max {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!("the upload is {n} bytes; the limit is {max}"),
+            ));
+        }
+        if let Some((url, _)) = direct_url(&state, &a, &target, "PUT", 600).await {
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            insert(&mut r, header::LOCATION, &url);
+            return Ok(r);
+        }
+    }
+    let body = limited_body(req.into_body(), max);
     let e = a
         .connector
         .write(&target, body)
         .await
         .map_err(upload_error)?;
-    Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
+    Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))).into_response())
 }
 
 fn upload_metadata(headers: &HeaderMap) -> ApiResult<UploadMetadata> {

@@ -119,6 +119,7 @@ pub fn spoke_settings(state: &AppState) -> SpokeSettings {
         max_jobs: state.config.offload.max_jobs_per_spoke,
         part_concurrency: state.config.offload.part_concurrency,
         rate_limit: state.config.offload.spoke_rate_limit,
+        congestion: state.config.offload.congestion,
     }
 }
 

@@ -2,7 +2,7 @@
 //! choice of a spoke for a transfer.
 
 use shared::proto::{Heartbeat, HubMsg};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -22,7 +22,29 @@ struct Connected {
     slots: u32,
     /// Transfers this hub assigned and has not heard the end of.
     assigned: usize,
+    /// Storage endpoints this hub asked the spoke to measure.
+    asked: HashSet<String>,
 }
+
+impl Connected {
+    /// The spoke's last RTT to a storage endpoint (`host:port`) in µs; `Some(UNREACHABLE)` when
+    /// it could not connect, `None` when it has not measured it.
+    fn storage_rtt(&self, endpoint: &str) -> Option<u64> {
+        self.load
+            .rtts
+            .iter()
+            .find(|s| s.target.strip_prefix("storage:") == Some(endpoint))
+            .map(|s| s.rtt_us)
+    }
+}
+
+/// The RTT a spoke reports for a storage endpoint it cannot connect to.
+pub use shared::proto::UNREACHABLE;
+
+/// A relay is used only when the writer's RTT to the source is this much worse (absolute)...
+const RELAY_MIN_GAIN: Duration = Duration::from_millis(10);
+/// ...and this many percent worse than the relaying spoke's.
+const RELAY_MIN_GAIN_PCT: u64 = 20;
 
 /// What the API shows about a connected spoke.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -103,6 +125,7 @@ impl Registry {
                 load: Heartbeat::default(),
                 slots,
                 assigned: 0,
+                asked: HashSet::new(),
             },
         );
         if let Some(old) = old {
@@ -193,8 +216,8 @@ impl Registry {
 
     /// Chooses a spoke for a transfer touching storage in `near` (host:port of the provider
     /// endpoints) and `region`: healthy, with a free slot; then the lowest measured RTT to the
-    /// storage, then same region, then least loaded. `exclude` skips spokes (e.g. the one that
-    /// just failed).
+    /// storage (summed over the endpoints: the spoke must reach all of them), then same region,
+    /// then least loaded. `exclude` skips spokes (e.g. the one that just failed).
     pub fn choose(&self, region: Option<&str>, near: &[String], exclude: &[i64]) -> Option<Pick> {
         let now = Instant::now();
         let map = self.lock();
@@ -209,17 +232,9 @@ impl Registry {
             if busy >= c.slots {
                 continue;
             }
-            let rtt = near
-                .iter()
-                .filter_map(|n| {
-                    c.load
-                        .rtts
-                        .iter()
-                        .find(|s| s.target == format!("storage:{n}"))
-                        .map(|s| s.rtt_us)
-                })
-                .min()
-                .unwrap_or(u64::MAX);
+            let rtt = near.iter().fold(0u64, |sum, n| {
+                sum.saturating_add(c.storage_rtt(n).unwrap_or(UNREACHABLE))
+            });
             let same_region = u8::from(region != Some(c.region.as_str()));
             // Lower is better; the id keeps the choice deterministic.
             let key = (rtt / 1000, same_region, u64::from(busy), *id);
@@ -232,6 +247,56 @@ impl Registry {
             region: c.region.clone(),
             tx: c.tx.clone(),
         })
+    }
+
+    /// Asks healthy spokes that have not measured some of `endpoints` to measure them (once per
+    /// connection). True while any healthy spoke still lacks a measurement.
+    pub fn request_probes(&self, endpoints: &[String]) -> bool {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let mut missing_any = false;
+        for c in map.values_mut() {
+            if !self.healthy(c, now) {
+                continue;
+            }
+            let missing: Vec<String> = endpoints
+                .iter()
+                .filter(|e| c.storage_rtt(e).is_none())
+                .cloned()
+                .collect();
+            missing_any |= !missing.is_empty();
+            let new: Vec<String> = missing
+                .into_iter()
+                .filter(|e| c.asked.insert(e.clone()))
+                .collect();
+            if !new.is_empty() {
+                let _ = c.tx.send(HubMsg::Probe { targets: new });
+            }
+        }
+        missing_any
+    }
+
+    /// The spoke to read a copy's source (`src`, host:port) for the spoke `writer` near its
+    /// destination: a healthy spoke with a relay endpoint whose measured RTT to the source is
+    /// clearly better than the writer's (≥ 20 % and ≥ 10 ms), or which reaches a source the
+    /// writer cannot. Returns `(spoke id, relay host:port)`.
+    pub fn choose_relay(&self, src: &str, writer: i64, exclude: &[i64]) -> Option<(i64, String)> {
+        let now = Instant::now();
+        let map = self.lock();
+        let writer_rtt = map.get(&writer)?.storage_rtt(src)?;
+        let (rtt, id, addr) = map
+            .iter()
+            .filter(|(id, c)| **id != writer && !exclude.contains(id) && self.healthy(c, now))
+            .filter_map(|(id, c)| {
+                let rtt = c.storage_rtt(src).filter(|r| *r < UNREACHABLE)?;
+                Some((rtt, *id, c.advertise.clone()?))
+            })
+            .min_by_key(|(rtt, id, _)| (*rtt, *id))?;
+        let gain = writer_rtt.saturating_sub(rtt);
+        let clearly_nearer = writer_rtt == UNREACHABLE
+            || (gain >= RELAY_MIN_GAIN.as_micros() as u64
+                && gain.saturating_mul(100) >= rtt.saturating_mul(RELAY_MIN_GAIN_PCT));
+        clearly_nearer.then_some((id, addr))
     }
 
     /// A healthy spoke with a data endpoint for client-direct transfers: same region first,

@@ -283,6 +283,27 @@ pub async fn copy_parts_from(
     events: UnboundedSender<CopyEvent>,
     cancel: CancellationToken,
 ) -> Result<(), StorageError> {
+    let source: Arc<dyn RangeSource> = match src_s3 {
+        Some(s3) => Arc::new(s3.clone()),
+        None => Arc::new(ConnectorRanges {
+            connector: src.clone(),
+            path: src_path.clone(),
+        }),
+    };
+    copy_parts_via(source, dst, upload_id, parts, opts, events, cancel).await
+}
+
+/// Like [`copy_parts`], reading each part's bytes from `source` (a connector, an S3 object or
+/// another spoke relaying them).
+pub async fn copy_parts_via(
+    source: Arc<dyn RangeSource>,
+    dst: &S3Multipart,
+    upload_id: &str,
+    parts: Vec<PartPlan>,
+    opts: &CopyOptions,
+    events: UnboundedSender<CopyEvent>,
+    cancel: CancellationToken,
+) -> Result<(), StorageError> {
     if let Some(p) = parts.iter().find(|p| p.part_number().is_none()) {
         return Err(StorageError::Other(format!(
             "part index {} is beyond S3's {MAX_PARTS} parts",
@@ -294,9 +315,7 @@ pub async fn copy_parts_from(
     let stop = cancel.child_token();
     let _stop_on_exit = stop.clone().drop_guard();
     let ctx = Arc::new(PartCtx {
-        src: src.clone(),
-        src_s3: src_s3.cloned(),
-        src_path: src_path.clone(),
+        source,
         dst: dst.clone(),
         upload_id: upload_id.to_owned(),
         limiter: Arc::new(RateLimiter::new(opts.rate_limit)),
@@ -308,6 +327,56 @@ pub async fn copy_parts_from(
         biased;
         () = cancel.cancelled() => Err(cancelled()),
         r = run_parts(ctx, parts, opts.concurrency.max(1)) => r,
+    }
+}
+
+/// A stream of bytes from a source, failing with an I/O error.
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A future returned by [`RangeSource::open`].
+pub type OpenFuture<'a> =
+    Pin<Box<dyn std::future::Future<Output = Result<ByteStream, StorageError>> + Send + 'a>>;
+
+/// Where the bytes of parts come from: anything that streams a byte range of one object.
+pub trait RangeSource: Send + Sync {
+    /// Streams bytes `offset..offset + len` (exactly `len` of them, or the copy fails the
+    /// attempt). Transient failures ([`StorageError::Unavailable`],
+    /// [`StorageError::Interrupted`], ...) make the part retry.
+    fn open(&self, offset: u64, len: u64) -> OpenFuture<'_>;
+}
+
+/// An object of any connector, read in chunks of ranged reads.
+#[derive(Debug, Clone)]
+pub struct ConnectorRanges {
+    pub connector: Connector,
+    pub path: StoragePath,
+}
+
+impl RangeSource for ConnectorRanges {
+    fn open(&self, offset: u64, len: u64) -> OpenFuture<'_> {
+        Box::pin(async move {
+            let range = ByteRange {
+                start: offset,
+                len: Some(len),
+            };
+            let s = self
+                .connector
+                .read_chunked(&self.path, Some(range), PART_READ_CHUNK)
+                .await?;
+            Ok(Box::pin(s) as ByteStream)
+        })
+    }
+}
+
+impl RangeSource for S3Multipart {
+    fn open(&self, offset: u64, len: u64) -> OpenFuture<'_> {
+        Box::pin(async move {
+            let s = self
+                .get_range(offset, len)
+                .await?
+                .map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
+            Ok(Box::pin(s) as ByteStream)
+        })
     }
 }
 
@@ -380,9 +449,7 @@ pub async fn copy_stream(
 
 /// What every part of one [`copy_parts`] call shares.
 struct PartCtx {
-    src: Connector,
-    src_s3: Option<S3Multipart>,
-    src_path: StoragePath,
+    source: Arc<dyn RangeSource>,
     dst: S3Multipart,
     upload_id: String,
     limiter: Arc<RateLimiter>,
@@ -510,22 +577,7 @@ async fn attempt_part(ctx: &PartCtx, plan: &PartPlan) -> Result<PartDone, Attemp
     let source: SourceStream = if plan.len == 0 {
         Box::pin(futures::stream::empty())
     } else {
-        let range = ByteRange {
-            start: plan.offset,
-            len: Some(plan.len),
-        };
-        match &ctx.src_s3 {
-            Some(s3) => Box::pin(
-                s3.get_range(plan.offset, plan.len)
-                    .await?
-                    .map(|r| r.map_err(|e| std::io::Error::other(e.to_string()))),
-            ),
-            None => Box::pin(
-                ctx.src
-                    .read_chunked(&ctx.src_path, Some(range), PART_READ_CHUNK)
-                    .await?,
-            ),
-        }
+        ctx.source.open(plan.offset, plan.len).await?
     };
     let tally = Arc::new(Mutex::new(Tally::new(true)));
     let body = metered(
@@ -579,7 +631,7 @@ fn looks_like_md5(etag: &str) -> bool {
     etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-type SourceStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+type SourceStream = ByteStream;
 
 /// What went through a metered stream.
 struct Tally {

@@ -8,5 +8,6 @@ mod direct;
 mod docs;
 mod network;
 mod offload;
+mod relay;
 mod spokes;
 mod transfer_engine;

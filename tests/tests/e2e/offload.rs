@@ -14,19 +14,19 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-fn s3_creds(s3: &S3Server, bucket: &str) -> Value {
+pub(crate) fn s3_creds(s3: &S3Server, bucket: &str) -> Value {
     json!({"bucket": bucket, "endpoint": s3.endpoint(), "region": "us-east-1",
            "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()})
 }
 
-fn connector(creds: &Value) -> Connector {
+pub(crate) fn connector(creds: &Value) -> Connector {
     let cfg = ServiceConfig::from_parts("s3", creds.clone()).expect("settings");
     Connector::connect(&cfg, &ConnectOptions::default()).expect("connector")
 }
 
 /// Writes `size` pseudo-random bytes, generated on the fly (never held whole); returns the
 /// SHA-256 hex of what the store then holds.
-async fn write_object(c: &Connector, path: &str, size: u64, seed: u64) -> String {
+pub(crate) async fn write_object(c: &Connector, path: &str, size: u64, seed: u64) -> String {
     let stream = futures::stream::iter(0..size.div_ceil(MIB)).map(move |i| {
         let n = (size - i * MIB).min(MIB);
         Ok::<_, String>(bytes::Bytes::from(e2e::pattern(n as usize, seed ^ i)))
@@ -39,7 +39,7 @@ async fn write_object(c: &Connector, path: &str, size: u64, seed: u64) -> String
 
 /// SHA-256 of an object as the store serves it. Moto sometimes drops a connection when the
 /// machine is loaded; a read that fails that way is retried (a missing object is not).
-async fn sha_of(c: &Connector, path: &str) -> String {
+pub(crate) async fn sha_of(c: &Connector, path: &str) -> String {
     let p = StoragePath::parse(path).expect("path");
     let mut last = String::new();
     for _ in 0..5 {
@@ -137,7 +137,7 @@ async fn start_copy(hub: &TestHub, s: &Setup) -> i64 {
     task["transfer"].as_i64().expect("transfer id")
 }
 
-async fn transfer(hub: &TestHub, id: i64) -> Value {
+pub(crate) async fn transfer(hub: &TestHub, id: i64) -> Value {
     hub.req(
         reqwest::Method::GET,
         &hub.url(&format!("/v1/transfers/{id}")),
@@ -151,7 +151,7 @@ async fn transfer(hub: &TestHub, id: i64) -> Value {
 }
 
 /// Polls the transfer until `pred` holds (at most `limit`).
-async fn until(
+pub(crate) async fn until(
     hub: &TestHub,
     id: i64,
     limit: Duration,

@@ -23,9 +23,27 @@ pub async fn join_token(hub: &TestHub, region: &str) -> String {
     v["join"].as_str().expect("join").to_owned()
 }
 
+/// The spoke binary, run inside network namespace `netns` when given.
+fn spoke_command(netns: Option<&str>) -> tokio::process::Command {
+    match netns {
+        Some(ns) => {
+            // `ip netns exec` execs the program: the child is the spoke itself.
+            let mut c = tokio::process::Command::new("ip");
+            c.args(["netns", "exec", ns, SPOKE]);
+            c
+        }
+        None => tokio::process::Command::new(SPOKE),
+    }
+}
+
 /// `spoke enroll JOIN --data-dir DIR` (plus `extra` flags).
 pub async fn enroll(join: &str, dir: &Path, extra: &[&str]) -> Output {
-    tokio::process::Command::new(SPOKE)
+    enroll_in(None, join, dir, extra).await
+}
+
+/// [`enroll`] inside a network namespace.
+pub async fn enroll_in(netns: Option<&str>, join: &str, dir: &Path, extra: &[&str]) -> Output {
+    spoke_command(netns)
         .arg("enroll")
         .arg(join)
         .arg("--data-dir")
@@ -73,25 +91,41 @@ impl SpokeProc {
         enroll_args: &[&str],
         run_args: &[&str],
     ) -> SpokeProc {
+        Self::start_in(None, hub, root, name, enroll_args, run_args).await
+    }
+
+    /// [`SpokeProc::start_full`] inside network namespace `netns` (made by the test).
+    pub async fn start_in(
+        netns: Option<&str>,
+        hub: &TestHub,
+        root: &Path,
+        name: &str,
+        enroll_args: &[&str],
+        run_args: &[&str],
+    ) -> SpokeProc {
         let dir = root.join(name);
         let join = join_token(hub, &hub.state.config.region).await;
         let mut args = vec!["--name", name];
         args.extend_from_slice(enroll_args);
-        let o = enroll(&join, &dir, &args).await;
+        let o = enroll_in(netns, &join, &dir, &args).await;
         assert!(o.status.success(), "enroll: {}", text(&o.stderr));
         let id: i64 = text(&o.stdout)
             .split_whitespace()
             .nth(2)
             .and_then(|s| s.parse().ok())
             .expect("spoke id in the enroll output");
-        Self::run(dir, id, run_args)
+        Self::run_in(netns, dir, id, run_args)
     }
 
     /// Starts `spoke run` on an enrolled dir.
     pub fn run(dir: PathBuf, id: i64, run_args: &[&str]) -> SpokeProc {
+        Self::run_in(None, dir, id, run_args)
+    }
+
+    fn run_in(netns: Option<&str>, dir: PathBuf, id: i64, run_args: &[&str]) -> SpokeProc {
         let log = dir.join("run.log");
         let file = std::fs::File::create(&log).expect("log");
-        let child = tokio::process::Command::new(SPOKE)
+        let child = spoke_command(netns)
             .arg("run")
             .arg("--data-dir")
             .arg(&dir)

@@ -1,0 +1,247 @@
+//! QUIC settings for bulk data on long paths (the spoke↔spoke relay): flow-control windows sized
+//! for the bandwidth-delay product, a configurable congestion controller and UDP sockets with
+//! large kernel buffers.
+//!
+//! quinn's defaults (1.25 MB stream window, 10 MB send window) cap one stream at ~100 Mbit/s on
+//! a 100 ms path; [`bulk_transport`] allows 16 MiB per stream and 64 MiB per connection, which
+//! keeps ~1 Gbit/s in flight at 130 ms. The kernel clamps socket buffers to
+//! `net.core.rmem_max`/`wmem_max`; [`bind_udp`] reports what it actually got so operators can
+//! raise those limits.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bytes the peer may send on one stream before we read them.
+pub const STREAM_WINDOW: u64 = 16 << 20;
+/// Bytes the peer may send on the whole connection before we read them.
+pub const CONNECTION_WINDOW: u64 = 64 << 20;
+/// Bytes we keep in flight (unacknowledged) on the connection.
+pub const SEND_WINDOW: u64 = 64 << 20;
+/// UDP socket buffer size asked of the kernel.
+pub const UDP_BUFFER: usize = 8 << 20;
+
+/// The congestion controller of bulk connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Congestion {
+    /// CUBIC (RFC 9438): the default, well understood, fair to TCP.
+    #[default]
+    Cubic,
+    /// quinn's BBR (experimental upstream): keeps its rate under random loss, where loss-based
+    /// controllers collapse on long paths.
+    Bbr,
+    /// NewReno (RFC 9002's reference controller).
+    NewReno,
+}
+
+impl Congestion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cubic => "cubic",
+            Self::Bbr => "bbr",
+            Self::NewReno => "new_reno",
+        }
+    }
+}
+
+/// Transport settings for relay connections: big windows, the chosen controller, and
+/// keep-alives well inside the idle timeout.
+pub fn bulk_transport(congestion: Congestion, keep_alive: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(varint(STREAM_WINDOW));
+    t.receive_window(varint(CONNECTION_WINDOW));
+    t.send_window(SEND_WINDOW);
+    t.keep_alive_interval(Some(keep_alive));
+    if let Ok(idle) = quinn::IdleTimeout::try_from((keep_alive * 6).max(Duration::from_secs(10))) {
+        t.max_idle_timeout(Some(idle));
+    }
+    match congestion {
+        Congestion::Cubic => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()))
+        }
+        Congestion::Bbr => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        }
+        Congestion::NewReno => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()))
+        }
+    };
+    t
+}
+
+fn varint(v: u64) -> quinn::VarInt {
+    quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX)
+}
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER`]-byte receive and send buffers (or as much
+/// as the kernel allows). Returns the socket and the buffer sizes granted `(recv, send)`.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, (usize, usize))> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped peers too on a wildcard listener.
+        let _ = socket.set_only_v6(false);
+    }
+    // Failures only mean smaller buffers; what we got is reported below.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.bind(&addr.into())?;
+    // Linux reports twice the size asked (the other half is bookkeeping).
+    let granted = (
+        socket.recv_buffer_size().unwrap_or(0) / 2,
+        socket.send_buffer_size().unwrap_or(0) / 2,
+    );
+    if granted.0 < UDP_BUFFER || granted.1 < UDP_BUFFER {
+        tracing::warn!(
+            recv = granted.0,
+            send = granted.1,
+            wanted = UDP_BUFFER,
+            "UDP buffers are smaller than wanted; raise net.core.rmem_max and net.core.wmem_max \
+             for full speed on long paths"
+        );
+    }
+    Ok((socket.into(), granted))
+}
+
+/// A quinn endpoint on a [`bind_udp`] socket; `server` makes it accept connections too.
+pub fn endpoint(
+    addr: SocketAddr,
+    server: Option<quinn::ServerConfig>,
+) -> std::io::Result<quinn::Endpoint> {
+    let (socket, _) = bind_udp(addr)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for the QUIC endpoint"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn congestion_names_parse_and_unknown_ones_are_refused() {
+        for c in [Congestion::Cubic, Congestion::Bbr, Congestion::NewReno] {
+            let parsed: Congestion =
+                serde_json::from_value(serde_json::json!(c.as_str())).expect("parse");
+            assert_eq!(parsed, c);
+        }
+        assert!(serde_json::from_value::<Congestion>(serde_json::json!("vegas")).is_err());
+        assert_eq!(Congestion::default(), Congestion::Cubic);
+    }
+
+    /// Bytes a client can push on one stream to a server that never reads, before flow
+    /// control stops it (bounded: 32 writes of 1 MiB, each given 300 ms).
+    async fn unread_credit(transport: quinn::TransportConfig) -> u64 {
+        let ca = crate::pki::Ca::generate("test CA", Duration::from_secs(3600)).expect("ca");
+        let (chain, key) = ca
+            .issue_hub(&["127.0.0.1".to_owned()], Duration::from_secs(3600))
+            .expect("hub cert");
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_no_client_auth()
+        .with_single_cert(
+            crate::pki::certs(&chain).expect("chain"),
+            crate::pki::private_key(&key).expect("key"),
+        )
+        .expect("server tls");
+        tls.alpn_protocols = vec![b"t".to_vec()];
+        let transport = Arc::new(transport);
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic server"),
+        ));
+        server.transport_config(transport.clone());
+        let server_ep =
+            endpoint("127.0.0.1:0".parse().expect("addr"), Some(server)).expect("server");
+        let addr = server_ep.local_addr().expect("local addr");
+        // The server accepts the stream and holds it unread.
+        let holder = tokio::spawn(async move {
+            let conn = server_ep
+                .accept()
+                .await
+                .expect("incoming")
+                .await
+                .expect("conn");
+            let stream = conn.accept_uni().await.expect("stream");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop((stream, conn));
+        });
+        let mut client_tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            for c in crate::pki::certs(&ca.cert_pem).expect("ca pem") {
+                roots.add(c).expect("root");
+            }
+            roots
+        })
+        .with_no_client_auth();
+        client_tls.alpn_protocols = vec![b"t".to_vec()];
+        let mut client = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(client_tls).expect("quic client"),
+        ));
+        client.transport_config(transport);
+        let mut client_ep = endpoint("127.0.0.1:0".parse().expect("addr"), None).expect("client");
+        client_ep.set_default_client_config(client);
+        let conn = client_ep
+            .connect(addr, "127.0.0.1")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let mut send = conn.open_uni().await.expect("open");
+        let chunk = vec![0u8; 1 << 20];
+        let mut sent = 0u64;
+        for _ in 0..32 {
+            match tokio::time::timeout(Duration::from_millis(300), send.write(&chunk)).await {
+                Ok(Ok(n)) => sent += n as u64,
+                _ => break,
+            }
+        }
+        holder.abort();
+        sent
+    }
+
+    #[tokio::test]
+    async fn bulk_windows_let_16_mib_fly_where_defaults_stop_near_1_mib() {
+        let ours = unread_credit(bulk_transport(Congestion::Bbr, Duration::from_secs(1))).await;
+        let default = unread_credit(quinn::TransportConfig::default()).await;
+        assert!(
+            ours >= STREAM_WINDOW - (1 << 20),
+            "only {ours} bytes were in flight with the bulk transport"
+        );
+        assert!(
+            default < 4 << 20,
+            "the default transport let {default} bytes fly: the test no longer measures windows"
+        );
+    }
+
+    #[test]
+    fn udp_buffers_are_as_large_as_the_kernel_allows() {
+        let max = |name: &str| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let (_, (recv, send)) = bind_udp("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        assert!(
+            recv >= UDP_BUFFER.min(max("rmem_max")),
+            "recv buffer {recv}"
+        );
+        assert!(
+            send >= UDP_BUFFER.min(max("wmem_max")),
+            "send buffer {send}"
+        );
+        assert!(
+            recv > 212_992 / 2,
+            "the default buffer size was left unchanged"
+        );
+    }
+}

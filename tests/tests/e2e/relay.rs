@@ -1,0 +1,323 @@
+//! The spoke↔spoke relay, in two "regions" made of network namespaces: each region has a spoke
+//! and an S3 server only that spoke reaches; the hub sits between them. A copy from region A's
+//! storage to region B's is written by B's spoke with the bytes relayed by A's over QUIC.
+
+use crate::offload::{connector, s3_creds, sha_of, until, write_object};
+use crate::spokes::{spoke_view, wait_healthy, SpokeProc};
+use e2e::servers::S3Server;
+use e2e::{HubOptions, TestHub};
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::process::Command;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+
+/// Runs `ip ARGS`, panicking with its stderr on failure.
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        o.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Namespaces `a`, `b` (the spokes' regions), `sa`, `sb` (their storage) and links:
+///
+/// ```text
+///   sa 10.251.3.2 ── 10.251.3.1 a 10.251.1.2 ── 10.251.1.1 ROOT 10.251.2.1 ── 10.251.2.2 b ...
+///   sa 10.251.4.2 ── 10.251.4.1 ROOT            (sb mirrors sa on 10.251.5/6)
+/// ```
+///
+/// The storage namespaces route only their own links, so `a` reaches `sa` (and the hub in the
+/// root namespace reaches both), while `b`'s packets reach `sa` through the root but get no
+/// answer. The root forwards between `a` and `b`, so the spokes reach each other.
+struct Regions {
+    names: Vec<String>,
+    forward_before: String,
+}
+
+const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+impl Regions {
+    fn build() -> Regions {
+        let tag = std::process::id() % 100_000;
+        let names: Vec<String> = ["a", "b", "sa", "sb"]
+            .iter()
+            .map(|n| format!("syr{tag}{n}"))
+            .collect();
+        let forward_before = std::fs::read_to_string(FORWARD).unwrap_or_else(|_| "0".into());
+        let r = Regions {
+            names,
+            forward_before,
+        };
+        r.teardown();
+        for ns in &r.names {
+            ip(&["netns", "add", ns]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        let [a, b, sa, sb] = [0, 1, 2, 3].map(|i| r.names[i].as_str());
+        r.link(None, "10.251.1.1", a, "10.251.1.2", "1");
+        r.link(None, "10.251.2.1", b, "10.251.2.2", "2");
+        r.link(Some(a), "10.251.3.1", sa, "10.251.3.2", "3");
+        r.link(None, "10.251.4.1", sa, "10.251.4.2", "4");
+        r.link(Some(b), "10.251.5.1", sb, "10.251.5.2", "5");
+        r.link(None, "10.251.6.1", sb, "10.251.6.2", "6");
+        ip(&["-n", a, "route", "add", "default", "via", "10.251.1.1"]);
+        ip(&[
+            "-n",
+            a,
+            "route",
+            "add",
+            "10.251.4.2/32",
+            "via",
+            "10.251.3.2",
+        ]);
+        ip(&["-n", b, "route", "add", "default", "via", "10.251.2.1"]);
+        ip(&[
+            "-n",
+            b,
+            "route",
+            "add",
+            "10.251.6.2/32",
+            "via",
+            "10.251.5.2",
+        ]);
+        std::fs::write(FORWARD, "1").expect("enable forwarding");
+        r
+    }
+
+    /// A veth pair between `left` (the root namespace when `None`) and `right`.
+    fn link(&self, left: Option<&str>, left_ip: &str, right: &str, right_ip: &str, n: &str) {
+        let tag = &self.names[0][3..self.names[0].len() - 1];
+        let (l, rr) = (format!("syl{tag}x{n}"), format!("syr{tag}x{n}"));
+        ip(&["link", "add", &l, "type", "veth", "peer", "name", &rr]);
+        ip(&["link", "set", &rr, "netns", right]);
+        ip(&[
+            "-n",
+            right,
+            "addr",
+            "add",
+            &format!("{right_ip}/24"),
+            "dev",
+            &rr,
+        ]);
+        ip(&["-n", right, "link", "set", &rr, "up"]);
+        let mut pre: Vec<&str> = Vec::new();
+        if let Some(ns) = left {
+            ip(&["link", "set", &l, "netns", ns]);
+            pre = vec!["-n", ns];
+        }
+        let run = |rest: &[&str]| {
+            let mut v = pre.clone();
+            v.extend_from_slice(rest);
+            ip(&v);
+        };
+        run(&["addr", "add", &format!("{left_ip}/24"), "dev", &l]);
+        run(&["link", "set", &l, "up"]);
+    }
+
+    fn ns(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    fn teardown(&self) {
+        // Deleting a namespace deletes its veth ends, and with them their peers.
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+impl Drop for Regions {
+    fn drop(&mut self) {
+        self.teardown();
+        let _ = std::fs::write(FORWARD, self.forward_before.trim());
+    }
+}
+
+fn storage_rtt(view: &Value, endpoint: &str) -> Option<u64> {
+    view["status"]["rtts"][format!("storage:{endpoint}")].as_u64()
+}
+
+#[tokio::test]
+async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
+    let regions = Regions::build();
+    let ip_of = |s: &str| -> IpAddr { s.parse().expect("ip") };
+    let s3a = S3Server::start_in(regions.ns(2), ip_of("10.251.4.2"))
+        .await
+        .expect("moto in sa");
+    let s3b = S3Server::start_in(regions.ns(3), ip_of("10.251.6.2"))
+        .await
+        .expect("moto in sb");
+    s3a.create_bucket("src").await.expect("bucket");
+    s3b.create_bucket("dst").await.expect("bucket");
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some(format!(
+            "offload:\n  part_size: {}\n  part_concurrency: 2\n  startup_grace_secs: 0\n\
+             network:\n  heartbeat_ms: 250\n  missed_heartbeats: 4\n",
+            8 * MIB
+        )),
+        bind: Some(ip_of("10.251.1.1")),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let root = tempfile::tempdir().expect("tmp");
+    let port = e2e::servers::free_port().to_string();
+    let (adv_a, adv_b) = (format!("10.251.1.2:{port}"), format!("10.251.2.2:{port}"));
+    let spoke_a = SpokeProc::start_in(
+        Some(regions.ns(0)),
+        &hub,
+        root.path(),
+        "near-src",
+        &["--advertise", &adv_a],
+        &[],
+    )
+    .await;
+    let spoke_b = SpokeProc::start_in(
+        Some(regions.ns(1)),
+        &hub,
+        root.path(),
+        "near-dst",
+        &["--advertise", &adv_b],
+        &[],
+    )
+    .await;
+    wait_healthy(&hub, spoke_a.id).await;
+    wait_healthy(&hub, spoke_b.id).await;
+
+    let src_creds = s3_creds(&s3a, "src");
+    let dst_creds = s3_creds(&s3b, "dst");
+    let size = 40 * MIB + 12_345;
+    let sha = write_object(&connector(&src_creds), "far.bin", size, 23).await;
+    let src = hub.connect("s3", src_creds).await.expect("src account")["id"]
+        .as_i64()
+        .expect("id");
+    let dst = hub
+        .connect("s3", dst_creds.clone())
+        .await
+        .expect("dst account")["id"]
+        .as_i64()
+        .expect("id");
+    let list: Value = hub
+        .req(
+            reqwest::Method::GET,
+            &hub.url(&format!("/v1/accounts/{src}/storage/folders/root/contents")),
+        )
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let file_id = list["objects"][0]["id"].as_str().expect("file id");
+    let r = hub
+        .req(
+            reqwest::Method::POST,
+            &hub.url(&format!("/v1/accounts/{src}/storage/files/{file_id}/copy")),
+        )
+        .header("X-Kloudless-Async", "true")
+        .json(&json!({"account": dst, "parent_id": "root", "name": "near.bin"}))
+        .send()
+        .await
+        .expect("copy");
+    assert_eq!(r.status(), 202);
+    let task: Value = r.json().await.expect("json");
+    let id = task["transfer"].as_i64().expect("transfer id");
+    let t = until(
+        &hub,
+        id,
+        Duration::from_secs(180),
+        "the relayed copy",
+        |t| t["state"] == "done",
+    )
+    .await;
+
+    // The premise: each spoke measured its own region's storage and cannot reach the other's.
+    let (ep_a, ep_b) = (
+        s3a.endpoint().trim_start_matches("http://").to_owned(),
+        s3b.endpoint().trim_start_matches("http://").to_owned(),
+    );
+    let (va, vb) = (
+        spoke_view(&hub, spoke_a.id).await,
+        spoke_view(&hub, spoke_b.id).await,
+    );
+    assert!(
+        storage_rtt(&va, &ep_a).is_some_and(|r| r < u64::MAX),
+        "{va}"
+    );
+    assert_eq!(storage_rtt(&va, &ep_b), Some(u64::MAX), "{va}");
+    assert!(
+        storage_rtt(&vb, &ep_b).is_some_and(|r| r < u64::MAX),
+        "{vb}"
+    );
+    assert_eq!(storage_rtt(&vb, &ep_a), Some(u64::MAX), "{vb}");
+
+    // The spoke near the destination wrote; the one near the source relayed.
+    assert_eq!(t["executor"], "spoke", "{t}");
+    assert_eq!(t["spoke"], spoke_b.id, "{t}");
+    let note = t["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("relayed by spoke {}", spoke_a.id)),
+        "{t}"
+    );
+    assert_eq!(t["bytes_done"], size, "{t}");
+    assert!(t["checksum"].as_str().is_some_and(|c| !c.is_empty()), "{t}");
+    assert_eq!(sha_of(&connector(&dst_creds), "near.bin").await, sha);
+    assert!(
+        spoke_b
+            .log_text()
+            .contains("reading the source through a relay spoke"),
+        "{}",
+        spoke_b.log_text()
+    );
+
+    // The relay answers only holders of a network certificate, and only for grants the hub
+    // registered: a made-up grant is refused; a certificate from another CA does not connect.
+    let ident_b = spoke::config::Identity::load(&spoke_b.dir).expect("identity");
+    let bogus = shared::proto::RelayFrom {
+        spoke_id: spoke_a.id,
+        addr: adv_a.clone(),
+        grant_id: "0123456789abcdef0123456789abcdef".into(),
+        expires: i64::MAX,
+        signature: shared::proto::Redacted("AAAA".into()),
+    };
+    let relayed = spoke::relay::Relayed::connect(&ident_b, &bogus, Default::default())
+        .await
+        .expect("a network certificate connects");
+    use shared::storage::transfer::RangeSource as _;
+    let refused = relayed.open(0, 1024).await.err().expect("refused");
+    assert!(
+        refused.to_string().contains("no such relay grant"),
+        "{refused}"
+    );
+    let other_ca = shared::pki::Ca::generate("not ours", Duration::from_secs(3600)).expect("ca");
+    let (key, csr) = shared::pki::new_key_and_csr("intruder").expect("csr");
+    let cert = other_ca
+        .sign_spoke_csr(
+            &csr,
+            ident_b.config.spoke_id,
+            None,
+            Duration::from_secs(3600),
+        )
+        .expect("cert");
+    let intruder = spoke::config::Identity {
+        config: ident_b.config.clone(),
+        cert_pem: cert,
+        key_pem: key,
+        ca_pem: ident_b.ca_pem.clone(),
+    };
+    let outcome = match spoke::relay::Relayed::connect(&intruder, &bogus, Default::default()).await
+    {
+        // TLS 1.3: the client may believe it connected before the server checks its
+        // certificate; the first request then fails.
+        Ok(r) => r.open(0, 1024).await.err().map(|e| e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    assert!(outcome.is_some(), "a foreign certificate was served");
+    drop((spoke_a, spoke_b, hub, s3a, s3b));
+    drop(regions);
+}

@@ -1,6 +1,7 @@
 //! The end-to-end harness: an in-process hub on a loopback port (`TestHub::start()`), real
 //! servers for the production dependencies (`servers`), and small request helpers.
 
+pub mod bench_tunnel;
 pub mod servers;
 
 use anyhow::Context as _;
@@ -27,6 +28,25 @@ macro_rules! assert_eventually {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }};
+}
+
+/// Raises the kernel's UDP socket buffer limits (`net.core.rmem_max`/`wmem_max`) to 16 MiB
+/// when lower, so QUIC endpoints get the 8 MiB buffers they ask for (the default limit here is
+/// 4 MiB). Global to the machine, only ever raised, so it needs no undoing.
+pub fn raise_udp_buffers() {
+    const WANT: u64 = 16 << 20;
+    for name in ["rmem_max", "wmem_max"] {
+        let path = format!("/proc/sys/net/core/{name}");
+        let now: u64 = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if now < WANT {
+            if let Err(e) = std::fs::write(&path, WANT.to_string()) {
+                tracing::warn!(%path, error = %e, "cannot raise the UDP buffer limit");
+            }
+        }
+    }
 }
 
 /// How to start a test hub.

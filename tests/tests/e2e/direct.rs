@@ -10,6 +10,7 @@ use std::time::Duration;
 async fn upload_url_and_redirected_download_through_a_spoke() {
     let hub = TestHub::start_with(HubOptions {
         yaml: Some("offload:\n  threshold: 1048576\nnetwork:\n  heartbeat_ms: 250\n".into()),
+        max_upload_bytes: 4 << 20,
         ..Default::default()
     })
     .await
@@ -91,6 +92,68 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
     let r = client.put(&url).body("x").send().await.expect("again");
     assert_eq!(r.status(), 403, "an upload URL is single use");
 
+    // A large plain upload is redirected to the spoke (307 keeps method and body); a small one
+    // is served by the hub; a declared size over the limit is refused up front.
+    let upload = |name: &str, body: Vec<u8>| {
+        let meta = json!({"name": name, "parent_id": "root"}).to_string();
+        let no_follow = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        no_follow
+            .post(hub.acc("/storage/files"))
+            .header("Authorization", hub.apikey())
+            .header("X-Kloudless-Metadata", meta)
+            .body(body)
+            .send()
+    };
+    let big = e2e::pattern(2 << 20, 9);
+    let r = upload("big.bin", big.clone()).await.expect("upload");
+    assert_eq!(r.status(), 307);
+    let location = r.headers()["location"].to_str().expect("ascii").to_owned();
+    assert!(
+        location.starts_with(&format!("https://{advertise}/v1/data/")),
+        "{location}"
+    );
+    assert!(
+        !hub.data_dir.join("files/big.bin").exists(),
+        "the hub wrote nothing"
+    );
+    let r = client
+        .post(&location)
+        .body(big.clone())
+        .send()
+        .await
+        .expect("follow");
+    assert_eq!(r.status(), 201);
+    let big_file: Value = r.json().await.expect("json");
+    assert_eq!(big_file["size"], big.len());
+    assert!(std::fs::read(hub.data_dir.join("files/big.bin")).expect("file") == big);
+    let r = upload("small.bin", b"tiny".to_vec()).await.expect("small");
+    assert_eq!(r.status(), 201);
+    // Over the limit: refused from the headers alone, before any body is sent.
+    let mut tcp = tokio::net::TcpStream::connect(hub.base_url.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/accounts/{}/storage/files HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         X-Kloudless-Metadata: {{\"name\":\"huge.bin\",\"parent_id\":\"root\"}}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        hub.creds.account_id,
+        hub.apikey(),
+        5 << 20
+    );
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    tcp.write_all(head.as_bytes()).await.expect("send");
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .expect("an answer before the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("request_too_large"), "{answer}");
+
     // A large download redirects to the spoke; the signed URL serves exactly the file.
     let id = f["id"].as_str().expect("id");
     let no_follow = reqwest::Client::builder()
@@ -111,7 +174,7 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
     );
     let body = client.get(&location).send().await.expect("follow");
     assert_eq!(body.status(), 200);
-    assert_eq!(body.bytes().await.expect("bytes").as_ref(), data.as_slice());
+    assert!(body.bytes().await.expect("bytes").as_ref() == data.as_slice());
     // A range request is served by the hub itself.
     let r = no_follow
         .get(hub.acc(&format!("/storage/files/{id}/contents")))

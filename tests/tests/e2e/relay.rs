@@ -144,6 +144,7 @@ fn storage_rtt(view: &Value, endpoint: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
+    e2e::raise_udp_buffers();
     let regions = Regions::build();
     let ip_of = |s: &str| -> IpAddr { s.parse().expect("ip") };
     let s3a = S3Server::start_in(regions.ns(2), ip_of("10.251.4.2"))

@@ -46,6 +46,7 @@ pub async fn open(config: config::Config) -> anyhow::Result<AppState> {
 pub struct Background {
     pub network: Option<network::NetworkHandle>,
     scheduler: tokio::task::JoinHandle<()>,
+    state: AppState,
 }
 
 impl Background {
@@ -58,11 +59,13 @@ impl Background {
         Ok(Background {
             network,
             scheduler: transfers::spawn_scheduler(state.clone()),
+            state: state.clone(),
         })
     }
 
     /// Stops both without waiting (for `Drop` paths).
     pub fn abort(&self) {
+        self.state.transfers.close();
         self.scheduler.abort();
         if let Some(n) = &self.network {
             n.close();
@@ -71,6 +74,8 @@ impl Background {
 
     /// Stops both.
     pub async fn shutdown(self) {
+        // First, so that connections closing below start no new work.
+        self.state.transfers.close();
         self.scheduler.abort();
         if let Some(n) = self.network {
             n.shutdown().await;

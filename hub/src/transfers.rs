@@ -38,6 +38,8 @@ pub struct TransferBook {
     live: Mutex<HashMap<i64, Live>>,
     inline: Mutex<HashMap<i64, CancellationToken>>,
     started: Instant,
+    /// Set when the hub shuts down: nothing new is dispatched, inline runs stop.
+    closing: std::sync::atomic::AtomicBool,
     /// Wakes waiters when any transfer ends.
     pub changed: tokio::sync::Notify,
 }
@@ -56,9 +58,37 @@ impl Default for TransferBook {
             live: Mutex::new(HashMap::new()),
             inline: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            closing: std::sync::atomic::AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         }
     }
+}
+
+impl TransferBook {
+    /// The hub is shutting down: dispatch nothing more and stop the transfers it runs itself
+    /// (they stay `running` in the database; the next hub start re-queues them).
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for (_, c) in lock(&self.inline).drain() {
+            c.cancel();
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Who must be running a transfer for its completion to count: a transfer re-assigned in
+/// the meantime (a lost spoke, a hub restart) is finished only by its current executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Executor {
+    Spoke(i64),
+    /// The hub, in the run that made `attempts` what it is.
+    Hub {
+        attempts: i64,
+    },
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,6 +180,9 @@ fn endpoint_of(cfg: &ServiceConfig) -> Option<String> {
 /// Picks an executor for a queued transfer and starts it there. Never fails for lack of a
 /// spoke: after the start-up grace period, the hub runs it itself.
 pub async fn dispatch(state: &AppState, id: i64, exclude: &[i64]) {
+    if state.transfers.is_closing() {
+        return;
+    }
     if let Err(e) = try_dispatch(state, id, exclude).await {
         tracing::warn!(transfer = id, error = %e.message(), "dispatch failed");
         let _ = state
@@ -331,9 +364,14 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
             );
             let cancel = CancellationToken::new();
             lock(&state.transfers.inline).insert(id, cancel.clone());
+            // assign_transfer counted this attempt.
+            let run = Executor::Hub {
+                attempts: t.attempts + 1,
+            };
             let state = state.clone();
             tokio::spawn(async move {
-                let result = run_inline(&state, id, src, dst, upload_id, todo, done, cancel).await;
+                let result =
+                    run_inline(&state, id, run, src, dst, upload_id, todo, done, cancel).await;
                 lock(&state.transfers.inline).remove(&id);
                 if let Err(e) = result {
                     requeue_or_fail(&state, id, e.message(), e.retryable()).await;
@@ -403,6 +441,7 @@ fn relay_grant(
 async fn run_inline(
     state: &AppState,
     id: i64,
+    run: Executor,
     src: Arc<Account>,
     dst: Arc<Account>,
     upload_id: Option<String>,
@@ -472,15 +511,32 @@ async fn run_inline(
     };
     let _ = reporter.await;
     let checksum = result?;
-    complete(state, id, checksum).await
+    complete(state, id, run, checksum).await
 }
 
 /// Completes a transfer whose parts are all durable: assembles the multipart upload if the
 /// hub runs it, checks the parts cover the object, records the checksum.
-async fn complete(state: &AppState, id: i64, reported: Option<String>) -> ApiResult<()> {
+async fn complete(
+    state: &AppState,
+    id: i64,
+    by: Executor,
+    reported: Option<String>,
+) -> ApiResult<()> {
     let Some(t) = state.db.get_transfer(id).await? else {
         return Ok(());
     };
+    let current = match (t.executor.as_deref(), t.spoke_id) {
+        (Some("spoke"), Some(s)) => Some(Executor::Spoke(s)),
+        (Some("hub"), _) => Some(Executor::Hub {
+            attempts: t.attempts,
+        }),
+        _ => None,
+    };
+    if t.state != "running" || current != Some(by) {
+        tracing::warn!(transfer = id, ?by, ?current, state = %t.state,
+                       "a completion from a run that no longer owns the transfer is ignored");
+        return Ok(());
+    }
     let parts: Vec<PartDone> = state
         .db
         .transfer_parts(id)
@@ -638,7 +694,7 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
         }
         SpokeMsg::Done { checksum, .. } => {
             state.network.registry.note_assigned(spoke_id, -1);
-            if let Err(e) = complete(state, id, Some(checksum)).await {
+            if let Err(e) = complete(state, id, Executor::Spoke(spoke_id), Some(checksum)).await {
                 fail_or_retry(state, id, spoke_id, e.message(), true).await;
             }
         }

@@ -324,7 +324,13 @@ async fn hub_restart_mid_transfer_completes() {
         port: Some(port),
         ..Default::default()
     };
-    let hub = TestHub::start_with(opts.clone()).await.expect("hub");
+    // The first hub has no grace period: were it to dispatch while shutting down (its spoke's
+    // connection closing looks like a lost spoke), it would start the transfer itself.
+    let first = HubOptions {
+        yaml: Some(hub_yaml_grace(Some(48 * MIB), 8, 0)),
+        ..opts.clone()
+    };
+    let hub = TestHub::start_with(first).await.expect("hub");
     let spoke = SpokeProc::start(&hub, root.path(), "s").await;
     wait_healthy(&hub, spoke.id).await;
     let s = setup(&hub, 192 * MIB).await;
@@ -337,7 +343,20 @@ async fn hub_restart_mid_transfer_completes() {
         |t| t["parts_done"].as_u64().unwrap_or(0) >= 4,
     )
     .await;
+    let old = hub.state.clone();
     hub.stop().await.expect("stop");
+    // A stopping hub starts no work: the transfer is not taken over by the hub.
+    for _ in 0..10 {
+        let t = old
+            .db
+            .get_transfer(id)
+            .await
+            .expect("db")
+            .expect("transfer");
+        assert_ne!(t.executor.as_deref(), Some("hub"), "{t:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(old);
     let hub = TestHub::start_with(opts).await.expect("restarted hub");
     let t = until(&hub, id, Duration::from_secs(120), "the copy", |t| {
         t["state"] == "done"

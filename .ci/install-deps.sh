@@ -69,6 +69,11 @@ apt_deps=(
   "pg_isready postgresql-client"
   "createdb postgresql-client"
   "psql postgresql-client"
+  "wireguard-go wireguard-go"
+  "wg wireguard-tools"
+  "iperf3 iperf3"
+  "ping iputils-ping"
+  "ip iproute2"
 )
 for entry in "${apt_deps[@]}"; do
   read -r cmd pkg <<<"$entry"
@@ -95,7 +100,7 @@ fi
 # package scripts started; the tests start their own instances on free ports, so nothing to do.
 
 missing=()
-for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob; do
+for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip; do
   have "$cmd" || missing+=("$cmd")
 done
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || missing+=(moto_server)

@@ -2,7 +2,9 @@
 //! servers for the production dependencies (`servers`), and small request helpers.
 
 pub mod bench_tunnel;
+pub mod netns;
 pub mod servers;
+pub mod tunnel_lab;
 
 use anyhow::Context as _;
 use hub::config::Config;

@@ -27,6 +27,13 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve-bare") => serve_bare(args.get(2).context("port")?.parse()?),
+        Some("tunnel") => tokio::runtime::Runtime::new()?
+            .block_on(e2e::bench_tunnel::throughput(&sibling("tunnel")?)),
+        Some("tunnel-soak") => {
+            let minutes = args.get(2).map_or(Ok(7), |m| m.parse())?;
+            tokio::runtime::Runtime::new()?
+                .block_on(e2e::bench_tunnel::soak(&sibling("tunnel")?, minutes))
+        }
         Some(which @ ("metadata" | "transfer" | "offload" | "all")) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
@@ -42,7 +49,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        _ => bail!("usage: bench metadata|transfer|offload|all"),
+        _ => bail!("usage: bench metadata|transfer|offload|all|tunnel|tunnel-soak [MINUTES]"),
     }
 }
 

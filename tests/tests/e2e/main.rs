@@ -11,3 +11,4 @@ mod offload;
 mod relay;
 mod spokes;
 mod transfer_engine;
+mod tunnel;

@@ -36,6 +36,116 @@ pub struct Config {
     pub network: NetworkConfig,
     #[serde(default)]
     pub offload: OffloadConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
+}
+
+/// The latency-aware steering DNS server (authoritative for one zone).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// UDP and TCP address to serve DNS on; `null` (the default) turns it off.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The zone: `api.<zone>` is steered, `<region>.api.<zone>` is fixed per region.
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// Name servers of the zone (NS records), absolute or relative to the zone.
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// The SOA mailbox (RNAME), e.g. `hostmaster.example.com`.
+    #[serde(default)]
+    pub hostmaster: Option<String>,
+    /// TTL of steered answers, seconds.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl_secs: u32,
+    /// The addresses answered for this hub (its public IPs); defaults to the host of
+    /// `public_url` when that is an IP.
+    #[serde(default)]
+    pub addresses: Vec<std::net::IpAddr>,
+    /// Static records served as they are.
+    #[serde(default)]
+    pub records: Vec<StaticRecord>,
+    /// Fallback when no RTT is measured for a client network: CIDR → region.
+    #[serde(default)]
+    pub regions: Vec<CidrRegion>,
+    /// Last resort region; defaults to this hub's region.
+    #[serde(default)]
+    pub default_region: Option<String>,
+    /// Seconds between health probes of the other hubs' `/readyz`.
+    #[serde(default = "default_probe_secs")]
+    pub probe_interval_secs: u64,
+    /// Consecutive failed probes before a hub counts as down.
+    #[serde(default = "default_probe_failures")]
+    pub probe_failures: u32,
+    /// Move a client network to another hub only when it is this many percent...
+    #[serde(default = "default_hysteresis_pct")]
+    pub hysteresis_pct: u32,
+    /// ...and this many milliseconds faster.
+    #[serde(default = "default_hysteresis_ms")]
+    pub hysteresis_ms: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            zone: default_zone(),
+            nameservers: Vec::new(),
+            hostmaster: None,
+            ttl_secs: default_dns_ttl(),
+            addresses: Vec::new(),
+            records: Vec::new(),
+            regions: Vec::new(),
+            default_region: None,
+            probe_interval_secs: default_probe_secs(),
+            probe_failures: default_probe_failures(),
+            hysteresis_pct: default_hysteresis_pct(),
+            hysteresis_ms: default_hysteresis_ms(),
+        }
+    }
+}
+
+/// A record the DNS server serves verbatim.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRecord {
+    /// Relative to the zone (`www`), `@` for the apex, or absolute (`www.example.com.`).
+    pub name: String,
+    /// `A`, `AAAA`, `CNAME`, `TXT` or `MX`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// In zone-file syntax (`192.0.2.1`, `10 mail.example.com.`, ...).
+    pub value: String,
+    #[serde(default)]
+    pub ttl: Option<u32>,
+}
+
+/// A static CIDR → region mapping.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CidrRegion {
+    pub cidr: ipnet::IpNet,
+    pub region: String,
+}
+
+fn default_zone() -> String {
+    "switchyard.internal".into()
+}
+fn default_dns_ttl() -> u32 {
+    30
+}
+fn default_probe_secs() -> u64 {
+    5
+}
+fn default_probe_failures() -> u32 {
+    3
+}
+fn default_hysteresis_pct() -> u32 {
+    20
+}
+fn default_hysteresis_ms() -> u64 {
+    10
 }
 
 /// The spoke control plane (QUIC with mutual TLS).
@@ -468,6 +578,7 @@ impl Config {
                 "part_concurrency and max_jobs_per_spoke must be at least 1",
             ));
         }
+        crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         Ok(())
     }
 

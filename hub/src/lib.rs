@@ -19,6 +19,7 @@ mod metrics;
 pub mod model;
 pub mod network;
 pub mod state;
+pub mod steering;
 pub mod transfers;
 
 use anyhow::Context as _;
@@ -45,7 +46,10 @@ pub async fn open(config: config::Config) -> anyhow::Result<AppState> {
 #[derive(Debug)]
 pub struct Background {
     pub network: Option<network::NetworkHandle>,
+    /// The steering DNS server, when `dns.listen` is set.
+    pub dns: Option<steering::dns::DnsServer>,
     scheduler: tokio::task::JoinHandle<()>,
+    steering: tokio::task::JoinHandle<()>,
     state: AppState,
 }
 
@@ -56,9 +60,18 @@ impl Background {
             Some(addr) => Some(network::start(state.clone(), addr).await?),
             None => None,
         };
+        let dns = match state.config.dns.listen {
+            Some(addr) => Some(
+                steering::dns::DnsServer::start(state.steering.clone(), &state.config, addr)
+                    .await?,
+            ),
+            None => None,
+        };
         Ok(Background {
             network,
+            dns,
             scheduler: transfers::spawn_scheduler(state.clone()),
+            steering: steering::spawn(state.clone()),
             state: state.clone(),
         })
     }
@@ -67,6 +80,7 @@ impl Background {
     pub fn abort(&self) {
         self.state.transfers.close();
         self.scheduler.abort();
+        self.steering.abort();
         if let Some(n) = &self.network {
             n.close();
         }
@@ -77,6 +91,10 @@ impl Background {
         // First, so that connections closing below start no new work.
         self.state.transfers.close();
         self.scheduler.abort();
+        self.steering.abort();
+        if let Some(d) = self.dns {
+            d.shutdown().await;
+        }
         if let Some(n) = self.network {
             n.shutdown().await;
         }
@@ -95,8 +113,13 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    let steering = state.steering.clone();
+    let listener = listener.tap_io(move |tcp| {
         let _ = tcp.set_nodelay(true);
+        // The handshake's RTT: a latency sample of this client's network for steering.
+        if let (Some(rtt), Ok(peer)) = (steering::tcpinfo::rtt_us(tcp), tcp.peer_addr()) {
+            steering.record_rtt(peer.ip(), rtt);
+        }
     });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)

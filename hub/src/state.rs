@@ -60,6 +60,8 @@ pub struct HubState {
     pub network: crate::network::Network,
     /// Live state of transfers run or watched by this hub.
     pub transfers: crate::transfers::TransferBook,
+    /// Latency-aware DNS steering: measurements, health, the answer snapshot.
+    pub steering: Arc<crate::steering::Steering>,
     principals: TtlCache<[u8; 32], Principal>,
     accounts: TtlCache<i64, Arc<Account>>,
 }
@@ -105,6 +107,7 @@ impl HubState {
             spoke_data: Tagger::new(master.derive("spoke-data")),
             network,
             transfers: crate::transfers::TransferBook::default(),
+            steering: Arc::new(crate::steering::Steering::new(&config)),
             principals: TtlCache::new(CACHE_TTL, CACHE_CAPACITY),
             accounts: TtlCache::new(CACHE_TTL, CACHE_CAPACITY),
             config,

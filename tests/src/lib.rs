@@ -160,6 +160,14 @@ impl TestHub {
         })
     }
 
+    /// The steering DNS server's address (UDP and TCP), when `dns.listen` is configured.
+    pub fn dns_addr(&self) -> Option<std::net::SocketAddr> {
+        self.background
+            .as_ref()
+            .and_then(|b| b.dns.as_ref())
+            .map(|d| d.local_addr)
+    }
+
     /// A directory under an allowed `fs` root, for extra accounts.
     pub fn new_fs_root(&self, name: &str) -> anyhow::Result<PathBuf> {
         let p = self._dir.path().join("roots").join(name);

@@ -1,6 +1,6 @@
 //! The network API (Meta auth): join tokens, the spoke registry, revocation.
 
-use super::{ApiJson, ApiPath, CommonErrors};
+use super::{ApiJson, ApiPath, ApiQuery, CommonErrors};
 use crate::auth::MetaCaller;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{rfc3339, ObjectList};
@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -20,6 +20,89 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_spokes))
         .routes(routes!(get_spoke, revoke_spoke))
         .routes(routes!(create_token))
+        .routes(routes!(explain_steering))
+}
+
+/// Query of the steering explanation.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SteeringQuery {
+    /// The client's (or its resolver's) IP address.
+    client: String,
+}
+
+/// One hub as the steering ranked it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SteeringCandidate {
+    pub region: String,
+    pub healthy: bool,
+    /// RTT this region's hub measured to the client's network, milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// `rtt`, `static_map`, `default_region` or `other`.
+    pub basis: String,
+}
+
+/// Why the DNS answers what it answers for a client.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SteeringView {
+    pub client: String,
+    /// The client network decisions are made for (/24 or /56).
+    pub prefix: String,
+    /// Best first.
+    pub candidates: Vec<SteeringCandidate>,
+    pub chosen: Option<String>,
+    /// The addresses answered for `api.<zone>`.
+    pub addresses: Vec<String>,
+    pub reason: String,
+    pub fail_open: bool,
+    pub ttl: u32,
+}
+
+/// Explain the steering decision for a client address: candidates, RTTs, health, the hub
+/// chosen and why.
+#[utoipa::path(get, path = "/v1/network/steering", tag = "network", params(SteeringQuery),
+    responses((status = 200, body = SteeringView), CommonErrors))]
+async fn explain_steering(
+    _: MetaCaller,
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<SteeringQuery>,
+) -> ApiResult<Json<SteeringView>> {
+    let client: std::net::IpAddr = q.client.trim().parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "`client` must be an IP address, not {:?}",
+            q.client
+        ))
+    })?;
+    let st = &state.steering;
+    let (d, prefix) = st.explain(client);
+    let snap = st.snapshot();
+    let addresses = d
+        .chosen
+        .as_deref()
+        .map(|r| st.addresses_of(&snap, r))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.to_string())
+        .collect();
+    Ok(Json(SteeringView {
+        client: client.to_string(),
+        prefix: prefix.to_string(),
+        candidates: d
+            .ranked
+            .into_iter()
+            .map(|c| SteeringCandidate {
+                region: c.region,
+                healthy: c.healthy,
+                rtt_ms: c.rtt_us.map(|u| u as f64 / 1000.0),
+                basis: c.basis.to_owned(),
+            })
+            .collect(),
+        chosen: d.chosen,
+        addresses,
+        reason: d.reason,
+        fail_open: d.fail_open,
+        ttl: st.ttl,
+    }))
 }
 
 /// A request for a join token.

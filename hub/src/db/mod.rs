@@ -4,8 +4,10 @@
 //! Row types are private to this module; callers get the domain records below.
 
 mod network;
+mod steering;
 mod transfers;
 pub use network::{CaRecord, HubRecord, JoinTokenRecord, SpokeRecord};
+pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{NewTransfer, TransferRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};

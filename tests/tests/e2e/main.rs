@@ -10,5 +10,6 @@ mod network;
 mod offload;
 mod relay;
 mod spokes;
+mod steering;
 mod transfer_engine;
 mod tunnel;

@@ -1,0 +1,464 @@
+//! Latency-aware steering: which hub a client should use, decided from live measurements and
+//! answered over DNS.
+//!
+//! - [`core`]: the decision, sans IO (rank hubs for a client network).
+//! - [`dns`]: the authoritative DNS server (hickory): `api.<zone>` steered, `<region>.api.<zone>`
+//!   fixed, static records, SOA/NS, NXDOMAIN for the rest.
+//! - [`tcpinfo`]: the kernel's RTT of an accepted TCP connection.
+//! - This module: the shared state. Every hub measures the handshake RTT of the API connections
+//!   it accepts, per client network (an EWMA), and writes its estimates to the database; it
+//!   probes the other hubs' `/readyz` and writes what it sees; every second it reloads the
+//!   directory, the RTTs and the health votes into a snapshot the DNS server answers from.
+
+pub mod core;
+pub mod dns;
+pub mod tcpinfo;
+
+use self::core::{decide, Decision, HubEntry, Hysteresis, Inputs, Prefix};
+use crate::config::Config;
+use crate::db::{HealthRecord, RttRecord};
+use crate::state::{now_ms, AppState};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// How often the snapshot is rebuilt from the database.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// How often this hub re-registers in the directory.
+const REGISTER_EVERY: Duration = Duration::from_secs(10);
+/// Hubs not seen for this long leave the directory.
+const DIRECTORY_AGE: Duration = Duration::from_secs(300);
+/// RTT estimates older than this are ignored.
+const RTT_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// At most this many client networks are loaded.
+const MAX_PREFIXES: i64 = 200_000;
+/// Weight of a new RTT sample in the moving average.
+const EWMA_ALPHA: f64 = 0.3;
+/// Local estimates kept at most (oldest-updated dropped beyond).
+const MAX_LOCAL: usize = 100_000;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What answers are computed from; replaced whole on every reload.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub version: u64,
+    pub hubs: Vec<HubEntry>,
+    /// Client network → region → RTT µs.
+    pub rtt: HashMap<Prefix, HashMap<String, u64>>,
+}
+
+/// One local RTT estimate.
+#[derive(Debug, Clone, Copy)]
+struct Ewma {
+    rtt_us: f64,
+    samples: u64,
+    dirty: bool,
+    updated_ms: i64,
+}
+
+/// The steering state of one hub.
+#[derive(Debug)]
+pub struct Steering {
+    /// This hub's id in the directory (its public URL) and region.
+    pub me: String,
+    pub region: String,
+    pub default_region: String,
+    pub cidr_regions: Vec<(ipnet::IpNet, String)>,
+    pub hysteresis: Hysteresis,
+    pub ttl: u32,
+    /// The addresses answered for this hub.
+    pub addresses: Vec<IpAddr>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Per client network: the region last answered, and the snapshot version it was decided
+    /// with (a decision is reused until the snapshot changes).
+    sticky: Mutex<HashMap<Prefix, (u64, String)>>,
+    local: Mutex<HashMap<Prefix, Ewma>>,
+}
+
+impl Steering {
+    pub fn new(config: &Config) -> Steering {
+        let dns = &config.dns;
+        let mut addresses = dns.addresses.clone();
+        if addresses.is_empty() {
+            if let Some(ip) = host_ip(&config.public_url()) {
+                addresses.push(ip);
+            }
+        }
+        Steering {
+            me: config.public_url(),
+            region: config.region.clone(),
+            default_region: dns
+                .default_region
+                .clone()
+                .unwrap_or_else(|| config.region.clone()),
+            cidr_regions: dns
+                .regions
+                .iter()
+                .map(|r| (r.cidr, r.region.clone()))
+                .collect(),
+            hysteresis: Hysteresis {
+                pct: dns.hysteresis_pct,
+                min_gain: Duration::from_millis(dns.hysteresis_ms),
+            },
+            ttl: dns.ttl_secs,
+            addresses,
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            sticky: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn inputs<'a>(&'a self, snap: &'a Snapshot, prefix: &Prefix) -> Inputs<'a> {
+        Inputs {
+            hubs: &snap.hubs,
+            rtt_us: snap.rtt.get(prefix),
+            cidr_regions: &self.cidr_regions,
+            default_region: &self.default_region,
+            sticky: None,
+            hysteresis: self.hysteresis,
+        }
+    }
+
+    /// The region to answer for a client (its address, or an ECS address with its source
+    /// prefix length), and the prefix the answer was decided for (its length is the ECS scope).
+    pub fn choose(&self, client: IpAddr, source_len: Option<u8>) -> (Option<String>, Prefix) {
+        let prefix = Prefix::of(client, source_len);
+        let snap = self.snapshot();
+        let mut sticky = lock(&self.sticky);
+        if let Some((v, region)) = sticky.get(&prefix) {
+            if *v == snap.version {
+                return (Some(region.clone()), prefix);
+            }
+        }
+        let mut inputs = self.inputs(&snap, &prefix);
+        let old = sticky.get(&prefix).map(|(_, r)| r.clone());
+        inputs.sticky = old.as_deref();
+        let d = decide(prefix.addr(), &inputs);
+        if let Some(r) = &d.chosen {
+            if sticky.len() >= MAX_LOCAL {
+                sticky.clear();
+            }
+            sticky.insert(prefix, (snap.version, r.clone()));
+        }
+        (d.chosen, prefix)
+    }
+
+    /// The full decision for a client, as `GET /v1/network/steering` explains it.
+    pub fn explain(&self, client: IpAddr) -> (Decision, Prefix) {
+        let prefix = Prefix::of(client, None);
+        let snap = self.snapshot();
+        let mut inputs = self.inputs(&snap, &prefix);
+        let old = lock(&self.sticky).get(&prefix).map(|(_, r)| r.clone());
+        inputs.sticky = old.as_deref();
+        (decide(prefix.addr(), &inputs), prefix)
+    }
+
+    /// Addresses of the hub of `region` in the current snapshot.
+    pub fn addresses_of(&self, snap: &Snapshot, region: &str) -> Vec<IpAddr> {
+        snap.hubs
+            .iter()
+            .filter(|h| h.region == region)
+            .flat_map(|h| {
+                h.ipv4
+                    .iter()
+                    .map(|a| IpAddr::V4(*a))
+                    .chain(h.ipv6.iter().map(|a| IpAddr::V6(*a)))
+            })
+            .collect()
+    }
+
+    /// Folds one handshake RTT of a connection from `peer` into the local estimate.
+    pub fn record_rtt(&self, peer: IpAddr, rtt_us: u32) {
+        let peer = match peer {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, IpAddr::V4),
+            v4 => v4,
+        };
+        if peer.is_loopback() || rtt_us == 0 {
+            return;
+        }
+        let prefix = Prefix::of(peer, None);
+        let mut local = lock(&self.local);
+        if local.len() >= MAX_LOCAL && !local.contains_key(&prefix) {
+            // Drop the stalest estimate.
+            if let Some(k) = local
+                .iter()
+                .min_by_key(|(_, e)| e.updated_ms)
+                .map(|(k, _)| *k)
+            {
+                local.remove(&k);
+            }
+        }
+        let e = local.entry(prefix).or_insert(Ewma {
+            rtt_us: f64::from(rtt_us),
+            samples: 0,
+            dirty: true,
+            updated_ms: 0,
+        });
+        e.rtt_us = if e.samples == 0 {
+            f64::from(rtt_us)
+        } else {
+            EWMA_ALPHA * f64::from(rtt_us) + (1.0 - EWMA_ALPHA) * e.rtt_us
+        };
+        e.samples += 1;
+        e.dirty = true;
+        e.updated_ms = now_ms();
+    }
+
+    /// Estimates changed since the last flush (marked clean).
+    fn take_dirty(&self) -> Vec<RttRecord> {
+        let mut local = lock(&self.local);
+        local
+            .iter_mut()
+            .filter(|(_, e)| e.dirty)
+            .map(|(p, e)| {
+                e.dirty = false;
+                RttRecord {
+                    prefix: p.to_string(),
+                    region: self.region.clone(),
+                    rtt_us: e.rtt_us as i64,
+                    samples: e.samples as i64,
+                    updated_ms: e.updated_ms,
+                }
+            })
+            .collect()
+    }
+
+    fn publish(&self, snap: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+    }
+}
+
+/// The IP in a URL's host, if it is one.
+fn host_ip(url: &str) -> Option<IpAddr> {
+    let rest = url.split("://").nth(1)?;
+    let host = rest.split('/').next()?;
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h).parse().ok()
+}
+
+/// Health of each hub from the observations: with at least three hubs a hub is down only when
+/// two others saw it fail; with fewer, one is enough. A hub never votes on itself.
+pub fn hub_health(hubs: &[String], observations: &[HealthRecord]) -> HashMap<String, bool> {
+    let needed = if hubs.len() >= 3 { 2 } else { 1 };
+    hubs.iter()
+        .map(|h| {
+            let down = observations
+                .iter()
+                .filter(|o| &o.target == h && &o.observer != h && !o.healthy)
+                .count();
+            (h.clone(), down < needed)
+        })
+        .collect()
+}
+
+/// Rebuilds the snapshot from the database.
+async fn reload(state: &AppState, version: u64) -> anyhow::Result<Snapshot> {
+    let now = now_ms();
+    let dir = state
+        .db
+        .steering_hubs(now - DIRECTORY_AGE.as_millis() as i64)
+        .await?;
+    let interval = Duration::from_secs(state.config.dns.probe_interval_secs.max(1));
+    let fresh = now - (interval * 3 + Duration::from_secs(10)).as_millis() as i64;
+    let observations = state.db.health_since(fresh).await?;
+    let ids: Vec<String> = dir.iter().map(|h| h.api.clone()).collect();
+    let health = hub_health(&ids, &observations);
+    let mut hubs = Vec::new();
+    for h in &dir {
+        let mut e = HubEntry {
+            region: h.region.clone(),
+            ipv4: Vec::new(),
+            ipv6: Vec::new(),
+            healthy: health.get(&h.api).copied().unwrap_or(true),
+        };
+        for a in &h.addresses {
+            match a.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => e.ipv4.push(v4),
+                Ok(IpAddr::V6(v6)) => e.ipv6.push(v6),
+                Err(_) => {}
+            }
+        }
+        // One entry per region: several hubs of a region merge (healthy if any is).
+        match hubs
+            .iter_mut()
+            .find(|x: &&mut HubEntry| x.region == e.region)
+        {
+            Some(x) => {
+                if e.healthy && !x.healthy {
+                    x.ipv4.clear();
+                    x.ipv6.clear();
+                }
+                if e.healthy || !x.healthy {
+                    x.ipv4.extend(e.ipv4);
+                    x.ipv6.extend(e.ipv6);
+                }
+                x.healthy |= e.healthy;
+            }
+            None => hubs.push(e),
+        }
+    }
+    let mut rtt: HashMap<Prefix, HashMap<String, u64>> = HashMap::new();
+    for r in state
+        .db
+        .rtts_since(now - RTT_AGE.as_millis() as i64, MAX_PREFIXES)
+        .await?
+    {
+        if let Some(p) = Prefix::parse(&r.prefix) {
+            rtt.entry(p)
+                .or_default()
+                .insert(r.region, r.rtt_us.max(0) as u64);
+        }
+    }
+    Ok(Snapshot { version, hubs, rtt })
+}
+
+/// Registers this hub, flushes RTTs, reloads the snapshot every second, and probes the other
+/// hubs every `dns.probe_interval_secs`. Runs until aborted.
+pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let st = &state.steering;
+        let interval = Duration::from_secs(state.config.dns.probe_interval_secs.max(1));
+        let client = reqwest::Client::builder()
+            .timeout(interval.min(Duration::from_secs(2)))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        let mut failures: HashMap<String, u32> = HashMap::new();
+        let mut version = 1u64;
+        let mut last_register: Option<tokio::time::Instant> = None;
+        let mut last_probe: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(RELOAD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = tokio::time::Instant::now();
+            if last_register.is_none_or(|t| now - t >= REGISTER_EVERY) {
+                let addrs: Vec<String> = st.addresses.iter().map(|a| a.to_string()).collect();
+                match state
+                    .db
+                    .upsert_steering_hub(&st.me, &st.region, &addrs, now_ms())
+                    .await
+                {
+                    Ok(()) => last_register = Some(now),
+                    Err(e) => tracing::warn!(error = %e, "registering in the steering directory"),
+                }
+            }
+            let dirty = st.take_dirty();
+            if !dirty.is_empty() {
+                if let Err(e) = state.db.upsert_rtts(&dirty).await {
+                    tracing::warn!(error = %e, "writing RTT estimates");
+                }
+            }
+            if last_probe.is_none_or(|t| now - t >= interval) {
+                last_probe = Some(now);
+                probe_peers(&state, &client, &mut failures).await;
+            }
+            match reload(&state, version).await {
+                Ok(snap) => {
+                    version += 1;
+                    st.publish(snap);
+                }
+                Err(e) => tracing::warn!(error = %e, "reloading the steering snapshot"),
+            }
+        }
+    })
+}
+
+/// Probes every other hub's `/readyz` once and records what it saw.
+async fn probe_peers(
+    state: &AppState,
+    client: &reqwest::Client,
+    failures: &mut HashMap<String, u32>,
+) {
+    let st = &state.steering;
+    let Ok(dir) = state
+        .db
+        .steering_hubs(now_ms() - DIRECTORY_AGE.as_millis() as i64)
+        .await
+    else {
+        return;
+    };
+    let peers: Vec<String> = dir
+        .into_iter()
+        .map(|h| h.api)
+        .filter(|a| *a != st.me)
+        .collect();
+    let results = futures::future::join_all(peers.iter().map(|api| async move {
+        let url = format!("{}/readyz", api.trim_end_matches('/'));
+        let ok = matches!(client.get(&url).send().await, Ok(r) if r.status().is_success());
+        (api.clone(), ok)
+    }))
+    .await;
+    let limit = state.config.dns.probe_failures.max(1);
+    for (api, ok) in results {
+        let f = failures.entry(api.clone()).or_insert(0);
+        *f = if ok { 0 } else { f.saturating_add(1) };
+        let rec = HealthRecord {
+            observer: st.me.clone(),
+            target: api.clone(),
+            healthy: *f < limit,
+            failures: i64::from(*f),
+            updated_ms: now_ms(),
+        };
+        if !rec.healthy && *f == limit {
+            tracing::warn!(hub = %api, failures = *f, "a peer hub failed its readiness probes");
+        }
+        if let Err(e) = state.db.upsert_health(&rec).await {
+            tracing::warn!(error = %e, "writing hub health");
+        }
+    }
+    failures.retain(|k, _| peers.contains(k));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(observer: &str, target: &str, healthy: bool) -> HealthRecord {
+        HealthRecord {
+            observer: observer.into(),
+            target: target.into(),
+            healthy,
+            failures: if healthy { 0 } else { 3 },
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn health_needs_two_voices_with_three_hubs() {
+        let three: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let one = hub_health(&three, &[obs("b", "a", false)]);
+        assert!(one["a"], "one observer is not enough with three hubs");
+        let two = hub_health(&three, &[obs("b", "a", false), obs("c", "a", false)]);
+        assert!(!two["a"]);
+        assert!(two["b"] && two["c"]);
+        let selfvote = hub_health(&three, &[obs("a", "a", false), obs("b", "a", false)]);
+        assert!(selfvote["a"], "a hub does not vote on itself");
+        let pair: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        assert!(!hub_health(&pair, &[obs("b", "a", false)])["a"]);
+    }
+
+    #[test]
+    fn hosts_of_urls() {
+        assert_eq!(host_ip("http://10.1.2.3:8080"), "10.1.2.3".parse().ok());
+        assert_eq!(
+            host_ip("https://[2001:db8::1]:443/x"),
+            "2001:db8::1".parse().ok()
+        );
+        assert_eq!(host_ip("https://hub.example.com"), None);
+    }
+}

@@ -1,6 +1,8 @@
 //! The end-to-end harness: an in-process hub on a loopback port (`TestHub::start()`), real
 //! servers for the production dependencies (`servers`), and small request helpers.
 
+pub mod bench_dns;
+pub mod bench_linkemu;
 pub mod bench_tunnel;
 pub mod netns;
 pub mod servers;

@@ -32,6 +32,8 @@ use std::time::Duration;
 const ZONE_TTL: u32 = 3600;
 /// Largest UDP payload we announce (the DNS flag day 2020 value).
 const MAX_PAYLOAD: u16 = 1232;
+/// Receive and send buffer of each UDP socket.
+const UDP_BUFFER: usize = 4 << 20;
 /// How long a TCP client may stay idle.
 const TCP_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -361,6 +363,34 @@ impl RequestHandler for Handler {
     }
 }
 
+/// One UDP socket per core on the same address (`SO_REUSEPORT`: the kernel spreads queries
+/// over them, so receiving is parallel too), each with large buffers so that bursts wait in
+/// the kernel instead of being dropped.
+fn udp_sockets(addr: SocketAddr) -> std::io::Result<Vec<tokio::net::UdpSocket>> {
+    let n = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let mut out = Vec::with_capacity(n);
+    let mut bound = addr;
+    for _ in 0..n {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(bound),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        s.set_reuse_port(true)?;
+        let _ = s.set_recv_buffer_size(UDP_BUFFER);
+        let _ = s.set_send_buffer_size(UDP_BUFFER);
+        s.set_nonblocking(true)?;
+        s.bind(&bound.into())?;
+        let std: std::net::UdpSocket = s.into();
+        // Port 0 asked for any port: the others join the one the first got.
+        bound = std.local_addr()?;
+        out.push(tokio::net::UdpSocket::from_std(std)?);
+    }
+    Ok(out)
+}
+
 /// A running DNS server.
 pub struct DnsServer {
     pub local_addr: SocketAddr,
@@ -383,10 +413,9 @@ impl DnsServer {
         addr: SocketAddr,
     ) -> anyhow::Result<Self> {
         let zone = build_zone(&config.dns).map_err(|(k, m)| anyhow::anyhow!("{k}: {m}"))?;
-        let udp = tokio::net::UdpSocket::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("binding DNS on UDP {addr}: {e}"))?;
-        let local_addr = udp.local_addr()?;
+        let sockets =
+            udp_sockets(addr).map_err(|e| anyhow::anyhow!("binding DNS on UDP {addr}: {e}"))?;
+        let local_addr = sockets[0].local_addr()?;
         let tcp = tokio::net::TcpListener::bind(local_addr)
             .await
             .map_err(|e| anyhow::anyhow!("binding DNS on TCP {local_addr}: {e}"))?;
@@ -394,7 +423,9 @@ impl DnsServer {
             steering,
             zone: Arc::new(zone),
         });
-        server.register_socket(udp);
+        for s in sockets {
+            server.register_socket(s);
+        }
         server.register_listener(tcp, TCP_TIMEOUT, 64 * 1024);
         tracing::info!(%local_addr, zone = %config.dns.zone, "steering DNS listening (UDP and TCP)");
         Ok(DnsServer { local_addr, server })

@@ -27,6 +27,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("serve-bare") => serve_bare(args.get(2).context("port")?.parse()?),
+        Some("linkemu") => e2e::bench_linkemu::run(args.get(2).map(String::as_str)),
+        Some("dns") => {
+            tokio::runtime::Runtime::new()?.block_on(e2e::bench_dns::run(&sibling("hub")?))
+        }
         Some("tunnel") => tokio::runtime::Runtime::new()?
             .block_on(e2e::bench_tunnel::throughput(&sibling("tunnel")?)),
         Some("tunnel-soak") => {
@@ -49,7 +53,7 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        _ => bail!("usage: bench metadata|transfer|offload|all|tunnel|tunnel-soak [MINUTES]"),
+        _ => bail!("usage: bench metadata|transfer|offload|all|dns|linkemu|tunnel|tunnel-soak [MINUTES]"),
     }
 }
 

@@ -118,11 +118,15 @@ async fn steering_hub() -> TestHub {
     ])
     .await
     .expect("rtts");
-    // The snapshot reloads every second; wait until all three regions are in it.
+    // The snapshot reloads every second; wait until all three regions and the RTTs are in it
+    // (a reload may fall between the inserts above).
     e2e::assert_eventually!(
-        hub.state.steering.snapshot().hubs.len() == 3,
+        {
+            let snap = hub.state.steering.snapshot();
+            snap.hubs.len() == 3 && !snap.rtt.is_empty()
+        },
         Duration::from_secs(10),
-        "the directory to load"
+        "the directory and the RTTs to load"
     );
     hub
 }

@@ -1,7 +1,7 @@
 //! What more than one Switchyard binary needs: auth primitives, the hub↔spoke protocol, the
 //! network PKI, join strings and the storage connectors.
 //!
-//! `shared` does IO only in [`storage`] and [`quic`]; everything else here is pure computation that tests
+//! `shared` does IO only in [`storage`], [`quic`] and [`resolve`]; everything else here is pure computation that tests
 //! exercise without sockets or real time.
 
 pub mod auth;
@@ -9,4 +9,5 @@ pub mod join;
 pub mod pki;
 pub mod proto;
 pub mod quic;
+pub mod resolve;
 pub mod storage;

@@ -23,11 +23,10 @@ pub async fn connect(
     tls: rustls::ClientConfig,
     keep_alive: Duration,
 ) -> anyhow::Result<(quinn::Endpoint, quinn::Connection)> {
-    let target: SocketAddr = tokio::net::lookup_host(addr)
+    // hickory-resolver: a hub name's TTL is honoured, so steering changes reach us.
+    let target: SocketAddr = shared::resolve::resolve(addr)
         .await
-        .with_context(|| format!("resolving {addr}"))?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("{addr} resolves to no address"))?;
+        .with_context(|| format!("resolving {addr}"))?;
     let bind: SocketAddr = if target.is_ipv6() {
         "[::]:0".parse()?
     } else {

@@ -292,11 +292,9 @@ impl Relayed {
     ) -> Result<Relayed, StorageError> {
         let unavailable =
             |e: String| StorageError::Unavailable(format!("relay spoke {}: {e}", from.spoke_id));
-        let target: SocketAddr = tokio::net::lookup_host(&from.addr)
+        let target: SocketAddr = shared::resolve::resolve(&from.addr)
             .await
-            .map_err(|e| unavailable(format!("resolving {}: {e}", from.addr)))?
-            .next()
-            .ok_or_else(|| unavailable(format!("{} resolves to no address", from.addr)))?;
+            .map_err(|e| unavailable(format!("resolving {}: {e}", from.addr)))?;
         let bind: SocketAddr = if target.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {

@@ -364,10 +364,13 @@ pub async fn probe_loop(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         let targets: HashSet<String> = lock(&jobs.probes).keys().cloned().collect();
         let measured = futures::future::join_all(targets.into_iter().map(|t| async move {
             let start = Instant::now();
-            let ok =
-                tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&t))
-                    .await
-                    .is_ok_and(|r| r.is_ok());
+            let connect = async {
+                let addr = shared::resolve::resolve(&t).await?;
+                tokio::net::TcpStream::connect(addr).await
+            };
+            let ok = tokio::time::timeout(Duration::from_secs(2), connect)
+                .await
+                .is_ok_and(|r| r.is_ok());
             let rtt = if ok {
                 (start.elapsed().as_micros() as u64).max(1)
             } else {

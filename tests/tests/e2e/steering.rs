@@ -78,8 +78,12 @@ const ZONE_YAML: &str = "dns:
 ";
 
 async fn steering_hub() -> TestHub {
+    steering_hub_with(ZONE_YAML).await
+}
+
+async fn steering_hub_with(yaml: &str) -> TestHub {
     let hub = TestHub::start_with(HubOptions {
-        yaml: Some(ZONE_YAML.into()),
+        yaml: Some(yaml.into()),
         ..Default::default()
     })
     .await
@@ -359,4 +363,41 @@ async fn dns_config_errors_name_the_key() {
         let e = hub::config::Config::from_yaml(yaml, Vec::new()).expect_err(yaml);
         assert!(e.to_string().contains(key), "{yaml} → {e}");
     }
+}
+
+/// Our own lookups (spokes dialing hubs, storage probes) go through hickory-resolver, which
+/// keeps an answer exactly as long as its TTL: a changed record is seen within one TTL.
+#[tokio::test]
+async fn our_resolver_honours_short_ttls() {
+    let hub = steering_hub_with(&ZONE_YAML.replace("ttl_secs: 30", "ttl_secs: 1")).await;
+    let dns = hub.dns_addr().expect("dns listening");
+    let r = shared::resolve::Resolver::with_nameserver(dns).expect("resolver");
+    let first = r.lookup_host("eu-west.api.sy.test").await.expect("lookup");
+    assert_eq!(
+        first,
+        ["192.0.2.20".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    hub.state
+        .db
+        .upsert_steering_hub(
+            "http://127.0.0.1:9/eu",
+            "eu-west",
+            &["192.0.2.21".into()],
+            hub::state::now_ms(),
+        )
+        .await
+        .expect("move eu-west");
+    let moved: std::net::IpAddr = "192.0.2.21".parse().expect("ip");
+    let started = std::time::Instant::now();
+    e2e::assert_eventually!(
+        r.lookup_host("eu-west.api.sy.test")
+            .await
+            .is_ok_and(|a| a == [moved]),
+        Duration::from_secs(5),
+        "the new address after one TTL (1 s) and one snapshot reload (1 s)"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let addr = r.resolve("eu-west.api.sy.test:443").await.expect("resolve");
+    assert_eq!(addr, SocketAddr::new(moved, 443));
+    assert!(r.lookup_host("mars.api.sy.test").await.is_err());
 }

@@ -10,7 +10,7 @@
 //! (windows sized for long paths, configurable congestion controller).
 
 use crate::config::Identity;
-use crate::data::Grants;
+use crate::data::{lock, now_secs, Grants};
 use bytes::Bytes;
 use shared::auth::{verify_data, DataClaims, Tagger};
 use shared::proto::{
@@ -38,17 +38,6 @@ const READ_CHUNK: usize = 256 * 1024;
 const RESET_SOURCE_FAILED: u32 = 0x5701;
 /// Sources kept open for reuse (one per grant).
 const MAX_SOURCES: usize = 256;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 // ---------------------------------------------------------------------------------------------
 // The relaying side.

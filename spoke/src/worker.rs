@@ -7,8 +7,8 @@ use crate::relay::Relayed;
 use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings, UNREACHABLE};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
-    composite_sha256, copy_parts_from, copy_parts_via, copy_stream, CopyEvent, CopyOptions,
-    PartDone,
+    composite_sha256, copy_parts_via, copy_stream, ConnectorRanges, CopyEvent, CopyOptions,
+    PartDone, RangeSource,
 };
 use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
 use std::collections::{HashMap, HashSet};
@@ -220,43 +220,34 @@ async fn run(
     let result = match (&a.upload_id, &a.dest.service) {
         (Some(upload_id), ServiceConfig::S3(s3)) => {
             let mp = S3Multipart::for_settings(s3, &dst_path)?;
-            let r = match &a.relay {
-                // The source is near another spoke: it reads, we write.
-                Some(from) => {
-                    let relayed =
+            // The source is read from the provider, or through a spoke near it.
+            let mut relayed = None;
+            let source: Arc<dyn RangeSource> = match (&a.relay, &a.source.service) {
+                (Some(from), _) => {
+                    let r =
                         Arc::new(Relayed::connect(&jobs.ident, from, settings.congestion).await?);
-                    let r = copy_parts_via(
-                        relayed.clone(),
-                        &mp,
-                        upload_id,
-                        a.parts.clone(),
-                        &copy,
-                        tx,
-                        cancel.clone(),
-                    )
-                    .await;
-                    relayed.close();
+                    relayed = Some(r.clone());
                     r
                 }
-                None => {
-                    let src_s3 = match &a.source.service {
-                        ServiceConfig::S3(s) => Some(S3Multipart::for_settings(s, &src_path)?),
-                        _ => None,
-                    };
-                    copy_parts_from(
-                        &src,
-                        src_s3.as_ref(),
-                        &src_path,
-                        &mp,
-                        upload_id,
-                        a.parts.clone(),
-                        &copy,
-                        tx,
-                        cancel.clone(),
-                    )
-                    .await
-                }
+                (None, ServiceConfig::S3(s)) => Arc::new(S3Multipart::for_settings(s, &src_path)?),
+                (None, _) => Arc::new(ConnectorRanges {
+                    connector: src.clone(),
+                    path: src_path.clone(),
+                }),
             };
+            let r = copy_parts_via(
+                source,
+                &mp,
+                upload_id,
+                a.parts.clone(),
+                &copy,
+                tx,
+                cancel.clone(),
+            )
+            .await;
+            if let Some(r) = relayed {
+                r.close();
+            }
             let new_parts = forward.await.unwrap_or_default();
             r?;
             let mut all: Vec<PartDone> = a.done.clone();

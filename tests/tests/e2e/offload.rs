@@ -75,27 +75,21 @@ struct Setup {
     dst_creds: Value,
 }
 
-/// Two S3 accounts (two buckets) with a `size`-byte object in the first.
-async fn setup(hub: &TestHub, size: u64) -> Setup {
-    let s3 = S3Server::start().await.expect("moto");
-    s3.create_bucket("src").await.expect("bucket");
-    s3.create_bucket("dst").await.expect("bucket");
-    let src_creds = s3_creds(&s3, "src");
-    let sha = write_object(&connector(&src_creds), "big.bin", size, 11).await;
-    let src = hub.connect("s3", src_creds).await.expect("src account")["id"]
+/// Connects an S3 account; its id.
+pub(crate) async fn account(hub: &TestHub, creds: Value) -> i64 {
+    hub.connect("s3", creds).await.expect("account")["id"]
         .as_i64()
-        .expect("id");
-    let dst_creds = s3_creds(&s3, "dst");
-    let dst = hub
-        .connect("s3", dst_creds.clone())
-        .await
-        .expect("dst account")["id"]
-        .as_i64()
-        .expect("id");
+        .expect("id")
+}
+
+/// The id of the first object in an account's root folder.
+pub(crate) async fn first_file_id(hub: &TestHub, account: i64) -> String {
     let list: Value = hub
         .req(
             reqwest::Method::GET,
-            &hub.url(&format!("/v1/accounts/{src}/storage/folders/root/contents")),
+            &hub.url(&format!(
+                "/v1/accounts/{account}/storage/folders/root/contents"
+            )),
         )
         .send()
         .await
@@ -103,10 +97,23 @@ async fn setup(hub: &TestHub, size: u64) -> Setup {
         .json()
         .await
         .expect("json");
-    let file_id = list["objects"][0]["id"]
+    list["objects"][0]["id"]
         .as_str()
         .expect("file id")
-        .to_owned();
+        .to_owned()
+}
+
+/// Two S3 accounts (two buckets) with a `size`-byte object in the first.
+async fn setup(hub: &TestHub, size: u64) -> Setup {
+    let s3 = S3Server::start().await.expect("moto");
+    s3.create_bucket("src").await.expect("bucket");
+    s3.create_bucket("dst").await.expect("bucket");
+    let src_creds = s3_creds(&s3, "src");
+    let sha = write_object(&connector(&src_creds), "big.bin", size, 11).await;
+    let src = account(hub, src_creds).await;
+    let dst_creds = s3_creds(&s3, "dst");
+    let dst = account(hub, dst_creds.clone()).await;
+    let file_id = first_file_id(hub, src).await;
     Setup {
         s3,
         src,

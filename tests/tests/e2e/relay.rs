@@ -2,7 +2,7 @@
 //! and an S3 server only that spoke reaches; the hub sits between them. A copy from region A's
 //! storage to region B's is written by B's spoke with the bytes relayed by A's over QUIC.
 
-use crate::offload::{connector, s3_creds, sha_of, until, write_object};
+use crate::offload::{account, connector, first_file_id, s3_creds, sha_of, until, write_object};
 use crate::spokes::{spoke_view, wait_healthy, SpokeProc};
 use e2e::servers::S3Server;
 use e2e::{HubOptions, TestHub};
@@ -194,27 +194,9 @@ async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
     let dst_creds = s3_creds(&s3b, "dst");
     let size = 40 * MIB + 12_345;
     let sha = write_object(&connector(&src_creds), "far.bin", size, 23).await;
-    let src = hub.connect("s3", src_creds).await.expect("src account")["id"]
-        .as_i64()
-        .expect("id");
-    let dst = hub
-        .connect("s3", dst_creds.clone())
-        .await
-        .expect("dst account")["id"]
-        .as_i64()
-        .expect("id");
-    let list: Value = hub
-        .req(
-            reqwest::Method::GET,
-            &hub.url(&format!("/v1/accounts/{src}/storage/folders/root/contents")),
-        )
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    let file_id = list["objects"][0]["id"].as_str().expect("file id");
+    let src = account(&hub, src_creds).await;
+    let dst = account(&hub, dst_creds.clone()).await;
+    let file_id = first_file_id(&hub, src).await;
     let r = hub
         .req(
             reqwest::Method::POST,

@@ -4,6 +4,8 @@
 pub mod bench_dns;
 pub mod bench_linkemu;
 pub mod bench_tunnel;
+pub mod lab;
+pub mod linkemu;
 pub mod netns;
 pub mod servers;
 pub mod tunnel_lab;

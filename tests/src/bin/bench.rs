@@ -53,7 +53,9 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        _ => bail!("usage: bench metadata|transfer|offload|all|dns|linkemu|tunnel|tunnel-soak [MINUTES]"),
+        _ => bail!(
+            "usage: bench metadata|transfer|offload|all|dns|linkemu|tunnel|tunnel-soak [MINUTES]"
+        ),
     }
 }
 

@@ -6,6 +6,7 @@ mod connectors;
 mod database;
 mod direct;
 mod docs;
+mod lab;
 mod network;
 mod offload;
 mod relay;

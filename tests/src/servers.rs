@@ -111,6 +111,16 @@ pub struct Postgres {
 impl Postgres {
     /// `initdb`s a cluster in a temp dir and starts `postgres` on a free loopback port.
     pub async fn start() -> Result<Postgres> {
+        Self::start_with(None).await
+    }
+
+    /// Like [`Postgres::start`], also listening on `ip` and trusting clients from `allow` (a
+    /// CIDR), for servers in network namespaces (the lab's hubs).
+    pub async fn start_on(ip: std::net::IpAddr, allow: &str) -> Result<Postgres> {
+        Self::start_with(Some((ip, allow.to_owned()))).await
+    }
+
+    async fn start_with(extra: Option<(std::net::IpAddr, String)>) -> Result<Postgres> {
         const SERVER_PKG: &str = "Debian package `postgresql` (postgresql-15)";
         const CLIENT_PKG: &str = "Debian package `postgresql-client`";
         let initdb = which("initdb").ok_or_else(|| missing("initdb", SERVER_PKG))?;
@@ -176,6 +186,16 @@ impl Postgres {
         if !status.success() {
             bail!("initdb failed ({status}){}", log_tail_section(&initdb_log));
         }
+        let mut listen = "127.0.0.1".to_owned();
+        if let Some((ip, allow)) = &extra {
+            listen = format!("127.0.0.1,{ip}");
+            let mut hba = fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .context("pg_hba.conf")?;
+            use std::io::Write as _;
+            writeln!(hba, "host all all {allow} trust").context("pg_hba.conf")?;
+        }
 
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
@@ -186,7 +206,7 @@ impl Postgres {
                 .arg("-p")
                 .arg(port.to_string())
                 .arg("-c")
-                .arg("listen_addresses=127.0.0.1")
+                .arg(format!("listen_addresses={listen}"))
                 .arg("-c")
                 .arg(format!("unix_socket_directories={}", dir.path().display()))
                 .args([
@@ -236,6 +256,14 @@ impl Postgres {
     /// `postgres://switchyard@127.0.0.1:PORT/switchyard` (trust auth, no password).
     pub fn url(&self) -> String {
         format!("postgres://switchyard@127.0.0.1:{}/switchyard", self.port)
+    }
+
+    /// The same database at another address it listens on ([`Postgres::start_on`]).
+    pub fn url_at(&self, ip: std::net::IpAddr) -> String {
+        format!(
+            "postgres://switchyard@{}/switchyard",
+            std::net::SocketAddr::new(ip, self.port)
+        )
     }
 
     async fn create_database(&self, createdb: &Path) -> Result<()> {

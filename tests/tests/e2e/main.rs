@@ -12,5 +12,6 @@ mod offload;
 mod relay;
 mod spokes;
 mod steering;
+mod steering_lab;
 mod transfer_engine;
 mod tunnel;

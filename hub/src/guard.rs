@@ -44,17 +44,18 @@ pub fn is_internal(ip: IpAddr) -> bool {
 /// provider connection resolves again later, so operators who fear DNS rebinding should also
 /// filter egress at the network layer.
 pub async fn check_endpoint(cfg: &ServiceConfig, allow_private: bool) -> Result<(), ApiError> {
-    let Some((host, port)) = cfg.endpoint_addr().map_err(ApiError::bad_request)? else {
+    let Some((host, _port)) = cfg.endpoint_addr().map_err(ApiError::bad_request)? else {
         return Ok(());
     };
     if allow_private {
         return Ok(());
     }
-    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+    // The same resolver family (hickory, TTL-honouring) the provider connections use.
+    let addrs = shared::resolve::Resolver::system()
+        .lookup_host(&host)
         .await
-        .map_err(|_| ApiError::bad_request(format!("cannot resolve endpoint host `{host}`")))?
-        .collect();
-    if addrs.is_empty() || addrs.iter().any(|a| is_internal(a.ip())) {
+        .map_err(|_| ApiError::bad_request(format!("cannot resolve endpoint host `{host}`")))?;
+    if addrs.is_empty() || addrs.iter().any(|a| is_internal(*a)) {
         return Err(ApiError::bad_request(
             "`endpoint` resolves to an internal address, which this hub does not allow \
              (storage.allow_private_endpoints)",

@@ -49,7 +49,7 @@
 //! ```
 
 use crate::linkemu::{Attachment, Emulator, EndpointId, LinkConfig, LinkStats, QueueLimit};
-use crate::netns::{self, Netns, Proc};
+use crate::netns::{self, Netns, Proc, Watchdog};
 use anyhow::{bail, Context as _, Result};
 use ipnet::Ipv4Net;
 use nix::fcntl::{Flock, FlockArg};
@@ -230,7 +230,10 @@ impl Lab {
             let prefix = if spec.regions.contains(n) { "lr" } else { "lc" };
             namespaces.push(Netns::new(prefix)?);
         }
-        let watchdog = Watchdog::start(namespaces.iter().map(|n| n.name.as_str()));
+        // Deletes the namespaces if the test process dies without dropping the lab. (The root
+        // TUN device needs no watchdog: it dies with its descriptor.)
+        let names_: Vec<&str> = namespaces.iter().map(|n| n.name.as_str()).collect();
+        let watchdog = Watchdog::start(&names_);
 
         let mut builder = Emulator::builder().seed(spec.seed);
         let mut locations = Vec::new();
@@ -646,38 +649,4 @@ fn claim_block() -> Result<(u8, Flock<std::fs::File>)> {
         }
     }
     bail!("every lab address block (10.100-199.0.0/16) is in use")
-}
-
-/// Deletes the lab's namespaces (killing their processes) if the test process dies without
-/// dropping the lab. (The root TUN device needs no watchdog: it dies with its descriptor.)
-struct Watchdog(Option<Child>);
-
-impl Watchdog {
-    fn start<'a>(names: impl Iterator<Item = &'a str>) -> Watchdog {
-        let list: Vec<&str> = names.collect();
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-             for n in {list}; do for p in $(ip netns pids $n 2>/dev/null); do kill -9 $p; done; \
-             ip netns del $n 2>/dev/null; done",
-            pid = std::process::id(),
-            list = list.join(" ")
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .ok();
-        Watchdog(child)
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            kill(c);
-        }
-    }
 }

@@ -222,11 +222,11 @@ impl Drop for Proc {
     }
 }
 
-/// Removes namespaces if the test process dies without dropping them.
-struct Watchdog(Option<Child>);
+/// Removes namespaces (killing their processes) if the test process dies without dropping them.
+pub struct Watchdog(Option<Child>);
 
 impl Watchdog {
-    fn start(names: &[&str]) -> Watchdog {
+    pub fn start(names: &[&str]) -> Watchdog {
         let list = names.join(" ");
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \

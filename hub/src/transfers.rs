@@ -14,8 +14,8 @@ use crate::state::{now_ms, Account, AppState};
 use shared::proto::{Assignment, HubMsg, Location, RelayFrom, SpokeMsg};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
-    choose_part_size, composite_sha256, copy_parts_from, copy_stream, plan_parts, CopyEvent,
-    CopyOptions, PartDone,
+    choose_part_size, composite_sha256, copy_parts_via, copy_stream, plan_parts, range_source,
+    CopyEvent, CopyOptions, PartDone,
 };
 use shared::storage::{ServiceConfig, StoragePath};
 use std::collections::HashMap;
@@ -484,10 +484,8 @@ async fn run_inline(
         })
     };
     let result = match (upload_id, multipart_target(&dst.settings, &dst_path)?) {
-        (Some(upload_id), Some(mp)) => copy_parts_from(
-            &src.connector,
-            multipart_target(&src.settings, &src_path)?.as_ref(),
-            &src_path,
+        (Some(upload_id), Some(mp)) => copy_parts_via(
+            range_source(&src.settings, &src.connector, &src_path)?,
             &mp,
             &upload_id,
             todo,

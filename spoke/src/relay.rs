@@ -18,9 +18,8 @@ use shared::proto::{
     RelayRequest,
 };
 use shared::quic::{bulk_transport, Congestion};
-use shared::storage::multipart::S3Multipart;
-use shared::storage::transfer::{ByteStream, ConnectorRanges, OpenFuture, RangeSource};
-use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
+use shared::storage::transfer::{range_source, ByteStream, OpenFuture, RangeSource};
+use shared::storage::{ConnectOptions, Connector, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -201,23 +200,13 @@ impl Server {
         }
         let path = StoragePath::parse(&grant.location.path)
             .map_err(|e| refused("not_found", &e.to_string()))?;
-        let source: Arc<dyn RangeSource> = match &grant.location.service {
-            ServiceConfig::S3(s3) => Arc::new(
-                S3Multipart::for_settings(s3, &path)
-                    .map_err(|e| refused("unavailable", &e.to_string()))?,
-            ),
-            other => {
-                let opts = ConnectOptions {
-                    scratch_dir: self.scratch.clone(),
-                    ..ConnectOptions::default()
-                };
-                Arc::new(ConnectorRanges {
-                    connector: Connector::connect(other, &opts)
-                        .map_err(|e| refused("unavailable", &e.to_string()))?,
-                    path,
-                })
-            }
+        let opts = ConnectOptions {
+            scratch_dir: self.scratch.clone(),
+            ..ConnectOptions::default()
         };
+        let source = Connector::connect(&grant.location.service, &opts)
+            .and_then(|c| range_source(&grant.location.service, &c, &path))
+            .map_err(|e| refused("unavailable", &e.to_string()))?;
         let mut sources = lock(&self.sources);
         if sources.len() >= MAX_SOURCES {
             sources.clear();

@@ -7,8 +7,8 @@ use crate::relay::Relayed;
 use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings, UNREACHABLE};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
-    composite_sha256, copy_parts_via, copy_stream, ConnectorRanges, CopyEvent, CopyOptions,
-    PartDone, RangeSource,
+    composite_sha256, copy_parts_via, copy_stream, range_source, CopyEvent, CopyOptions, PartDone,
+    RangeSource,
 };
 use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
 use std::collections::{HashMap, HashSet};
@@ -222,18 +222,14 @@ async fn run(
             let mp = S3Multipart::for_settings(s3, &dst_path)?;
             // The source is read from the provider, or through a spoke near it.
             let mut relayed = None;
-            let source: Arc<dyn RangeSource> = match (&a.relay, &a.source.service) {
-                (Some(from), _) => {
+            let source: Arc<dyn RangeSource> = match &a.relay {
+                Some(from) => {
                     let r =
                         Arc::new(Relayed::connect(&jobs.ident, from, settings.congestion).await?);
                     relayed = Some(r.clone());
                     r
                 }
-                (None, ServiceConfig::S3(s)) => Arc::new(S3Multipart::for_settings(s, &src_path)?),
-                (None, _) => Arc::new(ConnectorRanges {
-                    connector: src.clone(),
-                    path: src_path.clone(),
-                }),
+                None => range_source(&a.source.service, &src, &src_path)?,
             };
             let r = copy_parts_via(
                 source,

@@ -12,7 +12,7 @@
 //! most [`PROGRESS_STEP`] bytes, and no part is ever held whole.
 
 use super::multipart::S3Multipart;
-use super::{ByteRange, Connector, StorageError, StoragePath};
+use super::{ByteRange, Connector, ServiceConfig, StorageError, StoragePath};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::Md5;
@@ -262,35 +262,28 @@ pub async fn copy_parts(
     events: UnboundedSender<CopyEvent>,
     cancel: CancellationToken,
 ) -> Result<(), StorageError> {
-    copy_parts_from(
-        src, None, src_path, dst, upload_id, parts, opts, events, cancel,
-    )
-    .await
+    let source = Arc::new(ConnectorRanges {
+        connector: src.clone(),
+        path: src_path.clone(),
+    });
+    copy_parts_via(source, dst, upload_id, parts, opts, events, cancel).await
 }
 
-/// Like [`copy_parts`]; when the source is an S3 object (`src_s3`, the same object as
-/// `src_path` on `src`), each part is read with one streamed ranged GET instead of the
-/// connector's chunked reads: fewer requests, and no chunk held in memory.
-#[allow(clippy::too_many_arguments)]
-pub async fn copy_parts_from(
-    src: &Connector,
-    src_s3: Option<&S3Multipart>,
-    src_path: &StoragePath,
-    dst: &S3Multipart,
-    upload_id: &str,
-    parts: Vec<PartPlan>,
-    opts: &CopyOptions,
-    events: UnboundedSender<CopyEvent>,
-    cancel: CancellationToken,
-) -> Result<(), StorageError> {
-    let source: Arc<dyn RangeSource> = match src_s3 {
-        Some(s3) => Arc::new(s3.clone()),
-        None => Arc::new(ConnectorRanges {
-            connector: src.clone(),
-            path: src_path.clone(),
+/// The best way to read parts of `path` on `connector` (whose settings are `service`): one
+/// streamed ranged GET per part when it is an S3 object (fewer requests, no chunk held in
+/// memory), the connector's chunked ranged reads otherwise.
+pub fn range_source(
+    service: &ServiceConfig,
+    connector: &Connector,
+    path: &StoragePath,
+) -> Result<Arc<dyn RangeSource>, StorageError> {
+    Ok(match service {
+        ServiceConfig::S3(s3) => Arc::new(S3Multipart::for_settings(s3, path)?),
+        _ => Arc::new(ConnectorRanges {
+            connector: connector.clone(),
+            path: path.clone(),
         }),
-    };
-    copy_parts_via(source, dst, upload_id, parts, opts, events, cancel).await
+    })
 }
 
 /// Like [`copy_parts`], reading each part's bytes from `source` (a connector, an S3 object or

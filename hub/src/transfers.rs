@@ -391,14 +391,8 @@ fn relay_grant(
     src: &Account,
     t: &TransferRecord,
 ) -> Option<RelayFrom> {
-    let grant_id = format!(
-        "{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>()
-    );
-    let expires = now_ms() / 1000 + RELAY_GRANT.as_secs() as i64;
-    let grant = shared::proto::Grant {
-        grant_id: grant_id.clone(),
+    let g = shared::proto::Grant {
+        grant_id: crate::network::new_grant_id(),
         method: "RELAY".to_owned(),
         account: src.id(),
         location: Location {
@@ -406,27 +400,11 @@ fn relay_grant(
             path: t.src_path.clone(),
         },
         file_id: String::new(),
-        expires,
+        expires: now_ms() / 1000 + RELAY_GRANT.as_secs() as i64,
         max_bytes: 0,
     };
-    if !state
-        .network
-        .registry
-        .send(relay, HubMsg::Grant(Box::new(grant)))
-    {
-        return None;
-    }
-    let claims = shared::auth::DataClaims {
-        method: "RELAY",
-        grant: &grant_id,
-        account: src.id(),
-        target: &t.src_path,
-        expires,
-    };
-    let signature = shared::auth::sign_data(
-        &shared::auth::Tagger::new(state.spoke_data_key(relay)),
-        &claims,
-    );
+    let (grant_id, expires) = (g.grant_id.clone(), g.expires);
+    let signature = crate::network::grant(state, relay, g)?;
     Some(RelayFrom {
         spoke_id: relay,
         addr,

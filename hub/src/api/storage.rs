@@ -676,14 +676,8 @@ async fn direct_url(
     ttl_secs: u64,
 ) -> Option<(String, i64)> {
     let (spoke, addr) = state.network.registry.choose_data(&state.config.region)?;
-    let grant_id = format!(
-        "{:016x}{:016x}",
-        rand::random::<u64>(),
-        rand::random::<u64>()
-    );
-    let expires = crate::state::now_ms() / 1000 + ttl_secs as i64;
-    let grant = shared::proto::Grant {
-        grant_id: grant_id.clone(),
+    let g = shared::proto::Grant {
+        grant_id: crate::network::new_grant_id(),
         method: method.to_owned(),
         account: a.id(),
         location: shared::proto::Location {
@@ -691,27 +685,11 @@ async fn direct_url(
             path: path.as_str().to_owned(),
         },
         file_id: state.ids.encode(a.id(), EntryKind::File, path),
-        expires,
+        expires: crate::state::now_ms() / 1000 + ttl_secs as i64,
         max_bytes: state.config.limits.max_upload_bytes,
     };
-    if !state
-        .network
-        .registry
-        .send(spoke, shared::proto::HubMsg::Grant(Box::new(grant)))
-    {
-        return None;
-    }
-    let claims = shared::auth::DataClaims {
-        method,
-        grant: &grant_id,
-        account: a.id(),
-        target: path.as_str(),
-        expires,
-    };
-    let sig = shared::auth::sign_data(
-        &shared::auth::Tagger::new(state.spoke_data_key(spoke)),
-        &claims,
-    );
+    let (grant_id, expires) = (g.grant_id.clone(), g.expires);
+    let sig = crate::network::grant(state, spoke, g)?;
     Some((
         format!("https://{addr}/v1/data/{grant_id}?exp={expires}&sig={sig}"),
         expires,

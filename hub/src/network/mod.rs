@@ -74,6 +74,36 @@ impl Network {
     }
 }
 
+/// A fresh, unguessable grant id.
+pub fn new_grant_id() -> String {
+    format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
+}
+
+/// Registers `g` (a single-purpose grant) on `spoke` and returns the signature over its claims
+/// (`shared::auth::sign_data` with the spoke's data key) that lets its holder use it; `None`
+/// when the spoke is not connected.
+pub fn grant(state: &AppState, spoke: i64, g: shared::proto::Grant) -> Option<String> {
+    let signature = shared::auth::sign_data(
+        &shared::auth::Tagger::new(state.spoke_data_key(spoke)),
+        &shared::auth::DataClaims {
+            method: &g.method,
+            grant: &g.grant_id,
+            account: g.account,
+            target: &g.location.path,
+            expires: g.expires,
+        },
+    );
+    state
+        .network
+        .registry
+        .send(spoke, shared::proto::HubMsg::Grant(Box::new(g)))
+        .then_some(signature)
+}
+
 /// A running QUIC endpoint.
 #[derive(Debug)]
 pub struct NetworkHandle {

@@ -74,8 +74,8 @@ async fn explain_steering(
         ))
     })?;
     let st = &state.steering;
-    let (d, prefix) = st.explain(client);
     let snap = st.snapshot();
+    let (d, prefix) = st.explain(&snap, client);
     let addresses = d
         .chosen
         .as_deref()

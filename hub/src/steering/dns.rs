@@ -292,7 +292,7 @@ impl RequestHandler for Handler {
                     Some(cs) if cs.source_prefix() > 0 => (cs.addr(), Some(cs.source_prefix())),
                     _ => (request.src().ip(), None),
                 };
-                let (region, prefix) = self.steering.choose(client, source);
+                let (region, prefix) = self.steering.choose(&snap, client, source);
                 (region, prefix.len())
             }
             Class::Region(label) => {

@@ -18,7 +18,7 @@ use self::core::{decide, Decision, HubEntry, Hysteresis, Inputs, Prefix};
 use crate::config::Config;
 use crate::db::{HealthRecord, RttRecord};
 use crate::state::{now_ms, AppState};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -31,6 +31,11 @@ const REGISTER_EVERY: Duration = Duration::from_secs(10);
 const DIRECTORY_AGE: Duration = Duration::from_secs(300);
 /// RTT estimates older than this are ignored.
 const RTT_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// How often the whole RTT table is read again (between, only recent rows are).
+const RTT_FULL_RELOAD: Duration = Duration::from_secs(60);
+/// Rows updated this recently are read at every reload: the flush delay and clock differences
+/// between hubs stay well inside it.
+const RTT_RECENT: Duration = Duration::from_secs(30);
 /// At most this many client networks are loaded.
 const MAX_PREFIXES: i64 = 200_000;
 /// Weight of a new RTT sample in the moving average.
@@ -47,9 +52,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Snapshot {
     pub version: u64,
     pub hubs: Vec<HubEntry>,
-    /// Client network → region → RTT µs.
-    pub rtt: HashMap<Prefix, HashMap<String, u64>>,
+    /// The other hubs' API URLs (the ones this hub probes).
+    pub peers: Vec<String>,
+    /// Client network → region → RTT µs. Shared between snapshots until new samples arrive.
+    pub rtt: Arc<RttTable>,
 }
+
+/// Client network → region → RTT µs.
+pub type RttTable = HashMap<Prefix, HashMap<String, u64>>;
 
 /// One local RTT estimate.
 #[derive(Debug, Clone, Copy)]
@@ -120,32 +130,39 @@ impl Steering {
             .clone()
     }
 
-    fn inputs<'a>(&'a self, snap: &'a Snapshot, prefix: &Prefix) -> Inputs<'a> {
-        Inputs {
-            hubs: &snap.hubs,
-            rtt_us: snap.rtt.get(prefix),
-            cidr_regions: &self.cidr_regions,
-            default_region: &self.default_region,
-            sticky: None,
-            hysteresis: self.hysteresis,
-        }
+    /// The decision for `prefix` from `snap`, staying on `sticky` unless another hub is clearly
+    /// better.
+    fn decide_for(&self, snap: &Snapshot, prefix: &Prefix, sticky: Option<&str>) -> Decision {
+        decide(
+            prefix.addr(),
+            &Inputs {
+                hubs: &snap.hubs,
+                rtt_us: snap.rtt.get(prefix),
+                cidr_regions: &self.cidr_regions,
+                default_region: &self.default_region,
+                sticky,
+                hysteresis: self.hysteresis,
+            },
+        )
     }
 
-    /// The region to answer for a client (its address, or an ECS address with its source
-    /// prefix length), and the prefix the answer was decided for (its length is the ECS scope).
-    pub fn choose(&self, client: IpAddr, source_len: Option<u8>) -> (Option<String>, Prefix) {
+    /// The region to answer from `snap` for a client (its address, or an ECS address with its
+    /// source prefix length), and the prefix the answer was decided for (its length is the ECS
+    /// scope). A decision is reused until the snapshot changes.
+    pub fn choose(
+        &self,
+        snap: &Snapshot,
+        client: IpAddr,
+        source_len: Option<u8>,
+    ) -> (Option<String>, Prefix) {
         let prefix = Prefix::of(client, source_len);
-        let snap = self.snapshot();
         let mut sticky = lock(&self.sticky);
-        if let Some((v, region)) = sticky.get(&prefix) {
-            if *v == snap.version {
-                return (Some(region.clone()), prefix);
-            }
-        }
-        let mut inputs = self.inputs(&snap, &prefix);
-        let old = sticky.get(&prefix).map(|(_, r)| r.clone());
-        inputs.sticky = old.as_deref();
-        let d = decide(prefix.addr(), &inputs);
+        let old = match sticky.get(&prefix) {
+            Some((v, region)) if *v == snap.version => return (Some(region.clone()), prefix),
+            Some((_, region)) => Some(region.clone()),
+            None => None,
+        };
+        let d = self.decide_for(snap, &prefix, old.as_deref());
         if let Some(r) = &d.chosen {
             if sticky.len() >= MAX_LOCAL {
                 sticky.clear();
@@ -156,13 +173,10 @@ impl Steering {
     }
 
     /// The full decision for a client, as `GET /v1/network/steering` explains it.
-    pub fn explain(&self, client: IpAddr) -> (Decision, Prefix) {
+    pub fn explain(&self, snap: &Snapshot, client: IpAddr) -> (Decision, Prefix) {
         let prefix = Prefix::of(client, None);
-        let snap = self.snapshot();
-        let mut inputs = self.inputs(&snap, &prefix);
         let old = lock(&self.sticky).get(&prefix).map(|(_, r)| r.clone());
-        inputs.sticky = old.as_deref();
-        (decide(prefix.addr(), &inputs), prefix)
+        (self.decide_for(snap, &prefix, old.as_deref()), prefix)
     }
 
     /// Addresses of the hub of `region` in the current snapshot.
@@ -265,8 +279,8 @@ pub fn hub_health(hubs: &[String], observations: &[HealthRecord]) -> HashMap<Str
         .collect()
 }
 
-/// Rebuilds the snapshot from the database.
-async fn reload(state: &AppState, version: u64) -> anyhow::Result<Snapshot> {
+/// The hub directory with each region's health, and the other hubs' URLs.
+async fn load_hubs(state: &AppState) -> anyhow::Result<(Vec<HubEntry>, Vec<String>)> {
     let now = now_ms();
     let dir = state
         .db
@@ -277,53 +291,88 @@ async fn reload(state: &AppState, version: u64) -> anyhow::Result<Snapshot> {
     let observations = state.db.health_since(fresh).await?;
     let ids: Vec<String> = dir.iter().map(|h| h.api.clone()).collect();
     let health = hub_health(&ids, &observations);
-    let mut hubs = Vec::new();
+    // One entry per region: healthy if any of its hubs is, answering the healthy ones (all of
+    // them when none is).
+    let mut regions: BTreeMap<&str, Vec<(bool, Vec<IpAddr>)>> = BTreeMap::new();
     for h in &dir {
-        let mut e = HubEntry {
-            region: h.region.clone(),
-            ipv4: Vec::new(),
-            ipv6: Vec::new(),
-            healthy: health.get(&h.api).copied().unwrap_or(true),
-        };
-        for a in &h.addresses {
-            match a.parse::<IpAddr>() {
-                Ok(IpAddr::V4(v4)) => e.ipv4.push(v4),
-                Ok(IpAddr::V6(v6)) => e.ipv6.push(v6),
-                Err(_) => {}
-            }
-        }
-        // One entry per region: several hubs of a region merge (healthy if any is).
-        match hubs
-            .iter_mut()
-            .find(|x: &&mut HubEntry| x.region == e.region)
-        {
-            Some(x) => {
-                if e.healthy && !x.healthy {
-                    x.ipv4.clear();
-                    x.ipv6.clear();
-                }
-                if e.healthy || !x.healthy {
-                    x.ipv4.extend(e.ipv4);
-                    x.ipv6.extend(e.ipv6);
-                }
-                x.healthy |= e.healthy;
-            }
-            None => hubs.push(e),
-        }
+        let healthy = health.get(&h.api).copied().unwrap_or(true);
+        let addrs = h.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        regions.entry(&h.region).or_default().push((healthy, addrs));
     }
-    let mut rtt: HashMap<Prefix, HashMap<String, u64>> = HashMap::new();
-    for r in state
-        .db
-        .rtts_since(now - RTT_AGE.as_millis() as i64, MAX_PREFIXES)
-        .await?
-    {
+    let hubs = regions
+        .into_iter()
+        .map(|(region, members)| {
+            let healthy = members.iter().any(|(ok, _)| *ok);
+            let mut e = HubEntry {
+                region: region.to_owned(),
+                ipv4: Vec::new(),
+                ipv6: Vec::new(),
+                healthy,
+            };
+            for ip in members
+                .into_iter()
+                .filter(|(ok, _)| *ok == healthy)
+                .flat_map(|(_, a)| a)
+            {
+                match ip {
+                    IpAddr::V4(v4) => e.ipv4.push(v4),
+                    IpAddr::V6(v6) => e.ipv6.push(v6),
+                }
+            }
+            e
+        })
+        .collect();
+    let peers = ids
+        .into_iter()
+        .filter(|a| *a != state.steering.me)
+        .collect();
+    Ok((hubs, peers))
+}
+
+/// RTT rows updated since `since_ms`, folded into `table`; whether any arrived.
+async fn load_rtts(state: &AppState, since_ms: i64, table: &mut RttTable) -> anyhow::Result<bool> {
+    let rows = state.db.rtts_since(since_ms, MAX_PREFIXES).await?;
+    let any = !rows.is_empty();
+    for r in rows {
         if let Some(p) = Prefix::parse(&r.prefix) {
-            rtt.entry(p)
+            table
+                .entry(p)
                 .or_default()
                 .insert(r.region, r.rtt_us.max(0) as u64);
         }
     }
-    Ok(Snapshot { version, hubs, rtt })
+    Ok(any)
+}
+
+/// The next snapshot. The RTT table is read whole every [`RTT_FULL_RELOAD`] (which also drops
+/// estimates past [`RTT_AGE`]); in between only rows updated in the last [`RTT_RECENT`] are
+/// read and folded into a copy of the previous table, and not even that copy is made when none
+/// arrived.
+async fn reload(state: &AppState, prev: &Snapshot, full: bool) -> anyhow::Result<Snapshot> {
+    let (hubs, peers) = load_hubs(state).await?;
+    let now = now_ms();
+    let rtt = if full {
+        let mut table = RttTable::new();
+        load_rtts(state, now - RTT_AGE.as_millis() as i64, &mut table).await?;
+        Arc::new(table)
+    } else {
+        let mut recent = RttTable::new();
+        if load_rtts(state, now - RTT_RECENT.as_millis() as i64, &mut recent).await? {
+            let mut table = (*prev.rtt).clone();
+            for (p, by_region) in recent {
+                table.entry(p).or_default().extend(by_region);
+            }
+            Arc::new(table)
+        } else {
+            prev.rtt.clone()
+        }
+    };
+    Ok(Snapshot {
+        version: prev.version + 1,
+        hubs,
+        peers,
+        rtt,
+    })
 }
 
 /// Registers this hub, flushes RTTs, reloads the snapshot every second, and probes the other
@@ -338,7 +387,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             .build()
             .unwrap_or_default();
         let mut failures: HashMap<String, u32> = HashMap::new();
-        let mut version = 1u64;
+        let mut last_full: Option<tokio::time::Instant> = None;
         let mut last_register: Option<tokio::time::Instant> = None;
         let mut last_probe: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(RELOAD_EVERY);
@@ -365,11 +414,14 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             }
             if last_probe.is_none_or(|t| now - t >= interval) {
                 last_probe = Some(now);
-                probe_peers(&state, &client, &mut failures).await;
+                probe_peers(&state, &st.snapshot().peers, &client, &mut failures).await;
             }
-            match reload(&state, version).await {
+            let full = last_full.is_none_or(|t| now - t >= RTT_FULL_RELOAD);
+            match reload(&state, &st.snapshot(), full).await {
                 Ok(snap) => {
-                    version += 1;
+                    if full {
+                        last_full = Some(now);
+                    }
                     st.publish(snap);
                 }
                 Err(e) => tracing::warn!(error = %e, "reloading the steering snapshot"),
@@ -381,22 +433,11 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
 /// Probes every other hub's `/readyz` once and records what it saw.
 async fn probe_peers(
     state: &AppState,
+    peers: &[String],
     client: &reqwest::Client,
     failures: &mut HashMap<String, u32>,
 ) {
     let st = &state.steering;
-    let Ok(dir) = state
-        .db
-        .steering_hubs(now_ms() - DIRECTORY_AGE.as_millis() as i64)
-        .await
-    else {
-        return;
-    };
-    let peers: Vec<String> = dir
-        .into_iter()
-        .map(|h| h.api)
-        .filter(|a| *a != st.me)
-        .collect();
     let results = futures::future::join_all(peers.iter().map(|api| async move {
         let url = format!("{}/readyz", api.trim_end_matches('/'));
         let ok = matches!(client.get(&url).send().await, Ok(r) if r.status().is_success());

@@ -97,6 +97,41 @@ fn ready(addr: Ipv4Addr) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// A Meta token from the hub command line (`meta-token create`).
+fn meta_token(config: &Path) -> String {
+    let o = Command::new(HUB)
+        .arg("--config")
+        .arg(config)
+        .args(["meta-token", "create", "--name", "lab"])
+        .output()
+        .expect("hub meta-token create");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("meta token: "))
+        .expect("a meta token in the output")
+        .trim()
+        .to_owned()
+}
+
+/// `GET /v1/network/steering?client=` on the hub at `hub`, from the root namespace.
+fn explain(hub: Ipv4Addr, meta: &str, client: Ipv4Addr) -> Option<serde_json::Value> {
+    let o = Command::new("curl")
+        .args([
+            "-sf",
+            "-m",
+            "2",
+            "-H",
+            &format!("Authorization: Bearer {meta}"),
+        ])
+        .arg(format!(
+            "http://{hub}:8080/v1/network/steering?client={client}"
+        ))
+        .output()
+        .ok()?;
+    serde_json::from_slice(&o.stdout).ok()
+}
+
 /// The A records `client` is given for `api.lab.test` by the DNS server of `server`'s hub.
 fn ask(lab: &Lab, client: &str, server: Ipv4Addr) -> Vec<IpAddr> {
     let o = lab
@@ -289,8 +324,19 @@ fn clients_get_their_nearest_hub_and_failures_move_them() {
         },
         || hubs.logs(),
     );
-    // Give the snapshot a reload, then: fail open, nearest of all.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once every hub's snapshot says so (the explain API), the DNS fails open: nearest of all.
+    let meta = meta_token(&hubs.dir.join("us-east.yaml"));
+    within(
+        Duration::from_secs(10),
+        "every hub's steering failing open",
+        || {
+            REGIONS.iter().all(|r| {
+                explain(lab.addr(r), &meta, lab.addr("client-eu"))
+                    .is_some_and(|v| v["fail_open"] == true)
+            })
+        },
+        || hubs.logs(),
+    );
     for (c, near) in CLIENTS {
         assert_eq!(
             ask(&lab, c, lab.addr(near)),

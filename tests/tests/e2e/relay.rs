@@ -4,25 +4,14 @@
 
 use crate::offload::{account, connector, first_file_id, s3_creds, sha_of, until, write_object};
 use crate::spokes::{spoke_view, wait_healthy, SpokeProc};
+use e2e::netns::{self, Netns};
 use e2e::servers::S3Server;
 use e2e::{HubOptions, TestHub};
 use serde_json::{json, Value};
 use std::net::IpAddr;
-use std::process::Command;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-/// Runs `ip ARGS`, panicking with its stderr on failure.
-fn ip(args: &[&str]) {
-    let o = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        o.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// Namespaces `a`, `b` (the spokes' regions), `sa`, `sb` (their storage) and links:
 ///
@@ -33,107 +22,59 @@ fn ip(args: &[&str]) {
 ///
 /// The storage namespaces route only their own links, so `a` reaches `sa` (and the hub in the
 /// root namespace reaches both), while `b`'s packets reach `sa` through the root but get no
-/// answer. The root forwards between `a` and `b`, so the spokes reach each other.
+/// answer. The root forwards between `a` and `b`, so the spokes reach each other. The
+/// namespaces (and with them every link) go on drop; forwarding is set back.
 struct Regions {
-    names: Vec<String>,
+    ns: [Netns; 4],
     forward_before: String,
 }
 
 const FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
+/// A veth pair between the root namespace (`root_ip`) and `ns` (`ns_ip`), both /24.
+fn root_link(root_ip: &str, ns: &Netns, ns_ip: &str) {
+    let (l, r) = (netns::unique("rl"), netns::unique("rr"));
+    netns::ip(&[
+        "link", "add", &l, "type", "veth", "peer", "name", &r, "netns", &ns.name,
+    ])
+    .expect("veth");
+    netns::ip(&["addr", "add", &format!("{root_ip}/24"), "dev", &l]).expect("addr");
+    netns::ip(&["link", "set", &l, "up"]).expect("up");
+    ns.ip(&["addr", "add", &format!("{ns_ip}/24"), "dev", &r])
+        .expect("addr");
+    ns.ip(&["link", "set", &r, "up"]).expect("up");
+}
+
 impl Regions {
     fn build() -> Regions {
-        let tag = std::process::id() % 100_000;
-        let names: Vec<String> = ["a", "b", "sa", "sb"]
-            .iter()
-            .map(|n| format!("syr{tag}{n}"))
-            .collect();
         let forward_before = std::fs::read_to_string(FORWARD).unwrap_or_else(|_| "0".into());
-        let r = Regions {
-            names,
-            forward_before,
-        };
-        r.teardown();
-        for ns in &r.names {
-            ip(&["netns", "add", ns]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        let ns = ["ra", "rb", "rsa", "rsb"].map(|p| Netns::new(p).expect("netns"));
+        let [a, b, sa, sb] = &ns;
+        root_link("10.251.1.1", a, "10.251.1.2");
+        root_link("10.251.2.1", b, "10.251.2.2");
+        netns::veth(a, "10.251.3.1/24", sa, "10.251.3.2/24").expect("a-sa");
+        root_link("10.251.4.1", sa, "10.251.4.2");
+        netns::veth(b, "10.251.5.1/24", sb, "10.251.5.2/24").expect("b-sb");
+        root_link("10.251.6.1", sb, "10.251.6.2");
+        for (ns, gw, store, via) in [
+            (a, "10.251.1.1", "10.251.4.2/32", "10.251.3.2"),
+            (b, "10.251.2.1", "10.251.6.2/32", "10.251.5.2"),
+        ] {
+            ns.ip(&["route", "add", "default", "via", gw])
+                .expect("route");
+            ns.ip(&["route", "add", store, "via", via]).expect("route");
         }
-        let [a, b, sa, sb] = [0, 1, 2, 3].map(|i| r.names[i].as_str());
-        r.link(None, "10.251.1.1", a, "10.251.1.2", "1");
-        r.link(None, "10.251.2.1", b, "10.251.2.2", "2");
-        r.link(Some(a), "10.251.3.1", sa, "10.251.3.2", "3");
-        r.link(None, "10.251.4.1", sa, "10.251.4.2", "4");
-        r.link(Some(b), "10.251.5.1", sb, "10.251.5.2", "5");
-        r.link(None, "10.251.6.1", sb, "10.251.6.2", "6");
-        ip(&["-n", a, "route", "add", "default", "via", "10.251.1.1"]);
-        ip(&[
-            "-n",
-            a,
-            "route",
-            "add",
-            "10.251.4.2/32",
-            "via",
-            "10.251.3.2",
-        ]);
-        ip(&["-n", b, "route", "add", "default", "via", "10.251.2.1"]);
-        ip(&[
-            "-n",
-            b,
-            "route",
-            "add",
-            "10.251.6.2/32",
-            "via",
-            "10.251.5.2",
-        ]);
         std::fs::write(FORWARD, "1").expect("enable forwarding");
-        r
-    }
-
-    /// A veth pair between `left` (the root namespace when `None`) and `right`.
-    fn link(&self, left: Option<&str>, left_ip: &str, right: &str, right_ip: &str, n: &str) {
-        let tag = &self.names[0][3..self.names[0].len() - 1];
-        let (l, rr) = (format!("syl{tag}x{n}"), format!("syr{tag}x{n}"));
-        ip(&["link", "add", &l, "type", "veth", "peer", "name", &rr]);
-        ip(&["link", "set", &rr, "netns", right]);
-        ip(&[
-            "-n",
-            right,
-            "addr",
-            "add",
-            &format!("{right_ip}/24"),
-            "dev",
-            &rr,
-        ]);
-        ip(&["-n", right, "link", "set", &rr, "up"]);
-        let mut pre: Vec<&str> = Vec::new();
-        if let Some(ns) = left {
-            ip(&["link", "set", &l, "netns", ns]);
-            pre = vec!["-n", ns];
-        }
-        let run = |rest: &[&str]| {
-            let mut v = pre.clone();
-            v.extend_from_slice(rest);
-            ip(&v);
-        };
-        run(&["addr", "add", &format!("{left_ip}/24"), "dev", &l]);
-        run(&["link", "set", &l, "up"]);
+        Regions { ns, forward_before }
     }
 
     fn ns(&self, i: usize) -> &str {
-        &self.names[i]
-    }
-
-    fn teardown(&self) {
-        // Deleting a namespace deletes its veth ends, and with them their peers.
-        for ns in &self.names {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
+        &self.ns[i].name
     }
 }
 
 impl Drop for Regions {
     fn drop(&mut self) {
-        self.teardown();
         let _ = std::fs::write(FORWARD, self.forward_before.trim());
     }
 }

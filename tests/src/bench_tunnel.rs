@@ -185,28 +185,13 @@ pub async fn soak(tunnel: &Path, minutes: u64) -> Result<()> {
     let mut transfers = 0;
     while Instant::now() < end {
         // Ten seconds of pings each way at 100 ms, then a TCP transfer each way.
-        let (ha, hb) = (lab.host_a.name.clone(), lab.host_b.name.clone());
-        let one = |ns: String, dst: &'static str| {
-            std::thread::spawn(move || {
-                std::process::Command::new("ip")
-                    .args([
-                        "netns", "exec", &ns, "ping", "-n", "-q", "-c", "100", "-i", "0.1", "-W",
-                        "1", dst,
-                    ])
-                    .output()
-            })
-        };
-        let (x, y) = (one(ha, HOST_B), one(hb, HOST_A));
-        for h in [x, y] {
-            let out = h.join().map_err(|_| anyhow::anyhow!("ping thread"))??;
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let got: u32 = text
-                .lines()
-                .find(|l| l.contains("received"))
-                .and_then(|l| l.split(',').nth(1))
-                .and_then(|s| s.split_whitespace().next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+        let (x, y) = std::thread::scope(|s| {
+            let x = s.spawn(|| ping(&lab.host_a, HOST_B, 100, "0.1"));
+            let y = s.spawn(|| ping(&lab.host_b, HOST_A, 100, "0.1"));
+            (x.join(), y.join())
+        });
+        for got in [x, y] {
+            let got = got.map_err(|_| anyhow::anyhow!("ping thread"))??;
             sent += 100;
             lost += u64::from(100 - got);
             worst_gap = worst_gap.max(100 - got);

@@ -205,13 +205,11 @@ impl Steering {
         let prefix = Prefix::of(peer, None);
         let mut local = lock(&self.local);
         if local.len() >= MAX_LOCAL && !local.contains_key(&prefix) {
-            // Drop the stalest estimate.
-            if let Some(k) = local
-                .iter()
-                .min_by_key(|(_, e)| e.updated_ms)
-                .map(|(k, _)| *k)
-            {
-                local.remove(&k);
+            // Full: forget the estimates already written to the database (their networks start
+            // a fresh average on their next sample). One pass per fill, not per connection.
+            local.retain(|_, e| e.dirty);
+            if local.len() >= MAX_LOCAL {
+                return;
             }
         }
         let e = local.entry(prefix).or_insert(Ewma {

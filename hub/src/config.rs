@@ -316,6 +316,22 @@ pub struct StorageConfig {
     /// Timeout of one provider request, in seconds.
     #[serde(default = "default_io_timeout")]
     pub io_timeout_secs: u64,
+    /// Seconds after which an upload's staging object (or a reserved name) that its request
+    /// stopped refreshing counts as abandoned (the hub crashed, the request was cut) and is
+    /// swept. Live uploads refresh theirs every quarter of this, however long they run.
+    #[serde(default = "default_staging_grace")]
+    pub staging_grace_secs: u64,
+}
+
+fn default_staging_grace() -> u64 {
+    900
+}
+
+impl StorageConfig {
+    /// [`StorageConfig::staging_grace_secs`] as a duration (at least one second).
+    pub fn staging_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.staging_grace_secs.max(1))
+    }
 }
 
 impl Default for StorageConfig {
@@ -324,6 +340,7 @@ impl Default for StorageConfig {
             fs: FsStorageConfig::default(),
             allow_private_endpoints: false,
             io_timeout_secs: default_io_timeout(),
+            staging_grace_secs: default_staging_grace(),
         }
     }
 }
@@ -519,6 +536,9 @@ impl Config {
         }
         if self.storage.io_timeout_secs == 0 {
             return Err(invalid("storage.io_timeout_secs", "must be at least 1"));
+        }
+        if self.storage.staging_grace_secs == 0 {
+            return Err(invalid("storage.staging_grace_secs", "must be at least 1"));
         }
         if self.limits.max_json_body_bytes < 1024 {
             return Err(invalid(

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 mod cache;
+pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -50,6 +51,8 @@ pub struct Background {
     pub dns: Option<steering::dns::DnsServer>,
     scheduler: tokio::task::JoinHandle<()>,
     steering: tokio::task::JoinHandle<()>,
+    /// Sweeps abandoned uploads' staging (see [`claims`]).
+    sweeper: tokio::task::JoinHandle<()>,
     state: AppState,
 }
 
@@ -72,6 +75,7 @@ impl Background {
             dns,
             scheduler: transfers::spawn_scheduler(state.clone()),
             steering: steering::spawn(state.clone()),
+            sweeper: claims::spawn_sweeper(state.clone()),
             state: state.clone(),
         })
     }
@@ -81,6 +85,7 @@ impl Background {
         self.state.transfers.close();
         self.scheduler.abort();
         self.steering.abort();
+        self.sweeper.abort();
         if let Some(n) = &self.network {
             n.close();
         }
@@ -92,6 +97,7 @@ impl Background {
         self.state.transfers.close();
         self.scheduler.abort();
         self.steering.abort();
+        self.sweeper.abort();
         if let Some(d) = self.dns {
             d.shutdown().await;
         }

@@ -18,7 +18,8 @@ use axum::Json;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use shared::storage::{ByteRange, Entry, EntryKind, StorageError, StoragePath};
+use crate::db::ClaimKind;
+use shared::storage::{numbered, ByteRange, Entry, EntryKind, Publish, StorageError, StoragePath};
 use std::sync::Arc;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -178,23 +179,75 @@ async fn create_folder(
         .stat_folder(&parent)
         .await
         .map_err(not_found_as("parent folder"))?;
-    match a.connector.stat(&path).await {
-        Ok(existing)
-            if existing.kind == EntryKind::Folder && opts.conflict_if_exists != Some(true) =>
-        {
-            return Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))));
-        }
-        Ok(_) => {
-            return Err(ApiError::conflict(
-                "conflict",
-                "an object with that name already exists",
-            ))
-        }
-        Err(StorageError::NotFound) => {}
-        Err(e) => return Err(e.into()),
+    let conflict = opts.conflict_if_exists == Some(true);
+    if let Some(existing) = existing_folder(&a, &path, conflict).await? {
+        return Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))));
     }
-    let e = a.connector.create_folder(&path).await?;
-    Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
+    // Where the provider has no exclusive mkdir, concurrent creators of one name queue on a
+    // claim in the database (shared by every hub); the others see the winner's folder.
+    let claim = if a.connector.exclusive_folders() {
+        None
+    } else {
+        let c = crate::claims::take_waiting(
+            &state,
+            &a,
+            path.as_str(),
+            ClaimKind::Folder,
+            FOLDER_CLAIM_WAIT,
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict("conflict", "the folder is being created by another request")
+        })?;
+        match existing_folder(&a, &path, conflict).await {
+            Ok(None) => {}
+            other => {
+                c.done().await;
+                let existing = other?.ok_or_else(|| ApiError::internal("folder vanished"))?;
+                return Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))));
+            }
+        }
+        Some(c)
+    };
+    let created = a.connector.create_folder_new(&path).await;
+    if let Some(c) = claim {
+        c.done().await;
+    }
+    match created {
+        Ok(e) => Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e)))),
+        // Another request made it first.
+        Err(StorageError::AlreadyExists) => {
+            let existing = existing_folder(&a, &path, conflict)
+                .await?
+                .ok_or_else(|| ApiError::conflict("conflict", "an object with that name already exists"))?;
+            Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))))
+        }
+        Err(StorageError::NotFound) => Err(ApiError::not_found("parent folder")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How long a folder creation waits for a concurrent creation of the same name.
+const FOLDER_CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The folder at `path` when it exists and may be answered as is (`Ok(None)`: nothing there);
+/// a conflict when `conflict_if_exists` or when a file has the name.
+async fn existing_folder(
+    a: &Account,
+    path: &StoragePath,
+    conflict_if_exists: bool,
+) -> ApiResult<Option<Entry>> {
+    match a.connector.stat(path).await {
+        Ok(existing) if existing.kind == EntryKind::Folder && !conflict_if_exists => {
+            Ok(Some(existing))
+        }
+        Ok(_) => Err(ApiError::conflict(
+            "conflict",
+            "an object with that name already exists",
+        )),
+        Err(StorageError::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Retrieve a folder's metadata (`root` is the account's top folder).
@@ -418,19 +471,18 @@ async fn upload_file(
         .stat_folder(&parent)
         .await
         .map_err(not_found_as("parent folder"))?;
-    match a.connector.stat(&target).await {
+    let overwrite = opts.overwrite == Some(true);
+    let taken = match a.connector.stat(&target).await {
         Ok(e) if e.kind == EntryKind::Folder => {
             return Err(ApiError::conflict(
                 "conflict",
                 "a folder with that name exists",
             ))
         }
-        Ok(_) if opts.overwrite != Some(true) => {
-            target = free_name(&a, &parent, &meta.name).await?;
-        }
-        Ok(_) | Err(StorageError::NotFound) => {}
+        Ok(_) => true,
+        Err(StorageError::NotFound) => false,
         Err(e) => return Err(e.into()),
-    }
+    };
     // A large upload goes straight to a spoke near the storage: the client repeats the
     // request there (307 keeps the method and body), and the bytes never pass through a hub.
     let declared = req
@@ -447,19 +499,113 @@ async fn upload_file(
                 format!("the upload is {n} bytes; the limit is {max}"),
             ));
         }
+        if taken && !overwrite {
+            target = free_name(&a, &parent, &meta.name).await?;
+        }
         if let Some((url, _)) = direct_url(&state, &a, &target, "PUT", 600).await {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
             insert(&mut r, header::LOCATION, &url);
             return Ok(r);
         }
     }
+    let publish = if overwrite {
+        Publish::Replace
+    } else {
+        Publish::NoReplace {
+            alternatives: MAX_RENAME_TRIES,
+        }
+    };
     let body = limited_body(req.into_body(), max);
-    let e = a
-        .connector
-        .write(&target, body)
+    let e = write_upload(&state, &a, &target, body, publish)
         .await
         .map_err(upload_error)?;
     Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))).into_response())
+}
+
+/// Writes an upload through the write path: staged and published by the connector (with its
+/// staging object claimed in the database, so a crash leaves nothing the sweep cannot find),
+/// or, on services that write in place and must not replace, under a name reserved in the
+/// database first (concurrent uploads of one name each get their own).
+async fn write_upload<S, E>(
+    state: &AppState,
+    a: &Arc<Account>,
+    target: &StoragePath,
+    body: S,
+    publish: Publish,
+) -> Result<Entry, UploadError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display + Send + Sync + 'static,
+{
+    if let (true, Publish::NoReplace { alternatives }) =
+        (a.connector.publishes_in_place(), publish)
+    {
+        for n in 0..=alternatives {
+            let Ok(candidate) = numbered(target, n) else {
+                break;
+            };
+            if a.connector.exists(&candidate).await? {
+                continue;
+            }
+            let Some(claim) =
+                crate::claims::take(state, a, candidate.as_str(), ClaimKind::Name).await?
+            else {
+                continue;
+            };
+            let res = match a.connector.exists(&candidate).await {
+                Ok(false) => a
+                    .connector
+                    .write_with(&candidate, body, Publish::NoReplace { alternatives: 0 }, None)
+                    .await
+                    .map_err(UploadError::from),
+                Ok(true) => {
+                    claim.done().await;
+                    continue;
+                }
+                Err(e) => Err(e.into()),
+            };
+            claim.done().await;
+            return res;
+        }
+        return Err(StorageError::AlreadyExists.into());
+    }
+    let staging = a.connector.new_staging();
+    let claim = match &staging {
+        Some(key) => Some(
+            crate::claims::take(state, a, key.as_str(), ClaimKind::Staging)
+                .await?
+                .ok_or_else(|| ApiError::internal("staging key collision"))?,
+        ),
+        None => None,
+    };
+    let res = a.connector.write_with(target, body, publish, staging).await;
+    if let Some(c) = claim {
+        if res.is_ok() {
+            c.done().await;
+        } else {
+            c.release().await;
+        }
+    }
+    Ok(res?)
+}
+
+/// A failed upload: from the provider, or from our own bookkeeping.
+#[derive(Debug)]
+enum UploadError {
+    Storage(StorageError),
+    Api(ApiError),
+}
+
+impl From<StorageError> for UploadError {
+    fn from(e: StorageError) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl From<ApiError> for UploadError {
+    fn from(e: ApiError) -> Self {
+        Self::Api(e)
+    }
 }
 
 fn upload_metadata(headers: &HeaderMap) -> ApiResult<UploadMetadata> {
@@ -477,13 +623,14 @@ fn upload_metadata(headers: &HeaderMap) -> ApiResult<UploadMetadata> {
 }
 
 /// `name (1).ext`, `name (2).ext`, ...: the first name not taken in `parent`.
+/// This only looks: where the name must be held (a spoke's upload grant), the write itself
+/// must still refuse to replace.
 async fn free_name(a: &Account, parent: &StoragePath, name: &str) -> ApiResult<StoragePath> {
-    let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (&name[..i], &name[i..]),
-        _ => (name, ""),
-    };
+    let base = parent.join(name)?;
     for n in 1..=MAX_RENAME_TRIES {
-        let candidate = parent.join(&format!("{stem} ({n}){ext}"))?;
+        let Ok(candidate) = numbered(&base, n) else {
+            break;
+        };
         if !a.connector.exists(&candidate).await? {
             return Ok(candidate);
         }
@@ -494,14 +641,24 @@ async fn free_name(a: &Account, parent: &StoragePath, name: &str) -> ApiResult<S
     ))
 }
 
-/// An upload error: exceeding the size limit is a 413.
-fn upload_error(e: StorageError) -> ApiError {
+/// An upload error: exceeding the size limit is a 413; a parent folder deleted during the
+/// upload is a 404 naming it; every candidate name taken is a 409.
+fn upload_error(e: UploadError) -> ApiError {
+    let e = match e {
+        UploadError::Api(e) => return e,
+        UploadError::Storage(e) => e,
+    };
     match &e {
         StorageError::Interrupted(m) if m.contains(TOO_LARGE) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             "upload exceeds limits.max_upload_bytes",
         ),
+        StorageError::NotFound => ApiError::not_found("parent folder"),
+        StorageError::AlreadyExists => ApiError::conflict("conflict", "too many files with that name"),
+        StorageError::WrongKind { .. } => {
+            ApiError::conflict("conflict", "a folder with that name exists")
+        }
         _ => e.into(),
     }
 }
@@ -562,7 +719,9 @@ async fn replace_file(
         .await
         .map_err(not_found_as("file"))?;
     let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes);
-    let e = a.connector.write(&path, body).await.map_err(upload_error)?;
+    let e = write_upload(&state, &a, &path, body, Publish::Replace)
+        .await
+        .map_err(upload_error)?;
     Ok(Json(object(&state.ids, a.id(), &e)))
 }
 
@@ -600,7 +759,24 @@ async fn patch_file(
                 &a.connector.stat_file(&path).await?,
             )));
         }
-        let e = a.connector.rename(&path, &target, EntryKind::File).await?;
+        // Object stores cannot rename without replace on every server (moto ignores
+        // `If-None-Match` on copies): the name is claimed like an upload's.
+        let claim = if a.connector.publishes_in_place() {
+            Some(
+                crate::claims::take(&state, &a, target.as_str(), ClaimKind::Name)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::conflict("conflict", "an object with that name already exists")
+                    })?,
+            )
+        } else {
+            None
+        };
+        let renamed = a.connector.rename(&path, &target, EntryKind::File).await;
+        if let Some(c) = claim {
+            c.done().await;
+        }
+        let e = renamed?;
         return Ok(Json(object(&state.ids, a.id(), &e)));
     }
     let parent = match body.parent_id.as_deref() {
@@ -837,11 +1013,16 @@ async fn copy_file(
         let obj = transferred_object(&state, &t).await?;
         return Ok((StatusCode::CREATED, Json(obj)).into_response());
     }
+    // The name was free a moment ago; a concurrent writer may take it first, and then the
+    // copy takes the next free one rather than replacing.
+    let publish = Publish::NoReplace {
+        alternatives: MAX_RENAME_TRIES,
+    };
     let e = if same {
-        a.connector.copy_file(&path, &target).await?
+        a.connector.copy_file_with(&path, &target, publish).await?
     } else {
         dst.connector
-            .copy_file_from(&a.connector, &path, &target)
+            .copy_file_from_with(&a.connector, &path, &target, publish)
             .await?
     };
     Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))).into_response())

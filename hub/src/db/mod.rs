@@ -3,9 +3,11 @@
 //!
 //! Row types are private to this module; callers get the domain records below.
 
+mod claims;
 mod network;
 mod steering;
 mod transfers;
+pub use claims::{ClaimKind, ClaimRecord};
 pub use network::{CaRecord, HubRecord, JoinTokenRecord, SpokeRecord};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{NewTransfer, TransferRecord};

@@ -1,5 +1,5 @@
-//! Builds an OpenDAL operator for each service from its typed settings (no IO except creating
-//! the fs staging directory and writing an SFTP private key file for the ssh client).
+//! Builds an OpenDAL operator for each service from its typed settings (no IO except writing an
+//! SFTP private key file for the ssh client).
 
 use super::service::ServiceConfig;
 use super::{webdav, Connector, Staging, StorageError};
@@ -67,11 +67,14 @@ impl Connector {
                         "fs root does not exist or is not a directory".into(),
                     ));
                 }
-                let staging_dir = root.join(format!("{}partial", super::RESERVED_PREFIX));
-                let b = opendal::services::Fs::default()
-                    .root(&s.root)
-                    .atomic_write_dir(&staging_dir.to_string_lossy());
-                (Operator::new(b).map_err(bad)?, Staging::Atomic)
+                // Uploads do not go through OpenDAL's fs writer: its atomic write stages under
+                // `<name>.<uuid>` (too long for a 250-byte name) and replaces on rename. Ours
+                // stages under a short fixed name and can publish without replacing.
+                let b = opendal::services::Fs::default().root(&s.root);
+                (
+                    Operator::new(b).map_err(bad)?,
+                    Staging::Fs(root.to_path_buf()),
+                )
             }
             #[cfg(feature = "s3")]
             ServiceConfig::S3(s) => {
@@ -165,11 +168,12 @@ impl Connector {
                 )))
             }
         };
-        let op = if cfg.name() == "fs" {
-            op
+        let (op, publish_op) = if cfg.name() == "fs" {
+            (op.clone(), op)
         } else {
-            op.layer(TimeoutLayer::new().with_io_timeout(opts.io_timeout))
-                .layer(
+            let op = op.layer(TimeoutLayer::new().with_io_timeout(opts.io_timeout));
+            let publish_op = op.clone();
+            let op = op.layer(
                     // Short, bounded retries: a request waits at most ~1.5 s before the client
                     // hears 502/429 and decides for itself.
                     RetryLayer::new()
@@ -177,12 +181,15 @@ impl Connector {
                         .with_min_delay(Duration::from_millis(100))
                         .with_max_delay(Duration::from_secs(1))
                         .with_jitter(),
-                )
+            );
+            (op, publish_op)
         };
         Ok(Connector {
             op,
+            publish_op,
             service: cfg.name(),
             staging,
+            staging_ready: Default::default(),
         })
     }
 }

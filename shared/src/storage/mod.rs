@@ -9,6 +9,7 @@
 mod connect;
 pub mod multipart;
 pub mod path;
+mod publish;
 pub mod service;
 pub mod transfer;
 mod webdav;
@@ -16,10 +17,13 @@ mod webdav;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use opendal::{BytesRange, EntryMode, ErrorKind, Metadata, Operator};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use connect::ConnectOptions;
 pub use path::{validate_name, PathError, StoragePath, RESERVED_PREFIX};
+pub use publish::{numbered, Publish, StagingKey, STAGING_DIR};
 pub use service::{ServiceConfig, SettingsError, SERVICES};
 
 /// Most entries one folder listing or recursive walk collects; larger folders are truncated
@@ -128,18 +132,26 @@ pub struct ByteRange {
 pub struct Connector {
     op: Operator,
     service: &'static str,
+    /// The same operator without the retry layer, for publishing renames whose failure means
+    /// "the name is taken" (retrying those only delays moving on to the next name).
+    publish_op: Operator,
     /// Where uploads go first when the service has no atomic write of its own.
     staging: Staging,
+    /// The staging folder is known to exist (made once per connector, again if it vanished).
+    staging_ready: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
 enum Staging {
     /// The service (or its OpenDAL writer) only makes an object visible when it is complete.
     Atomic,
-    /// Write to a reserved sibling name, then rename over the target.
+    /// Local disk (the account root): our own streaming writer into the staging folder, then
+    /// `rename` or `link` (see `publish.rs`).
+    Fs(std::path::PathBuf),
+    /// SFTP: write the staging object, then rename (which never replaces).
     Rename,
-    /// WebDAV: a streaming PUT of our own (OpenDAL's WebDAV writer buffers whole files), to a
-    /// reserved sibling name, then MOVE.
+    /// WebDAV: a streaming PUT of our own (OpenDAL's WebDAV writer buffers whole files) to the
+    /// staging object, then MOVE.
     Webdav(webdav::Client),
 }
 
@@ -189,10 +201,6 @@ fn listed_path(raw: &str) -> Option<StoragePath> {
         return None;
     }
     StoragePath::parse(trimmed).ok()
-}
-
-fn staging_name() -> String {
-    format!("{RESERVED_PREFIX}partial-{:016x}", rand::random::<u64>())
 }
 
 impl Connector {
@@ -380,51 +388,18 @@ impl Connector {
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
         E: std::fmt::Display + Send + Sync + 'static,
     {
-        let parent = path.parent().unwrap_or_else(StoragePath::root);
-        match &self.staging {
-            Staging::Atomic => self.write_direct(path.file_key(), body).await?,
-            Staging::Rename => {
-                let tmp = parent.join_reserved(&staging_name());
-                let res = self.write_direct(tmp.file_key(), body).await;
-                self.finish_staged(res, &tmp, path).await?;
-            }
-            Staging::Webdav(client) => {
-                let tmp = parent.join_reserved(&staging_name());
-                let res = client.put_stream(tmp.file_key(), body).await;
-                self.finish_staged(res, &tmp, path).await?;
-            }
-        }
-        self.stat_file(path).await
+        self.write_with(path, body, Publish::Replace, None).await
     }
 
-    async fn finish_staged(
+    /// Streams `body` into OpenDAL's writer for `key` (multipart on object stores, at most
+    /// [`WRITE_CONCURRENCY`] parts of [`WRITE_CHUNK`] in flight); `exclusive` makes the
+    /// provider refuse to replace an existing object (`If-None-Match: *`).
+    async fn write_direct<S, E>(
         &self,
-        res: Result<(), StorageError>,
-        tmp: &StoragePath,
-        path: &StoragePath,
-    ) -> Result<(), StorageError> {
-        if let Err(e) = res {
-            let _ = self.op.delete(tmp.file_key()).await;
-            return Err(e);
-        }
-        match self.op.rename(tmp.file_key(), path.file_key()).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                // SFTP v3 rename will not replace; remove the old file, then move into place.
-                self.op.delete(path.file_key()).await?;
-                self.op
-                    .rename(tmp.file_key(), path.file_key())
-                    .await
-                    .map_err(Into::into)
-            }
-            Err(e) => {
-                let _ = self.op.delete(tmp.file_key()).await;
-                Err(e.into())
-            }
-        }
-    }
-
-    async fn write_direct<S, E>(&self, key: &str, mut body: S) -> Result<(), StorageError>
+        key: &str,
+        mut body: S,
+        exclusive: bool,
+    ) -> Result<(), StorageError>
     where
         S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
         E: std::fmt::Display,
@@ -434,6 +409,7 @@ impl Connector {
             .writer_with(key)
             .chunk(WRITE_CHUNK)
             .concurrent(WRITE_CONCURRENCY)
+            .if_not_exists(exclusive)
             .await?;
         while let Some(next) = body.next().await {
             match next {
@@ -449,7 +425,11 @@ impl Connector {
                 }
             }
         }
-        w.close().await?;
+        if let Err(e) = w.close().await {
+            // A refused completion (`If-None-Match`) must not leave a multipart upload behind.
+            let _ = w.abort().await;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -486,18 +466,35 @@ impl Connector {
         Ok(())
     }
 
-    /// Copies a file within this account (server-side when the service can).
+    /// Copies a file within this account, replacing the target.
     pub async fn copy_file(
         &self,
         from: &StoragePath,
         to: &StoragePath,
     ) -> Result<Entry, StorageError> {
-        if self.op.info().capability().copy {
-            self.op.copy(from.file_key(), to.file_key()).await?;
+        self.copy_file_with(from, to, Publish::Replace).await
+    }
+
+    /// Copies a file within this account, taking its name as `publish` says: server-side on
+    /// object stores that can (conditional on the name being free when it must not replace),
+    /// else streamed through the staged write path.
+    pub async fn copy_file_with(
+        &self,
+        from: &StoragePath,
+        to: &StoragePath,
+        publish: Publish,
+    ) -> Result<Entry, StorageError> {
+        let cap = self.op.info().capability();
+        let exclusive = matches!(publish, Publish::NoReplace { .. });
+        if self.publishes_in_place() && cap.copy && (!exclusive || cap.copy_with_if_not_exists) {
+            self.op
+                .copy_with(from.file_key(), to.file_key())
+                .if_not_exists(exclusive)
+                .await?;
             self.stat_file(to).await
         } else {
             let src = self.read(from, None).await?;
-            self.write(to, Box::pin(src)).await
+            self.write_with(to, Box::pin(src), publish, None).await
         }
     }
 
@@ -508,8 +505,20 @@ impl Connector {
         from: &StoragePath,
         to: &StoragePath,
     ) -> Result<Entry, StorageError> {
+        self.copy_file_from_with(src, from, to, Publish::Replace)
+            .await
+    }
+
+    /// Like [`Connector::copy_file_from`], taking the name as `publish` says.
+    pub async fn copy_file_from_with(
+        &self,
+        src: &Connector,
+        from: &StoragePath,
+        to: &StoragePath,
+        publish: Publish,
+    ) -> Result<Entry, StorageError> {
         let stream = src.read(from, None).await?;
-        self.write(to, Box::pin(stream)).await
+        self.write_with(to, Box::pin(stream), publish, None).await
     }
 
     /// Copies a folder tree (within this account or from `src`), bounded by [`MAX_LISTING`].
@@ -562,7 +571,8 @@ impl Connector {
         Ok(())
     }
 
-    /// Renames or moves a file or folder within this account.
+    /// Renames or moves a file or folder within this account; a taken name is
+    /// [`StorageError::AlreadyExists`] (for files decided atomically at the provider).
     pub async fn rename(
         &self,
         from: &StoragePath,
@@ -574,13 +584,8 @@ impl Connector {
         }
         let cap = self.op.info().capability();
         match kind {
-            EntryKind::File if cap.rename => {
-                self.op.rename(from.file_key(), to.file_key()).await?;
-            }
-            EntryKind::File => {
-                self.copy_file(from, to).await?;
-                self.op.delete(from.file_key()).await?;
-            }
+            // A file never replaces one that took the name after the check above.
+            EntryKind::File => self.rename_file_new(from, to).await?,
             EntryKind::Folder => {
                 if to.starts_with(from) {
                     return Err(StorageError::PermissionDenied(

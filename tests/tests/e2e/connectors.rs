@@ -8,7 +8,8 @@ use e2e::{pattern, sha256_hex, TestHub};
 use futures::TryStreamExt;
 use serde_json::json;
 use shared::storage::{
-    ByteRange, ConnectOptions, Connector, EntryKind, ServiceConfig, StorageError, StoragePath,
+    ByteRange, ConnectOptions, Connector, EntryKind, Publish, ServiceConfig, StorageError,
+    StoragePath,
 };
 
 fn p(s: &str) -> StoragePath {
@@ -171,6 +172,56 @@ async fn conformance(c: &Connector) {
         read_all(c, &p("conformance/copied/d.txt"), None).await,
         b"bee"
     );
+
+    // Publishing without replace never touches a taken name: staged services move on to the
+    // next free one, services that write in place refuse.
+    let taken = p("conformance/taken.txt");
+    c.write(&taken, chunks(b"one", 8)).await.expect("first");
+    let second = c
+        .write_with(
+            &taken,
+            chunks(b"two", 8),
+            Publish::NoReplace { alternatives: 3 },
+            None,
+        )
+        .await;
+    if c.publishes_in_place() {
+        assert!(matches!(second, Err(StorageError::AlreadyExists)), "{second:?}");
+    } else {
+        let e = second.expect("second");
+        assert_eq!(e.path, p("conformance/taken (1).txt"));
+        assert_eq!(read_all(c, &e.path, None).await, b"two");
+    }
+    assert_eq!(read_all(c, &taken, None).await, b"one");
+    assert!(matches!(
+        c.write_with(
+            &taken,
+            chunks(b"three", 8),
+            Publish::NoReplace { alternatives: 0 },
+            None
+        )
+        .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    // A rename never replaces either.
+    assert!(matches!(
+        c.rename(&p("conformance/a.bin"), &taken, EntryKind::File)
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    assert_eq!(read_all(c, &taken, None).await, b"one");
+    // The longest names stage under a short name of their own.
+    let long = p(&format!("conformance/{}", "l".repeat(250)));
+    c.write(&long, chunks(b"long", 8)).await.expect("250-byte name");
+    assert_eq!(read_all(c, &long, None).await, b"long");
+    // A folder that exists is never created again.
+    c.create_folder_new(&p("conformance/excl"))
+        .await
+        .expect("new folder");
+    assert!(matches!(
+        c.create_folder_new(&p("conformance/excl")).await,
+        Err(StorageError::AlreadyExists)
+    ));
 
     // Deletes.
     assert!(matches!(

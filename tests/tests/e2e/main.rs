@@ -15,3 +15,4 @@ mod steering;
 mod steering_lab;
 mod transfer_engine;
 mod tunnel;
+mod write_path;

@@ -1,0 +1,218 @@
+//! The write path's claims at providers, recorded in the database (`storage_claims`): an
+//! upload's staging object, a name reserved by an upload that writes in place, a folder name
+//! being created. A [`Claim`] is refreshed while its request runs and released when it ends;
+//! one left by a crashed hub or an abandoned request goes stale after
+//! `storage.staging_grace_secs` and the sweep (at start-up, then periodically, on every hub)
+//! deletes its staging object, then the row. Only accounts with leftovers are touched: no
+//! account's storage is ever walked.
+
+use crate::db::{ClaimKind, ClaimRecord};
+use crate::error::ApiResult;
+use crate::state::{now_ms, Account, AppState};
+use shared::storage::StagingKey;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Stale claims one sweep round handles (the next round takes the rest).
+const SWEEP_BATCH: i64 = 500;
+
+/// A claim held by a running request. Release it with [`Claim::release`]; dropped unreleased
+/// (the request was cancelled), it is released in the background.
+#[derive(Debug)]
+pub struct Claim {
+    state: AppState,
+    account: Arc<Account>,
+    key: String,
+    kind: ClaimKind,
+    heartbeat: tokio::task::JoinHandle<()>,
+    released: bool,
+}
+
+/// How often a held claim is refreshed: well inside the grace period.
+fn refresh_interval(state: &AppState) -> Duration {
+    (state.config.storage.staging_grace() / 4).max(Duration::from_millis(200))
+}
+
+/// Takes the claim on `key` for `account`: `None` when another request holds it.
+pub async fn take(
+    state: &AppState,
+    account: &Arc<Account>,
+    key: &str,
+    kind: ClaimKind,
+) -> ApiResult<Option<Claim>> {
+    let a = account.record.id;
+    if !state
+        .db
+        .take_claim(account.record.app_id, a, key, kind, now_ms())
+        .await?
+    {
+        return Ok(None);
+    }
+    let (db, owned, every) = (state.db.clone(), key.to_owned(), refresh_interval(state));
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = db.touch_claim(a, &owned, now_ms()).await {
+                tracing::warn!(error = %e, account = a, "could not refresh a storage claim");
+            }
+        }
+    });
+    Ok(Some(Claim {
+        state: state.clone(),
+        account: account.clone(),
+        key: key.to_owned(),
+        kind,
+        heartbeat,
+        released: false,
+    }))
+}
+
+/// Takes the claim on `key`, waiting (bounded, about `wait`) while another live request holds
+/// it; a holder that stopped refreshing it for the grace period is taken over. `None` when
+/// the holder is still at it after `wait`.
+pub async fn take_waiting(
+    state: &AppState,
+    account: &Arc<Account>,
+    key: &str,
+    kind: ClaimKind,
+    wait: Duration,
+) -> ApiResult<Option<Claim>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(c) = take(state, account, key, kind).await? {
+            return Ok(Some(c));
+        }
+        let stale_before = now_ms() - state.config.storage.staging_grace().as_millis() as i64;
+        if state
+            .db
+            .release_stale_claim(account.record.id, key, stale_before)
+            .await?
+        {
+            continue;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+impl Claim {
+    /// Drops the claim row only: for a caller that knows nothing is left at the provider
+    /// (the upload was published, so its staging object is gone).
+    pub async fn done(mut self) {
+        self.released = true;
+        self.heartbeat.abort();
+        if let Err(e) = self.state.db.release_claim(self.account.id(), &self.key).await {
+            tracing::warn!(error = %e, account = self.account.id(), "could not release a storage claim");
+        }
+    }
+
+    /// Releases the claim: a staging object is deleted first (a no-op once published), and
+    /// the row kept for the sweep if that fails.
+    pub async fn release(mut self) {
+        self.released = true;
+        self.heartbeat.abort();
+        release(&self.state, &self.account, &self.key, self.kind).await;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        if self.released {
+            return;
+        }
+        // The request was cancelled mid-way (its client went away): clean up now rather than
+        // after the grace period.
+        let (state, account, key, kind) = (
+            self.state.clone(),
+            self.account.clone(),
+            std::mem::take(&mut self.key),
+            self.kind,
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { release(&state, &account, &key, kind).await });
+        }
+    }
+}
+
+async fn release(state: &AppState, account: &Account, key: &str, kind: ClaimKind) {
+    if kind == ClaimKind::Staging {
+        if let Some(k) = StagingKey::parse(key) {
+            if let Err(e) = account.connector.discard_staging(&k).await {
+                tracing::warn!(error = %e, account = account.id(),
+                    "could not delete a staging object; the sweep will retry");
+                return;
+            }
+        }
+    }
+    if let Err(e) = state.db.release_claim(account.id(), key).await {
+        tracing::warn!(error = %e, account = account.id(), "could not release a storage claim");
+    }
+}
+
+/// One sweep round: deletes the leftovers of claims untouched for the grace period. Returns
+/// how many claims it cleared.
+pub async fn sweep(state: &AppState) -> ApiResult<usize> {
+    let before = now_ms() - state.config.storage.staging_grace().as_millis() as i64;
+    let stale = state.db.stale_claims(before, SWEEP_BATCH).await?;
+    let mut cleared = 0;
+    for c in stale {
+        match clear(state, &c).await {
+            Ok(()) => {
+                if state
+                    .db
+                    .release_stale_claim(c.account_id, &c.key, before)
+                    .await?
+                {
+                    cleared += 1;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, account = c.account_id,
+                "could not sweep a stale staging object; retrying next round"),
+        }
+    }
+    if cleared > 0 {
+        tracing::info!(cleared, "swept stale uploads' staging");
+    }
+    Ok(cleared)
+}
+
+/// Deletes what a stale claim left at the provider.
+async fn clear(state: &AppState, c: &ClaimRecord) -> Result<(), String> {
+    if c.kind != ClaimKind::Staging {
+        return Ok(());
+    }
+    let Some(key) = StagingKey::parse(&c.key) else {
+        return Ok(());
+    };
+    let account = match state.account(c.app_id, c.account_id).await {
+        Ok(a) => a,
+        // The account is gone (or its settings no longer open): nothing to reach.
+        Err(e) if e.status().as_u16() == 404 => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    };
+    account
+        .connector
+        .discard_staging(&key)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Runs [`sweep`] now and then every half grace period (at least every second, at most every
+/// five minutes).
+pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
+    let every = (state.config.storage.staging_grace() / 2)
+        .clamp(Duration::from_secs(1), Duration::from_secs(300));
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = sweep(&state).await {
+                tracing::warn!(error = %e, "staging sweep failed");
+            }
+            tokio::time::sleep(every).await;
+        }
+    })
+}

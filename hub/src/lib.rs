@@ -13,11 +13,13 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod error;
+pub mod fsroot;
 pub mod guard;
 pub mod ids;
 mod metrics;
 pub mod model;
 pub mod network;
+pub mod revocation;
 pub mod state;
 pub mod steering;
 pub mod transfers;
@@ -50,11 +52,13 @@ pub struct Background {
     pub dns: Option<steering::dns::DnsServer>,
     scheduler: tokio::task::JoinHandle<()>,
     steering: tokio::task::JoinHandle<()>,
+    revocations: tokio::task::JoinHandle<()>,
     state: AppState,
 }
 
 impl Background {
-    /// Starts the spoke network (when `network.quic_listen` is set) and the scheduler.
+    /// Starts the spoke network (when `network.quic_listen` is set), the scheduler, steering
+    /// and the revocation feed.
     pub async fn start(state: &AppState) -> anyhow::Result<Background> {
         let network = match state.config.network.quic_listen {
             Some(addr) => Some(network::start(state.clone(), addr).await?),
@@ -72,6 +76,7 @@ impl Background {
             dns,
             scheduler: transfers::spawn_scheduler(state.clone()),
             steering: steering::spawn(state.clone()),
+            revocations: revocation::spawn(state.clone()),
             state: state.clone(),
         })
     }
@@ -81,6 +86,7 @@ impl Background {
         self.state.transfers.close();
         self.scheduler.abort();
         self.steering.abort();
+        self.revocations.abort();
         if let Some(n) = &self.network {
             n.close();
         }
@@ -92,6 +98,7 @@ impl Background {
         self.state.transfers.close();
         self.scheduler.abort();
         self.steering.abort();
+        self.revocations.abort();
         if let Some(d) = self.dns {
             d.shutdown().await;
         }

@@ -71,7 +71,11 @@ impl Connector {
                 let b = opendal::services::Fs::default()
                     .root(&s.root)
                     .atomic_write_dir(&staging_dir.to_string_lossy());
-                (Operator::new(b).map_err(bad)?, Staging::Atomic)
+                // Never through a symbolic link below the root (`nofollow`).
+                let op = Operator::new(b)
+                    .map_err(bad)?
+                    .layer(super::nofollow::NoFollowLayer::new(root));
+                (op, Staging::Atomic)
             }
             #[cfg(feature = "s3")]
             ServiceConfig::S3(s) => {

@@ -37,21 +37,25 @@ pub enum Command {
     Migrate,
     /// Manage applications.
     Apps {
+        /// What to do with applications.
         #[command(subcommand)]
         command: AppsCommand,
     },
     /// Manage API keys.
     Keys {
+        /// What to do with API keys.
         #[command(subcommand)]
         command: KeysCommand,
     },
     /// Manage Meta API tokens.
     MetaToken {
+        /// What to do with Meta API tokens.
         #[command(subcommand)]
         command: MetaTokenCommand,
     },
     /// Manage spokes: join tokens, the registry, revocation.
     Spokes {
+        /// What to do with spokes.
         #[command(subcommand)]
         command: SpokesCommand,
     },
@@ -71,26 +75,44 @@ pub enum Command {
 pub enum AppsCommand {
     /// Create an application and its first API key.
     Create {
+        /// Name of the application (1 to 200 characters, no control characters).
         #[arg(long)]
         name: String,
+        /// Free-text description.
         #[arg(long, default_value = "")]
         description: String,
     },
-    /// List applications.
-    List,
+    /// List applications (id, state, name; control characters are shown escaped).
+    List {
+        /// Print a JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create an API key for an application (shown once).
     Create {
+        /// Application id.
         #[arg(long)]
         app: i64,
     },
-    /// Revoke an API key (the key itself or its id).
-    Revoke {
+    /// List an application's API keys (id, hint, created; keys themselves are never shown).
+    List {
+        /// Application id.
         #[arg(long)]
         app: i64,
+        /// Print a JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API key (the key itself or its id); every hub refuses it within a second.
+    Revoke {
+        /// Application id.
+        #[arg(long)]
+        app: i64,
+        /// The API key, or its numeric id (from `keys list`).
         key: String,
     },
 }
@@ -99,13 +121,21 @@ pub enum KeysCommand {
 pub enum SpokesCommand {
     /// Join tokens for new spokes.
     Token {
+        /// What to do with join tokens.
         #[command(subcommand)]
         command: TokenCommand,
     },
-    /// List enrolled spokes.
-    List,
+    /// List enrolled spokes (id, state, region, name, last seen).
+    List {
+        /// Print a JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Revoke a spoke: its connections close and it is refused from now on.
-    Revoke { id: i64 },
+    Revoke {
+        /// Spoke id (from `spokes list`).
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,8 +148,10 @@ pub enum TokenCommand {
         /// Name for the spoke.
         #[arg(long)]
         name: Option<String>,
-        /// Validity: a number with a unit, `s`, `m`, `h` or `d` (default `network.join_token_ttl_secs`).
-        #[arg(long, value_parser = parse_ttl)]
+        /// Validity: a whole number with a unit `s`, `m`, `h` or `d` (a bare number is
+        /// seconds), at least 1m and at most 30d, e.g. `90s`, `30m`, `1h`, `7d`
+        /// [default: `network.join_token_ttl_secs`, 1h].
+        #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
         ttl: Option<std::time::Duration>,
     },
 }
@@ -151,6 +183,7 @@ pub fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
 pub enum MetaTokenCommand {
     /// Create a Meta API token (shown once).
     Create {
+        /// A name to tell tokens apart.
         #[arg(long, default_value = "operator")]
         name: String,
     },
@@ -204,6 +237,25 @@ fn out(text: &str) {
     let _ = writeln!(o, "{text}");
 }
 
+/// `text` with control and bidirectional-formatting characters escaped (`\u{1b}`), so a name
+/// stored by a client cannot drive the operator's terminal or reorder what it shows.
+pub fn printable(text: &str) -> String {
+    let mut s = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || crate::api::is_bidi_control(c) {
+            s.extend(c.escape_unicode());
+        } else {
+            s.push(c);
+        }
+    }
+    s
+}
+
+fn out_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    out(&serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Dev { data_dir, port } => {
@@ -228,24 +280,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Apps {
             command: AppsCommand::Create { name, description },
         } => {
+            crate::api::validate_app_name(&name).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
             let app = db.create_app(&name, &description, now_ms()).await?;
             let (_, key) = crate::api::create_api_key(&state, app.id).await?;
             out(&format!(
                 "application {} ({})\napi key: {key}\n(the key is shown only once)",
-                app.id, app.name
+                app.id,
+                printable(&app.name)
             ));
         }
         Command::Apps {
-            command: AppsCommand::List,
+            command: AppsCommand::List { json },
         } => {
             let (apps, _) = db.list_apps(0, i64::MAX).await?;
-            for a in apps {
-                out(&format!(
-                    "{}\t{}\t{}",
-                    a.id,
-                    if a.active { "active" } else { "inactive" },
-                    a.name
-                ));
+            if json {
+                let views: Vec<_> = apps.into_iter().map(crate::api::app_view).collect();
+                out_json(&serde_json::to_value(views)?)?;
+            } else if apps.is_empty() {
+                out("no applications");
+            } else {
+                for a in apps {
+                    out(&format!(
+                        "{}\t{}\t{}",
+                        a.id,
+                        if a.active { "active" } else { "inactive" },
+                        printable(&a.name)
+                    ));
+                }
             }
         }
         Command::Keys {
@@ -256,13 +317,37 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             out(&format!("api key: {key}\n(the key is shown only once)"));
         }
         Command::Keys {
+            command: KeysCommand::List { app, json },
+        } => {
+            db.get_app(app).await?.context("no such application")?;
+            let keys = db.list_api_keys(app).await?;
+            if json {
+                let views: Vec<_> = keys
+                    .into_iter()
+                    .map(|k| crate::api::key_view(k, None))
+                    .collect();
+                out_json(&serde_json::to_value(views)?)?;
+            } else if keys.is_empty() {
+                out("no keys");
+            } else {
+                for k in keys {
+                    out(&format!(
+                        "{}\t{}...\t{}",
+                        k.id,
+                        printable(&k.hint),
+                        crate::model::rfc3339(k.created_ms)
+                    ));
+                }
+            }
+        }
+        Command::Keys {
             command: KeysCommand::Revoke { app, key },
         } => {
             let deleted = db
                 .delete_api_key(app, key.parse().ok(), &hash_token(&key))
                 .await?;
             anyhow::ensure!(deleted, "no such key for application {app}");
-            out("revoked");
+            out("revoked (every hub refuses it within a second)");
         }
         Command::MetaToken {
             command: MetaTokenCommand::Create { name },
@@ -290,28 +375,49 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 "join token {} for region {} (expires {}, single use)\n{join}\n\
                  on the new spoke: spoke enroll '{join}' --data-dir /var/lib/switchyard-spoke",
                 rec.id,
-                rec.region,
+                printable(&rec.region),
                 crate::model::rfc3339(rec.expires_ms)
             ));
         }
         Command::Spokes {
-            command: SpokesCommand::List,
+            command: SpokesCommand::List { json },
         } => {
-            for s in db.list_spokes().await? {
-                out(&format!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    s.id,
-                    if s.revoked_ms.is_some() {
-                        "revoked"
-                    } else {
-                        "active"
-                    },
-                    s.region,
-                    s.name,
-                    s.last_seen_ms
-                        .map(crate::model::rfc3339)
-                        .unwrap_or_else(|| "never seen".into())
-                ));
+            let spokes = db.list_spokes().await?;
+            if json {
+                let views: Vec<_> = spokes
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "id": s.id,
+                            "name": s.name,
+                            "region": s.region,
+                            "state": if s.revoked_ms.is_some() { "revoked" } else { "active" },
+                            "advertise": s.advertise,
+                            "enrolled": crate::model::rfc3339(s.enrolled_ms),
+                            "last_seen": s.last_seen_ms.map(crate::model::rfc3339),
+                        })
+                    })
+                    .collect();
+                out_json(&serde_json::Value::Array(views))?;
+            } else if spokes.is_empty() {
+                out("no spokes");
+            } else {
+                for s in spokes {
+                    out(&format!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        s.id,
+                        if s.revoked_ms.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        },
+                        printable(&s.region),
+                        printable(&s.name),
+                        s.last_seen_ms
+                            .map(crate::model::rfc3339)
+                            .unwrap_or_else(|| "never seen".into())
+                    ));
+                }
             }
         }
         Command::Spokes {
@@ -335,8 +441,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use super::{parse_ttl, printable};
     use std::time::Duration;
+
+    #[test]
+    fn names_are_printed_escaped() {
+        assert_eq!(printable("plain name é"), "plain name é");
+        assert_eq!(printable("a\u{1b}[31mred"), "a\\u{1b}[31mred");
+        assert_eq!(printable("x\u{202e}y\n"), "x\\u{202e}y\\u{a}");
+    }
 
     #[test]
     fn ttls() {

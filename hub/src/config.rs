@@ -348,7 +348,8 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FsStorageConfig {
-    /// Directories under which `fs` accounts may be rooted. Empty: `fs` accounts are refused.
+    /// Directories under which `fs` accounts may be rooted; each application owns `app-<id>`
+    /// under each (`crate::fsroot`). Empty: `fs` accounts are refused.
     #[serde(default)]
     pub allowed_roots: Vec<PathBuf>,
 }

@@ -1,6 +1,7 @@
 //! `hub dev`: the zero-setup path. Everything lives under one data directory: an SQLite
 //! database, a generated master key, an application with an API key, a Meta token, and an `fs`
-//! account rooted at `DATA_DIR/files`. Created once; later runs reuse them.
+//! account rooted at the application's own space `DATA_DIR/files/app-<id>` (`DATA_DIR/files` is
+//! the allowed root; see `crate::fsroot`). Created once; later runs reuse them.
 
 use crate::config::Config;
 use crate::model::NewAccount;
@@ -55,7 +56,12 @@ pub fn dev_config(data_dir: &Path, port: u16, base: Option<&Path>) -> anyhow::Re
     config.data_dir = data_dir.clone();
     config.secrets.master_key_file = Some(key_file);
     config.secrets.master_key = None;
-    config.storage.fs.allowed_roots.push(data_dir.join("files"));
+    // First, so that relative `fs` roots (the dev account's `.`) land under it.
+    config
+        .storage
+        .fs
+        .allowed_roots
+        .insert(0, data_dir.join("files"));
     // Spokes dial UDP on the same port number as the API's TCP port.
     config.network.quic_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     // A development hub connects to storage servers on this machine (MinIO, a NAS...).
@@ -75,11 +81,9 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<DevCredentials> {
                 .db
                 .meta_token_exists(&hash_token(&c.meta_token))
                 .await?;
-            let acct_ok = state
-                .db
-                .get_account(c.application_id, c.account_id)
-                .await?
-                .is_some();
+            // Opening it also checks its root is still inside the application's space (a data
+            // dir from before per-application spaces gets a fresh application and account).
+            let acct_ok = state.account(c.application_id, c.account_id).await.is_ok();
             if key_ok && meta_ok && acct_ok {
                 if c.base_url != base_url {
                     c.base_url = base_url;
@@ -99,11 +103,11 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<DevCredentials> {
         .db
         .create_meta_token("dev", &hash_token(meta.expose_secret()), now_ms())
         .await?;
-    let root = state.config.data_dir.join("files");
+    // `.`: the application's own space under the first allowed root, `DATA_DIR/files`.
     let body = NewAccount {
         service: "fs".into(),
         account: "dev files".into(),
-        credentials: serde_json::json!({ "root": root.to_string_lossy() }),
+        credentials: serde_json::json!({ "root": "." }),
     };
     let (account, _, _) = crate::api::connect_account(state, app.id, &body)
         .await

@@ -1,10 +1,9 @@
 //! Input guards for what users point the hub at: SSRF checks on storage endpoints (no internal
-//! addresses unless the operator allows them) and the `fs` root allow-list.
+//! addresses unless the operator allows them). `fs` roots are confined in `crate::fsroot`.
 
 use crate::error::ApiError;
 use shared::storage::ServiceConfig;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
 
 /// True for addresses a user-supplied endpoint must not reach by default: loopback, private,
 /// link-local, CGNAT, unique-local, unspecified, multicast, documentation and broadcast.
@@ -64,24 +63,6 @@ pub async fn check_endpoint(cfg: &ServiceConfig, allow_private: bool) -> Result<
     Ok(())
 }
 
-/// Checks an `fs` root: it must exist and lie under one of the allowed roots after resolving
-/// symlinks and `..`.
-pub fn check_fs_root(root: &str, allowed: &[PathBuf]) -> Result<PathBuf, ApiError> {
-    let canon = Path::new(root)
-        .canonicalize()
-        .map_err(|_| ApiError::bad_request("fs `root` does not exist"))?;
-    if !canon.is_dir() {
-        return Err(ApiError::bad_request("fs `root` is not a directory"));
-    }
-    if allowed.iter().any(|a| canon.starts_with(a)) {
-        Ok(canon)
-    } else {
-        Err(ApiError::bad_request(
-            "fs `root` is outside storage.fs.allowed_roots",
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,17 +114,5 @@ mod tests {
         assert!(s3("file:///etc").is_err());
         assert_eq!(sftp("h:2222"), Ok(Some(("h".into(), 2222))));
         assert_eq!(sftp("ssh://[::1]:22"), Ok(Some(("::1".into(), 22))));
-    }
-
-    #[test]
-    fn fs_roots() {
-        let base = tempfile::tempdir().expect("tmp");
-        let allowed = vec![base.path().canonicalize().expect("canon")];
-        let inside = base.path().join("a");
-        std::fs::create_dir(&inside).expect("mkdir");
-        assert!(check_fs_root(&inside.to_string_lossy(), &allowed).is_ok());
-        let escape = format!("{}/a/../..", base.path().display());
-        assert!(check_fs_root(&escape, &allowed).is_err());
-        assert!(check_fs_root("/etc", &allowed).is_err());
     }
 }

@@ -14,11 +14,13 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod error;
+pub mod fsroot;
 pub mod guard;
 pub mod ids;
 mod metrics;
 pub mod model;
 pub mod network;
+pub mod revocation;
 pub mod state;
 pub mod steering;
 pub mod transfers;
@@ -53,11 +55,13 @@ pub struct Background {
     steering: tokio::task::JoinHandle<()>,
     /// Sweeps abandoned uploads' staging (see [`claims`]).
     sweeper: tokio::task::JoinHandle<()>,
+    revocations: tokio::task::JoinHandle<()>,
     state: AppState,
 }
 
 impl Background {
-    /// Starts the spoke network (when `network.quic_listen` is set) and the scheduler.
+    /// Starts the spoke network (when `network.quic_listen` is set), the scheduler, steering
+    /// and the revocation feed.
     pub async fn start(state: &AppState) -> anyhow::Result<Background> {
         let network = match state.config.network.quic_listen {
             Some(addr) => Some(network::start(state.clone(), addr).await?),
@@ -76,6 +80,7 @@ impl Background {
             scheduler: transfers::spawn_scheduler(state.clone()),
             steering: steering::spawn(state.clone()),
             sweeper: claims::spawn_sweeper(state.clone()),
+            revocations: revocation::spawn(state.clone()),
             state: state.clone(),
         })
     }
@@ -86,6 +91,7 @@ impl Background {
         self.scheduler.abort();
         self.steering.abort();
         self.sweeper.abort();
+        self.revocations.abort();
         if let Some(n) = &self.network {
             n.close();
         }
@@ -98,6 +104,7 @@ impl Background {
         self.scheduler.abort();
         self.steering.abort();
         self.sweeper.abort();
+        self.revocations.abort();
         if let Some(d) = self.dns {
             d.shutdown().await;
         }

@@ -37,8 +37,9 @@ impl Account {
     }
 }
 
-/// How long cached auth and account lookups stay valid (bounds how long a revocation made on
-/// another hub takes to apply here).
+/// How long cached auth and account lookups stay valid while the revocation feed is live (a
+/// revocation reaches the cache through the feed, within `crate::revocation::BOUND`; when the
+/// feed is not live, entries live only `crate::revocation::SHORT_TTL`).
 const CACHE_TTL: Duration = Duration::from_secs(10);
 const CACHE_CAPACITY: usize = 10_000;
 
@@ -52,8 +53,10 @@ pub struct HubState {
     pub ids: IdCodec,
     pub metrics: Metrics,
     pub connect_options: ConnectOptions,
-    /// Canonical forms of `storage.fs.allowed_roots`.
+    /// Canonical forms of `storage.fs.allowed_roots` (each application owns `app-<id>` in each).
     pub fs_roots: Vec<PathBuf>,
+    /// Whether cached credentials may be trusted for their full TTL (the revocation feed).
+    pub freshness: crate::revocation::Freshness,
     /// Root of the per-spoke keys that sign data URLs.
     pub spoke_data: Tagger,
     /// The spoke network: CA, connected spokes.
@@ -104,6 +107,7 @@ impl HubState {
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
             metrics: Metrics::default(),
             fs_roots,
+            freshness: crate::revocation::Freshness::default(),
             spoke_data: Tagger::new(master.derive("spoke-data")),
             network,
             transfers: crate::transfers::TransferBook::default(),
@@ -122,9 +126,10 @@ impl HubState {
         bearer: bool,
     ) -> ApiResult<Option<Principal>> {
         let now = Instant::now();
-        if let Some(p) = self.principals.get(&hash, now) {
+        if let Some(p) = self.principals.get(&hash, now, self.freshness.max_age(now)) {
             return Ok(Some(p));
         }
+        let generation = self.principals.generation();
         let found = if bearer {
             match self.db.account_for_token(&hash).await? {
                 Some((account_id, app_id)) => Some(Principal::Account { app_id, account_id }),
@@ -138,7 +143,7 @@ impl HubState {
                 .map(|app_id| Principal::App { app_id })
         };
         if let Some(p) = found {
-            self.principals.insert(hash, p, now);
+            self.principals.insert(hash, p, now, generation);
         }
         Ok(found)
     }
@@ -152,6 +157,12 @@ impl HubState {
         self.accounts.retain(|_, a| a.record.app_id != app);
     }
 
+    /// Forgets every cached principal and account (the revocation feed lost track).
+    pub fn forget_all(&self) {
+        self.principals.clear();
+        self.accounts.clear();
+    }
+
     /// Forgets a cached account (after update or delete).
     pub fn forget_account(&self, id: i64) {
         self.accounts.remove(&id);
@@ -163,23 +174,51 @@ impl HubState {
     /// Loads an account of `app_id` with its connector (cached).
     pub async fn account(&self, app_id: i64, id: i64) -> ApiResult<Arc<Account>> {
         let now = Instant::now();
-        if let Some(a) = self.accounts.get(&id, now) {
+        if let Some(a) = self.accounts.get(&id, now, self.freshness.max_age(now)) {
             if a.record.app_id == app_id {
+                // A few `lstat`s: a link swapped in for the root applies at the next request.
+                self.check_fs_root(&a.record, &a.settings)?;
                 return Ok(a);
             }
             return Err(ApiError::not_found("account"));
         }
+        let generation = self.accounts.generation();
         let record = self
             .db
             .get_account(app_id, id)
             .await?
             .ok_or_else(|| ApiError::not_found("account"))?;
         let account = Arc::new(self.open_account(record)?);
-        self.accounts.insert(id, account.clone(), now);
+        self.accounts.insert(id, account.clone(), now, generation);
         Ok(account)
     }
 
-    /// Decrypts an account's settings and builds its connector.
+    /// Refuses an `fs` account whose root is no longer a real folder inside its application's
+    /// space (a symbolic link swapped in since it was connected, or a change of the allowed
+    /// roots).
+    fn check_fs_root(&self, record: &AccountRecord, settings: &ServiceConfig) -> ApiResult<()> {
+        let ServiceConfig::Fs(fs) = settings else {
+            return Ok(());
+        };
+        let confined = crate::fsroot::confine(&fs.root, record.app_id, &self.fs_roots, false);
+        if matches!(&confined, Ok(root) if root == std::path::Path::new(&fs.root)) {
+            return Ok(());
+        }
+        tracing::warn!(
+            account = record.id,
+            app = record.app_id,
+            "fs root is no longer inside its application's space; refusing the account"
+        );
+        Err(ApiError::forbidden(
+            "this account's fs root is no longer a folder inside its application's fs space \
+             (a symbolic link, or a change of storage.fs.allowed_roots); connect it again with \
+             a root inside the space",
+        ))
+    }
+
+    /// Decrypts an account's settings and builds its connector. An `fs` root is checked again
+    /// against its application's space (a link may have been put in its place since it was
+    /// connected, or the allowed roots changed).
     pub fn open_account(&self, record: AccountRecord) -> ApiResult<Account> {
         let plain = self
             .sealer
@@ -187,6 +226,7 @@ impl HubState {
             .map_err(|e| ApiError::internal(format_args!("account {}: {e}", record.id)))?;
         let settings: ServiceConfig = serde_json::from_slice(&plain)
             .map_err(|e| ApiError::internal(format_args!("account {} settings: {e}", record.id)))?;
+        self.check_fs_root(&record, &settings)?;
         let connector = Connector::connect(&settings, &self.connect_options)?;
         Ok(Account {
             record,

@@ -172,11 +172,38 @@ impl TestHub {
             .map(|d| d.local_addr)
     }
 
-    /// A directory under an allowed `fs` root, for extra accounts.
+    /// A directory in the dev application's space under the allowed `fs` root `roots`, for
+    /// extra accounts.
     pub fn new_fs_root(&self, name: &str) -> anyhow::Result<PathBuf> {
-        let p = self._dir.path().join("roots").join(name);
+        self.fs_root_of(self.creds.application_id, name)
+    }
+
+    /// A directory in application `app`'s space under the allowed `fs` root `roots`.
+    pub fn fs_root_of(&self, app: i64, name: &str) -> anyhow::Result<PathBuf> {
+        let p = self
+            ._dir
+            .path()
+            .join("roots")
+            .join(format!("app-{app}"))
+            .join(name);
         std::fs::create_dir_all(&p)?;
         Ok(p.canonicalize()?)
+    }
+
+    /// The allowed `fs` root `roots` (canonical), where each application owns `app-<id>`.
+    pub fn fs_allowed_root(&self) -> PathBuf {
+        self._dir
+            .path()
+            .join("roots")
+            .canonicalize()
+            .unwrap_or_else(|_| self._dir.path().join("roots"))
+    }
+
+    /// The dev account's root: the dev application's space under `DATA_DIR/files`.
+    pub fn dev_root(&self) -> PathBuf {
+        self.data_dir
+            .join("files")
+            .join(format!("app-{}", self.creds.application_id))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -104,6 +104,7 @@ pub struct Postgres {
     port: u16,
     data: PathBuf,
     pg_ctl: PathBuf,
+    psql: PathBuf,
     run_as: Option<Account>,
     dir: TempDir,
 }
@@ -140,6 +141,7 @@ impl Postgres {
         let pg_ctl = tool("pg_ctl", SERVER_PKG)?;
         let pg_isready = tool("pg_isready", CLIENT_PKG)?;
         let createdb = tool("createdb", CLIENT_PKG)?;
+        let psql = tool("psql", CLIENT_PKG)?;
 
         // initdb/postgres refuse to run as root.
         let run_as = postgres_account()?;
@@ -233,6 +235,7 @@ impl Postgres {
                         port,
                         data: data.clone(),
                         pg_ctl: pg_ctl.clone(),
+                        psql: psql.clone(),
                         run_as,
                         dir,
                     };
@@ -264,6 +267,47 @@ impl Postgres {
             "postgres://switchyard@{}/switchyard",
             std::net::SocketAddr::new(ip, self.port)
         )
+    }
+
+    /// Runs one SQL statement with `psql` as the superuser; its rows, unaligned.
+    pub async fn sql(&self, query: &str) -> Result<String> {
+        let mut cmd = tokio::process::Command::new(&self.psql);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "switchyard",
+        ])
+        .args([
+            "-d",
+            "switchyard",
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+        ])
+        .arg(query)
+        .current_dir(self.dir.path())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+        clear_pg_env_tokio(&mut cmd);
+        let output = tokio::time::timeout(READY_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| anyhow!("psql timed out"))?
+            .with_context(|| format!("running {}", self.psql.display()))?;
+        if !output.status.success() {
+            bail!(
+                "psql failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
     async fn create_database(&self, createdb: &Path) -> Result<()> {

@@ -56,19 +56,32 @@ fn validate_display_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Parses, guards (SSRF, fs allow-list) and live-checks account settings.
+/// Parses, guards (SSRF, `fs` roots confined to application `app_id`) and live-checks account
+/// settings.
 async fn checked_settings(
     state: &AppState,
+    app_id: i64,
     service: &str,
     credentials: serde_json::Value,
 ) -> ApiResult<ServiceConfig> {
     if !credentials.is_object() {
         return Err(ApiError::bad_request("`credentials` must be an object"));
     }
+    let mut credentials = credentials;
+    // An `fs` root may be relative to the application's space: parse the settings with a
+    // stand-in, then put the confined absolute folder in its place.
+    let fs_root = match credentials.get_mut("root") {
+        Some(root @ serde_json::Value::String(_)) if service == "fs" => {
+            Some(std::mem::replace(root, "/".into()))
+        }
+        _ => None,
+    };
     let mut settings = ServiceConfig::from_parts(service, credentials).map_err(settings_error)?;
-    if let ServiceConfig::Fs(fs) = &mut settings {
-        let canon = guard::check_fs_root(&fs.root, &state.fs_roots)?;
-        fs.root = canon.to_string_lossy().into_owned();
+    if let (ServiceConfig::Fs(fs), Some(serde_json::Value::String(requested))) =
+        (&mut settings, fs_root)
+    {
+        let root = crate::fsroot::confine(&requested, app_id, &state.fs_roots, true)?;
+        fs.root = root.to_string_lossy().into_owned();
     }
     guard::check_endpoint(&settings, state.config.storage.allow_private_endpoints).await?;
     let connector = Connector::connect(&settings, &state.connect_options)?;
@@ -138,7 +151,7 @@ pub async fn connect_account(
     body: &NewAccount,
 ) -> ApiResult<(AccountRecord, ServiceConfig, String)> {
     validate_display_name(&body.account)?;
-    let settings = checked_settings(state, &body.service, body.credentials.clone()).await?;
+    let settings = checked_settings(state, app_id, &body.service, body.credentials.clone()).await?;
     let now = now_ms();
     let record = state
         .db
@@ -206,7 +219,7 @@ async fn patch_account(
     };
     let mut settings = current.settings.clone();
     if let Some(creds) = body.credentials {
-        settings = checked_settings(&state, current.settings.name(), creds).await?;
+        settings = checked_settings(&state, caller.app_id, current.settings.name(), creds).await?;
         changes.credentials = Some(seal(&state, &settings, id));
     }
     let record = state

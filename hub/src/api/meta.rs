@@ -34,7 +34,7 @@ pub(crate) fn app_view(a: crate::db::Application) -> ApplicationView {
     }
 }
 
-fn key_view(k: crate::db::ApiKeyRecord, key: Option<String>) -> ApiKeyView {
+pub(crate) fn key_view(k: crate::db::ApiKeyRecord, key: Option<String>) -> ApiKeyView {
     ApiKeyView {
         id: k.id,
         key,
@@ -43,9 +43,23 @@ fn key_view(k: crate::db::ApiKeyRecord, key: Option<String>) -> ApiKeyView {
     }
 }
 
-fn validate_app_name(name: &str) -> ApiResult<()> {
+/// Bidirectional-formatting characters (embeddings, overrides, isolates, marks): they reorder
+/// how the text around them is shown.
+pub(crate) fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Application names are shown to operators (`hub apps list`, dashboards): 1 to 200
+/// characters, none of them a control or bidirectional-formatting character.
+pub(crate) fn validate_app_name(name: &str) -> ApiResult<()> {
     if name.trim().is_empty() || name.len() > 200 {
         return Err(ApiError::bad_request("`name` must be 1 to 200 characters"));
+    }
+    if name.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        return Err(ApiError::bad_request(
+            "`name` must not contain control characters (such as ESC or newlines) or \
+             bidirectional-formatting characters",
+        ));
     }
     Ok(())
 }

@@ -117,14 +117,24 @@ pub async fn transfer_view(state: &AppState, t: TransferRecord) -> ApiResult<Tra
     })
 }
 
+/// A transfer this caller may see: one of its application, and for an account bearer token one
+/// whose source or destination is that account. Anything else is a 404, so ids do not leak.
 async fn owned(state: &AppState, caller: &Caller, id: i64) -> ApiResult<TransferRecord> {
     match state.db.get_transfer(id).await? {
-        Some(t) if t.app_id == caller.app_id => Ok(t),
+        Some(t) if t.app_id == caller.app_id && touches(caller, &t) => Ok(t),
         _ => Err(ApiError::not_found("transfer")),
     }
 }
 
-/// List this application's transfers, newest first.
+fn touches(caller: &Caller, t: &TransferRecord) -> bool {
+    match caller.account_id {
+        Some(own) => t.src_account == own || t.dst_account == own,
+        None => true,
+    }
+}
+
+/// List transfers, newest first: an API key sees its application's, an account bearer token
+/// those whose source or destination is its account.
 #[utoipa::path(get, path = "/v1/transfers", tag = "transfers", params(Paging),
     responses((status = 200, body = ObjectList<TransferView>), CommonErrors))]
 async fn list_transfers(
@@ -137,6 +147,7 @@ async fn list_transfers(
         .db
         .list_transfers(
             caller.app_id,
+            caller.account_id,
             Paging::offset(page, size) as i64,
             i64::from(size),
         )

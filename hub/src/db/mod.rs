@@ -183,6 +183,14 @@ impl Db {
         Ok(())
     }
 
+    /// The SQLite revocation generation (bumped by triggers on every revoking change).
+    pub async fn revocation_generation(&self) -> DbResult<i64> {
+        sqlx::query("SELECT generation FROM revocations WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("generation")
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -113,26 +113,33 @@ impl Db {
             .transpose()
     }
 
-    /// Transfers of an application, newest first.
+    /// Transfers of an application, newest first; with `touching`, only those whose source or
+    /// destination is that account.
     pub async fn list_transfers(
         &self,
         app_id: i64,
+        touching: Option<i64>,
         offset: i64,
         limit: i64,
     ) -> DbResult<(Vec<TransferRecord>, i64)> {
+        const SCOPE: &str = "app_id = $1 AND ($2 < 0 OR src_account = $2 OR dst_account = $2)";
         let rows = sqlx::query(&format!(
-            "SELECT {COLS} FROM transfers WHERE app_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3"
+            "SELECT {COLS} FROM transfers WHERE {SCOPE} ORDER BY id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(app_id)
+        .bind(touching.unwrap_or(-1))
         .bind(limit)
         .bind(offset)
         .fetch_all(&self.pool)
         .await?;
-        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM transfers WHERE app_id = $1")
-            .bind(app_id)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
+        let count: i64 = sqlx::query(&format!(
+            "SELECT COUNT(*) AS n FROM transfers WHERE {SCOPE}"
+        ))
+        .bind(app_id)
+        .bind(touching.unwrap_or(-1))
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
         Ok((rows.iter().map(from_row).collect::<DbResult<_>>()?, count))
     }
 

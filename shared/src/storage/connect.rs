@@ -71,10 +71,12 @@ impl Connector {
                 // `<name>.<uuid>` (too long for a 250-byte name) and replaces on rename. Ours
                 // stages under a short fixed name and can publish without replacing.
                 let b = opendal::services::Fs::default().root(&s.root);
-                (
-                    Operator::new(b).map_err(bad)?,
-                    Staging::Fs(root.to_path_buf()),
-                )
+                // Never through a symbolic link below the root (`nofollow`); the publish path
+                // (`publish.rs`) makes the same check before it links or renames.
+                let op = Operator::new(b)
+                    .map_err(bad)?
+                    .layer(super::nofollow::NoFollowLayer::new(root));
+                (op, Staging::Fs(root.to_path_buf()))
             }
             #[cfg(feature = "s3")]
             ServiceConfig::S3(s) => {

@@ -8,6 +8,8 @@
 
 mod connect;
 pub mod multipart;
+#[cfg(feature = "fs")]
+mod nofollow;
 pub mod path;
 mod publish;
 pub mod service;

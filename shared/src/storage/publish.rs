@@ -102,6 +102,13 @@ fn io_error(e: std::io::Error) -> StorageError {
     }
 }
 
+/// `rel` below an `fs` account's root, refused when any existing component is a symbolic link
+/// (the same rule the operator's `nofollow` layer applies to everything else).
+fn under(root: &Path, rel: &str) -> Result<std::path::PathBuf, StorageError> {
+    super::nofollow::check(root, rel)?;
+    Ok(root.join(rel))
+}
+
 /// Streams `body` into a new file at `path` and syncs it, holding one chunk at a time.
 async fn fs_stage<S, E>(path: &Path, mut body: S) -> Result<(), StorageError>
 where
@@ -188,7 +195,7 @@ impl Connector {
     /// fine.
     pub async fn discard_staging(&self, key: &StagingKey) -> Result<(), StorageError> {
         let res = match &self.staging {
-            Staging::Fs(root) => tokio::fs::remove_file(root.join(key.as_str()))
+            Staging::Fs(root) => tokio::fs::remove_file(under(root, key.as_str())?)
                 .await
                 .map_err(io_error),
             _ => self
@@ -208,7 +215,7 @@ impl Connector {
             return Ok(());
         }
         match &self.staging {
-            Staging::Fs(root) => tokio::fs::create_dir_all(root.join(STAGING_DIR))
+            Staging::Fs(root) => tokio::fs::create_dir_all(under(root, STAGING_DIR)?)
                 .await
                 .map_err(io_error)?,
             _ => self.op.create_dir(&format!("{STAGING_DIR}/")).await?,
@@ -225,7 +232,7 @@ impl Connector {
     {
         self.ensure_staging_dir().await?;
         let res = match &self.staging {
-            Staging::Fs(root) => fs_stage(&root.join(key.as_str()), body).await,
+            Staging::Fs(root) => fs_stage(&under(root, key.as_str())?, body).await,
             Staging::Webdav(client) => client.put_stream(key.path().file_key(), body).await,
             _ => self.write_direct(key.path().file_key(), body, false).await,
         };
@@ -274,8 +281,8 @@ impl Connector {
     async fn publish_new(&self, key: &StagingKey, target: &StoragePath) -> Result<(), StorageError> {
         match &self.staging {
             Staging::Fs(root) => {
-                let src = root.join(key.as_str());
-                tokio::fs::hard_link(&src, root.join(target.as_str()))
+                let src = under(root, key.as_str())?;
+                tokio::fs::hard_link(&src, under(root, target.as_str())?)
                     .await
                     .map_err(io_error)?;
                 // The upload is published; a staging name left by a failure here is only
@@ -307,7 +314,7 @@ impl Connector {
     /// Publishes under `target`, replacing a file of that name.
     async fn publish_replace(&self, key: &StagingKey, target: &StoragePath) -> Result<(), StorageError> {
         match &self.staging {
-            Staging::Fs(root) => tokio::fs::rename(root.join(key.as_str()), root.join(target.as_str()))
+            Staging::Fs(root) => tokio::fs::rename(under(root, key.as_str())?, under(root, target.as_str())?)
                 .await
                 .map_err(io_error),
             Staging::Webdav(client) => client.move_to(key.path().file_key(), target.file_key(), true).await,
@@ -361,11 +368,11 @@ impl Connector {
     ) -> Result<(), StorageError> {
         match &self.staging {
             Staging::Fs(root) => {
-                let src = root.join(from.as_str());
+                let src = under(root, from.as_str())?;
                 if tokio::fs::symlink_metadata(&src).await.map_err(io_error)?.is_dir() {
                     return Err(StorageError::WrongKind { expected: "file" });
                 }
-                tokio::fs::hard_link(&src, root.join(to.as_str()))
+                tokio::fs::hard_link(&src, under(root, to.as_str())?)
                     .await
                     .map_err(io_error)?;
                 tokio::fs::remove_file(&src).await.map_err(io_error)
@@ -400,7 +407,7 @@ impl Connector {
     /// creation ([`Connector::exclusive_folders`] false) check, then create.
     pub async fn create_folder_new(&self, path: &StoragePath) -> Result<Entry, StorageError> {
         match &self.staging {
-            Staging::Fs(root) => tokio::fs::create_dir(root.join(path.as_str()))
+            Staging::Fs(root) => tokio::fs::create_dir(under(root, path.as_str())?)
                 .await
                 .map_err(io_error)?,
             Staging::Webdav(client) => client.mkcol(&path.dir_key()).await?,

@@ -22,7 +22,8 @@ pub enum ServiceConfig {
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct FsSettings {
-    /// Absolute directory on the hub or spoke host; must lie under `storage.fs.allowed_roots`.
+    /// Absolute directory on the hub or spoke host; the hub confines it to the application's
+    /// space under `storage.fs.allowed_roots` (`hub::fsroot`).
     pub root: String,
 }
 

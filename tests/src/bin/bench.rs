@@ -126,6 +126,7 @@ struct DevHub {
     base: String,
     key: String,
     account: i64,
+    app: i64,
     dir: PathBuf,
 }
 
@@ -150,6 +151,7 @@ async fn start_hub(dir: &Path, db_url: Option<&str>) -> anyhow::Result<DevHub> {
         base: format!("http://127.0.0.1:{port}"),
         key: creds["api_key"].as_str().context("key")?.to_owned(),
         account: creds["account_id"].as_i64().context("account")?,
+        app: creds["application_id"].as_i64().context("application")?,
         dir: dir.to_owned(),
     })
 }
@@ -308,7 +310,8 @@ async fn transfer() -> anyhow::Result<()> {
     const SIZE: u64 = 2 * 1024 * 1024 * 1024;
     let tmp = tempfile::tempdir()?;
     let hub = start_hub(&tmp.path().join("hub"), None).await?;
-    let files = hub.dir.join("files");
+    // The dev account's root: its application's space under the allowed root `files`.
+    let files = hub.dir.join("files").join(format!("app-{}", hub.app));
     let src = files.join("big.bin");
     {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&src)?);

@@ -855,7 +855,7 @@ async fn upload_limit_and_interrupted_upload_leave_nothing() {
     s.write_all(&vec![7u8; 500_000]).await.expect("half");
     s.flush().await.expect("flush");
     drop(s);
-    let files = hub.data_dir.join("files");
+    let files = hub.dev_root();
     // The hub notices the broken body and aborts; the staging area drains and nothing is visible.
     e2e::assert_eventually!(
         std::fs::read_dir(files.join(".switchyard-partial"))
@@ -1004,7 +1004,7 @@ async fn interrupted_2gib_upload_leaves_no_partial_file() {
     })
     .await
     .expect("hub");
-    let files = hub.data_dir.join("files");
+    let files = hub.dev_root();
     let staging = files.join(".switchyard-partial");
     let staged_bytes = || -> u64 {
         std::fs::read_dir(&staging)
@@ -1077,4 +1077,284 @@ async fn interrupted_2gib_upload_leaves_no_partial_file() {
     )
     .await;
     assert_eq!(list["count"], 0);
+}
+
+/// A second application of `hub` with its own API key: `(app id, "APIKey ...")`.
+async fn other_app(hub: &TestHub, name: &str) -> (i64, String) {
+    let app = json_of(
+        hub.http
+            .post(hub.url("/v1/meta/applications"))
+            .header("Authorization", hub.meta())
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .expect("app"),
+    )
+    .await;
+    let app_id = app["id"].as_i64().expect("id");
+    let key = json_of(
+        hub.http
+            .post(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys")))
+            .header("Authorization", hub.meta())
+            .send()
+            .await
+            .expect("key"),
+    )
+    .await;
+    (
+        app_id,
+        format!("APIKey {}", key["key"].as_str().expect("key")),
+    )
+}
+
+/// Connects an `fs` account with `root` as `auth`; the response.
+async fn connect_fs(hub: &TestHub, auth: &str, root: &str) -> reqwest::Response {
+    hub.http
+        .post(hub.url("/v1/accounts"))
+        .header("Authorization", auth)
+        .json(&json!({"service": "fs", "account": "fs", "credentials": {"root": root}}))
+        .send()
+        .await
+        .expect("connect")
+}
+
+/// Application B tries every way into application A's `fs` space: A's roots, their parents,
+/// `..`, a symbolic link in B's own space (placed before connecting, or swapped in later), and
+/// probing which host paths exist. Only its own space works.
+#[tokio::test]
+async fn fs_roots_are_confined_to_their_application() {
+    let hub = TestHub::start().await.expect("hub");
+    let a_root = hub.new_fs_root("photos").expect("A's root");
+    std::fs::write(a_root.join("secret.txt"), b"A's data").expect("A's file");
+    let (b_app, b_key) = other_app(&hub, "tenant-b").await;
+    let allowed = hub.fs_allowed_root();
+    let b_space = allowed.join(format!("app-{b_app}"));
+    std::fs::create_dir_all(&b_space).expect("B's space");
+    std::os::unix::fs::symlink(&a_root, b_space.join("link")).expect("link into A");
+    // Relative roots lie in B's space under the first allowed root (the dev hub's `files`).
+    let b_first = hub.data_dir.join("files").join(format!("app-{b_app}"));
+    std::fs::create_dir_all(&b_first).expect("B's first space");
+    std::os::unix::fs::symlink(&a_root, b_first.join("link")).expect("link into A");
+    let s = |p: &std::path::Path| p.to_string_lossy().into_owned();
+
+    let mut answers = Vec::new();
+    for root in [
+        s(&a_root),
+        s(&hub.dev_root()),
+        s(a_root.parent().expect("A's space")),
+        s(&allowed),
+        s(&hub.data_dir.join("files")),
+        s(&b_space
+            .join("..")
+            .join(format!("app-{}", hub.creds.application_id))),
+        format!("../app-{}/photos", hub.creds.application_id),
+        s(&b_space.join("link")),
+        "link".into(),
+        "link/deeper".into(),
+        // Existing and missing host paths answer the same.
+        "/etc".into(),
+        "/etc/passwd".into(),
+        "/definitely/missing/dir".into(),
+        s(&a_root.join("missing")),
+        "/".into(),
+    ] {
+        let r = connect_fs(&hub, &b_key, &root).await;
+        assert_eq!(r.status(), 400, "B connected {root}");
+        let v = json_of(r).await;
+        assert_error_shape(&v, "invalid_parameters");
+        answers.push((root, v["message"].as_str().unwrap_or_default().to_owned()));
+    }
+    let outside = &answers[0].1;
+    for (root, message) in &answers {
+        if root.contains("link") {
+            continue; // inside B's own space: told it is a link, never where it leads
+        }
+        assert_eq!(
+            message, outside,
+            "{root} answers differently: existence leaks"
+        );
+    }
+    for (root, message) in answers.iter().filter(|(r, _)| r.contains("link")) {
+        assert!(!message.contains(&s(&a_root)), "{root}: {message}");
+    }
+
+    // B's own space works, relative (made on demand) or absolute.
+    let r = connect_fs(&hub, &b_key, "albums/2024").await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    assert!(hub
+        .data_dir
+        .join("files")
+        .join(format!("app-{b_app}/albums/2024"))
+        .is_dir());
+    let own = b_space.join("own");
+    std::fs::create_dir_all(&own).expect("own");
+    let r = connect_fs(&hub, &b_key, &s(&own)).await;
+    assert_eq!(r.status(), 201);
+    let acct = json_of(r).await["id"].as_i64().expect("id");
+    let list_url = hub.url(&format!(
+        "/v1/accounts/{acct}/storage/folders/root/contents"
+    ));
+    let listing = hub
+        .http
+        .get(&list_url)
+        .header("Authorization", &b_key)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listing.status(), 200);
+
+    // A link made inside B's root later, into A's files: never followed.
+    std::os::unix::fs::symlink(&a_root, own.join("inner")).expect("link inside the root");
+    let path = shared::storage::path::StoragePath::parse("inner/secret.txt").expect("path");
+    let id = hub
+        .state
+        .ids
+        .encode(acct, shared::storage::EntryKind::File, &path);
+    for suffix in ["", "/contents"] {
+        let r = hub
+            .http
+            .get(hub.url(&format!("/v1/accounts/{acct}/storage/files/{id}{suffix}")))
+            .header("Authorization", &b_key)
+            .send()
+            .await
+            .expect("read through the link");
+        assert_eq!(r.status(), 403, "{suffix}");
+        let body = r.text().await.expect("body");
+        assert!(!body.contains("A's data"), "{body}");
+    }
+    std::fs::remove_file(own.join("inner")).expect("rm link");
+
+    // A link swapped in for the root later is refused at use, even with the account cached.
+    std::fs::remove_dir_all(&own).expect("rm own");
+    std::os::unix::fs::symlink(&a_root, &own).expect("swap in a link");
+    let r = hub
+        .http
+        .get(&list_url)
+        .header("Authorization", &b_key)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(r.status(), 403);
+    let body = r.text().await.expect("body");
+    assert!(!body.contains("secret.txt"), "{body}");
+    // A still reaches its own files.
+    let a_acct = json_of(connect_fs(&hub, &hub.apikey(), &s(&a_root)).await).await;
+    assert!(a_acct["id"].as_i64().is_some(), "{a_acct}");
+}
+
+/// An account bearer token lists, reads and cancels only transfers that touch its account; the
+/// application's API key sees them all.
+#[tokio::test]
+async fn bearer_tokens_see_only_their_transfers() {
+    let hub = TestHub::start().await.expect("hub");
+    let mut ends = Vec::new();
+    for name in ["x", "y"] {
+        let root = hub.new_fs_root(name).expect("root");
+        let a = hub.connect("fs", json!({"root": root})).await.expect("fs");
+        ends.push((
+            a["id"].as_i64().expect("id"),
+            format!(
+                "Bearer {}",
+                a["bearer_token"]["key"].as_str().expect("token")
+            ),
+        ));
+    }
+    let f = hub
+        .upload(hub.creds.account_id, "root", "t.bin", pattern(10_000, 4))
+        .await
+        .expect("upload");
+    let mut transfers = Vec::new();
+    for (dst, _) in &ends {
+        let r = hub
+            .req(
+                Method::POST,
+                &hub.acc(&format!(
+                    "/storage/files/{}/copy",
+                    f["id"].as_str().expect("id")
+                )),
+            )
+            .header("X-Kloudless-Async", "true")
+            .json(&json!({"account": dst, "parent_id": "root"}))
+            .send()
+            .await
+            .expect("copy");
+        assert_eq!(r.status(), 202);
+        transfers.push(json_of(r).await["transfer"].as_i64().expect("transfer"));
+    }
+    let get = |auth: String, method: Method, path: String| {
+        let r = hub
+            .http
+            .request(method, hub.url(&path))
+            .header("Authorization", auth);
+        async move { r.send().await.expect("request") }
+    };
+    let all = json_of(get(hub.apikey(), Method::GET, "/v1/transfers".into()).await).await;
+    assert_eq!(all["count"], 2, "{all}");
+    for (i, (_, token)) in ends.iter().enumerate() {
+        let (mine, theirs) = (transfers[i], transfers[1 - i]);
+        let listed = json_of(get(token.clone(), Method::GET, "/v1/transfers".into()).await).await;
+        assert_eq!(listed["count"], 1, "{listed}");
+        assert_eq!(listed["objects"][0]["id"], mine);
+        let r = get(token.clone(), Method::GET, format!("/v1/transfers/{mine}")).await;
+        assert_eq!(r.status(), 200);
+        for method in [Method::GET, Method::DELETE] {
+            let r = get(
+                token.clone(),
+                method.clone(),
+                format!("/v1/transfers/{theirs}"),
+            )
+            .await;
+            assert_eq!(r.status(), 404, "{method} of another account's transfer");
+            assert_error_shape(&json_of(r).await, "not_found");
+        }
+    }
+    // The foreign cancels changed nothing: neither transfer was cancelled by them.
+    for id in &transfers {
+        let t = json_of(get(hub.apikey(), Method::GET, format!("/v1/transfers/{id}")).await).await;
+        assert_ne!(t["state"], "cancelled", "{t}");
+    }
+    // Its own transfer, a token may cancel.
+    let r = get(
+        ends[0].1.clone(),
+        Method::DELETE,
+        format!("/v1/transfers/{}", transfers[0]),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+/// Application names are shown to operators: control characters are refused at creation.
+#[tokio::test]
+async fn application_names_refuse_control_characters() {
+    let hub = TestHub::start().await.expect("hub");
+    for name in ["evil\u{1b}[31mred", "two\nlines", "rtl\u{202e}txt.exe"] {
+        let r = hub
+            .http
+            .post(hub.url("/v1/meta/applications"))
+            .header("Authorization", hub.meta())
+            .json(&json!({ "name": name }))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), 400, "{name:?}");
+        let v = json_of(r).await;
+        assert_error_shape(&v, "invalid_parameters");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("control"),
+            "{v}"
+        );
+    }
+    let (app, _) = other_app(&hub, "fine name é").await;
+    let r = hub
+        .http
+        .patch(hub.url(&format!("/v1/meta/applications/{app}")))
+        .header("Authorization", hub.meta())
+        .json(&json!({ "name": "bad\u{7}" }))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 400);
 }

@@ -4,7 +4,9 @@
 use e2e::servers::Postgres;
 use e2e::{pattern, sha256_hex, HubOptions, TestHub};
 use hub::db::{AccountChanges, Db};
+use serde_json::json;
 use shared::auth::hash_token;
+use std::time::{Duration, Instant};
 
 async fn suite(db: &Db) {
     db.migrate().await.expect("migrate");
@@ -198,4 +200,231 @@ async fn postgres_suite_and_api() {
         200
     );
     hub.stop().await.expect("stop");
+}
+
+/// `status` of `GET path` on `hub` with `auth`.
+async fn status_of(hub: &TestHub, auth: &str, path: &str) -> u16 {
+    hub.http
+        .get(hub.url(path))
+        .header("Authorization", auth)
+        .send()
+        .await
+        .expect("request")
+        .status()
+        .as_u16()
+}
+
+/// Polls until `GET path` with `auth` on `hub` answers `want`, failing after one second (the
+/// documented revocation bound); returns how long it took.
+async fn answers_within_a_second(hub: &TestHub, auth: &str, path: &str, want: u16) -> Duration {
+    let start = Instant::now();
+    e2e::assert_eventually!(
+        status_of(hub, auth, path).await == want,
+        Duration::from_secs(1),
+        format!("{path} to answer {want} within the revocation bound")
+    );
+    start.elapsed()
+}
+
+/// A new API key of `app`, made through `hub`'s Meta API: `(id, "APIKey ...")`.
+async fn new_key(hub: &TestHub, app: i64) -> (i64, String) {
+    let v: serde_json::Value = hub
+        .http
+        .post(hub.url(&format!("/v1/meta/applications/{app}/apikeys")))
+        .header("Authorization", hub.meta())
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    (
+        v["id"].as_i64().expect("id"),
+        format!("APIKey {}", v["key"].as_str().expect("key")),
+    )
+}
+
+/// Two hubs on one PostgreSQL, caches warm on both: an API key revoked through hub A's API or
+/// through the `hub` command line, an account deactivated (its bearer token) and an account
+/// deleted are refused by hub B within one second while B's feed is live (so it was the
+/// notification, not an expiry); and again right after every NOTIFY connection is killed.
+#[tokio::test]
+async fn revocation_reaches_every_hub_within_a_second() {
+    let pg = Postgres::start().await.expect("postgres");
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = TestHub::start_with(HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(dir.path().join("a")),
+        ..Default::default()
+    })
+    .await
+    .expect("hub a");
+    // Hub B shares A's master key (it opens A's accounts) and allows A's `fs` roots.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(b_dir.join("data")).expect("b dir");
+    std::fs::copy(a.data_dir.join("master.key"), b_dir.join("data/master.key")).expect("key");
+    let b = TestHub::start_with(HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(b_dir),
+        yaml: Some(format!(
+            "storage:\n  fs:\n    allowed_roots:\n      - {}\n",
+            a.fs_allowed_root().display()
+        )),
+        ..Default::default()
+    })
+    .await
+    .expect("hub b");
+    let app = a.creds.application_id;
+    let feed_live = |hub: &TestHub| hub.state.freshness.live(Instant::now());
+    e2e::assert_eventually!(
+        feed_live(&a) && feed_live(&b),
+        Duration::from_secs(10),
+        "both hubs' revocation feeds to be live"
+    );
+
+    let (k1, key1) = new_key(&a, app).await;
+    let (_, key2) = new_key(&a, app).await;
+    let mut accounts = Vec::new();
+    for name in ["deactivated", "deleted"] {
+        let root = a.new_fs_root(name).expect("root");
+        let acct = a.connect("fs", json!({ "root": root })).await.expect("fs");
+        accounts.push((
+            acct["id"].as_i64().expect("id"),
+            format!(
+                "Bearer {}",
+                acct["bearer_token"]["key"].as_str().expect("token")
+            ),
+        ));
+    }
+    let (x, x_token) = accounts[0].clone();
+    let (y, _) = accounts[1].clone();
+    // Warm both hubs' caches.
+    for hub in [&a, &b] {
+        assert_eq!(status_of(hub, &key1, "/v1/accounts").await, 200);
+        assert_eq!(status_of(hub, &key2, "/v1/accounts").await, 200);
+        assert_eq!(status_of(hub, &x_token, "/v1/accounts/me").await, 200);
+        assert_eq!(
+            status_of(hub, &a.apikey(), &format!("/v1/accounts/{y}")).await,
+            200
+        );
+    }
+    let mut took = Vec::new();
+
+    // Each revocation also flushes B's other cached credentials of the application, so each
+    // step warms B again right before it.
+    // A key revoked through hub A's Meta API.
+    assert!(feed_live(&b));
+    let r = a
+        .http
+        .delete(a.url(&format!("/v1/meta/applications/{app}/apikeys/{k1}")))
+        .header("Authorization", a.meta())
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    took.push(answers_within_a_second(&b, &key1, "/v1/accounts", 401).await);
+
+    // A key revoked by the command line, another process.
+    let config = dir.path().join("cli.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {data}\ndatabase:\n  url: {url}\nsecrets:\n  master_key_file: {data}/master.key\nlog:\n  level: warn\n",
+            data = a.data_dir.display(),
+            url = pg.url()
+        ),
+    )
+    .expect("cli config");
+    assert_eq!(status_of(&b, &key2, "/v1/accounts").await, 200);
+    assert!(feed_live(&b));
+    let raw_key2 = key2.trim_start_matches("APIKey ").to_owned();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-hub"))
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "revoke", "--app", &app.to_string(), &raw_key2])
+        .env_remove("SWITCHYARD_CONFIG")
+        .output()
+        .await
+        .expect("hub keys revoke");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    took.push(answers_within_a_second(&b, &key2, "/v1/accounts", 401).await);
+    took.push(answers_within_a_second(&a, &key2, "/v1/accounts", 401).await);
+
+    // An account deactivated: its bearer token is refused.
+    assert_eq!(status_of(&b, &x_token, "/v1/accounts/me").await, 200);
+    assert!(feed_live(&b));
+    let r = a
+        .req(reqwest::Method::PATCH, &a.url(&format!("/v1/accounts/{x}")))
+        .json(&json!({ "active": false }))
+        .send()
+        .await
+        .expect("deactivate");
+    assert_eq!(r.status(), 200);
+    took.push(answers_within_a_second(&b, &x_token, "/v1/accounts/me", 401).await);
+
+    // An account deleted: gone on hub B too.
+    assert_eq!(
+        status_of(&b, &a.apikey(), &format!("/v1/accounts/{y}")).await,
+        200
+    );
+    assert!(feed_live(&b));
+    let r = a
+        .req(
+            reqwest::Method::DELETE,
+            &a.url(&format!("/v1/accounts/{y}")),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    took.push(answers_within_a_second(&b, &a.apikey(), &format!("/v1/accounts/{y}"), 404).await);
+
+    // Every NOTIFY connection killed: a revocation right after still reaches B in time (the
+    // caches fall back to a short TTL), and the listeners come back.
+    let (k3, key3) = new_key(&a, app).await;
+    assert_eq!(status_of(&b, &key3, "/v1/accounts").await, 200);
+    let listeners = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{}'",
+        hub::revocation::LISTENER_NAME
+    );
+    assert_eq!(pg.sql(&listeners).await.expect("count"), "2");
+    pg.sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{}'",
+        hub::revocation::LISTENER_NAME
+    ))
+    .await
+    .expect("terminate");
+    let r = a
+        .http
+        .delete(a.url(&format!("/v1/meta/applications/{app}/apikeys/{k3}")))
+        .header("Authorization", a.meta())
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    took.push(answers_within_a_second(&b, &key3, "/v1/accounts", 401).await);
+    e2e::assert_eventually!(
+        pg.sql(&listeners).await.is_ok_and(|n| n == "2") && feed_live(&a) && feed_live(&b),
+        Duration::from_secs(15),
+        "the revocation feeds to reconnect"
+    );
+    let (k4, key4) = new_key(&a, app).await;
+    assert_eq!(status_of(&b, &key4, "/v1/accounts").await, 200);
+    assert!(feed_live(&b));
+    let r = a
+        .http
+        .delete(a.url(&format!("/v1/meta/applications/{app}/apikeys/{k4}")))
+        .header("Authorization", a.meta())
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    took.push(answers_within_a_second(&b, &key4, "/v1/accounts", 401).await);
+    eprintln!("revocation reached the other hub after {took:?}");
+    b.stop().await.expect("stop b");
+    a.stop().await.expect("stop a");
 }

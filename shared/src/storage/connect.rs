@@ -183,6 +183,7 @@ impl Connector {
             op,
             service: cfg.name(),
             staging,
+            tagging: super::etag::Tagging::for_service(cfg),
         })
     }
 }

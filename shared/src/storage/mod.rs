@@ -7,6 +7,7 @@
 //! errors mapped onto the few kinds the API distinguishes ([`StorageError`]).
 
 mod connect;
+mod etag;
 pub mod multipart;
 pub mod path;
 pub mod service;
@@ -19,7 +20,8 @@ use opendal::{BytesRange, EntryMode, ErrorKind, Metadata, Operator};
 use std::time::Duration;
 
 pub use connect::ConnectOptions;
-pub use path::{validate_name, PathError, StoragePath, RESERVED_PREFIX};
+pub use etag::{cached_hashes, etag_list_matches, REMOTE_SETTLE};
+pub use path::{is_reserved, normalize_name, validate_name, PathError, StoragePath, RESERVED_PREFIX};
 pub use service::{ServiceConfig, SettingsError, SERVICES};
 
 /// Most entries one folder listing or recursive walk collects; larger folders are truncated
@@ -66,6 +68,8 @@ pub enum StorageError {
     Unavailable(String),
     #[error("requested range is not satisfiable")]
     RangeNotSatisfiable,
+    #[error("the file changed: its ETag no longer matches")]
+    PreconditionFailed,
     #[error("not supported by this service: {0}")]
     Unsupported(String),
     #[error("the upload stream was interrupted: {0}")]
@@ -130,6 +134,8 @@ pub struct Connector {
     service: &'static str,
     /// Where uploads go first when the service has no atomic write of its own.
     staging: Staging,
+    /// How file versions get their ETags.
+    tagging: etag::Tagging,
 }
 
 #[derive(Clone)]
@@ -302,10 +308,7 @@ impl Connector {
                 continue;
             };
             if path == *folder
-                || path
-                    .as_str()
-                    .split('/')
-                    .any(|c| c.starts_with(RESERVED_PREFIX))
+                || path.as_str().split('/').any(path::is_reserved)
             {
                 continue;
             }

@@ -28,10 +28,20 @@ enum Credential<'a> {
 }
 
 fn credential(parts: &Parts) -> Result<Credential<'_>, ApiError> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?
+    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let first = values
+        .next()
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+    // Which one counts would depend on the component reading it (proxy, framework, us):
+    // refuse rather than pick.
+    if values.next().is_some() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request has more than one Authorization header; send exactly one",
+        ));
+    }
+    let value = first
         .to_str()
         .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
     let (scheme, token) = value.trim().split_once(' ').ok_or_else(|| {

@@ -81,6 +81,16 @@ impl ApiError {
         )
     }
 
+    /// A failed `If-Match` / `If-Unmodified-Since`: nothing was changed.
+    pub fn precondition_failed() -> Self {
+        Self::new(
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            "the file has changed since the ETag or date given in If-Match or \
+             If-Unmodified-Since; nothing was changed",
+        )
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
@@ -186,6 +196,7 @@ impl From<StorageError> for ApiError {
                 "range_not_satisfiable",
                 "requested range is not satisfiable",
             ),
+            StorageError::PreconditionFailed => Self::precondition_failed(),
             StorageError::Unsupported(m) => Self::new(
                 StatusCode::BAD_REQUEST,
                 "not_supported",

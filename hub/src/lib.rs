@@ -16,6 +16,7 @@ pub mod dev;
 pub mod error;
 pub mod fsroot;
 pub mod guard;
+pub mod http;
 pub mod ids;
 mod metrics;
 pub mod model;
@@ -125,17 +126,15 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt;
     let steering = state.steering.clone();
-    let listener = listener.tap_io(move |tcp| {
+    let on_accept = move |tcp: &tokio::net::TcpStream| {
         let _ = tcp.set_nodelay(true);
         // The handshake's RTT: a latency sample of this client's network for steering.
         if let (Some(rtt), Ok(peer)) = (steering::tcpinfo::rtt_us(tcp), tcp.peer_addr()) {
             steering.record_rtt(peer.ip(), rtt);
         }
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+    };
+    http::serve_tcp(listener, app(state), on_accept, shutdown)
         .await
         .context("serving HTTP")
 }

@@ -25,14 +25,14 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_account, patch_account, delete_account))
 }
 
-fn view(r: &AccountRecord, settings: Option<&ServiceConfig>) -> AccountView {
+/// An account as the API shows it: `service` is the short id (`fs`), `service_name` its
+/// display name ("Local Filesystem"), in listings and single reads alike (the Kloudless shape).
+fn view(r: &AccountRecord) -> AccountView {
     AccountView {
         id: r.id,
         account: r.name.clone(),
         service: r.service.clone(),
-        service_name: settings
-            .map(|s| s.display_name().to_owned())
-            .unwrap_or_else(|| r.service.clone()),
+        service_name: shared::storage::service::display_name(&r.service).to_owned(),
         active: r.active,
         admin: false,
         apis: vec!["storage"],
@@ -120,7 +120,7 @@ async fn list_accounts(
             i64::from(size),
         )
         .await?;
-    let objects = rows.iter().map(|r| view(r, None)).collect();
+    let objects = rows.iter().map(view).collect();
     Ok(Json(page_of(objects, page, size, total as usize, "meta")))
 }
 
@@ -138,8 +138,8 @@ async fn create_account(
             "an account token cannot connect accounts; use an API key",
         ));
     }
-    let (record, settings, token) = connect_account(&state, caller.app_id, &body).await?;
-    let mut v = view(&record, Some(&settings));
+    let (record, _, token) = connect_account(&state, caller.app_id, &body).await?;
+    let mut v = view(&record);
     v.bearer_token = Some(BearerToken { key: token });
     Ok((StatusCode::CREATED, Json(v)))
 }
@@ -189,7 +189,7 @@ async fn get_account(
 ) -> ApiResult<Json<AccountView>> {
     let id = caller.account_id(&acc)?;
     let account = state.account(caller.app_id, id).await?;
-    let mut v = view(&account.record, Some(&account.settings));
+    let mut v = view(&account.record);
     if opts.retrieve_full == Some(true) {
         v.capabilities = serde_json::to_value(account.connector.capabilities()).ok();
     }
@@ -217,9 +217,9 @@ async fn patch_account(
         active: body.active,
         credentials: None,
     };
-    let mut settings = current.settings.clone();
     if let Some(creds) = body.credentials {
-        settings = checked_settings(&state, caller.app_id, current.settings.name(), creds).await?;
+        let settings =
+            checked_settings(&state, caller.app_id, current.settings.name(), creds).await?;
         changes.credentials = Some(seal(&state, &settings, id));
     }
     let record = state
@@ -228,7 +228,7 @@ async fn patch_account(
         .await?
         .ok_or_else(|| ApiError::not_found("account"))?;
     state.forget_account(id);
-    Ok(Json(view(&record, Some(&settings))))
+    Ok(Json(view(&record)))
 }
 
 /// Disconnect an account (its files stay where they are).

@@ -3,6 +3,7 @@
 
 mod accounts;
 pub use accounts::connect_account;
+mod conditional;
 pub use network::revoke as revoke_spoke;
 mod meta;
 pub use meta::create_api_key;
@@ -150,8 +151,17 @@ async fn request_context(
         })
     });
 
+    let too_large = headers_too_large(req.headers());
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {
+            if let Some(message) = too_large {
+                return ApiError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request_header_fields_too_large",
+                    message,
+                )
+                .into_response();
+            }
             let resp = next.run(req).await;
             if resp.status().is_client_error() || resp.status().is_server_error() {
                 ensure_json_error(resp).await
@@ -188,6 +198,29 @@ async fn request_context(
     })
 }
 
+/// Most header fields a request may carry (hyper's own default, kept; hyper itself is set to
+/// a higher hard limit so that this check answers first, see `crate::http`).
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of header names and values a request may carry.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why the request's header fields are too large, if they are.
+fn headers_too_large(h: &axum::http::HeaderMap) -> Option<String> {
+    if h.len() > MAX_HEADERS {
+        return Some(format!(
+            "the request has {} header fields; at most {MAX_HEADERS} are accepted",
+            h.len()
+        ));
+    }
+    let bytes: usize = h
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (bytes > MAX_HEADER_BYTES).then(|| {
+        format!("the request's header fields are {bytes} bytes; at most {MAX_HEADER_BYTES} are accepted")
+    })
+}
+
 /// Gives framework-made error responses (405, 413, 404 from extractors) our JSON error shape.
 async fn ensure_json_error(resp: Response) -> Response {
     let is_json = resp
@@ -205,6 +238,10 @@ async fn ensure_json_error(resp: Response) -> Response {
         StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", "request body is too large"),
         StatusCode::NOT_FOUND => ("not_found", "not found"),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ("invalid_parameters", "unsupported content type"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "request_header_fields_too_large",
+            "the request's header fields are too large",
+        ),
         s if s.is_server_error() => ("internal_server_error", "internal error"),
         _ => ("invalid_parameters", "invalid request"),
     };
@@ -304,7 +341,8 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// Path-parameter extractor with our error shape.
+/// Path-parameter extractor with our error shape. A parameter that does not parse is named
+/// with what it must be ("`app` must be a numeric application id"), not the parser's words.
 pub(crate) struct ApiPath<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
@@ -314,12 +352,52 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, ApiError> {
-        axum::extract::Path::<T>::from_request_parts(parts, state)
+        use axum::extract::path::ErrorKind;
+        use axum::extract::rejection::PathRejection;
+        let e = match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => return Ok(ApiPath(v)),
+            Err(e) => e,
+        };
+        let raw = axum::extract::RawPathParams::from_request_parts(parts, state)
             .await
-            .map(|axum::extract::Path(v)| ApiPath(v))
-            .map_err(|e| {
-                ApiError::bad_request(format!("invalid path parameter: {}", e.body_text()))
-            })
+            .ok();
+        let keys: Vec<String> = raw
+            .iter()
+            .flat_map(|r| r.iter().map(|(k, _)| k.to_owned()))
+            .collect();
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_owned())
+            .unwrap_or_default();
+        let key = match &e {
+            PathRejection::FailedToDeserializePathParams(d) => match d.kind() {
+                ErrorKind::ParseErrorAtKey { key, .. } => Some(key.clone()),
+                ErrorKind::ParseErrorAtIndex { index, .. } => keys.get(*index).cloned(),
+                ErrorKind::ParseError { .. } if keys.len() == 1 => keys.first().cloned(),
+                _ => None,
+            },
+            _ => None,
+        };
+        Err(match key {
+            Some(key) => {
+                let what = describe_param(&route, &key);
+                ApiError::bad_request(format!("`{key}` must be {what}"))
+            }
+            None => ApiError::bad_request(format!("invalid path parameter: {}", e.body_text())),
+        })
+    }
+}
+
+/// What a numeric path parameter must be, for error messages.
+fn describe_param(route: &str, key: &str) -> &'static str {
+    match key {
+        "app" => "a numeric application id",
+        "acc" => "a numeric account id or `me`",
+        "spoke" => "a numeric spoke id",
+        _ if route.contains("/tasks/") => "a numeric task id",
+        _ if route.contains("/transfers/") => "a numeric transfer id",
+        _ => "a number",
     }
 }
 

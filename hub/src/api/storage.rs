@@ -1,6 +1,7 @@
 //! The storage API: folders, files (streaming upload and download with `Range`), copy, move,
 //! search and recent, over any connected account.
 
+use super::conditional::{self, Decision, FileLock};
 use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use crate::db::ClaimKind;
+use sha2::{Digest, Sha256};
 use shared::storage::{numbered, ByteRange, Entry, EntryKind, Publish, StorageError, StoragePath};
 use std::sync::Arc;
 use utoipa::IntoParams;
@@ -682,15 +684,21 @@ fn limited_body(
     })
 }
 
-/// Retrieve a file's metadata.
+/// Retrieve a file's metadata, with its `ETag` and `Last-Modified`; `If-None-Match` (weak
+/// comparison) or `If-Modified-Since` answer 304, a stale `If-Match` 412.
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
-    responses((status = 200, body = StorageObject), CommonErrors))]
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$"),
+           ("If-None-Match" = Option<String>, Header, description = "ETags (weak comparison): 304 when one matches"),
+           ("If-Modified-Since" = Option<String>, Header, description = "HTTP-date: 304 when not modified since (ignored with If-None-Match)")),
+    responses((status = 200, body = StorageObject, headers(("ETag" = String), ("Last-Modified" = String))),
+              (status = 304, description = "Not modified"),
+              (status = 412, body = crate::error::ErrorBody), CommonErrors))]
 async fn get_file(
     caller: Caller,
     State(state): State<AppState>,
     ApiPath((acc, id)): ApiPath<(String, String)>,
-) -> ApiResult<Json<StorageObject>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
     let e = a
@@ -698,72 +706,179 @@ async fn get_file(
         .stat_file(&path)
         .await
         .map_err(not_found_as("file"))?;
-    Ok(Json(object(&state.ids, a.id(), &e)))
+    let etag = a.connector.etag(&e).await.map_err(not_found_as("file"))?;
+    let d = conditional::evaluate(&headers, true, Some(&etag), e.modified);
+    if d != Decision::Proceed {
+        return Ok(conditional::answer(d, Some(&etag), e.modified));
+    }
+    let mut r = Json(object(&state.ids, a.id(), &e)).into_response();
+    conditional::set_validators(&mut r, Some(&etag), e.modified);
+    Ok(r)
 }
 
-/// Replace a file's content with the raw request body (streamed).
+/// The preconditions of a change to the existing file `e`: `Ok(None)` to go ahead without
+/// an `If-Match` naming a version, `Ok(Some(etag))` with the current ETag it matched,
+/// `Err(response)` to answer instead (412).
+async fn check_change(
+    a: &Account,
+    e: &Entry,
+    headers: &HeaderMap,
+) -> ApiResult<Result<Option<String>, Response>> {
+    if !conditional::has_preconditions(headers) {
+        return Ok(Ok(None));
+    }
+    let etag = if conditional::needs_etag(headers) {
+        Some(a.connector.etag(e).await.map_err(not_found_as("file"))?)
+    } else {
+        None
+    };
+    // `If-Match: *` asks only that the file exists; a list of tags names this version.
+    let names_version = headers
+        .get_all(header::IF_MATCH)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() != b"*");
+    match conditional::evaluate(headers, false, etag.as_deref(), e.modified) {
+        Decision::Proceed if names_version => Ok(Ok(etag)),
+        Decision::Proceed => Ok(Ok(None)),
+        d => Ok(Err(conditional::answer(d, etag.as_deref(), e.modified))),
+    }
+}
+
+/// Takes this hub's lock of the file when the request is conditional (see [`FileLock`]).
+async fn lock_if_conditional(a: &Account, path: &StoragePath, h: &HeaderMap) -> Option<FileLock> {
+    if conditional::has_preconditions(h) {
+        Some(FileLock::acquire(a.id(), path.as_str()).await)
+    } else {
+        None
+    }
+}
+
+/// Replace a file's content with the raw request body (streamed). With `If-Match` (or
+/// `If-Unmodified-Since`) the content is replaced only if the file has not changed: 412
+/// otherwise, and nothing changes.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$"),
+           ("If-Match" = Option<String>, Header, description = "ETags (strong comparison) or `*`: 412 unless one matches"),
+           ("If-Unmodified-Since" = Option<String>, Header, description = "HTTP-date: 412 when modified since (ignored with If-Match)")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200, body = StorageObject), CommonErrors))]
+    responses((status = 200, body = StorageObject, headers(("ETag" = String))),
+              (status = 412, body = crate::error::ErrorBody), CommonErrors))]
 async fn replace_file(
     caller: Caller,
     State(state): State<AppState>,
     ApiPath((acc, id)): ApiPath<(String, String)>,
     req: Request,
-) -> ApiResult<Json<StorageObject>> {
+) -> ApiResult<Response> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector
+    let _lock = lock_if_conditional(&a, &path, req.headers()).await;
+    let current = a
+        .connector
         .stat_file(&path)
         .await
         .map_err(not_found_as("file"))?;
-    let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes);
-    let e = write_upload(&state, &a, &path, body, Publish::Replace)
-        .await
-        .map_err(upload_error)?;
-    Ok(Json(object(&state.ids, a.id(), &e)))
+    let matched = match check_change(&a, &current, req.headers()).await? {
+        Ok(m) => m,
+        Err(answer) => return Ok(answer),
+    };
+    // The new content's SHA-256, computed as it streams: the ETag of what we wrote, without
+    // reading it back.
+    let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+    let h = hasher.clone();
+    let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes).inspect(
+        move |chunk| {
+            if let Ok(b) = chunk {
+                h.lock().unwrap_or_else(|p| p.into_inner()).update(b);
+            }
+        },
+    );
+    let e = match matched.filter(|_| a.connector.provider_etags()) {
+        // The provider re-checks the ETag when it commits the object: no gap.
+        Some(tag) => a
+            .connector
+            .write_if_match(&path, &tag, body)
+            .await
+            .map_err(UploadError::from),
+        None => write_upload(&state, &a, &path, body, Publish::Replace).await,
+    }
+    .map_err(upload_error)?;
+    let etag = if a.connector.provider_etags() {
+        a.connector.etag(&e).await.ok()
+    } else {
+        let digest = std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner()));
+        Some(format!("\"{}\"", hex::encode(digest.finalize())))
+    };
+    let mut r = Json(object(&state.ids, a.id(), &e)).into_response();
+    conditional::set_validators(&mut r, etag.as_deref(), e.modified);
+    Ok(r)
 }
 
-/// Rename (`name`), move (`parent_id`), or move to another account (`account`).
+/// Rename (`name`), move (`parent_id`), or move to another account (`account`). `If-Match` /
+/// `If-Unmodified-Since` make it conditional on the file being unchanged (412 otherwise).
 #[utoipa::path(patch, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$"),
+           ("If-Match" = Option<String>, Header, description = "ETags (strong comparison) or `*`: 412 unless one matches"),
+           ("If-Unmodified-Since" = Option<String>, Header, description = "HTTP-date: 412 when modified since (ignored with If-Match)")),
     request_body = ObjectChanges,
-    responses((status = 200, body = StorageObject), (status = 409, body = crate::error::ErrorBody), CommonErrors))]
+    responses((status = 200, body = StorageObject), (status = 409, body = crate::error::ErrorBody),
+              (status = 412, body = crate::error::ErrorBody), CommonErrors))]
 async fn patch_file(
     caller: Caller,
     State(state): State<AppState>,
     ApiPath((acc, id)): ApiPath<(String, String)>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<ObjectChanges>,
-) -> ApiResult<Json<StorageObject>> {
+) -> ApiResult<Response> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector
+    let _lock = lock_if_conditional(&a, &path, &headers).await;
+    let current = a
+        .connector
         .stat_file(&path)
         .await
         .map_err(not_found_as("file"))?;
-    let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;
-    if Arc::ptr_eq(&a, &dst) {
+    let matched = match check_change(&a, &current, &headers).await? {
+        Ok(m) => m,
+        Err(answer) => return Ok(answer),
+    };
+    let (account_id, e) = moved_file(&state, &caller, &a, &path, &body).await?;
+    // A move keeps the content: a hash we computed still holds; provider ETags are re-read.
+    let etag = if a.connector.provider_etags() || account_id != a.id() {
+        None
+    } else {
+        matched
+    };
+    let mut r = Json(object(&state.ids, account_id, &e)).into_response();
+    conditional::set_validators(&mut r, etag.as_deref(), e.modified);
+    Ok(r)
+}
+
+/// Performs a file rename or move; returns the account it ended in and its entry.
+async fn moved_file(
+    state: &AppState,
+    caller: &Caller,
+    a: &Arc<Account>,
+    path: &StoragePath,
+    body: &ObjectChanges,
+) -> ApiResult<(i64, Entry)> {
+    let dst = target_account(state, caller, a, body.account.as_ref()).await?;
+    if Arc::ptr_eq(a, &dst) {
         let target = destination(
-            &state,
-            &a,
-            &path,
+            state,
+            a,
+            path,
             body.parent_id.as_deref(),
             body.name.as_deref(),
         )
         .await?;
-        if target == path {
-            return Ok(Json(object(
-                &state.ids,
-                a.id(),
-                &a.connector.stat_file(&path).await?,
-            )));
+        if target == *path {
+            return Ok((a.id(), a.connector.stat_file(path).await?));
         }
         // Object stores cannot rename without replace on every server (moto ignores
         // `If-None-Match` on copies): the name is claimed like an upload's.
         let claim = if a.connector.publishes_in_place() {
             Some(
-                crate::claims::take(&state, &a, target.as_str(), ClaimKind::Name)
+                crate::claims::take(state, a, target.as_str(), ClaimKind::Name)
                     .await?
                     .ok_or_else(|| {
                         ApiError::conflict("conflict", "an object with that name already exists")
@@ -772,15 +887,15 @@ async fn patch_file(
         } else {
             None
         };
-        let renamed = a.connector.rename(&path, &target, EntryKind::File).await;
+        let renamed = a.connector.rename(path, &target, EntryKind::File).await;
         if let Some(c) = claim {
             c.done().await;
         }
         let e = renamed?;
-        return Ok(Json(object(&state.ids, a.id(), &e)));
+        return Ok((a.id(), e));
     }
     let parent = match body.parent_id.as_deref() {
-        Some(p) => folder_path(&state, &dst, p)?,
+        Some(p) => folder_path(state, &dst, p)?,
         None => StoragePath::root(),
     };
     let target = parent.join(body.name.as_deref().unwrap_or(path.name()))?;
@@ -796,28 +911,47 @@ async fn patch_file(
     }
     let e = dst
         .connector
-        .copy_file_from(&a.connector, &path, &target)
+        .copy_file_from(&a.connector, path, &target)
         .await?;
-    a.connector.delete_file(&path).await?;
-    Ok(Json(object(&state.ids, dst.id(), &e)))
+    a.connector.delete_file(path).await?;
+    Ok((dst.id(), e))
 }
 
-/// Delete a file.
+/// Delete a file. `If-Match` / `If-Unmodified-Since` make it conditional on the file being
+/// unchanged (412 otherwise, and the file stays).
 #[utoipa::path(delete, path = "/v1/accounts/{acc}/storage/files/{id}", tag = "storage",
-    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$")),
-    responses((status = 204, description = "Deleted"), CommonErrors))]
+    params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$"),
+           ("If-Match" = Option<String>, Header, description = "ETags (strong comparison) or `*`: 412 unless one matches"),
+           ("If-Unmodified-Since" = Option<String>, Header, description = "HTTP-date: 412 when modified since (ignored with If-Match)")),
+    responses((status = 204, description = "Deleted"), (status = 412, body = crate::error::ErrorBody), CommonErrors))]
 async fn delete_file(
     caller: Caller,
     State(state): State<AppState>,
     ApiPath((acc, id)): ApiPath<(String, String)>,
-) -> ApiResult<StatusCode> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let a = account(&state, &caller, &acc).await?;
     let path = file_path(&state, &a, &id)?;
-    a.connector
-        .delete_file(&path)
-        .await
-        .map_err(not_found_as("file"))?;
-    Ok(StatusCode::NO_CONTENT)
+    let _lock = lock_if_conditional(&a, &path, &headers).await;
+    let matched = if conditional::has_preconditions(&headers) {
+        let current = a
+            .connector
+            .stat_file(&path)
+            .await
+            .map_err(not_found_as("file"))?;
+        match check_change(&a, &current, &headers).await? {
+            Ok(m) => m,
+            Err(answer) => return Ok(answer),
+        }
+    } else {
+        None
+    };
+    match matched.filter(|_| a.connector.provider_etags()) {
+        Some(tag) => a.connector.delete_file_if_match(&path, &tag).await,
+        None => a.connector.delete_file(&path).await,
+    }
+    .map_err(not_found_as("file"))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// A request for a client-direct upload URL.
@@ -1044,14 +1178,18 @@ pub(crate) async fn transferred_object(
     Ok(object(&state.ids, dst.id(), &e))
 }
 
-/// Download a file's content. Supports a single `Range` (206), `ETag` and `If-None-Match`.
+/// Download a file's content. Supports a single `Range` (206) with `If-Range`, `ETag` and
+/// `Last-Modified`, `If-None-Match` (weak comparison) and `If-Modified-Since` (304), and
+/// `If-Match` / `If-Unmodified-Since` (412).
 #[utoipa::path(get, path = "/v1/accounts/{acc}/storage/files/{id}/contents", tag = "storage",
     params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$"), ("id" = String, Path, description = "File id", pattern = r"^F[A-Za-z0-9_-]+$"),
-           ("Range" = Option<String>, Header, description = "bytes=START-END")),
+           ("Range" = Option<String>, Header, description = "bytes=START-END"),
+           ("If-None-Match" = Option<String>, Header, description = "ETags (weak comparison): 304 when one matches")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
               (status = 206, content_type = "application/octet-stream", body = Vec<u8>),
               (status = 304, description = "Not modified"),
               (status = 307, description = "Large file: fetch it from the spoke at `Location`"),
+              (status = 412, body = crate::error::ErrorBody),
               (status = 416, body = crate::error::ErrorBody), CommonErrors))]
 async fn download_file(
     caller: Caller,
@@ -1066,7 +1204,18 @@ async fn download_file(
         .stat_file(&path)
         .await
         .map_err(not_found_as("file"))?;
-    // Large whole-file downloads go straight to a spoke near the storage.
+    // Preconditions first: a 304 or 412 beats a redirect.
+    let mut etag = None;
+    if conditional::has_preconditions(&headers) {
+        let tag = a.connector.etag(&e).await.map_err(not_found_as("file"))?;
+        let d = conditional::evaluate(&headers, true, Some(&tag), e.modified);
+        if d != Decision::Proceed {
+            return Ok(conditional::answer(d, Some(&tag), e.modified));
+        }
+        etag = Some(tag);
+    }
+    // Large whole-file downloads go straight to a spoke near the storage (without hashing
+    // the file here when the provider has no ETag: its bytes should not cross the hub).
     if e.size >= state.config.offload.threshold && !headers.contains_key(header::RANGE) {
         if let Some((url, _)) = direct_url(&state, &a, &path, "GET", 600).await {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
@@ -1074,25 +1223,15 @@ async fn download_file(
             return Ok(r);
         }
     }
-    let etag = format!(
-        "\"{}\"",
-        e.etag
-            .clone()
-            .unwrap_or_else(|| format!("{:x}-{:x}", e.size, e.modified.unwrap_or(0)))
-    );
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        insert(&mut r, header::ETAG, &etag);
-        return Ok(r);
-    }
+    let etag = match etag {
+        Some(t) => t,
+        None => a.connector.etag(&e).await.map_err(not_found_as("file"))?,
+    };
+    // If-Range takes a strong ETag; a date (or anything else) sends the whole file.
     let if_range_ok = headers
         .get(header::IF_RANGE)
         .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v == etag);
+        .is_none_or(|v| v.trim() == etag);
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(r) if if_range_ok => parse_range(r, e.size),
         _ => RangeRequest::Full,
@@ -1131,7 +1270,7 @@ async fn download_file(
     *r.status_mut() = status;
     insert(&mut r, header::CONTENT_TYPE, &mime_type(&e));
     insert(&mut r, header::CONTENT_LENGTH, &len.to_string());
-    insert(&mut r, header::ETAG, &etag);
+    conditional::set_validators(&mut r, Some(&etag), e.modified);
     insert(&mut r, header::ACCEPT_RANGES, "bytes");
     let encoded: String =
         percent_encoding::utf8_percent_encode(e.path.name(), percent_encoding::NON_ALPHANUMERIC)
@@ -1141,13 +1280,6 @@ async fn download_file(
         header::CONTENT_DISPOSITION,
         &format!("attachment; filename*=UTF-8''{encoded}"),
     );
-    if let Some(ms) = e.modified {
-        if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(ms / 1000) {
-            if let Ok(s) = t.format(&time::format_description::well_known::Rfc2822) {
-                insert(&mut r, header::LAST_MODIFIED, &s.replace("+0000", "GMT"));
-            }
-        }
-    }
     if let Some((start, end)) = read_range.map(|r| (r.start, r.start + len - 1)) {
         insert(
             &mut r,

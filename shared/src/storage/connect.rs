@@ -192,6 +192,7 @@ impl Connector {
             service: cfg.name(),
             staging,
             staging_ready: Default::default(),
+            tagging: super::etag::Tagging::for_service(cfg),
         })
     }
 }

@@ -7,6 +7,7 @@
 //! errors mapped onto the few kinds the API distinguishes ([`StorageError`]).
 
 mod connect;
+mod etag;
 pub mod multipart;
 #[cfg(feature = "fs")]
 mod nofollow;
@@ -24,7 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use connect::ConnectOptions;
-pub use path::{validate_name, PathError, StoragePath, RESERVED_PREFIX};
+pub use etag::{cached_hashes, etag_list_matches, REMOTE_SETTLE};
+pub use path::{is_reserved, normalize_name, validate_name, PathError, StoragePath, RESERVED_PREFIX};
 pub use publish::{numbered, Publish, StagingKey, STAGING_DIR};
 pub use service::{ServiceConfig, SettingsError, SERVICES};
 
@@ -72,6 +74,8 @@ pub enum StorageError {
     Unavailable(String),
     #[error("requested range is not satisfiable")]
     RangeNotSatisfiable,
+    #[error("the file changed: its ETag no longer matches")]
+    PreconditionFailed,
     #[error("not supported by this service: {0}")]
     Unsupported(String),
     #[error("the upload stream was interrupted: {0}")]
@@ -141,6 +145,8 @@ pub struct Connector {
     staging: Staging,
     /// The staging folder is known to exist (made once per connector, again if it vanished).
     staging_ready: Arc<AtomicBool>,
+    /// How file versions get their ETags.
+    tagging: etag::Tagging,
 }
 
 #[derive(Clone)]
@@ -312,10 +318,7 @@ impl Connector {
                 continue;
             };
             if path == *folder
-                || path
-                    .as_str()
-                    .split('/')
-                    .any(|c| c.starts_with(RESERVED_PREFIX))
+                || path.as_str().split('/').any(path::is_reserved)
             {
                 continue;
             }

@@ -123,6 +123,23 @@ pub const SERVICES: &[&str] = &[
     "fs", "s3", "webdav", "sftp", "azblob", "gcs", "dropbox", "gdrive", "onedrive",
 ];
 
+/// The display name of a service id (`fs` → "Local Filesystem"): the API's `service_name`,
+/// the same wherever an account is shown. An unknown id is shown as itself.
+pub fn display_name(service: &str) -> &'static str {
+    match service {
+        "fs" => "Local Filesystem",
+        "s3" => "Amazon S3",
+        "webdav" => "WebDAV",
+        "sftp" => "SFTP",
+        "azblob" => "Azure Blob Storage",
+        "gcs" => "Google Cloud Storage",
+        "dropbox" => "Dropbox",
+        "gdrive" => "Google Drive",
+        "onedrive" => "OneDrive",
+        _ => "Unknown service",
+    }
+}
+
 impl ServiceConfig {
     /// Builds settings from the API's `service` name and `credentials` object.
     pub fn from_parts(
@@ -186,17 +203,7 @@ impl ServiceConfig {
 
     /// A human name for listings.
     pub fn display_name(&self) -> &'static str {
-        match self {
-            Self::Fs(_) => "Local Filesystem",
-            Self::S3(_) => "Amazon S3",
-            Self::Webdav(_) => "WebDAV",
-            Self::Sftp(_) => "SFTP",
-            Self::Azblob(_) => "Azure Blob Storage",
-            Self::Gcs(_) => "Google Cloud Storage",
-            Self::Dropbox(_) => "Dropbox",
-            Self::Gdrive(_) => "Google Drive",
-            Self::Onedrive(_) => "OneDrive",
-        }
+        display_name(self.name())
     }
 
     /// The network endpoint a user supplied, if any: the hub checks it against its SSRF policy.

@@ -1358,3 +1358,293 @@ async fn application_names_refuse_control_characters() {
         .expect("patch");
     assert_eq!(r.status(), 400);
 }
+
+/// Names are NFC (the NFD spelling of a name is the same file), bidirectional and invisible
+/// control characters are refused with a clear 400, and the reserved staging prefix is
+/// matched in any case, for uploads, folders and listings.
+#[tokio::test]
+async fn names_are_nfc_and_free_of_invisible_characters() {
+    let hub = TestHub::start().await.expect("hub");
+    let acc = hub.creds.account_id;
+    let nfc = "caf\u{e9}.txt";
+    let nfd = "cafe\u{301}.txt";
+    let a = hub.upload(acc, "root", nfc, b"one".to_vec()).await.expect("nfc");
+    let b = hub.upload(acc, "root", nfd, b"two".to_vec()).await.expect("nfd");
+    assert_eq!(b["name"], "caf\u{e9} (1).txt", "the NFD name is the NFC name: {b}");
+    let r = hub
+        .req(Method::POST, &hub.acc("/storage/files?overwrite=true"))
+        .header(
+            "X-Kloudless-Metadata",
+            json!({"name": nfd, "parent_id": "root"}).to_string(),
+        )
+        .body("three")
+        .send()
+        .await
+        .expect("overwrite");
+    assert_eq!(r.status(), 201);
+    assert_eq!(json_of(r).await["id"], a["id"], "replaced the NFC file");
+    let on_disk: Vec<String> = std::fs::read_dir(&hub.data_dir)
+        .expect("root")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("caf"))
+        .collect();
+    assert!(on_disk.iter().all(|n| !n.contains('\u{301}')), "{on_disk:?}");
+    assert_eq!(on_disk.len(), 2, "{on_disk:?}");
+    let r = hub
+        .req(Method::POST, &hub.acc("/storage/folders"))
+        .json(&json!({"parent_id": "root", "name": "Pe\u{301}rez"}))
+        .send()
+        .await
+        .expect("mkdir");
+    assert_eq!(r.status(), 201);
+    assert_eq!(json_of(r).await["name"], "P\u{e9}rez");
+
+    for (name, code) in [
+        ("invoice\u{202E}fdp.exe", "U+202E"),
+        ("a\u{2066}b", "U+2066"),
+        ("rtl\u{200F}mark", "U+200F"),
+        ("arabic\u{061C}mark", "U+061C"),
+        ("zero\u{200B}width", "U+200B"),
+    ] {
+        let r = hub
+            .req(Method::POST, &hub.acc("/storage/files"))
+            .header(
+                "X-Kloudless-Metadata",
+                json!({"name": name, "parent_id": "root"}).to_string(),
+            )
+            .body("x")
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(r.status(), 400, "{name:?}");
+        let v = json_of(r).await;
+        assert_error_shape(&v, "invalid_parameters");
+        assert!(v["message"].as_str().expect("msg").contains(code), "{v}");
+        let r = hub
+            .req(Method::POST, &hub.acc("/storage/folders"))
+            .json(&json!({"parent_id": "root", "name": name}))
+            .send()
+            .await
+            .expect("mkdir");
+        assert_eq!(r.status(), 400, "folder {name:?}");
+    }
+    for name in ["a\u{85}b", "bell\u{7}"] {
+        let r = hub
+            .req(Method::POST, &hub.acc("/storage/folders"))
+            .json(&json!({"parent_id": "root", "name": name}))
+            .send()
+            .await
+            .expect("mkdir");
+        assert_eq!(r.status(), 400, "C0/C1 {name:?}");
+    }
+    // Emoji sequences with zero-width joiners are ordinary names.
+    hub.upload(acc, "root", "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}.png", b"x".to_vec())
+        .await
+        .expect("emoji");
+
+    // The reserved prefix in any case: refused as a name, hidden in listings.
+    for name in [".SWITCHYARD-partial", ".Switchyard-x.txt"] {
+        let r = hub
+            .req(Method::POST, &hub.acc("/storage/folders"))
+            .json(&json!({"parent_id": "root", "name": name}))
+            .send()
+            .await
+            .expect("mkdir");
+        assert_eq!(r.status(), 400, "{name}");
+        assert_error_shape(&json_of(r).await, "invalid_parameters");
+    }
+    std::fs::create_dir(hub.data_dir.join(".SWITCHYARD-Partial")).expect("mkdir");
+    std::fs::write(hub.data_dir.join(".Switchyard-upload.tmp"), b"x").expect("write");
+    let list = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
+    let names: Vec<&str> = list["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.to_ascii_lowercase().starts_with(".switchyard-")),
+        "{names:?}"
+    );
+}
+
+/// Two Authorization headers are a 400 naming the header, whichever comes first.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let hub = TestHub::start().await.expect("hub");
+    for (first, second) in [
+        (hub.apikey(), "APIKey wrong".to_owned()),
+        ("APIKey wrong".to_owned(), hub.apikey()),
+    ] {
+        let r = hub
+            .http
+            .get(hub.url("/v1/accounts"))
+            .header("Authorization", first)
+            .header("Authorization", second)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 400);
+        let v = json_of(r).await;
+        assert_error_shape(&v, "bad_request");
+        assert!(v["message"].as_str().expect("msg").contains("Authorization"), "{v}");
+    }
+}
+
+/// Sends raw request bytes and returns the status, headers and body of the answer.
+async fn raw_request(addr: &str, request: &[u8]) -> (u16, String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer before it has read everything; a write error then is fine.
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let status = head[9..12].parse().expect("status");
+    let body = serde_json::from_str(body).unwrap_or(Value::Null);
+    (status, head.to_ascii_lowercase(), body)
+}
+
+/// Too many or too large header fields get a 431 with the usual JSON error and request id
+/// (hyper used to answer these itself with an empty body).
+#[tokio::test]
+async fn oversized_headers_get_a_json_431() {
+    let hub = TestHub::start().await.expect("hub");
+    let addr = hub.base_url.trim_start_matches("http://").to_owned();
+    let mut many = String::from("GET /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("X-Filler-{i}: {i}\r\n"));
+    }
+    many.push_str("\r\n");
+    let big = format!(
+        "GET /v1/accounts HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(100 * 1024)
+    );
+    for req in [many, big] {
+        let (status, head, body) = raw_request(&addr, req.as_bytes()).await;
+        assert_eq!(status, 431, "{head}");
+        assert_error_shape(&body, "request_header_fields_too_large");
+        assert!(head.contains("x-request-id:"), "{head}");
+    }
+    // A request within the limits still works.
+    let ok = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Fine: {}\r\n\r\n",
+        "f".repeat(8 * 1024)
+    );
+    let (status, head, _) = raw_request(&addr, ok.as_bytes()).await;
+    assert_eq!(status, 200, "{head}");
+}
+
+/// A path parameter that is not a number says which one and what it must be.
+#[tokio::test]
+async fn numeric_path_parameters_are_named() {
+    let hub = TestHub::start().await.expect("hub");
+    let meta = |path: &str| {
+        hub.http
+            .get(hub.url(path))
+            .header("Authorization", hub.meta())
+    };
+    for (req, expect) in [
+        (meta("/v1/meta/applications/abc"), "`app` must be a numeric application id"),
+        (meta("/v1/meta/applications/abc/apikeys"), "`app` must be a numeric application id"),
+        (meta("/v1/meta/applications/99999999999999999999"), "`app` must be a numeric application id"),
+        (meta("/v1/network/spokes/abc"), "`spoke` must be a numeric spoke id"),
+        (hub.req(Method::GET, &hub.url("/v1/transfers/abc")), "`id` must be a numeric transfer id"),
+        (hub.req(Method::GET, &hub.acc("/tasks/abc")), "`id` must be a numeric task id"),
+    ] {
+        let r = req.send().await.expect("request");
+        assert_eq!(r.status(), 400);
+        let v = json_of(r).await;
+        assert_error_shape(&v, "invalid_parameters");
+        assert_eq!(v["message"], expect, "{v}");
+    }
+}
+
+/// `service` is the short id and `service_name` the display name, in the list and on one
+/// account alike.
+#[tokio::test]
+async fn service_name_is_the_same_everywhere() {
+    let hub = TestHub::start().await.expect("hub");
+    let list = json_of(
+        hub.req(Method::GET, &hub.url("/v1/accounts"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
+    let listed = &list["objects"][0];
+    let one = json_of(
+        hub.req(Method::GET, &hub.acc(""))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    for v in [listed, &one] {
+        assert_eq!(v["service"], "fs", "{v}");
+        assert_eq!(v["service_name"], "Local Filesystem", "{v}");
+    }
+}
+
+/// What an ETag costs on a local disk: a metadata GET of a 100 MB file with a cold cache
+/// (hashed) and a warm one (cached by inode, ctime and size), and that the cache is used.
+#[tokio::test]
+async fn etag_cost_of_a_100mb_file() {
+    let hub = TestHub::start().await.expect("hub");
+    let acc = hub.creds.account_id;
+    let data = pattern(100 * 1000 * 1000, 7);
+    std::fs::write(hub.data_dir.join("big.bin"), &data).expect("write");
+    let root = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
+    let id = root["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["name"] == "big.bin")
+        .expect("big.bin")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let url = hub.acc(&format!("/storage/files/{id}"));
+    let get = || async {
+        let t = std::time::Instant::now();
+        let r = hub.req(Method::GET, &url).send().await.expect("get");
+        assert_eq!(r.status(), 200);
+        let tag = r.headers()["etag"].to_str().expect("etag").to_owned();
+        (t.elapsed(), tag)
+    };
+    let (cold, tag) = get().await;
+    assert_eq!(tag, format!("\"{}\"", sha256_hex(&data)), "the ETag is the content's SHA-256");
+    // A hash is cached once the file's ctime is older than the settle window (1 s): until
+    // then every GET hashes again. Poll (bounded) until a GET is served from the cache.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut warm = cold;
+    while shared::storage::cached_hashes() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the hash was never cached");
+        let (t, again) = get().await;
+        assert_eq!(again, tag);
+        warm = t;
+    }
+    let mut warm_samples = Vec::new();
+    for _ in 0..5 {
+        let (t, again) = get().await;
+        assert_eq!(again, tag);
+        warm_samples.push(t);
+    }
+    warm_samples.sort();
+    let warm_median = warm_samples[2];
+    eprintln!("ETag of a 100 MB fs file: cold GET {cold:?}, first cached {warm:?}, warm median {warm_median:?}");
+    assert!(warm_median * 5 < cold, "cold {cold:?} vs warm {warm_median:?}");
+}

@@ -510,3 +510,221 @@ async fn provider_rate_limit_is_a_429_with_retry_after() {
         .expect("move");
     assert_eq!(check(r).await, 7);
 }
+
+/// A request on file `id` of account `acc` with the API key.
+fn file_req(hub: &TestHub, method: reqwest::Method, acc: i64, id: &str, rest: &str) -> reqwest::RequestBuilder {
+    hub.req(
+        method,
+        &hub.url(&format!("/v1/accounts/{acc}/storage/files/{id}{rest}")),
+    )
+}
+
+fn etag_of(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("etag")
+        .expect("an ETag")
+        .to_str()
+        .expect("ascii")
+        .to_owned()
+}
+
+/// Conditional requests through the API on one account: strong ETags that follow the content
+/// (not size + mtime), If-Match on PUT/PATCH/DELETE (stale → 412 and nothing changes),
+/// If-None-Match (weak) → 304, the dates and their precedence, and racing conditional writers.
+async fn conditional_suite(hub: &TestHub, acc: i64) {
+    use reqwest::Method;
+    let f = hub
+        .upload(acc, "root", "cond.txt", b"version one".to_vec())
+        .await
+        .expect("upload");
+    let id = f["id"].as_str().expect("id").to_owned();
+    let meta = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    assert_eq!(meta.status(), 200);
+    let v1 = etag_of(&meta);
+    assert!(v1.starts_with('"') && v1.ends_with('"') && v1.len() > 8, "{v1}");
+    assert!(meta.headers().contains_key("last-modified"));
+    let dl = file_req(hub, Method::GET, acc, &id, "/contents").send().await.expect("dl");
+    assert_eq!(etag_of(&dl), v1, "metadata and download agree");
+
+    // If-None-Match, weak comparison, on metadata and contents: 304 with the ETag, no body.
+    for (rest, tag) in [("", v1.clone()), ("/contents", format!("W/{v1}")), ("/contents", "*".into())] {
+        let r = file_req(hub, Method::GET, acc, &id, rest)
+            .header("If-None-Match", &tag)
+            .send()
+            .await
+            .expect("304");
+        assert_eq!(r.status(), 304, "{rest} {tag}");
+        assert_eq!(etag_of(&r), v1);
+        assert!(r.bytes().await.expect("body").is_empty());
+    }
+    let r = file_req(hub, Method::GET, acc, &id, "/contents")
+        .header("If-None-Match", "\"something-else\"")
+        .send()
+        .await
+        .expect("200");
+    assert_eq!(r.status(), 200);
+    assert_eq!(&r.bytes().await.expect("body")[..], b"version one");
+
+    // A stale If-Match on PUT: 412, content unchanged.
+    let r = file_req(hub, Method::PUT, acc, &id, "")
+        .header("If-Match", "\"stale\"")
+        .body("lost update")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 412);
+    let v: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(v["error_code"], "precondition_failed", "{v}");
+    assert!(v["id"].is_string());
+    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version one");
+
+    // The matching ETag: replaced, and the new ETag is answered.
+    let r = file_req(hub, Method::PUT, acc, &id, "")
+        .header("If-Match", &v1)
+        .body("version two!")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let v2 = etag_of(&r);
+    assert_ne!(v2, v1);
+    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version two!");
+    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    assert_eq!(etag_of(&r), v2, "the PUT's ETag is the file's");
+
+    // Same size, new content, within the same second: the ETag still changes (a size + mtime
+    // tag would not on SFTP and WebDAV, whose times have one-second resolution).
+    let r = file_req(hub, Method::PUT, acc, &id, "")
+        .body("version 2bis")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 200);
+    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    let v3 = etag_of(&r);
+    assert_ne!(v3, v2, "same size, different bytes");
+    let r = file_req(hub, Method::PUT, acc, &id, "")
+        .header("If-Match", &v2)
+        .body("lost update")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 412, "v2 is stale now");
+    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version 2bis");
+
+    // Dates: If-Unmodified-Since in the past is 412; If-Match beats it.
+    let past = "Sat, 01 Jan 2000 00:00:00 GMT";
+    let future = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(86_400));
+    let r = file_req(hub, Method::PUT, acc, &id, "")
+        .header("If-Unmodified-Since", past)
+        .body("lost update")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 412);
+    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version 2bis");
+    let r = file_req(hub, Method::GET, acc, &id, "/contents")
+        .header("If-Modified-Since", &future)
+        .send()
+        .await
+        .expect("ims");
+    assert_eq!(r.status(), 304);
+    let r = file_req(hub, Method::GET, acc, &id, "")
+        .header("If-Modified-Since", past)
+        .send()
+        .await
+        .expect("ims");
+    assert_eq!(r.status(), 200);
+    // If-None-Match (not matching) beats If-Modified-Since (which alone would be 304).
+    let r = file_req(hub, Method::GET, acc, &id, "/contents")
+        .header("If-None-Match", "\"other\"")
+        .header("If-Modified-Since", &future)
+        .send()
+        .await
+        .expect("inm");
+    assert_eq!(r.status(), 200);
+
+    // PATCH: stale → 412 and the file keeps its name; matching (plus a past
+    // If-Unmodified-Since, which If-Match overrides) → renamed.
+    let r = file_req(hub, Method::PATCH, acc, &id, "")
+        .header("If-Match", &v1)
+        .json(&json!({"name": "renamed.txt"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 412);
+    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    assert_eq!(r.status(), 200, "not renamed");
+    let r = file_req(hub, Method::PATCH, acc, &id, "")
+        .header("If-Match", &v3)
+        .header("If-Unmodified-Since", past)
+        .json(&json!({"name": "renamed.txt"}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    let moved: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(moved["name"], "renamed.txt");
+    let id = moved["id"].as_str().expect("id").to_owned();
+
+    // Racing writers holding the same ETag: exactly one wins, the others get 412.
+    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    let tag = etag_of(&r);
+    let racers = (0..8).map(|i| {
+        let req = file_req(hub, Method::PUT, acc, &id, "")
+            .header("If-Match", &tag)
+            .body(format!("racer {i}"));
+        async move { (i, req.send().await.expect("put").status().as_u16()) }
+    });
+    let results = futures::future::join_all(racers).await;
+    let winners: Vec<_> = results.iter().filter(|(_, s)| *s == 200).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(results.iter().all(|(_, s)| *s == 200 || *s == 412), "{results:?}");
+    let body = hub.download(acc, &id).await.expect("dl");
+    assert_eq!(body, format!("racer {}", winners[0].0).as_bytes());
+
+    // DELETE: stale → 412 and the file stays; `*` matches any existing file.
+    let r = file_req(hub, Method::DELETE, acc, &id, "")
+        .header("If-Match", &tag)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 412);
+    assert_eq!(
+        file_req(hub, Method::GET, acc, &id, "").send().await.expect("get").status(),
+        200
+    );
+    let r = file_req(hub, Method::DELETE, acc, &id, "")
+        .header("If-Match", "*")
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        file_req(hub, Method::GET, acc, &id, "").send().await.expect("get").status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn conditional_requests_on_every_connector() {
+    let hub = TestHub::start().await.expect("hub");
+    let (s3, dav, sftp) = tokio::join!(S3Server::start(), WebDavServer::start(), SftpServer::start());
+    let (s3, dav, sftp) = (s3.expect("moto"), dav.expect("webdav"), sftp.expect("sshd"));
+    s3.create_bucket("cond").await.expect("bucket");
+    let mut accounts = vec![("fs", hub.creds.account_id)];
+    for (service, creds) in [
+        ("s3", json!({"bucket": "cond", "endpoint": s3.endpoint(), "region": "us-east-1",
+                      "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()})),
+        ("webdav", json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()})),
+        ("sftp", json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
+                        "root": sftp.dir()})),
+    ] {
+        let a = hub.connect(service, creds).await.expect("connect");
+        accounts.push((service, a["id"].as_i64().expect("id")));
+    }
+    for (service, acc) in accounts {
+        eprintln!("conditional requests on {service}");
+        conditional_suite(&hub, acc).await;
+    }
+}

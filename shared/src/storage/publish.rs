@@ -6,7 +6,8 @@
 //! - `fs`: a new file in the staging folder; `rename` replaces, `link` never does (it fails
 //!   when the name exists, so two uploads can never both take one name), then the staging
 //!   name is removed.
-//! - SFTP: its rename never replaces (OpenSSH links, then unlinks); replacing deletes first.
+//! - SFTP: the client renames with `posix-rename` (atomic, replacing); not replacing first
+//!   takes the name with an exclusive create of an empty placeholder, then renames over it.
 //! - WebDAV: `MOVE` with `Overwrite: T` or `F` (412 when taken).
 //! - Object stores (S3, Azure, GCS) publish complete objects themselves: the write goes to the
 //!   final key, with `If-None-Match: *` when it must not replace. The stream is spent by then,
@@ -286,21 +287,40 @@ impl Connector {
                 Ok(())
             }
             Staging::Webdav(client) => client.move_to(key.path().file_key(), target.file_key(), false).await,
-            _ => match self
-                .publish_op
-                .rename(key.path().file_key(), target.file_key())
-                .await
-            {
-                Ok(()) => Ok(()),
-                // SFTP reports a taken name only as a generic failure: look.
-                Err(e) => {
-                    if self.exists(target).await? {
-                        Err(StorageError::AlreadyExists)
-                    } else {
-                        Err(e.into())
-                    }
-                }
-            },
+            _ => self.sftp_move_new(key.path(), target).await,
+        }
+    }
+
+    /// SFTP: moves `from` to `to` only if `to` is free. The SFTP client renames with OpenSSH's
+    /// `posix-rename`, which replaces, so the name is first taken by creating an empty file
+    /// exclusively (`O_EXCL` at the server: of concurrent takers exactly one succeeds), then
+    /// the rename replaces that placeholder. For one round trip the name shows an empty file.
+    async fn sftp_move_new(&self, from: &StoragePath, to: &StoragePath) -> Result<(), StorageError> {
+        match self
+            .publish_op
+            .write_with(to.file_key(), Vec::<u8>::new())
+            .if_not_exists(true)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists) => {
+                return Err(StorageError::AlreadyExists)
+            }
+            // SFTP reports a taken name (a folder, say) only as a generic failure: look.
+            Err(e) => {
+                return Err(if self.exists(to).await? {
+                    StorageError::AlreadyExists
+                } else {
+                    e.into()
+                })
+            }
+        }
+        match self.publish_op.rename(from.file_key(), to.file_key()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.op.delete(to.file_key()).await;
+                Err(e.into())
+            }
         }
     }
 
@@ -371,15 +391,7 @@ impl Connector {
                 tokio::fs::remove_file(&src).await.map_err(io_error)
             }
             Staging::Webdav(client) => client.move_to(from.file_key(), to.file_key(), false).await,
-            Staging::Rename => match self.publish_op.rename(from.file_key(), to.file_key()).await {
-                Ok(()) => Ok(()),
-                // SFTP reports a taken name only as a generic failure: look.
-                Err(e) if self.exists(to).await? => {
-                    drop(e);
-                    Err(StorageError::AlreadyExists)
-                }
-                Err(e) => Err(e.into()),
-            },
+            Staging::Rename => self.sftp_move_new(from, to).await,
             Staging::Atomic => {
                 let cap = self.op.info().capability();
                 if cap.rename && !cap.copy_with_if_not_exists {
@@ -395,15 +407,23 @@ impl Connector {
     }
 
     /// Creates a folder that must not exist yet: of concurrent creators of one name exactly one
-    /// succeeds, the others get [`StorageError::AlreadyExists`] (decided by the provider: `fs`
-    /// `mkdir`, WebDAV `MKCOL`). The parent must exist. Services without an exclusive folder
-    /// creation ([`Connector::exclusive_folders`] false) check, then create.
+    /// succeeds, the others get [`StorageError::AlreadyExists`] (decided by `mkdir` on `fs`).
+    /// The parent must exist. Services without an exclusive folder creation
+    /// ([`Connector::exclusive_folders`] false: rclone's WebDAV answers a second MKCOL with
+    /// success, SFTP and object stores have none through OpenDAL) check, then create; callers
+    /// serialise creations of one name themselves.
     pub async fn create_folder_new(&self, path: &StoragePath) -> Result<Entry, StorageError> {
         match &self.staging {
             Staging::Fs(root) => tokio::fs::create_dir(root.join(path.as_str()))
                 .await
                 .map_err(io_error)?,
-            Staging::Webdav(client) => client.mkcol(&path.dir_key()).await?,
+            Staging::Webdav(client) => {
+                // rclone answers a MKCOL of an existing folder with success: look first.
+                if self.exists(path).await? {
+                    return Err(StorageError::AlreadyExists);
+                }
+                client.mkcol(&path.dir_key()).await?
+            }
             _ => {
                 if self.exists(path).await? {
                     return Err(StorageError::AlreadyExists);
@@ -417,7 +437,7 @@ impl Connector {
     /// True when [`Connector::create_folder_new`] is decided atomically by the provider;
     /// otherwise callers serialise creations of one name themselves (the hub's claims).
     pub fn exclusive_folders(&self) -> bool {
-        matches!(self.staging, Staging::Fs(_) | Staging::Webdav(_))
+        matches!(self.staging, Staging::Fs(_))
     }
 }
 

@@ -175,7 +175,7 @@ impl Connector {
             Err(e) => Err(e),
         };
         match published {
-            Ok(path) => self.stat_file(&path).await,
+            Ok(path) => self.stat_published(&path).await,
             Err(e) => {
                 if let Err(d) = self.discard_staging(&key).await {
                     tracing::warn!(error = %d, "could not delete a failed upload's staging object");
@@ -183,6 +183,22 @@ impl Connector {
                 Err(e)
             }
         }
+    }
+
+    /// Metadata of a file just published. Servers that replace by delete-then-move (WebDAV)
+    /// can hide it for a moment while a concurrent writer replaces it: look again, bounded.
+    async fn stat_published(&self, path: &StoragePath) -> Result<Entry, StorageError> {
+        let mut pause = std::time::Duration::from_millis(2);
+        for _ in 0..8 {
+            match self.stat_file(path).await {
+                Err(StorageError::NotFound) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.stat_file(path).await
     }
 
     /// Deletes a staging object (of a finished, failed or abandoned upload); a missing one is
@@ -330,7 +346,19 @@ impl Connector {
             Staging::Fs(root) => tokio::fs::rename(root.join(key.as_str()), root.join(target.as_str()))
                 .await
                 .map_err(io_error),
-            Staging::Webdav(client) => client.move_to(key.path().file_key(), target.file_key(), true).await,
+            Staging::Webdav(client) => {
+                // rclone answers a replacing MOVE that races another one for the same name
+                // with 404/409 now and then, though source and parent are there: try again.
+                let parent = target.parent().unwrap_or_else(StoragePath::root);
+                for _ in 0..8 {
+                    match client.move_to(key.path().file_key(), target.file_key(), true).await {
+                        Err(StorageError::NotFound)
+                            if self.exists(key.path()).await? && self.exists(&parent).await? => {}
+                        other => return other,
+                    }
+                }
+                Err(StorageError::Unavailable("WebDAV MOVE kept failing".into()))
+            }
             _ => {
                 // SFTP v3 rename will not replace: remove the old file, then move into place.
                 // Concurrent replacers can take the name between the two; a few rounds settle it

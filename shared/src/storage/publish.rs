@@ -262,7 +262,12 @@ impl Connector {
         publish: Publish,
     ) -> Result<StoragePath, StorageError> {
         let alternatives = match publish {
-            Publish::Replace => return self.publish_replace(key, target).await.map(|()| target.clone()),
+            Publish::Replace => {
+                return self
+                    .publish_replace(key, target)
+                    .await
+                    .map(|()| target.clone())
+            }
             Publish::NoReplace { alternatives } => alternatives,
         };
         let parent = target.parent().unwrap_or_else(StoragePath::root);
@@ -288,7 +293,11 @@ impl Connector {
 
     /// Publishes under `target` only if nothing has that name; [`StorageError::AlreadyExists`]
     /// otherwise, decided atomically by the provider.
-    async fn publish_new(&self, key: &StagingKey, target: &StoragePath) -> Result<(), StorageError> {
+    async fn publish_new(
+        &self,
+        key: &StagingKey,
+        target: &StoragePath,
+    ) -> Result<(), StorageError> {
         match &self.staging {
             Staging::Fs(root) => {
                 let src = root.join(key.as_str());
@@ -302,7 +311,11 @@ impl Connector {
                 }
                 Ok(())
             }
-            Staging::Webdav(client) => client.move_to(key.path().file_key(), target.file_key(), false).await,
+            Staging::Webdav(client) => {
+                client
+                    .move_to(key.path().file_key(), target.file_key(), false)
+                    .await
+            }
             _ => self.sftp_move_new(key.path(), target).await,
         }
     }
@@ -311,7 +324,11 @@ impl Connector {
     /// `posix-rename`, which replaces, so the name is first taken by creating an empty file
     /// exclusively (`O_EXCL` at the server: of concurrent takers exactly one succeeds), then
     /// the rename replaces that placeholder. For one round trip the name shows an empty file.
-    async fn sftp_move_new(&self, from: &StoragePath, to: &StoragePath) -> Result<(), StorageError> {
+    async fn sftp_move_new(
+        &self,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<(), StorageError> {
         match self
             .publish_op
             .write_with(to.file_key(), Vec::<u8>::new())
@@ -319,7 +336,12 @@ impl Connector {
             .await
         {
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists
+                ) =>
+            {
                 return Err(StorageError::AlreadyExists)
             }
             // SFTP reports a taken name (a folder, say) only as a generic failure: look.
@@ -341,17 +363,26 @@ impl Connector {
     }
 
     /// Publishes under `target`, replacing a file of that name.
-    async fn publish_replace(&self, key: &StagingKey, target: &StoragePath) -> Result<(), StorageError> {
+    async fn publish_replace(
+        &self,
+        key: &StagingKey,
+        target: &StoragePath,
+    ) -> Result<(), StorageError> {
         match &self.staging {
-            Staging::Fs(root) => tokio::fs::rename(root.join(key.as_str()), root.join(target.as_str()))
-                .await
-                .map_err(io_error),
+            Staging::Fs(root) => {
+                tokio::fs::rename(root.join(key.as_str()), root.join(target.as_str()))
+                    .await
+                    .map_err(io_error)
+            }
             Staging::Webdav(client) => {
                 // rclone answers a replacing MOVE that races another one for the same name
                 // with 404/409 now and then, though source and parent are there: try again.
                 let parent = target.parent().unwrap_or_else(StoragePath::root);
                 for _ in 0..8 {
-                    match client.move_to(key.path().file_key(), target.file_key(), true).await {
+                    match client
+                        .move_to(key.path().file_key(), target.file_key(), true)
+                        .await
+                    {
                         Err(StorageError::NotFound)
                             if self.exists(key.path()).await? && self.exists(&parent).await? => {}
                         other => return other,
@@ -410,7 +441,11 @@ impl Connector {
         match &self.staging {
             Staging::Fs(root) => {
                 let src = root.join(from.as_str());
-                if tokio::fs::symlink_metadata(&src).await.map_err(io_error)?.is_dir() {
+                if tokio::fs::symlink_metadata(&src)
+                    .await
+                    .map_err(io_error)?
+                    .is_dir()
+                {
                     return Err(StorageError::WrongKind { expected: "file" });
                 }
                 tokio::fs::hard_link(&src, root.join(to.as_str()))

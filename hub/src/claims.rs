@@ -105,7 +105,12 @@ impl Claim {
     pub async fn done(mut self) {
         self.released = true;
         self.heartbeat.abort();
-        if let Err(e) = self.state.db.release_claim(self.account.id(), &self.key).await {
+        if let Err(e) = self
+            .state
+            .db
+            .release_claim(self.account.id(), &self.key)
+            .await
+        {
             tracing::warn!(error = %e, account = self.account.id(), "could not release a storage claim");
         }
     }

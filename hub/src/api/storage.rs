@@ -4,6 +4,7 @@
 use super::conditional::{self, Decision, FileLock};
 use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
 use crate::auth::Caller;
+use crate::db::ClaimKind;
 use crate::error::{ApiError, ApiResult};
 use crate::ids::IdCodec;
 use crate::model::{
@@ -19,7 +20,6 @@ use axum::Json;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
-use crate::db::ClaimKind;
 use sha2::{Digest, Sha256};
 use shared::storage::{numbered, ByteRange, Entry, EntryKind, Publish, StorageError, StoragePath};
 use std::sync::Arc;
@@ -219,9 +219,9 @@ async fn create_folder(
         Ok(e) => Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e)))),
         // Another request made it first.
         Err(StorageError::AlreadyExists) => {
-            let existing = existing_folder(&a, &path, conflict)
-                .await?
-                .ok_or_else(|| ApiError::conflict("conflict", "an object with that name already exists"))?;
+            let existing = existing_folder(&a, &path, conflict).await?.ok_or_else(|| {
+                ApiError::conflict("conflict", "an object with that name already exists")
+            })?;
             Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))))
         }
         Err(StorageError::NotFound) => Err(ApiError::not_found("parent folder")),
@@ -539,8 +539,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display + Send + Sync + 'static,
 {
-    if let (true, Publish::NoReplace { alternatives }) =
-        (a.connector.publishes_in_place(), publish)
+    if let (true, Publish::NoReplace { alternatives }) = (a.connector.publishes_in_place(), publish)
     {
         for n in 0..=alternatives {
             let Ok(candidate) = numbered(target, n) else {
@@ -557,7 +556,12 @@ where
             let res = match a.connector.exists(&candidate).await {
                 Ok(false) => a
                     .connector
-                    .write_with(&candidate, body, Publish::NoReplace { alternatives: 0 }, None)
+                    .write_with(
+                        &candidate,
+                        body,
+                        Publish::NoReplace { alternatives: 0 },
+                        None,
+                    )
                     .await
                     .map_err(UploadError::from),
                 Ok(true) => {
@@ -657,7 +661,9 @@ fn upload_error(e: UploadError) -> ApiError {
             "upload exceeds limits.max_upload_bytes",
         ),
         StorageError::NotFound => ApiError::not_found("parent folder"),
-        StorageError::AlreadyExists => ApiError::conflict("conflict", "too many files with that name"),
+        StorageError::AlreadyExists => {
+            ApiError::conflict("conflict", "too many files with that name")
+        }
         StorageError::WrongKind { .. } => {
             ApiError::conflict("conflict", "a folder with that name exists")
         }

@@ -176,13 +176,13 @@ impl Connector {
             let op = op.layer(TimeoutLayer::new().with_io_timeout(opts.io_timeout));
             let publish_op = op.clone();
             let op = op.layer(
-                    // Short, bounded retries: a request waits at most ~1.5 s before the client
-                    // hears 502/429 and decides for itself.
-                    RetryLayer::new()
-                        .with_max_times(3)
-                        .with_min_delay(Duration::from_millis(100))
-                        .with_max_delay(Duration::from_secs(1))
-                        .with_jitter(),
+                // Short, bounded retries: a request waits at most ~1.5 s before the client
+                // hears 502/429 and decides for itself.
+                RetryLayer::new()
+                    .with_max_times(3)
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_jitter(),
             );
             (op, publish_op)
         };

@@ -6,7 +6,8 @@
 //! - `fs`: a new file in the staging folder; `rename` replaces, `link` never does (it fails
 //!   when the name exists, so two uploads can never both take one name), then the staging
 //!   name is removed.
-//! - SFTP: its rename never replaces (OpenSSH links, then unlinks); replacing deletes first.
+//! - SFTP: the client renames with `posix-rename` (atomic, replacing); not replacing first
+//!   takes the name with an exclusive create of an empty placeholder, then renames over it.
 //! - WebDAV: `MOVE` with `Overwrite: T` or `F` (412 when taken).
 //! - Object stores (S3, Azure, GCS) publish complete objects themselves: the write goes to the
 //!   final key, with `If-None-Match: *` when it must not replace. The stream is spent by then,
@@ -181,7 +182,7 @@ impl Connector {
             Err(e) => Err(e),
         };
         match published {
-            Ok(path) => self.stat_file(&path).await,
+            Ok(path) => self.stat_published(&path).await,
             Err(e) => {
                 if let Err(d) = self.discard_staging(&key).await {
                     tracing::warn!(error = %d, "could not delete a failed upload's staging object");
@@ -189,6 +190,22 @@ impl Connector {
                 Err(e)
             }
         }
+    }
+
+    /// Metadata of a file just published. Servers that replace by delete-then-move (WebDAV)
+    /// can hide it for a moment while a concurrent writer replaces it: look again, bounded.
+    async fn stat_published(&self, path: &StoragePath) -> Result<Entry, StorageError> {
+        let mut pause = std::time::Duration::from_millis(2);
+        for _ in 0..8 {
+            match self.stat_file(path).await {
+                Err(StorageError::NotFound) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.stat_file(path).await
     }
 
     /// Deletes a staging object (of a finished, failed or abandoned upload); a missing one is
@@ -252,7 +269,12 @@ impl Connector {
         publish: Publish,
     ) -> Result<StoragePath, StorageError> {
         let alternatives = match publish {
-            Publish::Replace => return self.publish_replace(key, target).await.map(|()| target.clone()),
+            Publish::Replace => {
+                return self
+                    .publish_replace(key, target)
+                    .await
+                    .map(|()| target.clone())
+            }
             Publish::NoReplace { alternatives } => alternatives,
         };
         let parent = target.parent().unwrap_or_else(StoragePath::root);
@@ -278,7 +300,11 @@ impl Connector {
 
     /// Publishes under `target` only if nothing has that name; [`StorageError::AlreadyExists`]
     /// otherwise, decided atomically by the provider.
-    async fn publish_new(&self, key: &StagingKey, target: &StoragePath) -> Result<(), StorageError> {
+    async fn publish_new(
+        &self,
+        key: &StagingKey,
+        target: &StoragePath,
+    ) -> Result<(), StorageError> {
         match &self.staging {
             Staging::Fs(root) => {
                 let src = under(root, key.as_str())?;
@@ -292,32 +318,85 @@ impl Connector {
                 }
                 Ok(())
             }
-            Staging::Webdav(client) => client.move_to(key.path().file_key(), target.file_key(), false).await,
-            _ => match self
-                .publish_op
-                .rename(key.path().file_key(), target.file_key())
-                .await
+            Staging::Webdav(client) => {
+                client
+                    .move_to(key.path().file_key(), target.file_key(), false)
+                    .await
+            }
+            _ => self.sftp_move_new(key.path(), target).await,
+        }
+    }
+
+    /// SFTP: moves `from` to `to` only if `to` is free. The SFTP client renames with OpenSSH's
+    /// `posix-rename`, which replaces, so the name is first taken by creating an empty file
+    /// exclusively (`O_EXCL` at the server: of concurrent takers exactly one succeeds), then
+    /// the rename replaces that placeholder. For one round trip the name shows an empty file.
+    async fn sftp_move_new(
+        &self,
+        from: &StoragePath,
+        to: &StoragePath,
+    ) -> Result<(), StorageError> {
+        match self
+            .publish_op
+            .write_with(to.file_key(), Vec::<u8>::new())
+            .if_not_exists(true)
+            .await
+        {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists
+                ) =>
             {
-                Ok(()) => Ok(()),
-                // SFTP reports a taken name only as a generic failure: look.
-                Err(e) => {
-                    if self.exists(target).await? {
-                        Err(StorageError::AlreadyExists)
-                    } else {
-                        Err(e.into())
-                    }
-                }
-            },
+                return Err(StorageError::AlreadyExists)
+            }
+            // SFTP reports a taken name (a folder, say) only as a generic failure: look.
+            Err(e) => {
+                return Err(if self.exists(to).await? {
+                    StorageError::AlreadyExists
+                } else {
+                    e.into()
+                })
+            }
+        }
+        match self.publish_op.rename(from.file_key(), to.file_key()).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = self.op.delete(to.file_key()).await;
+                Err(e.into())
+            }
         }
     }
 
     /// Publishes under `target`, replacing a file of that name.
-    async fn publish_replace(&self, key: &StagingKey, target: &StoragePath) -> Result<(), StorageError> {
+    async fn publish_replace(
+        &self,
+        key: &StagingKey,
+        target: &StoragePath,
+    ) -> Result<(), StorageError> {
         match &self.staging {
-            Staging::Fs(root) => tokio::fs::rename(under(root, key.as_str())?, under(root, target.as_str())?)
-                .await
-                .map_err(io_error),
-            Staging::Webdav(client) => client.move_to(key.path().file_key(), target.file_key(), true).await,
+            Staging::Fs(root) => {
+                tokio::fs::rename(under(root, key.as_str())?, under(root, target.as_str())?)
+                    .await
+                    .map_err(io_error)
+            }
+            Staging::Webdav(client) => {
+                // rclone answers a replacing MOVE that races another one for the same name
+                // with 404/409 now and then, though source and parent are there: try again.
+                let parent = target.parent().unwrap_or_else(StoragePath::root);
+                for _ in 0..8 {
+                    match client
+                        .move_to(key.path().file_key(), target.file_key(), true)
+                        .await
+                    {
+                        Err(StorageError::NotFound)
+                            if self.exists(key.path()).await? && self.exists(&parent).await? => {}
+                        other => return other,
+                    }
+                }
+                Err(StorageError::Unavailable("WebDAV MOVE kept failing".into()))
+            }
             _ => {
                 // SFTP v3 rename will not replace: remove the old file, then move into place.
                 // Concurrent replacers can take the name between the two; a few rounds settle it
@@ -369,7 +448,11 @@ impl Connector {
         match &self.staging {
             Staging::Fs(root) => {
                 let src = under(root, from.as_str())?;
-                if tokio::fs::symlink_metadata(&src).await.map_err(io_error)?.is_dir() {
+                if tokio::fs::symlink_metadata(&src)
+                    .await
+                    .map_err(io_error)?
+                    .is_dir()
+                {
                     return Err(StorageError::WrongKind { expected: "file" });
                 }
                 tokio::fs::hard_link(&src, under(root, to.as_str())?)
@@ -378,15 +461,7 @@ impl Connector {
                 tokio::fs::remove_file(&src).await.map_err(io_error)
             }
             Staging::Webdav(client) => client.move_to(from.file_key(), to.file_key(), false).await,
-            Staging::Rename => match self.publish_op.rename(from.file_key(), to.file_key()).await {
-                Ok(()) => Ok(()),
-                // SFTP reports a taken name only as a generic failure: look.
-                Err(e) if self.exists(to).await? => {
-                    drop(e);
-                    Err(StorageError::AlreadyExists)
-                }
-                Err(e) => Err(e.into()),
-            },
+            Staging::Rename => self.sftp_move_new(from, to).await,
             Staging::Atomic => {
                 let cap = self.op.info().capability();
                 if cap.rename && !cap.copy_with_if_not_exists {
@@ -402,15 +477,23 @@ impl Connector {
     }
 
     /// Creates a folder that must not exist yet: of concurrent creators of one name exactly one
-    /// succeeds, the others get [`StorageError::AlreadyExists`] (decided by the provider: `fs`
-    /// `mkdir`, WebDAV `MKCOL`). The parent must exist. Services without an exclusive folder
-    /// creation ([`Connector::exclusive_folders`] false) check, then create.
+    /// succeeds, the others get [`StorageError::AlreadyExists`] (decided by `mkdir` on `fs`).
+    /// The parent must exist. Services without an exclusive folder creation
+    /// ([`Connector::exclusive_folders`] false: rclone's WebDAV answers a second MKCOL with
+    /// success, SFTP and object stores have none through OpenDAL) check, then create; callers
+    /// serialise creations of one name themselves.
     pub async fn create_folder_new(&self, path: &StoragePath) -> Result<Entry, StorageError> {
         match &self.staging {
             Staging::Fs(root) => tokio::fs::create_dir(under(root, path.as_str())?)
                 .await
                 .map_err(io_error)?,
-            Staging::Webdav(client) => client.mkcol(&path.dir_key()).await?,
+            Staging::Webdav(client) => {
+                // rclone answers a MKCOL of an existing folder with success: look first.
+                if self.exists(path).await? {
+                    return Err(StorageError::AlreadyExists);
+                }
+                client.mkcol(&path.dir_key()).await?
+            }
             _ => {
                 if self.exists(path).await? {
                     return Err(StorageError::AlreadyExists);
@@ -424,7 +507,7 @@ impl Connector {
     /// True when [`Connector::create_folder_new`] is decided atomically by the provider;
     /// otherwise callers serialise creations of one name themselves (the hub's claims).
     pub fn exclusive_folders(&self) -> bool {
-        matches!(self.staging, Staging::Fs(_) | Staging::Webdav(_))
+        matches!(self.staging, Staging::Fs(_))
     }
 }
 

@@ -112,7 +112,8 @@ impl Client {
     /// `MKCOL` of `key` (a folder key ending in `/`): an existing resource is
     /// [`StorageError::AlreadyExists`] (405), a missing parent [`StorageError::NotFound`] (409).
     pub(crate) async fn mkcol(&self, key: &str) -> Result<(), StorageError> {
-        let method = reqwest::Method::from_bytes(b"MKCOL").map_err(|e| StorageError::Other(e.to_string()))?;
+        let method = reqwest::Method::from_bytes(b"MKCOL")
+            .map_err(|e| StorageError::Other(e.to_string()))?;
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, encode_path(key)));
@@ -142,7 +143,9 @@ fn status_error(method: &str, resp: reqwest::Response) -> Result<(), StorageErro
     }
     {
         Err(match status.as_u16() {
-            401 | 403 => StorageError::PermissionDenied(format!("WebDAV {method} answered {status}")),
+            401 | 403 => {
+                StorageError::PermissionDenied(format!("WebDAV {method} answered {status}"))
+            }
             404 | 409 => StorageError::NotFound,
             429 => StorageError::RateLimited {
                 retry_after: resp
@@ -153,7 +156,9 @@ fn status_error(method: &str, resp: reqwest::Response) -> Result<(), StorageErro
                     .map(std::time::Duration::from_secs),
             },
             507 => StorageError::Other("WebDAV server is out of space (507)".into()),
-            s if s >= 500 => StorageError::Unavailable(format!("WebDAV {method} answered {status}")),
+            s if s >= 500 => {
+                StorageError::Unavailable(format!("WebDAV {method} answered {status}"))
+            }
             _ => StorageError::Other(format!("WebDAV {method} answered {status}")),
         })
     }

@@ -186,7 +186,10 @@ async fn conformance(c: &Connector) {
         )
         .await;
     if c.publishes_in_place() {
-        assert!(matches!(second, Err(StorageError::AlreadyExists)), "{second:?}");
+        assert!(
+            matches!(second, Err(StorageError::AlreadyExists)),
+            "{second:?}"
+        );
     } else {
         let e = second.expect("second");
         assert_eq!(e.path, p("conformance/taken (1).txt"));
@@ -212,7 +215,9 @@ async fn conformance(c: &Connector) {
     assert_eq!(read_all(c, &taken, None).await, b"one");
     // The longest names stage under a short name of their own.
     let long = p(&format!("conformance/{}", "l".repeat(250)));
-    c.write(&long, chunks(b"long", 8)).await.expect("250-byte name");
+    c.write(&long, chunks(b"long", 8))
+        .await
+        .expect("250-byte name");
     assert_eq!(read_all(c, &long, None).await, b"long");
     // A folder that exists is never created again.
     c.create_folder_new(&p("conformance/excl"))

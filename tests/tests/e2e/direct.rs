@@ -72,7 +72,7 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
     }
     let r = client.get(&url).send().await.expect("get");
     assert_eq!(r.status(), 403, "an upload URL does not download");
-    assert!(!hub.data_dir.join("files/direct.bin").exists());
+    assert!(!hub.dev_root().join("direct.bin").exists());
 
     // The real upload: streamed by the spoke into the account, answered with the file.
     let r = client
@@ -86,7 +86,7 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
     assert_eq!(f["id"], u["id"]);
     assert_eq!(f["size"], data.len());
     assert_eq!(
-        std::fs::read(hub.data_dir.join("files/direct.bin")).expect("file"),
+        std::fs::read(hub.dev_root().join("direct.bin")).expect("file"),
         data
     );
     let r = client.put(&url).body("x").send().await.expect("again");
@@ -116,7 +116,7 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
         "{location}"
     );
     assert!(
-        !hub.data_dir.join("files/big.bin").exists(),
+        !hub.dev_root().join("big.bin").exists(),
         "the hub wrote nothing"
     );
     let r = client
@@ -128,7 +128,7 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
     assert_eq!(r.status(), 201);
     let big_file: Value = r.json().await.expect("json");
     assert_eq!(big_file["size"], big.len());
-    assert!(std::fs::read(hub.data_dir.join("files/big.bin")).expect("file") == big);
+    assert!(std::fs::read(hub.dev_root().join("big.bin")).expect("file") == big);
     let r = upload("small.bin", b"tiny".to_vec()).await.expect("small");
     assert_eq!(r.status(), 201);
     // Over the limit: refused from the headers alone, before any body is sent.

@@ -21,7 +21,9 @@ use std::time::Duration;
 
 pub use connect::ConnectOptions;
 pub use etag::{cached_hashes, etag_list_matches, REMOTE_SETTLE};
-pub use path::{is_reserved, normalize_name, validate_name, PathError, StoragePath, RESERVED_PREFIX};
+pub use path::{
+    is_reserved, normalize_name, validate_name, PathError, StoragePath, RESERVED_PREFIX,
+};
 pub use service::{ServiceConfig, SettingsError, SERVICES};
 
 /// Most entries one folder listing or recursive walk collects; larger folders are truncated
@@ -307,9 +309,7 @@ impl Connector {
             let Some(path) = listed_path(entry.path()) else {
                 continue;
             };
-            if path == *folder
-                || path.as_str().split('/').any(path::is_reserved)
-            {
+            if path == *folder || path.as_str().split('/').any(path::is_reserved) {
                 continue;
             }
             if out.len() >= limit {

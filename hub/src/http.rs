@@ -23,8 +23,7 @@ pub fn connection_builder() -> auto::Builder<TokioExecutor> {
     b.http1()
         .max_headers(HARD_MAX_HEADERS)
         .max_buf_size(HARD_MAX_HEADER_BYTES);
-    b.http2()
-        .max_header_list_size(HARD_MAX_HEADER_BYTES as u32);
+    b.http2().max_header_list_size(HARD_MAX_HEADER_BYTES as u32);
     b
 }
 
@@ -65,7 +64,10 @@ pub async fn serve_tcp(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("requests still in flight after {DRAIN:?}; closing them");
     }
     Ok(())

@@ -80,8 +80,7 @@ pub(crate) fn evaluate(
         if !etag.is_some_and(|e| etag_list_matches(&m, e, false)) {
             return Decision::Failed;
         }
-    } else if let (Some(since), Some(modified)) =
-        (date(h, &header::IF_UNMODIFIED_SINCE), modified)
+    } else if let (Some(since), Some(modified)) = (date(h, &header::IF_UNMODIFIED_SINCE), modified)
     {
         if modified > since {
             return Decision::Failed;
@@ -199,17 +198,26 @@ mod tests {
     #[test]
     fn rfc9110_precedence() {
         use Decision::*;
-        let e = |pairs: &[(&'static str, &str)], safe| evaluate(&headers(pairs), safe, Some(TAG), Some(T));
+        let e = |pairs: &[(&'static str, &str)], safe| {
+            evaluate(&headers(pairs), safe, Some(TAG), Some(T))
+        };
         assert_eq!(e(&[], false), Proceed);
         assert_eq!(e(&[("if-match", "\"abc\"")], false), Proceed);
         assert_eq!(e(&[("if-match", "\"old\"")], false), Failed);
         assert_eq!(e(&[("if-match", "*")], false), Proceed);
-        assert_eq!(e(&[("if-match", "W/\"abc\"")], false), Failed, "strong comparison");
+        assert_eq!(
+            e(&[("if-match", "W/\"abc\"")], false),
+            Failed,
+            "strong comparison"
+        );
         // If-Match beats If-Unmodified-Since (which alone would fail).
         let past = "Sat, 05 Nov 1994 08:49:37 GMT";
         assert_eq!(e(&[("if-unmodified-since", past)], false), Failed);
         assert_eq!(
-            e(&[("if-match", "\"abc\""), ("if-unmodified-since", past)], false),
+            e(
+                &[("if-match", "\"abc\""), ("if-unmodified-since", past)],
+                false
+            ),
             Proceed
         );
         assert_eq!(e(&[("if-unmodified-since", "garbage")], false), Proceed);
@@ -219,7 +227,10 @@ mod tests {
         assert_eq!(e(&[("if-modified-since", same)], true), NotModified);
         assert_eq!(e(&[("if-modified-since", past)], true), Proceed);
         assert_eq!(
-            e(&[("if-none-match", "\"other\""), ("if-modified-since", same)], true),
+            e(
+                &[("if-none-match", "\"other\""), ("if-modified-since", same)],
+                true
+            ),
             Proceed
         );
         assert_eq!(e(&[("if-none-match", "*")], false), Failed);

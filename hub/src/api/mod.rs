@@ -212,10 +212,7 @@ fn headers_too_large(h: &axum::http::HeaderMap) -> Option<String> {
             h.len()
         ));
     }
-    let bytes: usize = h
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     (bytes > MAX_HEADER_BYTES).then(|| {
         format!("the request's header fields are {bytes} bytes; at most {MAX_HEADER_BYTES} are accepted")
     })

@@ -791,13 +791,12 @@ async fn replace_file(
     // reading it back.
     let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
     let h = hasher.clone();
-    let body = limited_body(req.into_body(), state.config.limits.max_upload_bytes).inspect(
-        move |chunk| {
+    let body =
+        limited_body(req.into_body(), state.config.limits.max_upload_bytes).inspect(move |chunk| {
             if let Ok(b) = chunk {
                 h.lock().unwrap_or_else(|p| p.into_inner()).update(b);
             }
-        },
-    );
+        });
     let e = match matched.filter(|_| a.connector.provider_etags()) {
         // The provider re-checks the ETag when it commits the object: no gap.
         Some(tag) => a

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 pub use connect::ConnectOptions;
 pub use etag::{cached_hashes, etag_list_matches, REMOTE_SETTLE};
-pub use path::{is_reserved, normalize_name, validate_name, PathError, StoragePath, RESERVED_PREFIX};
+pub use path::{
+    is_reserved, normalize_name, validate_name, PathError, StoragePath, RESERVED_PREFIX,
+};
 pub use publish::{numbered, Publish, StagingKey, STAGING_DIR};
 pub use service::{ServiceConfig, SettingsError, SERVICES};
 
@@ -317,9 +319,7 @@ impl Connector {
             let Some(path) = listed_path(entry.path()) else {
                 continue;
             };
-            if path == *folder
-                || path.as_str().split('/').any(path::is_reserved)
-            {
+            if path == *folder || path.as_str().split('/').any(path::is_reserved) {
                 continue;
             }
             if out.len() >= limit {

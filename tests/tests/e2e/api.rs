@@ -1368,9 +1368,18 @@ async fn names_are_nfc_and_free_of_invisible_characters() {
     let acc = hub.creds.account_id;
     let nfc = "caf\u{e9}.txt";
     let nfd = "cafe\u{301}.txt";
-    let a = hub.upload(acc, "root", nfc, b"one".to_vec()).await.expect("nfc");
-    let b = hub.upload(acc, "root", nfd, b"two".to_vec()).await.expect("nfd");
-    assert_eq!(b["name"], "caf\u{e9} (1).txt", "the NFD name is the NFC name: {b}");
+    let a = hub
+        .upload(acc, "root", nfc, b"one".to_vec())
+        .await
+        .expect("nfc");
+    let b = hub
+        .upload(acc, "root", nfd, b"two".to_vec())
+        .await
+        .expect("nfd");
+    assert_eq!(
+        b["name"], "caf\u{e9} (1).txt",
+        "the NFD name is the NFC name: {b}"
+    );
     let r = hub
         .req(Method::POST, &hub.acc("/storage/files?overwrite=true"))
         .header(
@@ -1383,12 +1392,15 @@ async fn names_are_nfc_and_free_of_invisible_characters() {
         .expect("overwrite");
     assert_eq!(r.status(), 201);
     assert_eq!(json_of(r).await["id"], a["id"], "replaced the NFC file");
-    let on_disk: Vec<String> = std::fs::read_dir(&hub.data_dir)
+    let on_disk: Vec<String> = std::fs::read_dir(hub.data_dir.join("files"))
         .expect("root")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with("caf"))
         .collect();
-    assert!(on_disk.iter().all(|n| !n.contains('\u{301}')), "{on_disk:?}");
+    assert!(
+        on_disk.iter().all(|n| !n.contains('\u{301}')),
+        "{on_disk:?}"
+    );
     assert_eq!(on_disk.len(), 2, "{on_disk:?}");
     let r = hub
         .req(Method::POST, &hub.acc("/storage/folders"))
@@ -1438,9 +1450,14 @@ async fn names_are_nfc_and_free_of_invisible_characters() {
         assert_eq!(r.status(), 400, "C0/C1 {name:?}");
     }
     // Emoji sequences with zero-width joiners are ordinary names.
-    hub.upload(acc, "root", "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}.png", b"x".to_vec())
-        .await
-        .expect("emoji");
+    hub.upload(
+        acc,
+        "root",
+        "\u{1F468}\u{200D}\u{1F469}\u{200D}\u{1F467}.png",
+        b"x".to_vec(),
+    )
+    .await
+    .expect("emoji");
 
     // The reserved prefix in any case: refused as a name, hidden in listings.
     for name in [".SWITCHYARD-partial", ".Switchyard-x.txt"] {
@@ -1453,8 +1470,8 @@ async fn names_are_nfc_and_free_of_invisible_characters() {
         assert_eq!(r.status(), 400, "{name}");
         assert_error_shape(&json_of(r).await, "invalid_parameters");
     }
-    std::fs::create_dir(hub.data_dir.join(".SWITCHYARD-Partial")).expect("mkdir");
-    std::fs::write(hub.data_dir.join(".Switchyard-upload.tmp"), b"x").expect("write");
+    std::fs::create_dir(hub.data_dir.join("files/.SWITCHYARD-Partial")).expect("mkdir");
+    std::fs::write(hub.data_dir.join("files/.Switchyard-upload.tmp"), b"x").expect("write");
     let list = json_of(
         hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
             .send()
@@ -1469,7 +1486,9 @@ async fn names_are_nfc_and_free_of_invisible_characters() {
         .filter_map(|o| o["name"].as_str())
         .collect();
     assert!(
-        names.iter().all(|n| !n.to_ascii_lowercase().starts_with(".switchyard-")),
+        names
+            .iter()
+            .all(|n| !n.to_ascii_lowercase().starts_with(".switchyard-")),
         "{names:?}"
     );
 }
@@ -1493,7 +1512,13 @@ async fn two_authorization_headers_are_refused() {
         assert_eq!(r.status(), 400);
         let v = json_of(r).await;
         assert_error_shape(&v, "bad_request");
-        assert!(v["message"].as_str().expect("msg").contains("Authorization"), "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .expect("msg")
+                .contains("Authorization"),
+            "{v}"
+        );
     }
 }
 
@@ -1552,12 +1577,30 @@ async fn numeric_path_parameters_are_named() {
             .header("Authorization", hub.meta())
     };
     for (req, expect) in [
-        (meta("/v1/meta/applications/abc"), "`app` must be a numeric application id"),
-        (meta("/v1/meta/applications/abc/apikeys"), "`app` must be a numeric application id"),
-        (meta("/v1/meta/applications/99999999999999999999"), "`app` must be a numeric application id"),
-        (meta("/v1/network/spokes/abc"), "`spoke` must be a numeric spoke id"),
-        (hub.req(Method::GET, &hub.url("/v1/transfers/abc")), "`id` must be a numeric transfer id"),
-        (hub.req(Method::GET, &hub.acc("/tasks/abc")), "`id` must be a numeric task id"),
+        (
+            meta("/v1/meta/applications/abc"),
+            "`app` must be a numeric application id",
+        ),
+        (
+            meta("/v1/meta/applications/abc/apikeys"),
+            "`app` must be a numeric application id",
+        ),
+        (
+            meta("/v1/meta/applications/99999999999999999999"),
+            "`app` must be a numeric application id",
+        ),
+        (
+            meta("/v1/network/spokes/abc"),
+            "`spoke` must be a numeric spoke id",
+        ),
+        (
+            hub.req(Method::GET, &hub.url("/v1/transfers/abc")),
+            "`id` must be a numeric transfer id",
+        ),
+        (
+            hub.req(Method::GET, &hub.acc("/tasks/abc")),
+            "`id` must be a numeric task id",
+        ),
     ] {
         let r = req.send().await.expect("request");
         assert_eq!(r.status(), 400);
@@ -1598,9 +1641,9 @@ async fn service_name_is_the_same_everywhere() {
 #[tokio::test]
 async fn etag_cost_of_a_100mb_file() {
     let hub = TestHub::start().await.expect("hub");
-    let acc = hub.creds.account_id;
+
     let data = pattern(100 * 1000 * 1000, 7);
-    std::fs::write(hub.data_dir.join("big.bin"), &data).expect("write");
+    std::fs::write(hub.data_dir.join("files/big.bin"), &data).expect("write");
     let root = json_of(
         hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
             .send()
@@ -1626,13 +1669,20 @@ async fn etag_cost_of_a_100mb_file() {
         (t.elapsed(), tag)
     };
     let (cold, tag) = get().await;
-    assert_eq!(tag, format!("\"{}\"", sha256_hex(&data)), "the ETag is the content's SHA-256");
+    assert_eq!(
+        tag,
+        format!("\"{}\"", sha256_hex(&data)),
+        "the ETag is the content's SHA-256"
+    );
     // A hash is cached once the file's ctime is older than the settle window (1 s): until
     // then every GET hashes again. Poll (bounded) until a GET is served from the cache.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let mut warm = cold;
     while shared::storage::cached_hashes() == 0 {
-        assert!(std::time::Instant::now() < deadline, "the hash was never cached");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hash was never cached"
+        );
         let (t, again) = get().await;
         assert_eq!(again, tag);
         warm = t;
@@ -1646,5 +1696,8 @@ async fn etag_cost_of_a_100mb_file() {
     warm_samples.sort();
     let warm_median = warm_samples[2];
     eprintln!("ETag of a 100 MB fs file: cold GET {cold:?}, first cached {warm:?}, warm median {warm_median:?}");
-    assert!(warm_median * 5 < cold, "cold {cold:?} vs warm {warm_median:?}");
+    assert!(
+        warm_median * 5 < cold,
+        "cold {cold:?} vs warm {warm_median:?}"
+    );
 }

@@ -517,7 +517,13 @@ async fn provider_rate_limit_is_a_429_with_retry_after() {
 }
 
 /// A request on file `id` of account `acc` with the API key.
-fn file_req(hub: &TestHub, method: reqwest::Method, acc: i64, id: &str, rest: &str) -> reqwest::RequestBuilder {
+fn file_req(
+    hub: &TestHub,
+    method: reqwest::Method,
+    acc: i64,
+    id: &str,
+    rest: &str,
+) -> reqwest::RequestBuilder {
     hub.req(
         method,
         &hub.url(&format!("/v1/accounts/{acc}/storage/files/{id}{rest}")),
@@ -543,16 +549,29 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
         .await
         .expect("upload");
     let id = f["id"].as_str().expect("id").to_owned();
-    let meta = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    let meta = file_req(hub, Method::GET, acc, &id, "")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(meta.status(), 200);
     let v1 = etag_of(&meta);
-    assert!(v1.starts_with('"') && v1.ends_with('"') && v1.len() > 8, "{v1}");
+    assert!(
+        v1.starts_with('"') && v1.ends_with('"') && v1.len() > 8,
+        "{v1}"
+    );
     assert!(meta.headers().contains_key("last-modified"));
-    let dl = file_req(hub, Method::GET, acc, &id, "/contents").send().await.expect("dl");
+    let dl = file_req(hub, Method::GET, acc, &id, "/contents")
+        .send()
+        .await
+        .expect("dl");
     assert_eq!(etag_of(&dl), v1, "metadata and download agree");
 
     // If-None-Match, weak comparison, on metadata and contents: 304 with the ETag, no body.
-    for (rest, tag) in [("", v1.clone()), ("/contents", format!("W/{v1}")), ("/contents", "*".into())] {
+    for (rest, tag) in [
+        ("", v1.clone()),
+        ("/contents", format!("W/{v1}")),
+        ("/contents", "*".into()),
+    ] {
         let r = file_req(hub, Method::GET, acc, &id, rest)
             .header("If-None-Match", &tag)
             .send()
@@ -581,7 +600,10 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
     let v: serde_json::Value = r.json().await.expect("json");
     assert_eq!(v["error_code"], "precondition_failed", "{v}");
     assert!(v["id"].is_string());
-    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version one");
+    assert_eq!(
+        &hub.download(acc, &id).await.expect("dl")[..],
+        b"version one"
+    );
 
     // The matching ETag: replaced, and the new ETag is answered.
     let r = file_req(hub, Method::PUT, acc, &id, "")
@@ -593,8 +615,14 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
     assert_eq!(r.status(), 200);
     let v2 = etag_of(&r);
     assert_ne!(v2, v1);
-    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version two!");
-    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    assert_eq!(
+        &hub.download(acc, &id).await.expect("dl")[..],
+        b"version two!"
+    );
+    let r = file_req(hub, Method::GET, acc, &id, "")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(etag_of(&r), v2, "the PUT's ETag is the file's");
 
     // Same size, new content, within the same second: the ETag still changes (a size + mtime
@@ -605,7 +633,10 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
         .await
         .expect("put");
     assert_eq!(r.status(), 200);
-    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    let r = file_req(hub, Method::GET, acc, &id, "")
+        .send()
+        .await
+        .expect("get");
     let v3 = etag_of(&r);
     assert_ne!(v3, v2, "same size, different bytes");
     let r = file_req(hub, Method::PUT, acc, &id, "")
@@ -615,11 +646,16 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
         .await
         .expect("put");
     assert_eq!(r.status(), 412, "v2 is stale now");
-    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version 2bis");
+    assert_eq!(
+        &hub.download(acc, &id).await.expect("dl")[..],
+        b"version 2bis"
+    );
 
     // Dates: If-Unmodified-Since in the past is 412; If-Match beats it.
     let past = "Sat, 01 Jan 2000 00:00:00 GMT";
-    let future = httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(86_400));
+    let future = httpdate::fmt_http_date(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(86_400),
+    );
     let r = file_req(hub, Method::PUT, acc, &id, "")
         .header("If-Unmodified-Since", past)
         .body("lost update")
@@ -627,7 +663,10 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
         .await
         .expect("put");
     assert_eq!(r.status(), 412);
-    assert_eq!(&hub.download(acc, &id).await.expect("dl")[..], b"version 2bis");
+    assert_eq!(
+        &hub.download(acc, &id).await.expect("dl")[..],
+        b"version 2bis"
+    );
     let r = file_req(hub, Method::GET, acc, &id, "/contents")
         .header("If-Modified-Since", &future)
         .send()
@@ -658,7 +697,10 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
         .await
         .expect("patch");
     assert_eq!(r.status(), 412);
-    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    let r = file_req(hub, Method::GET, acc, &id, "")
+        .send()
+        .await
+        .expect("get");
     assert_eq!(r.status(), 200, "not renamed");
     let r = file_req(hub, Method::PATCH, acc, &id, "")
         .header("If-Match", &v3)
@@ -673,7 +715,10 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
     let id = moved["id"].as_str().expect("id").to_owned();
 
     // Racing writers holding the same ETag: exactly one wins, the others get 412.
-    let r = file_req(hub, Method::GET, acc, &id, "").send().await.expect("get");
+    let r = file_req(hub, Method::GET, acc, &id, "")
+        .send()
+        .await
+        .expect("get");
     let tag = etag_of(&r);
     let racers = (0..8).map(|i| {
         let req = file_req(hub, Method::PUT, acc, &id, "")
@@ -684,7 +729,10 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
     let results = futures::future::join_all(racers).await;
     let winners: Vec<_> = results.iter().filter(|(_, s)| *s == 200).collect();
     assert_eq!(winners.len(), 1, "{results:?}");
-    assert!(results.iter().all(|(_, s)| *s == 200 || *s == 412), "{results:?}");
+    assert!(
+        results.iter().all(|(_, s)| *s == 200 || *s == 412),
+        "{results:?}"
+    );
     let body = hub.download(acc, &id).await.expect("dl");
     assert_eq!(body, format!("racer {}", winners[0].0).as_bytes());
 
@@ -696,7 +744,11 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
         .expect("delete");
     assert_eq!(r.status(), 412);
     assert_eq!(
-        file_req(hub, Method::GET, acc, &id, "").send().await.expect("get").status(),
+        file_req(hub, Method::GET, acc, &id, "")
+            .send()
+            .await
+            .expect("get")
+            .status(),
         200
     );
     let r = file_req(hub, Method::DELETE, acc, &id, "")
@@ -706,7 +758,11 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
         .expect("delete");
     assert_eq!(r.status(), 204);
     assert_eq!(
-        file_req(hub, Method::GET, acc, &id, "").send().await.expect("get").status(),
+        file_req(hub, Method::GET, acc, &id, "")
+            .send()
+            .await
+            .expect("get")
+            .status(),
         404
     );
 }
@@ -714,16 +770,29 @@ async fn conditional_suite(hub: &TestHub, acc: i64) {
 #[tokio::test]
 async fn conditional_requests_on_every_connector() {
     let hub = TestHub::start().await.expect("hub");
-    let (s3, dav, sftp) = tokio::join!(S3Server::start(), WebDavServer::start(), SftpServer::start());
+    let (s3, dav, sftp) = tokio::join!(
+        S3Server::start(),
+        WebDavServer::start(),
+        SftpServer::start()
+    );
     let (s3, dav, sftp) = (s3.expect("moto"), dav.expect("webdav"), sftp.expect("sshd"));
     s3.create_bucket("cond").await.expect("bucket");
     let mut accounts = vec![("fs", hub.creds.account_id)];
     for (service, creds) in [
-        ("s3", json!({"bucket": "cond", "endpoint": s3.endpoint(), "region": "us-east-1",
-                      "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()})),
-        ("webdav", json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()})),
-        ("sftp", json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
-                        "root": sftp.dir()})),
+        (
+            "s3",
+            json!({"bucket": "cond", "endpoint": s3.endpoint(), "region": "us-east-1",
+                      "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()}),
+        ),
+        (
+            "webdav",
+            json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()}),
+        ),
+        (
+            "sftp",
+            json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
+                        "root": sftp.dir()}),
+        ),
     ] {
         let a = hub.connect(service, creds).await.expect("connect");
         accounts.push((service, a["id"].as_i64().expect("id")));

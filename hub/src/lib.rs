@@ -20,6 +20,7 @@ pub mod model;
 pub mod network;
 pub mod state;
 pub mod steering;
+pub mod tls;
 pub mod transfers;
 
 use anyhow::Context as _;
@@ -106,25 +107,34 @@ pub fn app(state: AppState) -> axum::Router {
     api::router(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves: HTTPS (with the redirect
+/// listener, ACME or SIGHUP reload) when `tls` is configured, plain HTTP otherwise.
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    if let Some(tls) = state.tls.clone() {
+        return tls::listener::serve(state, tls, listener, shutdown)
+            .await
+            .context("serving HTTPS");
+    }
     use axum::serve::ListenerExt;
-    let steering = state.steering.clone();
-    let listener = listener.tap_io(move |tcp| {
-        let _ = tcp.set_nodelay(true);
-        // The handshake's RTT: a latency sample of this client's network for steering.
-        if let (Some(rtt), Ok(peer)) = (steering::tcpinfo::rtt_us(tcp), tcp.peer_addr()) {
-            steering.record_rtt(peer.ip(), rtt);
-        }
-    });
+    let tapped = state.clone();
+    let listener = listener.tap_io(move |tcp| accepted(&tapped, tcp));
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")
+}
+
+/// What every accepted API connection gets, before any byte is read (TLS or not).
+pub(crate) fn accepted(state: &AppState, tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    // The handshake's RTT: a latency sample of this client's network for steering.
+    if let (Some(rtt), Ok(peer)) = (steering::tcpinfo::rtt_us(tcp), tcp.peer_addr()) {
+        state.steering.record_rtt(peer.ip(), rtt);
+    }
 }
 
 /// Runs a hub with `config` until SIGINT or SIGTERM.
@@ -134,7 +144,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, region = %state.config.region, "hub listening");
+    tracing::info!(%listen, region = %state.config.region, tls = state.tls.is_some(),
+        "hub listening");
     let background = Background::start(&state).await?;
     serve(state.clone(), listener, shutdown_signal()).await?;
     background.shutdown().await;

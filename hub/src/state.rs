@@ -62,6 +62,8 @@ pub struct HubState {
     pub transfers: crate::transfers::TransferBook,
     /// Latency-aware DNS steering: measurements, health, the answer snapshot.
     pub steering: Arc<crate::steering::Steering>,
+    /// HTTPS on the API, when `tls` is configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     principals: TtlCache<[u8; 32], Principal>,
     accounts: TtlCache<i64, Arc<Account>>,
 }
@@ -95,14 +97,17 @@ impl HubState {
                 }
             })
             .collect();
+        let metrics = Metrics::default();
+        let tls = crate::tls::Tls::from_config(&config, &metrics)?;
         Ok(Self {
+            tls,
             connect_options: ConnectOptions {
                 scratch_dir,
                 io_timeout: Duration::from_secs(config.storage.io_timeout_secs),
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
-            metrics: Metrics::default(),
+            metrics,
             fs_roots,
             spoke_data: Tagger::new(master.derive("spoke-data")),
             network,

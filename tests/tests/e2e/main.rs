@@ -13,5 +13,6 @@ mod relay;
 mod spokes;
 mod steering;
 mod steering_lab;
+mod tls;
 mod transfer_engine;
 mod tunnel;

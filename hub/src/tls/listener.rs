@@ -53,9 +53,9 @@ pub async fn serve(
             tls.clone(),
             stop_rx.clone(),
         )));
-    } else {
-        companions.push(tokio::spawn(reload_on_sighup(tls.clone(), stop_rx.clone())));
     }
+    // With ACME too: SIGHUP's default action would end the process.
+    companions.push(tokio::spawn(reload_on_sighup(tls.clone(), stop_rx.clone())));
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
     let handshake_timeout = Duration::from_secs(tls.config().handshake_timeout_secs);
@@ -137,7 +137,8 @@ async fn connection(
     }
 }
 
-/// Re-reads the certificate files on every SIGHUP until stopped.
+/// Re-reads the certificate files on every SIGHUP until stopped (with ACME, a no-op: its
+/// certificates renew on their own).
 async fn reload_on_sighup(tls: Arc<Tls>, mut stop: watch::Receiver<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {

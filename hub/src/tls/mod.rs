@@ -329,6 +329,7 @@ impl Tls {
     /// served so far stays, and the error says why.
     pub fn reload(&self) -> anyhow::Result<()> {
         let (Some(c), Some(k)) = (&self.config.cert_file, &self.config.key_file) else {
+            tracing::info!("SIGHUP: nothing to reload, ACME certificates renew on their own");
             return Ok(());
         };
         let cert = Certificate::load_files(c, k)?;
@@ -402,4 +403,51 @@ fn placeholder(domain: &str) -> anyhow::Result<Arc<CertifiedKey>> {
         .context("self-signing the placeholder")?;
     let key_der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into();
     Ok(Certificate::from_der(vec![cert.der().clone()], key_der)?.key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (c, k) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let err =
+            |c: &Path, k: &Path| format!("{:#}", Certificate::load_files(c, k).expect_err("bad"));
+        assert!(err(&c, &k).contains("tls.cert_file"), "missing cert file");
+        let (cert, key) = pair("a.example");
+        std::fs::write(&c, &cert).expect("write");
+        assert!(err(&c, &k).contains("tls.key_file"), "missing key file");
+        std::fs::write(&k, &cert).expect("write");
+        assert!(
+            err(&c, &k).contains("tls.key_file"),
+            "a certificate as the key"
+        );
+        std::fs::write(&c, "garbage").expect("write");
+        std::fs::write(&k, &key).expect("write");
+        assert!(err(&c, &k).contains("tls.cert_file"), "no certificate");
+        let (_, other_key) = pair("a.example");
+        std::fs::write(&c, &cert).expect("write");
+        std::fs::write(&k, &other_key).expect("write");
+        let e = err(&c, &k);
+        assert!(e.contains("does not match"), "{e}");
+        std::fs::write(&k, &key).expect("write");
+        let ok = Certificate::load_files(&c, &k).expect("a good pair");
+        assert_eq!(ok.names, vec!["a.example".to_owned()]);
+        assert!(ok.valid_at(now_secs()));
+        // A huge file is refused without being read whole.
+        let f = std::fs::File::create(&c).expect("create");
+        f.set_len(MAX_PEM_BYTES + 10).expect("sparse");
+        assert!(err(&c, &k).contains("larger than"), "{}", err(&c, &k));
+    }
 }

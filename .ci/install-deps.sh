@@ -74,6 +74,7 @@ apt_deps=(
   "iperf3 iperf3"
   "ping iputils-ping"
   "ip iproute2"
+  "pebble pebble"
 )
 for entry in "${apt_deps[@]}"; do
   read -r cmd pkg <<<"$entry"
@@ -100,7 +101,7 @@ fi
 # package scripts started; the tests start their own instances on free ports, so nothing to do.
 
 missing=()
-for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip; do
+for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip pebble; do
   have "$cmd" || missing+=("$cmd")
 done
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || missing+=(moto_server)

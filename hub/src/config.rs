@@ -38,6 +38,139 @@ pub struct Config {
     pub offload: OffloadConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// HTTPS on the REST API: a certificate from files, or one issued and renewed through ACME.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first). Reloaded on SIGHUP.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1). Reloaded on SIGHUP.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Certificates issued and renewed through ACME (RFC 8555) for `public_url`'s host.
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+    /// A plain-HTTP listener that redirects (308) to HTTPS and answers ACME HTTP-01
+    /// challenges; `null` (the default) turns it off.
+    #[serde(default)]
+    pub redirect_listen: Option<SocketAddr>,
+    /// A connection that has not finished its TLS handshake after this many seconds is closed.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            acme: None,
+            redirect_listen: None,
+            handshake_timeout_secs: default_handshake_timeout(),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// Whether the API serves HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.acme.is_some()
+    }
+}
+
+/// ACME issuance and renewal.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The ACME server's directory, e.g. `https://acme-v02.api.letsencrypt.org/directory`.
+    pub directory_url: String,
+    /// Contact emails given to the ACME server (expiry notices).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// Where the account key and the certificate are kept (files 0600); defaults to
+    /// `DATA_DIR/acme`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// The challenge type; only `http-01` (served on `tls.redirect_listen`).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// Renew this long before expiry: seconds, or a number with `s`, `m`, `h` or `d`.
+    #[serde(default = "default_renew_before")]
+    pub renew_before: HumanDuration,
+    /// PEM root CA trusted for the ACME server's own HTTPS (test CAs such as Pebble's); the
+    /// system's roots otherwise.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The ACME challenge the hub answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    /// `GET http://HOST/.well-known/acme-challenge/TOKEN` on `tls.redirect_listen` (port 80).
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl AcmeChallenge {
+    /// The name the ACME server uses.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
+}
+
+/// A duration written as seconds (`90`) or with a unit (`45s`, `10m`, `12h`, `30d`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(HumanDuration(std::time::Duration::from_secs(s))),
+            Raw::Text(t) => parse_duration(&t).map(HumanDuration).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "`{t}` is not a duration (seconds, or a number with s, m, h or d)"
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(n.checked_mul(mult)?))
+}
+
+fn default_renew_before() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30 * 86_400))
+}
+fn default_handshake_timeout() -> u64 {
+    10
 }
 
 /// The latency-aware steering DNS server (authoritative for one zone).
@@ -600,7 +733,103 @@ impl Config {
             ));
         }
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
+        self.validate_tls()?;
         Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let tls = &self.tls;
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(_), None) => return Err(invalid("tls.key_file", "required with tls.cert_file")),
+            (None, Some(_)) => return Err(invalid("tls.cert_file", "required with tls.key_file")),
+            _ => {}
+        }
+        if tls.handshake_timeout_secs == 0 {
+            return Err(invalid("tls.handshake_timeout_secs", "must be at least 1"));
+        }
+        if tls.redirect_listen.is_some() && !tls.enabled() {
+            return Err(invalid(
+                "tls.redirect_listen",
+                "needs HTTPS: set tls.cert_file and tls.key_file, or tls.acme",
+            ));
+        }
+        if tls.enabled() {
+            if let Some(u) = &self.public_url {
+                if !u.starts_with("https://") {
+                    return Err(invalid(
+                        "public_url",
+                        "must be an https:// URL when tls is configured",
+                    ));
+                }
+            }
+        }
+        let Some(acme) = &tls.acme else {
+            return Ok(());
+        };
+        if tls.cert_file.is_some() {
+            return Err(invalid(
+                "tls.acme",
+                "set either tls.cert_file and tls.key_file, or tls.acme, not both",
+            ));
+        }
+        if !acme.directory_url.starts_with("https://") {
+            return Err(invalid("tls.acme.directory_url", "must be an https:// URL"));
+        }
+        if acme.directory_url.parse::<http::Uri>().is_err() {
+            return Err(invalid("tls.acme.directory_url", "is not a valid URL"));
+        }
+        for c in &acme.contact {
+            let email = c.strip_prefix("mailto:").unwrap_or(c);
+            let ok = email
+                .split_once('@')
+                .is_some_and(|(u, d)| !u.is_empty() && d.contains('.') && !d.contains('@'));
+            if !ok
+                || email
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                return Err(invalid(
+                    "tls.acme.contact",
+                    format!("`{c}` is not an email address"),
+                ));
+            }
+        }
+        if acme.renew_before.0.is_zero() {
+            return Err(invalid("tls.acme.renew_before", "must be more than zero"));
+        }
+        match self.public_url.as_deref().map(url_host) {
+            None => {
+                return Err(invalid(
+                    "public_url",
+                    "required with tls.acme: its host is the name the certificate is issued for",
+                ))
+            }
+            Some(None) => return Err(invalid("public_url", "has no host")),
+            Some(Some(host)) => {
+                if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+                    return Err(invalid(
+                        "public_url",
+                        "with tls.acme the host must be a DNS name, not an IP address",
+                    ));
+                }
+            }
+        }
+        if acme.challenge == AcmeChallenge::Http01 && tls.redirect_listen.is_none() {
+            return Err(invalid(
+                "tls.redirect_listen",
+                "required by tls.acme with the http-01 challenge: the ACME server fetches \
+                 http://HOST/.well-known/acme-challenge/... from it (port 80)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The DNS name ACME certificates are issued for: `public_url`'s host.
+    pub fn acme_domain(&self) -> Option<String> {
+        self.public_url
+            .as_deref()
+            .and_then(url_host)
+            .map(|h| h.to_ascii_lowercase())
     }
 
     /// The `host:port` spokes dial, when the network is on.
@@ -623,10 +852,26 @@ impl Config {
     pub fn public_url(&self) -> String {
         self.public_url
             .clone()
-            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .unwrap_or_else(|| {
+                let scheme = if self.tls.enabled() { "https" } else { "http" };
+                format!("{scheme}://{}", self.listen)
+            })
             .trim_end_matches('/')
             .to_owned()
     }
+}
+
+/// The host of an `http(s)://` URL, without port or brackets' contents checked.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let host = if authority.starts_with('[') {
+        authority.split_inclusive(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 fn set_path(
@@ -722,5 +967,79 @@ mod tests {
         assert_eq!(c.offload.congestion, shared::quic::Congestion::Bbr);
         let c = Config::from_yaml("network:\n  quic_listen: null\n", env(&[])).expect("off");
         assert_eq!(c.quic_advertise(), None);
+    }
+
+    #[test]
+    fn tls_is_checked() {
+        let e = Config::from_yaml("tls:\n  cert_file: /a.pem\n", env(&[])).expect_err("no key");
+        assert!(e.to_string().contains("tls.key_file"), "{e}");
+        let c = Config::from_yaml(
+            "listen: 127.0.0.1:8443\n",
+            env(&[
+                ("SWITCHYARD_TLS__CERT_FILE", "/a.pem"),
+                ("SWITCHYARD_TLS__KEY_FILE", "/a.key"),
+            ]),
+        )
+        .expect("env sets tls");
+        assert!(c.tls.enabled());
+        assert_eq!(c.public_url(), "https://127.0.0.1:8443", "HTTPS by default");
+        let e = Config::from_yaml(
+            "public_url: http://h.example\ntls: {cert_file: /a, key_file: /b}\n",
+            env(&[]),
+        )
+        .expect_err("http public url with tls");
+        assert!(e.to_string().contains("public_url"), "{e}");
+        let e = Config::from_yaml("tls:\n  redirect_listen: 0.0.0.0:80\n", env(&[]))
+            .expect_err("redirect without tls");
+        assert!(e.to_string().contains("tls.redirect_listen"), "{e}");
+        let acme = "tls:\n  redirect_listen: 127.0.0.1:80\n  acme:\n    directory_url: https://ca.example/dir\n";
+        let e = Config::from_yaml(acme, env(&[])).expect_err("no public_url");
+        assert!(e.to_string().contains("public_url"), "{e}");
+        let e = Config::from_yaml(&format!("public_url: https://192.0.2.1\n{acme}"), env(&[]))
+            .expect_err("IP host");
+        assert!(e.to_string().contains("public_url"), "{e}");
+        let c = Config::from_yaml(
+            &format!("public_url: https://Api.Example.com:8443/\n{acme}"),
+            env(&[]),
+        )
+        .expect("valid acme");
+        assert_eq!(c.acme_domain().as_deref(), Some("api.example.com"));
+        let a = c.tls.acme.expect("acme");
+        assert_eq!(a.renew_before.0.as_secs(), 30 * 86_400);
+        assert_eq!(a.challenge, AcmeChallenge::Http01);
+        for (yaml, key) in [
+            ("    renew_before: 12x\n", "tls.acme.renew_before"),
+            ("    renew_before: 0\n", "tls.acme.renew_before"),
+            ("    contact: [nobody]\n", "tls.acme.contact"),
+            ("    challenge: dns-01\n", "tls.acme.challenge"),
+        ] {
+            let e = Config::from_yaml(
+                &format!("public_url: https://a.example\n{acme}{yaml}"),
+                env(&[]),
+            )
+            .expect_err(yaml);
+            assert!(e.to_string().contains(key), "{yaml}: {e}");
+        }
+        let c = Config::from_yaml(
+            &format!("public_url: https://a.example\n{acme}    renew_before: 12h\n"),
+            env(&[]),
+        )
+        .expect("hours");
+        assert_eq!(
+            c.tls.acme.expect("acme").renew_before.0.as_secs(),
+            12 * 3600
+        );
+        let e = Config::from_yaml(
+            &format!("public_url: https://a.example\n{acme}  cert_file: /a\n  key_file: /b\n"),
+            env(&[]),
+        )
+        .expect_err("both");
+        assert!(e.to_string().contains("tls.acme"), "{e}");
+        let e = Config::from_yaml(
+            "public_url: https://a.example\ntls:\n  acme:\n    directory_url: https://ca.example/dir\n",
+            env(&[]),
+        )
+        .expect_err("http-01 needs the redirect listener");
+        assert!(e.to_string().contains("tls.redirect_listen"), "{e}");
     }
 }

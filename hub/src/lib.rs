@@ -24,6 +24,7 @@ pub mod network;
 pub mod revocation;
 pub mod state;
 pub mod steering;
+pub mod tls;
 pub mod transfers;
 
 use anyhow::Context as _;
@@ -120,23 +121,31 @@ pub fn app(state: AppState) -> axum::Router {
     api::router(state)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves: HTTPS (with the redirect
+/// listener, ACME or SIGHUP reload) when `tls` is configured, plain HTTP otherwise.
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let steering = state.steering.clone();
-    let on_accept = move |tcp: &tokio::net::TcpStream| {
-        let _ = tcp.set_nodelay(true);
-        // The handshake's RTT: a latency sample of this client's network for steering.
-        if let (Some(rtt), Ok(peer)) = (steering::tcpinfo::rtt_us(tcp), tcp.peer_addr()) {
-            steering.record_rtt(peer.ip(), rtt);
-        }
-    };
-    http::serve_tcp(listener, app(state), on_accept, shutdown)
+    if let Some(tls) = state.tls.clone() {
+        return tls::listener::serve(state, tls, listener, shutdown)
+            .await
+            .context("serving HTTPS");
+    }
+    let tapped = state.clone();
+    http::serve_tcp(listener, app(state), move |tcp| accepted(&tapped, tcp), shutdown)
         .await
         .context("serving HTTP")
+}
+
+/// What every accepted API connection gets, before any byte is read (TLS or not).
+pub(crate) fn accepted(state: &AppState, tcp: &tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+    // The handshake's RTT: a latency sample of this client's network for steering.
+    if let (Some(rtt), Ok(peer)) = (steering::tcpinfo::rtt_us(tcp), tcp.peer_addr()) {
+        state.steering.record_rtt(peer.ip(), rtt);
+    }
 }
 
 /// Runs a hub with `config` until SIGINT or SIGTERM.
@@ -146,7 +155,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    tracing::info!(%listen, region = %state.config.region, "hub listening");
+    tracing::info!(%listen, region = %state.config.region, tls = state.tls.is_some(),
+        "hub listening");
     let background = Background::start(&state).await?;
     serve(state.clone(), listener, shutdown_signal()).await?;
     background.shutdown().await;

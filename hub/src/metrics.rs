@@ -1,8 +1,10 @@
-//! Prometheus metrics: requests, latency histograms and body bytes in/out per route.
+//! Prometheus metrics: requests, latency histograms and body bytes in/out per route; the TLS
+//! certificate's expiry and ACME failures.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -32,6 +34,10 @@ pub struct Metrics {
     pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub bytes_in: Family<RouteLabels, Counter>,
     pub bytes_out: Family<RouteLabels, Counter>,
+    /// Expiry of the TLS certificate served, seconds since the epoch (0: none or a placeholder).
+    pub tls_not_after: Gauge,
+    /// ACME issuance or renewal attempts that failed.
+    pub acme_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -59,7 +65,21 @@ impl Default for Metrics {
             "Response body bytes sent",
             bytes_out.clone(),
         );
+        let tls_not_after = Gauge::default();
+        let acme_failures = Counter::default();
+        registry.register(
+            "tls_certificate_not_after_seconds",
+            "Expiry of the served TLS certificate (0: none yet)",
+            tls_not_after.clone(),
+        );
+        registry.register(
+            "acme_failures",
+            "ACME certificate issuance or renewal attempts that failed",
+            acme_failures.clone(),
+        );
         Self {
+            tls_not_after,
+            acme_failures,
             registry,
             requests,
             latency,

@@ -65,6 +65,8 @@ pub struct HubState {
     pub transfers: crate::transfers::TransferBook,
     /// Latency-aware DNS steering: measurements, health, the answer snapshot.
     pub steering: Arc<crate::steering::Steering>,
+    /// HTTPS on the API, when `tls` is configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     principals: TtlCache<[u8; 32], Principal>,
     accounts: TtlCache<i64, Arc<Account>>,
 }
@@ -98,14 +100,17 @@ impl HubState {
                 }
             })
             .collect();
+        let metrics = Metrics::default();
+        let tls = crate::tls::Tls::from_config(&config, &metrics)?;
         Ok(Self {
+            tls,
             connect_options: ConnectOptions {
                 scratch_dir,
                 io_timeout: Duration::from_secs(config.storage.io_timeout_secs),
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
-            metrics: Metrics::default(),
+            metrics,
             fs_roots,
             freshness: crate::revocation::Freshness::default(),
             spoke_data: Tagger::new(master.derive("spoke-data")),

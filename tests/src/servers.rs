@@ -1,6 +1,6 @@
 //! Real backing servers for tests — PostgreSQL, S3 (moto), WebDAV (rclone), SFTP (OpenSSH sshd),
-//! Azure Blob (Azurite) and nginx — started on 127.0.0.1 free ports; each handle kills its processes and removes
-//! its temp dir on Drop.
+//! Azure Blob (Azurite), nginx and Pebble (ACME) — started on 127.0.0.1 free ports; each handle
+//! kills its processes and removes its temp dir on Drop.
 //!
 //! Every server runs in its own process group with stdout/stderr captured to a log file in its
 //! temp dir; the tail of that log is part of the error when a server fails to start. Readiness is
@@ -824,6 +824,150 @@ impl NginxServer {
     /// The loopback port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pebble (the ACME test CA)
+// ---------------------------------------------------------------------------------------------
+
+/// How to start Pebble.
+#[derive(Debug, Clone, Copy)]
+pub struct PebbleOptions {
+    /// The port Pebble's validation authority dials for HTTP-01 challenges (the hub's
+    /// redirect listener, or a port nobody serves).
+    pub http_port: u16,
+    /// Lifetime of the certificates it issues, seconds (`None`: Pebble's default, ~5 years).
+    pub validity_secs: Option<u64>,
+}
+
+/// Pebble on free loopback ports with its own HTTPS certificate (signed by a CA made here:
+/// the Debian package ships no test certificates), real validation (`PEBBLE_VA_ALWAYS_VALID=0`)
+/// without the random sleeps (`PEBBLE_VA_NOSLEEP=1`). Names resolve through the system resolver,
+/// so certificates are for `localhost`.
+pub struct Pebble {
+    _proc: Proc,
+    port: u16,
+    management_port: u16,
+    ca_pem: String,
+    ca_file: PathBuf,
+    _dir: TempDir,
+}
+
+impl Pebble {
+    /// Starts `pebble` with `opts`.
+    pub async fn start(opts: PebbleOptions) -> Result<Pebble> {
+        let pebble = which("pebble").ok_or_else(|| missing("pebble", "Debian package `pebble`"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-pebble-")
+            .tempdir()
+            .context("creating the Pebble temp dir")?;
+        // Pebble's own HTTPS: a CA the test trusts (`ca_file`) and a leaf for 127.0.0.1.
+        let ca_key = rcgen::KeyPair::generate().context("CA key")?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchyard test pebble CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).context("CA")?;
+        let leaf_key = rcgen::KeyPair::generate().context("leaf key")?;
+        let leaf_params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        let leaf = leaf_params.signed_by(&leaf_key, &*ca).context("leaf")?;
+        let ca_file = dir.path().join("ca.pem");
+        fs::write(&ca_file, ca.pem())?;
+        fs::write(dir.path().join("cert.pem"), leaf.pem())?;
+        fs::write(dir.path().join("key.pem"), leaf_key.serialize_pem())?;
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem().as_bytes())?])
+            .timeout(IO_TIMEOUT)
+            .build()?;
+        let log = dir.path().join("pebble.log");
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let (port, management_port, tls_port) = (free_port(), free_port(), free_port());
+            let mut config = serde_json::json!({ "pebble": {
+                "listenAddress": format!("127.0.0.1:{port}"),
+                "managementListenAddress": format!("127.0.0.1:{management_port}"),
+                "certificate": "cert.pem",
+                "privateKey": "key.pem",
+                "httpPort": opts.http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }});
+            if let Some(v) = opts.validity_secs {
+                config["pebble"]["certificateValidityPeriod"] = v.into();
+            }
+            let conf = dir.path().join("pebble.json");
+            fs::write(&conf, serde_json::to_vec_pretty(&config)?)?;
+            let mut cmd = Command::new(&pebble);
+            cmd.arg("-config")
+                .arg(&conf)
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_VA_ALWAYS_VALID", "0")
+                // Every order validates its challenge (no reused authorizations) and no
+                // nonce is rejected at random: each test sees the same protocol run.
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .current_dir(dir.path());
+            let mut proc = Proc::spawn("pebble", cmd, &log, dir.path(), 0)?;
+            let probe = http.clone();
+            match wait_ready(&mut proc, || {
+                let probe = probe.clone();
+                async move {
+                    let url = format!("https://127.0.0.1:{management_port}/roots/0");
+                    probe
+                        .get(url)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            })
+            .await
+            {
+                Ok(()) => {
+                    return Ok(Pebble {
+                        _proc: proc,
+                        port,
+                        management_port,
+                        ca_pem: ca.pem(),
+                        ca_file,
+                        _dir: dir,
+                    })
+                }
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(attempts_failed("pebble", last_error))
+    }
+
+    /// The ACME directory URL.
+    pub fn directory_url(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// The PEM file of the CA that signed Pebble's own HTTPS certificate (`tls.acme.ca_file`).
+    pub fn ca_file(&self) -> &Path {
+        &self.ca_file
+    }
+
+    /// The root (PEM) Pebble issues certificates under, from its management `/roots/0`.
+    pub async fn issuing_root(&self) -> Result<String> {
+        let http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes())?])
+            .timeout(IO_TIMEOUT)
+            .build()?;
+        let r = http
+            .get(format!(
+                "https://127.0.0.1:{}/roots/0",
+                self.management_port
+            ))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "/roots/0: {}", r.status());
+        Ok(r.text().await?)
     }
 }
 

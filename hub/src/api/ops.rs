@@ -1,5 +1,6 @@
-//! Operational endpoints: `/healthz` (alive), `/readyz` (database reachable), `/metrics`
-//! (Prometheus text), `/v1/openapi.json` (the generated OpenAPI 3.1 document).
+//! Operational endpoints: `/healthz` (alive), `/readyz` (database reachable, TLS certificate
+//! served), `/metrics` (Prometheus text), `/v1/openapi.json` (the generated OpenAPI 3.1
+//! document).
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -25,10 +26,15 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the database answers (load balancers route only to ready hubs).
+/// Readiness: the database answers and, with TLS, a real certificate is served (load
+/// balancers route only to ready hubs).
 #[utoipa::path(get, path = "/readyz", tag = "ops", security(()),
     responses((status = 200, body = Health), (status = 503, body = crate::error::ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+    if let Some(tls) = &state.tls {
+        tls.readiness()
+            .map_err(|m| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", m))?;
+    }
     match tokio::time::timeout(std::time::Duration::from_secs(2), state.db.ping()).await {
         Ok(Ok(())) => Ok(Json(Health { status: "ok" })),
         Ok(Err(e)) => {

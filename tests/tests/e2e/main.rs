@@ -13,6 +13,7 @@ mod relay;
 mod spokes;
 mod steering;
 mod steering_lab;
+mod tls;
 mod transfer_engine;
 mod tunnel;
 mod write_path;

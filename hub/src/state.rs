@@ -99,6 +99,7 @@ impl HubState {
             connect_options: ConnectOptions {
                 scratch_dir,
                 io_timeout: Duration::from_secs(config.storage.io_timeout_secs),
+                egress: config.storage.egress_policy()?,
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
@@ -174,20 +175,20 @@ impl HubState {
             .get_account(app_id, id)
             .await?
             .ok_or_else(|| ApiError::not_found("account"))?;
-        let account = Arc::new(self.open_account(record)?);
+        let account = Arc::new(self.open_account(record).await?);
         self.accounts.insert(id, account.clone(), now);
         Ok(account)
     }
 
     /// Decrypts an account's settings and builds its connector.
-    pub fn open_account(&self, record: AccountRecord) -> ApiResult<Account> {
+    pub async fn open_account(&self, record: AccountRecord) -> ApiResult<Account> {
         let plain = self
             .sealer
             .open(&record.credentials, account_aad(record.id).as_bytes())
             .map_err(|e| ApiError::internal(format_args!("account {}: {e}", record.id)))?;
         let settings: ServiceConfig = serde_json::from_slice(&plain)
             .map_err(|e| ApiError::internal(format_args!("account {} settings: {e}", record.id)))?;
-        let connector = Connector::connect(&settings, &self.connect_options)?;
+        let connector = Connector::connect(&settings, &self.connect_options).await?;
         Ok(Account {
             record,
             settings,

@@ -70,8 +70,8 @@ async fn checked_settings(
         let canon = guard::check_fs_root(&fs.root, &state.fs_roots)?;
         fs.root = canon.to_string_lossy().into_owned();
     }
-    guard::check_endpoint(&settings, state.config.storage.allow_private_endpoints).await?;
-    let connector = Connector::connect(&settings, &state.connect_options)?;
+    guard::check_endpoint(&settings, &state.connect_options.egress).await?;
+    let connector = Connector::connect(&settings, &state.connect_options).await?;
     connector.check().await?;
     Ok(settings)
 }

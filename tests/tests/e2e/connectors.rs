@@ -32,15 +32,18 @@ async fn read_all(c: &Connector, path: &StoragePath, range: Option<ByteRange>) -
     parts.concat()
 }
 
-fn connect(service: &str, creds: serde_json::Value, scratch: &std::path::Path) -> Connector {
+/// A connector to the loopback test servers (no SSRF guard: they are internal addresses).
+async fn connect(service: &str, creds: serde_json::Value, scratch: &std::path::Path) -> Connector {
     let cfg = ServiceConfig::from_parts(service, creds).expect("settings");
     Connector::connect(
         &cfg,
         &ConnectOptions {
             scratch_dir: scratch.to_owned(),
+            egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
             ..Default::default()
         },
     )
+    .await
     .expect("connector")
 }
 
@@ -188,7 +191,7 @@ async fn conformance(c: &Connector) {
 #[tokio::test]
 async fn fs_connector() {
     let dir = tempfile::tempdir().expect("tmp");
-    let c = connect("fs", json!({"root": dir.path()}), dir.path());
+    let c = connect("fs", json!({"root": dir.path()}), dir.path()).await;
     conformance(&c).await;
     let staging = dir.path().join(".switchyard-partial");
     assert!(std::fs::read_dir(staging)
@@ -209,7 +212,7 @@ async fn s3_connector() {
         json!({"bucket": "no-such-bucket", "endpoint": s3.endpoint(),
         "access_key_id": "a", "secret_access_key": "b"}),
         scratch.path(),
-    );
+    ).await;
     assert!(matches!(
         missing.check().await,
         Err(StorageError::InvalidSettings(_))
@@ -227,7 +230,7 @@ async fn webdav_connector() {
         "webdav",
         json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": "wrong"}),
         scratch.path(),
-    );
+    ).await;
     let err = wrong.check().await.expect_err("wrong password");
     assert!(matches!(err, StorageError::InvalidSettings(_)), "{err:?}");
 }
@@ -246,7 +249,7 @@ async fn azblob_connector() {
         json!({"container": "conformance", "endpoint": az.endpoint(),
         "account_name": az.account_name(), "account_key": "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="}),
         scratch.path(),
-    );
+    ).await;
     let err = wrong.check().await.expect_err("wrong key");
     assert!(matches!(err, StorageError::InvalidSettings(_)), "{err:?}");
 }
@@ -266,7 +269,7 @@ async fn sftp_connector() {
         json!({"endpoint": sftp.endpoint(), "user": sftp.user(),
         "key": other_key.private_key(), "root": sftp.dir()}),
         scratch.path(),
-    );
+    ).await;
     assert!(wrong.check().await.is_err());
 }
 

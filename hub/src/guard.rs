@@ -25,16 +25,20 @@ pub async fn check_endpoint(cfg: &ServiceConfig, egress: &EgressPolicy) -> Resul
     let Some((host, _port)) = cfg.endpoint_addr().map_err(ApiError::bad_request)? else {
         return Ok(());
     };
-    egress.resolve(&host).await.map(|_| ()).map_err(|e| match e {
-        shared::egress::EgressError::Denied { .. } => ApiError::bad_request(e.to_string()),
-        shared::egress::EgressError::Resolve { .. } => {
-            shared::storage::StorageError::Unreachable {
-                host: host.clone(),
-                cause: "the name does not resolve".into(),
+    egress
+        .resolve(&host)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            shared::egress::EgressError::Denied { .. } => ApiError::bad_request(e.to_string()),
+            shared::egress::EgressError::Resolve { .. } => {
+                shared::storage::StorageError::Unreachable {
+                    host: host.clone(),
+                    cause: "the name does not resolve".into(),
+                }
+                .into()
             }
-            .into()
-        }
-    })
+        })
 }
 
 /// Checks an `fs` root: it must exist and lie under one of the allowed roots after resolving

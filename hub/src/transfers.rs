@@ -534,10 +534,9 @@ async fn complete(
         }
         if t.executor.as_deref() == Some("hub") {
             let (_, dst) = accounts(state, &t).await?;
-            if let (Some(upload), Some(mp)) = (
-                &t.upload_id,
-                multipart_target(&dst, &path(&t.dst_path)?)?,
-            ) {
+            if let (Some(upload), Some(mp)) =
+                (&t.upload_id, multipart_target(&dst, &path(&t.dst_path)?)?)
+            {
                 let list: Vec<(u16, String)> = parts
                     .iter()
                     .map(|p| ((p.index + 1) as u16, p.etag.clone()))

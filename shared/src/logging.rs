@@ -5,8 +5,9 @@
 //! - `reqsign*` (OpenDAL's request signers): at DEBUG `reqsign_core` prints each credential
 //!   provider with `{:?}`, which for static credentials is the access key and the secret key,
 //!   and the signers print canonical requests and strings to sign.
-//! - `opendal::services` and `opendal::raw`: at DEBUG/TRACE they print requests and answers,
-//!   including provider response bodies.
+//! - `opendal_service_*` (one crate per OpenDAL service): at DEBUG they print each builder's
+//!   `Debug`, the account's settings; whether a builder redacts its secrets is up to each
+//!   service crate, so none of them gets to DEBUG.
 //!
 //! Multi-line events (an error's `Debug` with its backtrace, a provider body) are flattened
 //! into one line by the writer, and backtrace frames are dropped, so a log file stays one
@@ -29,17 +30,24 @@ const CAPPED: &[(&str, LevelFilter)] = &[
     ("reqsign_azure_storage", LevelFilter::INFO),
     ("reqsign_google", LevelFilter::INFO),
     ("reqsign_file_read_tokio", LevelFilter::INFO),
-    ("opendal::services", LevelFilter::INFO),
-    ("opendal::raw", LevelFilter::INFO),
+    ("opendal_service_s3", LevelFilter::INFO),
+    ("opendal_service_webdav", LevelFilter::INFO),
+    ("opendal_service_sftp", LevelFilter::INFO),
+    ("opendal_service_azblob", LevelFilter::INFO),
+    ("opendal_service_azure_common", LevelFilter::INFO),
+    ("opendal_service_gcs", LevelFilter::INFO),
+    ("opendal_service_dropbox", LevelFilter::INFO),
+    ("opendal_service_gdrive", LevelFilter::INFO),
+    ("opendal_service_onedrive", LevelFilter::INFO),
+    ("opendal_service_fs", LevelFilter::INFO),
 ];
 
 /// The filter cap: everything as the operator's filter says, except [`CAPPED`].
 pub fn caps() -> Targets {
-    CAPPED
-        .iter()
-        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, (target, level)| {
-            t.with_target(*target, *level)
-        })
+    CAPPED.iter().fold(
+        Targets::new().with_default(LevelFilter::TRACE),
+        |t, (target, level)| t.with_target(*target, *level),
+    )
 }
 
 /// Installs the global subscriber: `spec` is an `EnvFilter` directive string (falls back to
@@ -56,7 +64,10 @@ pub fn init(spec: &str, json: bool) -> bool {
     } else {
         fmt.with_filter(filter.and(caps())).boxed()
     };
-    tracing_subscriber::registry().with(layer).try_init().is_ok()
+    tracing_subscriber::registry()
+        .with(layer)
+        .try_init()
+        .is_ok()
 }
 
 /// Makes [`OneLineWriter`]s on stderr.
@@ -145,6 +156,7 @@ mod tests {
         assert!(caps.would_enable("reqsign_core::api", &tracing::Level::INFO));
         assert!(!caps.would_enable("reqsign_core::api", &tracing::Level::DEBUG));
         assert!(!caps.would_enable("reqsign_aws_v4::sign_request", &tracing::Level::DEBUG));
+        assert!(!caps.would_enable("opendal_service_s3::backend", &tracing::Level::DEBUG));
         assert!(caps.would_enable("hub::api", &tracing::Level::TRACE));
     }
 }

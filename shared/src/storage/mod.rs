@@ -198,7 +198,8 @@ fn error_host(e: &opendal::Error) -> Option<String> {
     let rest = &display[display.find("url: ")? + 5..];
     let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
     let url = reqwest::Url::parse(&rest[..end]).ok()?;
-    url.host_str().map(|h| h.trim_matches(['[', ']']).to_owned())
+    url.host_str()
+        .map(|h| h.trim_matches(['[', ']']).to_owned())
 }
 
 /// One line describing an OpenDAL error for logs and internal errors: kind, operation, the
@@ -336,7 +337,9 @@ impl Connector {
     pub async fn check(&self) -> Result<(), StorageError> {
         let host = self.endpoint_host.as_deref();
         if let Staging::Webdav(client) = &self.staging {
-            return client.check_root(host.unwrap_or("the WebDAV endpoint")).await;
+            return client
+                .check_root(host.unwrap_or("the WebDAV endpoint"))
+                .await;
         }
         match self.op.lister_with("/").limit(1).await {
             Ok(mut l) => match l.try_next().await {

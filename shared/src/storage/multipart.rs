@@ -111,7 +111,10 @@ impl S3Multipart {
     /// The same target with its HTTP client under `egress` (the SSRF guard): names resolve
     /// through the policy, and the endpoint, when an IP literal, is checked now (every request
     /// goes to it; redirects are not followed).
-    pub fn with_egress(mut self, egress: &crate::egress::EgressPolicy) -> Result<Self, StorageError> {
+    pub fn with_egress(
+        mut self,
+        egress: &crate::egress::EgressPolicy,
+    ) -> Result<Self, StorageError> {
         egress
             .check_url(self.bucket.base_url())
             .map_err(super::egress_error)?;

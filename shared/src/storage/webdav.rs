@@ -116,10 +116,7 @@ impl Client {
         if let Some(u) = &self.username {
             req = req.basic_auth(u, self.password.as_deref());
         }
-        let mut resp = req
-            .send()
-            .await
-            .map_err(|e| super::unreachable(host, &e))?;
+        let mut resp = req.send().await.map_err(|e| super::unreachable(host, &e))?;
         let status = resp.status();
         match status.as_u16() {
             207 => {}
@@ -161,7 +158,11 @@ impl Client {
             }
         }
         let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| super::unreachable(host, &e))? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| super::unreachable(host, &e))?
+        {
             let room = MAX_PROPFIND_BYTES - body.len();
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if body.len() >= MAX_PROPFIND_BYTES {
@@ -173,8 +174,7 @@ impl Client {
         let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
         if !text.contains("multistatus") {
             return Err(StorageError::InvalidSettings(
-                "the endpoint does not speak WebDAV (PROPFIND answer is not a multistatus)"
-                    .into(),
+                "the endpoint does not speak WebDAV (PROPFIND answer is not a multistatus)".into(),
             ));
         }
         if !describes_collection(&text) {

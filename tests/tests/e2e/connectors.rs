@@ -206,13 +206,14 @@ async fn s3_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds = json!({"bucket": "conformance", "endpoint": s3.endpoint(), "region": "us-east-1",
                        "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()});
-    conformance(&connect("s3", creds, scratch.path())).await;
+    conformance(&connect("s3", creds, scratch.path()).await).await;
     let missing = connect(
         "s3",
         json!({"bucket": "no-such-bucket", "endpoint": s3.endpoint(),
         "access_key_id": "a", "secret_access_key": "b"}),
         scratch.path(),
-    ).await;
+    )
+    .await;
     assert!(matches!(
         missing.check().await,
         Err(StorageError::InvalidSettings(_))
@@ -225,12 +226,13 @@ async fn webdav_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds =
         json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()});
-    conformance(&connect("webdav", creds, scratch.path())).await;
+    conformance(&connect("webdav", creds, scratch.path()).await).await;
     let wrong = connect(
         "webdav",
         json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": "wrong"}),
         scratch.path(),
-    ).await;
+    )
+    .await;
     let err = wrong.check().await.expect_err("wrong password");
     assert!(matches!(err, StorageError::InvalidSettings(_)), "{err:?}");
 }
@@ -242,7 +244,7 @@ async fn azblob_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds = json!({"container": "conformance", "endpoint": az.endpoint(),
                        "account_name": az.account_name(), "account_key": az.account_key()});
-    conformance(&connect("azblob", creds, scratch.path())).await;
+    conformance(&connect("azblob", creds, scratch.path()).await).await;
     // A key Azurite does not know is refused by its signature check: a settings error.
     let wrong = connect(
         "azblob",
@@ -260,7 +262,7 @@ async fn sftp_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds = json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
                        "root": sftp.dir()});
-    conformance(&connect("sftp", creds, scratch.path())).await;
+    conformance(&connect("sftp", creds, scratch.path()).await).await;
     let other_key = e2e::servers::SftpServer::start()
         .await
         .expect("second sshd");
@@ -269,7 +271,8 @@ async fn sftp_connector() {
         json!({"endpoint": sftp.endpoint(), "user": sftp.user(),
         "key": other_key.private_key(), "root": sftp.dir()}),
         scratch.path(),
-    ).await;
+    )
+    .await;
     assert!(wrong.check().await.is_err());
 }
 

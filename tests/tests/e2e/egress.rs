@@ -72,8 +72,9 @@ impl Drop for InternalServer {
 /// A hub with the SSRF guard on, allowing only `127.0.0.1/32`, resolving provider names with
 /// `nameserver` when given.
 async fn guarded_hub(nameserver: Option<std::net::SocketAddr>, extra: &str) -> TestHub {
-    let mut yaml =
-        String::from("storage:\n  allowed_private_endpoints: ['127.0.0.1/32']\n  io_timeout_secs: 2\n");
+    let mut yaml = String::from(
+        "storage:\n  allowed_private_endpoints: ['127.0.0.1/32']\n  io_timeout_secs: 2\n",
+    );
     if let Some(ns) = nameserver {
         yaml.push_str(&format!("  nameserver: '{ns}'\n"));
     }
@@ -178,7 +179,11 @@ async fn a_provider_that_redirects_to_a_private_address_is_not_followed() {
         );
         assert!(!body.to_string().contains(INTERNAL_SECRET), "{body}");
     }
-    assert_eq!(internal.hits(), 0, "a redirect was followed to the internal server");
+    assert_eq!(
+        internal.hits(),
+        0,
+        "a redirect was followed to the internal server"
+    );
 }
 
 #[tokio::test]
@@ -225,14 +230,20 @@ async fn provider_error_bodies_never_reach_the_caller() {
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error_code"], "invalid_credentials", "{body}");
     let msg = body["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("403") && msg.contains("AccessDenied"), "{body}");
+    assert!(
+        msg.contains("403") && msg.contains("AccessDenied"),
+        "{body}"
+    );
     assert!(!body.to_string().contains(INTERNAL_SECRET), "{body}");
 
     let creds = json!({"bucket": "plain", "endpoint": nginx.endpoint(), "region": "us-east-1",
                        "access_key_id": "a", "secret_access_key": "s"});
     let (status, body) = connect(&hub, "s3", creds).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| m.contains("400")), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| m.contains("400")),
+        "{body}"
+    );
     assert!(!body.to_string().contains(INTERNAL_SECRET), "{body}");
 }
 
@@ -255,9 +266,21 @@ async fn webdav_accounts_that_do_not_work_are_not_saved() {
         c
     };
     let cases = [
-        ("missing root", dav_creds(Some("no-such-folder"), dav.password()), "does not exist"),
-        ("file root", dav_creds(Some("a-file"), dav.password()), "not a folder"),
-        ("wrong password", dav_creds(None, "wrong"), "refused the login"),
+        (
+            "missing root",
+            dav_creds(Some("no-such-folder"), dav.password()),
+            "does not exist",
+        ),
+        (
+            "file root",
+            dav_creds(Some("a-file"), dav.password()),
+            "not a folder",
+        ),
+        (
+            "wrong password",
+            dav_creds(None, "wrong"),
+            "refused the login",
+        ),
         (
             "static web server",
             json!({"endpoint": nginx.endpoint(), "username": "u", "password": "p"}),
@@ -295,7 +318,9 @@ async fn network_failures_are_provider_unreachable() {
         l.local_addr().expect("addr").port()
     };
     // Timeout: accepts, never answers.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let silent_port = silent.local_addr().expect("addr").port();
     let silent_task = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -311,9 +336,17 @@ async fn network_failures_are_provider_unreachable() {
     let hub = guarded_hub(Some(dns.addr()), "").await;
     let cases = [
         ("refused", format!("http://127.0.0.1:{closed}"), "127.0.0.1"),
-        ("timeout", format!("http://127.0.0.1:{silent_port}"), "127.0.0.1"),
+        (
+            "timeout",
+            format!("http://127.0.0.1:{silent_port}"),
+            "127.0.0.1",
+        ),
         ("tls", plain, "127.0.0.1"),
-        ("dns", "http://no-such-host.example.net:9000".to_owned(), "no-such-host.example.net"),
+        (
+            "dns",
+            "http://no-such-host.example.net:9000".to_owned(),
+            "no-such-host.example.net",
+        ),
     ];
     for (what, endpoint, host) in cases {
         let started = std::time::Instant::now();
@@ -322,7 +355,11 @@ async fn network_failures_are_provider_unreachable() {
         assert_eq!(body["error_code"], "provider_unreachable", "{what}: {body}");
         let msg = body["message"].as_str().unwrap_or_default();
         assert!(msg.contains(host), "{what}: {body}");
-        assert!(started.elapsed() < Duration::from_secs(30), "{what} took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} took {:?}",
+            started.elapsed()
+        );
     }
     silent_task.abort();
     // An authentication refusal stays invalid_credentials: WebDAV with a wrong password.
@@ -333,5 +370,9 @@ async fn network_failures_are_provider_unreachable() {
         json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": "wrong"}),
     )
     .await;
-    assert_eq!((status, body["error_code"].as_str()), (400, Some("invalid_credentials")), "{body}");
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (400, Some("invalid_credentials")),
+        "{body}"
+    );
 }

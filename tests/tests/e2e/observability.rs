@@ -166,7 +166,11 @@ async fn no_secret_reaches_the_log_at_trace_and_every_event_is_one_plain_line() 
         .await;
     assert_eq!(status, 201, "sftp: {body}");
     // The key's body lines (the PEM armour is not secret).
-    for line in sftp.private_key().lines().filter(|l| !l.starts_with("-----")) {
+    for line in sftp
+        .private_key()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+    {
         if line.len() >= 16 {
             secrets.push(("sftp private key".into(), vec![line.to_owned()]));
         }
@@ -249,7 +253,11 @@ async fn metrics_series_stay_bounded_whatever_clients_send() {
     for i in 0..300u32 {
         let method = reqwest::Method::from_bytes(format!("X{i:04}").as_bytes()).expect("method");
         let path = format!("/v1/{:08x}/{i}", rand::random::<u32>());
-        let r = http.request(method, hub.url(&path)).send().await.expect("request");
+        let r = http
+            .request(method, hub.url(&path))
+            .send()
+            .await
+            .expect("request");
         assert!(r.status().is_client_error(), "{}", r.status());
         let r = http
             .get(hub.url(&format!("/nothing/{:08x}", rand::random::<u32>())))
@@ -257,7 +265,10 @@ async fn metrics_series_stay_bounded_whatever_clients_send() {
             .await
             .expect("request");
         assert_eq!(r.status(), 404);
-        assert!(started.elapsed() < Duration::from_secs(120), "load loop too slow");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "load loop too slow"
+        );
     }
     let text = http
         .get(hub.url("/metrics"))

@@ -237,7 +237,10 @@ async fn offloaded_copy_is_byte_identical() {
         t["checksum"].as_str().expect("checksum").ends_with("-16"),
         "{t}"
     );
-    assert_eq!(sha_of(&connector(&s.dst_creds).await, "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
     // The Kloudless task view of the same transfer.
     let task: Value = hub
         .req(
@@ -319,7 +322,10 @@ async fn spoke_killed_halfway_resumes_on_another_spoke() {
         k >= before,
         "the resumed run got {k} durable parts, {before} were durable"
     );
-    assert_eq!(sha_of(&connector(&s.dst_creds).await, "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
 }
 
 /// The hub restarts while a spoke is copying: the new hub process resumes the transfer from its
@@ -377,7 +383,10 @@ async fn hub_restart_mid_transfer_completes() {
     assert_eq!(t["executor"], "spoke", "{t}\n{}", spoke.log_text());
     assert_eq!(t["spoke"], spoke.id, "{t}");
     assert!(t["note"].as_str().unwrap_or("").contains("resumed"), "{t}");
-    assert_eq!(sha_of(&connector(&s.dst_creds).await, "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
 }
 
 /// Progress reaches the hub at least once a second, and DELETE cancels: the spoke stops and
@@ -459,7 +468,10 @@ async fn no_spoke_means_the_hub_does_it() {
         "{t}"
     );
     assert_eq!(t["parts_done"], 5);
-    assert_eq!(sha_of(&connector(&s.dst_creds).await, "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
     // A cross-account copy into a non-multipart destination (local disk) streams instead.
     let fs_root = hub.new_fs_root("copy-dst").expect("root");
     let fs = hub

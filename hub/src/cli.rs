@@ -215,21 +215,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 /// Installs the tracing subscriber from `log.level` (or `SWITCHYARD_LOG`) and `log.format`.
+/// Dependencies that print credentials are capped and every event is one line
+/// ([`shared::logging`]).
 pub fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("SWITCHYARD_LOG")
+    let spec = std::env::var("SWITCHYARD_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&config.log.level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
+        .filter(|f| tracing_subscriber::EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| config.log.level.clone());
+    shared::logging::init(&spec, config.log.format == "json");
 }
 
 fn out(text: &str) {

@@ -446,6 +446,14 @@ pub struct StorageConfig {
     /// link-local or otherwise internal addresses. Off by default: this is the SSRF guard.
     #[serde(default)]
     pub allow_private_endpoints: bool,
+    /// Internal networks (CIDRs, e.g. `10.0.5.20/32`) provider endpoints may reach although
+    /// the SSRF guard is on: the operator's own storage servers.
+    #[serde(default)]
+    pub allowed_private_endpoints: Vec<ipnet::IpNet>,
+    /// The DNS server (`ip:port`) that resolves provider endpoint names; the system's
+    /// resolver configuration when unset.
+    #[serde(default)]
+    pub nameserver: Option<std::net::SocketAddr>,
     /// Timeout of one provider request, in seconds.
     #[serde(default = "default_io_timeout")]
     pub io_timeout_secs: u64,
@@ -472,9 +480,29 @@ impl Default for StorageConfig {
         Self {
             fs: FsStorageConfig::default(),
             allow_private_endpoints: false,
+            allowed_private_endpoints: Vec::new(),
+            nameserver: None,
             io_timeout_secs: default_io_timeout(),
             staging_grace_secs: default_staging_grace(),
         }
+    }
+}
+
+impl StorageConfig {
+    /// The egress policy of provider connections (the SSRF guard) this config asks for.
+    pub fn egress_policy(&self) -> anyhow::Result<shared::egress::EgressPolicy> {
+        use shared::egress::EgressPolicy;
+        use shared::resolve::Resolver;
+        let resolver = match self.nameserver {
+            Some(ns) => Resolver::with_nameserver(ns)
+                .map_err(|e| anyhow::anyhow!("storage.nameserver: {e}"))?,
+            None => Resolver::system().clone(),
+        };
+        Ok(if self.allow_private_endpoints {
+            EgressPolicy::open(resolver)
+        } else {
+            EgressPolicy::guarded(self.allowed_private_endpoints.clone(), resolver)
+        })
     }
 }
 

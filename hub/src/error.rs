@@ -191,6 +191,15 @@ impl From<StorageError> for ApiError {
                     "the storage provider is unavailable",
                 )
             }
+            StorageError::Unreachable { host, cause } => {
+                tracing::info!(request_id = %request_id(), %host, %cause, "provider unreachable");
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "provider_unreachable",
+                    format!("cannot reach the storage provider at {host}: {cause}"),
+                )
+            }
+            StorageError::EgressDenied(m) => Self::bad_request(m),
             StorageError::RangeNotSatisfiable => Self::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "range_not_satisfiable",

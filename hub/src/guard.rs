@@ -1,66 +1,43 @@
 //! Input guards for what users point the hub at: SSRF checks on storage endpoints (no internal
 //! addresses unless the operator allows them). `fs` roots are confined in `crate::fsroot`.
+//!
+//! The endpoint check here only answers early with a clear 400; the guard that counts sits at
+//! the socket ([`shared::egress`]): provider clients resolve through the same policy, check
+//! every request URL and follow no redirects, so a name that resolves differently later still
+//! cannot reach an internal address.
 
 use crate::error::ApiError;
+use shared::egress::EgressPolicy;
 use shared::storage::ServiceConfig;
 use std::net::IpAddr;
 
-/// True for addresses a user-supplied endpoint must not reach by default: loopback, private,
-/// link-local, CGNAT, unique-local, unspecified, multicast, documentation and broadcast.
+/// True for addresses a user-supplied endpoint must not reach by default: everything the IANA
+/// special-purpose registries mark as not globally reachable, and every IPv6 form embedding an
+/// IPv4 address (see [`shared::egress::is_global`]).
 pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || o[0] >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x64 && s[1] == 0xff9b)
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
-        }
-    }
+    !shared::egress::is_global(ip.to_canonical())
 }
 
-/// Checks a service's endpoint against the SSRF policy. The check resolves the name now; the
-/// provider connection resolves again later, so operators who fear DNS rebinding should also
-/// filter egress at the network layer.
-pub async fn check_endpoint(cfg: &ServiceConfig, allow_private: bool) -> Result<(), ApiError> {
+/// Checks a service's endpoint against the SSRF policy now, for an early, clear answer. The
+/// provider connections enforce the same policy in their own resolver and on every request.
+pub async fn check_endpoint(cfg: &ServiceConfig, egress: &EgressPolicy) -> Result<(), ApiError> {
     let Some((host, _port)) = cfg.endpoint_addr().map_err(ApiError::bad_request)? else {
         return Ok(());
     };
-    if allow_private {
-        return Ok(());
-    }
-    // The same resolver family (hickory, TTL-honouring) the provider connections use.
-    let addrs = shared::resolve::Resolver::system()
-        .lookup_host(&host)
+    egress
+        .resolve(&host)
         .await
-        .map_err(|_| ApiError::bad_request(format!("cannot resolve endpoint host `{host}`")))?;
-    if addrs.is_empty() || addrs.iter().any(|a| is_internal(*a)) {
-        return Err(ApiError::bad_request(
-            "`endpoint` resolves to an internal address, which this hub does not allow \
-             (storage.allow_private_endpoints)",
-        ));
-    }
-    Ok(())
+        .map(|_| ())
+        .map_err(|e| match e {
+            shared::egress::EgressError::Denied { .. } => ApiError::bad_request(e.to_string()),
+            shared::egress::EgressError::Resolve { .. } => {
+                shared::storage::StorageError::Unreachable {
+                    host: host.clone(),
+                    cause: "the name does not resolve".into(),
+                }
+                .into()
+            }
+        })
 }
 
 #[cfg(test)]
@@ -77,10 +54,17 @@ mod tests {
             "169.254.169.254",
             "100.64.0.1",
             "0.0.0.0",
+            "198.18.0.1",
+            "192.88.99.1",
             "::1",
             "fd00::1",
             "fe80::1",
+            "fec0::1",
             "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
         ] {
             assert!(is_internal(a.parse().expect("ip")), "{a}");
         }

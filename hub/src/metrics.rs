@@ -1,5 +1,9 @@
 //! Prometheus metrics: requests, latency histograms and body bytes in/out per route; the TLS
 //! certificate's expiry and ACME failures.
+//!
+//! Every label takes its values from a fixed set, so no client can grow the series without
+//! bound: methods outside the standard ones are `OTHER`, routes are the router's templates
+//! (anything unmatched is `unmatched`), statuses are the ones the hub answers.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,6 +22,24 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
+}
+
+/// The `method` label: the standard methods by name, anything else (HTTP allows any token as
+/// a method, and clients may send thousands) as `OTHER`.
+pub fn method_label(m: &http::Method) -> &'static str {
+    use http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
 }
 
 fn latency_histogram() -> Histogram {

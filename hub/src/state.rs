@@ -107,6 +107,7 @@ impl HubState {
             connect_options: ConnectOptions {
                 scratch_dir,
                 io_timeout: Duration::from_secs(config.storage.io_timeout_secs),
+                egress: config.storage.egress_policy()?,
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
@@ -193,7 +194,7 @@ impl HubState {
             .get_account(app_id, id)
             .await?
             .ok_or_else(|| ApiError::not_found("account"))?;
-        let account = Arc::new(self.open_account(record)?);
+        let account = Arc::new(self.open_account(record).await?);
         self.accounts.insert(id, account.clone(), now, generation);
         Ok(account)
     }
@@ -224,7 +225,7 @@ impl HubState {
     /// Decrypts an account's settings and builds its connector. An `fs` root is checked again
     /// against its application's space (a link may have been put in its place since it was
     /// connected, or the allowed roots changed).
-    pub fn open_account(&self, record: AccountRecord) -> ApiResult<Account> {
+    pub async fn open_account(&self, record: AccountRecord) -> ApiResult<Account> {
         let plain = self
             .sealer
             .open(&record.credentials, account_aad(record.id).as_bytes())
@@ -232,7 +233,7 @@ impl HubState {
         let settings: ServiceConfig = serde_json::from_slice(&plain)
             .map_err(|e| ApiError::internal(format_args!("account {} settings: {e}", record.id)))?;
         self.check_fs_root(&record, &settings)?;
-        let connector = Connector::connect(&settings, &self.connect_options)?;
+        let connector = Connector::connect(&settings, &self.connect_options).await?;
         Ok(Account {
             record,
             settings,

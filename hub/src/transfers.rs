@@ -163,9 +163,12 @@ fn path(p: &str) -> ApiResult<StoragePath> {
 }
 
 /// The destination's resumable multipart target, when it has one.
-fn multipart_target(dst: &ServiceConfig, path: &StoragePath) -> ApiResult<Option<S3Multipart>> {
-    match dst {
-        ServiceConfig::S3(s) => Ok(Some(S3Multipart::for_settings(s, path)?)),
+/// Its client follows the account connector's egress policy (the SSRF guard).
+fn multipart_target(dst: &Account, path: &StoragePath) -> ApiResult<Option<S3Multipart>> {
+    match &dst.settings {
+        ServiceConfig::S3(s) => Ok(Some(
+            S3Multipart::for_settings(s, path)?.with_egress(dst.connector.egress())?,
+        )),
         _ => Ok(None),
     }
 }
@@ -220,7 +223,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
     // Resumable destinations get their multipart upload once, up front.
     let mut upload_id = t.upload_id.clone();
     if upload_id.is_none() {
-        if let Some(mp) = multipart_target(&dst.settings, &dst_path)? {
+        if let Some(mp) = multipart_target(&dst, &dst_path)? {
             let id_ = mp.create().await?;
             state.db.set_transfer_upload_id(id, &id_).await?;
             upload_id = Some(id_);
@@ -461,7 +464,7 @@ async fn run_inline(
             }
         })
     };
-    let result = match (upload_id, multipart_target(&dst.settings, &dst_path)?) {
+    let result = match (upload_id, multipart_target(&dst, &dst_path)?) {
         (Some(upload_id), Some(mp)) => copy_parts_via(
             range_source(&src.settings, &src.connector, &src_path)?,
             &mp,
@@ -531,10 +534,9 @@ async fn complete(
         }
         if t.executor.as_deref() == Some("hub") {
             let (_, dst) = accounts(state, &t).await?;
-            if let (Some(upload), Some(mp)) = (
-                &t.upload_id,
-                multipart_target(&dst.settings, &path(&t.dst_path)?)?,
-            ) {
+            if let (Some(upload), Some(mp)) =
+                (&t.upload_id, multipart_target(&dst, &path(&t.dst_path)?)?)
+            {
                 let list: Vec<(u16, String)> = parts
                     .iter()
                     .map(|p| ((p.index + 1) as u16, p.etag.clone()))
@@ -754,7 +756,7 @@ pub async fn cancel(state: &AppState, t: &TransferRecord) -> ApiResult<bool> {
     }
     if let Some(upload) = &t.upload_id {
         if let Ok((_, dst)) = accounts(state, t).await {
-            if let Ok(Some(mp)) = multipart_target(&dst.settings, &path(&t.dst_path)?) {
+            if let Ok(Some(mp)) = multipart_target(&dst, &path(&t.dst_path)?) {
                 let _ = mp.abort(upload).await;
             }
         }

@@ -5,7 +5,9 @@
 //! exercise without sockets or real time.
 
 pub mod auth;
+pub mod egress;
 pub mod join;
+pub mod logging;
 pub mod pki;
 pub mod proto;
 pub mod quic;

@@ -262,6 +262,20 @@ pub struct SpokeSettings {
     /// Congestion controller of relay connections.
     #[serde(default)]
     pub congestion: crate::quic::Congestion,
+    /// The hub's SSRF policy: spokes connect to providers under the same rules.
+    #[serde(default)]
+    pub egress: EgressSettings,
+}
+
+/// Which internal addresses provider connections may reach (see `crate::egress`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressSettings {
+    /// Every address is allowed (`storage.allow_private_endpoints`).
+    #[serde(default)]
+    pub allow_private: bool,
+    /// Internal networks allowed anyway (`storage.allowed_private_endpoints`).
+    #[serde(default)]
+    pub allowed: Vec<ipnet::IpNet>,
 }
 
 impl Default for SpokeSettings {
@@ -272,6 +286,7 @@ impl Default for SpokeSettings {
             part_concurrency: 4,
             rate_limit: None,
             congestion: crate::quic::Congestion::default(),
+            egress: EgressSettings::default(),
         }
     }
 }

@@ -67,16 +67,10 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The shared subscriber: credential-printing dependencies capped, one line per event.
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("SWITCHYARD_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let spec = std::env::var("SWITCHYARD_LOG").unwrap_or_else(|_| "info".into());
+    shared::logging::init(&spec, false);
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {

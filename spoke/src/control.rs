@@ -169,7 +169,13 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             })?;
             let tls =
                 shared::pki::spoke_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)?;
-            let app = crate::data::router(grants.clone(), opts.data_dir.join("scratch"));
+            // The policy the hub handed at enrollment; assignments carry the current one.
+            let egress = shared::egress::EgressPolicy::from_settings(&ident.config.settings.egress);
+            let app = crate::data::router(
+                grants.clone(),
+                opts.data_dir.join("scratch"),
+                egress.clone(),
+            );
             // The same address over UDP relays source bytes to other spokes.
             let relay = crate::relay::bind(&ident, listen)?;
             relay_endpoint = Some(relay.clone());
@@ -177,6 +183,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
                 relay,
                 grants.clone(),
                 opts.data_dir.join("scratch"),
+                egress,
                 shutdown.clone(),
             ));
             Some(tokio::spawn(crate::data::serve(

@@ -86,6 +86,8 @@ impl Grants {
 struct DataState {
     grants: Arc<Grants>,
     scratch: PathBuf,
+    /// The hub's SSRF policy for provider connections.
+    egress: shared::egress::EgressPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,10 +103,18 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
 }
 
 /// The router of the data endpoint.
-pub fn router(grants: Arc<Grants>, scratch: PathBuf) -> Router {
+pub fn router(
+    grants: Arc<Grants>,
+    scratch: PathBuf,
+    egress: shared::egress::EgressPolicy,
+) -> Router {
     Router::new()
         .route("/v1/data/{grant}", any(handle))
-        .with_state(DataState { grants, scratch })
+        .with_state(DataState {
+            grants,
+            scratch,
+            egress,
+        })
 }
 
 async fn handle(
@@ -141,10 +151,11 @@ async fn handle(
     }
     let opts = ConnectOptions {
         scratch_dir: st.scratch.clone(),
+        egress: st.egress.clone(),
         ..ConnectOptions::default()
     };
     let result = async {
-        let c = Connector::connect(&grant.location.service, &opts)?;
+        let c = Connector::connect(&grant.location.service, &opts).await?;
         let path = StoragePath::parse(&grant.location.path)?;
         if grant.method == "GET" {
             let e = c.stat_file(&path).await?;

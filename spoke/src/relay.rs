@@ -45,6 +45,8 @@ const MAX_SOURCES: usize = 256;
 struct Server {
     grants: Arc<Grants>,
     scratch: PathBuf,
+    /// The hub's SSRF policy for provider connections.
+    egress: shared::egress::EgressPolicy,
     /// Sources by grant id, so the parts of one transfer share an HTTP client.
     sources: Mutex<HashMap<String, Arc<dyn RangeSource>>>,
 }
@@ -78,11 +80,13 @@ pub async fn serve(
     endpoint: quinn::Endpoint,
     grants: Arc<Grants>,
     scratch: PathBuf,
+    egress: shared::egress::EgressPolicy,
     shutdown: CancellationToken,
 ) {
     let server = Arc::new(Server {
         grants,
         scratch,
+        egress,
         sources: Mutex::new(HashMap::new()),
     });
     loop {
@@ -202,9 +206,11 @@ impl Server {
             .map_err(|e| refused("not_found", &e.to_string()))?;
         let opts = ConnectOptions {
             scratch_dir: self.scratch.clone(),
+            egress: self.egress.clone(),
             ..ConnectOptions::default()
         };
         let source = Connector::connect(&grant.location.service, &opts)
+            .await
             .and_then(|c| range_source(&grant.location.service, &c, &path))
             .map_err(|e| refused("unavailable", &e.to_string()))?;
         let mut sources = lock(&self.sources);

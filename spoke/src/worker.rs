@@ -197,9 +197,10 @@ async fn run(
 ) -> Result<SpokeMsg, StorageError> {
     let opts = ConnectOptions {
         scratch_dir: jobs.scratch.clone(),
+        egress: shared::egress::EgressPolicy::from_settings(&settings.egress),
         ..ConnectOptions::default()
     };
-    let src = Connector::connect(&a.source.service, &opts)?;
+    let src = Connector::connect(&a.source.service, &opts).await?;
     let src_path = StoragePath::parse(&a.source.path)?;
     let dst_path = StoragePath::parse(&a.dest.path)?;
     let copy = CopyOptions {
@@ -219,7 +220,7 @@ async fn run(
     ));
     let result = match (&a.upload_id, &a.dest.service) {
         (Some(upload_id), ServiceConfig::S3(s3)) => {
-            let mp = S3Multipart::for_settings(s3, &dst_path)?;
+            let mp = S3Multipart::for_settings(s3, &dst_path)?.with_egress(&opts.egress)?;
             // The source is read from the provider, or through a spoke near it.
             let mut relayed = None;
             let source: Arc<dyn RangeSource> = match &a.relay {
@@ -258,7 +259,7 @@ async fn run(
                 Ok(_) => {}
                 // Completed by an earlier run whose report was lost: the object is there.
                 Err(StorageError::NotFound) => {
-                    let dst = Connector::connect(&a.dest.service, &opts)?;
+                    let dst = Connector::connect(&a.dest.service, &opts).await?;
                     let e = dst.stat_file(&dst_path).await?;
                     if e.size != a.size {
                         return Err(StorageError::Other(format!(
@@ -276,7 +277,7 @@ async fn run(
             }
         }
         _ => {
-            let dst = Connector::connect(&a.dest.service, &opts)?;
+            let dst = Connector::connect(&a.dest.service, &opts).await?;
             let r = copy_stream(&src, &src_path, &dst, &dst_path, &copy, tx, cancel.clone()).await;
             let _ = forward.await;
             let c = r?;

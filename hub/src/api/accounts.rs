@@ -83,8 +83,8 @@ async fn checked_settings(
         let root = crate::fsroot::confine(&requested, app_id, &state.fs_roots, true)?;
         fs.root = root.to_string_lossy().into_owned();
     }
-    guard::check_endpoint(&settings, state.config.storage.allow_private_endpoints).await?;
-    let connector = Connector::connect(&settings, &state.connect_options)?;
+    guard::check_endpoint(&settings, &state.connect_options.egress).await?;
+    let connector = Connector::connect(&settings, &state.connect_options).await?;
     connector.check().await?;
     Ok(settings)
 }

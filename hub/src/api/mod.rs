@@ -141,7 +141,7 @@ async fn request_context(
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let method = crate::metrics::method_label(req.method()).to_owned();
     let labels = RouteLabels { route };
     let bytes_in = state.metrics.bytes_in.get_or_create(&labels).clone();
     let req = req.map(|b| {

@@ -1,10 +1,13 @@
-//! Builds an OpenDAL operator for each service from its typed settings (no IO except writing an
-//! SFTP private key file for the ssh client).
+//! Builds an OpenDAL operator for each service from its typed settings (no IO except creating
+//! the fs staging directory, writing an SFTP private key file for the ssh client and resolving
+//! an SFTP host). Every HTTP provider client goes through the egress policy
+//! ([`crate::egress`]): its resolver, a check of every request URL, no redirects.
 
 use super::service::ServiceConfig;
 use super::{webdav, Connector, Staging, StorageError};
+use crate::egress::EgressPolicy;
 use opendal::layers::{RetryLayer, TimeoutLayer};
-use opendal::Operator;
+use opendal::{HttpTransporter, OperationContext, Operator};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,13 +18,17 @@ pub struct ConnectOptions {
     pub scratch_dir: PathBuf,
     /// Per-request timeout for network providers.
     pub io_timeout: Duration,
+    /// Where provider connections may go (the SSRF guard).
+    pub egress: EgressPolicy,
 }
 
 impl Default for ConnectOptions {
+    /// Guarded: only globally reachable provider addresses.
     fn default() -> Self {
         Self {
             scratch_dir: std::env::temp_dir().join("switchyard-scratch"),
             io_timeout: Duration::from_secs(60),
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -53,9 +60,9 @@ macro_rules! oauth_service {
 static INSTALL: std::sync::Once = std::sync::Once::new();
 
 impl Connector {
-    /// Builds the connector for `cfg`. This does not contact the provider: call
-    /// [`Connector::check`] for that.
-    pub fn connect(cfg: &ServiceConfig, opts: &ConnectOptions) -> Result<Self, StorageError> {
+    /// Builds the connector for `cfg`. This does not contact the provider (except resolving an
+    /// SFTP host): call [`Connector::check`] for that.
+    pub async fn connect(cfg: &ServiceConfig, opts: &ConnectOptions) -> Result<Self, StorageError> {
         INSTALL.call_once(opendal::install_default);
         let bad = |e: opendal::Error| StorageError::InvalidSettings(e.message().to_owned());
         let (op, staging) = match cfg {
@@ -107,7 +114,7 @@ impl Connector {
                 if let Some(r) = &s.root {
                     b = b.root(r);
                 }
-                let client = webdav::Client::new(s, opts.io_timeout)?;
+                let client = webdav::Client::new(s, opts.io_timeout, &opts.egress)?;
                 (Operator::new(b).map_err(bad)?, Staging::Webdav(client))
             }
             #[cfg(feature = "sftp")]
@@ -116,11 +123,9 @@ impl Connector {
                     StorageError::InvalidSettings("sftp needs a private `key`".into())
                 })?;
                 let key_path = write_private_key(&opts.scratch_dir, key)?;
-                let endpoint = if s.endpoint.starts_with("ssh://") {
-                    s.endpoint.clone()
-                } else {
-                    format!("ssh://{}", s.endpoint)
-                };
+                // The ssh client resolves and connects by itself, out of the guard's sight: resolve
+                // and check here, and hand it the checked address instead of the name.
+                let endpoint = checked_ssh_endpoint(cfg, &opts.egress).await?;
                 let mut b = opendal::services::Sftp::default()
                     .endpoint(&endpoint)
                     .user(&s.user)
@@ -173,7 +178,19 @@ impl Connector {
         let (op, publish_op) = if cfg.name() == "fs" {
             (op.clone(), op)
         } else {
-            let op = op.layer(TimeoutLayer::new().with_io_timeout(opts.io_timeout));
+            let http = opts
+                .egress
+                .http_client(opts.io_timeout)
+                .map_err(|e| StorageError::Other(format!("cannot build the HTTP client: {e}")))?;
+            let transport = GuardedTransport {
+                egress: opts.egress.clone(),
+                inner: opendal_http_transport_reqwest::ReqwestTransport::new(http),
+            };
+            let op = op
+                .with_context(
+                    OperationContext::new().with_http_transport(HttpTransporter::new(transport)),
+                )
+                .layer(TimeoutLayer::new().with_io_timeout(opts.io_timeout));
             let publish_op = op.clone();
             let op = op.layer(
                 // Short, bounded retries: a request waits at most ~1.5 s before the client
@@ -182,10 +199,12 @@ impl Connector {
                     .with_max_times(3)
                     .with_min_delay(Duration::from_millis(100))
                     .with_max_delay(Duration::from_secs(1))
-                    .with_jitter(),
+                    .with_jitter()
+                    .with_notify(LogRetry),
             );
             (op, publish_op)
         };
+        let endpoint_host = cfg.endpoint_addr().ok().flatten().map(|(h, _)| h);
         Ok(Connector {
             op,
             publish_op,
@@ -193,8 +212,73 @@ impl Connector {
             staging,
             staging_ready: Default::default(),
             tagging: super::etag::Tagging::for_service(cfg),
+            endpoint_host,
+            egress: opts.egress.clone(),
         })
     }
+}
+
+/// OpenDAL's HTTP transport with the egress check on every request: the URL's host when it is
+/// an IP literal (names are checked by the client's resolver), including a redirect target
+/// OpenDAL reuses. The reqwest client underneath follows no redirects.
+struct GuardedTransport {
+    egress: EgressPolicy,
+    inner: opendal_http_transport_reqwest::ReqwestTransport,
+}
+
+impl opendal::HttpTransport for GuardedTransport {
+    async fn fetch(
+        &self,
+        req: http::Request<opendal::Buffer>,
+    ) -> opendal::Result<http::Response<opendal::HttpBody>> {
+        let mut targets = vec![req.uri().to_string()];
+        if let Some(r) = req.extensions().get::<opendal::HttpRedirect>() {
+            targets.push(r.uri().original_uri().to_owned());
+        }
+        for t in targets {
+            let url = reqwest::Url::parse(&t).map_err(|e| {
+                opendal::Error::new(opendal::ErrorKind::Unexpected, "request url is invalid")
+                    .set_source(e)
+            })?;
+            self.egress.check_url(&url).map_err(|e| {
+                opendal::Error::new(opendal::ErrorKind::Unexpected, "send http request")
+                    .with_operation("egress::check")
+                    .set_source(e)
+            })?;
+        }
+        self.inner.fetch(req).await
+    }
+}
+
+/// Logs OpenDAL's retries on one line, without the provider's response body or a backtrace
+/// (its default notifier prints the error's multi-line `Debug`, body and backtrace included).
+struct LogRetry;
+
+impl opendal::layers::RetryInterceptor for LogRetry {
+    fn intercept(&self, event: opendal::layers::RetryEvent<'_>) {
+        tracing::warn!(
+            operation = ?event.op,
+            attempt = event.attempt,
+            after_ms = event.retry_after.as_millis() as u64,
+            error = %super::describe_error(event.err),
+            "provider request failed; retrying"
+        );
+    }
+}
+
+/// `ssh://user@ip:port` for the SFTP endpoint's host, resolved and checked against the policy.
+#[cfg(feature = "sftp")]
+async fn checked_ssh_endpoint(
+    cfg: &ServiceConfig,
+    egress: &EgressPolicy,
+) -> Result<String, StorageError> {
+    let (host, port) = cfg
+        .endpoint_addr()
+        .map_err(StorageError::InvalidSettings)?
+        .ok_or_else(|| StorageError::InvalidSettings("sftp needs an `endpoint`".into()))?;
+    let ips = egress.resolve(&host).await.map_err(super::egress_error)?;
+    let ip = ips[0];
+    Ok(format!("ssh://{}", std::net::SocketAddr::new(ip, port)))
 }
 
 /// Writes an SFTP private key where the ssh client can read it: a file named by the key's hash

@@ -74,6 +74,12 @@ pub enum StorageError {
     RateLimited { retry_after: Option<Duration> },
     #[error("the provider is unavailable: {0}")]
     Unavailable(String),
+    /// The provider could not be reached at all (DNS, refused, TLS, timeout).
+    #[error("cannot reach the storage provider at {host}: {cause}")]
+    Unreachable { host: String, cause: String },
+    /// The egress policy refused the provider's address (the SSRF guard).
+    #[error("{0}")]
+    EgressDenied(String),
     #[error("requested range is not satisfiable")]
     RangeNotSatisfiable,
     #[error("the file changed: its ETag no longer matches")]
@@ -90,13 +96,16 @@ pub enum StorageError {
 
 impl From<opendal::Error> for StorageError {
     fn from(e: opendal::Error) -> Self {
+        if let Some(denied) = egress_denial(&e) {
+            return denied;
+        }
         match e.kind() {
             ErrorKind::NotFound => Self::NotFound,
             ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => Self::AlreadyExists,
             ErrorKind::IsADirectory => Self::WrongKind { expected: "file" },
             ErrorKind::NotADirectory => Self::WrongKind { expected: "folder" },
-            ErrorKind::PermissionDenied => Self::PermissionDenied(e.message().to_owned()),
-            ErrorKind::ConfigInvalid => Self::InvalidSettings(e.message().to_owned()),
+            ErrorKind::PermissionDenied => Self::PermissionDenied(provider_complaint(&e)),
+            ErrorKind::ConfigInvalid => Self::InvalidSettings(provider_complaint(&e)),
             ErrorKind::RateLimited => Self::RateLimited {
                 retry_after: provider_retry_after(&e.to_string()),
             },
@@ -105,13 +114,125 @@ impl From<opendal::Error> for StorageError {
                 retry_after: provider_retry_after(&e.to_string()),
             },
             ErrorKind::RangeNotSatisfied => Self::RangeNotSatisfiable,
-            ErrorKind::Unsupported => Self::Unsupported(e.message().to_owned()),
+            ErrorKind::Unsupported => Self::Unsupported(provider_complaint(&e)),
             // Temporary: retryable; persistent: still failing after the retry layer gave up
             // (connection refused, provider 5xx). Either way the provider, not us, is at fault.
-            _ if e.is_temporary() || e.is_persistent() => Self::Unavailable(e.message().to_owned()),
-            _ => Self::Other(e.to_string()),
+            _ if e.is_temporary() || e.is_persistent() => Self::Unavailable(describe_error(&e)),
+            _ => Self::Other(describe_error(&e)),
         }
     }
+}
+
+/// The egress policy's refusal, when it is what failed a request (it travels as the source of
+/// the transport's error).
+fn egress_denial(e: &opendal::Error) -> Option<StorageError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(d) = err.downcast_ref::<crate::egress::EgressError>() {
+            if matches!(d, crate::egress::EgressError::Denied { .. }) {
+                return Some(StorageError::EgressDenied(d.to_string()));
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// An egress policy error as a storage error: a refused address, or a name that does not
+/// resolve (unreachable).
+pub(crate) fn egress_error(e: crate::egress::EgressError) -> StorageError {
+    match &e {
+        crate::egress::EgressError::Denied { .. } => StorageError::EgressDenied(e.to_string()),
+        crate::egress::EgressError::Resolve { host, source } => StorageError::Unreachable {
+            host: host.clone(),
+            cause: format!("cannot resolve the name: {source}"),
+        },
+    }
+}
+
+/// A failed HTTP exchange with `host` as [`StorageError::Unreachable`] (or the egress refusal
+/// that caused it), naming the cause without the URL.
+pub(crate) fn unreachable(host: &str, e: &(dyn std::error::Error + 'static)) -> StorageError {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut causes: Vec<String> = Vec::new();
+    while let Some(err) = cur {
+        if let Some(d) = err.downcast_ref::<crate::egress::EgressError>() {
+            if matches!(d, crate::egress::EgressError::Denied { .. }) {
+                return StorageError::EgressDenied(d.to_string());
+            }
+        }
+        if let Some(r) = err.downcast_ref::<reqwest::Error>() {
+            causes.push(reqwest_kind(r).to_owned());
+        } else if let Some(o) = err.downcast_ref::<opendal::Error>() {
+            // Its message, not its display: the display carries the request's context.
+            causes.push(o.message().to_owned());
+        } else {
+            causes.push(err.to_string());
+        }
+        cur = err.source();
+    }
+    // The innermost causes say what happened ("Connection refused", "invalid peer
+    // certificate"); the outer ones only wrap them.
+    causes.dedup();
+    let cause = causes
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(": ");
+    StorageError::Unreachable {
+        host: host.to_owned(),
+        cause: cause.chars().take(300).collect(),
+    }
+}
+
+/// What kind of failure a reqwest error is, in words that do not include its URL (which may
+/// carry a presigned query).
+fn reqwest_kind(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "error connecting"
+    } else if e.is_request() {
+        "error sending the request"
+    } else if e.is_body() || e.is_decode() {
+        "error reading the answer"
+    } else {
+        "HTTP error"
+    }
+}
+
+/// The host of the `url` an OpenDAL transport error names in its context.
+fn error_host(e: &opendal::Error) -> Option<String> {
+    let display = e.to_string();
+    let rest = &display[display.find("url: ")? + 5..];
+    let end = rest.find([',', ' ', '}']).unwrap_or(rest.len());
+    let url = reqwest::Url::parse(&rest[..end]).ok()?;
+    url.host_str()
+        .map(|h| h.trim_matches(['[', ']']).to_owned())
+}
+
+/// One line describing an OpenDAL error for logs and internal errors: kind, operation, the
+/// provider's HTTP status and error code, and the underlying cause; never the provider's
+/// response body (which an internal address could fill with anything) nor a backtrace.
+pub(crate) fn describe_error(e: &opendal::Error) -> String {
+    let mut out = e.kind().to_string();
+    if let Some(complaint) = http_complaint(e) {
+        out.push_str(": ");
+        out.push_str(&complaint);
+    } else if !e.message().is_empty() {
+        out.push_str(": ");
+        out.extend(e.message().chars().take(200));
+    }
+    let mut cur = std::error::Error::source(e);
+    while let Some(src) = cur {
+        out.push_str(": ");
+        out.extend(src.to_string().chars().take(200));
+        cur = src.source();
+    }
+    out.replace(['\n', '\r'], " ")
 }
 
 /// The provider's HTTP status, from the `response: Parts { status: N, ... }` context OpenDAL
@@ -149,6 +270,10 @@ pub struct Connector {
     staging_ready: Arc<AtomicBool>,
     /// How file versions get their ETags.
     tagging: etag::Tagging,
+    /// The provider's host, named in network errors.
+    endpoint_host: Option<String>,
+    /// The SSRF policy its clients follow (side clients such as S3 multipart use it too).
+    egress: crate::egress::EgressPolicy,
 }
 
 #[derive(Clone)]
@@ -214,19 +339,32 @@ fn listed_path(raw: &str) -> Option<StoragePath> {
 }
 
 impl Connector {
+    /// The egress policy (SSRF guard) this connector's clients follow.
+    pub fn egress(&self) -> &crate::egress::EgressPolicy {
+        &self.egress
+    }
+
     /// The API service name (`fs`, `s3`, ...).
     pub fn service(&self) -> &'static str {
         self.service
     }
 
-    /// Verifies the account settings with a real call to the provider (lists the root).
+    /// Verifies the account settings with a real call to the provider: lists the root, or on
+    /// WebDAV asks for the root's properties (the protocol's own request), which proves the
+    /// endpoint speaks WebDAV and the root is an existing folder.
     pub async fn check(&self) -> Result<(), StorageError> {
+        let host = self.endpoint_host.as_deref();
+        if let Staging::Webdav(client) = &self.staging {
+            return client
+                .check_root(host.unwrap_or("the WebDAV endpoint"))
+                .await;
+        }
         match self.op.lister_with("/").limit(1).await {
             Ok(mut l) => match l.try_next().await {
                 Ok(_) => Ok(()),
-                Err(e) => Err(check_error(e)),
+                Err(e) => Err(check_error(e, host)),
             },
-            Err(e) => Err(check_error(e)),
+            Err(e) => Err(check_error(e, host)),
         }
     }
 
@@ -609,27 +747,93 @@ impl Connector {
     }
 }
 
-/// Credential checks report the provider's own complaint; a missing bucket/container or a
-/// refused login both mean "these settings do not work".
-fn check_error(e: opendal::Error) -> StorageError {
+/// Credential checks: a refused login, a missing bucket/container or a root that is not there
+/// all mean "these settings do not work"; a provider that cannot be reached is a network
+/// failure naming the host and the cause, not a credentials problem.
+fn check_error(e: opendal::Error, host: Option<&str>) -> StorageError {
+    if let Some(denied) = egress_denial(&e) {
+        return denied;
+    }
+    if http_complaint(&e).is_none() && e.kind() == ErrorKind::Unexpected {
+        // No HTTP answer: the request never got one (DNS, refused, TLS, timeout).
+        if let Some(host) = host.map(str::to_owned).or_else(|| error_host(&e)) {
+            return match unreachable(&host, &e) {
+                StorageError::Unreachable { host, cause } if cause.is_empty() => {
+                    StorageError::Unreachable {
+                        host,
+                        cause: describe_error(&e),
+                    }
+                }
+                other => other,
+            };
+        }
+    }
     match e.kind() {
         ErrorKind::PermissionDenied | ErrorKind::ConfigInvalid | ErrorKind::NotFound => {
             StorageError::InvalidSettings(provider_complaint(&e))
         }
-        ErrorKind::Unexpected => StorageError::InvalidSettings(provider_complaint(&e)),
+        ErrorKind::Unexpected if provider_status(&e.to_string()).is_some_and(|s| s < 500) => {
+            StorageError::InvalidSettings(provider_complaint(&e))
+        }
         _ => e.into(),
     }
 }
 
-/// The provider's own words from an OpenDAL error, without our internal context.
+/// What the provider said, fit for a client: its HTTP status and error code (S3 and Azure
+/// `<Code>`, a JSON `code`/`error`), never its raw body. Errors without an HTTP answer
+/// (OpenDAL's own, SFTP's) keep their message, which the provider did not write.
 fn provider_complaint(e: &opendal::Error) -> String {
-    let msg = e.message();
-    let short: String = msg.chars().take(500).collect();
+    if let Some(c) = http_complaint(e) {
+        return c;
+    }
+    let short: String = e.message().chars().take(300).collect();
     if short.is_empty() {
         format!("{:?}", e.kind())
     } else {
         short
     }
+}
+
+/// "the provider answered 403 Forbidden (AccessDenied)" for errors carrying an HTTP answer.
+fn http_complaint(e: &opendal::Error) -> Option<String> {
+    let status = provider_status(&e.to_string())?;
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut out = format!("the provider answered {status} {reason}");
+    if let Some(code) = provider_error_code(e.message()) {
+        out.push_str(&format!(" ({code})"));
+    }
+    Some(out.trim_end().to_owned())
+}
+
+/// The provider's machine-readable error code in an error body: S3/Azure XML `<Code>`,
+/// OpenDAL's parsed `code: "..."`, or a JSON `"code"`/`"error"` string. Only a short token of
+/// letters, digits and `._-` is accepted, so no free text of the body gets through.
+fn provider_error_code(body: &str) -> Option<String> {
+    let candidates = [
+        ("<Code>", "<"),
+        ("code: \"", "\""),
+        ("\"code\":\"", "\""),
+        ("\"code\": \"", "\""),
+        ("\"error\":\"", "\""),
+        ("\"error\": \"", "\""),
+    ];
+    for (start, end) in candidates {
+        let Some(i) = body.find(start) else { continue };
+        let rest = &body[i + start.len()..];
+        let Some(j) = rest.find(end) else { continue };
+        let code = &rest[..j];
+        if (1..=64).contains(&code.len())
+            && code
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Some(code.to_owned());
+        }
+    }
+    None
 }
 
 /// Read chunk: large enough to amortise per-call overhead, small enough to bound memory.

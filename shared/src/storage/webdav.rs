@@ -1,17 +1,23 @@
-//! WebDAV requests of the write path: the streaming upload (OpenDAL's WebDAV writer buffers a
-//! whole file before its single PUT, this client streams it with bounded memory), `MOVE` with
-//! an explicit `Overwrite` (publishing without replace), and `MKCOL` that reports an existing
-//! folder (OpenDAL's treats it as success).
+//! WebDAV requests of our own: the streaming upload (OpenDAL's WebDAV writer buffers a whole
+//! file before its single PUT, this client streams it with bounded memory), `MOVE` with an
+//! explicit `Overwrite` (publishing without replace), `MKCOL` that reports an existing folder
+//! (OpenDAL's treats it as success), and the connect-time check (`PROPFIND` of the root,
+//! `Depth: 0`).
 
 use super::service::WebdavSettings;
 use super::StorageError;
+use crate::egress::EgressPolicy;
 use bytes::Bytes;
 use futures::Stream;
 use std::time::Duration;
 
+/// Most bytes of a `PROPFIND` answer read: one resource's properties fit easily.
+const MAX_PROPFIND_BYTES: usize = 64 * 1024;
+
 #[derive(Clone)]
 pub(crate) struct Client {
     http: reqwest::Client,
+    egress: EgressPolicy,
     /// Endpoint plus root, ending in `/`.
     base: String,
     username: Option<String>,
@@ -19,7 +25,11 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) fn new(s: &WebdavSettings, timeout: Duration) -> Result<Self, StorageError> {
+    pub(crate) fn new(
+        s: &WebdavSettings,
+        timeout: Duration,
+        egress: &EgressPolicy,
+    ) -> Result<Self, StorageError> {
         let mut base = s.endpoint.trim_end_matches('/').to_owned();
         if let Some(root) = s.root.as_deref().map(|r| r.trim_matches('/')) {
             if !root.is_empty() {
@@ -28,13 +38,12 @@ impl Client {
             }
         }
         base.push('/');
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .read_timeout(timeout)
-            .build()
+        let http = egress
+            .http_client(timeout)
             .map_err(|e| StorageError::InvalidSettings(e.to_string()))?;
         Ok(Self {
             http,
+            egress: egress.clone(),
             base,
             username: s.username.clone(),
             password: s.password.clone(),
@@ -49,10 +58,8 @@ impl Client {
     {
         use futures::StreamExt;
         let body = body.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
-        let mut req = self
-            .http
-            .put(format!("{}{}", self.base, encode_path(key)))
-            .body(reqwest::Body::wrap_stream(body));
+        let url = self.url(key)?;
+        let mut req = self.http.put(url).body(reqwest::Body::wrap_stream(body));
         if let Some(u) = &self.username {
             req = req.basic_auth(u, self.password.as_deref());
         }
@@ -162,6 +169,112 @@ fn status_error(method: &str, resp: reqwest::Response) -> Result<(), StorageErro
             _ => StorageError::Other(format!("WebDAV {method} answered {status}")),
         })
     }
+}
+
+impl Client {
+    /// The URL of `key` under the root, checked against the egress policy.
+    fn url(&self, key: &str) -> Result<reqwest::Url, StorageError> {
+        let url = reqwest::Url::parse(&format!("{}{}", self.base, encode_path(key)))
+            .map_err(|e| StorageError::InvalidSettings(format!("invalid WebDAV endpoint: {e}")))?;
+        self.egress.check_url(&url).map_err(super::egress_error)?;
+        Ok(url)
+    }
+
+    /// Proves the account works with WebDAV's own request: `PROPFIND` of the root with
+    /// `Depth: 0` must answer 207 Multi-Status describing a collection. A static web server
+    /// (405 or 200), a missing root (404) or a file root is refused; so is a refused login.
+    pub(crate) async fn check_root(&self, host: &str) -> Result<(), StorageError> {
+        let url = self.url("")?;
+        let method = reqwest::Method::from_bytes(b"PROPFIND").expect("PROPFIND is a valid method");
+        let mut req = self
+            .http
+            .request(method, url)
+            .header("Depth", "0")
+            .header(reqwest::header::CONTENT_TYPE, "application/xml")
+            .body(
+                r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/></D:prop></D:propfind>"#,
+            );
+        if let Some(u) = &self.username {
+            req = req.basic_auth(u, self.password.as_deref());
+        }
+        let mut resp = req.send().await.map_err(|e| super::unreachable(host, &e))?;
+        let status = resp.status();
+        match status.as_u16() {
+            207 => {}
+            401 | 403 => {
+                return Err(StorageError::InvalidSettings(format!(
+                    "the WebDAV server refused the login (PROPFIND answered {status})"
+                )))
+            }
+            404 | 409 => {
+                // A file answers only without the trailing slash.
+                let is_file = self.url("").ok().and_then(|u| {
+                    let bare = u.as_str().strip_suffix('/')?.to_owned();
+                    reqwest::Url::parse(&bare).ok()
+                });
+                let mut what = "the WebDAV root folder does not exist (PROPFIND answered 404)";
+                if let Some(bare) = is_file.filter(|u| u.path() != "/" && !u.path().is_empty()) {
+                    let method = reqwest::Method::from_bytes(b"PROPFIND")
+                        .expect("PROPFIND is a valid method");
+                    let mut req = self.http.request(method, bare).header("Depth", "0");
+                    if let Some(u) = &self.username {
+                        req = req.basic_auth(u, self.password.as_deref());
+                    }
+                    if req.send().await.is_ok_and(|r| r.status().as_u16() == 207) {
+                        what = "the WebDAV root is not a folder";
+                    }
+                }
+                return Err(StorageError::InvalidSettings(what.into()));
+            }
+            429 => return Err(StorageError::RateLimited { retry_after: None }),
+            s if s >= 500 => {
+                return Err(StorageError::Unavailable(format!(
+                    "WebDAV PROPFIND answered {status}"
+                )))
+            }
+            _ => {
+                return Err(StorageError::InvalidSettings(format!(
+                    "the endpoint does not speak WebDAV (PROPFIND answered {status})"
+                )))
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| super::unreachable(host, &e))?
+        {
+            let room = MAX_PROPFIND_BYTES - body.len();
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if body.len() >= MAX_PROPFIND_BYTES {
+                break;
+            }
+        }
+        // The namespace prefix is the server's choice (`D:`, `d:`, `lp1:`, none); the element
+        // name is not.
+        let text = String::from_utf8_lossy(&body).to_ascii_lowercase();
+        if !text.contains("multistatus") {
+            return Err(StorageError::InvalidSettings(
+                "the endpoint does not speak WebDAV (PROPFIND answer is not a multistatus)".into(),
+            ));
+        }
+        if !describes_collection(&text) {
+            return Err(StorageError::InvalidSettings(
+                "the WebDAV root is not a folder".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a (lowercased) multistatus names a `collection` inside its `resourcetype`.
+fn describes_collection(text: &str) -> bool {
+    let Some(start) = text.find("resourcetype") else {
+        return false;
+    };
+    let rest = &text[start + "resourcetype".len()..];
+    let inner = rest.find("resourcetype").map_or(rest, |end| &rest[..end]);
+    inner.contains(":collection") || inner.contains("<collection")
 }
 
 /// Percent-encodes each path segment, keeping the `/` separators.

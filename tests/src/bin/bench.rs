@@ -513,10 +513,12 @@ async fn offload() -> anyhow::Result<()> {
     {
         use futures::StreamExt as _;
         use shared::storage::{ConnectOptions, Connector, ServiceConfig, StoragePath};
-        let src = Connector::connect(
-            &ServiceConfig::from_parts("s3", ca.clone())?,
-            &ConnectOptions::default(),
-        )?;
+        // The benchmark's S3 server is on loopback: no SSRF guard.
+        let opts = ConnectOptions {
+            egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
+            ..ConnectOptions::default()
+        };
+        let src = Connector::connect(&ServiceConfig::from_parts("s3", ca.clone())?, &opts).await?;
         let stream = futures::stream::iter(0..SIZE / MIB)
             .map(|i| Ok::<_, String>(bytes::Bytes::from(e2e::pattern(MIB as usize, i))));
         src.write(&StoragePath::parse("big.bin")?, Box::pin(stream))

@@ -33,15 +33,18 @@ async fn read_all(c: &Connector, path: &StoragePath, range: Option<ByteRange>) -
     parts.concat()
 }
 
-fn connect(service: &str, creds: serde_json::Value, scratch: &std::path::Path) -> Connector {
+/// A connector to the loopback test servers (no SSRF guard: they are internal addresses).
+async fn connect(service: &str, creds: serde_json::Value, scratch: &std::path::Path) -> Connector {
     let cfg = ServiceConfig::from_parts(service, creds).expect("settings");
     Connector::connect(
         &cfg,
         &ConnectOptions {
             scratch_dir: scratch.to_owned(),
+            egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
             ..Default::default()
         },
     )
+    .await
     .expect("connector")
 }
 
@@ -244,7 +247,7 @@ async fn conformance(c: &Connector) {
 #[tokio::test]
 async fn fs_connector() {
     let dir = tempfile::tempdir().expect("tmp");
-    let c = connect("fs", json!({"root": dir.path()}), dir.path());
+    let c = connect("fs", json!({"root": dir.path()}), dir.path()).await;
     conformance(&c).await;
     let staging = dir.path().join(".switchyard-partial");
     assert!(std::fs::read_dir(staging)
@@ -259,13 +262,14 @@ async fn s3_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds = json!({"bucket": "conformance", "endpoint": s3.endpoint(), "region": "us-east-1",
                        "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()});
-    conformance(&connect("s3", creds, scratch.path())).await;
+    conformance(&connect("s3", creds, scratch.path()).await).await;
     let missing = connect(
         "s3",
         json!({"bucket": "no-such-bucket", "endpoint": s3.endpoint(),
         "access_key_id": "a", "secret_access_key": "b"}),
         scratch.path(),
-    );
+    )
+    .await;
     assert!(matches!(
         missing.check().await,
         Err(StorageError::InvalidSettings(_))
@@ -278,12 +282,13 @@ async fn webdav_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds =
         json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()});
-    conformance(&connect("webdav", creds, scratch.path())).await;
+    conformance(&connect("webdav", creds, scratch.path()).await).await;
     let wrong = connect(
         "webdav",
         json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": "wrong"}),
         scratch.path(),
-    );
+    )
+    .await;
     let err = wrong.check().await.expect_err("wrong password");
     assert!(matches!(err, StorageError::InvalidSettings(_)), "{err:?}");
 }
@@ -295,14 +300,14 @@ async fn azblob_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds = json!({"container": "conformance", "endpoint": az.endpoint(),
                        "account_name": az.account_name(), "account_key": az.account_key()});
-    conformance(&connect("azblob", creds, scratch.path())).await;
+    conformance(&connect("azblob", creds, scratch.path()).await).await;
     // A key Azurite does not know is refused by its signature check: a settings error.
     let wrong = connect(
         "azblob",
         json!({"container": "conformance", "endpoint": az.endpoint(),
         "account_name": az.account_name(), "account_key": "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="}),
         scratch.path(),
-    );
+    ).await;
     let err = wrong.check().await.expect_err("wrong key");
     assert!(matches!(err, StorageError::InvalidSettings(_)), "{err:?}");
 }
@@ -313,7 +318,7 @@ async fn sftp_connector() {
     let scratch = tempfile::tempdir().expect("tmp");
     let creds = json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
                        "root": sftp.dir()});
-    conformance(&connect("sftp", creds, scratch.path())).await;
+    conformance(&connect("sftp", creds, scratch.path()).await).await;
     let other_key = e2e::servers::SftpServer::start()
         .await
         .expect("second sshd");
@@ -322,7 +327,8 @@ async fn sftp_connector() {
         json!({"endpoint": sftp.endpoint(), "user": sftp.user(),
         "key": other_key.private_key(), "root": sftp.dir()}),
         scratch.path(),
-    );
+    )
+    .await;
     assert!(wrong.check().await.is_err());
 }
 

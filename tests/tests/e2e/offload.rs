@@ -19,9 +19,14 @@ pub(crate) fn s3_creds(s3: &S3Server, bucket: &str) -> Value {
            "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()})
 }
 
-pub(crate) fn connector(creds: &Value) -> Connector {
+/// A connector to the loopback S3 server (no SSRF guard: it is an internal address).
+pub(crate) async fn connector(creds: &Value) -> Connector {
     let cfg = ServiceConfig::from_parts("s3", creds.clone()).expect("settings");
-    Connector::connect(&cfg, &ConnectOptions::default()).expect("connector")
+    let opts = ConnectOptions {
+        egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
+        ..ConnectOptions::default()
+    };
+    Connector::connect(&cfg, &opts).await.expect("connector")
 }
 
 /// Writes `size` pseudo-random bytes, generated on the fly (never held whole); returns the
@@ -109,7 +114,7 @@ async fn setup(hub: &TestHub, size: u64) -> Setup {
     s3.create_bucket("src").await.expect("bucket");
     s3.create_bucket("dst").await.expect("bucket");
     let src_creds = s3_creds(&s3, "src");
-    let sha = write_object(&connector(&src_creds), "big.bin", size, 11).await;
+    let sha = write_object(&connector(&src_creds).await, "big.bin", size, 11).await;
     let src = account(hub, src_creds).await;
     let dst_creds = s3_creds(&s3, "dst");
     let dst = account(hub, dst_creds.clone()).await;
@@ -232,7 +237,10 @@ async fn offloaded_copy_is_byte_identical() {
         t["checksum"].as_str().expect("checksum").ends_with("-16"),
         "{t}"
     );
-    assert_eq!(sha_of(&connector(&s.dst_creds), "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
     // The Kloudless task view of the same transfer.
     let task: Value = hub
         .req(
@@ -314,7 +322,10 @@ async fn spoke_killed_halfway_resumes_on_another_spoke() {
         k >= before,
         "the resumed run got {k} durable parts, {before} were durable"
     );
-    assert_eq!(sha_of(&connector(&s.dst_creds), "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
 }
 
 /// The hub restarts while a spoke is copying: the new hub process resumes the transfer from its
@@ -372,7 +383,10 @@ async fn hub_restart_mid_transfer_completes() {
     assert_eq!(t["executor"], "spoke", "{t}\n{}", spoke.log_text());
     assert_eq!(t["spoke"], spoke.id, "{t}");
     assert!(t["note"].as_str().unwrap_or("").contains("resumed"), "{t}");
-    assert_eq!(sha_of(&connector(&s.dst_creds), "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
 }
 
 /// Progress reaches the hub at least once a second, and DELETE cancels: the spoke stops and
@@ -414,7 +428,7 @@ async fn progress_and_cancel() {
         Duration::from_secs(10),
         "the spoke to stop the transfer"
     );
-    let dst = connector(&s.dst_creds);
+    let dst = connector(&s.dst_creds).await;
     assert!(!dst
         .exists(&StoragePath::parse("big.bin").expect("p"))
         .await
@@ -454,7 +468,10 @@ async fn no_spoke_means_the_hub_does_it() {
         "{t}"
     );
     assert_eq!(t["parts_done"], 5);
-    assert_eq!(sha_of(&connector(&s.dst_creds), "big.bin").await, s.sha);
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
     // A cross-account copy into a non-multipart destination (local disk) streams instead.
     let fs_root = hub.new_fs_root("copy-dst").expect("root");
     let fs = hub

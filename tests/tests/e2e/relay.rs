@@ -134,7 +134,7 @@ async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
     let src_creds = s3_creds(&s3a, "src");
     let dst_creds = s3_creds(&s3b, "dst");
     let size = 40 * MIB + 12_345;
-    let sha = write_object(&connector(&src_creds), "far.bin", size, 23).await;
+    let sha = write_object(&connector(&src_creds).await, "far.bin", size, 23).await;
     let src = account(&hub, src_creds).await;
     let dst = account(&hub, dst_creds.clone()).await;
     let file_id = first_file_id(&hub, src).await;
@@ -190,7 +190,7 @@ async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
     );
     assert_eq!(t["bytes_done"], size, "{t}");
     assert!(t["checksum"].as_str().is_some_and(|c| !c.is_empty()), "{t}");
-    assert_eq!(sha_of(&connector(&dst_creds), "near.bin").await, sha);
+    assert_eq!(sha_of(&connector(&dst_creds).await, "near.bin").await, sha);
     assert!(
         spoke_b
             .log_text()

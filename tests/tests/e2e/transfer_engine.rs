@@ -45,8 +45,13 @@ fn settings(s3: &S3Server, bucket: &str, root: Option<&str>) -> S3Settings {
     }
 }
 
-fn connect(cfg: ServiceConfig) -> Connector {
-    Connector::connect(&cfg, &ConnectOptions::default()).expect("connector")
+/// A connector to the loopback test servers (no SSRF guard: they are internal addresses).
+async fn connect(cfg: ServiceConfig) -> Connector {
+    let opts = ConnectOptions {
+        egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
+        ..ConnectOptions::default()
+    };
+    Connector::connect(&cfg, &opts).await.expect("connector")
 }
 
 async fn write_object(c: &Connector, path: &StoragePath, data: &[u8]) {
@@ -141,9 +146,9 @@ fn opts(concurrency: usize, rate_limit: Option<u64>) -> CopyOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parts_copy_between_buckets() {
     let s3 = s3_with(&["engine-a", "engine-b"]).await;
-    let a = connect(ServiceConfig::S3(settings(&s3, "engine-a", None)));
+    let a = connect(ServiceConfig::S3(settings(&s3, "engine-a", None))).await;
     let b_settings = settings(&s3, "engine-b", Some("/copies/"));
-    let b = connect(ServiceConfig::S3(b_settings.clone()));
+    let b = connect(ServiceConfig::S3(b_settings.clone())).await;
     let data = pattern(40 * MIB + 12_345, 1);
     let (src, dst) = (p("src/big.bin"), p("dst/big copy.bin"));
     write_object(&a, &src, &data).await;
@@ -205,9 +210,9 @@ async fn parts_copy_between_buckets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parts_copy_resumes_on_a_new_client() {
     let s3 = s3_with(&["resume-a", "resume-b"]).await;
-    let a = connect(ServiceConfig::S3(settings(&s3, "resume-a", None)));
+    let a = connect(ServiceConfig::S3(settings(&s3, "resume-a", None))).await;
     let b_settings = settings(&s3, "resume-b", None);
-    let b = connect(ServiceConfig::S3(b_settings.clone()));
+    let b = connect(ServiceConfig::S3(b_settings.clone())).await;
     let data = pattern(22 * MIB + 7, 2);
     let (src, dst) = (p("in.bin"), p("out/resumed.bin"));
     write_object(&a, &src, &data).await;
@@ -288,7 +293,7 @@ async fn parts_copy_resumes_on_a_new_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parts_copy_is_rate_limited() {
     let s3 = s3_with(&["rate-a", "rate-b"]).await;
-    let a = connect(ServiceConfig::S3(settings(&s3, "rate-a", None)));
+    let a = connect(ServiceConfig::S3(settings(&s3, "rate-a", None))).await;
     let b_settings = settings(&s3, "rate-b", None);
     let data = pattern(24 * MIB, 3);
     let (src, dst) = (p("in.bin"), p("out.bin"));
@@ -337,9 +342,9 @@ async fn parts_copy_is_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parts_copy_cancels_promptly() {
     let s3 = s3_with(&["cancel-a", "cancel-b"]).await;
-    let a = connect(ServiceConfig::S3(settings(&s3, "cancel-a", None)));
+    let a = connect(ServiceConfig::S3(settings(&s3, "cancel-a", None))).await;
     let b_settings = settings(&s3, "cancel-b", None);
-    let b = connect(ServiceConfig::S3(b_settings.clone()));
+    let b = connect(ServiceConfig::S3(b_settings.clone())).await;
     let data = pattern(20 * MIB, 4);
     let (src, dst) = (p("in.bin"), p("out.bin"));
     write_object(&a, &src, &data).await;
@@ -402,11 +407,12 @@ async fn parts_copy_cancels_promptly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_copy_to_local_disk() {
     let s3 = s3_with(&["stream-a"]).await;
-    let a = connect(ServiceConfig::S3(settings(&s3, "stream-a", None)));
+    let a = connect(ServiceConfig::S3(settings(&s3, "stream-a", None))).await;
     let dir = tempfile::tempdir().expect("tmp");
     let fs = connect(ServiceConfig::Fs(FsSettings {
         root: dir.path().to_string_lossy().into_owned(),
-    }));
+    }))
+    .await;
     let data = pattern(9 * MIB + 321, 5);
     let src = p("in.bin");
     write_object(&a, &src, &data).await;

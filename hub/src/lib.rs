@@ -134,9 +134,14 @@ pub async fn serve(
             .context("serving HTTPS");
     }
     let tapped = state.clone();
-    http::serve_tcp(listener, app(state), move |tcp| accepted(&tapped, tcp), shutdown)
-        .await
-        .context("serving HTTP")
+    http::serve_tcp(
+        listener,
+        app(state),
+        move |tcp| accepted(&tapped, tcp),
+        shutdown,
+    )
+    .await
+    .context("serving HTTP")
 }
 
 /// What every accepted API connection gets, before any byte is read (TLS or not).

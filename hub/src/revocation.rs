@@ -1,7 +1,7 @@
 //! Revocation that reaches every hub within [`BOUND`]: the feed that tells this hub's caches
 //! of principals and accounts what was revoked elsewhere (another hub, the `hub` command line).
 //!
-//! Database triggers (`migrations/*/0007_revocations.sql`) fire on every change that revokes or
+//! Database triggers (`migrations/*/0004_revocations.sql`) fire on every change that revokes or
 //! may narrow a credential. On PostgreSQL they `NOTIFY switchyard_revocations` with what to
 //! forget; on SQLite (one hub, plus the command line in other processes) they bump a one-row
 //! generation. Every [`POLL`] the feed proves it is live: on PostgreSQL a `SELECT 1` on the

@@ -127,6 +127,18 @@ impl Connector {
         self.tagging.provider
     }
 
+    /// The ETag of `e` when it costs nothing: the provider's, or a hash already cached for this
+    /// version. A plain download uses this, so it never reads a file twice (once to hash it,
+    /// once to send it) nor fails because the file changed while it was hashed.
+    pub async fn known_etag(&self, e: &Entry) -> Option<String> {
+        if self.tagging.provider {
+            return e.etag.as_deref().filter(|t| !t.is_empty()).map(quoted);
+        }
+        let (scope, fs_root) = (&self.tagging.scope, self.tagging.fs_root.as_deref());
+        let key = self.version_key(scope, fs_root, e).await.ok()?;
+        lock().get(&key).map(|h| quoted(&hex::encode(h)))
+    }
+
     /// The strong ETag (quoted) of the file `e` (from [`Connector::stat_file`]): the
     /// provider's, or the SHA-256 of the content (cached per version; hashing streams the file
     /// with bounded memory).

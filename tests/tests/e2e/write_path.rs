@@ -588,7 +588,11 @@ async fn staging_of_a_hub_killed_mid_upload_is_swept() {
     .expect("json");
     let key = creds["api_key"].as_str().expect("key").to_owned();
     let acc = creds["account_id"].as_i64().expect("account");
-    let files = data.join("files");
+    // The dev account's root: the dev application's space under `DATA_DIR/files`.
+    let files = data.join("files").join(format!(
+        "app-{}",
+        creds["application_id"].as_i64().expect("application")
+    ));
 
     let (tx, body) = held_body();
     let upload = tokio::spawn(

@@ -452,27 +452,8 @@ async fn auth_errors_and_isolation() {
     assert_eq!(meta_on_storage.status(), 401);
 
     // A second application: its key must not reach the first app's account (404, not 403).
-    let app = json_of(
-        hub.http
-            .post(hub.url("/v1/meta/applications"))
-            .header("Authorization", hub.meta())
-            .json(&json!({"name": "other"}))
-            .send()
-            .await
-            .expect("app"),
-    )
-    .await;
-    let app_id = app["id"].as_i64().expect("id");
-    let key = json_of(
-        hub.http
-            .post(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys")))
-            .header("Authorization", hub.meta())
-            .send()
-            .await
-            .expect("key"),
-    )
-    .await;
-    let other_key = key["key"].as_str().expect("key shown once").to_owned();
+    let (app_id, other_auth) = other_app(&hub, "other").await;
+    let other_key = other_auth.trim_start_matches("APIKey ").to_owned();
     let foreign = hub
         .http
         .get(&url)
@@ -1636,10 +1617,11 @@ async fn service_name_is_the_same_everywhere() {
     }
 }
 
-/// What an ETag costs on a local disk: a metadata GET of a 100 MB file with a cold cache
-/// (hashed) and a warm one (cached by inode, ctime and size), and that the cache is used.
+/// An `fs` file's ETag is its content's SHA-256, hashed once per version and then served from
+/// the cache (keyed by inode, ctime and size). The times it prints (cold, warm) are figures
+/// for the notes, not assertions: timing belongs to benchmarks.
 #[tokio::test]
-async fn etag_cost_of_a_100mb_file() {
+async fn fs_etag_is_the_content_hash_and_cached() {
     let hub = TestHub::start().await.expect("hub");
 
     let data = pattern(100 * 1000 * 1000, 7);
@@ -1696,8 +1678,4 @@ async fn etag_cost_of_a_100mb_file() {
     warm_samples.sort();
     let warm_median = warm_samples[2];
     eprintln!("ETag of a 100 MB fs file: cold GET {cold:?}, first cached {warm:?}, warm median {warm_median:?}");
-    assert!(
-        warm_median * 5 < cold,
-        "cold {cold:?} vs warm {warm_median:?}"
-    );
 }

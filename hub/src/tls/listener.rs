@@ -1,5 +1,5 @@
-//! The HTTPS accept loop (TLS handshake with a deadline, then HTTP/1.1 or HTTP/2 on one hyper
-//! connection, graceful shutdown) and the plain-HTTP listener that redirects to HTTPS and
+//! HTTPS on the hub's one accept loop (`crate::http::serve`: a TLS handshake with a deadline,
+//! then HTTP/1.1 or HTTP/2, graceful shutdown), its companions, and the plain-HTTP listener that redirects to HTTPS and
 //! answers ACME HTTP-01 challenges.
 
 use super::Tls;
@@ -9,8 +9,6 @@ use anyhow::Context as _;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,82 +56,39 @@ pub async fn serve(
 
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
     let handshake_timeout = Duration::from_secs(tls.config().handshake_timeout_secs);
-    let app = crate::app(state.clone());
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            () = &mut shutdown => break,
-        };
-        let (tcp, _) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accepting a connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+    let handshake = move |tcp: TcpStream| {
+        let acceptor = acceptor.clone();
+        async move {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => Some(s),
+                // Scanners, plain HTTP on the TLS port, bad SNI: the client's problem, not ours.
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(timeout = ?handshake_timeout, "TLS handshake timed out");
+                    None
+                }
             }
-        };
-        crate::accepted(&state, &tcp);
-        tokio::spawn(connection(
-            acceptor.clone(),
-            tcp,
-            app.clone(),
-            handshake_timeout,
-            stop_rx.clone(),
-        ));
-    }
-    drop(listener);
+        }
+    };
+    let tapped = state.clone();
+    let served = crate::http::serve(
+        listener,
+        crate::app(state),
+        move |tcp| crate::accepted(&tapped, tcp),
+        handshake,
+        shutdown,
+    )
+    .await;
     drop(stop_rx);
-    // Every connection and companion holds a receiver: tell them, then wait for the last.
+    // The companions hold receivers: tell them, then wait for them.
     let _ = stop_tx.send(());
-    stop_tx.closed().await;
     for c in companions {
         let _ = c.await;
     }
-    Ok(())
-}
-
-/// One TLS connection: the handshake within `handshake_timeout`, then HTTP until the client
-/// leaves or shutdown drains it.
-async fn connection(
-    acceptor: tokio_rustls::TlsAcceptor,
-    tcp: TcpStream,
-    app: axum::Router,
-    handshake_timeout: Duration,
-    mut stop: watch::Receiver<()>,
-) {
-    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp));
-    let stream = tokio::select! {
-        r = handshake => match r {
-            Ok(Ok(s)) => s,
-            // Scanners, plain HTTP on the TLS port, bad SNI: the client's problem, not ours.
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(timeout = ?handshake_timeout, "TLS handshake timed out");
-                return;
-            }
-        },
-        _ = stop.changed() => return,
-    };
-    let service = TowerToHyperService::new(app);
-    let builder = crate::http::connection_builder();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "HTTPS connection ended with an error");
-            }
-        }
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    Ok(served?)
 }
 
 /// Re-reads the certificate files on every SIGHUP until stopped (with ACME, a no-op: its
@@ -200,11 +155,10 @@ async fn serve_redirect(
             origin,
             port_suffix,
         });
-    let r = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
-        })
-        .await;
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    let r = crate::http::serve_tcp(listener, app, |_| {}, stopped).await;
     if let Err(e) = r {
         tracing::error!(error = %e, "the redirect listener stopped");
     }

@@ -222,12 +222,17 @@ impl EgressPolicy {
     /// environment proxy is used (a proxy would resolve names where the guard cannot see).
     /// Callers check IP-literal URLs with [`EgressPolicy::check_url`].
     pub fn http_client(&self, connect_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        self.http_builder(connect_timeout).build()
+    }
+
+    /// The builder behind [`EgressPolicy::http_client`], for clients that add settings of
+    /// their own (a read timeout) on top of the guard.
+    pub fn http_builder(&self, connect_timeout: Duration) -> reqwest::ClientBuilder {
         reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .dns_resolver(Arc::new(GuardedDns(self.clone())))
-            .build()
     }
 }
 

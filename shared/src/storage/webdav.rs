@@ -38,8 +38,12 @@ impl Client {
             }
         }
         base.push('/');
+        // A server that accepts and then goes quiet must not hold a request forever: every
+        // read of an answer is bounded by the provider I/O timeout.
         let http = egress
-            .http_client(timeout)
+            .http_builder(timeout)
+            .read_timeout(timeout)
+            .build()
             .map_err(|e| StorageError::InvalidSettings(e.to_string()))?;
         Ok(Self {
             http,
@@ -58,11 +62,9 @@ impl Client {
     {
         use futures::StreamExt;
         let body = body.map(|r| r.map_err(|e| std::io::Error::other(e.to_string())));
-        let url = self.url(key)?;
-        let mut req = self.http.put(url).body(reqwest::Body::wrap_stream(body));
-        if let Some(u) = &self.username {
-            req = req.basic_auth(u, self.password.as_deref());
-        }
+        let req = self
+            .request(reqwest::Method::PUT, self.url(key)?)
+            .body(reqwest::Body::wrap_stream(body));
         let resp = req.send().await.map_err(|e| {
             if e.is_body() || e.is_request() {
                 StorageError::Interrupted(e.to_string())
@@ -82,19 +84,13 @@ impl Client {
         to: &str,
         overwrite: bool,
     ) -> Result<(), StorageError> {
+        let (source, destination) = (self.url(from)?, self.url(to)?);
         let mut pause = std::time::Duration::from_millis(5);
         for _ in 0..MAX_LOCKED_TRIES {
-            let method = reqwest::Method::from_bytes(b"MOVE")
-                .map_err(|e| StorageError::Other(e.to_string()))?;
-            let mut req = self
-                .http
-                .request(method, format!("{}{}", self.base, encode_path(from)))
-                .header("Destination", format!("{}{}", self.base, encode_path(to)))
-                .header("Overwrite", if overwrite { "T" } else { "F" });
-            if let Some(u) = &self.username {
-                req = req.basic_auth(u, self.password.as_deref());
-            }
-            let resp = req
+            let resp = self
+                .request(dav_method(b"MOVE"), source.clone())
+                .header("Destination", destination.as_str())
+                .header("Overwrite", if overwrite { "T" } else { "F" })
                 .send()
                 .await
                 .map_err(|e| StorageError::Unavailable(e.to_string()))?;
@@ -119,15 +115,8 @@ impl Client {
     /// `MKCOL` of `key` (a folder key ending in `/`): an existing resource is
     /// [`StorageError::AlreadyExists`] (405), a missing parent [`StorageError::NotFound`] (409).
     pub(crate) async fn mkcol(&self, key: &str) -> Result<(), StorageError> {
-        let method = reqwest::Method::from_bytes(b"MKCOL")
-            .map_err(|e| StorageError::Other(e.to_string()))?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{}", self.base, encode_path(key)));
-        if let Some(u) = &self.username {
-            req = req.basic_auth(u, self.password.as_deref());
-        }
-        let resp = req
+        let resp = self
+            .request(dav_method(b"MKCOL"), self.url(key)?)
             .send()
             .await
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
@@ -137,6 +126,11 @@ impl Client {
         }
         status_error("MKCOL", resp)
     }
+}
+
+/// A WebDAV extension method (`MOVE`, `MKCOL`, `PROPFIND`).
+fn dav_method(name: &'static [u8]) -> reqwest::Method {
+    reqwest::Method::from_bytes(name).expect("a WebDAV method name is a valid token")
 }
 
 /// Rounds of a replacing MOVE that finds its destination locked by another request.
@@ -160,7 +154,8 @@ fn status_error(method: &str, resp: reqwest::Response) -> Result<(), StorageErro
                     .get(reqwest::header::RETRY_AFTER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(std::time::Duration::from_secs),
+                    // A hostile server's "come back in a century" is passed on as an hour.
+                    .map(|secs| std::time::Duration::from_secs(secs.min(3600))),
             },
             507 => StorageError::Other("WebDAV server is out of space (507)".into()),
             s if s >= 500 => {
@@ -180,23 +175,27 @@ impl Client {
         Ok(url)
     }
 
+    /// A request to `url` (from [`Client::url`], so checked by the egress policy) with the
+    /// account's login.
+    fn request(&self, method: reqwest::Method, url: reqwest::Url) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.username {
+            Some(u) => req.basic_auth(u, self.password.as_deref()),
+            None => req,
+        }
+    }
+
     /// Proves the account works with WebDAV's own request: `PROPFIND` of the root with
     /// `Depth: 0` must answer 207 Multi-Status describing a collection. A static web server
     /// (405 or 200), a missing root (404) or a file root is refused; so is a refused login.
     pub(crate) async fn check_root(&self, host: &str) -> Result<(), StorageError> {
-        let url = self.url("")?;
-        let method = reqwest::Method::from_bytes(b"PROPFIND").expect("PROPFIND is a valid method");
-        let mut req = self
-            .http
-            .request(method, url)
+        let req = self
+            .request(dav_method(b"PROPFIND"), self.url("")?)
             .header("Depth", "0")
             .header(reqwest::header::CONTENT_TYPE, "application/xml")
             .body(
                 r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/></D:prop></D:propfind>"#,
             );
-        if let Some(u) = &self.username {
-            req = req.basic_auth(u, self.password.as_deref());
-        }
         let mut resp = req.send().await.map_err(|e| super::unreachable(host, &e))?;
         let status = resp.status();
         match status.as_u16() {
@@ -214,12 +213,9 @@ impl Client {
                 });
                 let mut what = "the WebDAV root folder does not exist (PROPFIND answered 404)";
                 if let Some(bare) = is_file.filter(|u| u.path() != "/" && !u.path().is_empty()) {
-                    let method = reqwest::Method::from_bytes(b"PROPFIND")
-                        .expect("PROPFIND is a valid method");
-                    let mut req = self.http.request(method, bare).header("Depth", "0");
-                    if let Some(u) = &self.username {
-                        req = req.basic_auth(u, self.password.as_deref());
-                    }
+                    let req = self
+                        .request(dav_method(b"PROPFIND"), bare)
+                        .header("Depth", "0");
                     if req.send().await.is_ok_and(|r| r.status().as_u16() == 207) {
                         what = "the WebDAV root is not a folder";
                     }

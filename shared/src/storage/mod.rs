@@ -1,5 +1,6 @@
 //! Storage connectors: one [`Connector`] per connected account, over Apache OpenDAL, with each
-//! service behind a Cargo feature. This is the only module of `shared` that does IO.
+//! service behind a Cargo feature. With `shared::egress`, `shared::resolve` and `shared::quic`,
+//! the only modules of `shared` that do IO.
 //!
 //! The connector adds what the API needs on top of OpenDAL: validated paths ([`StoragePath`]),
 //! name-sorted paged listings that hide Switchyard's staging files, uploads that never leave a
@@ -283,7 +284,8 @@ enum Staging {
     /// Local disk (the account root): our own streaming writer into the staging folder, then
     /// `rename` or `link` (see `publish.rs`).
     Fs(std::path::PathBuf),
-    /// SFTP: write the staging object, then rename (which never replaces).
+    /// SFTP: write the staging object, then rename (without replace: an exclusive placeholder
+    /// takes the name first, see `publish.rs`).
     Rename,
     /// WebDAV: a streaming PUT of our own (OpenDAL's WebDAV writer buffers whole files) to the
     /// staging object, then MOVE.

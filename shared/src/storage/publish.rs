@@ -305,25 +305,27 @@ impl Connector {
         key: &StagingKey,
         target: &StoragePath,
     ) -> Result<(), StorageError> {
+        let Staging::Fs(root) = &self.staging else {
+            return self.move_new(key.path(), target).await;
+        };
+        let src = under(root, key.as_str())?;
+        tokio::fs::hard_link(&src, under(root, target.as_str())?)
+            .await
+            .map_err(io_error)?;
+        // The upload is published; a staging name left by a failure here is only a second
+        // link to the same bytes, and the sweep removes it.
+        if let Err(e) = tokio::fs::remove_file(&src).await {
+            tracing::warn!(error = %e, "could not remove a published upload's staging name");
+        }
+        Ok(())
+    }
+
+    /// WebDAV and SFTP: moves `from` to `to` only if `to` is free (how a staged upload
+    /// publishes and how a file renames without replace).
+    async fn move_new(&self, from: &StoragePath, to: &StoragePath) -> Result<(), StorageError> {
         match &self.staging {
-            Staging::Fs(root) => {
-                let src = under(root, key.as_str())?;
-                tokio::fs::hard_link(&src, under(root, target.as_str())?)
-                    .await
-                    .map_err(io_error)?;
-                // The upload is published; a staging name left by a failure here is only
-                // a second link to the same bytes, and the sweep removes it.
-                if let Err(e) = tokio::fs::remove_file(&src).await {
-                    tracing::warn!(error = %e, "could not remove a published upload's staging name");
-                }
-                Ok(())
-            }
-            Staging::Webdav(client) => {
-                client
-                    .move_to(key.path().file_key(), target.file_key(), false)
-                    .await
-            }
-            _ => self.sftp_move_new(key.path(), target).await,
+            Staging::Webdav(client) => client.move_to(from.file_key(), to.file_key(), false).await,
+            _ => self.sftp_move_new(from, to).await,
         }
     }
 
@@ -385,20 +387,27 @@ impl Connector {
                 // rclone answers a replacing MOVE that races another one for the same name
                 // with 404/409 now and then, though source and parent are there: try again.
                 let parent = target.parent().unwrap_or_else(StoragePath::root);
+                let mut pause = std::time::Duration::from_millis(5);
                 for _ in 0..8 {
                     match client
                         .move_to(key.path().file_key(), target.file_key(), true)
                         .await
                     {
                         Err(StorageError::NotFound)
-                            if self.exists(key.path()).await? && self.exists(&parent).await? => {}
+                            if self.exists(key.path()).await?
+                                && (parent.is_root() || self.exists(&parent).await?) =>
+                        {
+                            tokio::time::sleep(pause).await;
+                            pause *= 2;
+                        }
                         other => return other,
                     }
                 }
                 Err(StorageError::Unavailable("WebDAV MOVE kept failing".into()))
             }
             _ => {
-                // SFTP v3 rename will not replace: remove the old file, then move into place.
+                // A server whose rename will not replace (no `posix-rename`): remove the old
+                // file, then move into place.
                 // Concurrent replacers can take the name between the two; a few rounds settle it
                 // (the last writer wins, as with every other connector).
                 let mut last = None;
@@ -438,7 +447,8 @@ impl Connector {
 
     /// Renames a file to a name that must be free, atomically at the provider: `fs` links the
     /// new name (which fails when taken), then unlinks the old; WebDAV moves with
-    /// `Overwrite: F`; SFTP's rename never replaces; object stores copy with
+    /// `Overwrite: F`; SFTP takes the name with an exclusive placeholder first
+    /// ([`Connector::sftp_move_new`]); object stores copy with
     /// `If-None-Match: *`, then delete the source.
     pub(crate) async fn rename_file_new(
         &self,
@@ -460,8 +470,7 @@ impl Connector {
                     .map_err(io_error)?;
                 tokio::fs::remove_file(&src).await.map_err(io_error)
             }
-            Staging::Webdav(client) => client.move_to(from.file_key(), to.file_key(), false).await,
-            Staging::Rename => self.sftp_move_new(from, to).await,
+            Staging::Webdav(_) | Staging::Rename => self.move_new(from, to).await,
             Staging::Atomic => {
                 let cap = self.op.info().capability();
                 if cap.rename && !cap.copy_with_if_not_exists {

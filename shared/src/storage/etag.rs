@@ -109,6 +109,22 @@ fn lock() -> std::sync::MutexGuard<'static, Generations> {
     cache().lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The hash under way for each version (the slot holds its result once done); an entry lives
+/// only while its first hasher runs.
+type Flight = Arc<tokio::sync::Mutex<Option<[u8; 32]>>>;
+
+fn flights() -> std::sync::MutexGuard<'static, HashMap<VersionKey, Flight>> {
+    static FLIGHTS: OnceLock<Mutex<HashMap<VersionKey, Flight>>> = OnceLock::new();
+    FLIGHTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn in_flight(key: &VersionKey) -> Flight {
+    flights().entry(key.clone()).or_default().clone()
+}
+
 /// Number of hashes in the cache (for tests and metrics).
 pub fn cached_hashes() -> usize {
     let g = lock();
@@ -128,8 +144,8 @@ impl Connector {
     }
 
     /// The ETag of `e` when it costs nothing: the provider's, or a hash already cached for this
-    /// version. A plain download uses this, so it never reads a file twice (once to hash it,
-    /// once to send it) nor fails because the file changed while it was hashed.
+    /// version. A plain download of a file that kept changing while it was hashed falls back
+    /// on this rather than failing.
     pub async fn known_etag(&self, e: &Entry) -> Option<String> {
         if self.tagging.provider {
             return e.etag.as_deref().filter(|t| !t.is_empty()).map(quoted);
@@ -153,20 +169,47 @@ impl Connector {
         if let Some(h) = lock().get(&key) {
             return Ok(quoted(&hex::encode(h)));
         }
+        // One hash per version at a time: concurrent requests for a version nobody has hashed
+        // yet (200 clients fetching a new file) wait for the first one's result instead of
+        // each reading the whole file.
+        let flight = in_flight(&key);
+        let mut shared = flight.lock().await;
+        if let Some(h) = *shared {
+            return Ok(quoted(&hex::encode(h)));
+        }
+        let first = key.clone();
+        let hashed = self.hash_version(&e.path, &mut key).await;
+        if let Ok(h) = &hashed {
+            if key == first {
+                *shared = Some(*h);
+            }
+        }
+        flights().remove(&first);
+        hashed.map(|h| quoted(&hex::encode(h)))
+    }
+
+    /// Hashes the file at `path`, whose version is `key` (updated when the file changes while
+    /// it is read, up to [`HASH_TRIES`] times); caches the hash once the version is settled.
+    async fn hash_version(
+        &self,
+        path: &StoragePath,
+        key: &mut VersionKey,
+    ) -> Result<[u8; 32], StorageError> {
+        let (scope, fs_root) = (&self.tagging.scope, self.tagging.fs_root.as_deref());
         for _ in 0..HASH_TRIES {
             let started = SystemTime::now();
-            let hash = self.hash_content(&e.path).await?;
+            let hash = self.hash_content(path).await?;
             // The file must not have changed while we read it: same version before and after.
-            let now = self.stat_file(&e.path).await?;
+            let now = self.stat_file(path).await?;
             let after = self.version_key(scope, fs_root, &now).await?;
-            if after != key {
-                key = after;
+            if after != *key {
+                *key = after;
                 continue;
             }
-            if settled(&key, started) {
-                lock().insert(key, hash);
+            if settled(key, started) {
+                lock().insert(key.clone(), hash);
             }
-            return Ok(quoted(&hex::encode(hash)));
+            return Ok(hash);
         }
         Err(StorageError::Unavailable(
             "the file kept changing while its ETag was computed".into(),
@@ -261,7 +304,8 @@ impl Connector {
         };
         if let Some(root) = fs_root {
             use std::os::unix::fs::MetadataExt;
-            let m = tokio::fs::metadata(root.join(e.path.as_str()))
+            // Never through a link: the connector refuses those (`nofollow`).
+            let m = tokio::fs::symlink_metadata(root.join(e.path.as_str()))
                 .await
                 .map_err(|err| match err.kind() {
                     std::io::ErrorKind::NotFound => StorageError::NotFound,

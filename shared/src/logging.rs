@@ -21,25 +21,12 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 /// Dependencies whose DEBUG/TRACE events carry secrets or provider bodies, and the most they
-/// may log.
+/// may log. Targets match by prefix, so these cover every `reqsign_*` crate (at DEBUG,
+/// `reqsign_core` prints static credentials with `{:?}`) and every `opendal_service_*` crate
+/// (each prints its builder's settings), including ones added later.
 const CAPPED: &[(&str, LevelFilter)] = &[
     ("reqsign", LevelFilter::INFO),
-    ("reqsign_core", LevelFilter::INFO),
-    ("reqsign_aws_core", LevelFilter::INFO),
-    ("reqsign_aws_v4", LevelFilter::INFO),
-    ("reqsign_azure_storage", LevelFilter::INFO),
-    ("reqsign_google", LevelFilter::INFO),
-    ("reqsign_file_read_tokio", LevelFilter::INFO),
-    ("opendal_service_s3", LevelFilter::INFO),
-    ("opendal_service_webdav", LevelFilter::INFO),
-    ("opendal_service_sftp", LevelFilter::INFO),
-    ("opendal_service_azblob", LevelFilter::INFO),
-    ("opendal_service_azure_common", LevelFilter::INFO),
-    ("opendal_service_gcs", LevelFilter::INFO),
-    ("opendal_service_dropbox", LevelFilter::INFO),
-    ("opendal_service_gdrive", LevelFilter::INFO),
-    ("opendal_service_onedrive", LevelFilter::INFO),
-    ("opendal_service_fs", LevelFilter::INFO),
+    ("opendal_service_", LevelFilter::INFO),
 ];
 
 /// The filter cap: everything as the operator's filter says, except [`CAPPED`].

@@ -277,7 +277,10 @@ async fn checked_ssh_endpoint(
         .map_err(StorageError::InvalidSettings)?
         .ok_or_else(|| StorageError::InvalidSettings("sftp needs an `endpoint`".into()))?;
     let ips = egress.resolve(&host).await.map_err(super::egress_error)?;
-    let ip = ips[0];
+    let ip = *ips.first().ok_or_else(|| StorageError::Unreachable {
+        host: host.clone(),
+        cause: "the name has no addresses".into(),
+    })?;
     Ok(format!("ssh://{}", std::net::SocketAddr::new(ip, port)))
 }
 

@@ -166,9 +166,11 @@ fn path(p: &str) -> ApiResult<StoragePath> {
 /// Its client follows the account connector's egress policy (the SSRF guard).
 fn multipart_target(dst: &Account, path: &StoragePath) -> ApiResult<Option<S3Multipart>> {
     match &dst.settings {
-        ServiceConfig::S3(s) => Ok(Some(
-            S3Multipart::for_settings(s, path)?.with_egress(dst.connector.egress())?,
-        )),
+        ServiceConfig::S3(s) => Ok(Some(S3Multipart::for_settings(
+            s,
+            path,
+            dst.connector.egress(),
+        )?)),
         _ => Ok(None),
     }
 }

@@ -220,7 +220,7 @@ async fn run(
     ));
     let result = match (&a.upload_id, &a.dest.service) {
         (Some(upload_id), ServiceConfig::S3(s3)) => {
-            let mp = S3Multipart::for_settings(s3, &dst_path)?.with_egress(&opts.egress)?;
+            let mp = S3Multipart::for_settings(s3, &dst_path, &opts.egress)?;
             // The source is read from the provider, or through a spoke near it.
             let mut relayed = None;
             let source: Arc<dyn RangeSource> = match &a.relay {

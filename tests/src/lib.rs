@@ -92,6 +92,21 @@ impl Dir {
     }
 }
 
+/// An HTTP client for tests: every request is bounded (120 s), so a server that accepts and
+/// never answers fails the test instead of hanging the suite.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .expect("a reqwest client")
+}
+
+/// The egress policy of connectors the tests build directly: the test servers are on
+/// loopback, which the default policy (only globally routable addresses) refuses.
+pub fn loopback_egress() -> shared::egress::EgressPolicy {
+    shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone())
+}
+
 /// A hub serving on 127.0.0.1 with a dev application, API key, meta token and `fs` account.
 pub struct TestHub {
     pub base_url: String,
@@ -154,9 +169,7 @@ impl TestHub {
             base_url: format!("http://{}", std::net::SocketAddr::new(ip, port)),
             creds,
             state,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?,
+            http: http_client(),
             data_dir: data_dir.canonicalize()?,
             _dir: dir,
             shutdown: Some(tx),

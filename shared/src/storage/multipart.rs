@@ -63,10 +63,16 @@ impl fmt::Debug for S3Multipart {
 pub type ListedPart = (u16, String, u64);
 
 impl S3Multipart {
-    /// The upload target for `path` on the account `settings` describe, with default timeouts.
-    /// Does not contact the provider.
-    pub fn for_settings(settings: &S3Settings, path: &StoragePath) -> Result<Self, StorageError> {
-        Self::with_io_timeout(settings, path, DEFAULT_IO_TIMEOUT)
+    /// The upload target for `path` on the account `settings` describe, with default timeouts,
+    /// its HTTP client under `egress` (the SSRF guard: names resolve through the policy, an
+    /// IP-literal endpoint is checked now, redirects are not followed). Does not contact the
+    /// provider.
+    pub fn for_settings(
+        settings: &S3Settings,
+        path: &StoragePath,
+        egress: &crate::egress::EgressPolicy,
+    ) -> Result<Self, StorageError> {
+        Self::with_io_timeout(settings, path, DEFAULT_IO_TIMEOUT, egress)
     }
 
     /// Like [`S3Multipart::for_settings`], with the longest the server may stay silent (connect,
@@ -75,6 +81,7 @@ impl S3Multipart {
         settings: &S3Settings,
         path: &StoragePath,
         io_timeout: Duration,
+        egress: &crate::egress::EgressPolicy,
     ) -> Result<Self, StorageError> {
         if path.is_root() {
             return Err(StorageError::WrongKind { expected: "file" });
@@ -89,15 +96,15 @@ impl S3Multipart {
         )
         .map_err(|e| StorageError::InvalidSettings(format!("invalid S3 endpoint: {e:?}")))?;
         let key = object_key(settings.root.as_deref(), path)?;
+        egress
+            .check_url(bucket.base_url())
+            .map_err(super::egress_error)?;
         // No client read timeout: reqwest's runs from the start of the request until the
         // answer's headers, so it would also bound the upload of a (slow, rate limited) part.
-        // Silence is timed per request instead, see `upload_part` and `send`.
-        let http = reqwest::Client::builder()
-            .connect_timeout(io_timeout)
-            // A presigned request is only valid for its own URL; a redirect elsewhere is either
-            // a misconfiguration or an attempt to bounce us into another network.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
+        // Silence is timed per request instead, see `upload_part` and `send`. A presigned
+        // request is only valid for its own URL: the guard's client follows no redirect.
+        let http = egress
+            .http_client(io_timeout)
             .map_err(|e| StorageError::InvalidSettings(e.to_string()))?;
         Ok(Self {
             http,
@@ -106,22 +113,6 @@ impl S3Multipart {
             credentials: Credentials::new(&settings.access_key_id, &settings.secret_access_key),
             key,
         })
-    }
-
-    /// The same target with its HTTP client under `egress` (the SSRF guard): names resolve
-    /// through the policy, and the endpoint, when an IP literal, is checked now (every request
-    /// goes to it; redirects are not followed).
-    pub fn with_egress(
-        mut self,
-        egress: &crate::egress::EgressPolicy,
-    ) -> Result<Self, StorageError> {
-        egress
-            .check_url(self.bucket.base_url())
-            .map_err(super::egress_error)?;
-        self.http = egress
-            .http_client(self.io_timeout)
-            .map_err(|e| StorageError::InvalidSettings(e.to_string()))?;
-        Ok(self)
     }
 
     /// The object key in the bucket (root included).
@@ -643,6 +634,11 @@ mod tests {
         StoragePath::parse(s).expect("valid path")
     }
 
+    /// The test endpoints are on loopback: a policy that allows them.
+    fn open() -> crate::egress::EgressPolicy {
+        crate::egress::EgressPolicy::open(crate::resolve::Resolver::system().clone())
+    }
+
     #[test]
     fn keys_follow_opendal_root_normalization() {
         let path = p("dir/file.bin");
@@ -683,7 +679,7 @@ mod tests {
             secret_access_key: "secret".into(),
             root: Some("/r/".into()),
         };
-        let m = S3Multipart::for_settings(&s, &p("a b/c")).expect("target");
+        let m = S3Multipart::for_settings(&s, &p("a b/c"), &open()).expect("target");
         assert_eq!(m.key(), "r/a b/c");
         assert_eq!(
             m.bucket.object_url(m.key()).as_str(),
@@ -691,7 +687,7 @@ mod tests {
         );
         assert!(!format!("{m:?}").contains("secret"));
         assert!(matches!(
-            S3Multipart::for_settings(&s, &StoragePath::root()),
+            S3Multipart::for_settings(&s, &StoragePath::root(), &open()),
             Err(StorageError::WrongKind { .. })
         ));
     }

@@ -278,9 +278,7 @@ pub fn range_source(
     path: &StoragePath,
 ) -> Result<Arc<dyn RangeSource>, StorageError> {
     Ok(match service {
-        ServiceConfig::S3(s3) => {
-            Arc::new(S3Multipart::for_settings(s3, path)?.with_egress(connector.egress())?)
-        }
+        ServiceConfig::S3(s3) => Arc::new(S3Multipart::for_settings(s3, path, connector.egress())?),
         _ => Arc::new(ConnectorRanges {
             connector: connector.clone(),
             path: path.clone(),

@@ -515,7 +515,7 @@ async fn offload() -> anyhow::Result<()> {
         use shared::storage::{ConnectOptions, Connector, ServiceConfig, StoragePath};
         // The benchmark's S3 server is on loopback: no SSRF guard.
         let opts = ConnectOptions {
-            egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
+            egress: e2e::loopback_egress(),
             ..ConnectOptions::default()
         };
         let src = Connector::connect(&ServiceConfig::from_parts("s3", ca.clone())?, &opts).await?;

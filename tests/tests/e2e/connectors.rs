@@ -40,7 +40,7 @@ async fn connect(service: &str, creds: serde_json::Value, scratch: &std::path::P
         &cfg,
         &ConnectOptions {
             scratch_dir: scratch.to_owned(),
-            egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
+            egress: e2e::loopback_egress(),
             ..Default::default()
         },
     )

@@ -48,7 +48,7 @@ fn settings(s3: &S3Server, bucket: &str, root: Option<&str>) -> S3Settings {
 /// A connector to the loopback test servers (no SSRF guard: they are internal addresses).
 async fn connect(cfg: ServiceConfig) -> Connector {
     let opts = ConnectOptions {
-        egress: shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone()),
+        egress: e2e::loopback_egress(),
         ..ConnectOptions::default()
     };
     Connector::connect(&cfg, &opts).await.expect("connector")
@@ -158,7 +158,7 @@ async fn parts_copy_between_buckets() {
     assert_eq!(part_size, 8 * MIB as u64);
     let plan = plan_parts(size, part_size);
     assert_eq!(plan.len(), 6);
-    let mp = S3Multipart::for_settings(&b_settings, &dst).expect("target");
+    let mp = S3Multipart::for_settings(&b_settings, &dst, &e2e::loopback_egress()).expect("target");
     assert_eq!(mp.key(), "copies/dst/big copy.bin");
     let upload = mp.create().await.expect("create upload");
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -219,7 +219,8 @@ async fn parts_copy_resumes_on_a_new_client() {
     let plan = plan_parts(data.len() as u64, choose_part_size(data.len() as u64, 0));
     assert_eq!(plan.len(), 5, "5 MiB parts");
 
-    let first = S3Multipart::for_settings(&b_settings, &dst).expect("target");
+    let first =
+        S3Multipart::for_settings(&b_settings, &dst, &e2e::loopback_egress()).expect("target");
     let upload = first.create().await.expect("create upload");
     let (tx, mut rx) = mpsc::unbounded_channel();
     copy_parts(
@@ -238,7 +239,8 @@ async fn parts_copy_resumes_on_a_new_client() {
     assert_eq!(done.iter().map(|d| d.index).collect::<Vec<_>>(), [0, 1]);
     drop(first);
 
-    let second = S3Multipart::for_settings(&b_settings, &dst).expect("target again");
+    let second = S3Multipart::for_settings(&b_settings, &dst, &e2e::loopback_egress())
+        .expect("target again");
     let held = second.list_parts(&upload).await.expect("list after run 1");
     assert_eq!(
         held.iter().map(|p| (p.0, p.2)).collect::<Vec<_>>(),
@@ -299,7 +301,7 @@ async fn parts_copy_is_rate_limited() {
     let (src, dst) = (p("in.bin"), p("out.bin"));
     write_object(&a, &src, &data).await;
     let plan = plan_parts(data.len() as u64, 8 * MIB as u64);
-    let mp = S3Multipart::for_settings(&b_settings, &dst).expect("target");
+    let mp = S3Multipart::for_settings(&b_settings, &dst, &e2e::loopback_egress()).expect("target");
     let upload = mp.create().await.expect("create upload");
     let (tx, mut rx) = mpsc::unbounded_channel();
     let started = Instant::now();
@@ -349,7 +351,7 @@ async fn parts_copy_cancels_promptly() {
     let (src, dst) = (p("in.bin"), p("out.bin"));
     write_object(&a, &src, &data).await;
     let plan = plan_parts(data.len() as u64, 5 * MIB as u64);
-    let mp = S3Multipart::for_settings(&b_settings, &dst).expect("target");
+    let mp = S3Multipart::for_settings(&b_settings, &dst, &e2e::loopback_egress()).expect("target");
     let upload = mp.create().await.expect("create upload");
 
     // At 4 MiB/s the copy would take 5 s; cancel once 2 MiB went out.
@@ -490,7 +492,9 @@ async fn part_uploads_time_out_on_silence_only() {
     let s3 = s3_with(&["silence"]).await;
     let target = settings(&s3, "silence", None);
     let io_timeout = Duration::from_millis(300);
-    let mp = S3Multipart::with_io_timeout(&target, &p("slow.bin"), io_timeout).expect("target");
+    let mp =
+        S3Multipart::with_io_timeout(&target, &p("slow.bin"), io_timeout, &e2e::loopback_egress())
+            .expect("target");
     let upload = mp.create().await.expect("create upload");
 
     // Three pieces, 0.4 s apart: longer than the timeout, but the wait is the body's own.
@@ -534,7 +538,9 @@ async fn part_uploads_time_out_on_silence_only() {
         endpoint: Some(format!("http://127.0.0.1:{port}")),
         ..target
     };
-    let mp = S3Multipart::with_io_timeout(&deaf, &p("deaf.bin"), io_timeout).expect("target");
+    let mp =
+        S3Multipart::with_io_timeout(&deaf, &p("deaf.bin"), io_timeout, &e2e::loopback_egress())
+            .expect("target");
     let block = Bytes::from(vec![0u8; MIB]);
     let big = futures::stream::iter((0..256).map(move |_| Ok(block.clone())));
     let started = Instant::now();

@@ -176,8 +176,13 @@ pub async fn sweep(state: &AppState) -> ApiResult<usize> {
                     cleared += 1;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, account = c.account_id,
-                "could not sweep a stale staging object; retrying next round"),
+            Err(e) => {
+                tracing::warn!(error = %e, account = c.account_id,
+                    "could not sweep a stale staging object; retrying after another grace period");
+                // To the back of the queue: rows that keep failing (a revoked provider key)
+                // must not fill every batch and keep the others from being swept.
+                state.db.touch_claim(c.account_id, &c.key, now_ms()).await?;
+            }
         }
     }
     if cleared > 0 {

@@ -159,24 +159,18 @@ pub enum TokenCommand {
 /// Parses `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
 pub fn parse_ttl(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 30m, 1h or 7d"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return Err(format!("{s:?}: the unit must be s, m, h or d")),
-    };
-    if !(60..=30 * 86_400).contains(&secs) {
+    let ttl = crate::config::parse_duration(s).ok_or_else(|| {
+        match s.trim_start_matches(|c: char| c.is_ascii_digit()) {
+            "" | "s" | "m" | "h" | "d" => {
+                format!("{s:?} is not a duration like 90s, 30m, 1h or 7d")
+            }
+            _ => format!("{s:?}: the unit must be s, m, h or d"),
+        }
+    })?;
+    if !(60..=30 * 86_400).contains(&ttl.as_secs()) {
         return Err("the TTL must be between 1 minute and 30 days".into());
     }
-    Ok(std::time::Duration::from_secs(secs))
+    Ok(ttl)
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,8 +258,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let config = load_config(&cli)?;
+    let mut config = load_config(&cli)?;
     init_tracing(&config);
+    // Operator commands serve nothing: a broken or missing certificate must not stop a key
+    // revocation, and ACME has nothing to do here. The URL join strings carry stays the one
+    // the served hub has.
+    config.public_url = Some(config.public_url());
+    config.tls = Default::default();
     let state = crate::open(config).await?;
     let db = &state.db;
     match cli.command {

@@ -149,7 +149,9 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-fn parse_duration(text: &str) -> Option<std::time::Duration> {
+/// `90`, `90s`, `30m`, `12h`, `7d`: seconds, or a number with a unit (the config's durations
+/// and the command line's `--ttl`). `None` for anything else, or one that overflows.
+pub(crate) fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let t = text.trim();
     let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => t.split_at(i),

@@ -16,7 +16,10 @@ CREATE TRIGGER revoke_key_delete AFTER DELETE ON api_keys
 BEGIN UPDATE revocations SET generation = generation + 1 WHERE id = 1; END;
 CREATE TRIGGER revoke_meta_delete AFTER DELETE ON meta_tokens
 BEGIN UPDATE revocations SET generation = generation + 1 WHERE id = 1; END;
+-- Not for the sealing UPDATE that completes a new account (its credentials were empty): a
+-- new account revokes nothing, and every account connected would otherwise empty the caches.
 CREATE TRIGGER revoke_account_update AFTER UPDATE ON accounts
+WHEN length(OLD.credentials) > 0
 BEGIN UPDATE revocations SET generation = generation + 1 WHERE id = 1; END;
 CREATE TRIGGER revoke_account_delete AFTER DELETE ON accounts
 BEGIN UPDATE revocations SET generation = generation + 1 WHERE id = 1; END;

@@ -787,13 +787,14 @@ async fn replace_file(
         Ok(m) => m,
         Err(answer) => return Ok(answer),
     };
-    // The new content's SHA-256, computed as it streams: the ETag of what we wrote, without
-    // reading it back.
-    let hasher = Arc::new(std::sync::Mutex::new(Sha256::new()));
+    // Without a provider ETag, the new content's SHA-256 is computed as it streams: the ETag
+    // of what we wrote, without reading it back.
+    let hasher =
+        (!a.connector.provider_etags()).then(|| Arc::new(std::sync::Mutex::new(Sha256::new())));
     let h = hasher.clone();
     let body =
         limited_body(req.into_body(), state.config.limits.max_upload_bytes).inspect(move |chunk| {
-            if let Ok(b) = chunk {
+            if let (Some(h), Ok(b)) = (&h, chunk) {
                 h.lock().unwrap_or_else(|p| p.into_inner()).update(b);
             }
         });
@@ -807,11 +808,12 @@ async fn replace_file(
         None => write_upload(&state, &a, &path, body, Publish::Replace).await,
     }
     .map_err(upload_error)?;
-    let etag = if a.connector.provider_etags() {
-        a.connector.etag(&e).await.ok()
-    } else {
-        let digest = std::mem::take(&mut *hasher.lock().unwrap_or_else(|p| p.into_inner()));
-        Some(format!("\"{}\"", hex::encode(digest.finalize())))
+    let etag = match hasher {
+        None => a.connector.etag(&e).await.ok(),
+        Some(h) => {
+            let digest = std::mem::take(&mut *h.lock().unwrap_or_else(|p| p.into_inner()));
+            Some(format!("\"{}\"", hex::encode(digest.finalize())))
+        }
     };
     let mut r = Json(object(&state.ids, a.id(), &e)).into_response();
     conditional::set_validators(&mut r, etag.as_deref(), e.modified);

@@ -91,7 +91,7 @@ fn answer(
         i += len;
     }
     let qtype = u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]);
-    let question = &q[12..i + 4];
+    let question = q.get(12..i + 4)?;
     let name = labels.join(".");
     let mut reply = Vec::with_capacity(64);
     reply.extend_from_slice(&q[..2]);

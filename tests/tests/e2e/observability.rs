@@ -53,7 +53,7 @@ impl HubProcess {
             .spawn()
             .expect("hub dev");
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = e2e::http_client();
         assert_eventually!(
             http.get(format!("{base}/readyz"))
                 .send()
@@ -77,7 +77,7 @@ impl HubProcess {
 
     /// Connects an account; returns the answer's JSON (any status).
     async fn connect(&self, service: &str, credentials: Value) -> (u16, Value) {
-        let r = reqwest::Client::new()
+        let r = e2e::http_client()
             .post(format!("{}/v1/accounts", self.base))
             .header("Authorization", format!("APIKey {}", self.key))
             .json(&json!({"service": service, "account": service, "credentials": credentials}))
@@ -189,7 +189,7 @@ async fn no_secret_reaches_the_log_at_trace_and_every_event_is_one_plain_line() 
     }
 
     // Use each account once so the request paths log too.
-    let accounts: Value = reqwest::Client::new()
+    let accounts: Value = e2e::http_client()
         .get(format!("{}/v1/accounts", hub.base))
         .header("Authorization", format!("APIKey {}", hub.key))
         .send()
@@ -199,7 +199,7 @@ async fn no_secret_reaches_the_log_at_trace_and_every_event_is_one_plain_line() 
         .await
         .expect("json");
     for a in accounts["objects"].as_array().expect("objects") {
-        let r = reqwest::Client::new()
+        let r = e2e::http_client()
             .get(format!(
                 "{}/v1/accounts/{}/storage/folders/root/contents",
                 hub.base, a["id"]
@@ -248,7 +248,7 @@ async fn no_secret_reaches_the_log_at_trace_and_every_event_is_one_plain_line() 
 #[tokio::test]
 async fn metrics_series_stay_bounded_whatever_clients_send() {
     let hub = TestHub::start().await.expect("hub");
-    let http = reqwest::Client::new();
+    let http = e2e::http_client();
     let started = std::time::Instant::now();
     for i in 0..300u32 {
         let method = reqwest::Method::from_bytes(format!("X{i:04}").as_bytes()).expect("method");

@@ -5,7 +5,7 @@
 //! never fail for their staging name, and a bounded stress of mixed operations keeps every
 //! acknowledged write.
 
-use e2e::servers::{S3Server, SftpServer, WebDavServer};
+use e2e::servers::{free_port, S3Server, SftpServer, WebDavServer};
 use e2e::{assert_eventually, pattern, sha256_hex, TestHub};
 use futures::future::join_all;
 use reqwest::Method;
@@ -171,6 +171,12 @@ async fn folder_race(hub: &TestHub, acc: i64, n: usize) {
     );
 }
 
+/// Fails, listing them, when staging objects are left under `root`.
+fn assert_no_staging(root: &Path) {
+    let left = staging_files(root);
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Files left under the raw staging folder of a local root (none when it does not exist).
 fn staging_files(root: &Path) -> Vec<PathBuf> {
     match std::fs::read_dir(root.join(".switchyard-partial")) {
@@ -182,7 +188,7 @@ fn staging_files(root: &Path) -> Vec<PathBuf> {
 /// Keys of `bucket` on moto and its incomplete multipart uploads, read with unsigned
 /// requests (moto does not check signatures) so nothing of ours filters them.
 async fn raw_bucket(s3: &S3Server, bucket: &str) -> (Vec<String>, usize) {
-    let http = reqwest::Client::new();
+    let http = e2e::http_client();
     let list = http
         .get(format!(
             "{}/{bucket}?list-type=2&max-keys=10000",
@@ -240,11 +246,7 @@ async fn racing_uploads_each_get_their_own_file_on_fs() {
     let hub = TestHub::start().await.expect("hub");
     let (acc, root) = fs_account(&hub, "race").await;
     upload_race(&hub, acc, "root", 200).await;
-    assert!(
-        staging_files(&root).is_empty(),
-        "{:?}",
-        staging_files(&root)
-    );
+    assert_no_staging(&root);
 }
 
 // moto, rclone and sshd serve each request far slower than a local disk (moto handles one at
@@ -275,11 +277,7 @@ async fn racing_uploads_each_get_their_own_file_on_webdav() {
         .as_i64()
         .expect("id");
     upload_race(&hub, acc, "root", 40).await;
-    assert!(
-        staging_files(dav.dir()).is_empty(),
-        "{:?}",
-        staging_files(dav.dir())
-    );
+    assert_no_staging(dav.dir());
 }
 
 #[tokio::test]
@@ -297,11 +295,7 @@ async fn racing_uploads_each_get_their_own_file_on_sftp() {
         .as_i64()
         .expect("id");
     upload_race(&hub, acc, "root", 30).await;
-    assert!(
-        staging_files(sftp.dir()).is_empty(),
-        "{:?}",
-        staging_files(sftp.dir())
-    );
+    assert_no_staging(sftp.dir());
 }
 
 #[tokio::test]
@@ -404,7 +398,7 @@ async fn overwrites_are_last_writer_wins_and_never_torn() {
     let hub = TestHub::start().await.expect("hub");
     let (fs, root) = fs_account(&hub, "overwrite").await;
     overwrite_race(&hub, fs, false).await;
-    assert!(staging_files(&root).is_empty());
+    assert_no_staging(&root);
     let dav = WebDavServer::start().await.expect("rclone");
     let dav_acc = hub
         .connect(
@@ -416,7 +410,7 @@ async fn overwrites_are_last_writer_wins_and_never_torn() {
         .as_i64()
         .expect("id");
     overwrite_race(&hub, dav_acc, true).await;
-    assert!(staging_files(dav.dir()).is_empty());
+    assert_no_staging(dav.dir());
 }
 
 #[tokio::test]
@@ -439,7 +433,7 @@ async fn a_long_name_never_fails_for_its_staging_name() {
     assert_eq!(status, 201, "{v}");
     let (status, v) = upload(&hub, acc, "root", &max, b"b".to_vec(), false).await;
     assert_eq!(status, 409, "{v}");
-    assert!(staging_files(&root).is_empty());
+    assert_no_staging(&root);
 }
 
 /// A request body we feed by hand: the upload stays open until the test sends the rest.
@@ -521,18 +515,15 @@ async fn an_upload_into_a_folder_deleted_meanwhile_fails_clearly_and_leaves_noth
         "{v}"
     );
     assert!(!root.join("doomed").exists(), "the folder stays deleted");
-    assert!(
-        staging_files(&root).is_empty(),
-        "{:?}",
-        staging_files(&root)
-    );
+    assert_no_staging(&root);
 }
 
 const HUB_BIN: &str = env!("CARGO_BIN_EXE_e2e-hub");
 
-/// A real `hub dev` process on `port` over `data`, with a short staging grace.
-fn spawn_hub(data: &Path, base: &Path, port: u16) -> std::process::Child {
-    let mut cmd = std::process::Command::new(HUB_BIN);
+/// A real `hub dev` process on `port` over `data`, with a short staging grace (killed when
+/// dropped, so a failing test leaves no hub behind).
+fn spawn_hub(data: &Path, base: &Path, port: u16) -> tokio::process::Child {
+    let mut cmd = tokio::process::Command::new(HUB_BIN);
     for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHYARD_")) {
         cmd.env_remove(k);
     }
@@ -543,15 +534,9 @@ fn spawn_hub(data: &Path, base: &Path, port: u16) -> std::process::Child {
         .args(["--port", &port.to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("spawning the hub")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 async fn wait_ready(http: &reqwest::Client, port: u16) {
@@ -616,8 +601,7 @@ async fn staging_of_a_hub_killed_mid_upload_is_swept() {
         Duration::from_secs(30),
         "the upload to be staging"
     );
-    first.kill().expect("SIGKILL");
-    first.wait().expect("reaped");
+    first.kill().await.expect("SIGKILL and reap");
     drop(tx);
     let _ = upload.await;
     assert!(
@@ -664,8 +648,7 @@ async fn staging_of_a_hub_killed_mid_upload_is_swept() {
         .expect("answer");
     assert_eq!(r.status(), 201);
     assert_eq!(std::fs::read(files.join("slow.bin")).expect("file"), sent);
-    second.kill().expect("kill");
-    second.wait().expect("reaped");
+    second.kill().await.expect("kill and reap");
 }
 
 /// What one stress client believes about its own files: id → (name, folder id, digest).
@@ -862,11 +845,7 @@ async fn stress_mixed_operations_keep_every_acknowledged_write_on_fs() {
         deleted.len(),
         started.elapsed()
     );
-    assert!(
-        staging_files(&root).is_empty(),
-        "{:?}",
-        staging_files(&root)
-    );
+    assert_no_staging(&root);
 }
 
 #[tokio::test]

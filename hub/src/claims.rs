@@ -9,7 +9,9 @@
 use crate::db::{ClaimKind, ClaimRecord};
 use crate::error::ApiResult;
 use crate::state::{now_ms, Account, AppState};
-use shared::storage::StagingKey;
+use shared::storage::multipart::S3Multipart;
+use shared::storage::service::ServiceConfig;
+use shared::storage::{StagingKey, StoragePath};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -167,7 +169,8 @@ pub async fn sweep(state: &AppState) -> ApiResult<usize> {
     let mut cleared = 0;
     for c in stale {
         match clear(state, &c).await {
-            Ok(()) => {
+            Ok(Cleared::Deferred) => state.db.touch_claim(c.account_id, &c.key, now_ms()).await?,
+            Ok(Cleared::Done) => {
                 if state
                     .db
                     .release_stale_claim(c.account_id, &c.key, before)
@@ -191,25 +194,90 @@ pub async fn sweep(state: &AppState) -> ApiResult<usize> {
     Ok(cleared)
 }
 
-/// Deletes what a stale claim left at the provider.
-async fn clear(state: &AppState, c: &ClaimRecord) -> Result<(), String> {
-    if c.kind != ClaimKind::Staging {
-        return Ok(());
-    }
-    let Some(key) = StagingKey::parse(&c.key) else {
-        return Ok(());
+/// Live claims of one account the sweep considers before aborting uploads (beyond that, it
+/// defers).
+const LIVE_CLAIMS_LIMIT: i64 = 10_000;
+
+/// What clearing a stale claim came to.
+enum Cleared {
+    /// Nothing of it is left at the provider.
+    Done,
+    /// A live writer of the same name may own what is there: try again after another grace
+    /// period.
+    Deferred,
+}
+
+/// Deletes what a stale claim left at the provider: a staging object, or (on S3) the
+/// incomplete multipart upload of a writer that wrote in place.
+async fn clear(state: &AppState, c: &ClaimRecord) -> Result<Cleared, String> {
+    let staging = match c.kind {
+        ClaimKind::Folder => return Ok(Cleared::Done),
+        ClaimKind::Staging => match StagingKey::parse(&c.key) {
+            Some(key) => Some(key),
+            None => return Ok(Cleared::Done),
+        },
+        ClaimKind::Name | ClaimKind::Upload => None,
     };
     let account = match state.account(c.app_id, c.account_id).await {
         Ok(a) => a,
         // The account is gone (or its settings no longer open): nothing to reach.
-        Err(e) if e.status().as_u16() == 404 => return Ok(()),
+        Err(e) if e.status().as_u16() == 404 => return Ok(Cleared::Done),
         Err(e) => return Err(e.to_string()),
     };
-    account
-        .connector
-        .discard_staging(&key)
+    if let Some(key) = staging {
+        account
+            .connector
+            .discard_staging(&key)
+            .await
+            .map_err(|e| e.to_string())?;
+        return Ok(Cleared::Done);
+    }
+    let ServiceConfig::S3(s3) = &account.settings else {
+        // Other in-place services make nothing visible before the write completes and keep
+        // nothing of a write that died.
+        return Ok(Cleared::Done);
+    };
+    let Ok(path) = StoragePath::parse(c.path()) else {
+        return Ok(Cleared::Done);
+    };
+    // S3 does not say which writer started an upload (OpenDAL's writer keeps the id to
+    // itself), so an upload of this key is the dead writer's only when no live writer could
+    // have started it: none holds a claim on the key now, and (checked first, so a writer that
+    // starts meanwhile is after `now`) uploads initiated from now on are not touched. Uploads
+    // that unfinished transfers will resume are kept.
+    let now = std::time::SystemTime::now();
+    let live_since = now_ms() - state.config.storage.staging_grace().as_millis() as i64;
+    let live = state
+        .db
+        .live_claims(c.account_id, live_since, LIVE_CLAIMS_LIMIT)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if live.len() as i64 >= LIVE_CLAIMS_LIMIT
+        || live
+            .iter()
+            .any(|l| l.key != c.key && l.kind != ClaimKind::Folder && l.path() == c.path())
+    {
+        return Ok(Cleared::Deferred);
+    }
+    let keep = state
+        .db
+        .unfinished_upload_ids(c.account_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let target = S3Multipart::for_settings(s3, &path, account.connector.egress())
+        .map_err(|e| e.to_string())?;
+    let aborted = target
+        .abort_uploads_before(now, &keep)
+        .await
+        .map_err(|e| e.to_string())?;
+    if aborted > 0 {
+        tracing::info!(
+            aborted,
+            account = c.account_id,
+            "aborted a dead writer's incomplete multipart uploads"
+        );
+    }
+    Ok(Cleared::Done)
 }
 
 /// Runs [`sweep`] now and then every half grace period (at least every second, at most every

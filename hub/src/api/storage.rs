@@ -4,7 +4,7 @@
 use super::conditional::{self, Decision, FileLock};
 use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
 use crate::auth::Caller;
-use crate::db::ClaimKind;
+use crate::db::{upload_claim_key, ClaimKind};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::IdCodec;
 use crate::model::{
@@ -576,21 +576,20 @@ where
         return Err(StorageError::AlreadyExists.into());
     }
     let staging = a.connector.new_staging();
-    let claim = match &staging {
-        Some(key) => Some(
-            crate::claims::take(state, a, key.as_str(), ClaimKind::Staging)
-                .await?
-                .ok_or_else(|| ApiError::internal("staging key collision"))?,
-        ),
-        None => None,
+    // Staged uploads claim their staging object; in-place ones claim the upload itself (a
+    // writer killed mid-way leaves an incomplete multipart upload on object stores).
+    let (key, kind) = match &staging {
+        Some(key) => (key.as_str().to_owned(), ClaimKind::Staging),
+        None => (upload_claim_key(target.as_str()), ClaimKind::Upload),
     };
+    let claim = crate::claims::take(state, a, &key, kind)
+        .await?
+        .ok_or_else(|| ApiError::internal("claim key collision"))?;
     let res = a.connector.write_with(target, body, publish, staging).await;
-    if let Some(c) = claim {
-        if res.is_ok() {
-            c.done().await;
-        } else {
-            c.release().await;
-        }
+    if res.is_ok() {
+        claim.done().await;
+    } else {
+        claim.release().await;
     }
     Ok(res?)
 }

@@ -13,6 +13,10 @@ pub enum ClaimKind {
     Staging,
     /// A file name reserved by an upload that writes in place.
     Name,
+    /// An upload that writes in place and may replace (its key is [`upload_claim_key`]): on
+    /// object stores a writer killed mid-upload leaves an incomplete multipart upload, which
+    /// the sweep aborts.
+    Upload,
     /// A folder name being created.
     Folder,
 }
@@ -22,6 +26,7 @@ impl ClaimKind {
         match self {
             Self::Staging => "staging",
             Self::Name => "name",
+            Self::Upload => "upload",
             Self::Folder => "folder",
         }
     }
@@ -30,6 +35,7 @@ impl ClaimKind {
         match s {
             "staging" => Some(Self::Staging),
             "name" => Some(Self::Name),
+            "upload" => Some(Self::Upload),
             "folder" => Some(Self::Folder),
             _ => None,
         }
@@ -43,7 +49,29 @@ pub struct ClaimRecord {
     pub app_id: i64,
     pub key: String,
     pub kind: ClaimKind,
+    pub created_ms: i64,
     pub touched_ms: i64,
+}
+
+/// The claim key of one in-place upload that may replace `path`: unique per upload (several
+/// may run at once), and never a valid storage path (those have no leading `/`), so it cannot
+/// collide with a name claim.
+pub fn upload_claim_key(path: &str) -> String {
+    format!("/upload/{:016x}/{path}", rand::random::<u64>())
+}
+
+impl ClaimRecord {
+    /// The storage path a name, folder or upload claim is about.
+    pub fn path(&self) -> &str {
+        match self.kind {
+            ClaimKind::Upload => self
+                .key
+                .strip_prefix("/upload/")
+                .and_then(|rest| rest.split_once('/'))
+                .map_or("", |(_, path)| path),
+            _ => &self.key,
+        }
+    }
 }
 
 impl Db {
@@ -115,30 +143,56 @@ impl Db {
         Ok(r.rows_affected() == 1)
     }
 
+    /// The claims of `account_id` refreshed at or after `since` (live writers), at most
+    /// `limit` of them.
+    pub async fn live_claims(
+        &self,
+        account_id: i64,
+        since: i64,
+        limit: i64,
+    ) -> DbResult<Vec<ClaimRecord>> {
+        let rows = sqlx::query(
+            "SELECT account_id, object_key, app_id, kind, created_ms, touched_ms FROM \
+             storage_claims WHERE account_id = $1 AND touched_ms >= $2 LIMIT $3",
+        )
+        .bind(account_id)
+        .bind(since)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .filter_map(|r| claim_row(r).transpose())
+            .collect()
+    }
+
     /// Up to `limit` claims untouched since `before`, oldest first.
     pub async fn stale_claims(&self, before: i64, limit: i64) -> DbResult<Vec<ClaimRecord>> {
         let rows = sqlx::query(
-            "SELECT account_id, object_key, app_id, kind, touched_ms FROM storage_claims \
+            "SELECT account_id, object_key, app_id, kind, created_ms, touched_ms FROM storage_claims \
              WHERE touched_ms < $1 ORDER BY touched_ms LIMIT $2",
         )
         .bind(before)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let kind: String = r.try_get("kind")?;
-            let Some(kind) = ClaimKind::parse(&kind) else {
-                continue;
-            };
-            out.push(ClaimRecord {
-                account_id: r.try_get("account_id")?,
-                app_id: r.try_get("app_id")?,
-                key: r.try_get("object_key")?,
-                kind,
-                touched_ms: r.try_get("touched_ms")?,
-            });
-        }
-        Ok(out)
+        rows.iter()
+            .filter_map(|r| claim_row(r).transpose())
+            .collect()
     }
+}
+
+/// A claim row; `None` for a kind this version does not know.
+fn claim_row(r: &sqlx::any::AnyRow) -> DbResult<Option<ClaimRecord>> {
+    let kind: String = r.try_get("kind")?;
+    let Some(kind) = ClaimKind::parse(&kind) else {
+        return Ok(None);
+    };
+    Ok(Some(ClaimRecord {
+        account_id: r.try_get("account_id")?,
+        app_id: r.try_get("app_id")?,
+        key: r.try_get("object_key")?,
+        kind,
+        created_ms: r.try_get("created_ms")?,
+        touched_ms: r.try_get("touched_ms")?,
+    }))
 }

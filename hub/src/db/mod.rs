@@ -7,7 +7,7 @@ mod claims;
 mod network;
 mod steering;
 mod transfers;
-pub use claims::{ClaimKind, ClaimRecord};
+pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
 pub use network::{CaRecord, HubRecord, JoinTokenRecord, SpokeRecord};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{NewTransfer, TransferRecord};

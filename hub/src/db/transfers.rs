@@ -186,6 +186,19 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Multipart upload ids of unfinished transfers into `account_id`: uploads that a
+    /// transfer may still resume, which nothing else may abort.
+    pub async fn unfinished_upload_ids(&self, account_id: i64) -> DbResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT upload_id FROM transfers WHERE dst_account = $1 AND upload_id IS NOT NULL \
+             AND state IN ('queued', 'running')",
+        )
+        .bind(account_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("upload_id")).collect()
+    }
+
     pub async fn set_transfer_upload_id(&self, id: i64, upload_id: &str) -> DbResult<()> {
         sqlx::query("UPDATE transfers SET upload_id = $1 WHERE id = $2")
             .bind(upload_id)

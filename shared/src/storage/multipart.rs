@@ -304,6 +304,78 @@ impl S3Multipart {
             .map(drop)
     }
 
+    /// Aborts the incomplete multipart uploads of this object key initiated before `before`,
+    /// except those named in `keep`: what writers killed mid-upload leave behind (the parts
+    /// keep using storage and S3 lists them, but no object appears). The caller makes sure no
+    /// live writer of the key could have started one of them. Returns how many were aborted.
+    pub async fn abort_uploads_before(
+        &self,
+        before: std::time::SystemTime,
+        keep: &[String],
+    ) -> Result<usize, StorageError> {
+        let before = jiff::Timestamp::try_from(before)
+            .map_err(|e| StorageError::Other(format!("time out of range: {e}")))?;
+        let mut aborted = 0;
+        let mut markers: Option<(String, String)> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let body = self.list_uploads_page(markers.as_ref()).await?;
+            let (uploads, next) = parse_list_uploads(&body)?;
+            for u in uploads {
+                // `prefix` also matches longer keys: only this exact object is ours to clean.
+                if u.key != self.key || u.initiated >= before || keep.contains(&u.upload_id) {
+                    continue;
+                }
+                match self.abort(&u.upload_id).await {
+                    Ok(()) | Err(StorageError::NotFound) => aborted += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+            match next {
+                Some(n) if markers.as_ref() != Some(&n) => markers = Some(n),
+                Some(_) => {
+                    return Err(StorageError::Other(
+                        "S3 ListMultipartUploads returned markers that do not advance".into(),
+                    ))
+                }
+                None => return Ok(aborted),
+            }
+        }
+        Err(StorageError::Other(format!(
+            "S3 ListMultipartUploads returned more than {MAX_LIST_PAGES} pages"
+        )))
+    }
+
+    /// One page of `ListMultipartUploads` for keys starting with this key. rusty-s3 has no
+    /// action for it, so the request is presigned with its signing function directly.
+    async fn list_uploads_page(
+        &self,
+        markers: Option<&(String, String)>,
+    ) -> Result<String, StorageError> {
+        // Sorted by name, as `sign` requires.
+        let mut query: Vec<(&str, &str)> = Vec::with_capacity(4);
+        if let Some((key, _)) = markers {
+            query.push(("key-marker", key));
+        }
+        query.push(("prefix", &self.key));
+        if let Some((_, id)) = markers {
+            query.push(("upload-id-marker", id));
+        }
+        query.push(("uploads", ""));
+        let url = rusty_s3::signing::sign(
+            &jiff::Timestamp::now(),
+            rusty_s3::Method::Get,
+            self.bucket.base_url().clone(),
+            self.credentials.key(),
+            self.credentials.secret(),
+            self.credentials.token(),
+            self.bucket.region(),
+            PRESIGN_EXPIRY.as_secs(),
+            query.iter().copied(),
+            std::iter::empty(),
+        );
+        self.send("ListMultipartUploads", self.http.get(url)).await
+    }
+
     /// The parts S3 holds for the upload: (part number, ETag without quotes, size), sorted by
     /// part number, following every page.
     pub async fn list_parts(&self, upload_id: &str) -> Result<Vec<ListedPart>, StorageError> {
@@ -484,6 +556,53 @@ fn parse_list_parts(doc: &str) -> Result<(Vec<ListedPart>, Option<u16>), Storage
     Ok((parts, next))
 }
 
+/// An incomplete upload as `ListMultipartUploads` names it.
+#[derive(Debug, PartialEq)]
+struct ListedUpload {
+    key: String,
+    upload_id: String,
+    initiated: jiff::Timestamp,
+}
+
+/// A `ListMultipartUploads` page: its uploads and, when truncated, the next key and upload-id
+/// markers.
+#[allow(clippy::type_complexity)]
+fn parse_list_uploads(
+    doc: &str,
+) -> Result<(Vec<ListedUpload>, Option<(String, String)>), StorageError> {
+    let bad = |what: &str| bad_response("ListMultipartUploads", what);
+    let mut uploads = Vec::new();
+    let mut rest = doc;
+    while let Some(start) = rest.find("<Upload>") {
+        let block_and_rest = &rest[start + "<Upload>".len()..];
+        let end = block_and_rest
+            .find("</Upload>")
+            .ok_or_else(|| bad("unterminated Upload"))?;
+        let block = &block_and_rest[..end];
+        let key = xml_text(block, "Key").ok_or_else(|| bad("an Upload without a Key"))?;
+        let upload_id =
+            xml_text(block, "UploadId").ok_or_else(|| bad("an Upload without an UploadId"))?;
+        let initiated = xml_text(block, "Initiated")
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .ok_or_else(|| bad("an Upload without a valid Initiated time"))?;
+        uploads.push(ListedUpload {
+            key,
+            upload_id,
+            initiated,
+        });
+        rest = &block_and_rest[end + "</Upload>".len()..];
+    }
+    let next = if xml_text(doc, "IsTruncated").as_deref() == Some("true") {
+        let key = xml_text(doc, "NextKeyMarker")
+            .ok_or_else(|| bad("a truncated page without NextKeyMarker"))?;
+        let id = xml_text(doc, "NextUploadIdMarker").unwrap_or_default();
+        Some((key, id))
+    } else {
+        None
+    };
+    Ok((uploads, next))
+}
+
 /// The CompleteMultipartUpload document. rusty-s3's numbers parts by position, which is only
 /// right when every part from 1 is present; this one keeps the given numbers.
 fn complete_body(parts: &[(u16, String)]) -> String {
@@ -637,6 +756,27 @@ mod tests {
     /// The test endpoints are on loopback: a policy that allows them.
     fn open() -> crate::egress::EgressPolicy {
         crate::egress::EgressPolicy::open(crate::resolve::Resolver::system().clone())
+    }
+
+    #[test]
+    fn list_uploads_pages_parse() {
+        let doc = "<ListMultipartUploadsResult><Bucket>b</Bucket><IsTruncated>true</IsTruncated>\
+            <NextKeyMarker>a/x</NextKeyMarker><NextUploadIdMarker>u2</NextUploadIdMarker>\
+            <Upload><Key>a/x</Key><UploadId>u1</UploadId>\
+            <Initiated>2026-12-01T10:00:00.000Z</Initiated></Upload>\
+            <Upload><Key>a/x &amp; y</Key><UploadId>u2</UploadId>\
+            <Initiated>2026-12-01T11:00:00Z</Initiated></Upload></ListMultipartUploadsResult>";
+        let (uploads, next) = parse_list_uploads(doc).expect("parses");
+        assert_eq!(uploads.len(), 2);
+        assert_eq!(uploads[1].key, "a/x & y");
+        assert_eq!(uploads[0].upload_id, "u1");
+        assert!(uploads[0].initiated < uploads[1].initiated);
+        assert_eq!(next, Some(("a/x".into(), "u2".into())));
+        let last = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>\
+            </ListMultipartUploadsResult>";
+        assert_eq!(parse_list_uploads(last).expect("parses"), (vec![], None));
+        let broken = "<Upload><Key>k</Key><UploadId>u</UploadId></Upload>";
+        assert!(parse_list_uploads(broken).is_err(), "no Initiated time");
     }
 
     #[test]

@@ -206,7 +206,13 @@ async fn raw_bucket(s3: &S3Server, bucket: &str) -> (Vec<String>, usize) {
         .filter_map(|s| s.split("</Key>").next())
         .map(str::to_owned)
         .collect();
-    let uploads = http
+    (keys, incomplete_uploads(s3, bucket).await.len())
+}
+
+/// The keys of `bucket`'s incomplete multipart uploads (one per upload), unsigned like
+/// [`raw_bucket`].
+async fn incomplete_uploads(s3: &S3Server, bucket: &str) -> Vec<String> {
+    let doc = e2e::http_client()
         .get(format!("{}/{bucket}?uploads", s3.endpoint()))
         .send()
         .await
@@ -214,7 +220,14 @@ async fn raw_bucket(s3: &S3Server, bucket: &str) -> (Vec<String>, usize) {
         .text()
         .await
         .expect("text");
-    (keys, uploads.matches("<UploadId>").count())
+    let mut keys: Vec<String> = doc
+        .split("<Upload>")
+        .skip(1)
+        .filter_map(|u| u.split("<Key>").nth(1)?.split("</Key>").next())
+        .map(str::to_owned)
+        .collect();
+    keys.sort();
+    keys
 }
 
 async fn s3_account(hub: &TestHub, s3: &S3Server, bucket: &str) -> i64 {
@@ -579,19 +592,7 @@ async fn staging_of_a_hub_killed_mid_upload_is_swept() {
         creds["application_id"].as_i64().expect("application")
     ));
 
-    let (tx, body) = held_body();
-    let upload = tokio::spawn(
-        http.post(format!(
-            "http://127.0.0.1:{port}/v1/accounts/{acc}/storage/files"
-        ))
-        .header("Authorization", format!("APIKey {key}"))
-        .header(
-            "X-Kloudless-Metadata",
-            json!({"name": "interrupted.bin", "parent_id": "root"}).to_string(),
-        )
-        .body(body)
-        .send(),
-    );
+    let (tx, upload) = held_upload(&http, port, &key, acc, "interrupted.bin", false);
     let chunk = bytes::Bytes::from(pattern(1 << 20, 9));
     for _ in 0..8 {
         tx.send(Ok(chunk.clone())).await.expect("send");
@@ -620,19 +621,7 @@ async fn staging_of_a_hub_killed_mid_upload_is_swept() {
         "the staging object to be swept"
     );
     // A live upload is not swept meanwhile: its claim is refreshed while it streams.
-    let (tx, body) = held_body();
-    let upload = tokio::spawn(
-        http.post(format!(
-            "http://127.0.0.1:{port}/v1/accounts/{acc}/storage/files"
-        ))
-        .header("Authorization", format!("APIKey {key}"))
-        .header(
-            "X-Kloudless-Metadata",
-            json!({"name": "slow.bin", "parent_id": "root"}).to_string(),
-        )
-        .body(body)
-        .send(),
-    );
+    let (tx, upload) = held_upload(&http, port, &key, acc, "slow.bin", false);
     let mut sent = Vec::new();
     for i in 0..5u64 {
         let part = pattern(64 * 1024, i);
@@ -648,6 +637,162 @@ async fn staging_of_a_hub_killed_mid_upload_is_swept() {
         .expect("answer");
     assert_eq!(r.status(), 201);
     assert_eq!(std::fs::read(files.join("slow.bin")).expect("file"), sent);
+    second.kill().await.expect("kill and reap");
+}
+
+/// Starts an upload of `name` into the root of `acc` on the hub at `port`, whose body the test
+/// feeds through the returned sender.
+#[allow(clippy::type_complexity)]
+fn held_upload(
+    http: &reqwest::Client,
+    port: u16,
+    key: &str,
+    acc: i64,
+    name: &str,
+    overwrite: bool,
+) -> (
+    tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+) {
+    let (tx, body) = held_body();
+    let upload = tokio::spawn(
+        http.post(format!(
+            "http://127.0.0.1:{port}/v1/accounts/{acc}/storage/files?overwrite={overwrite}"
+        ))
+        .header("Authorization", format!("APIKey {key}"))
+        .header(
+            "X-Kloudless-Metadata",
+            json!({"name": name, "parent_id": "root"}).to_string(),
+        )
+        .body(body)
+        .send(),
+    );
+    (tx, upload)
+}
+
+/// On S3 a writer killed mid-upload leaves no staging object but an incomplete multipart
+/// upload, whose parts use storage until someone aborts it: the next hub's sweep does, for
+/// uploads with and without replace, and leaves a live upload of the same name alone.
+#[tokio::test]
+async fn multipart_uploads_of_a_hub_killed_mid_upload_are_aborted_on_s3() {
+    let s3 = S3Server::start().await.expect("moto");
+    s3.create_bucket("killed").await.expect("bucket");
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let base = dir.path().join("base.yaml");
+    std::fs::write(
+        &base,
+        "storage:\n  staging_grace_secs: 2\n  allow_private_endpoints: true\nlog:\n  level: warn\n",
+    )
+    .expect("config");
+    let http = e2e::http_client();
+    let port = free_port();
+    let mut first = spawn_hub(&data, &base, port);
+    wait_ready(&http, port).await;
+    let creds: Value = serde_json::from_slice(
+        &std::fs::read(data.join("dev-credentials.json")).expect("credentials"),
+    )
+    .expect("json");
+    let key = creds["api_key"].as_str().expect("key").to_owned();
+    let r = http
+        .post(format!("http://127.0.0.1:{port}/v1/accounts"))
+        .header("Authorization", format!("APIKey {key}"))
+        .json(
+            &json!({"service": "s3", "account": "killed", "credentials": {
+            "bucket": "killed", "endpoint": s3.endpoint(), "region": "us-east-1",
+            "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()}}),
+        )
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    let acc = r.json::<Value>().await.expect("account")["id"]
+        .as_i64()
+        .expect("id");
+
+    // One upload that must not replace (a reserved name) and one that may: both past the
+    // first multipart part, then the hub dies.
+    let chunk = bytes::Bytes::from(pattern(1 << 20, 3));
+    let mut held = Vec::new();
+    for (name, overwrite) in [("keep-out.bin", false), ("replace-me.bin", true)] {
+        let (tx, upload) = held_upload(&http, port, &key, acc, name, overwrite);
+        // Past the first 8 MiB part even with the loopback socket buffers full.
+        for _ in 0..24 {
+            tx.send(Ok(chunk.clone())).await.expect("send");
+        }
+        held.push((tx, upload));
+    }
+    assert_eventually!(
+        incomplete_uploads(&s3, "killed").await.len() >= 2,
+        Duration::from_secs(60),
+        "both uploads to have started multipart uploads"
+    );
+    first.kill().await.expect("SIGKILL and reap");
+    for (tx, upload) in held {
+        drop(tx);
+        let _ = upload.await;
+    }
+    let (keys, uploads) = raw_bucket(&s3, "killed").await;
+    assert!(keys.is_empty(), "no object appeared: {keys:?}");
+    assert_eq!(
+        uploads, 2,
+        "the killed hub left its multipart uploads behind"
+    );
+
+    // The next hub: a live upload of one of the names starts before the old claims go stale
+    // and streams across several sweeps; the dead writers' uploads are aborted, the live one
+    // completes.
+    let port = free_port();
+    let mut second = spawn_hub(&data, &base, port);
+    wait_ready(&http, port).await;
+    let (tx, upload) = held_upload(&http, port, &key, acc, "replace-me.bin", true);
+    let mut sent = Vec::new();
+    for i in 0..24u64 {
+        let part = pattern(1 << 20, 100 + i);
+        sent.extend_from_slice(&part);
+        tx.send(Ok(bytes::Bytes::from(part))).await.expect("send");
+    }
+    // The reserved name's dead upload goes; the other name's is deferred while a live writer
+    // holds that name (S3 cannot say which of the two uploads is the dead one).
+    assert_eventually!(
+        incomplete_uploads(&s3, "killed").await == ["replace-me.bin", "replace-me.bin"],
+        Duration::from_secs(60),
+        "the dead upload of the reserved name to be aborted, the live one kept"
+    );
+    // Across more sweeps (every second with a 2 s grace), the live upload keeps going.
+    for i in 0..3u64 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let part = pattern(1 << 20, 200 + i);
+        sent.extend_from_slice(&part);
+        tx.send(Ok(bytes::Bytes::from(part))).await.expect("send");
+    }
+    drop(tx);
+    let r = bounded("the live upload", upload)
+        .await
+        .expect("join")
+        .expect("answer");
+    assert_eq!(r.status(), 201);
+    // With the live writer gone, the deferred claim is swept after another grace period.
+    assert_eventually!(
+        incomplete_uploads(&s3, "killed").await.is_empty(),
+        Duration::from_secs(60),
+        "the deferred dead upload to be aborted"
+    );
+    let (keys, _) = raw_bucket(&s3, "killed").await;
+    assert_eq!(keys, vec!["replace-me.bin".to_owned()]);
+    let got = http
+        .get(format!("{}/killed/replace-me.bin", s3.endpoint()))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert_eq!(
+        sha256_hex(&got),
+        sha256_hex(&sent),
+        "the live upload's bytes"
+    );
     second.kill().await.expect("kill and reap");
 }
 

@@ -236,7 +236,12 @@ pub struct Enrolled {
     pub name: String,
     pub region: String,
     pub cert_pem: String,
+    /// The spoke CA: the issuer of `cert_pem` and of every other spoke's certificate (relay
+    /// peers are verified under it; data-endpoint clients trust it).
     pub ca_pem: String,
+    /// The network CA (the one the join string pins): the issuer of hub certificates, the only
+    /// CA a spoke trusts for a hub.
+    pub hub_ca_pem: String,
     pub hubs: Vec<HubInfo>,
     pub settings: SpokeSettings,
 }

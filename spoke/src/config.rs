@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FILE: &str = "spoke.yaml";
 pub const KEY_FILE: &str = "spoke.key";
 pub const CERT_FILE: &str = "spoke.crt";
+/// The spoke CA: issuer of this and every other spoke's certificate.
 pub const CA_FILE: &str = "ca.crt";
+/// The network CA (the join string's pin): the only issuer a spoke trusts for a hub.
+pub const HUB_CA_FILE: &str = "hub-ca.crt";
 
 /// `spoke.yaml`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,7 +38,10 @@ pub struct Identity {
     pub config: SpokeConfig,
     pub cert_pem: String,
     pub key_pem: String,
+    /// The spoke CA (relay peers are verified under it).
     pub ca_pem: String,
+    /// The network CA: hubs are verified under it, and only it.
+    pub hub_ca_pem: String,
 }
 
 impl Identity {
@@ -61,6 +67,13 @@ impl Identity {
             "{} is readable by group or others; chmod 600 it",
             key_path.display()
         );
+        anyhow::ensure!(
+            dir.join(HUB_CA_FILE).exists(),
+            "{} has no {HUB_CA_FILE}: this spoke was enrolled by an older version, whose \
+             certificates could not tell spokes from hubs; enroll it again with a new join \
+             string (`hub spokes token create`) into an empty --data-dir",
+            dir.display()
+        );
         let read = |name: &str| -> anyhow::Result<String> {
             let p = dir.join(name);
             std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
@@ -70,6 +83,7 @@ impl Identity {
             key_pem: read(KEY_FILE)?,
             cert_pem: read(CERT_FILE)?,
             ca_pem: read(CA_FILE)?,
+            hub_ca_pem: read(HUB_CA_FILE)?,
         })
     }
 }

@@ -277,8 +277,10 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let (ident, jobs, grants) = (&node.ident, &node.jobs, &node.grants);
+    // Hubs are verified under the network CA only: a certificate from the spoke CA (another
+    // spoke's, whatever names it carries) is no hub.
     let tls = shared::pki::spoke_client_config(
-        &ident.ca_pem,
+        &ident.hub_ca_pem,
         &ident.cert_pem,
         &ident.key_pem,
         proto::ALPN,

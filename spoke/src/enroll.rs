@@ -36,7 +36,12 @@ pub async fn enroll(
     );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // Leftovers of an enrollment that failed before spoke.yaml was written are ours to replace.
-    for f in [config::KEY_FILE, config::CERT_FILE, config::CA_FILE] {
+    for f in [
+        config::KEY_FILE,
+        config::CERT_FILE,
+        config::CA_FILE,
+        config::HUB_CA_FILE,
+    ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
     let (key_pem, csr_pem) = shared::pki::new_key_and_csr(name.as_deref().unwrap_or("spoke"))?;
@@ -76,6 +81,17 @@ pub async fn enroll(
         }
         other => anyhow::bail!("unexpected answer from the hub: {other:?}"),
     };
+    // The hub CA handed back must be the pinned one, and spokes must get their certificates
+    // from a CA of their own (a network where one CA signs both could not tell them apart).
+    let hub_ca = shared::pki::fingerprint_pem(&enrolled.hub_ca_pem)?;
+    anyhow::ensure!(
+        shared::auth::ct_eq(hub_ca.as_bytes(), join.ca_fingerprint.to_ascii_lowercase().as_bytes()),
+        "the hub answered with a network CA other than the one the join string pins"
+    );
+    anyhow::ensure!(
+        shared::pki::fingerprint_pem(&enrolled.ca_pem)? != hub_ca,
+        "the hub issues spoke certificates from its hub CA; upgrade the hub before enrolling"
+    );
     config::write_new(
         &dir.join(config::CERT_FILE),
         enrolled.cert_pem.as_bytes(),
@@ -84,6 +100,11 @@ pub async fn enroll(
     config::write_new(
         &dir.join(config::CA_FILE),
         enrolled.ca_pem.as_bytes(),
+        0o644,
+    )?;
+    config::write_new(
+        &dir.join(config::HUB_CA_FILE),
+        enrolled.hub_ca_pem.as_bytes(),
         0o644,
     )?;
     let cfg = SpokeConfig {

@@ -8,7 +8,7 @@ mod network;
 mod steering;
 mod transfers;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
-pub use network::{CaRecord, HubRecord, JoinTokenRecord, SpokeRecord};
+pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{NewTransfer, TransferRecord};
 

@@ -12,6 +12,24 @@ pub struct CaRecord {
     pub fingerprint: String,
 }
 
+/// Which of the network's two CAs: they never issue for each other's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaRole {
+    /// The network CA join strings pin: issues hub certificates only.
+    Hub,
+    /// Issues spoke certificates only.
+    Spoke,
+}
+
+impl CaRole {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Hub => "network_ca",
+            Self::Spoke => "spoke_ca",
+        }
+    }
+}
+
 /// A join token as stored (the secret only as a hash).
 #[derive(Debug, Clone)]
 pub struct JoinTokenRecord {
@@ -69,12 +87,14 @@ fn spoke_from(r: &AnyRow) -> DbResult<SpokeRecord> {
 }
 
 impl Db {
-    /// The network CA, if one was created.
-    pub async fn get_ca(&self) -> DbResult<Option<CaRecord>> {
-        let row =
-            sqlx::query("SELECT cert_pem, key_sealed, fingerprint FROM network_ca WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await?;
+    /// The CA of `role`, if one was created.
+    pub async fn get_ca(&self, role: CaRole) -> DbResult<Option<CaRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT cert_pem, key_sealed, fingerprint FROM {} WHERE id = 1",
+            role.table()
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(CaRecord {
                 cert_pem: r.try_get("cert_pem")?,
@@ -85,19 +105,28 @@ impl Db {
         .transpose()
     }
 
-    /// Stores `ca` unless another hub stored one first; returns the CA that won.
-    pub async fn insert_ca_if_absent(&self, ca: &CaRecord, now: i64) -> DbResult<CaRecord> {
-        sqlx::query(
-            "INSERT INTO network_ca (id, cert_pem, key_sealed, fingerprint, created_ms) \
+    /// Stores `ca` as the CA of `role` unless another hub stored one first; returns the CA
+    /// that won.
+    pub async fn insert_ca_if_absent(
+        &self,
+        role: CaRole,
+        ca: &CaRecord,
+        now: i64,
+    ) -> DbResult<CaRecord> {
+        sqlx::query(&format!(
+            "INSERT INTO {} (id, cert_pem, key_sealed, fingerprint, created_ms) \
              VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-        )
+            role.table()
+        ))
         .bind(&ca.cert_pem)
         .bind(&ca.key_sealed)
         .bind(&ca.fingerprint)
         .bind(now)
         .execute(&self.pool)
         .await?;
-        self.get_ca().await?.ok_or_else(|| sqlx::Error::RowNotFound)
+        self.get_ca(role)
+            .await?
+            .ok_or_else(|| sqlx::Error::RowNotFound)
     }
 
     pub async fn create_join_token(&self, t: &JoinTokenRecord) -> DbResult<()> {

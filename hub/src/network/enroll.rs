@@ -201,6 +201,14 @@ pub async fn enroll(state: &AppState, req: &EnrollRequest) -> Result<Enrolled, R
             })?),
             None => None,
         };
+    if let Some(host) = &advertise_host {
+        if let Some(why) = hub_name_collision(state, host).await {
+            return Err(refuse(
+                "bad_request",
+                format!("--advertise {host:?} is not available to a spoke: {why}"),
+            ));
+        }
+    }
     // Check the CSR before burning the token.
     if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
         return Err(refuse(
@@ -238,7 +246,7 @@ pub async fn enroll(state: &AppState, req: &EnrollRequest) -> Result<Enrolled, R
     let lifetime = Duration::from_secs(state.config.network.spoke_cert_days * 86_400);
     let cert_pem = state
         .network
-        .ca
+        .spoke_ca
         .sign_spoke_csr(&req.csr_pem, spoke_id, advertise_host.as_deref(), lifetime)
         .map_err(|e| refuse("bad_request", e.to_string()))?;
     let fp = shared::pki::fingerprint_pem(&cert_pem).map_err(|e| internal(&e))?;
@@ -259,10 +267,57 @@ pub async fn enroll(state: &AppState, req: &EnrollRequest) -> Result<Enrolled, R
         name,
         region: token.region,
         cert_pem,
-        ca_pem: state.network.ca.cert_pem.clone(),
+        ca_pem: state.network.spoke_ca.cert_pem.clone(),
+        hub_ca_pem: state.network.ca.cert_pem.clone(),
         hubs,
         settings: spoke_settings(state),
     })
+}
+
+/// Why a spoke may not advertise (and so carry in its certificate) the DNS name `host`, if
+/// it may not: the network's internal names, the steered API names, and every name a hub is
+/// known by (its configured certificate names, its public URL, the API and QUIC addresses
+/// hubs announce). IP addresses are not refused: hub and spoke may share a host, and no hub
+/// identity rests on an IP address in a spoke's certificate (spoke certificates come from the
+/// spoke CA, which nothing trusts for a hub).
+async fn hub_name_collision(state: &AppState, host: &str) -> Option<String> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let norm = |h: &str| h.trim_end_matches('.').to_ascii_lowercase();
+    let host = norm(host);
+    let under = |zone: &str| {
+        let zone = norm(zone);
+        !zone.is_empty() && (host == zone || host.ends_with(&format!(".{zone}")))
+    };
+    if under(shared::pki::HUB_SERVER_NAME.split_once('.').map_or("", |(_, d)| d)) {
+        return Some("names under the network's internal domain belong to hubs".into());
+    }
+    if under(&format!("api.{}", state.config.dns.zone)) {
+        return Some("it is one of the hubs' steered API names".into());
+    }
+    let url_host = |u: &str| {
+        reqwest::Url::parse(u)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| norm(h.trim_matches(['[', ']']))))
+    };
+    let mut hub_names: Vec<String> = state.config.network.names.iter().map(|n| norm(n)).collect();
+    hub_names.extend(url_host(&state.config.public_url()));
+    match hub_list(state).await {
+        Ok(hubs) => {
+            for h in hubs {
+                hub_names.extend(url_host(&h.api));
+                hub_names.extend(parse_advertise(&h.quic).map(|q| norm(&q)));
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the hub list to check an advertised name");
+            return Some("the hub list could not be read to check it; try again".into());
+        }
+    }
+    hub_names
+        .contains(&host)
+        .then(|| "a hub is known by that name".into())
 }
 
 /// The host part of `host:port` (IPv6 in brackets), when well-formed.

@@ -8,6 +8,7 @@ mod control;
 pub mod enroll;
 pub mod registry;
 
+use crate::db::CaRole;
 use crate::state::{now_ms, AppState};
 use anyhow::Context as _;
 use shared::auth::Sealer;
@@ -22,44 +23,65 @@ pub use registry::{LiveStatus, Registry};
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 const HUB_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 const CA_AAD: &[u8] = b"network-ca";
+const SPOKE_CA_AAD: &[u8] = b"spoke-ca";
 
 /// Network state held by the hub.
 #[derive(Debug)]
 pub struct Network {
+    /// The network CA (what join strings pin): issues hub certificates only.
     pub ca: Ca,
     pub ca_fingerprint: String,
+    /// Issues spoke certificates only; hubs accept as spokes, and spokes as peers, only
+    /// certificates from it.
+    pub spoke_ca: Ca,
     pub registry: Registry,
     /// `host:port` spokes dial, known once the endpoint is bound.
     advertise: OnceLock<String>,
 }
 
+/// Loads the CA of `role` from the database, creating it on first start (the first hub to
+/// store one wins; every hub uses that one).
+async fn load_ca(
+    db: &crate::db::Db,
+    sealer: &Sealer,
+    role: CaRole,
+) -> anyhow::Result<(Ca, String)> {
+    let (name, aad) = match role {
+        CaRole::Hub => ("Switchyard network CA", CA_AAD),
+        CaRole::Spoke => ("Switchyard spoke CA", SPOKE_CA_AAD),
+    };
+    let record = match db.get_ca(role).await? {
+        Some(r) => r,
+        None => {
+            let ca = Ca::generate(name, CA_LIFETIME)?;
+            let fresh = crate::db::CaRecord {
+                fingerprint: ca.fingerprint()?,
+                key_sealed: sealer.seal(ca.key_pem().as_bytes(), aad),
+                cert_pem: ca.cert_pem.clone(),
+            };
+            db.insert_ca_if_absent(role, &fresh, now_ms()).await?
+        }
+    };
+    let key = sealer.open(&record.key_sealed, aad).map_err(|e| {
+        anyhow::anyhow!("the {name} key does not open with this master key: {e}")
+    })?;
+    let key = String::from_utf8(key).with_context(|| format!("{name} key"))?;
+    Ok((Ca::from_pem(&record.cert_pem, &key)?, record.fingerprint))
+}
+
 impl Network {
-    /// Loads the network CA from the database, creating it on first start.
+    /// Loads the network's CAs from the database, creating them on first start.
     pub async fn load(
         db: &crate::db::Db,
         sealer: &Sealer,
         config: &crate::config::Config,
     ) -> anyhow::Result<Network> {
-        let record = match db.get_ca().await? {
-            Some(r) => r,
-            None => {
-                let ca = Ca::generate("Switchyard network CA", CA_LIFETIME)?;
-                let fresh = crate::db::CaRecord {
-                    fingerprint: ca.fingerprint()?,
-                    key_sealed: sealer.seal(ca.key_pem().as_bytes(), CA_AAD),
-                    cert_pem: ca.cert_pem.clone(),
-                };
-                db.insert_ca_if_absent(&fresh, now_ms()).await?
-            }
-        };
-        let key = sealer.open(&record.key_sealed, CA_AAD).map_err(|e| {
-            anyhow::anyhow!("the network CA key does not open with this master key: {e}")
-        })?;
-        let key = String::from_utf8(key).context("network CA key")?;
-        let ca = Ca::from_pem(&record.cert_pem, &key)?;
+        let (ca, ca_fingerprint) = load_ca(db, sealer, CaRole::Hub).await?;
+        let (spoke_ca, _) = load_ca(db, sealer, CaRole::Spoke).await?;
         Ok(Network {
             ca,
-            ca_fingerprint: record.fingerprint,
+            ca_fingerprint,
+            spoke_ca,
             registry: Registry::new(
                 Duration::from_millis(config.network.heartbeat_ms),
                 config.network.missed_heartbeats,
@@ -141,7 +163,14 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<NetworkH
         names.push(addr.ip().to_string());
     }
     let (chain, key) = net.ca.issue_hub(&names, HUB_CERT_LIFETIME)?;
-    let tls = shared::pki::hub_server_config(&net.ca.cert_pem, &chain, &key, shared::proto::ALPN)?;
+    // Client certificates are verified under the spoke CA only: a hub's certificate, or
+    // anything else from the network CA, is no spoke.
+    let tls = shared::pki::hub_server_config(
+        &net.spoke_ca.cert_pem,
+        &chain,
+        &key,
+        shared::proto::ALPN,
+    )?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| anyhow::anyhow!("QUIC TLS config: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

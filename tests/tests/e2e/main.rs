@@ -5,6 +5,7 @@ mod cli;
 mod connectors;
 mod database;
 mod direct;
+mod identity;
 mod docs;
 mod egress;
 mod lab;

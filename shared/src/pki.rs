@@ -1,4 +1,5 @@
-//! The network's internal PKI: the hub CA (rcgen), spoke keys and CSRs, and the rustls
+//! The network's internal PKI: its two CAs (rcgen; the network CA issues hub certificates, the
+//! spoke CA spoke certificates), spoke keys and CSRs, and the rustls
 //! configurations of both ends of the control plane, including the pinned-CA verifier a spoke
 //! uses before it has joined. Pure computation, no IO.
 
@@ -242,17 +243,168 @@ pub fn spoke_server_name(spoke_id: i64) -> String {
     format!("spoke-{spoke_id}.{HUB_SERVER_NAME}")
 }
 
+/// Fingerprints of revoked spoke certificates, as hubs push them to every spoke: shared by a
+/// spoke's relay verifiers (both directions) and checked at every handshake and request.
+/// Revocation is permanent, so the set only grows (bounded by the number of spokes ever
+/// enrolled).
+#[derive(Debug, Clone, Default)]
+pub struct Revoked(Arc<std::sync::RwLock<std::collections::HashSet<String>>>);
+
+impl Revoked {
+    /// Adds `fingerprints`; returns how many were new.
+    pub fn extend(&self, fingerprints: impl IntoIterator<Item = String>) -> usize {
+        let mut set = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        fingerprints
+            .into_iter()
+            .map(|f| f.to_ascii_lowercase())
+            .filter(|f| set.insert(f.clone()))
+            .count()
+    }
+
+    /// True when the certificate with this DER is revoked.
+    pub fn is_revoked(&self, cert_der: &[u8]) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&fingerprint(cert_der))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The message a revoked peer's handshake fails with.
+pub const REVOKED_PEER: &str = "the peer's certificate has been revoked";
+
+/// A client-certificate verifier that refuses revoked certificates before the inner one runs.
+#[derive(Debug)]
+struct RevocationCheckingClient {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    revoked: Revoked,
+}
+
+impl rustls::server::danger::ClientCertVerifier for RevocationCheckingClient {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if self.revoked.is_revoked(end_entity) {
+            return Err(rustls::Error::General(REVOKED_PEER.into()));
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A server-certificate verifier that refuses revoked certificates before the inner one runs.
+#[derive(Debug)]
+struct RevocationCheckingServer {
+    inner: Arc<dyn ServerCertVerifier>,
+    revoked: Revoked,
+}
+
+impl ServerCertVerifier for RevocationCheckingServer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.revoked.is_revoked(end_entity) {
+            return Err(rustls::Error::General(REVOKED_PEER.into()));
+        }
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// A spoke's relay endpoint TLS config: its enrolled certificate, and only peers with a
-/// certificate from the network CA (other spokes) get in.
+/// certificate from the spoke CA (other spokes) that is not in `revoked` get in.
 pub fn relay_server_config(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    revoked: &Revoked,
 ) -> Result<rustls::ServerConfig, PkiError> {
-    let verifier =
+    let inner =
         rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
             .build()
             .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+    let verifier = Arc::new(RevocationCheckingClient {
+        inner,
+        revoked: revoked.clone(),
+    });
     let mut chain = certs(cert_pem)?;
     chain.extend(certs(ca_pem)?);
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
@@ -263,7 +415,32 @@ pub fn relay_server_config(
     Ok(cfg)
 }
 
-/// An enrolled spoke's TLS config: trusts only the network CA, presents its certificate.
+/// The TLS config a spoke dials another spoke's relay with: trusts only the spoke CA (`ca_pem`)
+/// and refuses a relaying spoke whose certificate is in `revoked`.
+pub fn relay_client_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    revoked: &Revoked,
+) -> Result<rustls::ClientConfig, PkiError> {
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(ca_pem)?, provider())
+            .build()
+            .map_err(|e| PkiError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RevocationCheckingServer {
+            inner,
+            revoked: revoked.clone(),
+        }))
+        .with_client_auth_cert(certs(cert_pem)?, private_key(key_pem)?)?;
+    cfg.alpn_protocols = vec![crate::proto::ALPN_RELAY.to_vec()];
+    Ok(cfg)
+}
+
+/// An enrolled spoke's TLS config towards hubs: trusts only the CA given (the network CA),
+/// presents its certificate.
 pub fn spoke_client_config(
     ca_pem: &str,
     cert_pem: &str,
@@ -384,6 +561,75 @@ mod tests {
             .expect("signed");
         spoke_client_config(&ca.cert_pem, &cert, &spoke_key, b"x").expect("client config");
         pinned_client_config(&fp, b"x").expect("pinned config");
+    }
+
+    /// Runs a TLS handshake in memory; the error of whichever side failed.
+    fn handshake(
+        client: rustls::ClientConfig,
+        server: rustls::ServerConfig,
+        name: &str,
+    ) -> Result<(), rustls::Error> {
+        let name = ServerName::try_from(name.to_owned()).expect("name");
+        let mut c = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut s = rustls::ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).expect("write");
+            s.read_tls(&mut buf.as_slice()).expect("read");
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).expect("write");
+            c.read_tls(&mut buf.as_slice()).expect("read");
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(());
+            }
+        }
+        Err(rustls::Error::General("handshake did not finish".into()))
+    }
+
+    #[test]
+    fn relays_refuse_revoked_peers_both_ways_and_hub_certificates() {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let hub_ca = Ca::generate("network", DAY).expect("ca");
+        let spoke_ca = Ca::generate("spokes", DAY).expect("ca");
+        let spoke = |id: i64| {
+            let (key, csr) = new_key_and_csr("s").expect("csr");
+            (
+                spoke_ca.sign_spoke_csr(&csr, id, None, DAY).expect("cert"),
+                key,
+            )
+        };
+        let ((a_cert, a_key), (b_cert, b_key)) = (spoke(1), spoke(2));
+        let ca = &spoke_ca.cert_pem;
+        let revoked = Revoked::default();
+        let server = || relay_server_config(ca, &a_cert, &a_key, &revoked).expect("server");
+        let client = || relay_client_config(ca, &b_cert, &b_key, &revoked).expect("client");
+        handshake(client(), server(), &spoke_server_name(1)).expect("peers connect");
+
+        // B revoked: A's relay refuses it as a client.
+        let b_der = certs(&b_cert).expect("der")[0].to_vec();
+        assert_eq!(
+            revoked.extend([fingerprint(&b_der).to_ascii_uppercase()]),
+            1
+        );
+        assert!(revoked.is_revoked(&b_der));
+        let e = handshake(client(), server(), &spoke_server_name(1)).expect_err("refused");
+        assert!(e.to_string().contains(REVOKED_PEER), "{e}");
+
+        // A revoked (as seen by a third spoke C): C refuses A's relay as a server.
+        let (c_cert, c_key) = spoke(3);
+        let seen_by_c = Revoked::default();
+        seen_by_c.extend([fingerprint(&certs(&a_cert).expect("der")[0])]);
+        let client_c = relay_client_config(ca, &c_cert, &c_key, &seen_by_c).expect("client");
+        let e = handshake(client_c, server(), &spoke_server_name(1)).expect_err("refused");
+        assert!(e.to_string().contains(REVOKED_PEER), "{e}");
+
+        // A hub certificate (network CA) is no relay peer.
+        let (hub_chain, hub_key) = hub_ca.issue_hub(&[], DAY).expect("hub");
+        let hub_as_client =
+            relay_client_config(ca, &hub_chain, &hub_key, &Revoked::default()).expect("client");
+        assert!(handshake(hub_as_client, server(), &spoke_server_name(1)).is_err());
     }
 
     #[test]

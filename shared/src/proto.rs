@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The protocol version this build speaks. Bump on any incompatible message change.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The QUIC ALPN of the control plane.
 pub const ALPN: &[u8] = b"switchyard";
 /// The QUIC ALPN of the spoke↔spoke relay.
@@ -199,6 +199,9 @@ pub enum HubMsg {
     Grant(Box<Grant>),
     /// Measure the RTT to these storage endpoints (`host:port`) now and in every heartbeat.
     Probe { targets: Vec<String> },
+    /// Fingerprints (SHA-256 hex) of revoked spoke certificates: every one, sent after the
+    /// welcome and again whenever the list grows. A spoke refuses these peers on its relay.
+    Revoked { fingerprints: Vec<String> },
 }
 
 /// A client-direct data grant: the spoke accepts `method` on `/v1/data/{grant_id}` with a URL

@@ -42,6 +42,9 @@ pub struct Identity {
     pub ca_pem: String,
     /// The network CA: hubs are verified under it, and only it.
     pub hub_ca_pem: String,
+    /// Revoked spoke certificates, as hubs push them (`HubMsg::Revoked`): refused as relay
+    /// peers in both directions.
+    pub revoked: shared::pki::Revoked,
 }
 
 impl Identity {
@@ -84,6 +87,7 @@ impl Identity {
             cert_pem: read(CERT_FILE)?,
             ca_pem: read(CA_FILE)?,
             hub_ca_pem: read(HUB_CA_FILE)?,
+            revoked: shared::pki::Revoked::default(),
         })
     }
 }

@@ -181,6 +181,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             relay_endpoint = Some(relay.clone());
             tokio::spawn(crate::relay::serve(
                 relay,
+                ident.revoked.clone(),
                 grants.clone(),
                 opts.data_dir.join("scratch"),
                 egress,
@@ -350,6 +351,13 @@ async fn session(
                     Ok(HubMsg::Cancel { transfer_id }) => jobs.cancel(transfer_id),
                     Ok(HubMsg::Grant(g)) => grants.add(*g),
                     Ok(HubMsg::Probe { targets }) => jobs.probe(targets),
+                    Ok(HubMsg::Revoked { fingerprints }) => {
+                        let new = ident.revoked.extend(fingerprints);
+                        if new > 0 {
+                            tracing::info!(new, total = ident.revoked.len(),
+                                "revoked spoke certificates updated");
+                        }
+                    }
                     Ok(HubMsg::Refused { code, message }) if code == "revoked" => {
                         break Err(anyhow::Error::new(Fatal(message)));
                     }

@@ -85,7 +85,10 @@ pub async fn enroll(
     // from a CA of their own (a network where one CA signs both could not tell them apart).
     let hub_ca = shared::pki::fingerprint_pem(&enrolled.hub_ca_pem)?;
     anyhow::ensure!(
-        shared::auth::ct_eq(hub_ca.as_bytes(), join.ca_fingerprint.to_ascii_lowercase().as_bytes()),
+        shared::auth::ct_eq(
+            hub_ca.as_bytes(),
+            join.ca_fingerprint.to_ascii_lowercase().as_bytes()
+        ),
         "the hub answered with a network CA other than the one the join string pins"
     );
     anyhow::ensure!(

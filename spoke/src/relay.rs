@@ -57,7 +57,12 @@ pub fn server_config(
     ident: &Identity,
     congestion: Congestion,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let tls = shared::pki::relay_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)?;
+    let tls = shared::pki::relay_server_config(
+        &ident.ca_pem,
+        &ident.cert_pem,
+        &ident.key_pem,
+        &ident.revoked,
+    )?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| anyhow::anyhow!("relay TLS config: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -78,6 +83,7 @@ pub fn bind(ident: &Identity, listen: SocketAddr) -> anyhow::Result<quinn::Endpo
 /// Serves relay requests until `shutdown` fires.
 pub async fn serve(
     endpoint: quinn::Endpoint,
+    revoked: shared::pki::Revoked,
     grants: Arc<Grants>,
     scratch: PathBuf,
     egress: shared::egress::EgressPolicy,
@@ -100,7 +106,7 @@ pub async fn serve(
                 return;
             }
         };
-        let server = server.clone();
+        let (server, revoked) = (server.clone(), revoked.clone());
         tokio::spawn(async move {
             let conn = match tokio::time::timeout(HEADER_TIMEOUT, incoming).await {
                 Ok(Ok(c)) => c,
@@ -110,12 +116,31 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            let leaf = peer_leaf(&conn);
             while let Ok((send, recv)) = conn.accept_bi().await {
+                // A peer revoked after its handshake loses the connection at its next request.
+                if leaf.as_deref().is_none_or(|l| revoked.is_revoked(l)) {
+                    tracing::info!(remote = %conn.remote_address(), "closing a revoked relay peer");
+                    conn.close(
+                        quinn::VarInt::from_u32(proto::CLOSE_REVOKED),
+                        shared::pki::REVOKED_PEER.as_bytes(),
+                    );
+                    return;
+                }
                 let server = server.clone();
                 tokio::spawn(async move { server.stream(send, recv).await });
             }
         });
     }
+}
+
+/// The DER of the certificate the peer of `conn` presented.
+fn peer_leaf(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?
+        .first()
+        .map(|c| c.to_vec())
 }
 
 impl Server {
@@ -284,11 +309,11 @@ impl Relayed {
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let tls = shared::pki::spoke_client_config(
+        let tls = shared::pki::relay_client_config(
             &ident.ca_pem,
             &ident.cert_pem,
             &ident.key_pem,
-            proto::ALPN_RELAY,
+            &ident.revoked,
         )
         .map_err(|e| StorageError::Other(format!("relay TLS config: {e}")))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)

@@ -129,6 +129,17 @@ impl Db {
             .ok_or_else(|| sqlx::Error::RowNotFound)
     }
 
+    /// Certificate fingerprints of every revoked spoke (what hubs push to spokes).
+    pub async fn revoked_fingerprints(&self) -> DbResult<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT cert_fingerprint FROM spokes WHERE revoked_ms IS NOT NULL \
+             AND cert_fingerprint NOT LIKE 'pending:%' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| r.try_get("cert_fingerprint")).collect()
+    }
+
     pub async fn create_join_token(&self, t: &JoinTokenRecord) -> DbResult<()> {
         sqlx::query(&format!(
             "INSERT INTO join_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)"

@@ -189,6 +189,18 @@ async fn enroll(
         Ok(Err(e)) => return Err(e.into()),
         Err(_) => anyhow::bail!("no enrollment request within {HELLO_TIMEOUT:?}"),
     };
+    let source = conn.remote_address().ip();
+    let throttle = &state.network.enroll_throttle;
+    if throttle.blocked(source) {
+        refuse_and_close(
+            &conn,
+            &mut stream,
+            "throttled",
+            "too many failed enrollments from this address; wait a minute",
+        )
+        .await;
+        return Ok(());
+    }
     match super::enroll::enroll(&state, &req).await {
         Ok(done) => {
             stream.send(&HubMsg::Enrolled(Box::new(done))).await?;
@@ -197,7 +209,11 @@ async fn enroll(
             conn.close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"enrolled");
         }
         Err(r) => {
-            tracing::info!(code = r.code, token = %req.token_id, "enrollment refused");
+            // One line per attempt at DEBUG only: failures are what a guessing flood makes.
+            tracing::debug!(code = r.code, %source, "enrollment refused");
+            if r.code != "internal" && throttle.failed(source) {
+                tracing::warn!(%source, "repeated failed enrollments; refusing this source for a minute");
+            }
             refuse_and_close(&conn, &mut stream, r.code, &r.message).await;
         }
     }
@@ -238,6 +254,13 @@ async fn control(
                     .encode(state.spoke_data_key(spoke.id))
             })),
         }))
+        .await?;
+    // Every revoked certificate, before anything else: the spoke refuses those peers on its
+    // relay from now on (the hub pushes the list again whenever it grows).
+    stream
+        .send(&HubMsg::Revoked {
+            fingerprints: state.db.revoked_fingerprints().await?,
+        })
         .await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<HubMsg>();
     let session = state.network.registry.insert(

@@ -19,6 +19,66 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Failed enrollments one source address may make per [`THROTTLE_WINDOW`] before it is
+/// refused without its token being looked at.
+const THROTTLE_FAILURES: u32 = 10;
+const THROTTLE_WINDOW: Duration = Duration::from_secs(60);
+/// Source addresses the throttle remembers (beyond it, expired entries go, then all).
+const THROTTLE_SOURCES: usize = 10_000;
+
+/// Failed enrollment attempts per source address (IPv6 by /64): guessing join tokens costs a
+/// window per [`THROTTLE_FAILURES`] tries, and a flood of failures logs one warning per source
+/// and window instead of a line per attempt.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    sources:
+        std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl Throttle {
+    fn key(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip.to_canonical() {
+            std::net::IpAddr::V6(v6) => {
+                let s = v6.segments();
+                std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+            v4 => v4,
+        }
+    }
+
+    /// True when `ip` has used up its failures for the current window.
+    pub fn blocked(&self, ip: std::net::IpAddr) -> bool {
+        let map = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(&Self::key(ip))
+            .is_some_and(|(since, n)| since.elapsed() < THROTTLE_WINDOW && *n >= THROTTLE_FAILURES)
+    }
+
+    /// Counts a failure of `ip`; true when this one used up its window (time to warn).
+    pub fn failed(&self, ip: std::net::IpAddr) -> bool {
+        let mut map = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= THROTTLE_SOURCES {
+            map.retain(|_, (since, _)| since.elapsed() < THROTTLE_WINDOW);
+            if map.len() >= THROTTLE_SOURCES {
+                map.clear();
+            }
+        }
+        let entry = map
+            .entry(Self::key(ip))
+            .or_insert((std::time::Instant::now(), 0));
+        if entry.0.elapsed() >= THROTTLE_WINDOW {
+            *entry = (std::time::Instant::now(), 0);
+        }
+        entry.1 += 1;
+        entry.1 == THROTTLE_FAILURES
+    }
+}
+
 fn refuse(code: &'static str, message: impl Into<String>) -> Refusal {
     Refusal {
         code,
@@ -290,7 +350,11 @@ async fn hub_name_collision(state: &AppState, host: &str) -> Option<String> {
         let zone = norm(zone);
         !zone.is_empty() && (host == zone || host.ends_with(&format!(".{zone}")))
     };
-    if under(shared::pki::HUB_SERVER_NAME.split_once('.').map_or("", |(_, d)| d)) {
+    if under(
+        shared::pki::HUB_SERVER_NAME
+            .split_once('.')
+            .map_or("", |(_, d)| d),
+    ) {
         return Some("names under the network's internal domain belong to hubs".into());
     }
     if under(&format!("api.{}", state.config.dns.zone)) {

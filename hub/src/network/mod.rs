@@ -35,6 +35,8 @@ pub struct Network {
     /// certificates from it.
     pub spoke_ca: Ca,
     pub registry: Registry,
+    /// Failed enrollments per source address.
+    pub enroll_throttle: enroll::Throttle,
     /// `host:port` spokes dial, known once the endpoint is bound.
     advertise: OnceLock<String>,
 }
@@ -62,9 +64,9 @@ async fn load_ca(
             db.insert_ca_if_absent(role, &fresh, now_ms()).await?
         }
     };
-    let key = sealer.open(&record.key_sealed, aad).map_err(|e| {
-        anyhow::anyhow!("the {name} key does not open with this master key: {e}")
-    })?;
+    let key = sealer
+        .open(&record.key_sealed, aad)
+        .map_err(|e| anyhow::anyhow!("the {name} key does not open with this master key: {e}"))?;
     let key = String::from_utf8(key).with_context(|| format!("{name} key"))?;
     Ok((Ca::from_pem(&record.cert_pem, &key)?, record.fingerprint))
 }
@@ -82,6 +84,7 @@ impl Network {
             ca,
             ca_fingerprint,
             spoke_ca,
+            enroll_throttle: enroll::Throttle::default(),
             registry: Registry::new(
                 Duration::from_millis(config.network.heartbeat_ms),
                 config.network.missed_heartbeats,
@@ -132,6 +135,7 @@ pub struct NetworkHandle {
     pub local_addr: SocketAddr,
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
+    revocations: tokio::task::JoinHandle<()>,
 }
 
 impl NetworkHandle {
@@ -142,6 +146,7 @@ impl NetworkHandle {
             b"hub shutting down",
         );
         self.task.abort();
+        self.revocations.abort();
     }
 
     /// Closes every spoke connection and stops accepting.
@@ -151,6 +156,7 @@ impl NetworkHandle {
             b"hub shutting down",
         );
         self.task.abort();
+        self.revocations.abort();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
@@ -165,12 +171,8 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<NetworkH
     let (chain, key) = net.ca.issue_hub(&names, HUB_CERT_LIFETIME)?;
     // Client certificates are verified under the spoke CA only: a hub's certificate, or
     // anything else from the network CA, is no spoke.
-    let tls = shared::pki::hub_server_config(
-        &net.spoke_ca.cert_pem,
-        &chain,
-        &key,
-        shared::proto::ALPN,
-    )?;
+    let tls =
+        shared::pki::hub_server_config(&net.spoke_ca.cert_pem, &chain, &key, shared::proto::ALPN)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| anyhow::anyhow!("QUIC TLS config: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -196,11 +198,45 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<NetworkH
         .await?;
     tracing::info!(%local_addr, %advertise, ca = %net.ca_fingerprint, "spoke network listening");
     let task = tokio::spawn(control::accept_loop(state.clone(), endpoint.clone()));
+    let revocations = tokio::spawn(push_revocations(state.clone()));
     Ok(NetworkHandle {
         local_addr,
         endpoint,
         task,
+        revocations,
     })
+}
+
+/// How often a hub looks for spokes revoked (on any hub) since its last push.
+const REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Pushes the revoked-certificate list to every connected spoke whenever it grows (a spoke
+/// revoked on any hub reaches the spokes of every hub within about [`REVOCATION_POLL`]).
+/// Runs until the [`NetworkHandle`] closes.
+async fn push_revocations(state: AppState) {
+    let mut known = 0usize;
+    loop {
+        tokio::time::sleep(REVOCATION_POLL).await;
+        let list = match state.db.revoked_fingerprints().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read revoked spokes");
+                continue;
+            }
+        };
+        if list.len() == known {
+            continue;
+        }
+        known = list.len();
+        for id in state.network.registry.connected_ids() {
+            state.network.registry.send(
+                id,
+                shared::proto::HubMsg::Revoked {
+                    fingerprints: list.clone(),
+                },
+            );
+        }
+    }
 }
 
 /// QUIC transport settings shared by hub and spoke: keep-alives well inside the idle timeout.

@@ -3,7 +3,7 @@
 //! carries) is refused as a hub by running spokes and by joining ones, and a join string
 //! whose hub address was swapped leaks nothing to the impostor.
 
-use crate::spokes::{enroll, join_token, text, SpokeProc};
+use crate::spokes::{enroll, join_token, text, wait_healthy, SpokeProc};
 use e2e::{assert_eventually, TestHub};
 use shared::join::JoinString;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,13 +33,9 @@ impl Impostor {
             )
             .expect("a spoke certificate naming the hub");
         let chain = format!("{cert}{}", spoke_ca.cert_pem);
-        let tls = shared::pki::hub_server_config(
-            &spoke_ca.cert_pem,
-            &chain,
-            &key,
-            shared::proto::ALPN,
-        )
-        .expect("tls");
+        let tls =
+            shared::pki::hub_server_config(&spoke_ca.cert_pem, &chain, &key, shared::proto::ALPN)
+                .expect("tls");
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic tls");
         let server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         let endpoint =
@@ -143,8 +139,16 @@ async fn a_spoke_certificate_cannot_serve_as_a_hub() {
         Duration::from_secs(30),
         "the spoke to refuse the impostor's certificate"
     );
-    assert!(!victim.log_text().contains("connected to hub"), "{}", victim.log_text());
-    assert_eq!(impostor.received.load(Ordering::SeqCst), 0, "the spoke spoke to the impostor");
+    assert!(
+        !victim.log_text().contains("connected to hub"),
+        "{}",
+        victim.log_text()
+    );
+    assert_eq!(
+        impostor.received.load(Ordering::SeqCst),
+        0,
+        "the spoke spoke to the impostor"
+    );
     assert_eq!(impostor.handshakes.load(Ordering::SeqCst), 0);
     drop(victim);
 
@@ -153,14 +157,133 @@ async fn a_spoke_certificate_cannot_serve_as_a_hub() {
     let join = join_token(&hub, "local").await;
     let mut j = JoinString::parse(&join).expect("parse");
     j.quic = impostor.addr.to_string();
-    let o = enroll(&j.encode(), &root.path().join("joiner"), &["--timeout", "5"]).await;
+    let o = enroll(
+        &j.encode(),
+        &root.path().join("joiner"),
+        &["--timeout", "5"],
+    )
+    .await;
     assert!(!o.status.success());
     assert!(
         text(&o.stderr).contains("not the one this join string was made for"),
         "{}",
         text(&o.stderr)
     );
-    assert_eq!(impostor.received.load(Ordering::SeqCst), 0, "the secret reached the impostor");
+    assert_eq!(
+        impostor.received.load(Ordering::SeqCst),
+        0,
+        "the secret reached the impostor"
+    );
     let o = enroll(&join, &root.path().join("joiner"), &[]).await;
     assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// What a spoke's relay answers a peer: `Ok(message)` when a request reached the grant lookup
+/// (a made-up grant is refused there), `Err(why)` when the peer was refused before that.
+async fn relay_attempt(relay: &spoke::relay::Relayed) -> Result<String, String> {
+    use shared::storage::transfer::RangeSource as _;
+    match relay.open(0, 1024).await {
+        Ok(_) => Ok("served".into()),
+        Err(e) if e.to_string().contains("no such relay grant") => Ok(e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_spoke_is_refused_by_the_other_spokes_relays() {
+    let hub = TestHub::start().await.expect("hub");
+    let root = tempfile::tempdir().expect("tmp");
+    let port = e2e::servers::free_port();
+    let advertise = format!("127.0.0.1:{port}");
+    let relay = SpokeProc::start_full(
+        &hub,
+        root.path(),
+        "relay",
+        &["--advertise", &advertise],
+        &[],
+    )
+    .await;
+    wait_healthy(&hub, relay.id).await;
+    // The peer: an enrolled spoke whose identity the test drives in-process.
+    let join = join_token(&hub, "local").await;
+    let dir = root.path().join("peer");
+    let o = enroll(&join, &dir, &["--name", "peer"]).await;
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let peer_id: i64 = text(&o.stdout)
+        .split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    let peer = spoke::config::Identity::load(&dir).expect("identity");
+    let from = shared::proto::RelayFrom {
+        spoke_id: relay.id,
+        addr: advertise.clone(),
+        grant_id: "0123456789abcdef0123456789abcdef".into(),
+        expires: i64::MAX,
+        signature: shared::proto::Redacted("AAAA".into()),
+    };
+    // Before the revocation the peer's requests reach the grant lookup.
+    let open = spoke::relay::Relayed::connect(&peer, &from, Default::default())
+        .await
+        .expect("connects");
+    assert!(relay_attempt(&open).await.is_ok());
+
+    let r = hub
+        .http
+        .delete(hub.url(&format!("/v1/network/spokes/{peer_id}")))
+        .header("Authorization", hub.meta())
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), 204);
+    let started = std::time::Instant::now();
+    assert_eventually!(
+        relay
+            .log_text()
+            .contains("revoked spoke certificates updated"),
+        Duration::from_secs(10),
+        "the revocation to reach the relay spoke"
+    );
+    eprintln!("revocation reached the spoke in {:?}", started.elapsed());
+    // The connection opened before: its next request is refused and the connection closed.
+    let refused = relay_attempt(&open).await;
+    assert!(refused.is_err(), "{refused:?}");
+    // A new connection: refused at the handshake (or its first request, TLS 1.3 being what it
+    // is), never reaching the grant lookup.
+    let outcome = match spoke::relay::Relayed::connect(&peer, &from, Default::default()).await {
+        Ok(r) => relay_attempt(&r).await,
+        Err(e) => Err(e.to_string()),
+    };
+    assert!(
+        outcome.is_err(),
+        "a revoked spoke reached the grant lookup: {outcome:?}"
+    );
+}
+
+#[tokio::test]
+async fn failed_enrollments_are_throttled_per_source() {
+    let hub = TestHub::start().await.expect("hub");
+    let root = tempfile::tempdir().expect("tmp");
+    let join = join_token(&hub, "local").await;
+    let mut wrong = JoinString::parse(&join).expect("parse");
+    wrong.secret = shared::proto::Redacted("js_guessed-secret".into());
+    for i in 0..10 {
+        let o = enroll(&wrong.encode(), &root.path().join(format!("g{i}")), &[]).await;
+        assert!(!o.status.success());
+        assert!(
+            text(&o.stderr).contains("does not exist"),
+            "{}",
+            text(&o.stderr)
+        );
+    }
+    // The source has used its failures: even the right secret is not looked at now, so
+    // guessing costs a minute per ten tries.
+    let o = enroll(&join, &root.path().join("right"), &[]).await;
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("too many failed enrollments"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!root.path().join("right/spoke.yaml").exists());
 }

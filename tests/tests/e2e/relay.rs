@@ -234,6 +234,7 @@ async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
         key_pem: key,
         ca_pem: ident_b.ca_pem.clone(),
         hub_ca_pem: ident_b.hub_ca_pem.clone(),
+        revoked: Default::default(),
     };
     let outcome = match spoke::relay::Relayed::connect(&intruder, &bogus, Default::default()).await
     {

@@ -805,33 +805,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Collects the encoded response.
-    #[derive(Clone, Default)]
-    struct Collect(Arc<Mutex<Option<Vec<u8>>>>);
-
-    #[async_trait::async_trait]
-    impl ResponseHandler for Collect {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let mut bytes = Vec::new();
-            let info = {
-                let mut enc = hickory_proto::serialize::binary::BinEncoder::new(&mut bytes);
-                response.destructive_emit(&mut enc)?
-            };
-            *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(bytes);
-            Ok(info)
-        }
-    }
-
     fn handler() -> Handler {
         let yaml =
             "dns:\n  zone: sy.test\n  records:\n    - {name: www, type: A, value: 192.0.2.1}\n";
@@ -856,11 +829,75 @@ mod tests {
 
     fn answer(h: &Handler, rt: &tokio::runtime::Runtime, bytes: Vec<u8>) -> Option<Vec<u8>> {
         let src: SocketAddr = "192.0.2.99:5353".parse().expect("addr");
-        let req = Request::from_bytes(bytes, src, Protocol::Udp).ok()?;
-        let out = Collect::default();
-        rt.block_on(h.handle_request::<_, TokioTime>(&req, out.clone()));
-        let got = out.0.lock().unwrap_or_else(|p| p.into_inner()).take();
-        got
+        rt.block_on(h.answer(&bytes, src, Protocol::Udp))
+    }
+
+    /// The query with its ECS option (the last 11 bytes) replaced by `options`.
+    fn with_options(options: &[u8]) -> Vec<u8> {
+        let mut q = steered_query();
+        q.truncate(q.len() - 13);
+        q.extend_from_slice(&u16::try_from(options.len()).expect("len").to_be_bytes());
+        q.extend_from_slice(options);
+        q
+    }
+
+    fn ecs(family: u8, source: u8, scope: u8, addr: &[u8]) -> Vec<u8> {
+        let len = u8::try_from(4 + addr.len()).expect("len");
+        let mut o = vec![0, 8, 0, len, 0, family, source, scope];
+        o.extend_from_slice(addr);
+        o
+    }
+
+    #[test]
+    fn client_subnet_rules_of_rfc7871() {
+        let ok = [
+            ecs(1, 24, 0, &[198, 51, 100]),
+            ecs(1, 0, 0, &[]),
+            ecs(1, 20, 0, &[198, 51, 96]),
+            ecs(2, 56, 0, &[0x20, 1, 0x0d, 0xb8, 0, 0, 0x12]),
+            // Another option next to ECS is fine.
+            [
+                vec![0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8],
+                ecs(1, 24, 0, &[10, 0, 0]),
+            ]
+            .concat(),
+        ];
+        for o in ok {
+            assert_eq!(ecs_error(&with_options(&o)), None, "{o:?}");
+        }
+        assert_eq!(ecs_error(&steered_query()), None);
+        let bad = [
+            (ecs(1, 24, 24, &[198, 51, 100]), "scope"),
+            (ecs(1, 24, 0, &[198, 51, 100, 0]), "match"),
+            (ecs(1, 24, 0, &[198, 51]), "match"),
+            (ecs(1, 20, 0, &[198, 51, 100]), "past"),
+            (ecs(1, 33, 0, &[1, 2, 3, 4, 5]), "longer"),
+            (ecs(3, 8, 0, &[1]), "family"),
+            (vec![0, 8, 0, 2, 0, 1], "shorter"),
+            (
+                [
+                    ecs(1, 24, 0, &[198, 51, 100]),
+                    ecs(1, 24, 0, &[198, 51, 100]),
+                ]
+                .concat(),
+                "more than one",
+            ),
+        ];
+        for (o, why) in bad {
+            let got = ecs_error(&with_options(&o));
+            assert!(got.is_some_and(|g| g.contains(why)), "{o:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_client_subnets_are_answered_formerr() {
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        let h = handler();
+        let q = with_options(&ecs(1, 24, 24, &[198, 51, 100]));
+        let r = answer(&h, &rt, q).expect("an answer");
+        let m = hickory_proto::op::Message::from_vec(&r).expect("parse");
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        assert!(m.answers.is_empty());
     }
 
     #[test]

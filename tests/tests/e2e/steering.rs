@@ -482,15 +482,21 @@ async fn malformed_client_subnets_get_formerr() {
             ecs(1, 33, 0, &[198, 51, 100, 7, 0]),
         ),
     ];
+    let mut accepted = Vec::new();
     for (i, (what, opt)) in cases.iter().enumerate() {
         let id = 100 + u16::try_from(i).expect("id");
         let r = ask(&sock, dns, &query(id, Some(opt)))
             .await
             .unwrap_or_else(|| panic!("{what}: no reply"));
         assert_eq!(u16::from_be_bytes([r[0], r[1]]), id, "{what}");
-        assert_eq!(rcode(&r), 1, "{what} must get FORMERR: {r:?}");
-        assert_eq!(u16::from_be_bytes([r[6], r[7]]), 0, "{what}: no answers");
+        if rcode(&r) != 1 || u16::from_be_bytes([r[6], r[7]]) != 0 {
+            accepted.push(*what);
+        }
     }
+    assert!(
+        accepted.is_empty(),
+        "these malformed options did not get FORMERR: {accepted:?}"
+    );
 }
 
 /// 5,000 queries from one client network as fast as loopback takes them: at most the budget

@@ -122,7 +122,7 @@ impl RateLimiter {
             return Verdict::Answer;
         }
         b.limited += 1;
-        if l.slip > 0 && b.limited % u64::from(l.slip) == 0 {
+        if l.slip > 0 && b.limited.is_multiple_of(u64::from(l.slip)) {
             Verdict::Slip
         } else {
             Verdict::Drop

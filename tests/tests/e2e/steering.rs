@@ -571,7 +571,7 @@ async fn a_udp_flood_gets_its_budget_and_other_networks_are_still_answered() {
         .expect("receiver");
     let elapsed = started.elapsed().as_secs_f64();
     let budget = BURST + RATE * elapsed + 1.0;
-    println!(
+    eprintln!(
         "flood: {FLOOD} queries in {elapsed:.2} s, {} answered (budget {budget:.0}), {} slipped, \
          {} reply bytes for {sent_bytes} query bytes",
         seen.answered, seen.slipped, seen.bytes

@@ -602,3 +602,70 @@ async fn a_udp_flood_gets_its_budget_and_other_networks_are_still_answered() {
         .expect("dig");
     assert_eq!(answers(&tcp), [("A".into(), "127.0.0.1".into())], "{tcp}");
 }
+
+/// A query is never logged above DEBUG: the hub binary at `info` answers queries and its log
+/// holds the start-up lines but not one line per query.
+#[tokio::test]
+async fn queries_are_not_logged_at_info() {
+    const HUB: &str = env!("CARGO_BIN_EXE_e2e-hub");
+    let dir = tempfile::tempdir().expect("tmp");
+    let log_path = dir.path().join("hub.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = e2e::servers::free_port();
+    let dns: SocketAddr = format!("127.0.0.1:{}", e2e::servers::free_port())
+        .parse()
+        .expect("addr");
+    let mut cmd = Command::new(HUB);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHYARD_")) {
+        cmd.env_remove(k);
+    }
+    let child = cmd
+        .args(["dev", "--port", &port.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("SWITCHYARD_LOG", "info")
+        .env("SWITCHYARD_DNS__LISTEN", dns.to_string())
+        .env("SWITCHYARD_DNS__ZONE", "sy.test")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("hub dev");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut hub = Kill(child);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    e2e::assert_eventually!(
+        ask(&sock, dns, &query(1, None)).await.is_some(),
+        Duration::from_secs(30),
+        "the hub's DNS server to answer"
+    );
+    for id in 2..22 {
+        let r = ask(&sock, dns, &query(id, None)).await.expect("an answer");
+        assert_eq!(rcode(&r), 0);
+    }
+    let _ = hub.0.kill();
+    let _ = hub.0.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        text.contains("steering DNS listening"),
+        "the log is written at info: {text}"
+    );
+    let per_query: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("request:") || (l.contains("sy.test") && !l.contains("DNS listening"))
+        })
+        .collect();
+    assert!(
+        per_query.is_empty(),
+        "{} log lines about queries at info, e.g. {:?}",
+        per_query.len(),
+        per_query.first()
+    );
+}

@@ -287,7 +287,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// if they are: more than one option, an unknown family, a source prefix longer than the
 /// family's addresses, a non-zero scope (only responses carry one), an address longer or
 /// shorter than the source prefix needs, or bits set past the source prefix. Read from the wire
-/// because the parsed message keeps one option per code and normalises the address.
+/// because hickory's parser reads only the address bytes the source prefix needs (extra ones
+/// vanish) and checks neither the scope nor the spare bits.
 pub fn ecs_error(msg: &[u8]) -> Option<&'static str> {
     fn u16_at(b: &[u8], i: usize) -> Option<usize> {
         Some(usize::from(u16::from_be_bytes([

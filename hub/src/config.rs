@@ -219,6 +219,54 @@ pub struct DnsConfig {
     /// ...and this many milliseconds faster.
     #[serde(default = "default_hysteresis_ms")]
     pub hysteresis_ms: u64,
+    /// Response rate limiting of UDP answers per client network.
+    #[serde(default)]
+    pub rrl: RrlConfig,
+}
+
+/// Response rate limiting (as NSD and BIND do): every client network (/24, /56) gets a token
+/// bucket of UDP responses, so the server cannot be used to amplify a flood at a spoofed
+/// victim. TCP is never limited (its handshake proves the source address).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RrlConfig {
+    /// Sustained UDP responses per second to one client network; 0 turns limiting off.
+    #[serde(default = "default_rrl_rate")]
+    pub responses_per_second: u32,
+    /// Responses a network may get at once above the sustained rate (the bucket's size).
+    #[serde(default = "default_rrl_burst")]
+    pub burst: u32,
+    /// Every `slip`-th limited response is sent empty with TC=1 instead of being dropped, so a
+    /// real client behind a flooded network retries over TCP; 0 drops them all.
+    #[serde(default = "default_rrl_slip")]
+    pub slip: u32,
+    /// Client networks tracked at most (the oldest is forgotten beyond).
+    #[serde(default = "default_rrl_max_prefixes")]
+    pub max_prefixes: usize,
+}
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        Self {
+            responses_per_second: default_rrl_rate(),
+            burst: default_rrl_burst(),
+            slip: default_rrl_slip(),
+            max_prefixes: default_rrl_max_prefixes(),
+        }
+    }
+}
+
+fn default_rrl_rate() -> u32 {
+    20
+}
+fn default_rrl_burst() -> u32 {
+    40
+}
+fn default_rrl_slip() -> u32 {
+    2
+}
+fn default_rrl_max_prefixes() -> usize {
+    100_000
 }
 
 impl Default for DnsConfig {
@@ -237,6 +285,7 @@ impl Default for DnsConfig {
             probe_failures: default_probe_failures(),
             hysteresis_pct: default_hysteresis_pct(),
             hysteresis_ms: default_hysteresis_ms(),
+            rrl: RrlConfig::default(),
         }
     }
 }

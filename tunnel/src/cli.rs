@@ -86,7 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let path = match (config, socket, interface) {
-                (Some(c), _, _) => Config::load(&c)?.interface.control_socket,
+                (Some(c), _, _) => Config::control_socket_of(&c)?,
                 (_, Some(s), _) => s,
                 (_, _, Some(i)) => default_control_socket(&i),
                 (None, None, None) => only_socket()?,

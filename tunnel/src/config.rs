@@ -1,5 +1,6 @@
 //! The gateway's YAML configuration: parsing, validation with errors that name the key, and the
-//! key-file permission check.
+//! checks on files holding secrets (a key file, or the config itself when a key is inline): owned
+//! by the user running the gateway and not accessible by group or others.
 //!
 //! ```yaml
 //! interface:
@@ -20,8 +21,9 @@ use crate::keys::{KeyError, PresharedKey, PrivateKey, PublicKey};
 use ipnet::IpNet;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +50,8 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub const DEFAULT_PORT: u16 = 51820;
 /// The default MTU: 1500 minus the largest WireGuard overhead (IPv6 + UDP + 32).
 pub const DEFAULT_MTU: u16 = 1420;
+/// The largest config or key file read (both are a few hundred bytes).
+const MAX_FILE: u64 = 1 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -152,34 +156,117 @@ impl PeerConfig {
 }
 
 impl Config {
-    /// Reads and validates `path`; relative key files are resolved against its directory.
+    /// Reads and validates `path`; relative key files are resolved against its directory. A
+    /// config holding a key inline must be private to the user running the gateway, as a key
+    /// file must.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_err = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
-        })?;
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Config::from_yaml(&text, dir)
+        };
+        let (text, meta) = read_bounded(path).map_err(read_err)?;
+        let raw = parse_raw(&text)?;
+        let inline = if raw.interface.private_key.is_some() {
+            Some("interface.private_key".to_owned())
+        } else {
+            raw.peers
+                .iter()
+                .position(|p| p.preshared_key.is_some())
+                .map(|n| format!("peers[{n}].preshared_key"))
+        };
+        if let Some(key) = inline {
+            check_private(path, &meta, "holds a key inline")
+                .map_err(|m| invalid(key, format!("{m}, or move the key to a key file")))?;
+        }
+        validate(raw, config_dir(path))
     }
 
     /// Parses and validates YAML text; `dir` is where relative paths point.
     pub fn from_yaml(text: &str, dir: &Path) -> Result<Config, ConfigError> {
-        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()))
-                .unwrap_or_else(|| "(document)".into());
-            invalid(at, e.to_string())
-        })?;
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-            let key = e.path().to_string();
-            invalid(key, e.into_inner().to_string())
-        })?;
-        validate(raw, dir)
+        validate(parse_raw(text)?, dir)
     }
+
+    /// Where the gateway configured by `path` answers `status`. Reads only the interface's
+    /// name and `control_socket`: a status query needs no key, and must not fail (or read
+    /// secrets) because of them.
+    pub fn control_socket_of(path: &Path) -> Result<PathBuf, ConfigError> {
+        #[derive(Deserialize)]
+        struct SocketOnly {
+            interface: SocketInterface,
+        }
+        #[derive(Deserialize)]
+        struct SocketInterface {
+            name: String,
+            #[serde(default)]
+            control_socket: Option<PathBuf>,
+        }
+        let (text, _) = read_bounded(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).map_err(yaml_error)?;
+        let only: SocketOnly = serde_path_to_error::deserialize(value)
+            .map_err(|e| invalid(e.path().to_string(), e.into_inner().to_string()))?;
+        Ok(match only.interface.control_socket {
+            Some(p) => resolve(config_dir(path), &p),
+            None => default_control_socket(&only.interface.name),
+        })
+    }
+}
+
+fn config_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn yaml_error(e: serde_yaml_ng::Error) -> ConfigError {
+    let at = e
+        .location()
+        .map(|l| format!("line {} column {}", l.line(), l.column()))
+        .unwrap_or_else(|| "(document)".into());
+    invalid(at, e.to_string())
+}
+
+fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(yaml_error)?;
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        invalid(key, e.into_inner().to_string())
+    })
+}
+
+/// The text of `path` (at most [`MAX_FILE`] bytes) and the metadata of the file that was read
+/// (taken from the open file, so a swap between check and read changes nothing).
+fn read_bounded(path: &Path) -> std::io::Result<(String, std::fs::Metadata)> {
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let mut text = String::new();
+    file.take(MAX_FILE).read_to_string(&mut text)?;
+    Ok((text, meta))
+}
+
+/// Refuses a file holding a secret that is not private to the user running the gateway:
+/// accessible by group or others, or owned by another user (who could change or replace it).
+fn check_private(path: &Path, meta: &std::fs::Metadata, what: &str) -> Result<(), String> {
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{} {what} and is accessible by group or others (mode {mode:04o}); refusing to \
+             use it: chmod 600 it",
+            path.display()
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "{} {what} and is owned by uid {}, not by uid {me} running the gateway; refusing \
+             to use it: chown it",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    Ok(())
 }
 
 fn resolve(dir: &Path, p: &Path) -> PathBuf {
@@ -190,19 +277,12 @@ fn resolve(dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// Reads a key file, refusing one that group or others may access.
+/// Reads a key file, refusing one that group or others may access or another user owns.
 pub fn read_key_file(path: &Path) -> Result<String, String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is accessible by group or others (mode {:04o}); refusing to use it: chmod 600 it",
-            path.display(),
-            mode & 0o7777
-        ));
-    }
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    let (text, meta) =
+        read_bounded(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    check_private(path, &meta, "holds a key")?;
+    Ok(text)
 }
 
 fn key_text(
@@ -471,6 +551,92 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let c = Config::from_yaml(&yaml, dir.path()).expect("0600 is fine");
         assert_eq!(c.interface.private_key.expose_base64(), KEY_A);
+    }
+
+    fn write_mode(path: &Path, text: &str, mode: u32) {
+        std::fs::write(path, text).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn a_config_with_an_inline_key_must_be_private() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("gw.yaml");
+        write_mode(&path, &base(), 0o644);
+        let e = Config::load(&path).expect_err("a world-readable inline key");
+        let text = e.to_string();
+        assert!(text.contains("interface.private_key"), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("mode 0644"), "{text}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        Config::load(&path).expect("0600 is fine");
+
+        // An inline preshared key is a secret too.
+        let psk = base().replace(&format!("private_key: {KEY_A}"), "private_key_file: k.key")
+            + &format!(
+                "    preshared_key: {KEY_A}
+"
+            );
+        write_mode(&dir.path().join("k.key"), KEY_A, 0o600);
+        write_mode(&path, &psk, 0o640);
+        let e = Config::load(&path).expect_err("a group-readable inline psk");
+        assert!(e.to_string().contains("peers[0].preshared_key"), "{e}");
+        assert!(e.to_string().contains("mode 0640"), "{e}");
+
+        // Keys in key files only: the config may be readable.
+        let files = base().replace(&format!("private_key: {KEY_A}"), "private_key_file: k.key");
+        write_mode(&path, &files, 0o644);
+        Config::load(&path).expect("no secret inline");
+    }
+
+    /// Run as root (the gateway's user here): a file chowned to nobody is someone else's.
+    #[test]
+    fn secrets_owned_by_another_user_are_refused() {
+        const NOBODY: u32 = 65534;
+        let dir = tempfile::tempdir().expect("dir");
+        let key = dir.path().join("k.key");
+        write_mode(&key, KEY_A, 0o600);
+        std::os::unix::fs::chown(&key, Some(NOBODY), None).expect("chown (run as root)");
+        let yaml = base().replace(&format!("private_key: {KEY_A}"), "private_key_file: k.key");
+        let e = Config::from_yaml(&yaml, dir.path()).expect_err("a key file of another user");
+        let text = e.to_string();
+        assert!(text.contains("interface.private_key_file"), "{text}");
+        assert!(text.contains("owned by uid 65534"), "{text}");
+
+        let path = dir.path().join("gw.yaml");
+        write_mode(&path, &base(), 0o600);
+        std::os::unix::fs::chown(&path, Some(NOBODY), None).expect("chown");
+        let e = Config::load(&path).expect_err("an inline key in another user's file");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        std::os::unix::fs::chown(&path, Some(nix::unistd::geteuid().as_raw()), None)
+            .expect("chown back");
+        std::os::unix::fs::chown(&key, Some(nix::unistd::geteuid().as_raw()), None)
+            .expect("chown back");
+        Config::load(&path).expect("ours again");
+        Config::from_yaml(&yaml, dir.path()).expect("ours again");
+    }
+
+    #[test]
+    fn the_control_socket_is_found_without_the_keys() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("gw.yaml");
+        // A key file that does not exist: the gateway cannot start, status needs no key.
+        let yaml = base().replace(
+            &format!("private_key: {KEY_A}"),
+            "private_key_file: gone.key",
+        );
+        write_mode(&path, &yaml, 0o644);
+        assert!(Config::load(&path).is_err());
+        assert_eq!(
+            Config::control_socket_of(&path).expect("socket"),
+            PathBuf::from("/run/switchyard/tunnel-wg0.sock")
+        );
+        let own = yaml.replace("  name: wg0\n", "  name: wg0\n  control_socket: ctl.sock\n");
+        write_mode(&path, &own, 0o644);
+        assert_eq!(
+            Config::control_socket_of(&path).expect("socket"),
+            dir.path().join("ctl.sock")
+        );
     }
 
     #[test]

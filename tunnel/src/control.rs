@@ -1,5 +1,6 @@
-//! The local control socket: a Unix socket (mode 0600) on which the running gateway answers
-//! `status` with one JSON document, and the client side `tunnel status` uses.
+//! The local control socket: a Unix socket (mode 0600 from the moment it exists) on which the
+//! running gateway answers `status` with one JSON document, and the client side `tunnel status`
+//! uses.
 
 use crate::node::{CounterSnapshot, PeerStatus};
 use anyhow::Context as _;
@@ -47,15 +48,38 @@ impl ControlSocket {
             std::fs::remove_file(path)
                 .with_context(|| format!("removing stale {}", path.display()))?;
         }
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("chmod 600 {}", path.display()))?;
+        let listener = bind_private(path)?;
         Ok(ControlSocket {
             listener,
             path: path.to_owned(),
         })
     }
+}
+
+/// Binds `path` so that the socket file is 0600 when it appears: `bind` creates it with the
+/// process umask applied, so the umask is 0177 around the call. A chmod after the bind would
+/// leave a window in which anyone could connect (and a connection made then stays open). The
+/// umask is process-wide: a file another thread creates in that instant gets fewer
+/// permissions, never more.
+fn bind_private(path: &Path) -> anyhow::Result<UnixListener> {
+    use nix::sys::stat::{umask, Mode};
+    let before = umask(Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    umask(before);
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("reading the mode of {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        let _ = std::fs::remove_file(path);
+        anyhow::bail!(
+            "{} was created with mode {mode:04o}, not 0600; refusing to serve on it",
+            path.display()
+        );
+    }
+    Ok(listener)
 }
 
 impl Drop for ControlSocket {
@@ -85,9 +109,19 @@ pub async fn answer(mut stream: UnixStream, status: Status) {
 /// Asks the gateway behind `path` for its status.
 pub async fn query(path: &Path) -> anyhow::Result<Status> {
     let work = async {
-        let mut s = UnixStream::connect(path)
-            .await
-            .with_context(|| format!("connecting to {} (is the gateway up?)", path.display()))?;
+        let mut s = match UnixStream::connect(path).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+                "permission denied connecting to {}: the control socket is open only to the \
+                 user running the gateway (usually root); run `tunnel status` as that user",
+                path.display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("connecting to {} (is the gateway up?)", path.display())
+                })
+            }
+        };
         s.write_all(b"status\n").await?;
         let mut body = Vec::new();
         s.read_to_end(&mut body).await?;
@@ -169,4 +203,60 @@ pub fn render(s: &Status) -> String {
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::ffi::OsStr;
+
+    /// inotify sees every change of the socket file: it must be created 0600, never chmodded
+    /// into it afterwards (the window the old create-then-chmod left open).
+    #[test]
+    fn the_socket_is_private_from_the_moment_it_exists() {
+        use nix::sys::stat::{umask, Mode};
+        let dir = tempfile::tempdir().expect("dir");
+        let ino = Inotify::init(InitFlags::IN_NONBLOCK).expect("inotify");
+        ino.add_watch(
+            dir.path(),
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_ATTRIB,
+        )
+        .expect("watch");
+        let path = dir.path().join("t.sock");
+        // The usual umask, under which a plain bind creates the socket 0755.
+        let ambient = Mode::from_bits_truncate(0o022);
+        umask(ambient);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let sock = rt.block_on(ControlSocket::bind(&path)).expect("bind");
+        assert_eq!(umask(ambient), ambient, "the umask is restored");
+        let mut masks = Vec::new();
+        loop {
+            match ino.read_events() {
+                Ok(events) => masks.extend(
+                    events
+                        .into_iter()
+                        .filter(|e| e.name.as_deref() == Some(OsStr::new("t.sock")))
+                        .map(|e| e.mask),
+                ),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => panic!("inotify: {e}"),
+            }
+        }
+        assert!(
+            masks.iter().any(|m| m.contains(AddWatchFlags::IN_CREATE)),
+            "{masks:?}"
+        );
+        assert!(
+            !masks.iter().any(|m| m.contains(AddWatchFlags::IN_ATTRIB)),
+            "the socket's mode changed after it was created: {masks:?}"
+        );
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(sock);
+        assert!(!path.exists(), "the socket file is removed on drop");
+    }
 }

@@ -3,7 +3,8 @@
 //!
 //! - [`core`]: the decision, sans IO (rank hubs for a client network).
 //! - [`dns`]: the authoritative DNS server (hickory): `api.<zone>` steered, `<region>.api.<zone>`
-//!   fixed, static records, SOA/NS, NXDOMAIN for the rest.
+//!   fixed, static records, SOA/NS, NXDOMAIN for the rest; malformed client subnets get FORMERR.
+//! - [`rrl`]: response rate limiting of UDP answers per client network (token bucket, slip).
 //! - [`tcpinfo`]: the kernel's RTT of an accepted TCP connection.
 //! - This module: the shared state. Every hub measures the handshake RTT of the API connections
 //!   it accepts, per client network (an EWMA), and writes its estimates to the database; it
@@ -12,6 +13,7 @@
 
 pub mod core;
 pub mod dns;
+pub mod rrl;
 pub mod tcpinfo;
 
 use self::core::{decide, Decision, HubEntry, Hysteresis, Inputs, Prefix};

@@ -1,6 +1,9 @@
 //! The steering DNS server against `dig`: authoritative SOA/NS/static records, NXDOMAIN and
 //! NODATA with the SOA, `api.<zone>` steered per EDNS Client Subnet (echoed with the scope
 //! used), `<region>.api.<zone>` fixed, TCP, garbage ignored; and the steering explanation API.
+//! Abuse: a UDP flood from one client network gets its response budget (slipped answers with
+//! TC=1 beyond) while another network is still answered, and malformed EDNS Client Subnet
+//! options get FORMERR.
 
 use e2e::{HubOptions, TestHub};
 use hub::db::RttRecord;
@@ -359,7 +362,17 @@ async fn dns_config_errors_name_the_key() {
             "dns.regions",
         ),
     ];
-    for (yaml, key) in bad {
+    let rrl = [
+        (
+            "dns:\n  rrl: {responses_per_second: 2000000}\n",
+            "dns.rrl.responses_per_second",
+        ),
+        ("dns:\n  rrl: {burst: 0}\n", "dns.rrl.burst"),
+        ("dns:\n  rrl: {slip: 11}\n", "dns.rrl.slip"),
+        ("dns:\n  rrl: {max_prefixes: 0}\n", "dns.rrl.max_prefixes"),
+        ("dns:\n  rrl: {rate: 5}\n", "dns.rrl"),
+    ];
+    for (yaml, key) in bad.into_iter().chain(rrl) {
         let e = hub::config::Config::from_yaml(yaml, Vec::new()).expect_err(yaml);
         assert!(e.to_string().contains(key), "{yaml} → {e}");
     }
@@ -400,4 +413,259 @@ async fn our_resolver_honours_short_ttls() {
     let addr = r.resolve("eu-west.api.sy.test:443").await.expect("resolve");
     assert_eq!(addr, SocketAddr::new(moved, 443));
     assert!(r.lookup_host("mars.api.sy.test").await.is_err());
+}
+
+/// A query for `api.sy.test` A with id `id`, and an OPT record carrying `options` (raw EDNS
+/// options) when given.
+fn query(id: u16, options: Option<&[u8]>) -> Vec<u8> {
+    let mut q = id.to_be_bytes().to_vec();
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, u8::from(options.is_some())]);
+    q.extend_from_slice(b"\x03api\x02sy\x04test\x00\x00\x01\x00\x01");
+    if let Some(opts) = options {
+        let len = u16::try_from(opts.len()).expect("options fit");
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+        q.extend_from_slice(&len.to_be_bytes());
+        q.extend_from_slice(opts);
+    }
+    q
+}
+
+/// One ECS option: family, source and scope prefix lengths, address bytes as given.
+fn ecs(family: u16, source: u8, scope: u8, addr: &[u8]) -> Vec<u8> {
+    let mut o = vec![0, 8];
+    o.extend_from_slice(&u16::try_from(4 + addr.len()).expect("len").to_be_bytes());
+    o.extend_from_slice(&family.to_be_bytes());
+    o.extend_from_slice(&[source, scope]);
+    o.extend_from_slice(addr);
+    o
+}
+
+/// Sends `q` from `sock` and returns the reply (at most 2 s).
+async fn ask(sock: &tokio::net::UdpSocket, dns: SocketAddr, q: &[u8]) -> Option<Vec<u8>> {
+    sock.send_to(q, dns).await.expect("send");
+    let mut buf = vec![0u8; 4096];
+    let wait = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf));
+    let (n, _) = wait.await.ok()?.ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn rcode(reply: &[u8]) -> u8 {
+    reply[3] & 0x0f
+}
+
+#[tokio::test]
+async fn malformed_client_subnets_get_formerr() {
+    let hub = steering_hub().await;
+    let dns = hub.dns_addr().expect("dns listening");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    // The well-formed option is answered (the control for each case below).
+    let good = ecs(1, 24, 0, &[198, 51, 100]);
+    let ok = ask(&sock, dns, &query(1, Some(&good)))
+        .await
+        .expect("reply");
+    assert_eq!(rcode(&ok), 0, "a well-formed ECS option is answered");
+    assert!(u16::from_be_bytes([ok[6], ok[7]]) >= 1, "with an answer");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a non-zero scope", ecs(1, 24, 24, &[198, 51, 100])),
+        ("a trailing address byte", ecs(1, 24, 0, &[198, 51, 100, 7])),
+        ("bits set past the prefix", ecs(1, 20, 0, &[198, 51, 100])),
+        ("two options", [good.clone(), good.clone()].concat()),
+        (
+            "an IPv6 trailing byte",
+            ecs(2, 48, 0, &[0x20, 1, 0x0d, 0xb8, 0, 1, 9]),
+        ),
+        (
+            "a source longer than IPv4",
+            ecs(1, 33, 0, &[198, 51, 100, 7, 0]),
+        ),
+    ];
+    let mut accepted = Vec::new();
+    for (i, (what, opt)) in cases.iter().enumerate() {
+        let id = 100 + u16::try_from(i).expect("id");
+        let r = ask(&sock, dns, &query(id, Some(opt)))
+            .await
+            .unwrap_or_else(|| panic!("{what}: no reply"));
+        assert_eq!(u16::from_be_bytes([r[0], r[1]]), id, "{what}");
+        if rcode(&r) != 1 || u16::from_be_bytes([r[6], r[7]]) != 0 {
+            accepted.push(*what);
+        }
+    }
+    assert!(
+        accepted.is_empty(),
+        "these malformed options did not get FORMERR: {accepted:?}"
+    );
+}
+
+/// 5,000 queries from one client network as fast as loopback takes them: at most the budget
+/// (burst + rate × elapsed) is answered, the rest dropped or slipped (TC=1, no records), the
+/// reply bytes stay below the query bytes (no amplification), a second network is answered in
+/// the middle of the flood, and the flooded client still gets answers over TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_flood_gets_its_budget_and_other_networks_are_still_answered() {
+    const RATE: f64 = 20.0;
+    const BURST: f64 = 40.0;
+    const FLOOD: u16 = 5000;
+    let yaml = ZONE_YAML.to_owned() + "  rrl: {responses_per_second: 20, burst: 40, slip: 2}\n";
+    let hub = steering_hub_with(&yaml).await;
+    let dns = hub.dns_addr().expect("dns listening");
+    let flooder = std::sync::Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp"),
+    );
+    // 127.0.1.0/24 is another client network (all of 127/8 is loopback).
+    let other = tokio::net::UdpSocket::bind("127.0.1.1:0")
+        .await
+        .expect("udp on 127.0.1.1");
+
+    #[derive(Default, Debug)]
+    struct Seen {
+        answered: u64,
+        slipped: u64,
+        bytes: u64,
+    }
+    let rx = flooder.clone();
+    let receiver = tokio::spawn(async move {
+        let mut seen = Seen::default();
+        let mut buf = vec![0u8; 4096];
+        // Until a second passes without a reply (bounded: at most one reply per query).
+        for _ in 0..FLOOD {
+            let got = tokio::time::timeout(Duration::from_secs(1), rx.recv_from(&mut buf)).await;
+            let Ok(Ok((n, _))) = got else { break };
+            let r = &buf[..n];
+            seen.bytes += n as u64;
+            let ancount = u16::from_be_bytes([r[6], r[7]]);
+            if r[2] & 0x02 != 0 {
+                assert_eq!(ancount, 0, "a slipped answer carries no records");
+                seen.slipped += 1;
+            } else {
+                assert!(ancount >= 1, "an answer: {r:?}");
+                seen.answered += 1;
+            }
+        }
+        seen
+    });
+
+    let started = std::time::Instant::now();
+    let mut sent_bytes = 0u64;
+    let mut other_answered = None;
+    for id in 0..FLOOD {
+        let q = query(id, None);
+        sent_bytes += q.len() as u64;
+        flooder.send_to(&q, dns).await.expect("send");
+        if id == FLOOD / 2 {
+            // In the middle of the flood, the flooder's budget long spent.
+            let r = ask(&other, dns, &query(60_000, None)).await;
+            other_answered = Some(r.is_some_and(|r| rcode(&r) == 0 && r[2] & 0x02 == 0));
+        }
+        if id % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let seen = tokio::time::timeout(Duration::from_secs(30), receiver)
+        .await
+        .expect("the receiver ends")
+        .expect("receiver");
+    let elapsed = started.elapsed().as_secs_f64();
+    let budget = BURST + RATE * elapsed + 1.0;
+    eprintln!(
+        "flood: {FLOOD} queries in {elapsed:.2} s, {} answered (budget {budget:.0}), {} slipped, \
+         {} reply bytes for {sent_bytes} query bytes",
+        seen.answered, seen.slipped, seen.bytes
+    );
+    assert!(
+        (seen.answered as f64) <= budget,
+        "{seen:?}: more answers than the budget {budget:.0} in {elapsed:.2} s"
+    );
+    assert!(seen.answered >= 1, "the burst is answered: {seen:?}");
+    assert!(seen.slipped >= 1, "limited answers slip (TC=1): {seen:?}");
+    assert!(
+        seen.slipped <= (u64::from(FLOOD) - seen.answered) / 2 + 1,
+        "slip 2: at most every second limited answer: {seen:?}"
+    );
+    assert!(
+        seen.bytes < sent_bytes,
+        "no amplification: {} reply bytes for {sent_bytes} query bytes",
+        seen.bytes
+    );
+    assert_eq!(
+        other_answered,
+        Some(true),
+        "another client network is answered during the flood"
+    );
+    // TCP is not limited: the flooded client still gets its answer there.
+    let tcp = tokio::task::spawn_blocking(move || dig(dns, &["api.sy.test", "A", "+tcp"]))
+        .await
+        .expect("dig");
+    assert_eq!(answers(&tcp), [("A".into(), "127.0.0.1".into())], "{tcp}");
+}
+
+/// A query is never logged above DEBUG: the hub binary at `info` answers queries and its log
+/// holds the start-up lines but not one line per query.
+#[tokio::test]
+async fn queries_are_not_logged_at_info() {
+    const HUB: &str = env!("CARGO_BIN_EXE_e2e-hub");
+    let dir = tempfile::tempdir().expect("tmp");
+    let log_path = dir.path().join("hub.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = e2e::servers::free_port();
+    let dns: SocketAddr = format!("127.0.0.1:{}", e2e::servers::free_port())
+        .parse()
+        .expect("addr");
+    let mut cmd = Command::new(HUB);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHYARD_")) {
+        cmd.env_remove(k);
+    }
+    let child = cmd
+        .args(["dev", "--port", &port.to_string(), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("SWITCHYARD_LOG", "info")
+        .env("SWITCHYARD_DNS__LISTEN", dns.to_string())
+        .env("SWITCHYARD_DNS__ZONE", "sy.test")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("hub dev");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut hub = Kill(child);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    e2e::assert_eventually!(
+        ask(&sock, dns, &query(1, None)).await.is_some(),
+        Duration::from_secs(30),
+        "the hub's DNS server to answer"
+    );
+    for id in 2..22 {
+        let r = ask(&sock, dns, &query(id, None)).await.expect("an answer");
+        assert_eq!(rcode(&r), 0);
+    }
+    let _ = hub.0.kill();
+    let _ = hub.0.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    assert!(
+        text.contains("steering DNS listening"),
+        "the log is written at info: {text}"
+    );
+    let per_query: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.contains("request:") || (l.contains("sy.test") && !l.contains("DNS listening"))
+        })
+        .collect();
+    assert!(
+        per_query.is_empty(),
+        "{} log lines about queries at info, e.g. {:?}",
+        per_query.len(),
+        per_query.first()
+    );
 }

@@ -571,14 +571,16 @@ fn keys_interchangeable_with_wg() {
     assert!(!bad.status.success());
 }
 
-/// `tunnel up` with a bad config names the key; a key file others can read is refused.
+/// `tunnel up` with a bad config names the key; a key file others can read is refused, and so
+/// is a config others can read that holds the key inline.
 #[test]
 fn bad_configs_are_refused_with_the_key_named() {
     let dir = tempfile::tempdir().expect("dir");
     let k = KeyPair::new();
-    let up = |yaml: &str| {
-        let path = dir.path().join("gw.yaml");
+    let path = dir.path().join("gw.yaml");
+    let up_with_mode = |yaml: &str, mode: u32| {
         std::fs::write(&path, yaml).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
         let out = Command::new(TUNNEL)
             .arg("up")
             .arg("--config")
@@ -588,6 +590,7 @@ fn bad_configs_are_refused_with_the_key_named() {
         assert!(!out.status.success());
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
+    let up = |yaml: &str| up_with_mode(yaml, 0o600);
     let good = |key_line: &str| {
         format!(
             "interface:\n  name: wgx\n  {key_line}\n  addresses: [10.255.0.1/24]\npeers:\n  - public_key: {}\n    allowed_ips: [10.20.0.0/16]\n",
@@ -607,6 +610,16 @@ fn bad_configs_are_refused_with_the_key_named() {
     assert!(
         e.contains("interface.private_key_file") && e.contains("chmod 600"),
         "{e}"
+    );
+    assert!(
+        !e.contains(&k.private),
+        "the key leaked into the error: {e}"
+    );
+    // Otherwise valid: only the exposure stops it.
+    let e = up_with_mode(&good(&format!("private_key: {}", k.private)), 0o644);
+    assert!(
+        e.contains(&path.display().to_string()) && e.contains("mode 0644"),
+        "an inline key in a world-readable config: {e}"
     );
     assert!(
         !e.contains(&k.private),

@@ -19,4 +19,5 @@ mod steering_lab;
 mod tls;
 mod transfer_engine;
 mod tunnel;
+mod tunnel_cli;
 mod write_path;

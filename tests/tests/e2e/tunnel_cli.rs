@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 use tunnel::control::{self, ControlSocket, Status};
 
-const TUNNEL: &str = env!("CARGO_BIN_EXE_tunnel");
+const TUNNEL: &str = env!("CARGO_BIN_EXE_e2e-tunnel");
 const KEY: &str = "mDc1GiL1qYc2Ky/cf6zBi7sCZZy1b0LLMuAvOq28R3A=";
 
 fn status() -> Status {

@@ -300,12 +300,14 @@ impl Registry {
     }
 
     /// A healthy spoke with a data endpoint for client-direct transfers: same region first,
-    /// then least busy. Returns `(spoke id, host:port)`.
+    /// then least busy. A spoke whose last heartbeat reported its endpoint down gets no
+    /// clients. Returns `(spoke id, host:port)`.
     pub fn choose_data(&self, region: &str) -> Option<(i64, String)> {
         let now = Instant::now();
         self.lock()
             .iter()
             .filter(|(_, c)| self.healthy(c, now))
+            .filter(|(_, c)| c.load.data_endpoint != Some(shared::proto::EndpointHealth::Down))
             .filter_map(|(id, c)| {
                 let a = c.advertise.clone()?;
                 let key = (u8::from(c.region != region), c.load.active_jobs, *id);

@@ -59,6 +59,10 @@ pub struct LiveStatus {
     pub rtt_us: u64,
     /// Round trips the spoke measured itself (`hub:<region>`, `storage:<host:port>`).
     pub rtts: HashMap<String, u64>,
+    /// The spoke's HTTPS data endpoint as its last heartbeat reported it (`up`, `down`);
+    /// absent without one. A spoke whose endpoint is down gets no client-direct URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_endpoint: Option<&'static str>,
 }
 
 /// The registry (one per hub process).
@@ -211,6 +215,10 @@ impl Registry {
                 .iter()
                 .map(|s| (s.target.clone(), s.rtt_us))
                 .collect(),
+            data_endpoint: c.load.data_endpoint.map(|h| match h {
+                shared::proto::EndpointHealth::Up => "up",
+                shared::proto::EndpointHealth::Down => "down",
+            }),
         })
     }
 

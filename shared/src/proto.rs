@@ -562,7 +562,10 @@ mod tests {
         assert_eq!((hb.data_endpoint, hb.uploads.len()), (None, 0));
         // And the new fields stay off the wire when there is nothing to say.
         let text = serde_json::to_string(&Heartbeat::default()).expect("encode");
-        assert!(!text.contains("data_endpoint") && !text.contains("uploads"), "{text}");
+        assert!(
+            !text.contains("data_endpoint") && !text.contains("uploads"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -178,7 +178,11 @@ impl LocalConfig {
             let c = r
                 .canonicalize()
                 .with_context(|| format!("storage.fs_roots: cannot resolve {}", r.display()))?;
-            anyhow::ensure!(c.is_dir(), "storage.fs_roots: {} is not a folder", r.display());
+            anyhow::ensure!(
+                c.is_dir(),
+                "storage.fs_roots: {} is not a folder",
+                r.display()
+            );
             anyhow::ensure!(
                 c.parent().is_some(),
                 "storage.fs_roots: `/` cannot be an fs root; name the folders accounts live in"

@@ -22,9 +22,7 @@ use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use shared::auth::{verify_data, DataClaims, Tagger};
 use shared::proto::{EndpointHealth, Grant, UploadClaim};
-use shared::storage::{
-    ConnectOptions, Connector, Publish, StagingKey, StorageError, StoragePath,
-};
+use shared::storage::{ConnectOptions, Connector, Publish, StagingKey, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,7 +86,13 @@ impl Grants {
         let mut map = lock(&self.inner);
         map.retain(|_, h| h.grant.expires > now);
         if map.len() < MAX_GRANTS {
-            map.insert(g.grant_id.clone(), Held { grant: g, used: false });
+            map.insert(
+                g.grant_id.clone(),
+                Held {
+                    grant: g,
+                    used: false,
+                },
+            );
         }
         drop(map);
         self.added.notify_waiters();
@@ -448,9 +452,7 @@ fn bounded_body(
                 }
                 Some((Ok(b), Some((s, seen))))
             }
-            Ok(None) if exact.is_some_and(|n| seen != n) => {
-                Some((Err(TOO_SHORT.to_owned()), None))
-            }
+            Ok(None) if exact.is_some_and(|n| seen != n) => Some((Err(TOO_SHORT.to_owned()), None)),
             Ok(None) => None,
         }
     }))

@@ -97,11 +97,17 @@ mod tests {
             PathBuf::from("relative"),
         ] {
             assert!(
-                matches!(roots.check(&fs(&bad)), Err(StorageError::PermissionDenied(_))),
+                matches!(
+                    roots.check(&fs(&bad)),
+                    Err(StorageError::PermissionDenied(_))
+                ),
                 "{}",
                 bad.display()
             );
         }
-        assert!(FsRoots::default().check(&fs(&declared)).is_err(), "no roots, no fs");
+        assert!(
+            FsRoots::default().check(&fs(&declared)).is_err(),
+            "no roots, no fs"
+        );
     }
 }

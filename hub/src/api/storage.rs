@@ -1072,7 +1072,9 @@ async fn direct_url(
 }
 
 /// Get a URL a client uploads a file to directly (served by a spoke near the storage, so the
-/// bytes never pass through a hub). The URL is signed, expiring and good for one upload.
+/// bytes never pass through a hub). The URL is signed, expiring and good for one upload (a
+/// second request on it gets 410); it never replaces a file: if one of that name appears
+/// after the URL was issued, the upload answers 409 and writes nothing.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files/upload_url", tag = "storage",
     params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$")),
     request_body = UploadUrlRequest,

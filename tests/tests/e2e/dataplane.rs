@@ -121,10 +121,7 @@ async fn api_upload(hub: &TestHub, name: &str, body: Vec<u8>) -> reqwest::Respon
 fn forged_url(e: &Edge, g: Grant) -> String {
     let (id, exp) = (g.grant_id.clone(), g.expires);
     let sig = hub::network::grant(&e.hub.state, e.spoke.id, g).expect("spoke connected");
-    format!(
-        "https://{}/v1/data/{id}?exp={exp}&sig={sig}",
-        e.advertise
-    )
+    format!("https://{}/v1/data/{id}?exp={exp}&sig={sig}", e.advertise)
 }
 
 fn grant(method: &str, account: i64, service: ServiceConfig, path: &str) -> Grant {
@@ -201,7 +198,13 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool 
 async fn real_round_trip(e: &Edge, name: &str, seed: u64) {
     let data = e2e::pattern(256 << 10, seed);
     let url = url_for(&e.hub, name).await;
-    let r = e.client.put(&url).body(data.clone()).send().await.expect("put");
+    let r = e
+        .client
+        .put(&url)
+        .body(data.clone())
+        .send()
+        .await
+        .expect("put");
     assert_eq!(r.status(), 201, "a real upload while under attack");
     let f: Value = r.json().await.expect("json");
     let r = reqwest::Client::builder()
@@ -249,7 +252,10 @@ async fn a_thousand_idle_connections_do_not_take_the_data_endpoint_down() {
     }
     // While they are open: real requests are served, and the endpoint is still up.
     real_round_trip(&e, "during.bin", 1).await;
-    assert_eq!(endpoint_state(&e.hub, e.spoke.id).await.as_deref(), Some("up"));
+    assert_eq!(
+        endpoint_state(&e.hub, e.spoke.id).await.as_deref(),
+        Some("up")
+    );
     // Past the cap (1,100), new connections are closed at once rather than queued.
     let mut extra = Vec::new();
     for _ in 0..200 {
@@ -280,7 +286,10 @@ async fn a_thousand_idle_connections_do_not_take_the_data_endpoint_down() {
     .await;
     let open = closes.iter().filter(|c| !**c).count();
     assert_eq!(open, 0, "{open} idle connections still open after 30 s");
-    tracing::info!(secs = started.elapsed().as_secs(), "idle connections closed");
+    tracing::info!(
+        secs = started.elapsed().as_secs(),
+        "idle connections closed"
+    );
     drop((idle, extra));
     // A head sent a byte at a time is cut off at the head deadline (2 s).
     let ca = std::fs::read_to_string(e.spoke.dir.join("ca.crt")).expect("ca");
@@ -303,7 +312,10 @@ async fn a_thousand_idle_connections_do_not_take_the_data_endpoint_down() {
     let head = b"GET /v1/data/x?exp=1&sig=x HTTP/1.1\r\nHost: a\r\nX-Slow: ";
     let slow_start = Instant::now();
     let mut cut = false;
-    for b in head.iter().chain(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter()) {
+    for b in head
+        .iter()
+        .chain(b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter())
+    {
         if tls.write_all(&[*b]).await.is_err() || tls.flush().await.is_err() {
             cut = true;
             break;
@@ -322,7 +334,11 @@ async fn a_thousand_idle_connections_do_not_take_the_data_endpoint_down() {
             Err(_) => {}
         }
     }
-    assert!(cut, "a head trickled over {:?} was never cut off", slow_start.elapsed());
+    assert!(
+        cut,
+        "a head trickled over {:?} was never cut off",
+        slow_start.elapsed()
+    );
     assert!(slow_start.elapsed() < Duration::from_secs(10));
     // And afterwards, the endpoint works as before.
     real_round_trip(&e, "after.bin", 2).await;
@@ -378,11 +394,18 @@ async fn accept_errors_keep_the_endpoint_listening_and_hubs_stop_redirecting_to_
         "the spoke to report its data endpoint down"
     );
     let r = api_upload(&e.hub, "second.bin", big.clone()).await;
-    assert_eq!(r.status(), 201, "served by the hub, not redirected to a dead endpoint");
+    assert_eq!(
+        r.status(),
+        201,
+        "served by the hub, not redirected to a dead endpoint"
+    );
     assert!(std::fs::read(e.hub.dev_root().join("second.bin")).expect("file") == big);
     let r = upload_url(&e.hub, "third.bin", 600).await;
     assert_eq!(r.status(), 503);
-    assert_eq!(spoke_view(&e.hub, e.spoke.id).await["status"]["healthy"], true);
+    assert_eq!(
+        spoke_view(&e.hub, e.spoke.id).await["status"]["healthy"],
+        true
+    );
     assert!(
         e.spoke.log_text().contains("cannot accept connections"),
         "{}",
@@ -499,7 +522,10 @@ async fn an_upload_url_never_replaces_a_file_created_after_it() {
         .upload(e.hub.creds.account_id, "root", "later.bin", first.clone())
         .await
         .expect("api upload");
-    assert_eq!(f["name"], "later.bin", "the name was free when the API wrote it");
+    assert_eq!(
+        f["name"], "later.bin",
+        "the name was free when the API wrote it"
+    );
     let r = e
         .client
         .put(&url)
@@ -596,7 +622,11 @@ async fn a_spoke_killed_mid_upload_leaves_no_staging() {
         Duration::from_secs(15),
         "expiry + 2 grace periods"
     );
-    assert_eq!(staging_left(&e.hub), 1, "the sweep took a running upload's staging");
+    assert_eq!(
+        staging_left(&e.hub),
+        1,
+        "the sweep took a running upload's staging"
+    );
     // The spoke dies mid-upload: the hub's claim goes stale and the sweep deletes the staging.
     e.spoke.kill().await;
     e2e::assert_eventually!(
@@ -614,7 +644,10 @@ async fn grants_and_assignments_reach_fs_only_inside_declared_roots() {
     let outside = tempfile::tempdir().expect("outside");
     let declared_path = declared.path().canonicalize().expect("canon");
     let e = edge(1 << 20, "", |_| {
-        format!("storage:\n  fs_roots:\n  - {:?}\n", declared_path.to_string_lossy())
+        format!(
+            "storage:\n  fs_roots:\n  - {:?}\n",
+            declared_path.to_string_lossy()
+        )
     })
     .await;
     let outside_path = outside.path().canonicalize().expect("canon");
@@ -624,7 +657,10 @@ async fn grants_and_assignments_reach_fs_only_inside_declared_roots() {
     assert_eq!(r.status(), 403);
     let v: Value = r.json().await.expect("json");
     assert!(
-        v["message"].as_str().unwrap_or("").contains("storage.fs_roots"),
+        v["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("storage.fs_roots"),
         "{v}"
     );
     assert!(!e.hub.dev_root().join("x.bin").exists());
@@ -639,7 +675,10 @@ async fn grants_and_assignments_reach_fs_only_inside_declared_roots() {
     assert_eq!(r.status(), 403);
     // A link inside a declared root does not lead out of it.
     std::os::unix::fs::symlink(&outside_path, declared_path.join("link")).expect("ln");
-    let url = forged_url(&e, grant("PUT", 1, fs(&declared_path.join("link")), "planted"));
+    let url = forged_url(
+        &e,
+        grant("PUT", 1, fs(&declared_path.join("link")), "planted"),
+    );
     let r = e.client.put(&url).body("x").send().await.expect("put");
     assert_eq!(r.status(), 403);
     // An assignment copying the host's files out: refused before anything is opened.

@@ -214,6 +214,17 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// [`refuse`] before the request's body was read: the connection closes after the answer,
+/// so the unread body is never taken for a next request (and the client does not reuse it).
+fn refuse_unread(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut r = refuse(status, code, message);
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 /// The router of the data endpoint.
 pub fn router(
     grants: Arc<Grants>,
@@ -239,7 +250,7 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let forbidden = |m: &str| refuse(StatusCode::FORBIDDEN, "forbidden", m);
+    let forbidden = |m: &str| refuse_unread(StatusCode::FORBIDDEN, "forbidden", m);
     let Some(grant) = st.grants.get(&grant_id).await else {
         return forbidden("this signed URL is not valid here");
     };
@@ -326,14 +337,14 @@ async fn upload(
     let limit = match grant.declared_len {
         Some(declared) => {
             if length.is_some_and(|n| n > declared) {
-                return refuse(
+                return refuse_unread(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "request_too_large",
                     &format!("this upload was declared as {declared} bytes; send exactly that"),
                 );
             }
             if length != Some(declared) {
-                return refuse(
+                return refuse_unread(
                     StatusCode::BAD_REQUEST,
                     "content_length_mismatch",
                     &format!(
@@ -348,7 +359,7 @@ async fn upload(
     };
     if let (Some(n), Some(max)) = (length, limit) {
         if n > max {
-            return refuse(
+            return refuse_unread(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "request_too_large",
                 &format!("the upload is {n} bytes; the limit is {max}"),
@@ -356,7 +367,7 @@ async fn upload(
         }
     }
     if !st.grants.consume(&grant.grant_id) {
-        return refuse(
+        return refuse_unread(
             StatusCode::GONE,
             "url_used",
             "this upload URL was already used (each is good for one upload); ask for a new one",
@@ -396,17 +407,17 @@ async fn upload(
             "a file of this name was created after this URL was issued; nothing was written \
              (ask for a new URL, which names a free name)",
         ),
-        Err(StorageError::Interrupted(m)) if m.contains(TOO_LARGE) => refuse(
+        Err(StorageError::Interrupted(m)) if m.contains(TOO_LARGE) => refuse_unread(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             "the upload is larger than allowed; nothing was written",
         ),
-        Err(StorageError::Interrupted(m)) if m.contains(IDLE) => refuse(
+        Err(StorageError::Interrupted(m)) if m.contains(IDLE) => refuse_unread(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             "the upload sent no bytes for too long; nothing was written",
         ),
-        Err(StorageError::Interrupted(m)) if m.contains(TOO_SHORT) => refuse(
+        Err(StorageError::Interrupted(m)) if m.contains(TOO_SHORT) => refuse_unread(
             StatusCode::BAD_REQUEST,
             "content_length_mismatch",
             "the upload ended before its declared length; nothing was written",

@@ -161,8 +161,9 @@ async fn release(state: &AppState, account: &Account, key: &str, kind: ClaimKind
     }
 }
 
-/// Client-direct uploads a spoke reports running at most per heartbeat (more are ignored).
-const MAX_REPORTED_UPLOADS: usize = 256;
+/// Client-direct uploads a spoke reports running at most per heartbeat (more are ignored;
+/// spokes send at most as many).
+const MAX_REPORTED_UPLOADS: usize = 2048;
 
 /// Keeps the claims of the client-direct uploads spoke `spoke` reports running fresh, so the
 /// sweep leaves their staging alone while the spoke writes. A spoke can only delay the sweep

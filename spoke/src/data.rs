@@ -31,6 +31,8 @@ use std::time::Duration;
 
 /// Grants older than their expiry are dropped; at most this many are kept.
 const MAX_GRANTS: usize = 10_000;
+/// Running uploads a heartbeat names at most (the hub reads as many).
+pub const MAX_REPORTED_UPLOADS: usize = 2048;
 
 /// A registered grant, and whether its single use is spent (uploads only).
 #[derive(Debug)]
@@ -135,9 +137,14 @@ impl Grants {
         }
     }
 
-    /// The claims of the uploads running now (for heartbeats).
+    /// The claims of the uploads running now (for heartbeats; at most
+    /// [`MAX_REPORTED_UPLOADS`], which keeps the frame far below the protocol's limit).
     pub fn uploads(&self) -> Vec<UploadClaim> {
-        lock(&self.uploads).values().cloned().collect()
+        lock(&self.uploads)
+            .values()
+            .take(MAX_REPORTED_UPLOADS)
+            .cloned()
+            .collect()
     }
 }
 
@@ -214,8 +221,9 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// [`refuse`] before the request's body was read: the connection closes after the answer,
-/// so the unread body is never taken for a next request (and the client does not reuse it).
+/// [`refuse`] while the request's body is unread (or half read): the connection closes after
+/// the answer unless [`handle`] drains the body first, so an unread body is never taken for a
+/// next request.
 fn refuse_unread(status: StatusCode, code: &str, message: &str) -> Response {
     let mut r = refuse(status, code, message);
     r.headers_mut().insert(
@@ -242,13 +250,58 @@ pub fn router(
         })
 }
 
+/// Bytes of an unread request body drained, at most, before a refusal is sent.
+const DRAIN_MAX: u64 = 8 << 20;
+/// Time spent draining, at most.
+const DRAIN_TIME: Duration = Duration::from_secs(3);
+
+/// Answers a request; a refusal sent before the body was read first drains the body (within
+/// [`DRAIN_MAX`] and [`DRAIN_TIME`]), so a client still sending reads the answer instead of a
+/// reset. A body not drained closes the connection after the answer.
 async fn handle(
+    state: State<DataState>,
+    grant_id: Path<String>,
+    q: Query<Signed>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut body = Some(body);
+    let mut r = answer(state, grant_id, q, method, headers, &mut body).await;
+    if let Some(unread) = body {
+        if drain(unread).await {
+            r.headers_mut().remove(header::CONNECTION);
+        }
+    }
+    r
+}
+
+/// Reads and discards `body`; true when it ended within the limits.
+async fn drain(body: Body) -> bool {
+    let mut s = body.into_data_stream();
+    let mut seen = 0u64;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        match tokio::time::timeout_at(deadline, s.next()).await {
+            Ok(None) => return true,
+            Ok(Some(Ok(b))) => {
+                seen += b.len() as u64;
+                if seen > DRAIN_MAX {
+                    return false;
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return false,
+        }
+    }
+}
+
+async fn answer(
     State(st): State<DataState>,
     Path(grant_id): Path<String>,
     Query(q): Query<Signed>,
     method: Method,
     headers: HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Response {
     let forbidden = |m: &str| refuse_unread(StatusCode::FORBIDDEN, "forbidden", m);
     let Some(grant) = st.grants.get(&grant_id).await else {
@@ -327,7 +380,7 @@ async fn upload(
     grant: &Grant,
     opts: &ConnectOptions,
     headers: &HeaderMap,
-    body: Body,
+    body: &mut Option<Body>,
 ) -> Response {
     let length = headers
         .get(header::CONTENT_LENGTH)
@@ -373,6 +426,9 @@ async fn upload(
             "this upload URL was already used (each is good for one upload); ask for a new one",
         );
     }
+    let Some(body) = body.take() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", "no request body");
+    };
     let _running = Running::start(&st.grants, grant);
     let result = async {
         let c = Connector::connect(&grant.location.service, opts).await?;

@@ -14,11 +14,15 @@ pub struct FsRoots(Vec<PathBuf>);
 /// The one answer for an `fs` location this spoke does not serve, whatever the reason, so a
 /// hub cannot probe which host paths exist.
 fn refused() -> StorageError {
-    StorageError::PermissionDenied(
-        "this spoke serves `fs` storage only inside the folders its operator declared \
-         (storage.fs_roots in spoke.yaml), without symbolic links"
-            .to_owned(),
-    )
+    StorageError::PermissionDenied(REFUSAL.to_owned())
+}
+
+const REFUSAL: &str = "this spoke serves `fs` storage only inside the folders its operator \
+                       declared (storage.fs_roots in spoke.yaml), without symbolic links";
+
+/// Whether `e` is this spoke's refusal of an `fs` location (another executor may serve it).
+pub fn is_refusal(e: &StorageError) -> bool {
+    matches!(e, StorageError::PermissionDenied(m) if m == REFUSAL)
 }
 
 impl FsRoots {
@@ -109,5 +113,10 @@ mod tests {
             FsRoots::default().check(&fs(&declared)).is_err(),
             "no roots, no fs"
         );
+        let e = roots.check(&fs(Path::new("/etc"))).expect_err("refused");
+        assert!(is_refusal(&e), "{e}");
+        assert!(!is_refusal(&StorageError::PermissionDenied(
+            "provider said no".into()
+        )));
     }
 }

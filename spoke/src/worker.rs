@@ -174,13 +174,15 @@ impl Jobs {
                 Err(_) if cancel.is_cancelled() || !mine => {}
                 Err(e) => {
                     tracing::warn!(transfer = id, error = %e, "transfer failed");
+                    // An `fs` location outside our roots may be served by another spoke or
+                    // the hub itself: the hub retries the transfer elsewhere.
                     let retryable = matches!(
                         e,
                         StorageError::Unavailable(_)
                             | StorageError::RateLimited { .. }
                             | StorageError::Interrupted(_)
                             | StorageError::Other(_)
-                    );
+                    ) || crate::fsroots::is_refusal(&e);
                     let _ = report.send(SpokeMsg::Failed {
                         transfer_id: id,
                         message: e.to_string(),

@@ -1,9 +1,9 @@
 //! A spoke's data plane against hostile clients and hostile grants: idle and slow connections
 //! and accept errors do not take the HTTPS endpoint down (and hubs stop sending clients to an
-//! endpoint that is down), each grant does exactly one thing (relay grants never over HTTPS,
-//! upload URLs used once, never replacing, held to their declared length), a spoke killed
-//! mid-upload leaves no staging behind, and no grant or assignment reaches an `fs` root
-//! outside the spoke's declared `storage.fs_roots`.
+//! endpoint that is down), upload bodies that go quiet are cut off, each grant does exactly
+//! one thing (relay grants never over HTTPS, upload URLs used once, never replacing, held to
+//! their declared length), a spoke killed mid-upload leaves no staging behind, and no grant or
+//! assignment reaches an `fs` root outside the spoke's declared `storage.fs_roots`.
 
 use crate::spokes::{hub_fs_roots, spoke_view, wait_healthy, SpokeProc};
 use e2e::{HubOptions, TestHub};
@@ -724,4 +724,43 @@ async fn grants_and_assignments_reach_fs_only_inside_declared_roots() {
     let r = e.client.get(&url).send().await.expect("get");
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.expect("bytes").as_ref(), b"inside");
+}
+
+#[tokio::test]
+async fn an_upload_body_that_goes_quiet_is_cut_off_and_leaves_nothing() {
+    let e = edge(1 << 20, "", |hub| {
+        format!(
+            "{}data_endpoint:\n  body_idle_timeout_secs: 2\n",
+            hub_fs_roots(hub)
+        )
+    })
+    .await;
+    let url = url_for(&e.hub, "quiet.bin").await;
+    // 256 KiB, then silence with the connection held open.
+    let chunk = bytes::Bytes::from(e2e::pattern(256 << 10, 12));
+    let body = futures::StreamExt::chain(
+        futures::stream::iter([Ok::<_, std::io::Error>(chunk)]),
+        futures::stream::pending(),
+    );
+    let started = Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        e.client
+            .put(&url)
+            .body(reqwest::Body::wrap_stream(body))
+            .send(),
+    )
+    .await
+    .expect("an answer, not a connection held forever")
+    .expect("put");
+    assert_eq!(r.status(), 408);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error_code"], "request_timeout");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(!e.hub.dev_root().join("quiet.bin").exists());
+    e2e::assert_eventually!(
+        staging_left(&e.hub) == 0,
+        Duration::from_secs(5),
+        "the failed upload to delete its staging"
+    );
 }

@@ -161,6 +161,30 @@ async fn release(state: &AppState, account: &Account, key: &str, kind: ClaimKind
     }
 }
 
+/// Client-direct uploads a spoke reports running at most per heartbeat (more are ignored;
+/// spokes send at most as many).
+const MAX_REPORTED_UPLOADS: usize = 2048;
+
+/// Keeps the claims of the client-direct uploads spoke `spoke` reports running fresh, so the
+/// sweep leaves their staging alone while the spoke writes. A spoke can only delay the sweep
+/// of a claim this way, never cause one.
+pub async fn touch_spoke_uploads(
+    state: &AppState,
+    spoke: i64,
+    uploads: &[shared::proto::UploadClaim],
+) {
+    for u in uploads.iter().take(MAX_REPORTED_UPLOADS) {
+        if let Err(e) = state
+            .db
+            .touch_claim_forward(u.account, &u.claim, now_ms())
+            .await
+        {
+            tracing::warn!(error = %e, spoke, account = u.account,
+                "could not refresh a spoke upload's claim");
+        }
+    }
+}
+
 /// One sweep round: deletes the leftovers of claims untouched for the grace period. Returns
 /// how many claims it cleared.
 pub async fn sweep(state: &AppState) -> ApiResult<usize> {

@@ -407,6 +407,10 @@ fn relay_grant(
         file_id: String::new(),
         expires: now_ms() / 1000 + RELAY_GRANT.as_secs() as i64,
         max_bytes: 0,
+        replace: false,
+        declared_len: None,
+        staging: None,
+        claim: None,
     };
     let (grant_id, expires) = (g.grant_id.clone(), g.expires);
     let signature = crate::network::grant(state, relay, g)?;

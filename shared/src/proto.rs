@@ -219,6 +219,22 @@ pub struct Grant {
     pub expires: i64,
     /// Largest upload accepted, bytes (0: no limit).
     pub max_bytes: u64,
+    /// An upload replaces a file of the same name (a redirected `overwrite=true` upload);
+    /// otherwise it never does, and a taken name fails the upload with 409.
+    #[serde(default)]
+    pub replace: bool,
+    /// The `Content-Length` a redirected upload declared to the hub: the request must declare
+    /// exactly this and send no more.
+    #[serde(default)]
+    pub declared_len: Option<u64>,
+    /// The staging key the hub recorded for this upload (`.switchyard-partial/<16 hex>`), on
+    /// services that stage.
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// The hub's claim (`storage_claims` key) on the upload's leftovers: the spoke names it in
+    /// heartbeats while the upload runs, so the hub's sweep cleans up only after it stopped.
+    #[serde(default)]
+    pub claim: Option<String>,
 }
 
 /// Join request: the token from the join string and a CSR for the spoke's own key.
@@ -331,6 +347,31 @@ pub struct Heartbeat {
     pub bytes_per_sec: u64,
     /// Round-trip times the spoke measured (to this hub, to storage endpoints).
     pub rtts: Vec<RttSample>,
+    /// Whether the spoke's HTTPS data endpoint is accepting connections; absent from spokes
+    /// without one (and from older spokes, which hubs treat as up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_endpoint: Option<EndpointHealth>,
+    /// Client-direct uploads running now, by the hub's claim on their leftovers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploads: Vec<UploadClaim>,
+}
+
+/// The state of a spoke's data endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointHealth {
+    /// Listening and accepting.
+    Up,
+    /// Not listening, or failing to accept (e.g. out of file descriptors): hubs send no
+    /// clients to it.
+    Down,
+}
+
+/// A running client-direct upload: the account and the hub's claim key from its grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadClaim {
+    pub account: i64,
+    pub claim: String,
 }
 
 /// The `rtt_us` of a storage endpoint the spoke could not connect to.
@@ -454,6 +495,11 @@ mod tests {
                     target: "hub:eu-west".into(),
                     rtt_us: 800,
                 }],
+                data_endpoint: Some(EndpointHealth::Down),
+                uploads: vec![UploadClaim {
+                    account: 3,
+                    claim: ".switchyard-partial/00112233aabbccdd".into(),
+                }],
             }),
             SpokeMsg::Progress {
                 transfer_id: 3,
@@ -509,6 +555,25 @@ mod tests {
         };
         let f = encode(&refused).expect("encode");
         assert_eq!(decode_body::<RelayReply>(&f[4..]), Ok(refused));
+    }
+
+    #[test]
+    fn older_peers_messages_still_parse() {
+        // A heartbeat from a spoke that predates endpoint health: no health, no uploads.
+        let hb: SpokeMsg = serde_json::from_str(
+            r#"{"type":"heartbeat","active_jobs":0,"free_slots":4,"bytes_per_sec":0,"rtts":[]}"#,
+        )
+        .expect("old heartbeat");
+        let SpokeMsg::Heartbeat(hb) = hb else {
+            panic!("not a heartbeat: {hb:?}");
+        };
+        assert_eq!((hb.data_endpoint, hb.uploads.len()), (None, 0));
+        // And the new fields stay off the wire when there is nothing to say.
+        let text = serde_json::to_string(&Heartbeat::default()).expect("encode");
+        assert!(
+            !text.contains("data_endpoint") && !text.contains("uploads"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -152,16 +152,21 @@ pub struct RunOptions {
 /// Runs the spoke until `shutdown` fires, or until every hub has refused it for good.
 pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let ident = Arc::new(Identity::load(&opts.data_dir)?);
+    let local = crate::config::LocalConfig::load(&opts.data_dir)?;
+    let fs_roots = crate::fsroots::FsRoots::new(local.storage.fs_roots.clone());
     let jobs = Arc::new(Jobs::new(
         ident.config.settings.max_jobs,
         opts.data_dir.join("scratch"),
         ident.clone(),
+        fs_roots.clone(),
     ));
     tracing::info!(spoke_id = ident.config.spoke_id, name = %ident.config.name,
-                   region = %ident.config.region, hubs = ident.config.hubs.len(), "spoke starting");
+                   region = %ident.config.region, hubs = ident.config.hubs.len(),
+                   fs_roots = local.storage.fs_roots.len(), "spoke starting");
     let probes = tokio::spawn(worker::probe_loop(jobs.clone(), shutdown.clone()));
-    let grants = Arc::new(crate::data::Grants::default());
+    let grants = Arc::new(crate::data::Grants::new(fs_roots));
     let mut relay_endpoint = None;
+    let mut data_health = None;
     let data = match &ident.config.advertise {
         Some(a) => {
             let listen: SocketAddr = a.parse().with_context(|| {
@@ -175,6 +180,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
                 grants.clone(),
                 opts.data_dir.join("scratch"),
                 egress.clone(),
+                &local.data_endpoint,
             );
             // The same address over UDP relays source bytes to other spokes.
             let relay = crate::relay::bind(&ident, listen)?;
@@ -187,10 +193,14 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
                 egress,
                 shutdown.clone(),
             ));
+            let health = Arc::new(crate::data::Health::default());
+            data_health = Some(health.clone());
             Some(tokio::spawn(crate::data::serve(
                 listen,
                 tls,
                 app,
+                local.data_endpoint.clone(),
+                health,
                 shutdown.clone(),
             )))
         }
@@ -203,6 +213,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             jobs: jobs.clone(),
             grants: grants.clone(),
             relay: relay_endpoint.clone(),
+            data_health: data_health.clone(),
         };
         let (shutdown, opts) = (shutdown.clone(), opts.clone());
         sessions.spawn(async move { hub_loop(hub, node, opts, shutdown).await });
@@ -233,6 +244,8 @@ struct Node {
     grants: Arc<crate::data::Grants>,
     /// The relay endpoint, when this spoke serves one.
     relay: Option<quinn::Endpoint>,
+    /// The data endpoint's state, when this spoke serves one.
+    data_health: Option<Arc<crate::data::Health>>,
 }
 
 async fn hub_loop(
@@ -339,6 +352,8 @@ async fn session(
                         free_slots: jobs.free(),
                         bytes_per_sec: jobs.bytes_per_sec(),
                         rtts,
+                        data_endpoint: node.data_health.as_ref().map(|h| h.get()),
+                        uploads: grants.uploads(),
                     };
                     if let Err(e) = stream.send(&SpokeMsg::Heartbeat(hb)).await {
                         break Err(e);

@@ -1,31 +1,56 @@
 //! The spoke's HTTPS data endpoint: clients upload to and download from storage directly here,
 //! with URLs the hub signed (`shared::auth::DataClaims`) for grants it registered on this spoke.
 //! Bytes stream between the client and the provider; nothing passes through a hub.
+//!
+//! A grant does exactly one thing: a `GET` grant serves downloads, a `PUT` grant one upload
+//! (consumed when the request starts, held to the `Content-Length` the client declared to the
+//! hub, published without replacing unless the grant says so), and a `RELAY` grant is never
+//! served here. The endpoint outlives hostile clients: accept errors back off and the
+//! endpoint keeps listening (reported down to the hubs meanwhile), handshakes, request heads
+//! and upload bodies have deadlines, and connections past a cap are closed at once.
 
+use crate::config::DataEndpointConfig;
+use crate::fsroots::FsRoots;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::{Json, Router};
-use futures::TryStreamExt as _;
+use bytes::Bytes;
+use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use shared::auth::{verify_data, DataClaims, Tagger};
-use shared::proto::Grant;
-use shared::storage::{ConnectOptions, Connector, StoragePath};
+use shared::proto::{EndpointHealth, Grant, UploadClaim};
+use shared::storage::{ConnectOptions, Connector, Publish, StagingKey, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Grants older than their expiry are dropped; at most this many are kept.
 const MAX_GRANTS: usize = 10_000;
+/// Running uploads a heartbeat names at most (the hub reads as many).
+pub const MAX_REPORTED_UPLOADS: usize = 2048;
 
-/// Grants the hubs registered, and the keys that verify their URLs.
+/// A registered grant, and whether its single use is spent (uploads only).
+#[derive(Debug)]
+struct Held {
+    grant: Grant,
+    used: bool,
+}
+
+/// Grants the hubs registered, the keys that verify their URLs, where they may point (`fs`
+/// roots), and the uploads running on them.
 #[derive(Debug, Default)]
 pub struct Grants {
-    inner: Mutex<HashMap<String, Grant>>,
+    inner: Mutex<HashMap<String, Held>>,
     key: Mutex<Option<[u8; 32]>>,
     added: tokio::sync::Notify,
+    /// Uploads running now by grant id, named in heartbeats so the hub keeps their claims.
+    uploads: Mutex<HashMap<String, UploadClaim>>,
+    fs_roots: FsRoots,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -40,6 +65,14 @@ pub(crate) fn now_secs() -> i64 {
 }
 
 impl Grants {
+    /// Grants that may name `fs` accounts only inside `fs_roots`.
+    pub fn new(fs_roots: FsRoots) -> Self {
+        Self {
+            fs_roots,
+            ..Self::default()
+        }
+    }
+
     /// Sets the URL key from the hub's welcome (base64url of 32 bytes).
     pub fn set_key(&self, b64: &str) {
         use base64::Engine as _;
@@ -53,9 +86,15 @@ impl Grants {
     pub fn add(&self, g: Grant) {
         let now = now_secs();
         let mut map = lock(&self.inner);
-        map.retain(|_, g| g.expires > now);
+        map.retain(|_, h| h.grant.expires > now);
         if map.len() < MAX_GRANTS {
-            map.insert(g.grant_id.clone(), g);
+            map.insert(
+                g.grant_id.clone(),
+                Held {
+                    grant: g,
+                    used: false,
+                },
+            );
         }
         drop(map);
         self.added.notify_waiters();
@@ -66,19 +105,97 @@ impl Grants {
         *lock(&self.key)
     }
 
-    /// The grant, waiting briefly for one still in flight from the hub (a client may follow a
-    /// redirect faster than the control message arrives).
+    /// Where grants and assignments may reach `fs` storage.
+    pub fn fs_roots(&self) -> &FsRoots {
+        &self.fs_roots
+    }
+
+    /// The grant (used or not), waiting briefly for one still in flight from the hub (a
+    /// client may follow a redirect faster than the control message arrives).
     pub(crate) async fn get(&self, id: &str) -> Option<Grant> {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         loop {
             let notified = self.added.notified();
-            if let Some(g) = lock(&self.inner).get(id).cloned() {
-                return Some(g);
+            if let Some(h) = lock(&self.inner).get(id) {
+                return Some(h.grant.clone());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;
             }
         }
+    }
+
+    /// Spends the grant's single use: true for exactly one caller. The grant stays known
+    /// until it expires, so a second use gets a clear answer rather than "unknown".
+    fn consume(&self, id: &str) -> bool {
+        match lock(&self.inner).get_mut(id) {
+            Some(h) if !h.used => {
+                h.used = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The claims of the uploads running now (for heartbeats; at most
+    /// [`MAX_REPORTED_UPLOADS`], which keeps the frame far below the protocol's limit).
+    pub fn uploads(&self) -> Vec<UploadClaim> {
+        lock(&self.uploads)
+            .values()
+            .take(MAX_REPORTED_UPLOADS)
+            .cloned()
+            .collect()
+    }
+}
+
+/// An upload named in heartbeats for as long as this lives.
+struct Running<'a> {
+    grants: &'a Grants,
+    id: String,
+}
+
+impl<'a> Running<'a> {
+    fn start(grants: &'a Grants, g: &Grant) -> Self {
+        if let Some(claim) = &g.claim {
+            lock(&grants.uploads).insert(
+                g.grant_id.clone(),
+                UploadClaim {
+                    account: g.account,
+                    claim: claim.clone(),
+                },
+            );
+        }
+        Self {
+            grants,
+            id: g.grant_id.clone(),
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(&self.grants.uploads).remove(&self.id);
+    }
+}
+
+/// Whether the data endpoint is accepting connections, as heartbeats report it.
+#[derive(Debug, Default)]
+pub struct Health {
+    up: AtomicBool,
+}
+
+impl Health {
+    pub fn get(&self) -> EndpointHealth {
+        if self.up.load(Ordering::Relaxed) {
+            EndpointHealth::Up
+        } else {
+            EndpointHealth::Down
+        }
+    }
+
+    /// Sets the state; true when it changed.
+    fn set(&self, up: bool) -> bool {
+        self.up.swap(up, Ordering::Relaxed) != up
     }
 }
 
@@ -88,6 +205,8 @@ struct DataState {
     scratch: PathBuf,
     /// The hub's SSRF policy for provider connections.
     egress: shared::egress::EgressPolicy,
+    /// How long an upload body may go without a byte.
+    body_idle: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,11 +221,24 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// [`refuse`] while the request's body is unread (or half read): the connection closes after
+/// the answer unless [`handle`] drains the body first, so an unread body is never taken for a
+/// next request.
+fn refuse_unread(status: StatusCode, code: &str, message: &str) -> Response {
+    let mut r = refuse(status, code, message);
+    r.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 /// The router of the data endpoint.
 pub fn router(
     grants: Arc<Grants>,
     scratch: PathBuf,
     egress: shared::egress::EgressPolicy,
+    limits: &DataEndpointConfig,
 ) -> Router {
     Router::new()
         .route("/v1/data/{grant}", any(handle))
@@ -114,27 +246,69 @@ pub fn router(
             grants,
             scratch,
             egress,
+            body_idle: Duration::from_secs(limits.body_idle_timeout_secs),
         })
 }
 
+/// Bytes of an unread request body drained, at most, before a refusal is sent.
+const DRAIN_MAX: u64 = 8 << 20;
+/// Time spent draining, at most.
+const DRAIN_TIME: Duration = Duration::from_secs(3);
+
+/// Answers a request; a refusal sent before the body was read first drains the body (within
+/// [`DRAIN_MAX`] and [`DRAIN_TIME`]), so a client still sending reads the answer instead of a
+/// reset. A body not drained closes the connection after the answer.
 async fn handle(
+    state: State<DataState>,
+    grant_id: Path<String>,
+    q: Query<Signed>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut body = Some(body);
+    let mut r = answer(state, grant_id, q, method, headers, &mut body).await;
+    if let Some(unread) = body {
+        if drain(unread).await {
+            r.headers_mut().remove(header::CONNECTION);
+        }
+    }
+    r
+}
+
+/// Reads and discards `body`; true when it ended within the limits.
+async fn drain(body: Body) -> bool {
+    let mut s = body.into_data_stream();
+    let mut seen = 0u64;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        match tokio::time::timeout_at(deadline, s.next()).await {
+            Ok(None) => return true,
+            Ok(Some(Ok(b))) => {
+                seen += b.len() as u64;
+                if seen > DRAIN_MAX {
+                    return false;
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return false,
+        }
+    }
+}
+
+async fn answer(
     State(st): State<DataState>,
     Path(grant_id): Path<String>,
     Query(q): Query<Signed>,
     method: Method,
-    body: Body,
+    headers: HeaderMap,
+    body: &mut Option<Body>,
 ) -> Response {
-    let forbidden = |m: &str| refuse(StatusCode::FORBIDDEN, "forbidden", m);
+    let forbidden = |m: &str| refuse_unread(StatusCode::FORBIDDEN, "forbidden", m);
     let Some(grant) = st.grants.get(&grant_id).await else {
         return forbidden("this signed URL is not valid here");
     };
-    let Some(key) = *lock(&st.grants.key) else {
+    let Some(key) = st.grants.key() else {
         return forbidden("this spoke has no URL key yet");
-    };
-    let wanted = if grant.method == "PUT" {
-        matches!(method, Method::PUT | Method::POST)
-    } else {
-        matches!(method, Method::GET | Method::HEAD)
     };
     let claims = DataClaims {
         method: &grant.method,
@@ -146,61 +320,177 @@ async fn handle(
     if let Err(e) = verify_data(&Tagger::new(key), &claims, &q.sig, now_secs()) {
         return forbidden(&e.to_string());
     }
-    if !wanted {
-        return forbidden("this signed URL is for another method");
+    // Exactly what the grant names, checked for each kind: anything else changes nothing.
+    let download = match (grant.method.as_str(), &method) {
+        ("GET", &Method::GET | &Method::HEAD) => true,
+        ("PUT", &Method::PUT | &Method::POST) => false,
+        ("RELAY", _) => {
+            return forbidden(
+                "a relay grant is served only on the relay endpoint, to network peers",
+            )
+        }
+        ("GET" | "PUT", _) => return forbidden("this signed URL is for another method"),
+        _ => return forbidden("this spoke does not serve this kind of grant"),
+    };
+    if let Err(e) = st.grants.fs_roots().check(&grant.location.service) {
+        return forbidden(&e.to_string());
     }
     let opts = ConnectOptions {
         scratch_dir: st.scratch.clone(),
         egress: st.egress.clone(),
         ..ConnectOptions::default()
     };
-    let result = async {
-        let c = Connector::connect(&grant.location.service, &opts).await?;
-        let path = StoragePath::parse(&grant.location.path)?;
-        if grant.method == "GET" {
-            let e = c.stat_file(&path).await?;
-            let stream = c.read(&path, None).await?;
-            let mut r = Response::new(Body::from_stream(stream));
-            let h = r.headers_mut();
-            h.insert(header::CONTENT_LENGTH, e.size.into());
-            h.insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/octet-stream"),
-            );
-            return Ok::<_, shared::storage::StorageError>(r);
+    if download {
+        return serve_download(&grant, &opts, method == Method::HEAD)
+            .await
+            .unwrap_or_else(storage_refusal);
+    }
+    upload(&st, &grant, &opts, &headers, body).await
+}
+
+async fn serve_download(
+    grant: &Grant,
+    opts: &ConnectOptions,
+    head: bool,
+) -> Result<Response, StorageError> {
+    let c = Connector::connect(&grant.location.service, opts).await?;
+    let path = StoragePath::parse(&grant.location.path)?;
+    let e = c.stat_file(&path).await?;
+    let mut r = if head {
+        Response::new(Body::empty())
+    } else {
+        Response::new(Body::from_stream(c.read(&path, None).await?))
+    };
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_LENGTH, e.size.into());
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Ok(r)
+}
+
+/// What went wrong reading an upload's body.
+const TOO_LARGE: &str = "the upload is larger than allowed";
+const TOO_SHORT: &str = "the upload ended before its declared length";
+const IDLE: &str = "the upload sent no bytes for too long";
+
+async fn upload(
+    st: &DataState,
+    grant: &Grant,
+    opts: &ConnectOptions,
+    headers: &HeaderMap,
+    body: &mut Option<Body>,
+) -> Response {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Checked before the grant is spent, so a client that got it wrong can still use it.
+    let limit = match grant.declared_len {
+        Some(declared) => {
+            if length.is_some_and(|n| n > declared) {
+                return refuse_unread(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    &format!("this upload was declared as {declared} bytes; send exactly that"),
+                );
+            }
+            if length != Some(declared) {
+                return refuse_unread(
+                    StatusCode::BAD_REQUEST,
+                    "content_length_mismatch",
+                    &format!(
+                        "this upload was declared as {declared} bytes: send it with \
+                         `Content-Length: {declared}`"
+                    ),
+                );
+            }
+            Some(declared)
         }
-        let max = grant.max_bytes;
-        let mut seen = 0u64;
-        let stream = body
-            .into_data_stream()
-            .map_err(|e| e.to_string())
-            .and_then(move |b| {
-                seen += b.len() as u64;
-                let over = max > 0 && seen > max;
-                async move {
-                    if over {
-                        Err("the upload exceeds the allowed size".to_owned())
-                    } else {
-                        Ok(b)
-                    }
-                }
-            });
-        let e = c.write(&path, Box::pin(stream)).await?;
-        // An upload grant is single use.
-        lock(&st.grants.inner).remove(&grant.grant_id);
-        let body = serde_json::json!({"id": grant.file_id, "type": "file", "name": path.name(),
-            "size": e.size, "account": grant.account});
-        Ok((StatusCode::CREATED, Json(body)).into_response())
+        None => (grant.max_bytes > 0).then_some(grant.max_bytes),
+    };
+    if let (Some(n), Some(max)) = (length, limit) {
+        if n > max {
+            return refuse_unread(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                &format!("the upload is {n} bytes; the limit is {max}"),
+            );
+        }
+    }
+    if !st.grants.consume(&grant.grant_id) {
+        return refuse_unread(
+            StatusCode::GONE,
+            "url_used",
+            "this upload URL was already used (each is good for one upload); ask for a new one",
+        );
+    }
+    let Some(body) = body.take() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", "no request body");
+    };
+    let _running = Running::start(&st.grants, grant);
+    let result = async {
+        let c = Connector::connect(&grant.location.service, opts).await?;
+        let path = StoragePath::parse(&grant.location.path)?;
+        // The staging key the hub recorded (so its sweep finds what a dead spoke leaves);
+        // our own only from a hub that records none.
+        let staging = match &grant.staging {
+            Some(k) => StagingKey::parse(k),
+            None => c.new_staging(),
+        };
+        // Never replaces unless the grant says so (a redirected `overwrite=true` upload): a
+        // file of this name created after the URL was issued stays, and the upload fails.
+        let publish = if grant.replace {
+            Publish::Replace
+        } else {
+            Publish::NoReplace { alternatives: 0 }
+        };
+        let stream = bounded_body(body, limit, grant.declared_len, st.body_idle);
+        let e = c.write_with(&path, stream, publish, staging).await?;
+        Ok::<_, StorageError>((path, e))
     }
     .await;
     match result {
-        Ok(r) => r,
-        Err(shared::storage::StorageError::NotFound) => refuse(
+        Ok((path, e)) => {
+            let body = serde_json::json!({"id": grant.file_id, "type": "file",
+                "name": path.name(), "size": e.size, "account": grant.account});
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(StorageError::AlreadyExists) => refuse(
+            StatusCode::CONFLICT,
+            "conflict",
+            "a file of this name was created after this URL was issued; nothing was written \
+             (ask for a new URL, which names a free name)",
+        ),
+        Err(StorageError::Interrupted(m)) if m.contains(TOO_LARGE) => refuse_unread(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "the upload is larger than allowed; nothing was written",
+        ),
+        Err(StorageError::Interrupted(m)) if m.contains(IDLE) => refuse_unread(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the upload sent no bytes for too long; nothing was written",
+        ),
+        Err(StorageError::Interrupted(m)) if m.contains(TOO_SHORT) => refuse_unread(
+            StatusCode::BAD_REQUEST,
+            "content_length_mismatch",
+            "the upload ended before its declared length; nothing was written",
+        ),
+        Err(e) => storage_refusal(e),
+    }
+}
+
+fn storage_refusal(e: StorageError) -> Response {
+    match e {
+        StorageError::NotFound => refuse(
             StatusCode::NOT_FOUND,
             "not_found",
-            "the file does not exist",
+            "the file or its folder does not exist",
         ),
-        Err(e) => refuse(
+        StorageError::PermissionDenied(m) => refuse(StatusCode::FORBIDDEN, "forbidden", &m),
+        e => refuse(
             StatusCode::BAD_GATEWAY,
             "service_unavailable",
             &e.to_string(),
@@ -208,33 +498,143 @@ async fn handle(
     }
 }
 
-/// Serves the data endpoint over TLS on `listen` with the spoke's certificate.
+/// The request body as a stream that fails past `limit` bytes, short of `exact` bytes at its
+/// end, or after `idle` without a byte, so the write discards what it staged.
+fn bounded_body(
+    body: Body,
+    limit: Option<u64>,
+    exact: Option<u64>,
+    idle: Duration,
+) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static {
+    let state = Some((body.into_data_stream(), 0u64));
+    Box::pin(futures::stream::unfold(state, move |state| async move {
+        let (mut s, seen) = state?;
+        match tokio::time::timeout(idle, s.next()).await {
+            Err(_) => Some((Err(IDLE.to_owned()), None)),
+            Ok(Some(Err(e))) => Some((Err(e.to_string()), None)),
+            Ok(Some(Ok(b))) => {
+                let seen = seen + b.len() as u64;
+                if limit.is_some_and(|l| seen > l) {
+                    return Some((Err(TOO_LARGE.to_owned()), None));
+                }
+                Some((Ok(b), Some((s, seen))))
+            }
+            Ok(None) if exact.is_some_and(|n| seen != n) => Some((Err(TOO_SHORT.to_owned()), None)),
+            Ok(None) => None,
+        }
+    }))
+}
+
+/// Errors of `accept` that concern one connection only (it was reset before we took it):
+/// the listener is fine.
+fn per_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused | Interrupted | WouldBlock
+    )
+}
+
+/// Longest pause between accept attempts while accepting fails.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Serves the data endpoint over TLS on `listen` with the spoke's certificate until
+/// `shutdown`. It never gives up: a failed bind is retried, an accept error (out of file
+/// descriptors, say) is logged and retried with backoff, and meanwhile `health` says down so
+/// hubs send no clients here.
 pub async fn serve(
     listen: std::net::SocketAddr,
     tls: rustls::ServerConfig,
     app: Router,
+    limits: DataEndpointConfig,
+    health: Arc<Health>,
     shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    tracing::info!(%listen, "data endpoint listening (HTTPS)");
+    let conns = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let handshake = Duration::from_secs(limits.handshake_timeout_secs);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .http1_only();
+    // The timer makes hyper enforce the head deadline, also on idle keep-alive connections.
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_timeout_secs));
+    let mut backoff = Duration::from_millis(10);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::error!(%listen, error = %e, retry_in = ?backoff,
+                    "cannot listen for the data endpoint (reported down to the hubs)");
+                health.set(false);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(500), Duration::from_secs(5));
+            }
+        }
+    };
+    health.set(true);
+    tracing::info!(%listen, max_connections = limits.max_connections,
+        "data endpoint listening (HTTPS)");
+    let mut backoff = Duration::from_millis(10);
+    let mut turned_away = 0u64;
     loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => r?,
-            () = shutdown.cancelled() => return Ok(()),
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = shutdown.cancelled() => return,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => {
+                if health.set(true) {
+                    tracing::info!(%listen, "data endpoint accepting connections again");
+                }
+                backoff = Duration::from_millis(10);
+                tcp
+            }
+            Err(e) if per_connection(&e) => continue,
+            Err(e) => {
+                if health.set(false) {
+                    tracing::warn!(%listen, error = %e,
+                        "data endpoint cannot accept connections (reported down to the hubs); \
+                         retrying");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            // Closed now (a reset frees the socket at once), not queued behind the others.
+            let _ = tcp.set_zero_linger();
+            drop(tcp);
+            turned_away += 1;
+            if turned_away.is_power_of_two() {
+                tracing::warn!(%listen, max_connections = limits.max_connections, turned_away,
+                    "data endpoint at its connection limit; closing new connections");
+            }
+            continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
+        let (acceptor, app, builder) = (acceptor.clone(), app.clone(), builder.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
+            let _permit = permit;
+            let Ok(Ok(tls)) = tokio::time::timeout(handshake, acceptor.accept(tcp)).await else {
                 return;
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+            if let Err(e) = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::trace!(error = %e, "data connection ended with an error");
+            }
         });
     }
 }

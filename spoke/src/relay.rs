@@ -229,6 +229,10 @@ impl Server {
         }
         let path = StoragePath::parse(&grant.location.path)
             .map_err(|e| refused("not_found", &e.to_string()))?;
+        self.grants
+            .fs_roots()
+            .check(&grant.location.service)
+            .map_err(|e| refused("forbidden", &e.to_string()))?;
         let opts = ConnectOptions {
             scratch_dir: self.scratch.clone(),
             egress: self.egress.clone(),

@@ -3,6 +3,7 @@
 //! verified part as it lands, then completing the destination upload.
 
 use crate::config::Identity;
+use crate::fsroots::FsRoots;
 use crate::relay::Relayed;
 use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings, UNREACHABLE};
 use shared::storage::multipart::S3Multipart;
@@ -47,10 +48,12 @@ pub struct Jobs {
     scratch: PathBuf,
     /// This spoke's certificate, for dialing relay spokes.
     ident: Arc<Identity>,
+    /// Where assignments may reach `fs` storage.
+    fs_roots: FsRoots,
 }
 
 impl Jobs {
-    pub fn new(slots: u32, scratch: PathBuf, ident: Arc<Identity>) -> Self {
+    pub fn new(slots: u32, scratch: PathBuf, ident: Arc<Identity>, fs_roots: FsRoots) -> Self {
         Self {
             slots: slots.max(1),
             running: Mutex::new(HashMap::new()),
@@ -61,6 +64,7 @@ impl Jobs {
             probe_now: tokio::sync::Notify::new(),
             scratch,
             ident,
+            fs_roots,
         }
     }
 
@@ -170,13 +174,15 @@ impl Jobs {
                 Err(_) if cancel.is_cancelled() || !mine => {}
                 Err(e) => {
                     tracing::warn!(transfer = id, error = %e, "transfer failed");
+                    // An `fs` location outside our roots may be served by another spoke or
+                    // the hub itself: the hub retries the transfer elsewhere.
                     let retryable = matches!(
                         e,
                         StorageError::Unavailable(_)
                             | StorageError::RateLimited { .. }
                             | StorageError::Interrupted(_)
                             | StorageError::Other(_)
-                    );
+                    ) || crate::fsroots::is_refusal(&e);
                     let _ = report.send(SpokeMsg::Failed {
                         transfer_id: id,
                         message: e.to_string(),
@@ -195,6 +201,10 @@ async fn run(
     report: &UnboundedSender<SpokeMsg>,
     cancel: CancellationToken,
 ) -> Result<SpokeMsg, StorageError> {
+    // A hub names storage locations, never this host's own files: `fs` only inside the
+    // declared roots, checked before either side is opened.
+    jobs.fs_roots.check(&a.source.service)?;
+    jobs.fs_roots.check(&a.dest.service)?;
     let opts = ConnectOptions {
         scratch_dir: jobs.scratch.clone(),
         egress: shared::egress::EgressPolicy::from_settings(&settings.egress),

@@ -504,7 +504,11 @@ async fn upload_file(
         if taken && !overwrite {
             target = free_name(&a, &parent, &meta.name).await?;
         }
-        if let Some((url, _)) = direct_url(&state, &a, &target, "PUT", 600).await {
+        let direct = Direct::Upload {
+            replace: overwrite,
+            declared_len: Some(n),
+        };
+        if let Some((url, _)) = direct_url(&state, &a, &target, direct, 600).await? {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
             insert(&mut r, header::LOCATION, &url);
             return Ok(r);
@@ -982,16 +986,62 @@ struct UploadUrl {
     expires: String,
 }
 
+/// What a client-direct URL is for.
+#[derive(Debug, Clone, Copy)]
+enum Direct {
+    Download,
+    /// An upload: replacing a file of the same name or never, held to the `Content-Length`
+    /// the client declared to us when it was redirected.
+    Upload {
+        replace: bool,
+        declared_len: Option<u64>,
+    },
+}
+
 /// Registers a single-purpose grant on a spoke with a data endpoint and returns the signed URL
 /// and its expiry (Unix seconds), or `None` when no such spoke is healthy.
+///
+/// An upload's leftovers (its staging object, or on object stores an incomplete multipart
+/// upload) are claimed in `storage_claims` before the URL exists, fresh until the URL
+/// expires; the spoke names the claim in its heartbeats while the upload runs, so a spoke
+/// that dies mid-upload leaves nothing the sweep does not find.
 async fn direct_url(
     state: &AppState,
     a: &Account,
     path: &StoragePath,
-    method: &str,
+    direct: Direct,
     ttl_secs: u64,
-) -> Option<(String, i64)> {
-    let (spoke, addr) = state.network.registry.choose_data(&state.config.region)?;
+) -> ApiResult<Option<(String, i64)>> {
+    let Some((spoke, addr)) = state.network.registry.choose_data(&state.config.region) else {
+        return Ok(None);
+    };
+    let expires = crate::state::now_ms() / 1000 + ttl_secs as i64;
+    let (method, replace, declared_len) = match direct {
+        Direct::Download => ("GET", false, None),
+        Direct::Upload {
+            replace,
+            declared_len,
+        } => ("PUT", replace, declared_len),
+    };
+    let (mut staging, mut claim) = (None, None);
+    if method == "PUT" {
+        let key = a.connector.new_staging();
+        let (k, kind) = match &key {
+            Some(k) => (k.as_str().to_owned(), ClaimKind::Staging),
+            None => (upload_claim_key(path.as_str()), ClaimKind::Upload),
+        };
+        // Untouched until the URL expires (plus the grace period): a URL never used leaves
+        // nothing, and one in use is kept fresh by the spoke's heartbeats.
+        if !state
+            .db
+            .take_claim(a.record.app_id, a.id(), &k, kind, expires * 1000)
+            .await?
+        {
+            return Err(ApiError::internal("claim key collision"));
+        }
+        staging = key.map(|k| k.as_str().to_owned());
+        claim = Some(k);
+    }
     let g = shared::proto::Grant {
         grant_id: crate::network::new_grant_id(),
         method: method.to_owned(),
@@ -1001,19 +1051,30 @@ async fn direct_url(
             path: path.as_str().to_owned(),
         },
         file_id: state.ids.encode(a.id(), EntryKind::File, path),
-        expires: crate::state::now_ms() / 1000 + ttl_secs as i64,
+        expires,
         max_bytes: state.config.limits.max_upload_bytes,
+        replace,
+        declared_len,
+        staging,
+        claim: claim.clone(),
     };
-    let (grant_id, expires) = (g.grant_id.clone(), g.expires);
-    let sig = crate::network::grant(state, spoke, g)?;
-    Some((
+    let grant_id = g.grant_id.clone();
+    let Some(sig) = crate::network::grant(state, spoke, g) else {
+        if let Some(k) = claim {
+            state.db.release_claim(a.id(), &k).await?;
+        }
+        return Ok(None);
+    };
+    Ok(Some((
         format!("https://{addr}/v1/data/{grant_id}?exp={expires}&sig={sig}"),
         expires,
-    ))
+    )))
 }
 
 /// Get a URL a client uploads a file to directly (served by a spoke near the storage, so the
-/// bytes never pass through a hub). The URL is signed, expiring and good for one upload.
+/// bytes never pass through a hub). The URL is signed, expiring and good for one upload (a
+/// second request on it gets 410); it never replaces a file: if one of that name appears
+/// after the URL was issued, the upload answers 409 and writes nothing.
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files/upload_url", tag = "storage",
     params(("acc" = String, Path, description = "Account id or `me`", pattern = r"^([0-9]{1,18}|me)$")),
     request_body = UploadUrlRequest,
@@ -1040,8 +1101,12 @@ async fn upload_url(
     if a.connector.exists(&target).await? {
         target = free_name(&a, &parent, &body.name).await?;
     }
-    let (url, expires) = direct_url(&state, &a, &target, "PUT", ttl)
-        .await
+    let direct = Direct::Upload {
+        replace: false,
+        declared_len: None,
+    };
+    let (url, expires) = direct_url(&state, &a, &target, direct, ttl)
+        .await?
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1223,7 +1288,7 @@ async fn download_file(
     // Large whole-file downloads go straight to a spoke near the storage (without hashing
     // the file here when the provider has no ETag: its bytes should not cross the hub).
     if e.size >= state.config.offload.threshold && !headers.contains_key(header::RANGE) {
-        if let Some((url, _)) = direct_url(&state, &a, &path, "GET", 600).await {
+        if let Some((url, _)) = direct_url(&state, &a, &path, Direct::Download, 600).await? {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
             insert(&mut r, header::LOCATION, &url);
             return Ok(r);

@@ -113,6 +113,21 @@ impl Db {
         Ok(())
     }
 
+    /// Moves a claim's refresh time forward to `now` (never back: a client-direct upload's
+    /// claim starts fresh until its URL expires).
+    pub async fn touch_claim_forward(&self, account_id: i64, key: &str, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE storage_claims SET touched_ms = $3 \
+             WHERE account_id = $1 AND object_key = $2 AND touched_ms < $3",
+        )
+        .bind(account_id)
+        .bind(key)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Drops a claim (its holder is done with it).
     pub async fn release_claim(&self, account_id: i64, key: &str) -> DbResult<()> {
         sqlx::query("DELETE FROM storage_claims WHERE account_id = $1 AND object_key = $2")

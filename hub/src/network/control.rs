@@ -280,6 +280,7 @@ async fn control(
             tokio::select! {
                 msg = stream.recv() => match msg {
                     Ok(SpokeMsg::Heartbeat(hb)) => {
+                        crate::claims::touch_spoke_uploads(&state, spoke.id, &hb.uploads).await;
                         state.network.registry.heartbeat(spoke.id, hb);
                     }
                     Ok(SpokeMsg::Hello(_)) | Ok(SpokeMsg::Enroll(_)) => {

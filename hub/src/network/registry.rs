@@ -59,6 +59,10 @@ pub struct LiveStatus {
     pub rtt_us: u64,
     /// Round trips the spoke measured itself (`hub:<region>`, `storage:<host:port>`).
     pub rtts: HashMap<String, u64>,
+    /// The spoke's HTTPS data endpoint as its last heartbeat reported it (`up`, `down`);
+    /// absent without one. A spoke whose endpoint is down gets no client-direct URLs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_endpoint: Option<&'static str>,
 }
 
 /// The registry (one per hub process).
@@ -211,6 +215,10 @@ impl Registry {
                 .iter()
                 .map(|s| (s.target.clone(), s.rtt_us))
                 .collect(),
+            data_endpoint: c.load.data_endpoint.map(|h| match h {
+                shared::proto::EndpointHealth::Up => "up",
+                shared::proto::EndpointHealth::Down => "down",
+            }),
         })
     }
 
@@ -300,12 +308,14 @@ impl Registry {
     }
 
     /// A healthy spoke with a data endpoint for client-direct transfers: same region first,
-    /// then least busy. Returns `(spoke id, host:port)`.
+    /// then least busy. A spoke whose last heartbeat reported its endpoint down gets no
+    /// clients. Returns `(spoke id, host:port)`.
     pub fn choose_data(&self, region: &str) -> Option<(i64, String)> {
         let now = Instant::now();
         self.lock()
             .iter()
             .filter(|(_, c)| self.healthy(c, now))
+            .filter(|(_, c)| c.load.data_endpoint != Some(shared::proto::EndpointHealth::Down))
             .filter_map(|(id, c)| {
                 let a = c.advertise.clone()?;
                 let key = (u8::from(c.region != region), c.load.active_jobs, *id);

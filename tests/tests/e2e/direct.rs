@@ -1,5 +1,6 @@
 //! Client-direct data through a spoke's HTTPS endpoint: `upload_url`, the 307 redirect of large
-//! downloads, and signed URLs that are single purpose, expiring and tamper-proof (403).
+//! downloads, and signed URLs that are single purpose, expiring and tamper-proof (403), and
+//! good for one upload (410 after).
 
 use crate::spokes::{wait_healthy, SpokeProc};
 use e2e::{HubOptions, TestHub};
@@ -90,7 +91,7 @@ async fn upload_url_and_redirected_download_through_a_spoke() {
         data
     );
     let r = client.put(&url).body("x").send().await.expect("again");
-    assert_eq!(r.status(), 403, "an upload URL is single use");
+    assert_eq!(r.status(), 410, "an upload URL is single use");
 
     // A large plain upload is redirected to the spoke (307 keeps method and body); a small one
     // is served by the hub; a declared size over the limit is refused up front.

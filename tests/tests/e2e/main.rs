@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod connectors;
 mod database;
+mod dataplane;
 mod direct;
 mod docs;
 mod egress;

@@ -55,6 +55,15 @@ pub async fn enroll_in(netns: Option<&str>, join: &str, dir: &Path, extra: &[&st
         .expect("spoke enroll")
 }
 
+/// The `storage:` section declaring the hub's allowed `fs` roots as the spoke's own.
+pub fn hub_fs_roots(hub: &TestHub) -> String {
+    let mut y = "\nstorage:\n  fs_roots:\n".to_owned();
+    for r in &hub.state.config.storage.fs.allowed_roots {
+        y.push_str(&format!("  - {:?}\n", r.to_string_lossy()));
+    }
+    y
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -103,6 +112,21 @@ impl SpokeProc {
         enroll_args: &[&str],
         run_args: &[&str],
     ) -> SpokeProc {
+        Self::start_local(netns, hub, root, name, enroll_args, run_args, None).await
+    }
+
+    /// Enrolls and starts a spoke whose operator sections of `spoke.yaml` are `local` (YAML);
+    /// by default (`None`) it may act on `fs` storage in the hub's allowed roots (the spokes
+    /// of these tests share the hub's disk).
+    pub async fn start_local(
+        netns: Option<&str>,
+        hub: &TestHub,
+        root: &Path,
+        name: &str,
+        enroll_args: &[&str],
+        run_args: &[&str],
+        local: Option<&str>,
+    ) -> SpokeProc {
         let dir = root.join(name);
         let join = join_token(hub, &hub.state.config.region).await;
         let mut args = vec!["--name", name];
@@ -114,6 +138,14 @@ impl SpokeProc {
             .nth(2)
             .and_then(|s| s.parse().ok())
             .expect("spoke id in the enroll output");
+        let local = match local {
+            Some(l) => l.to_owned(),
+            None => hub_fs_roots(hub),
+        };
+        let cfg = dir.join("spoke.yaml");
+        let mut text = std::fs::read_to_string(&cfg).expect("spoke.yaml");
+        text.push_str(&local);
+        std::fs::write(&cfg, text).expect("write spoke.yaml");
         Self::run_in(netns, dir, id, run_args)
     }
 

@@ -238,6 +238,14 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
         .collect();
     let registry = &state.network.registry;
     let region = Some(state.config.region.as_str());
+    // `fs` accounts only go to spokes that declared a folder holding their root.
+    let mut exclude = exclude.to_vec();
+    for acc in [&src, &dst] {
+        if let ServiceConfig::Fs(fs) = &acc.settings {
+            exclude.extend(registry.without_fs_root(std::path::Path::new(&fs.root)));
+        }
+    }
+    let exclude = exclude.as_slice();
     // Spokes measure storage endpoints when asked; a new transfer waits a moment for that.
     let age = Duration::from_millis(now_ms().saturating_sub(t.created_ms).max(0) as u64);
     if registry.request_probes(&near) && age < PROBE_WAIT {

@@ -326,6 +326,10 @@ pub struct Hello {
     pub slots: u32,
     /// Transfers this spoke still runs from before a reconnect.
     pub running: Vec<i64>,
+    /// The folders its operator declared for `fs` accounts (`storage.fs_roots`, canonical):
+    /// hubs give it `fs` work only at or below one of them.
+    #[serde(default)]
+    pub fs_roots: Vec<String>,
 }
 
 /// The hub's answer to a hello.
@@ -486,6 +490,7 @@ mod tests {
                 software: "spoke 0.1".into(),
                 slots: 4,
                 running: vec![1, 2],
+                fs_roots: vec!["/srv/files".into()],
             }),
             SpokeMsg::Heartbeat(Heartbeat {
                 active_jobs: 1,

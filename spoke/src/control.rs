@@ -311,6 +311,7 @@ async fn session(
                 software: format!("spoke {}", env!("CARGO_PKG_VERSION")),
                 slots: ident.config.settings.max_jobs.max(1),
                 running: Vec::new(),
+                fs_roots: grants.fs_roots().declared(),
             }))
             .await?;
         let welcome = match stream.recv().await {

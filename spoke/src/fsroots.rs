@@ -30,6 +30,11 @@ impl FsRoots {
         Self(roots)
     }
 
+    /// The declared roots as hubs are told them (in the hello).
+    pub fn declared(&self) -> Vec<String> {
+        self.0.iter().map(|r| r.display().to_string()).collect()
+    }
+
     /// Checks that this spoke may act on `service`: any provider but `fs`; an `fs` account
     /// only when its root is a real folder at or below a declared root, every component of it
     /// an existing folder and none a symbolic link. Nothing is created.

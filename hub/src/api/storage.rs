@@ -21,7 +21,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use shared::storage::{numbered, ByteRange, Entry, EntryKind, Publish, StorageError, StoragePath};
+use shared::storage::{
+    numbered, ByteRange, Entry, EntryKind, Publish, ServiceConfig, StorageError, StoragePath,
+};
 use std::sync::Arc;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -1012,7 +1014,12 @@ async fn direct_url(
     direct: Direct,
     ttl_secs: u64,
 ) -> ApiResult<Option<(String, i64)>> {
-    let Some((spoke, addr)) = state.network.registry.choose_data(&state.config.region) else {
+    let registry = &state.network.registry;
+    let exclude = match &a.settings {
+        ServiceConfig::Fs(fs) => registry.without_fs_root(std::path::Path::new(&fs.root)),
+        _ => Vec::new(),
+    };
+    let Some((spoke, addr)) = registry.choose_data(&state.config.region, &exclude) else {
         return Ok(None);
     };
     let expires = crate::state::now_ms() / 1000 + ttl_secs as i64;

@@ -271,6 +271,10 @@ async fn control(
         conn.clone(),
         tx,
     );
+    state
+        .network
+        .registry
+        .set_fs_roots(spoke.id, &hello.fs_roots);
     let _ = state.db.touch_spoke(spoke.id, now_ms()).await;
     tracing::info!(spoke_id = spoke.id, name = %spoke.name, region = %spoke.region,
                    remote = %conn.remote_address(), "spoke connected");

@@ -24,6 +24,8 @@ struct Connected {
     assigned: usize,
     /// Storage endpoints this hub asked the spoke to measure.
     asked: HashSet<String>,
+    /// The folders the spoke serves `fs` accounts in (from its hello).
+    fs_roots: Vec<std::path::PathBuf>,
 }
 
 impl Connected {
@@ -130,6 +132,7 @@ impl Registry {
                 slots,
                 assigned: 0,
                 asked: HashSet::new(),
+                fs_roots: Vec::new(),
             },
         );
         if let Some(old) = old {
@@ -139,6 +142,33 @@ impl Registry {
             );
         }
         session
+    }
+
+    /// Records the folders a connected spoke serves `fs` accounts in (its hello's).
+    pub fn set_fs_roots(&self, spoke_id: i64, roots: &[String]) {
+        if let Some(c) = self.lock().get_mut(&spoke_id) {
+            c.fs_roots = roots
+                .iter()
+                .map(std::path::PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .collect();
+        }
+    }
+
+    /// Connected spokes that cannot act on an `fs` account rooted at `root` (no declared root
+    /// at or above it): callers exclude them from `fs` work. The spoke checks again itself.
+    pub fn without_fs_root(&self, root: &std::path::Path) -> Vec<i64> {
+        use std::path::Component;
+        // Lexical: a root with `..` or not absolute is served by no spoke.
+        let clean = root.is_absolute()
+            && root
+                .components()
+                .all(|c| !matches!(c, Component::ParentDir | Component::CurDir));
+        self.lock()
+            .iter()
+            .filter(|(_, c)| !clean || !c.fs_roots.iter().any(|r| root.starts_with(r)))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Forgets a connection if it is still the registered session.
@@ -310,11 +340,11 @@ impl Registry {
     /// A healthy spoke with a data endpoint for client-direct transfers: same region first,
     /// then least busy. A spoke whose last heartbeat reported its endpoint down gets no
     /// clients. Returns `(spoke id, host:port)`.
-    pub fn choose_data(&self, region: &str) -> Option<(i64, String)> {
+    pub fn choose_data(&self, region: &str, exclude: &[i64]) -> Option<(i64, String)> {
         let now = Instant::now();
         self.lock()
             .iter()
-            .filter(|(_, c)| self.healthy(c, now))
+            .filter(|(id, c)| !exclude.contains(id) && self.healthy(c, now))
             .filter(|(_, c)| c.load.data_endpoint != Some(shared::proto::EndpointHealth::Down))
             .filter_map(|(id, c)| {
                 let a = c.advertise.clone()?;

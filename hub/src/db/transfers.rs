@@ -208,6 +208,28 @@ impl Db {
         Ok(())
     }
 
+    /// Forgets the upload of a transfer whose multipart upload is gone: the next dispatch
+    /// creates a new one.
+    pub async fn clear_transfer_upload_id(&self, id: i64) -> DbResult<()> {
+        sqlx::query("UPDATE transfers SET upload_id = NULL WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets durable parts that could not be verified; they are planned again.
+    pub async fn forget_parts(&self, transfer_id: i64, indexes: &[u32]) -> DbResult<()> {
+        for idx in indexes {
+            sqlx::query("DELETE FROM transfer_parts WHERE transfer_id = $1 AND idx = $2")
+                .bind(transfer_id)
+                .bind(i64::from(*idx))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Puts a running transfer back in the queue (its spoke went away).
     pub async fn requeue_transfer(&self, id: i64, note: &str, now: i64) -> DbResult<bool> {
         let done = sqlx::query(

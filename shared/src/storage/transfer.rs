@@ -128,6 +128,23 @@ pub fn composite_sha256(parts: &[PartDone]) -> String {
     format!("{}-{}", hex::encode(h.finalize()), parts.len())
 }
 
+/// The ETag S3 gives an object completed from `parts`: the MD5 of the concatenated raw MD5s of
+/// the parts' ETags in index order, as `"{hex}-{number of parts}"`. `None` when a part ETag is
+/// not a plain 32-hex-digit MD5 (encrypted uploads), so the object's ETag cannot be predicted.
+/// A hub compares it with the destination's ETag before it believes a multipart copy is done.
+pub fn multipart_etag(parts: &[PartDone]) -> Option<String> {
+    let mut sorted: Vec<&PartDone> = parts.iter().collect();
+    sorted.sort_by_key(|p| p.index);
+    let mut h = Md5::new();
+    for p in sorted {
+        if !looks_like_md5(&p.etag) {
+            return None;
+        }
+        h.update(hex::decode(&p.etag).ok()?);
+    }
+    Some(format!("{}-{}", hex::encode(h.finalize()), parts.len()))
+}
+
 /// Token-bucket arithmetic without a clock: the caller passes the time in.
 #[derive(Debug, Clone)]
 struct TokenBucket {

@@ -35,6 +35,8 @@ const MAX_ATTEMPTS: i64 = 6;
 const TICK: Duration = Duration::from_millis(500);
 /// How long a new transfer waits for spokes to measure storage endpoints they have not seen.
 const PROBE_WAIT: Duration = Duration::from_secs(4);
+/// Extra attempts at the destination check before a completion fails for a provider error.
+const VERIFY_RETRIES: u32 = 3;
 /// Validity of a relay grant (a re-dispatch makes a new one).
 const RELAY_GRANT: Duration = Duration::from_secs(6 * 3600);
 
@@ -608,14 +610,26 @@ async fn verify_destination(
     parts: &[PartDone],
 ) -> Result<(), Incomplete> {
     let (_, dst) = accounts(state, t).await?;
-    let entry = match dst.connector.stat_file(&path(&t.dst_path)?).await {
-        Ok(e) => e,
-        Err(StorageError::NotFound) => {
-            return Err(Incomplete::Unverified(
-                "the destination object does not exist".into(),
-            ))
+    let dst_path = path(&t.dst_path)?;
+    // A provider hiccup is not a false report: the check is retried a few times before the
+    // completion counts as failed (and is retried as a whole).
+    let mut attempt = 0;
+    let entry = loop {
+        match dst.connector.stat_file(&dst_path).await {
+            Ok(e) => break e,
+            Err(StorageError::NotFound) => {
+                return Err(Incomplete::Unverified(
+                    "the destination object does not exist".into(),
+                ))
+            }
+            Err(e) if attempt < VERIFY_RETRIES => {
+                attempt += 1;
+                tracing::warn!(transfer = t.id, error = %e, attempt,
+                               "checking the destination failed; trying again");
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     };
     if entry.size != t.size as u64 {
         return Err(Incomplete::Unverified(format!(

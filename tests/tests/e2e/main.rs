@@ -12,6 +12,7 @@ mod network;
 mod observability;
 mod offload;
 mod relay;
+mod reports;
 mod spokes;
 mod steering;
 mod steering_lab;

@@ -37,6 +37,8 @@ const TICK: Duration = Duration::from_millis(500);
 const PROBE_WAIT: Duration = Duration::from_secs(4);
 /// Extra attempts at the destination check before a completion fails for a provider error.
 const VERIFY_RETRIES: u32 = 3;
+/// Longest wait for one destination check.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Validity of a relay grant (a re-dispatch makes a new one).
 const RELAY_GRANT: Duration = Duration::from_secs(6 * 3600);
 
@@ -615,7 +617,14 @@ async fn verify_destination(
     // completion counts as failed (and is retried as a whole).
     let mut attempt = 0;
     let entry = loop {
-        match dst.connector.stat_file(&dst_path).await {
+        let stat = tokio::time::timeout(VERIFY_TIMEOUT, dst.connector.stat_file(&dst_path))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StorageError::Unavailable(format!(
+                    "no answer within {VERIFY_TIMEOUT:?}"
+                )))
+            });
+        match stat {
             Ok(e) => break e,
             Err(StorageError::NotFound) => {
                 return Err(Incomplete::Unverified(
@@ -826,7 +835,11 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
             bytes_done,
             bytes_per_sec,
             ..
-        } => progress(state, id, bytes_done, bytes_per_sec).await,
+        } => {
+            // A spoke's progress is shown, never trusted: it cannot exceed the transfer.
+            let bytes_done = bytes_done.min(t.size.max(0) as u64);
+            progress(state, id, bytes_done, bytes_per_sec).await
+        }
         SpokeMsg::PartDone { part, .. } => {
             if let Err(why) = check_part(t.size as u64, t.part_size as u64, &part) {
                 state.network.registry.note_assigned(spoke_id, -1);
@@ -851,10 +864,17 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
             match complete(state, id, Executor::Spoke(spoke_id), Some(checksum)).await {
                 Ok(()) => {}
                 Err(Incomplete::Unverified(why)) => {
-                    refuse_report(state, id, spoke_id, &format!("`done` did not verify: {why}"))
-                        .await;
+                    refuse_report(
+                        state,
+                        id,
+                        spoke_id,
+                        &format!("`done` did not verify: {why}"),
+                    )
+                    .await;
                 }
                 Err(Incomplete::Failed(e)) => {
+                    tracing::warn!(transfer = id, spoke = spoke_id, error = %e.message(),
+                                   "completing the transfer failed; retrying");
                     fail_or_retry(state, id, spoke_id, e.message(), true).await;
                 }
             }
@@ -895,9 +915,7 @@ fn check_part(size: u64, part_size: u64, p: &PartDone) -> Result<(), String> {
     if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("part {} has no well-formed SHA-256", p.index));
     }
-    if p.etag.is_empty()
-        || p.etag.len() > 256
-        || p.etag.chars().any(|c| c.is_control() || c == '"')
+    if p.etag.is_empty() || p.etag.len() > 256 || p.etag.chars().any(|c| c.is_control() || c == '"')
     {
         return Err(format!("part {} has no well-formed ETag", p.index));
     }

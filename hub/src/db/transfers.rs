@@ -159,7 +159,10 @@ impl Db {
         rows.iter().map(from_row).collect()
     }
 
-    /// Marks a queued (or re-queued) transfer as running on `executor`.
+    /// Marks a queued (or re-queued) transfer as running on `executor`; false when it is no
+    /// longer queued. Only a queued transfer is taken, so of two dispatchers racing (the API's
+    /// and the scheduler tick's) exactly one starts it: a second start would count another
+    /// attempt and leave the first run unable to complete it.
     #[allow(clippy::too_many_arguments)]
     pub async fn assign_transfer(
         &self,
@@ -173,7 +176,7 @@ impl Db {
         let done = sqlx::query(
             "UPDATE transfers SET state = 'running', executor = $1, spoke_id = $2, region = $3, \
              note = COALESCE($4, note), attempts = attempts + 1, updated_ms = $5 \
-             WHERE id = $6 AND state IN ('queued', 'running')",
+             WHERE id = $6 AND state = 'queued'",
         )
         .bind(executor)
         .bind(spoke_id)

@@ -399,6 +399,9 @@ mod tests {
         // A spoke farther from the hub than the storage is: no floor.
         assert_eq!(plausible_rtt(2_000, Some(40_000), 60_000), 2_000);
         // Unreachable stays unreachable.
-        assert_eq!(plausible_rtt(UNREACHABLE, Some(40_000), 10_000), UNREACHABLE);
+        assert_eq!(
+            plausible_rtt(UNREACHABLE, Some(40_000), 10_000),
+            UNREACHABLE
+        );
     }
 }

@@ -55,13 +55,10 @@ impl Forger {
             shared::proto::ALPN,
         )
         .expect("tls");
-        let (endpoint, conn) = spoke::control::connect(
-            &ident.config.hubs[0].quic,
-            tls,
-            Duration::from_millis(200),
-        )
-        .await
-        .expect("connect");
+        let (endpoint, conn) =
+            spoke::control::connect(&ident.config.hubs[0].quic, tls, Duration::from_millis(200))
+                .await
+                .expect("connect");
         let mut stream = spoke::control::ControlStream::open(&conn)
             .await
             .expect("stream");
@@ -278,6 +275,9 @@ async fn completed_without(hub: &TestHub, b: &Buckets, forger: &Forger, id: i64,
     assert!(forger.cancelled(id), "the forger was not told to stop");
 }
 
+/// Makes a forged part report from an assignment.
+type Forge = fn(&Assignment) -> PartDone;
+
 fn planned(a: &Assignment, index: u32) -> PartDone {
     let p = a
         .parts
@@ -302,7 +302,7 @@ async fn forged_part_reports_are_refused_and_the_transfer_completes() {
     let root = tempfile::tempdir().expect("tmp");
     let mut forger = Forger::start(&hub, root.path(), "forger", 4, &[b.storage()]).await;
     wait_healthy(&hub, forger.id).await;
-    let forgeries: [(&str, fn(&Assignment) -> PartDone); 4] = [
+    let forgeries: [(&str, Forge); 4] = [
         ("an index outside the plan", |a| PartDone {
             index: u32::MAX,
             ..planned(a, 0)
@@ -363,7 +363,10 @@ async fn a_forged_done_does_not_mark_a_missing_destination_done() {
     loop {
         let t = transfer(&hub, id).await;
         if t["state"] == "done" {
-            assert!(b.dst_exists("copy.bin").await, "done without a destination: {t}");
+            assert!(
+                b.dst_exists("copy.bin").await,
+                "done without a destination: {t}"
+            );
             break;
         }
         assert!(
@@ -406,9 +409,9 @@ async fn a_spoke_claiming_zero_rtt_and_huge_slots_does_not_win_every_assignment(
         for id in &ids {
             views.push(transfer(&hub, *id).await);
         }
-        let settled = views.iter().all(|t| {
-            t["state"] == "done" || (t["state"] == "running" && t["spoke"] == liar.id)
-        });
+        let settled = views
+            .iter()
+            .all(|t| t["state"] == "done" || (t["state"] == "running" && t["spoke"] == liar.id));
         if settled {
             break views;
         }

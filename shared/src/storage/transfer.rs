@@ -841,6 +841,26 @@ mod tests {
     }
 
     #[test]
+    fn multipart_etag_is_md5_of_part_md5s() {
+        let part = |index: u32, data: &[u8]| PartDone {
+            etag: hex::encode(Md5::digest(data)),
+            ..done(index, data)
+        };
+        let (a, b) = (part(0, b"hello "), part(1, b"world"));
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&Md5::digest(b"hello "));
+        raw.extend_from_slice(&Md5::digest(b"world"));
+        let want = format!("{}-2", hex::encode(Md5::digest(&raw)));
+        assert_eq!(multipart_etag(&[b.clone(), a.clone()]), Some(want));
+        // An ETag that is not an MD5 (SSE-KMS) makes the object's unpredictable.
+        let kms = PartDone {
+            etag: "not-an-md5".into(),
+            ..b
+        };
+        assert_eq!(multipart_etag(&[a, kms]), None);
+    }
+
+    #[test]
     fn composite_checksum() {
         let a = done(0, b"hello ");
         let b = done(1, b"world");

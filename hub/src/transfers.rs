@@ -218,6 +218,7 @@ pub async fn dispatch(state: &AppState, id: i64, exclude: &[i64]) {
             .db
             .finish_transfer(id, "failed", None, Some(e.message()), None, now_ms())
             .await;
+        state.transfers.ended(id);
         state.transfers.changed.notify_waiters();
     }
 }
@@ -254,6 +255,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 now_ms(),
             )
             .await?;
+        state.transfers.ended(id);
         state.transfers.changed.notify_waiters();
         return Ok(());
     }
@@ -264,8 +266,13 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
     if upload_id.is_none() {
         if let Some(mp) = multipart_target(&dst, &dst_path)? {
             let id_ = mp.create().await?;
-            state.db.set_transfer_upload_id(id, &id_).await?;
-            upload_id = Some(id_);
+            if state.db.set_transfer_upload_id(id, &id_).await? {
+                upload_id = Some(id_);
+            } else {
+                // Another dispatcher (the API's or the tick's) was first: use its upload.
+                let _ = mp.abort(&id_).await;
+                return Ok(());
+            }
         }
     }
     let (src_ep, dst_ep) = (endpoint_of(&src.settings), endpoint_of(&dst.settings));

@@ -202,13 +202,17 @@ impl Db {
         rows.iter().map(|r| r.try_get("upload_id")).collect()
     }
 
-    pub async fn set_transfer_upload_id(&self, id: i64, upload_id: &str) -> DbResult<()> {
-        sqlx::query("UPDATE transfers SET upload_id = $1 WHERE id = $2")
-            .bind(upload_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Records the transfer's multipart upload unless it already has one; false when another
+    /// dispatcher recorded its own first (the caller then aborts its upload and uses that one,
+    /// so parts never go to an upload the completion does not name).
+    pub async fn set_transfer_upload_id(&self, id: i64, upload_id: &str) -> DbResult<bool> {
+        let done =
+            sqlx::query("UPDATE transfers SET upload_id = $1 WHERE id = $2 AND upload_id IS NULL")
+                .bind(upload_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Forgets the upload of a transfer whose multipart upload is gone: the next dispatch

@@ -388,7 +388,8 @@ pub struct OffloadConfig {
     /// Parts in flight per transfer.
     #[serde(default = "default_part_concurrency")]
     pub part_concurrency: u32,
-    /// Transfers one spoke runs at once.
+    /// Transfers one spoke runs at once; also the most slots the hub counts for any spoke,
+    /// whatever its hello claims.
     #[serde(default = "default_max_jobs")]
     pub max_jobs_per_spoke: u32,
     /// Bandwidth cap per spoke in bytes per second (`null`: none).

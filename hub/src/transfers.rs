@@ -7,6 +7,12 @@
 //! transfer gets only the parts not yet recorded. Bytes of a spoke-run transfer never pass
 //! through the hub: the hub only creates and (on cancel) aborts the destination's multipart
 //! upload, which are small control requests.
+//!
+//! Spokes are not believed blindly: a part report must match the plan (index in range, the
+//! planned length; the offset follows from the index), and before a transfer is `done` the hub
+//! checks the destination object itself (size, and on S3 the multipart ETag the durable parts
+//! predict). A transfer whose spoke reported something that does not hold up is re-planned
+//! without that spoke (its unverifiable parts forgotten), on another spoke or on the hub.
 
 use crate::db::{NewTransfer, TransferRecord};
 use crate::error::{ApiError, ApiResult};
@@ -14,10 +20,10 @@ use crate::state::{now_ms, Account, AppState};
 use shared::proto::{Assignment, HubMsg, Location, RelayFrom, SpokeMsg};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
-    choose_part_size, composite_sha256, copy_parts_via, copy_stream, plan_parts, range_source,
-    CopyEvent, CopyOptions, PartDone,
+    choose_part_size, composite_sha256, copy_parts_via, copy_stream, multipart_etag, plan_parts,
+    range_source, CopyEvent, CopyOptions, PartDone,
 };
-use shared::storage::{ServiceConfig, StoragePath};
+use shared::storage::{ServiceConfig, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +35,10 @@ const MAX_ATTEMPTS: i64 = 6;
 const TICK: Duration = Duration::from_millis(500);
 /// How long a new transfer waits for spokes to measure storage endpoints they have not seen.
 const PROBE_WAIT: Duration = Duration::from_secs(4);
+/// Extra attempts at the destination check before a completion fails for a provider error.
+const VERIFY_RETRIES: u32 = 3;
+/// Longest wait for one destination check.
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Validity of a relay grant (a re-dispatch makes a new one).
 const RELAY_GRANT: Duration = Duration::from_secs(6 * 3600);
 
@@ -37,6 +47,9 @@ const RELAY_GRANT: Duration = Duration::from_secs(6 * 3600);
 pub struct TransferBook {
     live: Mutex<HashMap<i64, Live>>,
     inline: Mutex<HashMap<i64, CancellationToken>>,
+    /// Per transfer, the spokes whose reports about it were refused: never assigned it again
+    /// by this hub process.
+    distrusted: Mutex<HashMap<i64, Vec<i64>>>,
     started: Instant,
     /// Set when the hub shuts down: nothing new is dispatched, inline runs stop.
     closing: std::sync::atomic::AtomicBool,
@@ -57,6 +70,7 @@ impl Default for TransferBook {
         Self {
             live: Mutex::new(HashMap::new()),
             inline: Mutex::new(HashMap::new()),
+            distrusted: Mutex::new(HashMap::new()),
             started: Instant::now(),
             closing: std::sync::atomic::AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
@@ -77,6 +91,16 @@ impl TransferBook {
 
     fn is_closing(&self) -> bool {
         self.closing.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forgets the in-memory state of a transfer that ended.
+    fn ended(&self, id: i64) {
+        lock(&self.live).remove(&id);
+        lock(&self.distrusted).remove(&id);
+    }
+
+    fn distrusted(&self, id: i64) -> Vec<i64> {
+        lock(&self.distrusted).get(&id).cloned().unwrap_or_default()
     }
 }
 
@@ -194,6 +218,7 @@ pub async fn dispatch(state: &AppState, id: i64, exclude: &[i64]) {
             .db
             .finish_transfer(id, "failed", None, Some(e.message()), None, now_ms())
             .await;
+        state.transfers.ended(id);
         state.transfers.changed.notify_waiters();
     }
 }
@@ -205,7 +230,20 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
     if t.state != "queued" {
         return Ok(());
     }
-    if t.attempts >= MAX_ATTEMPTS {
+    // Spokes whose reports were refused never get this transfer again. A transfer poisoned by
+    // such reports is not failed for the attempts they wasted: it gets a second allowance, run
+    // by the hub itself.
+    let distrusted = state.transfers.distrusted(id);
+    let exclude: Vec<i64> = exclude.iter().chain(&distrusted).copied().collect();
+    let exclude = exclude.as_slice();
+    let poisoned = !distrusted.is_empty();
+    let hub_only = poisoned && t.attempts >= MAX_ATTEMPTS;
+    let limit = if poisoned {
+        2 * MAX_ATTEMPTS
+    } else {
+        MAX_ATTEMPTS
+    };
+    if t.attempts >= limit {
         state
             .db
             .finish_transfer(
@@ -217,6 +255,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 now_ms(),
             )
             .await?;
+        state.transfers.ended(id);
         state.transfers.changed.notify_waiters();
         return Ok(());
     }
@@ -227,8 +266,13 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
     if upload_id.is_none() {
         if let Some(mp) = multipart_target(&dst, &dst_path)? {
             let id_ = mp.create().await?;
-            state.db.set_transfer_upload_id(id, &id_).await?;
-            upload_id = Some(id_);
+            if state.db.set_transfer_upload_id(id, &id_).await? {
+                upload_id = Some(id_);
+            } else {
+                // Another dispatcher (the API's or the tick's) was first: use its upload.
+                let _ = mp.abort(&id_).await;
+                return Ok(());
+            }
         }
     }
     let (src_ep, dst_ep) = (endpoint_of(&src.settings), endpoint_of(&dst.settings));
@@ -246,6 +290,17 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
         }
     }
     let exclude = exclude.as_slice();
+    // The hub measures the same endpoints itself: the floor under what spokes may claim.
+    measure_storage(
+        state,
+        [
+            src_ep.clone().map(|e| (e, src.connector.egress().clone())),
+            dst_ep.clone().map(|e| (e, dst.connector.egress().clone())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
     // Spokes measure storage endpoints when asked; a new transfer waits a moment for that.
     let age = Duration::from_millis(now_ms().saturating_sub(t.created_ms).max(0) as u64);
     if registry.request_probes(&near) && age < PROBE_WAIT {
@@ -255,9 +310,13 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
     // source, that one reads and relays (resumable destinations only: parts are the unit).
     let mut relay = None;
     let mut pick = None;
-    if let (true, Some(_), Some(s), Some(d)) =
-        (state.config.offload.relay, &upload_id, &src_ep, &dst_ep)
-    {
+    if let (false, true, Some(_), Some(s), Some(d)) = (
+        hub_only,
+        state.config.offload.relay,
+        &upload_id,
+        &src_ep,
+        &dst_ep,
+    ) {
         if let Some(w) = registry.choose(region, std::slice::from_ref(d), exclude) {
             if let Some(r) = registry.choose_relay(s, w.spoke_id, exclude) {
                 relay = Some(r);
@@ -265,7 +324,10 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
             }
         }
     }
-    let pick = pick.or_else(|| registry.choose(region, &near, exclude));
+    let pick = match hub_only {
+        true => None,
+        false => pick.or_else(|| registry.choose(region, &near, exclude)),
+    };
     let done: Vec<PartDone> = state
         .db
         .transfer_parts(id)
@@ -353,7 +415,16 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 // Spokes may still be reconnecting after a hub restart; the tick retries.
                 return Ok(());
             }
-            let mut note = "no healthy spoke: the hub ran this transfer itself".to_owned();
+            let mut note = if poisoned {
+                let ids: Vec<String> = distrusted.iter().map(i64::to_string).collect();
+                format!(
+                    "reports of spoke {} were refused and no other spoke is healthy: the hub \
+                     ran this transfer itself",
+                    ids.join(", ")
+                )
+            } else {
+                "no healthy spoke: the hub ran this transfer itself".to_owned()
+            };
             if let Some(r) = &resumed {
                 note = format!("{note}; {r}");
             }
@@ -504,7 +575,107 @@ async fn run_inline(
     };
     let _ = reporter.await;
     let checksum = result?;
-    complete(state, id, run, checksum).await
+    match complete(state, id, run, checksum).await {
+        Ok(()) => Ok(()),
+        Err(Incomplete::Failed(e)) => Err(e),
+        // Our own run left a destination that does not match its parts (another writer, a
+        // provider that lost a part): forget what cannot be verified and try again.
+        Err(Incomplete::Unverified(why)) => {
+            tracing::warn!(transfer = id, reason = %why, "the hub's own copy did not verify");
+            if let Some(t) = state.db.get_transfer(id).await? {
+                reconcile_parts(state, &t).await?;
+            }
+            Err(ApiError::new(
+                axum::http::StatusCode::BAD_GATEWAY,
+                "transfer_unverified",
+                format!("the destination did not verify: {why}"),
+            ))
+        }
+    }
+}
+
+/// Why a completion did not mark a transfer done.
+#[derive(Debug)]
+enum Incomplete {
+    /// Something failed on the way (the database, the provider); retrying may help.
+    Failed(ApiError),
+    /// The executor's claims do not hold: the destination is missing or differs from the
+    /// durable parts, or the reported checksum is not theirs.
+    Unverified(String),
+}
+
+impl From<ApiError> for Incomplete {
+    fn from(e: ApiError) -> Self {
+        Incomplete::Failed(e)
+    }
+}
+
+impl From<sqlx::Error> for Incomplete {
+    fn from(e: sqlx::Error) -> Self {
+        Incomplete::Failed(e.into())
+    }
+}
+
+impl From<StorageError> for Incomplete {
+    fn from(e: StorageError) -> Self {
+        Incomplete::Failed(e.into())
+    }
+}
+
+/// Checks the destination object the way its provider allows: it exists and has the
+/// transfer's size; on S3, a multipart copy's object ETag is the one its durable parts'
+/// ETags predict (so parts that were never uploaded, or other bytes, do not pass).
+async fn verify_destination(
+    state: &AppState,
+    t: &TransferRecord,
+    parts: &[PartDone],
+) -> Result<(), Incomplete> {
+    let (_, dst) = accounts(state, t).await?;
+    let dst_path = path(&t.dst_path)?;
+    // A provider hiccup is not a false report: the check is retried a few times before the
+    // completion counts as failed (and is retried as a whole).
+    let mut attempt = 0;
+    let entry = loop {
+        let stat = tokio::time::timeout(VERIFY_TIMEOUT, dst.connector.stat_file(&dst_path))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StorageError::Unavailable(format!(
+                    "no answer within {VERIFY_TIMEOUT:?}"
+                )))
+            });
+        match stat {
+            Ok(e) => break e,
+            Err(StorageError::NotFound) => {
+                return Err(Incomplete::Unverified(
+                    "the destination object does not exist".into(),
+                ))
+            }
+            Err(e) if attempt < VERIFY_RETRIES => {
+                attempt += 1;
+                tracing::warn!(transfer = t.id, error = %e, attempt,
+                               "checking the destination failed; trying again");
+                tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if entry.size != t.size as u64 {
+        return Err(Incomplete::Unverified(format!(
+            "the destination object holds {} bytes, the transfer {}",
+            entry.size, t.size
+        )));
+    }
+    if t.upload_id.is_some() {
+        if let (Some(want), Some(got)) = (multipart_etag(parts), entry.etag.as_deref()) {
+            let got = got.trim().trim_start_matches("W/").trim_matches('"');
+            if !got.eq_ignore_ascii_case(&want) {
+                return Err(Incomplete::Unverified(format!(
+                    "the destination object's ETag {got} is not the {want} its parts predict"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Completes a transfer whose parts are all durable: assembles the multipart upload if the
@@ -514,7 +685,7 @@ async fn complete(
     id: i64,
     by: Executor,
     reported: Option<String>,
-) -> ApiResult<()> {
+) -> Result<(), Incomplete> {
     let Some(t) = state.db.get_transfer(id).await? else {
         return Ok(());
     };
@@ -539,12 +710,18 @@ async fn complete(
         .collect();
     let checksum = if t.upload_id.is_some() {
         let plan = plan_parts(t.size as u64, t.part_size as u64);
-        if parts.len() != plan.len() {
+        let covered = parts.len() == plan.len()
+            && parts
+                .iter()
+                .zip(&plan)
+                .all(|(p, q)| p.index == q.index && p.len == q.len);
+        if !covered {
             return Err(ApiError::internal(format_args!(
                 "transfer {id}: {} of {} parts are durable at completion",
                 parts.len(),
                 plan.len()
-            )));
+            ))
+            .into());
         }
         if t.executor.as_deref() == Some("hub") {
             let (_, dst) = accounts(state, &t).await?;
@@ -561,8 +738,8 @@ async fn complete(
         let ours = composite_sha256(&parts);
         if let Some(r) = &reported {
             if r != &ours {
-                return Err(ApiError::internal(format_args!(
-                    "transfer {id}: the spoke's checksum {r} differs from the durable parts' {ours}"
+                return Err(Incomplete::Unverified(format!(
+                    "the reported checksum {r} is not the durable parts' {ours}"
                 )));
             }
         }
@@ -570,6 +747,7 @@ async fn complete(
     } else {
         reported
     };
+    verify_destination(state, &t, &parts).await?;
     state
         .db
         .finish_transfer(
@@ -581,7 +759,7 @@ async fn complete(
             now_ms(),
         )
         .await?;
-    lock(&state.transfers.live).remove(&id);
+    state.transfers.ended(id);
     state.transfers.changed.notify_waiters();
     tracing::info!(transfer = id, executor = ?t.executor, "transfer done");
     Ok(())
@@ -631,7 +809,7 @@ async fn requeue_or_fail(state: &AppState, id: i64, message: &str, retryable: bo
         .db
         .finish_transfer(id, "failed", None, Some(message), None, now)
         .await;
-    lock(&state.transfers.live).remove(&id);
+    state.transfers.ended(id);
     state.transfers.changed.notify_waiters();
     false
 }
@@ -653,9 +831,11 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
         | SpokeMsg::Failed { transfer_id, .. } => *transfer_id,
         _ => return,
     };
-    let owned = matches!(state.db.get_transfer(id).await,
-        Ok(Some(t)) if t.state == "running" && t.spoke_id == Some(spoke_id));
-    if !owned {
+    let t = match state.db.get_transfer(id).await {
+        Ok(Some(t)) if t.state == "running" && t.spoke_id == Some(spoke_id) => Some(t),
+        _ => None,
+    };
+    let Some(t) = t else {
         tracing::debug!(
             transfer = id,
             spoke = spoke_id,
@@ -668,14 +848,23 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
                 .send(spoke_id, HubMsg::Cancel { transfer_id: id });
         }
         return;
-    }
+    };
     match msg {
         SpokeMsg::Progress {
             bytes_done,
             bytes_per_sec,
             ..
-        } => progress(state, id, bytes_done, bytes_per_sec).await,
+        } => {
+            // A spoke's progress is shown, never trusted: it cannot exceed the transfer.
+            let bytes_done = bytes_done.min(t.size.max(0) as u64);
+            progress(state, id, bytes_done, bytes_per_sec).await
+        }
         SpokeMsg::PartDone { part, .. } => {
+            if let Err(why) = check_part(t.size as u64, t.part_size as u64, &part) {
+                state.network.registry.note_assigned(spoke_id, -1);
+                refuse_report(state, id, spoke_id, &why).await;
+                return;
+            }
             if let Err(e) = state
                 .db
                 .record_part(id, &part, Some(spoke_id), now_ms())
@@ -684,10 +873,29 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
                 tracing::error!(transfer = id, error = %e, "recording a part failed");
             }
         }
-        SpokeMsg::Done { checksum, .. } => {
+        SpokeMsg::Done { checksum, size, .. } => {
             state.network.registry.note_assigned(spoke_id, -1);
-            if let Err(e) = complete(state, id, Executor::Spoke(spoke_id), Some(checksum)).await {
-                fail_or_retry(state, id, spoke_id, e.message(), true).await;
+            if size != t.size as u64 {
+                let why = format!("`done` with {size} bytes for a transfer of {}", t.size);
+                refuse_report(state, id, spoke_id, &why).await;
+                return;
+            }
+            match complete(state, id, Executor::Spoke(spoke_id), Some(checksum)).await {
+                Ok(()) => {}
+                Err(Incomplete::Unverified(why)) => {
+                    refuse_report(
+                        state,
+                        id,
+                        spoke_id,
+                        &format!("`done` did not verify: {why}"),
+                    )
+                    .await;
+                }
+                Err(Incomplete::Failed(e)) => {
+                    tracing::warn!(transfer = id, spoke = spoke_id, error = %e.message(),
+                                   "completing the transfer failed; retrying");
+                    fail_or_retry(state, id, spoke_id, e.message(), true).await;
+                }
             }
         }
         SpokeMsg::Failed {
@@ -699,6 +907,166 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
         }
         _ => {}
     }
+}
+
+/// Why a part report does not match the transfer's plan (`size` bytes in parts of
+/// `part_size`), if it does not. The offset is not on the wire: the plan derives it from the
+/// index, so an index in range with exactly the planned length names exactly the planned
+/// range. The digests must at least have their form (the destination check at completion is
+/// what proves them).
+fn check_part(size: u64, part_size: u64, p: &PartDone) -> Result<(), String> {
+    let part = part_size.max(1);
+    let count = if size == 0 { 1 } else { size.div_ceil(part) };
+    let index = u64::from(p.index);
+    if index >= count {
+        return Err(format!(
+            "part index {} is outside the plan's {count} parts",
+            p.index
+        ));
+    }
+    let planned = size.saturating_sub(index * part).min(part);
+    if p.len != planned {
+        return Err(format!(
+            "part {} reported {} bytes, the plan has {planned}",
+            p.index, p.len
+        ));
+    }
+    if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("part {} has no well-formed SHA-256", p.index));
+    }
+    if p.etag.is_empty() || p.etag.len() > 256 || p.etag.chars().any(|c| c.is_control() || c == '"')
+    {
+        return Err(format!("part {} has no well-formed ETag", p.index));
+    }
+    Ok(())
+}
+
+/// A report of the spoke running transfer `id` did not hold up (`why`). The report is not
+/// stored; the spoke loses the transfer and is never given it again by this hub process; the
+/// durable parts the destination does not confirm are forgotten; the transfer is re-planned
+/// on another executor, the hub itself when no other spoke is healthy. It is not failed.
+async fn refuse_report(state: &AppState, id: i64, spoke_id: i64, why: &str) {
+    tracing::warn!(transfer = id, spoke = spoke_id, reason = %why,
+                   "refused a spoke's report; re-planning the transfer without that spoke");
+    {
+        let mut d = lock(&state.transfers.distrusted);
+        let e = d.entry(id).or_default();
+        if !e.contains(&spoke_id) {
+            e.push(spoke_id);
+        }
+    }
+    state
+        .network
+        .registry
+        .send(spoke_id, HubMsg::Cancel { transfer_id: id });
+    // Reports of this spoke are handled one at a time on its connection, so nothing of it is
+    // recorded while the parts are checked; the transfer is still ours until re-queued.
+    match state.db.get_transfer(id).await {
+        Ok(Some(t)) => {
+            if let Err(e) = reconcile_parts(state, &t).await {
+                tracing::warn!(transfer = id, error = %e.message(),
+                               "checking the durable parts failed; forgetting them all");
+                let all: Vec<u32> = match state.db.transfer_parts(id).await {
+                    Ok(p) => p.into_iter().map(|(p, _)| p.index).collect(),
+                    Err(_) => Vec::new(),
+                };
+                let _ = state.db.forget_parts(id, &all).await;
+            }
+        }
+        Ok(None) => return,
+        Err(e) => tracing::warn!(transfer = id, error = %e, "reading the transfer failed"),
+    }
+    let note = format!("a report of spoke {spoke_id} was refused ({why}); re-planned without it");
+    if let Ok(true) = state.db.requeue_transfer(id, &note, now_ms()).await {
+        dispatch(state, id, &[]).await;
+    }
+}
+
+/// Forgets the durable parts the destination does not hold as recorded: on S3 a part counts
+/// only if ListParts shows its part number with the recorded ETag and size. When the upload is
+/// gone (completed or aborted), every part is forgotten and the next dispatch starts a new
+/// upload. Destinations without multipart uploads have no durable parts.
+async fn reconcile_parts(state: &AppState, t: &TransferRecord) -> ApiResult<()> {
+    let Some(upload) = &t.upload_id else {
+        return Ok(());
+    };
+    let (_, dst) = accounts(state, t).await?;
+    let Some(mp) = multipart_target(&dst, &path(&t.dst_path)?)? else {
+        return Ok(());
+    };
+    let durable = state.db.transfer_parts(t.id).await?;
+    let listed = match mp.list_parts(upload).await {
+        Ok(l) => Some(l),
+        Err(StorageError::NotFound) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let unverified: Vec<u32> = durable
+        .iter()
+        .filter(|(p, _)| {
+            !listed.as_ref().is_some_and(|l| {
+                l.iter().any(|(n, etag, size)| {
+                    u32::from(*n) == p.index + 1
+                        && *size == p.len
+                        && etag.trim_matches('"').eq_ignore_ascii_case(&p.etag)
+                })
+            })
+        })
+        .map(|(p, _)| p.index)
+        .collect();
+    if !unverified.is_empty() {
+        tracing::warn!(
+            transfer = t.id,
+            forgotten = unverified.len(),
+            kept = durable.len() - unverified.len(),
+            "durable parts the destination does not confirm are planned again"
+        );
+    }
+    state.db.forget_parts(t.id, &unverified).await?;
+    if listed.is_none() {
+        if let Err(e) = mp.abort(upload).await {
+            tracing::debug!(transfer = t.id, error = %e, "aborting the old upload");
+        }
+        state.db.clear_transfer_upload_id(t.id).await?;
+    }
+    Ok(())
+}
+
+/// How long the hub's own RTT measurement of a storage endpoint counts.
+const OWN_PROBE_EVERY: Duration = Duration::from_secs(30);
+
+/// Measures this hub's TCP connect time to storage endpoints (`host:port`) not measured
+/// lately, in the background, resolving under each account's egress policy. The registry
+/// uses them as the floor under the RTTs spokes claim for the same endpoints.
+fn measure_storage(state: &AppState, targets: Vec<(String, shared::egress::EgressPolicy)>) {
+    for (endpoint, egress) in targets {
+        if !state
+            .network
+            .registry
+            .own_probe_due(&endpoint, OWN_PROBE_EVERY)
+        {
+            continue;
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let rtt = connect_time(&endpoint, &egress).await;
+            state.network.registry.record_own_rtt(&endpoint, rtt);
+        });
+    }
+}
+
+/// TCP connect time to `host:port` in µs (the handshake only, not the name lookup); `None`
+/// when it cannot be measured.
+async fn connect_time(endpoint: &str, egress: &shared::egress::EgressPolicy) -> Option<u64> {
+    let (host, port) = endpoint.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let ip = *egress.resolve(host).await.ok()?.first()?;
+    let start = Instant::now();
+    let conn = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect((ip, port)),
+    )
+    .await;
+    matches!(conn, Ok(Ok(_))).then(|| (start.elapsed().as_micros() as u64).max(1))
 }
 
 /// A spoke connected (or reconnected): the transfers it still runs stay with it.
@@ -775,7 +1143,7 @@ pub async fn cancel(state: &AppState, t: &TransferRecord) -> ApiResult<bool> {
             }
         }
     }
-    lock(&state.transfers.live).remove(&t.id);
+    state.transfers.ended(t.id);
     state.transfers.changed.notify_waiters();
     Ok(true)
 }
@@ -849,4 +1217,39 @@ pub fn spawn_scheduler(state: AppState) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(index: u32, len: u64) -> PartDone {
+        PartDone {
+            index,
+            len,
+            sha256: "ab".repeat(32),
+            etag: "0123456789abcdef0123456789abcdef".into(),
+        }
+    }
+
+    #[test]
+    fn part_reports_must_match_the_plan() {
+        // Every planned part passes, whatever the sizes; the check agrees with plan_parts.
+        for (size, part_size) in [(0, 5), (1, 5), (10, 5), (11, 5), (40 << 20, 8 << 20)] {
+            for p in plan_parts(size, part_size) {
+                assert_eq!(check_part(size, part_size, &part(p.index, p.len)), Ok(()));
+                assert!(check_part(size, part_size, &part(p.index, p.len + 1)).is_err());
+            }
+        }
+        let (size, part_size) = (40 << 20, 8 << 20);
+        assert!(check_part(size, part_size, &part(5, 8 << 20)).is_err());
+        assert!(check_part(size, part_size, &part(u32::MAX, 8 << 20)).is_err());
+        assert!(check_part(size, part_size, &part(4, 0)).is_err());
+        let mut bad = part(0, 8 << 20);
+        bad.sha256 = "not a digest".into();
+        assert!(check_part(size, part_size, &bad).is_err());
+        let mut bad = part(0, 8 << 20);
+        bad.etag = String::new();
+        assert!(check_part(size, part_size, &bad).is_err());
+    }
 }

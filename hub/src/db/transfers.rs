@@ -159,7 +159,10 @@ impl Db {
         rows.iter().map(from_row).collect()
     }
 
-    /// Marks a queued (or re-queued) transfer as running on `executor`.
+    /// Marks a queued (or re-queued) transfer as running on `executor`; false when it is no
+    /// longer queued. Only a queued transfer is taken, so of two dispatchers racing (the API's
+    /// and the scheduler tick's) exactly one starts it: a second start would count another
+    /// attempt and leave the first run unable to complete it.
     #[allow(clippy::too_many_arguments)]
     pub async fn assign_transfer(
         &self,
@@ -173,7 +176,7 @@ impl Db {
         let done = sqlx::query(
             "UPDATE transfers SET state = 'running', executor = $1, spoke_id = $2, region = $3, \
              note = COALESCE($4, note), attempts = attempts + 1, updated_ms = $5 \
-             WHERE id = $6 AND state IN ('queued', 'running')",
+             WHERE id = $6 AND state = 'queued'",
         )
         .bind(executor)
         .bind(spoke_id)
@@ -199,12 +202,38 @@ impl Db {
         rows.iter().map(|r| r.try_get("upload_id")).collect()
     }
 
-    pub async fn set_transfer_upload_id(&self, id: i64, upload_id: &str) -> DbResult<()> {
-        sqlx::query("UPDATE transfers SET upload_id = $1 WHERE id = $2")
-            .bind(upload_id)
+    /// Records the transfer's multipart upload unless it already has one; false when another
+    /// dispatcher recorded its own first (the caller then aborts its upload and uses that one,
+    /// so parts never go to an upload the completion does not name).
+    pub async fn set_transfer_upload_id(&self, id: i64, upload_id: &str) -> DbResult<bool> {
+        let done =
+            sqlx::query("UPDATE transfers SET upload_id = $1 WHERE id = $2 AND upload_id IS NULL")
+                .bind(upload_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets the upload of a transfer whose multipart upload is gone: the next dispatch
+    /// creates a new one.
+    pub async fn clear_transfer_upload_id(&self, id: i64) -> DbResult<()> {
+        sqlx::query("UPDATE transfers SET upload_id = NULL WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Forgets durable parts that could not be verified; they are planned again.
+    pub async fn forget_parts(&self, transfer_id: i64, indexes: &[u32]) -> DbResult<()> {
+        for idx in indexes {
+            sqlx::query("DELETE FROM transfer_parts WHERE transfer_id = $1 AND idx = $2")
+                .bind(transfer_id)
+                .bind(i64::from(*idx))
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(())
     }
 

@@ -267,7 +267,11 @@ async fn control(
         spoke.id,
         spoke.advertise.clone(),
         &spoke.region,
-        hello.slots.max(1),
+        // A spoke's own count of slots is a claim: the hub never counts on more than it
+        // told its spokes to run (`offload.max_jobs_per_spoke`).
+        hello
+            .slots
+            .clamp(1, state.config.offload.max_jobs_per_spoke.max(1)),
         conn.clone(),
         tx,
     );

@@ -43,6 +43,20 @@ impl Connected {
 /// The RTT a spoke reports for a storage endpoint it cannot connect to.
 pub use shared::proto::UNREACHABLE;
 
+/// The storage RTT (µs) the hub ranks a spoke by: what it `claimed`, but never less than the
+/// triangle inequality allows given what the hub measures itself. The hub reaches the storage
+/// in `hub` µs and the spoke (its QUIC connection) in `quic` µs; a path hub → spoke → storage
+/// cannot be shorter than the direct one, so the spoke's RTT to the storage is at least
+/// `hub - quic`. A spoke claiming 0 µs therefore ranks no better than the hub's own view
+/// allows. Without a hub measurement (or when the hub cannot reach the storage) the claim
+/// stands; claims above the floor are the spoke's own knowledge of its network.
+pub fn plausible_rtt(claimed: u64, hub: Option<u64>, quic: u64) -> u64 {
+    match hub {
+        Some(h) if h < UNREACHABLE => claimed.max(h.saturating_sub(quic)),
+        _ => claimed,
+    }
+}
+
 /// A relay is used only when the writer's RTT to the source is this much worse (absolute)...
 const RELAY_MIN_GAIN: Duration = Duration::from_millis(10);
 /// ...and this many percent worse than the relaying spoke's.
@@ -74,6 +88,9 @@ pub struct Registry {
     next_session: std::sync::atomic::AtomicU64,
     heartbeat: Duration,
     missed: u32,
+    /// This hub's own TCP connect times to storage endpoints (`host:port`, µs; `None` when
+    /// the last attempt failed) and when each was last started: the floor under spokes' claims.
+    own: Mutex<HashMap<String, (Option<u64>, Instant)>>,
 }
 
 /// A spoke picked for work.
@@ -91,6 +108,7 @@ impl Registry {
             next_session: std::sync::atomic::AtomicU64::new(1),
             heartbeat,
             missed,
+            own: Mutex::new(HashMap::new()),
         }
     }
 
@@ -270,8 +288,10 @@ impl Registry {
             if busy >= c.slots {
                 continue;
             }
+            let quic = c.conn.rtt().as_micros() as u64;
             let rtt = near.iter().fold(0u64, |sum, n| {
-                sum.saturating_add(c.storage_rtt(n).unwrap_or(UNREACHABLE))
+                let claimed = c.storage_rtt(n).unwrap_or(UNREACHABLE);
+                sum.saturating_add(plausible_rtt(claimed, self.own_rtt(n), quic))
             });
             let same_region = u8::from(region != Some(c.region.as_str()));
             // Lower is better; the id keeps the choice deterministic.
@@ -285,6 +305,47 @@ impl Registry {
             region: c.region.clone(),
             tx: c.tx.clone(),
         })
+    }
+
+    /// This hub's last measured RTT to a storage endpoint, µs.
+    fn own_rtt(&self, endpoint: &str) -> Option<u64> {
+        self.own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(endpoint)
+            .and_then(|(rtt, _)| *rtt)
+    }
+
+    /// Whether this hub should measure `endpoint` now (not measured in the last `every`);
+    /// true marks the measurement as started.
+    pub fn own_probe_due(&self, endpoint: &str, every: Duration) -> bool {
+        let now = Instant::now();
+        let mut own = self.own.lock().unwrap_or_else(|p| p.into_inner());
+        if own
+            .get(endpoint)
+            .is_some_and(|(_, at)| now.duration_since(*at) < every)
+        {
+            return false;
+        }
+        // Bounded: endpoints come from connected accounts, but a long-running hub sees many.
+        if own.len() >= 4096 {
+            own.retain(|_, (_, at)| now.duration_since(*at) < every);
+        }
+        let last = own.get(endpoint).and_then(|(rtt, _)| *rtt);
+        own.insert(endpoint.to_owned(), (last, now));
+        true
+    }
+
+    /// Records this hub's measurement of `endpoint` (`None`: it could not connect).
+    pub fn record_own_rtt(&self, endpoint: &str, rtt: Option<u64>) {
+        if let Some(e) = self
+            .own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(endpoint)
+        {
+            e.0 = rtt;
+        }
     }
 
     /// Asks healthy spokes that have not measured some of `endpoints` to measure them (once per
@@ -321,12 +382,17 @@ impl Registry {
     pub fn choose_relay(&self, src: &str, writer: i64, exclude: &[i64]) -> Option<(i64, String)> {
         let now = Instant::now();
         let map = self.lock();
-        let writer_rtt = map.get(&writer)?.storage_rtt(src)?;
+        let own = self.own_rtt(src);
+        let plausible = |c: &Connected| {
+            let quic = c.conn.rtt().as_micros() as u64;
+            c.storage_rtt(src).map(|r| plausible_rtt(r, own, quic))
+        };
+        let writer_rtt = plausible(map.get(&writer)?)?;
         let (rtt, id, addr) = map
             .iter()
             .filter(|(id, c)| **id != writer && !exclude.contains(id) && self.healthy(c, now))
             .filter_map(|(id, c)| {
-                let rtt = c.storage_rtt(src).filter(|r| *r < UNREACHABLE)?;
+                let rtt = plausible(c).filter(|r| *r < UNREACHABLE)?;
                 Some((rtt, *id, c.advertise.clone()?))
             })
             .min_by_key(|(rtt, id, _)| (*rtt, *id))?;
@@ -353,5 +419,29 @@ impl Registry {
             })
             .min_by_key(|(k, _, _)| *k)
             .map(|(_, id, a)| (id, a))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_below_the_triangle_floor_are_raised() {
+        // The hub reaches the storage in 40 ms and the spoke in 10 ms: the spoke cannot be
+        // nearer the storage than 30 ms, whatever it says.
+        assert_eq!(plausible_rtt(0, Some(40_000), 10_000), 30_000);
+        assert_eq!(plausible_rtt(1, Some(40_000), 10_000), 30_000);
+        // A plausible claim stands, and so does one the hub has nothing to set against.
+        assert_eq!(plausible_rtt(35_000, Some(40_000), 10_000), 35_000);
+        assert_eq!(plausible_rtt(5, None, 10_000), 5);
+        assert_eq!(plausible_rtt(5, Some(UNREACHABLE), 10_000), 5);
+        // A spoke farther from the hub than the storage is: no floor.
+        assert_eq!(plausible_rtt(2_000, Some(40_000), 60_000), 2_000);
+        // Unreachable stays unreachable.
+        assert_eq!(
+            plausible_rtt(UNREACHABLE, Some(40_000), 10_000),
+            UNREACHABLE
+        );
     }
 }

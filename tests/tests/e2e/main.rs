@@ -14,6 +14,7 @@ mod network;
 mod observability;
 mod offload;
 mod relay;
+mod reports;
 mod spokes;
 mod steering;
 mod steering_lab;

@@ -651,18 +651,13 @@ async fn grants_and_assignments_reach_fs_only_inside_declared_roots() {
     })
     .await;
     let outside_path = outside.path().canonicalize().expect("canon");
-    // The hub's own account lies outside this spoke's roots: its upload URL is refused.
-    let url = url_for(&e.hub, "x.bin").await;
-    let r = e.client.put(&url).body("data").send().await.expect("put");
-    assert_eq!(r.status(), 403);
-    let v: Value = r.json().await.expect("json");
-    assert!(
-        v["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("storage.fs_roots"),
-        "{v}"
-    );
+    // The hub's own account lies outside this spoke's roots, and the hub knows it from the
+    // spoke's hello: no upload URL on that spoke (503: no spoke can serve it), and large
+    // uploads and downloads stay on the hub.
+    let r = upload_url(&e.hub, "x.bin", 600).await;
+    assert_eq!(r.status(), 503);
+    let r = api_upload(&e.hub, "big.bin", vec![7u8; 2 << 20]).await;
+    assert_eq!(r.status(), 201, "served inline, not redirected");
     assert!(!e.hub.dev_root().join("x.bin").exists());
     // A forged grant for the host's own files, or a write to an arbitrary folder: refused.
     let url = forged_url(&e, grant("GET", 1, fs(Path::new("/etc")), "hostname"));

@@ -49,7 +49,7 @@ impl Forger {
         assert!(o.status.success(), "enroll: {}", text(&o.stderr));
         let ident = spoke::config::Identity::load(&dir).expect("identity");
         let tls = shared::pki::spoke_client_config(
-            &ident.ca_pem,
+            &ident.hub_ca_pem,
             &ident.cert_pem,
             &ident.key_pem,
             shared::proto::ALPN,
@@ -71,6 +71,7 @@ impl Forger {
                 software: "forger".into(),
                 slots,
                 running: Vec::new(),
+                fs_roots: Vec::new(),
             }))
             .await
             .expect("hello");
@@ -91,6 +92,7 @@ impl Forger {
             free_slots: slots,
             bytes_per_sec: 10_000 * MIB,
             rtts,
+            ..Default::default()
         };
         let (assign_tx, assigns) = mpsc::unbounded_channel();
         let (reports, mut report_rx) = mpsc::unbounded_channel::<SpokeMsg>();

@@ -165,14 +165,19 @@ fn staging_left(hub: &TestHub) -> usize {
 
 /// Raises this process's soft `RLIMIT_NOFILE` to at least `want` (with `prlimit`, as the
 /// test crate has no safe setrlimit), so the test's own sockets fit.
-fn raise_nofile(want: u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
-    let soft: u64 = limits
+/// The soft open-files limit of process `pid` (`self` for this one), as `/proc` shows it.
+fn soft_nofile(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .expect("limits")
         .lines()
         .find(|l| l.starts_with("Max open files"))
         .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse().ok())
-        .expect("soft nofile");
+        .expect("soft nofile")
+        .to_owned()
+}
+
+fn raise_nofile(want: u64) {
+    let soft: u64 = soft_nofile("self").parse().expect("soft nofile");
     if soft >= want {
         return;
     }
@@ -362,13 +367,7 @@ async fn accept_errors_keep_the_endpoint_listening_and_hubs_stop_redirecting_to_
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fds")
         .count();
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-    let soft: String = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .expect("soft")
-        .to_owned();
+    let soft = soft_nofile(&pid.to_string());
     let set = |soft: &str| {
         let ok = std::process::Command::new("prlimit")
             .arg(format!("--pid={pid}"))

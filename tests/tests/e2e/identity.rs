@@ -3,7 +3,7 @@
 //! carries) is refused as a hub by running spokes and by joining ones, and a join string
 //! whose hub address was swapped leaks nothing to the impostor.
 
-use crate::spokes::{enroll, join_token, text, wait_healthy, SpokeProc};
+use crate::spokes::{enroll, enrolled_id, join_token, text, wait_healthy, SpokeProc};
 use e2e::{assert_eventually, TestHub};
 use shared::join::JoinString;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,13 +121,7 @@ async fn a_spoke_certificate_cannot_serve_as_a_hub() {
     // poisoned route): it must refuse the handshake and send nothing, its hello included.
     let join = join_token(&hub, "local").await;
     let dir = root.path().join("victim");
-    let o = enroll(&join, &dir, &["--name", "victim"]).await;
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let id: i64 = text(&o.stdout)
-        .split_whitespace()
-        .nth(2)
-        .and_then(|s| s.parse().ok())
-        .expect("id");
+    let id = enrolled_id(&enroll(&join, &dir, &["--name", "victim"]).await);
     let cfg_path = dir.join("spoke.yaml");
     let cfg = std::fs::read_to_string(&cfg_path).expect("config");
     let real = hub.state.network.advertise().expect("quic").to_owned();
@@ -207,13 +201,7 @@ async fn a_revoked_spoke_is_refused_by_the_other_spokes_relays() {
     // The peer: an enrolled spoke whose identity the test drives in-process.
     let join = join_token(&hub, "local").await;
     let dir = root.path().join("peer");
-    let o = enroll(&join, &dir, &["--name", "peer"]).await;
-    assert!(o.status.success(), "{}", text(&o.stderr));
-    let peer_id: i64 = text(&o.stdout)
-        .split_whitespace()
-        .nth(2)
-        .and_then(|s| s.parse().ok())
-        .expect("id");
+    let peer_id = enrolled_id(&enroll(&join, &dir, &["--name", "peer"]).await);
     let peer = spoke::config::Identity::load(&dir).expect("identity");
     let from = shared::proto::RelayFrom {
         spoke_id: relay.id,

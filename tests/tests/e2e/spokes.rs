@@ -64,6 +64,16 @@ pub fn hub_fs_roots(hub: &TestHub) -> String {
     y
 }
 
+/// The spoke id a successful `spoke enroll` printed ("enrolled spoke ID ...").
+pub fn enrolled_id(o: &Output) -> i64 {
+    assert!(o.status.success(), "enroll: {}", text(&o.stderr));
+    text(&o.stdout)
+        .split_whitespace()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .expect("spoke id in the enroll output")
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -131,13 +141,7 @@ impl SpokeProc {
         let join = join_token(hub, &hub.state.config.region).await;
         let mut args = vec!["--name", name];
         args.extend_from_slice(enroll_args);
-        let o = enroll_in(netns, &join, &dir, &args).await;
-        assert!(o.status.success(), "enroll: {}", text(&o.stderr));
-        let id: i64 = text(&o.stdout)
-            .split_whitespace()
-            .nth(2)
-            .and_then(|s| s.parse().ok())
-            .expect("spoke id in the enroll output");
+        let id = enrolled_id(&enroll_in(netns, &join, &dir, &args).await);
         let local = match local {
             Some(l) => l.to_owned(),
             None => hub_fs_roots(hub),

@@ -71,13 +71,13 @@ async fn try_sha(c: &Connector, p: &StoragePath) -> Result<String, shared::stora
     Ok(hex::encode(h.finalize()))
 }
 
-struct Setup {
-    s3: S3Server,
-    src: i64,
-    dst: i64,
-    file_id: String,
-    sha: String,
-    dst_creds: Value,
+pub(crate) struct Setup {
+    pub(crate) s3: S3Server,
+    pub(crate) src: i64,
+    pub(crate) dst: i64,
+    pub(crate) file_id: String,
+    pub(crate) sha: String,
+    pub(crate) dst_creds: Value,
 }
 
 /// Connects an S3 account; its id.
@@ -110,11 +110,16 @@ pub(crate) async fn first_file_id(hub: &TestHub, account: i64) -> String {
 
 /// Two S3 accounts (two buckets) with a `size`-byte object in the first.
 async fn setup(hub: &TestHub, size: u64) -> Setup {
+    setup_seeded(hub, size, 11).await
+}
+
+/// [`setup`] with the object's bytes from `seed`.
+pub(crate) async fn setup_seeded(hub: &TestHub, size: u64, seed: u64) -> Setup {
     let s3 = S3Server::start().await.expect("moto");
     s3.create_bucket("src").await.expect("bucket");
     s3.create_bucket("dst").await.expect("bucket");
     let src_creds = s3_creds(&s3, "src");
-    let sha = write_object(&connector(&src_creds).await, "big.bin", size, 11).await;
+    let sha = write_object(&connector(&src_creds).await, "big.bin", size, seed).await;
     let src = account(hub, src_creds).await;
     let dst_creds = s3_creds(&s3, "dst");
     let dst = account(hub, dst_creds.clone()).await;

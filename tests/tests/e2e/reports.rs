@@ -4,9 +4,8 @@
 //! transfer still completes byte-identical (on the hub); a forged `done` never marks a transfer
 //! whose destination is missing done; the liar holds no more transfers than the hub allows.
 
-use crate::offload::{account, connector, first_file_id, s3_creds, sha_of, transfer, write_object};
+use crate::offload::{connector, setup_seeded, sha_of, transfer, Setup};
 use crate::spokes::{enroll, join_token, text, wait_healthy, SpokeProc};
-use e2e::servers::S3Server;
 use e2e::{HubOptions, TestHub};
 use serde_json::{json, Value};
 use shared::proto::{Assignment, Heartbeat, Hello, HubMsg, RttSample, SpokeMsg};
@@ -177,37 +176,11 @@ async fn hub(extra: &str) -> TestHub {
     .expect("hub")
 }
 
-/// Two S3 accounts (buckets `src` and `dst`) with a `size`-byte `big.bin` in the first.
-struct Buckets {
-    s3: S3Server,
-    src: i64,
-    dst: i64,
-    file_id: String,
-    sha: String,
-    dst_creds: Value,
+async fn buckets(hub: &TestHub, size: u64) -> Setup {
+    setup_seeded(hub, size, 23).await
 }
 
-async fn buckets(hub: &TestHub, size: u64) -> Buckets {
-    let s3 = S3Server::start().await.expect("moto");
-    s3.create_bucket("src").await.expect("bucket");
-    s3.create_bucket("dst").await.expect("bucket");
-    let src_creds = s3_creds(&s3, "src");
-    let sha = write_object(&connector(&src_creds).await, "big.bin", size, 23).await;
-    let src = account(hub, src_creds).await;
-    let dst_creds = s3_creds(&s3, "dst");
-    let dst = account(hub, dst_creds.clone()).await;
-    let file_id = first_file_id(hub, src).await;
-    Buckets {
-        s3,
-        src,
-        dst,
-        file_id,
-        sha,
-        dst_creds,
-    }
-}
-
-impl Buckets {
+impl Setup {
     /// `host:port` of the S3 server, as spokes name it in their RTT reports.
     fn storage(&self) -> String {
         self.s3.endpoint().trim_start_matches("http://").to_owned()
@@ -257,7 +230,7 @@ async fn finished(hub: &TestHub, id: i64, limit: Duration) -> Value {
 
 /// The transfer completed correctly without the forger: done by the hub, every durable part
 /// the planned one and moved by the hub, the destination byte-identical.
-async fn completed_without(hub: &TestHub, b: &Buckets, forger: &Forger, id: i64, name: &str) {
+async fn completed_without(hub: &TestHub, b: &Setup, forger: &Forger, id: i64, name: &str) {
     let t = finished(hub, id, Duration::from_secs(120)).await;
     assert_eq!(t["state"], "done", "{t}");
     assert_eq!(t["executor"], "hub", "{t}");

@@ -43,7 +43,18 @@ fn run_against(
     args: &[&str],
     uid: Option<u32>,
 ) -> Output {
-    let mut cmd = Command::new(TUNNEL);
+    run_program(rt, sock, Path::new(TUNNEL), args, uid)
+}
+
+/// [`run_against`] with the binary at `program`.
+fn run_program(
+    rt: &tokio::runtime::Runtime,
+    sock: &ControlSocket,
+    program: &Path,
+    args: &[&str],
+    uid: Option<u32>,
+) -> Output {
+    let mut cmd = Command::new(program);
     cmd.args(args).env_remove("SWITCHYARD_TUNNEL_CONFIG");
     if let Some(u) = uid {
         cmd.uid(u).gid(u);
@@ -104,7 +115,12 @@ fn status_without_permission_says_so() {
     let socket = dir.path().join("ctl.sock");
     let sock = serve(&rt, &socket);
     let path = socket.to_str().expect("utf-8");
-    let out = run_against(&rt, &sock, &["status", "--socket", path], Some(65534));
+    // `nobody` runs a copy from that open directory: the build tree may sit below a folder
+    // only root may enter (a clone made in a `mktemp -d` directory, say).
+    let bin = dir.path().join("tunnel");
+    std::fs::copy(TUNNEL, &bin).expect("copy the binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = run_program(&rt, &sock, &bin, &["status", "--socket", path], Some(65534));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "nobody got the status: {stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");

@@ -166,10 +166,10 @@ impl Db {
         since: i64,
         limit: i64,
     ) -> DbResult<Vec<ClaimRecord>> {
-        let rows = sqlx::query(
-            "SELECT account_id, object_key, app_id, kind, created_ms, touched_ms FROM \
-             storage_claims WHERE account_id = $1 AND touched_ms >= $2 LIMIT $3",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CLAIM_COLS} FROM storage_claims WHERE account_id = $1 AND touched_ms >= $2 \
+             LIMIT $3"
+        ))
         .bind(account_id)
         .bind(since)
         .bind(limit)
@@ -182,10 +182,10 @@ impl Db {
 
     /// Up to `limit` claims untouched since `before`, oldest first.
     pub async fn stale_claims(&self, before: i64, limit: i64) -> DbResult<Vec<ClaimRecord>> {
-        let rows = sqlx::query(
-            "SELECT account_id, object_key, app_id, kind, created_ms, touched_ms FROM storage_claims \
-             WHERE touched_ms < $1 ORDER BY touched_ms LIMIT $2",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {CLAIM_COLS} FROM storage_claims WHERE touched_ms < $1 ORDER BY touched_ms \
+             LIMIT $2"
+        ))
         .bind(before)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -195,6 +195,9 @@ impl Db {
             .collect()
     }
 }
+
+/// The columns [`claim_row`] reads.
+const CLAIM_COLS: &str = "account_id, object_key, app_id, kind, created_ms, touched_ms";
 
 /// A claim row; `None` for a kind this version does not know.
 fn claim_row(r: &sqlx::any::AnyRow) -> DbResult<Option<ClaimRecord>> {

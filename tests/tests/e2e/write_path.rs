@@ -552,6 +552,12 @@ fn spawn_hub(data: &Path, base: &Path, port: u16) -> tokio::process::Child {
         .expect("spawning the hub")
 }
 
+/// What `hub dev` wrote to `DATA_DIR/dev-credentials.json`.
+fn dev_credentials(data: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(data.join("dev-credentials.json")).expect("credentials"))
+        .expect("json")
+}
+
 async fn wait_ready(http: &reqwest::Client, port: u16) {
     assert_eventually!(
         http.get(format!("http://127.0.0.1:{port}/readyz"))
@@ -580,10 +586,7 @@ async fn staging_of_a_hub_killed_mid_upload_is_swept() {
     let port = free_port();
     let mut first = spawn_hub(&data, &base, port);
     wait_ready(&http, port).await;
-    let creds: Value = serde_json::from_slice(
-        &std::fs::read(data.join("dev-credentials.json")).expect("credentials"),
-    )
-    .expect("json");
+    let creds = dev_credentials(&data);
     let key = creds["api_key"].as_str().expect("key").to_owned();
     let acc = creds["account_id"].as_i64().expect("account");
     // The dev account's root: the dev application's space under `DATA_DIR/files`.
@@ -689,10 +692,7 @@ async fn multipart_uploads_of_a_hub_killed_mid_upload_are_aborted_on_s3() {
     let port = free_port();
     let mut first = spawn_hub(&data, &base, port);
     wait_ready(&http, port).await;
-    let creds: Value = serde_json::from_slice(
-        &std::fs::read(data.join("dev-credentials.json")).expect("credentials"),
-    )
-    .expect("json");
+    let creds = dev_credentials(&data);
     let key = creds["api_key"].as_str().expect("key").to_owned();
     let r = http
         .post(format!("http://127.0.0.1:{port}/v1/accounts"))

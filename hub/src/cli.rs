@@ -1,4 +1,5 @@
-//! The `hub` command line: `serve`, `migrate`, `apps`, `keys`, `meta-token`, `spokes` and `dev`.
+//! The `hub` command line: `serve`, `migrate`, `apps`, `keys`, `meta-token`, `spokes`, `db` and
+//! `dev`.
 
 use crate::config::Config;
 use crate::state::now_ms;
@@ -59,6 +60,12 @@ pub enum Command {
         #[command(subcommand)]
         command: SpokesCommand,
     },
+    /// The PostgreSQL servers: status (primary, replicas, lag) and failover.
+    Db {
+        /// What to do with the database servers.
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Zero-setup development hub: SQLite, an application, an API key and an `fs` account
     /// under DATA_DIR, created once and reused.
     Dev {
@@ -68,6 +75,25 @@ pub enum Command {
         /// Port on 127.0.0.1.
         #[arg(long, default_value_t = 8080)]
         port: u16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Every configured server: primary or replica, timeline, position, replay lag; and the
+    /// standbys the primary streams to.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Promote this region's replica (`database.replica_url`) to primary, when the primary's
+    /// region is lost. Every hub finds the new primary by itself if `database.url` lists it.
+    Promote {
+        /// Promote even though the old primary still answers (only when it is cut off from
+        /// every hub: two primaries take diverging writes).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -256,6 +282,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&config);
             return crate::run(config).await;
         }
+        Command::Db { command } => {
+            let config = load_config(&cli)?;
+            match command {
+                DbCommand::Status { json } => {
+                    let v = crate::db::admin::status(&config.database).await?;
+                    if *json {
+                        out_json(&v)?;
+                    } else {
+                        out(crate::db::admin::status_text(&v).trim_end());
+                    }
+                }
+                DbCommand::Promote { force } => {
+                    out(&crate::db::admin::promote(&config.database, *force).await?);
+                }
+            }
+            return Ok(());
+        }
         _ => {}
     }
     let mut config = load_config(&cli)?;
@@ -425,7 +468,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 "already revoked"
             });
         }
-        Command::Serve { .. } | Command::Dev { .. } => unreachable!("handled above"),
+        Command::Serve { .. } | Command::Dev { .. } | Command::Db { .. } => {
+            unreachable!("handled above")
+        }
     }
     state.db.close().await;
     Ok(())

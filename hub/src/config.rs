@@ -461,19 +461,60 @@ fn default_grace() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://PATH` (embedded default: `DATA_DIR/hub.db`) or `postgres://...`.
+    /// Where writes go: `sqlite://PATH` (embedded default: `DATA_DIR/hub.db`) or
+    /// `postgres://...`, which may list several hosts (`postgres://u@h1:5432,h2:5432/db`): the
+    /// hub writes to the one that is not in recovery with the highest timeline, and looks again
+    /// after connection errors (a promoted replica is found without a restart).
     #[serde(default)]
     pub url: Option<String>,
-    /// Connection pool size.
+    /// This region's streaming replica (PostgreSQL, read only): replica-eligible reads go there
+    /// (see ARCHITECTURE.md). Unset: every query goes to the primary.
+    #[serde(default)]
+    pub replica_url: Option<String>,
+    /// Connection pool size (per server).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+    /// How long a query waits for a pooled connection before the request is answered 503
+    /// `database_unavailable` (sqlx's own default is 30 s).
+    #[serde(default = "default_acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+    /// A replica further behind the primary than this is not read.
+    #[serde(default = "default_max_replica_lag_ms")]
+    pub max_replica_lag_ms: u64,
+    /// How long a write that answers a client waits for the replica to show it (past this,
+    /// reads avoid the replica until it catches up).
+    #[serde(default = "default_read_your_writes_wait_ms")]
+    pub read_your_writes_wait_ms: u64,
+    /// How long a read carrying `X-Switchyard-Position` waits for the replica to reach it
+    /// before reading the primary instead.
+    #[serde(default = "default_position_wait_ms")]
+    pub position_wait_ms: u64,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: None,
+            replica_url: None,
             max_connections: default_max_connections(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
+            max_replica_lag_ms: default_max_replica_lag_ms(),
+            read_your_writes_wait_ms: default_read_your_writes_wait_ms(),
+            position_wait_ms: default_position_wait_ms(),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The routing knobs of [`crate::db::topology`].
+    pub fn routing(&self) -> crate::db::topology::Routing {
+        use std::time::Duration;
+        crate::db::topology::Routing {
+            max_connections: self.max_connections,
+            acquire_timeout: Duration::from_millis(self.acquire_timeout_ms),
+            max_replica_lag: Duration::from_millis(self.max_replica_lag_ms),
+            read_your_writes_wait: Duration::from_millis(self.read_your_writes_wait_ms),
+            position_wait: Duration::from_millis(self.position_wait_ms),
         }
     }
 }
@@ -619,6 +660,18 @@ fn default_data_dir() -> PathBuf {
 fn default_max_connections() -> u32 {
     16
 }
+fn default_acquire_timeout_ms() -> u64 {
+    2000
+}
+fn default_max_replica_lag_ms() -> u64 {
+    2000
+}
+fn default_read_your_writes_wait_ms() -> u64 {
+    2000
+}
+fn default_position_wait_ms() -> u64 {
+    1000
+}
 fn default_io_timeout() -> u64 {
     60
 }
@@ -729,6 +782,48 @@ impl Config {
         }
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if let Some(r) = &self.database.replica_url {
+            let url = self.database.url.as_deref().unwrap_or("sqlite:");
+            if url.starts_with("sqlite:") {
+                return Err(invalid(
+                    "database.replica_url",
+                    "replicas need PostgreSQL: database.url is SQLite (the embedded default \
+                     when unset); remove database.replica_url or set database.url to \
+                     postgres://...",
+                ));
+            }
+            if !(r.starts_with("postgres://") || r.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "database.replica_url",
+                    "must start with postgres://",
+                ));
+            }
+            if r.contains(',') {
+                return Err(invalid(
+                    "database.replica_url",
+                    "must name one host: this region's replica",
+                ));
+            }
+        }
+        for (key, v) in [
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
+            (
+                "database.max_replica_lag_ms",
+                self.database.max_replica_lag_ms,
+            ),
+            (
+                "database.read_your_writes_wait_ms",
+                self.database.read_your_writes_wait_ms,
+            ),
+            ("database.position_wait_ms", self.database.position_wait_ms),
+        ] {
+            if !(1..=600_000).contains(&v) {
+                return Err(invalid(key, "must be between 1 and 600000 (milliseconds)"));
+            }
         }
         if let Some(u) = &self.public_url {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -1010,6 +1105,25 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
+        let e = Config::from_yaml(
+            "database:\n  replica_url: postgres://u@replica/db\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("database.replica_url"), "{e}");
+        assert!(e.to_string().contains("SQLite"), "{e}");
+        let e = Config::from_yaml(
+            "database:\n  url: postgres://u@a/db\n  replica_url: postgres://u@b,c/db\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("database.replica_url"), "{e}");
+        let e = Config::from_yaml(
+            "database:\n  url: postgres://u@a/db\n  acquire_timeout_ms: 0\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("database.acquire_timeout_ms"), "{e}");
         let e = Config::from_yaml("database:\n  max_connections: lots\n", env(&[]))
             .expect_err("invalid");
         assert!(e.to_string().contains("database.max_connections"), "{e}");

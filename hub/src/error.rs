@@ -142,6 +142,16 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&e) {
+            tracing::warn!(request_id = %request_id(), error = %e, "database unavailable");
+            let mut err = Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                "the database is unavailable (a failover may be under way); retry shortly",
+            );
+            err.retry_after = Some(2);
+            return err;
+        }
         Self::internal(format_args!("database: {e}"))
     }
 }

@@ -36,9 +36,14 @@ use std::sync::Arc;
 pub async fn open(config: config::Config) -> anyhow::Result<AppState> {
     let master = load_master_key(&config)?;
     let url = config.database_url();
-    let db = db::Db::connect(&url, config.database.max_connections)
-        .await
-        .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
+    let db = db::Db::connect_routed(
+        &url,
+        config.database.replica_url.as_deref(),
+        config.database.routing(),
+    )
+    .await
+    .map_err(|(key, m)| anyhow::anyhow!("{key}: {m}"))
+    .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
     db.migrate().await.context("applying database migrations")?;
     let sealer = shared::auth::Sealer::new(&master.derive("network-ca"));
     let network = network::Network::load(&db, &sealer, &config)

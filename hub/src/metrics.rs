@@ -112,6 +112,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the database's per-pool call counters and the replica's lag.
+    pub fn register_db(&mut self, stats: &crate::db::topology::DbStats) {
+        self.registry.register(
+            "db_calls",
+            "Database calls by pool (primary, replica) and origin (request, background)",
+            stats.calls.clone(),
+        );
+        self.registry.register(
+            "db_replica_lag_bytes",
+            "How far this region's replica's replay is behind the primary, in bytes",
+            stats.lag_bytes.clone(),
+        );
+        self.registry.register(
+            "db_replica_lag_ms",
+            "How long ago the oldest primary position the replica has not replayed was current",
+            stats.lag_ms.clone(),
+        );
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

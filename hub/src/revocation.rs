@@ -92,6 +92,9 @@ impl Freshness {
 
 /// Applies one notification's payload: `app:<id>`, `account:<id>`, anything else forgets all.
 pub fn apply(state: &AppState, payload: &str) {
+    // The replica may not have replayed the revocation yet: until it has, cache misses read
+    // the primary, or they could cache again what was just revoked.
+    state.db.fence_replica();
     let id = |p: &str| p.parse::<i64>().ok();
     match payload.split_once(':') {
         Some(("app", n)) if id(n).is_some() => state.forget_app(id(n).unwrap_or_default()),
@@ -164,9 +167,13 @@ async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
 }
 
 async fn postgres_feed(state: AppState) {
-    let url = state.config.database_url();
     let mut backoff = POLL;
     loop {
+        // The current primary (notifications are not replicated), found again after a failover.
+        let url = state
+            .db
+            .primary_url()
+            .unwrap_or_else(|| state.config.database_url());
         let mut listener = match tokio::time::timeout(Duration::from_secs(5), listen(&url)).await {
             Ok(Ok(l)) => l,
             failed => {

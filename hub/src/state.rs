@@ -100,7 +100,10 @@ impl HubState {
                 }
             })
             .collect();
-        let metrics = Metrics::default();
+        let mut metrics = Metrics::default();
+        if let Some(t) = db.topology() {
+            metrics.register_db(&t.stats);
+        }
         let tls = crate::tls::Tls::from_config(&config, &metrics)?;
         Ok(Self {
             tls,

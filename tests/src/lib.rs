@@ -7,6 +7,7 @@ pub mod bench_tunnel;
 pub mod lab;
 pub mod linkemu;
 pub mod netns;
+pub mod regions_lab;
 pub mod scripted_dns;
 pub mod servers;
 pub mod tunnel_lab;

@@ -97,31 +97,38 @@ pub fn which(bin: &str) -> Option<PathBuf> {
 // PostgreSQL
 // ---------------------------------------------------------------------------------------------
 
-/// A throwaway PostgreSQL cluster (trust auth, user and database `switchyard`, fsync off).
+/// A throwaway PostgreSQL cluster (trust auth, user and database `switchyard`, fsync off):
+/// a primary ([`Postgres::start`], optionally inside a network namespace) or a streaming
+/// replica of one ([`Postgres::replica`]).
 pub struct Postgres {
     // Field order is drop order: the process guard goes before the temp dir.
-    proc: Proc,
+    proc: Option<Proc>,
     port: u16,
+    /// The address the test process reaches the server at.
+    host: std::net::IpAddr,
+    /// `listen_addresses`.
+    listen: String,
+    /// The network namespace the server runs in (`None`: the test process's).
+    netns: Option<String>,
     data: PathBuf,
-    pg_ctl: PathBuf,
-    psql: PathBuf,
+    bins: PgBins,
     run_as: Option<Account>,
     dir: TempDir,
 }
 
-impl Postgres {
-    /// `initdb`s a cluster in a temp dir and starts `postgres` on a free loopback port.
-    pub async fn start() -> Result<Postgres> {
-        Self::start_with(None).await
-    }
+#[derive(Clone)]
+struct PgBins {
+    initdb: PathBuf,
+    postgres: PathBuf,
+    pg_ctl: PathBuf,
+    pg_isready: PathBuf,
+    createdb: PathBuf,
+    psql: PathBuf,
+    pg_basebackup: PathBuf,
+}
 
-    /// Like [`Postgres::start`], also listening on `ip` and trusting clients from `allow` (a
-    /// CIDR), for servers in network namespaces (the lab's hubs).
-    pub async fn start_on(ip: std::net::IpAddr, allow: &str) -> Result<Postgres> {
-        Self::start_with(Some((ip, allow.to_owned()))).await
-    }
-
-    async fn start_with(extra: Option<(std::net::IpAddr, String)>) -> Result<Postgres> {
+impl PgBins {
+    fn find() -> Result<PgBins> {
         const SERVER_PKG: &str = "Debian package `postgresql` (postgresql-15)";
         const CLIENT_PKG: &str = "Debian package `postgresql-client`";
         let initdb = which("initdb").ok_or_else(|| missing("initdb", SERVER_PKG))?;
@@ -137,29 +144,63 @@ impl Postgres {
                 .or_else(|| which(name))
                 .ok_or_else(|| missing(name, pkg))
         };
-        let postgres = tool("postgres", SERVER_PKG)?;
-        let pg_ctl = tool("pg_ctl", SERVER_PKG)?;
-        let pg_isready = tool("pg_isready", CLIENT_PKG)?;
-        let createdb = tool("createdb", CLIENT_PKG)?;
-        let psql = tool("psql", CLIENT_PKG)?;
+        Ok(PgBins {
+            postgres: tool("postgres", SERVER_PKG)?,
+            pg_ctl: tool("pg_ctl", SERVER_PKG)?,
+            pg_isready: tool("pg_isready", CLIENT_PKG)?,
+            createdb: tool("createdb", CLIENT_PKG)?,
+            psql: tool("psql", CLIENT_PKG)?,
+            pg_basebackup: tool("pg_basebackup", CLIENT_PKG)?,
+            initdb,
+        })
+    }
+}
 
-        // initdb/postgres refuse to run as root.
-        let run_as = postgres_account()?;
-        // /tmp rather than $TMPDIR: it must be reachable by the unprivileged account, and unix
-        // socket paths are limited to ~107 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("switchyard-pg-")
-            .tempdir_in("/tmp")
-            .context("creating the PostgreSQL temp dir")?;
-        if let Some(account) = &run_as {
-            std::os::unix::fs::chown(dir.path(), Some(account.uid), Some(account.gid))
-                .with_context(|| format!("chown {} to {}", dir.path().display(), account.name))?;
-        }
+/// Where a server runs: its namespace, the address it also listens on, and the clients it
+/// trusts from there.
+struct Placement {
+    netns: Option<String>,
+    ip: Option<(std::net::IpAddr, String)>,
+}
+
+impl Postgres {
+    /// `initdb`s a cluster in a temp dir and starts `postgres` on a free loopback port.
+    pub async fn start() -> Result<Postgres> {
+        Self::start_with(Placement {
+            netns: None,
+            ip: None,
+        })
+        .await
+    }
+
+    /// Like [`Postgres::start`], also listening on `ip` and trusting clients from `allow` (a
+    /// CIDR), for servers in network namespaces (the lab's hubs).
+    pub async fn start_on(ip: std::net::IpAddr, allow: &str) -> Result<Postgres> {
+        Self::start_with(Placement {
+            netns: None,
+            ip: Some((ip, allow.to_owned())),
+        })
+        .await
+    }
+
+    /// A primary running inside the network namespace `netns` (a lab location), listening on
+    /// `ip` there and trusting clients (and replication) from `allow`. The test process
+    /// reaches it at `ip`.
+    pub async fn start_in(netns: &str, ip: std::net::IpAddr, allow: &str) -> Result<Postgres> {
+        Self::start_with(Placement {
+            netns: Some(netns.to_owned()),
+            ip: Some((ip, allow.to_owned())),
+        })
+        .await
+    }
+
+    async fn start_with(place: Placement) -> Result<Postgres> {
+        let bins = PgBins::find()?;
+        let (run_as, dir) = pg_dir()?;
         let initdb_log = dir.path().join("initdb.log");
-        let log = dir.path().join("postgres.log");
         let data = dir.path().join("data");
 
-        let mut initdb_cmd = tokio::process::Command::new(&initdb);
+        let mut initdb_cmd = tokio::process::Command::new(&bins.initdb);
         initdb_cmd
             .arg("-D")
             .arg(&data)
@@ -184,81 +225,234 @@ impl Postgres {
         let status = initdb_cmd
             .status()
             .await
-            .with_context(|| format!("running {}", initdb.display()))?;
+            .with_context(|| format!("running {}", bins.initdb.display()))?;
         if !status.success() {
             bail!("initdb failed ({status}){}", log_tail_section(&initdb_log));
         }
-        let mut listen = "127.0.0.1".to_owned();
-        if let Some((ip, allow)) = &extra {
-            listen = format!("127.0.0.1,{ip}");
+        if let Some((_, allow)) = &place.ip {
             let mut hba = fs::OpenOptions::new()
                 .append(true)
                 .open(data.join("pg_hba.conf"))
                 .context("pg_hba.conf")?;
             use std::io::Write as _;
             writeln!(hba, "host all all {allow} trust").context("pg_hba.conf")?;
+            writeln!(hba, "host replication all {allow} trust").context("pg_hba.conf")?;
         }
+        let server = Self::launch(bins, run_as, dir, data, place).await?;
+        server.create_database().await?;
+        Ok(server)
+    }
 
+    /// Starts `postgres` on a fresh port (retrying a port someone else took).
+    async fn launch(
+        bins: PgBins,
+        run_as: Option<Account>,
+        dir: TempDir,
+        data: PathBuf,
+        place: Placement,
+    ) -> Result<Postgres> {
+        let (host, listen) = match &place.ip {
+            Some((ip, _)) if place.netns.is_some() => (*ip, format!("127.0.0.1,{ip}")),
+            Some((ip, _)) => ("127.0.0.1".parse()?, format!("127.0.0.1,{ip}")),
+            None => ("127.0.0.1".parse()?, "127.0.0.1".to_owned()),
+        };
+        let mut server = Postgres {
+            proc: None,
+            port: 0,
+            host,
+            listen,
+            netns: place.netns,
+            data,
+            bins,
+            run_as,
+            dir,
+        };
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            let port = free_port();
-            let mut cmd = Command::new(&postgres);
-            cmd.arg("-D")
-                .arg(&data)
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-c")
-                .arg(format!("listen_addresses={listen}"))
-                .arg("-c")
-                .arg(format!("unix_socket_directories={}", dir.path().display()))
-                .args([
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                ])
-                .args(["-c", "max_connections=200"])
-                .current_dir(dir.path());
-            clear_pg_env(&mut cmd);
-            if let Some(account) = &run_as {
-                cmd.uid(account.uid).gid(account.gid);
-            }
-            // SIGQUIT = immediate shutdown, so a watchdog stop also releases shared memory.
-            let mut proc = Proc::spawn("postgres", cmd, &log, dir.path(), 3)?;
-            let ready = wait_ready(&mut proc, || pg_isready_ok(&pg_isready, port)).await;
-            match ready {
-                Ok(()) => {
-                    let server = Postgres {
-                        proc,
-                        port,
-                        data: data.clone(),
-                        pg_ctl: pg_ctl.clone(),
-                        psql: psql.clone(),
-                        run_as,
-                        dir,
-                    };
-                    server.create_database(&createdb).await?;
-                    return Ok(server);
-                }
-                Err(Failure::Exited(err)) => {
-                    // Not `Postgres` yet: stop this attempt's server via the Proc guard.
-                    drop(proc);
-                    last_error = Some(err);
-                }
-                Err(Failure::Fatal(err)) => {
-                    stop_postgres(&pg_ctl, &data, dir.path(), run_as.as_ref());
-                    return Err(err);
-                }
+            server.port = free_port();
+            match server.run().await {
+                Ok(()) => return Ok(server),
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
             }
         }
         Err(attempts_failed("postgres", last_error))
     }
 
-    /// `postgres://switchyard@127.0.0.1:PORT/switchyard` (trust auth, no password).
+    /// Starts the server process on `self.port` and waits until it accepts connections.
+    async fn run(&mut self) -> Result<(), Failure> {
+        let log = self.dir.path().join("postgres.log");
+        let args: Vec<String> = vec![
+            "-D".into(),
+            self.data.display().to_string(),
+            "-p".into(),
+            self.port.to_string(),
+            "-c".into(),
+            format!("listen_addresses={}", self.listen),
+            "-c".into(),
+            format!("unix_socket_directories={}", self.dir.path().display()),
+            "-c".into(),
+            "fsync=off".into(),
+            "-c".into(),
+            "synchronous_commit=off".into(),
+            "-c".into(),
+            "full_page_writes=off".into(),
+            "-c".into(),
+            "max_connections=200".into(),
+        ];
+        let cmd = self.server_command(&self.bins.postgres, &args);
+        // SIGQUIT = immediate shutdown, so a watchdog stop also releases shared memory.
+        let mut proc =
+            Proc::spawn("postgres", cmd, &log, self.dir.path(), 3).map_err(Failure::Fatal)?;
+        let (isready, host, port) = (self.bins.pg_isready.clone(), self.host, self.port);
+        let ready = wait_ready(&mut proc, || pg_isready_ok(&isready, host, port)).await;
+        match ready {
+            Ok(()) => {
+                self.proc = Some(proc);
+                Ok(())
+            }
+            Err(Failure::Fatal(err)) => {
+                stop_postgres(
+                    &self.bins.pg_ctl,
+                    &self.data,
+                    self.dir.path(),
+                    self.run_as.as_ref(),
+                );
+                Err(Failure::Fatal(err))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `program args` as the unprivileged account, inside the namespace when there is one
+    /// (`ip netns exec` needs root, so the account is taken after it, with `setpriv`).
+    fn server_command(&self, program: &Path, args: &[String]) -> Command {
+        let mut cmd = match (&self.netns, &self.run_as) {
+            (Some(ns), Some(account)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "setpriv"])
+                    .arg(format!("--reuid={}", account.uid))
+                    .arg(format!("--regid={}", account.gid))
+                    .args(["--clear-groups", "--"])
+                    .arg(program);
+                c
+            }
+            (Some(ns), None) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            (None, account) => {
+                let mut c = Command::new(program);
+                if let Some(account) = account {
+                    c.uid(account.uid).gid(account.gid);
+                }
+                c
+            }
+        };
+        cmd.args(args).current_dir(self.dir.path());
+        clear_pg_env(&mut cmd);
+        cmd
+    }
+
+    /// Starts a streaming replica of this server: `pg_basebackup -R -X stream` through a new
+    /// replication slot `slot`, then `postgres` (hot standby) in `netns` (listening on `ip`,
+    /// trusting `allow`) or on loopback; returns once its WAL receiver is streaming.
+    pub async fn replica(
+        &self,
+        slot: &str,
+        netns: Option<&str>,
+        ip: Option<(std::net::IpAddr, &str)>,
+    ) -> Result<Postgres> {
+        let bins = self.bins.clone();
+        let (run_as, dir) = pg_dir()?;
+        let data = dir.path().join("data");
+        let log = dir.path().join("basebackup.log");
+        let mut cmd = tokio::process::Command::new(&bins.pg_basebackup);
+        cmd.args(["-h", &self.host.to_string(), "-p", &self.port.to_string()])
+            .args(["-U", "switchyard", "-D"])
+            .arg(&data)
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "-C",
+                "-S",
+                slot,
+                "--no-sync",
+                "--checkpoint=fast",
+            ])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log_stdio(&log)?)
+            .stderr(log_stdio(&log)?)
+            .kill_on_drop(true);
+        clear_pg_env_tokio(&mut cmd);
+        if let Some(account) = &run_as {
+            cmd.uid(account.uid).gid(account.gid);
+        }
+        let status = tokio::time::timeout(READY_TIMEOUT, cmd.status())
+            .await
+            .map_err(|_| anyhow!("pg_basebackup timed out"))?
+            .context("running pg_basebackup")?;
+        if !status.success() {
+            bail!("pg_basebackup failed ({status}){}", log_tail_section(&log));
+        }
+        if let Some((_, allow)) = ip {
+            let mut hba = fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("pg_hba.conf"))
+                .context("pg_hba.conf")?;
+            use std::io::Write as _;
+            writeln!(hba, "host all all {allow} trust").context("pg_hba.conf")?;
+            writeln!(hba, "host replication all {allow} trust").context("pg_hba.conf")?;
+        }
+        let place = Placement {
+            netns: netns.map(str::to_owned),
+            ip: ip.map(|(a, c)| (a, c.to_owned())),
+        };
+        let server = Self::launch(bins, run_as, dir, data, place).await?;
+        // Streaming: the WAL receiver is connected (not just restoring from the backup).
+        let started = Instant::now();
+        loop {
+            let s = server
+                .sql("SELECT status FROM pg_stat_wal_receiver")
+                .await
+                .unwrap_or_default();
+            if s == "streaming" {
+                return Ok(server);
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "replica not streaming after {READY_TIMEOUT:?} (status {s:?}){}",
+                    log_tail_section(&server.dir.path().join("postgres.log"))
+                );
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Stops the server (fast shutdown), keeping its data for [`Postgres::restart`].
+    pub fn stop(&mut self) {
+        stop_postgres(
+            &self.bins.pg_ctl,
+            &self.data,
+            self.dir.path(),
+            self.run_as.as_ref(),
+        );
+        self.proc = None;
+    }
+
+    /// Starts a stopped server again, as it was (same data, same port).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.run().await.map_err(|f| match f {
+            Failure::Exited(e) | Failure::Fatal(e) => e,
+        })
+    }
+
+    /// `postgres://switchyard@HOST:PORT/switchyard` (trust auth, no password).
     pub fn url(&self) -> String {
-        format!("postgres://switchyard@127.0.0.1:{}/switchyard", self.port)
+        self.url_at(self.host)
     }
 
     /// The same database at another address it listens on ([`Postgres::start_on`]).
@@ -269,12 +463,17 @@ impl Postgres {
         )
     }
 
+    /// `HOST:PORT` as the test process reaches it.
+    pub fn host_port(&self) -> String {
+        std::net::SocketAddr::new(self.host, self.port).to_string()
+    }
+
     /// Runs one SQL statement with `psql` as the superuser; its rows, unaligned.
     pub async fn sql(&self, query: &str) -> Result<String> {
-        let mut cmd = tokio::process::Command::new(&self.psql);
+        let mut cmd = tokio::process::Command::new(&self.bins.psql);
         cmd.args([
             "-h",
-            "127.0.0.1",
+            &self.host.to_string(),
             "-p",
             &self.port.to_string(),
             "-U",
@@ -299,7 +498,7 @@ impl Postgres {
         let output = tokio::time::timeout(READY_TIMEOUT, cmd.output())
             .await
             .map_err(|_| anyhow!("psql timed out"))?
-            .with_context(|| format!("running {}", self.psql.display()))?;
+            .with_context(|| format!("running {}", self.bins.psql.display()))?;
         if !output.status.success() {
             bail!(
                 "psql failed ({}): {}",
@@ -310,11 +509,11 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
 
-    async fn create_database(&self, createdb: &Path) -> Result<()> {
-        let mut cmd = tokio::process::Command::new(createdb);
+    async fn create_database(&self) -> Result<()> {
+        let mut cmd = tokio::process::Command::new(&self.bins.createdb);
         cmd.args([
             "-h",
-            "127.0.0.1",
+            &self.host.to_string(),
             "-p",
             &self.port.to_string(),
             "-U",
@@ -328,24 +527,41 @@ impl Postgres {
         let output = tokio::time::timeout(READY_TIMEOUT, cmd.output())
             .await
             .map_err(|_| anyhow!("createdb timed out"))?
-            .with_context(|| format!("running {}", createdb.display()))?;
+            .with_context(|| format!("running {}", self.bins.createdb.display()))?;
         if !output.status.success() {
             bail!(
                 "createdb switchyard failed ({}): {}{}",
                 output.status,
                 String::from_utf8_lossy(&output.stderr).trim(),
-                log_tail_section(&self.proc.log)
+                log_tail_section(&self.dir.path().join("postgres.log"))
             );
         }
         Ok(())
     }
 }
 
+/// The account to run the server as, and a temp dir it owns.
+fn pg_dir() -> Result<(Option<Account>, TempDir)> {
+    // initdb/postgres refuse to run as root.
+    let run_as = postgres_account()?;
+    // /tmp rather than $TMPDIR: it must be reachable by the unprivileged account, and unix
+    // socket paths are limited to ~107 bytes.
+    let dir = tempfile::Builder::new()
+        .prefix("switchyard-pg-")
+        .tempdir_in("/tmp")
+        .context("creating the PostgreSQL temp dir")?;
+    if let Some(account) = &run_as {
+        std::os::unix::fs::chown(dir.path(), Some(account.uid), Some(account.gid))
+            .with_context(|| format!("chown {} to {}", dir.path().display(), account.name))?;
+    }
+    Ok((run_as, dir))
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // Then `proc` drops (kills whatever is left of the process group), then `dir`.
         stop_postgres(
-            &self.pg_ctl,
+            &self.bins.pg_ctl,
             &self.data,
             self.dir.path(),
             self.run_as.as_ref(),
@@ -370,12 +586,12 @@ fn stop_postgres(pg_ctl: &Path, data: &Path, cwd: &Path, run_as: Option<&Account
     let _ = cmd.status();
 }
 
-async fn pg_isready_ok(pg_isready: &Path, port: u16) -> bool {
+async fn pg_isready_ok(pg_isready: &Path, host: std::net::IpAddr, port: u16) -> bool {
     let mut cmd = tokio::process::Command::new(pg_isready);
     cmd.args([
         "-q",
         "-h",
-        "127.0.0.1",
+        &host.to_string(),
         "-p",
         &port.to_string(),
         "-U",

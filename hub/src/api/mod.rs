@@ -13,6 +13,7 @@ mod ops;
 pub(crate) mod storage;
 pub(crate) mod transfers;
 
+use crate::db::topology::{in_request, Position, RequestScope, POSITION_HEADER};
 use crate::error::{ApiError, ErrorBody, REQUEST_ID};
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::model::ObjectList;
@@ -28,6 +29,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 use utoipa::{IntoParams, IntoResponses, OpenApi, ToSchema};
@@ -152,24 +154,46 @@ async fn request_context(
     });
 
     let too_large = headers_too_large(req.headers());
+    let position = req
+        .headers()
+        .get(POSITION_HEADER)
+        .map(|v| v.to_str().unwrap_or("").parse::<Position>());
+    let scope = Arc::new(RequestScope::default());
+    let db = state.db.clone();
     let mut resp = REQUEST_ID
-        .scope(id.clone(), async move {
-            if let Some(message) = too_large {
-                return ApiError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request_header_fields_too_large",
-                    message,
-                )
-                .into_response();
-            }
-            let resp = next.run(req).await;
-            if resp.status().is_client_error() || resp.status().is_server_error() {
-                ensure_json_error(resp).await
-            } else {
-                resp
-            }
-        })
+        .scope(
+            id.clone(),
+            in_request(scope.clone(), async move {
+                if let Some(message) = too_large {
+                    return ApiError::new(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request_header_fields_too_large",
+                        message,
+                    )
+                    .into_response();
+                }
+                match position {
+                    Some(Err(m)) => {
+                        return ApiError::new(StatusCode::BAD_REQUEST, "invalid_position", m)
+                            .into_response()
+                    }
+                    Some(Ok(p)) => db.await_position(p).await,
+                    None => {}
+                }
+                let resp = next.run(req).await;
+                if resp.status().is_client_error() || resp.status().is_server_error() {
+                    ensure_json_error(resp).await
+                } else {
+                    resp
+                }
+            }),
+        )
         .await;
+    if let Some(p) = scope.position() {
+        if let Ok(v) = HeaderValue::from_str(&p.to_string()) {
+            resp.headers_mut().insert(POSITION_HEADER, v);
+        }
+    }
 
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);

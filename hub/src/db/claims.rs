@@ -95,7 +95,7 @@ impl Db {
         .bind(app_id)
         .bind(kind.as_str())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -108,7 +108,7 @@ impl Db {
         .bind(account_id)
         .bind(key)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(())
     }
@@ -123,7 +123,7 @@ impl Db {
         .bind(account_id)
         .bind(key)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(())
     }
@@ -133,7 +133,7 @@ impl Db {
         sqlx::query("DELETE FROM storage_claims WHERE account_id = $1 AND object_key = $2")
             .bind(account_id)
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.w())
             .await?;
         Ok(())
     }
@@ -153,7 +153,7 @@ impl Db {
         .bind(account_id)
         .bind(key)
         .bind(before)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(r.rows_affected() == 1)
     }
@@ -173,7 +173,7 @@ impl Db {
         .bind(account_id)
         .bind(since)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.w())
         .await?;
         rows.iter()
             .filter_map(|r| claim_row(r).transpose())
@@ -188,7 +188,7 @@ impl Db {
         ))
         .bind(before)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.w())
         .await?;
         rows.iter()
             .filter_map(|r| claim_row(r).transpose())

@@ -3,9 +3,54 @@
 //!
 //! Row types are private to this module; callers get the domain records below.
 
+/// A replica-eligible read: `$body` runs with `$pool` bound to [`Db::reader`]'s pool; if that
+/// was the replica and it failed as unreachable, the replica is marked down and `$body` runs
+/// again on the primary, so a replica that dies costs no failed request.
+macro_rules! read {
+    ($db:expr, $pool:ident => $body:expr) => {{
+        let (chosen, on_replica) = $db.reader();
+        let $pool = &chosen;
+        match $body {
+            Err(e) if on_replica && $crate::db::is_unavailable(&e) => {
+                $db.replica_failed(&e);
+                let chosen = $db.w();
+                let $pool = &chosen;
+                $body
+            }
+            done => done,
+        }
+    }};
+}
+
+/// Like `read!` for a lookup of one row: a row the replica does not have is looked up again on
+/// the primary, since "not found" on a replica may only mean "not replayed yet" (a key the
+/// command line just created, an account another region just connected).
+macro_rules! read_one {
+    ($db:expr, $pool:ident => $body:expr) => {{
+        let (chosen, on_replica) = $db.reader();
+        let $pool = &chosen;
+        match $body {
+            Err(e) if on_replica && $crate::db::is_unavailable(&e) => {
+                $db.replica_failed(&e);
+                let chosen = $db.w();
+                let $pool = &chosen;
+                $body
+            }
+            Ok(None) if on_replica => {
+                let chosen = $db.w();
+                let $pool = &chosen;
+                $body
+            }
+            done => done,
+        }
+    }};
+}
+
+pub mod admin;
 mod claims;
 mod network;
 mod steering;
+pub mod topology;
 mod transfers;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord};
@@ -14,7 +59,9 @@ pub use transfers::{NewTransfer, TransferRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use std::sync::Arc;
 use std::time::Duration;
+use topology::{Routing, Topology};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -26,11 +73,15 @@ pub enum Backend {
     Postgres,
 }
 
-/// A connection pool plus the queries the hub needs.
+/// The database's connection pools plus the queries the hub needs. On PostgreSQL the pools
+/// are those of a [`topology::Topology`]: writes go to the current primary, replica-eligible
+/// reads ([`Db::r`]) to the region's replica under the rules in [`topology`].
 #[derive(Clone, Debug)]
 pub struct Db {
+    /// The SQLite pool (unused on PostgreSQL, where `topo` has the pools).
     pool: AnyPool,
     backend: Backend,
+    topo: Option<Arc<Topology>>,
 }
 
 /// An application (a tenant: its keys reach only its accounts).
@@ -72,6 +123,26 @@ pub struct AccountChanges {
     pub name: Option<String>,
     pub active: Option<bool>,
     pub credentials: Option<Vec<u8>>,
+}
+
+/// Whether `e` means the database cannot be reached or cannot take writes now (connection
+/// lost or refused, pool exhausted past its acquire timeout, server shutting down or in
+/// recovery): the API answers 503 `database_unavailable` with `Retry-After`, never 500.
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Protocol(m) => m.contains("connection") || m.contains("closed"),
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            // 08: connection exception; 57P0x: shutdown / cannot connect now; 25006: a
+            // read-only transaction (a standby or demoted server); 53300: too many connections.
+            c.starts_with("08") || c.starts_with("57P") || c == "25006" || c == "53300"
+        }),
+        _ => false,
+    }
 }
 
 /// Result alias for database calls.
@@ -117,52 +188,164 @@ const APP_COLS: &str = "id, name, description, active, created_ms, modified_ms";
 impl Db {
     /// Connects (creating an SQLite file if needed) without running migrations.
     pub async fn connect(url: &str, max_connections: u32) -> DbResult<Self> {
-        sqlx::any::install_default_drivers();
-        let (url, backend) = if let Some(rest) = url.strip_prefix("sqlite:") {
-            let path = rest.trim_start_matches("//");
-            if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
-            {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir)?;
-                }
-            }
-            let sep = if url.contains('?') { '&' } else { '?' };
-            let url = if url.contains("mode=") {
-                url.to_owned()
-            } else {
-                format!("{url}{sep}mode=rwc")
-            };
-            (url, Backend::Sqlite)
-        } else {
-            (url.to_owned(), Backend::Postgres)
+        let routing = Routing {
+            max_connections,
+            ..Routing::default()
         };
-        let pool = AnyPoolOptions::new()
+        Self::connect_routed(url, None, routing)
+            .await
+            .map_err(|(key, m)| sqlx::Error::Configuration(format!("{key}: {m}").into()))
+    }
+
+    /// Connects to `url` (SQLite, or PostgreSQL with possibly several hosts: the writable
+    /// primary among them is found and re-found after a failover) and, on PostgreSQL, to the
+    /// region's `replica` (checked to be a streaming replica). Errors name the config key.
+    pub async fn connect_routed(
+        url: &str,
+        replica: Option<&str>,
+        routing: Routing,
+    ) -> Result<Self, (&'static str, String)> {
+        sqlx::any::install_default_drivers();
+        if let Some(rest) = url.strip_prefix("sqlite:") {
+            if replica.is_some() {
+                return Err((
+                    "database.replica_url",
+                    "replicas need PostgreSQL; the SQLite database has none (remove the key or \
+                     set database.url to postgres://...)"
+                        .into(),
+                ));
+            }
+            let pool = Self::sqlite_pool(url, rest, routing.max_connections)
+                .await
+                .map_err(|e| ("database.url", e.to_string()))?;
+            return Ok(Self {
+                pool,
+                backend: Backend::Sqlite,
+                topo: None,
+            });
+        }
+        let topo = Topology::open(url, replica, routing)
+            .await
+            .map_err(|r| (r.key, r.message))?;
+        Ok(Self {
+            pool: topo.primary().pool.clone(),
+            backend: Backend::Postgres,
+            topo: Some(topo),
+        })
+    }
+
+    async fn sqlite_pool(url: &str, rest: &str, max_connections: u32) -> DbResult<AnyPool> {
+        let path = rest.trim_start_matches("//");
+        if let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let url = if url.contains("mode=") {
+            url.to_owned()
+        } else {
+            format!("{url}{sep}mode=rwc")
+        };
+        AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the single writer; busy_timeout turns
-                        // writer contention into waiting rather than SQLITE_BUSY errors.
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA foreign_keys = ON")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query("PRAGMA busy_timeout = 5000")
-                            .execute(&mut *conn)
-                            .await?;
-                    }
+                    // WAL lets readers run beside the single writer; busy_timeout turns
+                    // writer contention into waiting rather than SQLITE_BUSY errors.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA foreign_keys = ON")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout = 5000")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             })
             .connect(&url)
-            .await?;
-        Ok(Self { pool, backend })
+            .await
+    }
+
+    /// Where writes (and reads that feed a write) go: the current primary.
+    fn w(&self) -> AnyPool {
+        match &self.topo {
+            Some(t) => t.writer(),
+            None => self.pool.clone(),
+        }
+    }
+
+    /// Where a replica-eligible read goes (see [`topology`]): listings and GETs that answer a
+    /// client, and the auth lookups behind the TTL caches. True when it is the replica. Used
+    /// through `read!`.
+    fn reader(&self) -> (AnyPool, bool) {
+        match &self.topo {
+            Some(t) => t.reader(),
+            None => (self.pool.clone(), false),
+        }
+    }
+
+    fn replica_failed(&self, e: &sqlx::Error) {
+        if let Some(t) = &self.topo {
+            t.replica_failed(e);
+        }
+    }
+
+    /// A background read that tolerates replication lag (the steering snapshot).
+    fn stale(&self) -> AnyPool {
+        match &self.topo {
+            Some(t) => t.stale_reader(),
+            None => self.pool.clone(),
+        }
+    }
+
+    /// The `RETURNING` column that carries a write's transaction id (`sy_xid`), for
+    /// read-your-writes.
+    fn xid_col(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "pg_current_xact_id()::text AS sy_xid",
+            Backend::Sqlite => "NULL AS sy_xid",
+        }
+    }
+
+    /// After a write that answers a client: waits until the region's replica shows it (see
+    /// [`topology`]). `row` carries [`Db::xid_col`].
+    async fn wrote(&self, row: Option<&AnyRow>) {
+        if let (Some(t), Some(row)) = (&self.topo, row) {
+            let xid: Option<String> = row.try_get("sy_xid").ok().flatten();
+            t.wrote(xid.as_deref()).await;
+        }
+    }
+
+    /// The PostgreSQL topology (primary, replica, their state), when there is one.
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topo.as_deref()
+    }
+
+    /// The URL of the server writes go to now (the SQLite URL on SQLite).
+    pub fn primary_url(&self) -> Option<String> {
+        self.topo.as_ref().map(|t| t.primary_url().to_owned())
+    }
+
+    /// See [`Topology::fence_replica`].
+    pub fn fence_replica(&self) {
+        if let Some(t) = &self.topo {
+            t.fence_replica();
+        }
+    }
+
+    /// A read carrying a client's position (`X-Switchyard-Position`): waits for the replica to
+    /// reach it, else sends this request's reads to the primary.
+    pub async fn await_position(&self, p: topology::Position) {
+        if let Some(t) = &self.topo {
+            t.await_position(p).await;
+        }
     }
 
     pub fn backend(&self) -> Backend {
@@ -172,27 +355,34 @@ impl Db {
     /// Applies pending migrations for this backend.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await,
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.w()).await,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.w()).await,
         }
     }
 
     /// A cheap round trip, for `/readyz`.
     pub async fn ping(&self) -> DbResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&self.w()).await?;
         Ok(())
     }
 
     /// The SQLite revocation generation (bumped by triggers on every revoking change).
     pub async fn revocation_generation(&self) -> DbResult<i64> {
         sqlx::query("SELECT generation FROM revocations WHERE id = 1")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.w())
             .await?
             .try_get("generation")
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.topo {
+            Some(t) => {
+                for n in t.hosts.iter().chain(&t.replica) {
+                    n.pool.close().await;
+                }
+            }
+            None => self.pool.close().await,
+        }
     }
 
     // ---- applications ----
@@ -205,38 +395,40 @@ impl Db {
     ) -> DbResult<Application> {
         let r = sqlx::query(&format!(
             "INSERT INTO applications (name, description, active, created_ms, modified_ms) \
-             VALUES ($1, $2, 1, $3, $3) RETURNING {APP_COLS}"
+             VALUES ($1, $2, 1, $3, $3) RETURNING {APP_COLS}, {}",
+            self.xid_col()
         ))
         .bind(name)
         .bind(description)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.w())
         .await?;
+        self.wrote(Some(&r)).await;
         app_from(&r)
     }
 
     pub async fn list_apps(&self, offset: i64, limit: i64) -> DbResult<(Vec<Application>, i64)> {
-        let rows = sqlx::query(&format!(
+        let rows = read!(self, pool => sqlx::query(&format!(
             "SELECT {APP_COLS} FROM applications ORDER BY id LIMIT $1 OFFSET $2"
         ))
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM applications")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("n")?;
+        .fetch_all(pool)
+        .await)?;
+        let total: i64 = read!(self, pool => sqlx::query("SELECT COUNT(*) AS n FROM applications")
+            .fetch_one(pool)
+            .await)?
+        .try_get("n")?;
         Ok((rows.iter().map(app_from).collect::<DbResult<_>>()?, total))
     }
 
     pub async fn get_app(&self, id: i64) -> DbResult<Option<Application>> {
-        sqlx::query(&format!(
+        read_one!(self, pool => sqlx::query(&format!(
             "SELECT {APP_COLS} FROM applications WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
+        .fetch_optional(pool)
+        .await)?
         .as_ref()
         .map(app_from)
         .transpose()
@@ -250,30 +442,33 @@ impl Db {
         active: Option<bool>,
         now: i64,
     ) -> DbResult<Option<Application>> {
-        sqlx::query(&format!(
+        let r = sqlx::query(&format!(
             "UPDATE applications SET name = COALESCE($1, name), \
              description = COALESCE($2, description), active = COALESCE($3, active), \
-             modified_ms = $4 WHERE id = $5 RETURNING {APP_COLS}"
+             modified_ms = $4 WHERE id = $5 RETURNING {APP_COLS}, {}",
+            self.xid_col()
         ))
         .bind(name)
         .bind(description)
         .bind(active.map(i64::from))
         .bind(now)
         .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(app_from)
-        .transpose()
+        .fetch_optional(&self.w())
+        .await?;
+        self.wrote(r.as_ref()).await;
+        r.as_ref().map(app_from).transpose()
     }
 
     pub async fn delete_app(&self, id: i64) -> DbResult<bool> {
-        let n = sqlx::query("DELETE FROM applications WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+        let r = sqlx::query(&format!(
+            "DELETE FROM applications WHERE id = $1 RETURNING {}",
+            self.xid_col()
+        ))
+        .bind(id)
+        .fetch_optional(&self.w())
+        .await?;
+        self.wrote(r.as_ref()).await;
+        Ok(r.is_some())
     }
 
     // ---- API keys ----
@@ -285,26 +480,28 @@ impl Db {
         hint: &str,
         now: i64,
     ) -> DbResult<ApiKeyRecord> {
-        let r = sqlx::query(
+        let r = sqlx::query(&format!(
             "INSERT INTO api_keys (app_id, key_hash, key_hint, created_ms) VALUES ($1, $2, $3, $4) \
-             RETURNING id, app_id, key_hint, created_ms",
-        )
+             RETURNING id, app_id, key_hint, created_ms, {}",
+            self.xid_col()
+        ))
         .bind(app_id)
         .bind(hash.to_vec())
         .bind(hint)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.w())
         .await?;
+        self.wrote(Some(&r)).await;
         key_from(&r)
     }
 
     pub async fn list_api_keys(&self, app_id: i64) -> DbResult<Vec<ApiKeyRecord>> {
-        let rows = sqlx::query(
+        let rows = read!(self, pool => sqlx::query(
             "SELECT id, app_id, key_hint, created_ms FROM api_keys WHERE app_id = $1 ORDER BY id",
         )
         .bind(app_id)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.iter().map(key_from).collect()
     }
 
@@ -315,26 +512,28 @@ impl Db {
         id: Option<i64>,
         hash: &[u8],
     ) -> DbResult<bool> {
-        let n =
-            sqlx::query("DELETE FROM api_keys WHERE app_id = $1 AND (id = $2 OR key_hash = $3)")
-                .bind(app_id)
-                .bind(id.unwrap_or(-1))
-                .bind(hash.to_vec())
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        Ok(n > 0)
+        let rows = sqlx::query(&format!(
+            "DELETE FROM api_keys WHERE app_id = $1 AND (id = $2 OR key_hash = $3) RETURNING {}",
+            self.xid_col()
+        ))
+        .bind(app_id)
+        .bind(id.unwrap_or(-1))
+        .bind(hash.to_vec())
+        .fetch_all(&self.w())
+        .await?;
+        self.wrote(rows.first()).await;
+        Ok(!rows.is_empty())
     }
 
     /// The active application an API key hash belongs to.
     pub async fn app_for_api_key(&self, hash: &[u8]) -> DbResult<Option<i64>> {
-        let r = sqlx::query(
+        let r = read_one!(self, pool => sqlx::query(
             "SELECT a.id AS id FROM api_keys k JOIN applications a ON a.id = k.app_id \
              WHERE k.key_hash = $1 AND a.active = 1",
         )
         .bind(hash.to_vec())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         r.map(|r| r.try_get("id")).transpose()
     }
 
@@ -347,18 +546,18 @@ impl Db {
         .bind(name)
         .bind(hash.to_vec())
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.w())
         .await?
         .try_get("id")
     }
 
     pub async fn meta_token_exists(&self, hash: &[u8]) -> DbResult<bool> {
         Ok(
-            sqlx::query("SELECT id FROM meta_tokens WHERE token_hash = $1")
+            read_one!(self, pool => sqlx::query("SELECT id FROM meta_tokens WHERE token_hash = $1")
                 .bind(hash.to_vec())
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
+                .fetch_optional(pool)
+                .await)?
+            .is_some(),
         )
     }
 
@@ -374,7 +573,7 @@ impl Db {
         seal: impl FnOnce(i64) -> Vec<u8>,
         now: i64,
     ) -> DbResult<AccountRecord> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.w().begin().await?;
         let id: i64 = sqlx::query(
             "INSERT INTO accounts (app_id, service, name, credentials, active, created_ms, modified_ms) \
              VALUES ($1, $2, $3, $4, 1, $5, $5) RETURNING id",
@@ -389,13 +588,15 @@ impl Db {
         .try_get("id")?;
         let sealed = seal(id);
         let r = sqlx::query(&format!(
-            "UPDATE accounts SET credentials = $1 WHERE id = $2 RETURNING {ACCOUNT_COLS}"
+            "UPDATE accounts SET credentials = $1 WHERE id = $2 RETURNING {ACCOUNT_COLS}, {}",
+            self.xid_col()
         ))
         .bind(sealed)
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.wrote(Some(&r)).await;
         account_from(&r)
     }
 
@@ -407,7 +608,7 @@ impl Db {
         offset: i64,
         limit: i64,
     ) -> DbResult<(Vec<AccountRecord>, i64)> {
-        let rows = sqlx::query(&format!(
+        let rows = read!(self, pool => sqlx::query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE app_id = $1 AND ($2 < 0 OR id = $2) \
              ORDER BY id LIMIT $3 OFFSET $4"
         ))
@@ -415,15 +616,15 @@ impl Db {
         .bind(only.unwrap_or(-1))
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let total: i64 = sqlx::query(
+        .fetch_all(pool)
+        .await)?;
+        let total: i64 = read!(self, pool => sqlx::query(
             "SELECT COUNT(*) AS n FROM accounts WHERE app_id = $1 AND ($2 < 0 OR id = $2)",
         )
         .bind(app_id)
         .bind(only.unwrap_or(-1))
-        .fetch_one(&self.pool)
-        .await?
+        .fetch_one(pool)
+        .await)?
         .try_get("n")?;
         Ok((
             rows.iter().map(account_from).collect::<DbResult<_>>()?,
@@ -433,13 +634,13 @@ impl Db {
 
     /// An account, only if it belongs to `app_id`.
     pub async fn get_account(&self, app_id: i64, id: i64) -> DbResult<Option<AccountRecord>> {
-        sqlx::query(&format!(
+        read_one!(self, pool => sqlx::query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1 AND app_id = $2"
         ))
         .bind(id)
         .bind(app_id)
-        .fetch_optional(&self.pool)
-        .await?
+        .fetch_optional(pool)
+        .await)?
         .as_ref()
         .map(account_from)
         .transpose()
@@ -452,10 +653,11 @@ impl Db {
         changes: AccountChanges,
         now: i64,
     ) -> DbResult<Option<AccountRecord>> {
-        sqlx::query(&format!(
+        let r = sqlx::query(&format!(
             "UPDATE accounts SET name = COALESCE($1, name), active = COALESCE($2, active), \
              credentials = COALESCE($3, credentials), modified_ms = $4 \
-             WHERE id = $5 AND app_id = $6 RETURNING {ACCOUNT_COLS}"
+             WHERE id = $5 AND app_id = $6 RETURNING {ACCOUNT_COLS}, {}",
+            self.xid_col()
         ))
         .bind(changes.name)
         .bind(changes.active.map(i64::from))
@@ -463,21 +665,23 @@ impl Db {
         .bind(now)
         .bind(id)
         .bind(app_id)
-        .fetch_optional(&self.pool)
-        .await?
-        .as_ref()
-        .map(account_from)
-        .transpose()
+        .fetch_optional(&self.w())
+        .await?;
+        self.wrote(r.as_ref()).await;
+        r.as_ref().map(account_from).transpose()
     }
 
     pub async fn delete_account(&self, app_id: i64, id: i64) -> DbResult<bool> {
-        let n = sqlx::query("DELETE FROM accounts WHERE id = $1 AND app_id = $2")
-            .bind(id)
-            .bind(app_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-        Ok(n > 0)
+        let r = sqlx::query(&format!(
+            "DELETE FROM accounts WHERE id = $1 AND app_id = $2 RETURNING {}",
+            self.xid_col()
+        ))
+        .bind(id)
+        .bind(app_id)
+        .fetch_optional(&self.w())
+        .await?;
+        self.wrote(r.as_ref()).await;
+        Ok(r.is_some())
     }
 
     pub async fn create_account_token(
@@ -486,27 +690,30 @@ impl Db {
         hash: &[u8],
         now: i64,
     ) -> DbResult<()> {
-        sqlx::query(
-            "INSERT INTO account_tokens (account_id, token_hash, created_ms) VALUES ($1, $2, $3)",
-        )
+        let r = sqlx::query(&format!(
+            "INSERT INTO account_tokens (account_id, token_hash, created_ms) VALUES ($1, $2, $3) \
+             RETURNING {}",
+            self.xid_col()
+        ))
         .bind(account_id)
         .bind(hash.to_vec())
         .bind(now)
-        .execute(&self.pool)
+        .fetch_one(&self.w())
         .await?;
+        self.wrote(Some(&r)).await;
         Ok(())
     }
 
     /// The (account, application) a bearer token hash belongs to, if both are active.
     pub async fn account_for_token(&self, hash: &[u8]) -> DbResult<Option<(i64, i64)>> {
-        let r = sqlx::query(
+        let r = read_one!(self, pool => sqlx::query(
             "SELECT c.id AS account_id, c.app_id AS app_id FROM account_tokens t \
              JOIN accounts c ON c.id = t.account_id JOIN applications a ON a.id = c.app_id \
              WHERE t.token_hash = $1 AND c.active = 1 AND a.active = 1",
         )
         .bind(hash.to_vec())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         r.map(|r| Ok((r.try_get("account_id")?, r.try_get("app_id")?)))
             .transpose()
     }

@@ -93,7 +93,7 @@ impl Db {
             "SELECT cert_pem, key_sealed, fingerprint FROM {} WHERE id = 1",
             role.table()
         ))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.w())
         .await?;
         row.map(|r| {
             Ok(CaRecord {
@@ -122,7 +122,7 @@ impl Db {
         .bind(&ca.key_sealed)
         .bind(&ca.fingerprint)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         self.get_ca(role)
             .await?
@@ -135,14 +135,16 @@ impl Db {
             "SELECT cert_fingerprint FROM spokes WHERE revoked_ms IS NOT NULL \
              AND cert_fingerprint NOT LIKE 'pending:%' ORDER BY id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.w())
         .await?;
         rows.iter().map(|r| r.try_get("cert_fingerprint")).collect()
     }
 
     pub async fn create_join_token(&self, t: &JoinTokenRecord) -> DbResult<()> {
-        sqlx::query(&format!(
-            "INSERT INTO join_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)"
+        let r = sqlx::query(&format!(
+            "INSERT INTO join_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6) \
+             RETURNING {}",
+            self.xid_col()
         ))
         .bind(&t.id)
         .bind(&t.secret_hash)
@@ -150,8 +152,9 @@ impl Db {
         .bind(&t.name)
         .bind(t.expires_ms)
         .bind(t.created_ms)
-        .execute(&self.pool)
+        .fetch_one(&self.w())
         .await?;
+        self.wrote(Some(&r)).await;
         Ok(())
     }
 
@@ -160,7 +163,7 @@ impl Db {
             "SELECT {TOKEN_COLS} FROM join_tokens WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.w())
         .await?
         .as_ref()
         .map(token_from)
@@ -175,7 +178,7 @@ impl Db {
         )
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -185,7 +188,7 @@ impl Db {
         sqlx::query("UPDATE join_tokens SET spoke_id = $1 WHERE id = $2")
             .bind(spoke_id)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.w())
             .await?;
         Ok(())
     }
@@ -208,7 +211,7 @@ impl Db {
         .bind(placeholder_fingerprint)
         .bind(advertise)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.w())
         .await?;
         r.try_get("id")
     }
@@ -217,7 +220,7 @@ impl Db {
         sqlx::query("UPDATE spokes SET cert_fingerprint = $1 WHERE id = $2")
             .bind(fingerprint)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.w())
             .await?;
         Ok(())
     }
@@ -227,7 +230,7 @@ impl Db {
             "SELECT {SPOKE_COLS} FROM spokes WHERE cert_fingerprint = $1"
         ))
         .bind(fingerprint)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.w())
         .await?
         .as_ref()
         .map(spoke_from)
@@ -235,38 +238,41 @@ impl Db {
     }
 
     pub async fn get_spoke(&self, id: i64) -> DbResult<Option<SpokeRecord>> {
-        sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes WHERE id = $1"))
+        read_one!(self, pool => sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
+            .fetch_optional(pool)
+            .await)?
             .as_ref()
             .map(spoke_from)
             .transpose()
     }
 
     pub async fn list_spokes(&self) -> DbResult<Vec<SpokeRecord>> {
-        let rows = sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = read!(self, pool => sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes ORDER BY id"))
+            .fetch_all(pool)
+            .await)?;
         rows.iter().map(spoke_from).collect()
     }
 
     /// Revokes a spoke; false when it does not exist or was already revoked.
     pub async fn revoke_spoke(&self, id: i64, now: i64) -> DbResult<bool> {
-        let done =
-            sqlx::query("UPDATE spokes SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL")
-                .bind(now)
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
+        let r = sqlx::query(&format!(
+            "UPDATE spokes SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL RETURNING {}",
+            self.xid_col()
+        ))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.w())
+        .await?;
+        self.wrote(r.as_ref()).await;
+        Ok(r.is_some())
     }
 
     pub async fn touch_spoke(&self, id: i64, now: i64) -> DbResult<()> {
         sqlx::query("UPDATE spokes SET last_seen_ms = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.w())
             .await?;
         Ok(())
     }
@@ -293,7 +299,7 @@ impl Db {
         .bind(region)
         .bind(api)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(())
     }
@@ -304,7 +310,7 @@ impl Db {
             "SELECT quic, region, api, seen_ms FROM hubs WHERE seen_ms >= $1 ORDER BY seen_ms DESC",
         )
         .bind(since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.w())
         .await?;
         rows.iter()
             .map(|r| {

@@ -52,7 +52,7 @@ impl Db {
         .bind(region)
         .bind(addresses.join(","))
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(())
     }
@@ -64,7 +64,7 @@ impl Db {
              ORDER BY region, api",
         )
         .bind(since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.stale())
         .await?;
         rows.iter()
             .map(|r| {
@@ -85,7 +85,7 @@ impl Db {
 
     /// Writes this hub's current RTT estimates (it alone writes rows of its region).
     pub async fn upsert_rtts(&self, rows: &[RttRecord]) -> DbResult<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.w().begin().await?;
         for r in rows {
             sqlx::query(
                 "INSERT INTO steering_rtt (prefix, region, rtt_us, samples, updated_ms) \
@@ -113,7 +113,7 @@ impl Db {
         )
         .bind(since_ms)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.stale())
         .await?;
         rows.iter()
             .map(|r| {
@@ -141,7 +141,7 @@ impl Db {
         .bind(i64::from(h.healthy))
         .bind(h.failures)
         .bind(h.updated_ms)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(())
     }
@@ -153,7 +153,7 @@ impl Db {
              WHERE updated_ms >= $1",
         )
         .bind(since_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.stale())
         .await?;
         rows.iter()
             .map(|r| {

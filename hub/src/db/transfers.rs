@@ -86,7 +86,8 @@ impl Db {
         let r = sqlx::query(&format!(
             "INSERT INTO transfers (app_id, kind, state, src_account, src_path, dst_account, \
              dst_path, size, part_size, owner, created_ms, updated_ms) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {COLS}"
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING {COLS}, {}",
+            self.xid_col()
         ))
         .bind(t.app_id)
         .bind(t.kind)
@@ -98,19 +99,20 @@ impl Db {
         .bind(t.part_size)
         .bind(t.owner)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.w())
         .await?;
+        self.wrote(Some(&r)).await;
         from_row(&r)
     }
 
     pub async fn get_transfer(&self, id: i64) -> DbResult<Option<TransferRecord>> {
-        sqlx::query(&format!("SELECT {COLS} FROM transfers WHERE id = $1"))
+        read_one!(self, pool => sqlx::query(&format!("SELECT {COLS} FROM transfers WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(from_row)
-            .transpose()
+            .fetch_optional(pool)
+            .await)?
+        .as_ref()
+        .map(from_row)
+        .transpose()
     }
 
     /// Transfers of an application, newest first; with `touching`, only those whose source or
@@ -123,22 +125,22 @@ impl Db {
         limit: i64,
     ) -> DbResult<(Vec<TransferRecord>, i64)> {
         const SCOPE: &str = "app_id = $1 AND ($2 < 0 OR src_account = $2 OR dst_account = $2)";
-        let rows = sqlx::query(&format!(
+        let rows = read!(self, pool => sqlx::query(&format!(
             "SELECT {COLS} FROM transfers WHERE {SCOPE} ORDER BY id DESC LIMIT $3 OFFSET $4"
         ))
         .bind(app_id)
         .bind(touching.unwrap_or(-1))
         .bind(limit)
         .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let count: i64 = sqlx::query(&format!(
+        .fetch_all(pool)
+        .await)?;
+        let count: i64 = read!(self, pool => sqlx::query(&format!(
             "SELECT COUNT(*) AS n FROM transfers WHERE {SCOPE}"
         ))
         .bind(app_id)
         .bind(touching.unwrap_or(-1))
-        .fetch_one(&self.pool)
-        .await?
+        .fetch_one(pool)
+        .await)?
         .try_get("n")?;
         Ok((rows.iter().map(from_row).collect::<DbResult<_>>()?, count))
     }
@@ -154,7 +156,7 @@ impl Db {
         ))
         .bind(owner)
         .bind(state)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.w())
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -184,7 +186,7 @@ impl Db {
         .bind(note)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -197,7 +199,7 @@ impl Db {
              AND state IN ('queued', 'running')",
         )
         .bind(account_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.w())
         .await?;
         rows.iter().map(|r| r.try_get("upload_id")).collect()
     }
@@ -210,7 +212,7 @@ impl Db {
             sqlx::query("UPDATE transfers SET upload_id = $1 WHERE id = $2 AND upload_id IS NULL")
                 .bind(upload_id)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.w())
                 .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -220,7 +222,7 @@ impl Db {
     pub async fn clear_transfer_upload_id(&self, id: i64) -> DbResult<()> {
         sqlx::query("UPDATE transfers SET upload_id = NULL WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.w())
             .await?;
         Ok(())
     }
@@ -231,7 +233,7 @@ impl Db {
             sqlx::query("DELETE FROM transfer_parts WHERE transfer_id = $1 AND idx = $2")
                 .bind(transfer_id)
                 .bind(i64::from(*idx))
-                .execute(&self.pool)
+                .execute(&self.w())
                 .await?;
         }
         Ok(())
@@ -246,7 +248,7 @@ impl Db {
         .bind(note)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -258,7 +260,7 @@ impl Db {
         .bind(bytes_done)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(())
     }
@@ -284,7 +286,7 @@ impl Db {
         .bind(bytes_done)
         .bind(now)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -308,20 +310,20 @@ impl Db {
         .bind(&part.etag)
         .bind(spoke_id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.w())
         .await?;
         Ok(())
     }
 
     /// Durable parts of a transfer in index order, with the spoke that moved each (`None`: hub).
     pub async fn transfer_parts(&self, transfer_id: i64) -> DbResult<Vec<(PartDone, Option<i64>)>> {
-        let rows = sqlx::query(
+        let rows = read!(self, pool => sqlx::query(
             "SELECT idx, len, sha256, etag, spoke_id FROM transfer_parts WHERE transfer_id = $1 \
              ORDER BY idx",
         )
         .bind(transfer_id)
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(pool)
+        .await)?;
         rows.iter()
             .map(|r| {
                 Ok((

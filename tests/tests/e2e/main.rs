@@ -13,6 +13,7 @@ mod lab;
 mod network;
 mod observability;
 mod offload;
+mod regions;
 mod relay;
 mod reports;
 mod spokes;

@@ -3,6 +3,7 @@
 
 pub mod bench_dns;
 pub mod bench_linkemu;
+pub mod bench_regions;
 pub mod bench_tunnel;
 pub mod lab;
 pub mod linkemu;

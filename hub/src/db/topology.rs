@@ -43,6 +43,8 @@ pub const POSITION_HEADER: &str = "x-switchyard-position";
 const MONITOR_EVERY: Duration = Duration::from_millis(250);
 /// How often the primary is re-discovered among several hosts when nothing failed.
 const DISCOVER_EVERY: Duration = Duration::from_secs(1);
+/// How long the monitor watches for its heartbeat at each round before moving on.
+const HEARTBEAT_WATCH: Duration = Duration::from_millis(150);
 /// At most this many transactions fence the replica; past that, one heartbeat stands in.
 const MAX_FENCE: usize = 64;
 /// How long one probe of one host may take.
@@ -828,11 +830,21 @@ impl Topology {
             w.extend(s.heartbeat.map(|h| h.0));
             (w, s.heartbeat)
         };
-        let seen = match (&p, watch.is_empty()) {
+        let mut seen = match (&p, watch.is_empty()) {
             (Ok(p), false) if p.in_recovery => visible(&rep.pool, &watch).await.ok(),
             _ => None,
         };
-        let now = Instant::now();
+        let mut now = Instant::now();
+        // The heartbeat's lag is the time until it shows: look often for a short while, so
+        // the figure is not rounded up to the monitor's period.
+        if let (Some((x, _)), Some(_)) = (heartbeat, &seen) {
+            let until = now + HEARTBEAT_WATCH;
+            while seen.as_ref().is_some_and(|v| !v.contains(&x)) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                seen = visible(&rep.pool, &watch).await.ok();
+                now = Instant::now();
+            }
+        }
         let primary_lsn = lock(&self.primary_state).lsn;
         let mut s = lock(&self.replica_state);
         match p {

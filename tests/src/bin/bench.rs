@@ -9,6 +9,10 @@
 //!   spoke, against `rclone copyto` between the same two, with the bytes the hub process moved
 //!   (its read/write syscalls, `/proc/PID/io`) and the spoke's peak and idle RSS.
 //!
+//! - `regions`: database-bound reads through a hub reading its region's replica against the
+//!   same region's hub with only the remote primary and the primary's own region's hub, and
+//!   write-then-read against one RTT plus the replication lag (`bench_regions`).
+//!
 //! Run: `cargo build --release -p hub -p spoke -p e2e && target/release/bench all` (as root, on a quiet
 //! machine). The hub runs as its own process (`hub dev`), from the same directory as this binary.
 
@@ -28,6 +32,9 @@ fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("serve-bare") => serve_bare(args.get(2).context("port")?.parse()?),
         Some("linkemu") => e2e::bench_linkemu::run(args.get(2).map(String::as_str)),
+        Some("regions") => {
+            tokio::runtime::Runtime::new()?.block_on(e2e::bench_regions::run(&sibling("hub")?))
+        }
         Some("dns") => {
             tokio::runtime::Runtime::new()?.block_on(e2e::bench_dns::run(&sibling("hub")?))
         }
@@ -54,7 +61,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|dns|linkemu|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|dns|regions|linkemu|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }

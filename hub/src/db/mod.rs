@@ -11,7 +11,7 @@ macro_rules! read {
         let (chosen, on_replica) = $db.reader();
         let $pool = &chosen;
         match $body {
-            Err(e) if on_replica && $crate::db::is_unavailable(&e) => {
+            Err(e) if on_replica && $crate::db::replica_should_retry(&e) => {
                 $db.replica_failed(&e);
                 let chosen = $db.w();
                 let $pool = &chosen;
@@ -30,7 +30,7 @@ macro_rules! read_one {
         let (chosen, on_replica) = $db.reader();
         let $pool = &chosen;
         match $body {
-            Err(e) if on_replica && $crate::db::is_unavailable(&e) => {
+            Err(e) if on_replica && $crate::db::replica_should_retry(&e) => {
                 $db.replica_failed(&e);
                 let chosen = $db.w();
                 let $pool = &chosen;
@@ -143,6 +143,14 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
         }),
         _ => false,
     }
+}
+
+/// Whether a read that failed on the replica should be sent to the primary: the replica is
+/// unreachable, or it has not replayed the schema the query needs yet (a migration just ran:
+/// undefined table or column, SQLSTATE class 42).
+pub fn replica_should_retry(e: &sqlx::Error) -> bool {
+    is_unavailable(e)
+        || matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c.starts_with("42")))
 }
 
 /// Result alias for database calls.
@@ -356,7 +364,12 @@ impl Db {
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self.backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.w()).await,
-            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.w()).await,
+            Backend::Postgres => {
+                POSTGRES_MIGRATIONS.run(&self.w()).await?;
+                // Reads stay off the replica until it has replayed what the migrations did.
+                self.fence_replica();
+                Ok(())
+            }
         }
     }
 

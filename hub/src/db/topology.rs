@@ -294,6 +294,12 @@ struct PrimaryState {
 /// The servers behind a PostgreSQL [`super::Db`].
 #[derive(Debug)]
 pub struct Topology {
+    me: Weak<Topology>,
+    /// Writes waiting for the replica to show their transaction, and whom to tell (with the
+    /// replica's replay position once it does). One poller serves them all, so a burst of
+    /// writes costs one replica query per round, not one per write.
+    waiters: Mutex<Vec<(u64, tokio::sync::oneshot::Sender<u64>)>>,
+    poller: AtomicBool,
     pub hosts: Vec<Node>,
     current: AtomicUsize,
     timeline: AtomicU32,
@@ -435,7 +441,10 @@ impl Topology {
                 })
             }
         };
-        let topo = Arc::new(Topology {
+        let topo = Arc::new_cyclic(|me| Topology {
+            me: me.clone(),
+            waiters: Mutex::new(Vec::new()),
+            poller: AtomicBool::new(false),
             hosts: nodes,
             current: AtomicUsize::new(0),
             timeline: AtomicU32::new(0),
@@ -533,15 +542,21 @@ impl Topology {
         }
     }
 
-    /// A read on the replica failed as unreachable: reads avoid it until the monitor sees it
-    /// answer again.
+    /// A read on the replica failed (unreachable, or behind on the schema): reads avoid it
+    /// until the monitor sees it answer again (unreachable) or a heartbeat committed after now
+    /// shows there (behind).
     pub fn replica_failed(&self, e: &sqlx::Error) {
         let mut s = lock(&self.replica_state);
-        if s.reachable {
-            tracing::warn!(error = %e, "database replica unreachable; reading the primary");
+        if super::is_unavailable(e) {
+            if s.reachable {
+                tracing::warn!(error = %e, "database replica unreachable; reading the primary");
+            }
+            s.reachable = false;
+            s.error = Some(e.to_string());
+        } else {
+            tracing::warn!(error = %e, "database replica behind on the schema; reading the primary");
+            s.fence_pending.get_or_insert_with(Instant::now);
         }
-        s.reachable = false;
-        s.error = Some(e.to_string());
     }
 
     /// A background read that tolerates the replica's lag (the steering snapshot).
@@ -588,7 +603,7 @@ impl Topology {
             return;
         };
         let pos = match &self.replica {
-            Some(rep) if self.replica_usable() => match self.wait_visible(rep, xid).await {
+            Some(_) if self.replica_usable() => match self.wait_visible(xid).await {
                 Some(p) => Some(p),
                 None => {
                     tracing::debug!(xid, "the replica did not show a write in time; fencing it");
@@ -607,36 +622,96 @@ impl Topology {
         }
     }
 
-    async fn wait_visible(&self, rep: &Node, xid: u64) -> Option<Position> {
-        let deadline = Instant::now() + self.routing.read_your_writes_wait;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            self.stats.count(true);
-            let seen = visible(&rep.pool, &[xid]).await.ok()?.contains(&xid);
-            if seen {
-                // A separate statement: the replay position read after the commit showed is
-                // at or past the commit record.
-                self.stats.count(true);
-                let lsn: String = sqlx::query("SELECT pg_last_wal_replay_lsn()::text AS lsn")
-                    .fetch_one(&rep.pool)
-                    .await
-                    .and_then(|r| r.try_get("lsn"))
-                    .ok()?;
-                let timeline = lock(&self.replica_state)
-                    .timeline
-                    .unwrap_or_else(|| self.timeline());
-                return Some(Position {
-                    timeline,
-                    lsn: parse_lsn(&lsn)?,
-                    xid: Some(xid),
-                });
-            }
-            if Instant::now() + pause > deadline {
-                return None;
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(8));
+    async fn wait_visible(&self, xid: u64) -> Option<Position> {
+        let lsn = self
+            .wait_xid(xid, self.routing.read_your_writes_wait)
+            .await?;
+        let timeline = lock(&self.replica_state)
+            .timeline
+            .unwrap_or_else(|| self.timeline());
+        Some(Position {
+            timeline,
+            lsn,
+            xid: Some(xid),
+        })
+    }
+
+    /// Waits at most `limit` until the replica shows transaction `xid`; its replay position
+    /// then.
+    async fn wait_xid(&self, xid: u64, limit: Duration) -> Option<u64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        lock(&self.waiters).push((xid, tx));
+        self.start_poller();
+        tokio::time::timeout(limit, rx).await.ok()?.ok()
+    }
+
+    fn start_poller(&self) {
+        if self.poller.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(t) = me.upgrade() else {
+                    return;
+                };
+                if !t.poll_waiters().await {
+                    t.poller.store(false, Ordering::Release);
+                    // A waiter that came in meanwhile restarts it.
+                    if lock(&t.waiters).is_empty() || t.poller.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
+                }
+                drop(t);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+    }
+
+    /// One round of the poller: which waiting transactions the replica shows now. False when
+    /// nobody waits any more.
+    async fn poll_waiters(&self) -> bool {
+        let Some(rep) = &self.replica else {
+            return false;
+        };
+        let xids: Vec<u64> = {
+            let mut w = lock(&self.waiters);
+            w.retain(|(_, tx)| !tx.is_closed());
+            if w.is_empty() {
+                return false;
+            }
+            w.iter().map(|(x, _)| *x).collect()
+        };
+        self.stats.count(true);
+        let Ok(seen) = visible(&rep.pool, &xids).await else {
+            return true;
+        };
+        if seen.is_empty() {
+            return true;
+        }
+        // A separate statement: the replay position read after the commits showed is at or
+        // past their commit records.
+        self.stats.count(true);
+        let Some(lsn) = sqlx::query("SELECT pg_last_wal_replay_lsn()::text AS lsn")
+            .fetch_one(&rep.pool)
+            .await
+            .ok()
+            .and_then(|r| r.try_get::<String, _>("lsn").ok())
+            .and_then(|l| parse_lsn(&l))
+        else {
+            return true;
+        };
+        let mut w = lock(&self.waiters);
+        let mut i = 0;
+        while i < w.len() {
+            if seen.contains(&w[i].0) {
+                let (_, tx) = w.swap_remove(i);
+                let _ = tx.send(lsn);
+            } else {
+                i += 1;
+            }
+        }
+        true
     }
 
     /// The primary's insert position now (after the caller's commit of `xid`).
@@ -681,23 +756,25 @@ impl Topology {
                 let deadline = Instant::now() + self.routing.position_wait;
                 let mut pause = Duration::from_millis(1);
                 let same_timeline = lock(&self.replica_state).timeline == Some(want.timeline);
+                if let (Some(x), true) = (want.xid, same_timeline) {
+                    if self.wait_xid(x, self.routing.position_wait).await.is_some() {
+                        return;
+                    }
+                    scope.primary_only.store(true, Ordering::Release);
+                    return;
+                }
                 loop {
                     self.stats.count(true);
-                    let reached = match want.xid {
-                        Some(x) if same_timeline => {
-                            matches!(visible(&rep.pool, &[x]).await, Ok(v) if v.contains(&x))
-                        }
-                        _ => match probe(&rep.pool).await {
-                            Ok(p) if p.in_recovery => p.lsn.is_some_and(|lsn| {
-                                Position {
-                                    timeline: p.timeline.unwrap_or(0),
-                                    lsn,
-                                    xid: None,
-                                }
-                                .covers(&want)
-                            }),
-                            _ => false,
-                        },
+                    let reached = match probe(&rep.pool).await {
+                        Ok(p) if p.in_recovery => p.lsn.is_some_and(|lsn| {
+                            Position {
+                                timeline: p.timeline.unwrap_or(0),
+                                lsn,
+                                xid: None,
+                            }
+                            .covers(&want)
+                        }),
+                        _ => false,
                     };
                     if reached {
                         return;

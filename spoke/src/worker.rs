@@ -115,10 +115,22 @@ impl Jobs {
         self.probe_now.notify_one();
     }
 
-    pub fn cancel(&self, id: i64) {
-        if let Some((_, c)) = lock(&self.running).remove(&id) {
-            tracing::info!(transfer = id, "transfer cancelled by the hub");
-            c.cancel();
+    /// Whether run `generation` of transfer `id` is still going.
+    pub fn runs(&self, id: i64, generation: u64) -> bool {
+        lock(&self.running)
+            .get(&id)
+            .is_some_and(|(g, _)| *g == generation)
+    }
+
+    /// Cancels the run `generation` of transfer `id` (the one a hub's session started); a
+    /// later run of the same transfer, started for another hub that took it over, goes on.
+    pub fn cancel(&self, id: i64, generation: u64) {
+        let mut running = lock(&self.running);
+        if running.get(&id).is_some_and(|(g, _)| *g == generation) {
+            if let Some((_, c)) = running.remove(&id) {
+                tracing::info!(transfer = id, "transfer cancelled by the hub");
+                c.cancel();
+            }
         }
     }
 
@@ -128,14 +140,15 @@ impl Jobs {
         }
     }
 
-    /// Starts an assignment (replacing a previous run of the same transfer).
+    /// Starts an assignment (replacing a previous run of the same transfer); returns the
+    /// run's generation, which names it in [`Jobs::cancel`].
     pub fn start(
         self: &Arc<Self>,
         a: Assignment,
         settings: SpokeSettings,
         report: UnboundedSender<SpokeMsg>,
         cancel: CancellationToken,
-    ) {
+    ) -> u64 {
         let id = a.transfer_id;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         if let Some((_, old)) = lock(&self.running).insert(id, (generation, cancel.clone())) {
@@ -191,6 +204,7 @@ impl Jobs {
                 }
             }
         });
+        generation
     }
 }
 

@@ -1078,7 +1078,7 @@ mod tests {
     fn transfer_leases_are_checked() {
         let c = Config::from_yaml("", env(&[])).expect("defaults");
         assert_eq!(c.transfers.lease_ms, 10_000);
-        assert_eq!(c.transfers.renew_every(), std::time::Duration::from_millis(3_333));
+        assert_eq!(c.transfers.renew_every().as_millis(), 3_333);
         let c = Config::from_yaml("transfers:\n  lease_ms: 6000\n", env(&[])).expect("6 s");
         assert_eq!(c.transfers.lease(), std::time::Duration::from_secs(6));
         for bad in ["0", "5000", "600001"] {

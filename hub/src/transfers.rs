@@ -141,7 +141,10 @@ impl TransferBook {
 
     /// Transfers this process holds and their epochs.
     fn held(&self) -> Vec<(i64, i64)> {
-        lock(&self.held).iter().map(|(k, h)| (*k, h.epoch)).collect()
+        lock(&self.held)
+            .iter()
+            .map(|(k, h)| (*k, h.epoch))
+            .collect()
     }
 
     /// How many transfers this process holds.
@@ -218,8 +221,12 @@ async fn lost(state: &AppState, id: i64, why: &str) {
     let Some(hold) = lock(&state.transfers.held).remove(&id) else {
         return;
     };
-    tracing::info!(transfer = id, epoch = hold.epoch, reason = why,
-                   "lost the lease of the transfer; dropping it");
+    tracing::info!(
+        transfer = id,
+        epoch = hold.epoch,
+        reason = why,
+        "lost the lease of the transfer; dropping it"
+    );
     if let Some(s) = hold.spoke {
         // The spoke stops only the run this hub's session started (a newer holder's run of
         // the same transfer on the same spoke goes on).
@@ -330,7 +337,15 @@ pub async fn dispatch(state: &AppState, id: i64, exclude: &[i64]) {
         tracing::warn!(transfer = id, error = %e.message(), "dispatch failed");
         match state
             .db
-            .finish_transfer(id, &lease, "failed", None, Some(e.message()), None, now_ms())
+            .finish_transfer(
+                id,
+                &lease,
+                "failed",
+                None,
+                Some(e.message()),
+                None,
+                now_ms(),
+            )
             .await
         {
             Ok(true) => {
@@ -673,7 +688,8 @@ async fn run_inline(
                         progress(&state, id, &lease, moved, rate as u64).await;
                     }
                     CopyEvent::PartDone(p) => {
-                        if let Ok(false) = state.db.record_part(id, &lease, &p, None, now_ms()).await
+                        if let Ok(false) =
+                            state.db.record_part(id, &lease, &p, None, now_ms()).await
                         {
                             // Taken over: this run stops (its parts are the new holder's
                             // to plan).
@@ -909,7 +925,10 @@ async fn complete(
         )
         .await?
     {
-        tracing::warn!(transfer = id, "the completion was fenced off: another hub holds it");
+        tracing::warn!(
+            transfer = id,
+            "the completion was fenced off: another hub holds it"
+        );
         check_lease(state, id, lease).await;
         return Ok(());
     }
@@ -1065,8 +1084,12 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
             {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(transfer = id, spoke = spoke_id, part = part.index,
-                                   "a part report was fenced off: this hub lost the lease");
+                    tracing::warn!(
+                        transfer = id,
+                        spoke = spoke_id,
+                        part = part.index,
+                        "a part report was fenced off: this hub lost the lease"
+                    );
                     check_lease(state, id, &lease).await;
                 }
                 Err(e) => tracing::error!(transfer = id, error = %e, "recording a part failed"),

@@ -168,10 +168,7 @@ async fn lease_suite(db: &Db) {
         .set_transfer_progress(id, &a, 16 << 20, at)
         .await
         .expect("progress"));
-    assert!(!db
-        .forget_parts(id, &a, &[0], at)
-        .await
-        .expect("forget"));
+    assert!(!db.forget_parts(id, &a, &[0], at).await.expect("forget"));
     assert!(!db
         .clear_transfer_upload_id(id, &a)
         .await
@@ -184,12 +181,19 @@ async fn lease_suite(db: &Db) {
         .finish_transfer(id, &a, "done", Some("x"), None, Some(40 << 20), at)
         .await
         .expect("finish"));
-    assert!(db.renew_leases("hub-a#1", at + 60_000).await.expect("renew").is_empty());
+    assert!(db
+        .renew_leases("hub-a#1", at + 60_000)
+        .await
+        .expect("renew")
+        .is_empty());
     assert!(!db.holds(id, &a).await.expect("holds"));
     assert_eq!(written(&row(db, id).await), written(&taken));
     assert_eq!(part_indexes(db, id).await, vec![0]);
     // Once the transfer is queued again, the stale holder cannot dispatch it either.
-    assert!(db.requeue_transfer(id, &b, "taken over", at).await.expect("requeue"));
+    assert!(db
+        .requeue_transfer(id, &b, "taken over", at)
+        .await
+        .expect("requeue"));
     assert!(db.clear_transfer_upload_id(id, &b).await.expect("clear"));
     let queued = row(db, id).await;
     assert!(!db
@@ -227,7 +231,11 @@ async fn lease_suite(db: &Db) {
     let done = row(db, id).await;
     assert_eq!(done.state, "done");
     assert_eq!(
-        (done.lease_holder.as_deref(), done.lease_epoch, done.attempts),
+        (
+            done.lease_holder.as_deref(),
+            done.lease_epoch,
+            done.attempts
+        ),
         (Some(names[w].as_str()), 2, 2)
     );
     assert_eq!(part_indexes(db, id).await, vec![0, 1, 2, 3, 4]);
@@ -238,7 +246,11 @@ async fn lease_suite(db: &Db) {
             .expect("take over"),
         None
     );
-    assert!(db.renew_leases(&b.holder, at).await.expect("renew").is_empty());
+    assert!(db
+        .renew_leases(&b.holder, at)
+        .await
+        .expect("renew")
+        .is_empty());
 
     // A client's cancel is not fenced: any hub may cancel a transfer another hub holds.
     let other = db
@@ -250,7 +262,11 @@ async fn lease_suite(db: &Db) {
         .await
         .expect("cancel"));
     assert_eq!(row(db, other.id).await.state, "cancelled");
-    assert!(db.renew_leases("hub-a#1", now).await.expect("renew").is_empty());
+    assert!(db
+        .renew_leases("hub-a#1", now)
+        .await
+        .expect("renew")
+        .is_empty());
 }
 
 #[tokio::test]
@@ -394,7 +410,11 @@ fn field(line: &str, name: &str) -> usize {
 }
 
 fn spoke_logs(spokes: &[SpokeProc]) -> String {
-    spokes.iter().map(SpokeProc::log_text).collect::<Vec<_>>().join("\n")
+    spokes
+        .iter()
+        .map(SpokeProc::log_text)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 async fn destination_sha(s: &Setup) -> String {
@@ -410,12 +430,19 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
     let mut n = two_hubs(None, 21).await;
     let id = start_copy(&n.a, &n.setup).await;
     // Halfway: what is left must fit in the 10 s after the lease runs out on this machine.
-    let t = until_row(&n.db, id, Duration::from_secs(60), "durable parts", |_, p| {
-        p >= PARTS / 2
-    })
+    let t = until_row(
+        &n.db,
+        id,
+        Duration::from_secs(60),
+        "durable parts",
+        |_, p| p >= PARTS / 2,
+    )
     .await;
     assert!(
-        t.lease_holder.as_deref().unwrap_or("").starts_with(&holder_of(&n.a)),
+        t.lease_holder
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&holder_of(&n.a)),
         "{t:?}"
     );
     assert_eq!((t.state.as_str(), t.lease_epoch), ("running", 1), "{t:?}");
@@ -434,7 +461,10 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
     .await;
     let took = killed.elapsed();
     assert!(
-        done.lease_holder.as_deref().unwrap_or("").starts_with(&holder_of(&n.b)),
+        done.lease_holder
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&holder_of(&n.b)),
         "{done:?}"
     );
     assert_eq!(done.lease_epoch, 2, "one takeover: {done:?}");
@@ -451,7 +481,10 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
     assert_eq!(first.len(), 1, "one run from scratch: {starts:#?}");
     assert!(!resumed.is_empty(), "a resumed run: {starts:#?}");
     for l in &resumed {
-        assert!(field(l, "done") >= durable.len(), "{l} (durable at the kill: {durable:?})");
+        assert!(
+            field(l, "done") >= durable.len(),
+            "{l} (durable at the kill: {durable:?})"
+        );
         assert_eq!(field(l, "done") + field(l, "parts"), PARTS, "{l}");
     }
     // Exactly one completion: one spoke run finished, one hub recorded it.
@@ -476,7 +509,14 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
 async fn a_stopped_holder_cannot_dispatch_or_complete_after_a_takeover() {
     let n = two_hubs(Some(24 * MIB), 22).await;
     let id = start_copy(&n.a, &n.setup).await;
-    until_row(&n.db, id, Duration::from_secs(60), "durable parts", |_, p| p >= 4).await;
+    until_row(
+        &n.db,
+        id,
+        Duration::from_secs(60),
+        "durable parts",
+        |_, p| p >= 4,
+    )
+    .await;
     n.a.signal("-STOP");
     let stopped = Instant::now();
     let taken = until_row(
@@ -485,14 +525,20 @@ async fn a_stopped_holder_cannot_dispatch_or_complete_after_a_takeover() {
         LEASE + Duration::from_secs(10),
         "the other hub to take over and assign the transfer",
         |t, _| {
-            t.lease_holder.as_deref().unwrap_or("").starts_with(&holder_of(&n.b))
+            t.lease_holder
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(&holder_of(&n.b))
                 && t.state == "running"
                 && t.executor.as_deref() == Some("spoke")
         },
     )
     .await;
     assert_eq!(taken.lease_epoch, 2, "{taken:?}");
-    assert!(stopped.elapsed() >= LEASE / 2, "taken over while the lease still held");
+    assert!(
+        stopped.elapsed() >= LEASE / 2,
+        "taken over while the lease still held"
+    );
     n.a.signal("-CONT");
     // The stale hub finds out at its next renewal and drops its state and its spoke's run.
     e2e::assert_eventually!(
@@ -509,15 +555,25 @@ async fn a_stopped_holder_cannot_dispatch_or_complete_after_a_takeover() {
     )
     .await;
     assert!(
-        done.lease_holder.as_deref().unwrap_or("").starts_with(&holder_of(&n.b)),
+        done.lease_holder
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&holder_of(&n.b)),
         "{done:?}"
     );
     // Two dispatches: A's first, B's after the takeover; none by the stale hub after SIGCONT.
     assert_eq!((done.lease_epoch, done.attempts), (2, 2), "{done:?}");
     assert_eq!(done.executor.as_deref(), Some("spoke"), "{done:?}");
     let a_log = n.a.log_text();
-    assert_eq!(events(&a_log, "transfer assigned to spoke", id).len(), 1, "{a_log}");
-    assert!(events(&a_log, "running the transfer on the hub", id).is_empty(), "{a_log}");
+    assert_eq!(
+        events(&a_log, "transfer assigned to spoke", id).len(),
+        1,
+        "{a_log}"
+    );
+    assert!(
+        events(&a_log, "running the transfer on the hub", id).is_empty(),
+        "{a_log}"
+    );
     assert!(events(&a_log, "transfer done", id).is_empty(), "{a_log}");
     assert_eq!(events(&n.b.log_text(), "transfer done", id).len(), 1);
     assert_eq!(events(&spoke_logs(&n.spokes), "transfer done", id).len(), 1);
@@ -525,12 +581,19 @@ async fn a_stopped_holder_cannot_dispatch_or_complete_after_a_takeover() {
     assert_eq!(part_indexes(&n.db, id).await.len(), PARTS);
     // The stale hub is alive and well: it still serves, and its next transfer is its own.
     let again = start_copy(&n.a, &n.setup).await;
-    let t = until_row(&n.db, again, Duration::from_secs(30), "a new transfer", |t, _| {
-        t.state == "running"
-    })
+    let t = until_row(
+        &n.db,
+        again,
+        Duration::from_secs(30),
+        "a new transfer",
+        |t, _| t.state == "running",
+    )
     .await;
     assert!(
-        t.lease_holder.as_deref().unwrap_or("").starts_with(&holder_of(&n.a)),
+        t.lease_holder
+            .as_deref()
+            .unwrap_or("")
+            .starts_with(&holder_of(&n.a)),
         "{t:?}"
     );
 }

@@ -5,8 +5,8 @@
 //! never fail for their staging name, and a bounded stress of mixed operations keeps every
 //! acknowledged write.
 
-use e2e::servers::{free_port, S3Server, SftpServer, WebDavServer};
 use crate::hubs::{dev_credentials, spawn_hub, wait_ready};
+use e2e::servers::{free_port, S3Server, SftpServer, WebDavServer};
 use e2e::{assert_eventually, pattern, sha256_hex, TestHub};
 use futures::future::join_all;
 use reqwest::Method;

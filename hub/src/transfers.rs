@@ -147,11 +147,6 @@ impl TransferBook {
             .collect()
     }
 
-    /// How many transfers this process holds.
-    pub fn held_count(&self) -> usize {
-        lock(&self.held).len()
-    }
-
     fn distrusted(&self, id: i64) -> Vec<i64> {
         lock(&self.distrusted).get(&id).cloned().unwrap_or_default()
     }
@@ -1455,42 +1450,49 @@ async fn take_over_expired(state: &AppState) {
     let Ok(expired) = state.db.expired_leases(now, TAKEOVER_BATCH).await else {
         return;
     };
-    let me = holder(state);
     for id in expired {
         if state.transfers.is_closing() {
             return;
         }
-        let lease = match state
-            .db
-            .take_over_transfer(id, &me, now_ms(), lease_until(state))
-            .await
-        {
-            Ok(Some(l)) => l,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(transfer = id, error = %e, "taking over the transfer failed");
-                continue;
-            }
-        };
-        state.transfers.hold(id, lease.epoch);
-        let Ok(Some(t)) = state.db.get_transfer(id).await else {
-            continue;
-        };
-        tracing::info!(transfer = id, epoch = lease.epoch, created_by = %t.owner, state = %t.state,
-                       "took over a transfer whose lease expired");
-        if t.state == "running" {
-            let _ = state
-                .db
-                .requeue_transfer(
-                    id,
-                    &lease,
-                    "its hub's lease expired; resumed by another hub",
-                    now_ms(),
-                )
-                .await;
-        }
-        dispatch(state, id, &[]).await;
+        take_over(state, id, now_ms()).await;
     }
+}
+
+/// Takes transfer `id` over if its lease expired before `now` (one conditional UPDATE), then
+/// resumes it from its durable parts: re-queued and dispatched by this hub. False when it is
+/// held by another hub or ended.
+pub async fn take_over(state: &AppState, id: i64, now: i64) -> bool {
+    let lease = match state
+        .db
+        .take_over_transfer(id, &holder(state), now, lease_until(state))
+        .await
+    {
+        Ok(Some(l)) => l,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!(transfer = id, error = %e, "taking over the transfer failed");
+            return false;
+        }
+    };
+    state.transfers.hold(id, lease.epoch);
+    let Ok(Some(t)) = state.db.get_transfer(id).await else {
+        return true;
+    };
+    tracing::info!(transfer = id, epoch = lease.epoch, created_by = %t.owner, state = %t.state,
+                   "took over a transfer whose lease expired");
+    if t.state == "running" {
+        let _ = state
+            .db
+            .requeue_transfer(
+                id,
+                &lease,
+                "its hub's lease expired; resumed by another hub",
+                now_ms(),
+            )
+            .await;
+    }
+    dispatch(state, id, &[]).await;
+    true
 }
 
 /// Aborts a task when dropped: the lease renewer lives exactly as long as the scheduler.

@@ -597,3 +597,69 @@ async fn a_stopped_holder_cannot_dispatch_or_complete_after_a_takeover() {
         "{t:?}"
     );
 }
+
+/// A hub that lost a transfer while its connection to the spoke stayed up (its renewals did
+/// not reach the database in time, here: another hub took the lease over as if they had not)
+/// tells that spoke to cancel its run, and the spoke cancels only the run that hub started:
+/// the new holder's run of the same transfer on the same spoke goes on and completes. A spoke
+/// that cancelled by transfer id alone would stop the new holder's run, and the transfer
+/// would never end.
+#[tokio::test]
+async fn a_hub_that_lost_a_transfer_cancels_only_its_own_run_on_a_shared_spoke() {
+    let pg = Postgres::start().await.expect("postgres");
+    let dir = tempfile::tempdir().expect("tmp");
+    let yaml = hub_yaml(&pg, Some(16 * MIB));
+    let a = e2e::TestHub::start_with(e2e::HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(dir.path().join("a")),
+        yaml: Some(yaml.clone()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub a");
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(b_dir.join("data")).expect("b dir");
+    std::fs::copy(a.data_dir.join("master.key"), b_dir.join("data/master.key")).expect("key");
+    let b = e2e::TestHub::start_with(e2e::HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(b_dir),
+        yaml: Some(yaml),
+        ..Default::default()
+    })
+    .await
+    .expect("hub b");
+    // One spoke, connected to both hubs.
+    let spoke = SpokeProc::start(&a, dir.path(), "shared").await;
+    wait_healthy(&a, spoke.id).await;
+    wait_healthy(&b, spoke.id).await;
+    let s = setup_seeded(&a, 96 * MIB, 23).await;
+    let id = start_copy(&a, &s).await;
+    let db = &a.state.db;
+    until_row(db, id, Duration::from_secs(60), "a durable part", |t, p| {
+        t.spoke_id == Some(spoke.id) && p >= 1
+    })
+    .await;
+    // B takes the lease over now, as it would once A's lease ran out, and gives the transfer
+    // to the same spoke; A, whose renewals still work, finds out within a third of its lease.
+    assert!(hub::transfers::take_over(&b.state, id, hub::state::now_ms() + 3_600_000).await);
+    let taken = row(db, id).await;
+    assert_eq!(taken.lease_epoch, 2, "{taken:?}");
+    assert_eq!(taken.spoke_id, Some(spoke.id), "{taken:?}");
+    let done = until_row(
+        db,
+        id,
+        Duration::from_secs(60),
+        "the new holder's run",
+        |t, _| t.state == "done",
+    )
+    .await;
+    assert_eq!(
+        done.lease_holder.as_deref(),
+        Some(&*hub::transfers::holder(&b.state))
+    );
+    assert_eq!((done.lease_epoch, done.attempts), (2, 2), "{done:?}");
+    assert_eq!(destination_sha(&s).await, s.sha);
+    let log = spoke.log_text();
+    assert_eq!(events(&log, "transfer started", id).len(), 2, "{log}");
+    assert_eq!(events(&log, "transfer done", id).len(), 1, "{log}");
+}

@@ -451,10 +451,25 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
     let durable = part_indexes(&n.db, id).await;
     assert!(durable.len() < PARTS, "killed after the transfer ended");
 
+    // The lease runs out at most LEASE after the kill; the next scheduler tick of B takes it.
+    until_row(
+        &n.db,
+        id,
+        LEASE + Duration::from_secs(2),
+        "the other hub to take the lease over",
+        |t, _| {
+            t.lease_holder
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(&holder_of(&n.b))
+        },
+    )
+    .await;
+    let taken = killed.elapsed();
     let done = until_row(
         &n.db,
         id,
-        LEASE + Duration::from_secs(10),
+        (LEASE + Duration::from_secs(10)).saturating_sub(killed.elapsed()),
         "the other hub to complete the transfer",
         |t, _| t.state == "done",
     )
@@ -496,8 +511,8 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
         n.b.log_text()
     );
     eprintln!(
-        "SIGKILL of the holder with {}/{PARTS} parts durable: completed by the other hub \
-         {took:?} later (lease {LEASE:?})",
+        "SIGKILL of the holder with {}/{PARTS} parts durable: taken over after {taken:?}, \
+         completed by the other hub {took:?} after the kill (lease {LEASE:?})",
         durable.len()
     );
 }

@@ -4,7 +4,9 @@
 //! two spokes connected to both and S3 on moto: the hub holding a running 256 MiB transfer is
 //! SIGKILLed and the other completes it from the durable parts; the holder is SIGSTOPped past
 //! its lease, the other takes over, and after SIGCONT the stale hub neither dispatches nor
-//! completes the transfer.
+//! completes the transfer. With two in-process hubs (to take a lease over at a chosen moment):
+//! a spoke shared by both cancels only the run of the hub that lost the transfer, and a stale
+//! holder running the transfer itself records no part after the takeover.
 
 use crate::hubs::HubProc;
 use crate::offload::{connector, setup_seeded, sha_of, start_copy, Setup};
@@ -305,16 +307,21 @@ struct TwoHubs {
 }
 
 fn hub_yaml(pg: &Postgres, rate: Option<u64>) -> String {
+    hub_yaml_with(pg, rate, 600, LEASE)
+}
+
+/// [`hub_yaml`] with a start-up grace (before a hub runs transfers itself) and a lease.
+fn hub_yaml_with(pg: &Postgres, rate: Option<u64>, grace_secs: u64, lease: Duration) -> String {
     let rate = rate.map_or("null".to_owned(), |r| r.to_string());
     format!(
         "database:\n  url: {:?}\nlog:\n  level: info\n\
          offload:\n  part_size: {}\n  part_concurrency: 4\n  spoke_rate_limit: {rate}\n  \
-         startup_grace_secs: 600\n\
+         startup_grace_secs: {grace_secs}\n\
          network:\n  heartbeat_ms: 250\n  missed_heartbeats: 4\n\
          transfers:\n  lease_ms: {}\n",
         pg.url(),
         8 * MIB,
-        LEASE.as_millis()
+        lease.as_millis()
     )
 }
 
@@ -677,4 +684,87 @@ async fn a_hub_that_lost_a_transfer_cancels_only_its_own_run_on_a_shared_spoke()
     let log = spoke.log_text();
     assert_eq!(events(&log, "transfer started", id).len(), 2, "{log}");
     assert_eq!(events(&log, "transfer done", id).len(), 1, "{log}");
+}
+
+/// A holder whose lease was taken over while its own run goes on (it runs the transfer
+/// itself, and its next renewal is seconds away) records no part into the transfer from then
+/// on: its next part report is fenced off, it drops the transfer and stops its run, and the
+/// new holder's spoke moves the rest. Only the parts recorded before the takeover carry the
+/// stale hub's name.
+#[tokio::test]
+async fn a_stale_holders_own_run_records_no_part_after_a_takeover() {
+    let pg = Postgres::start().await.expect("postgres");
+    let dir = tempfile::tempdir().expect("tmp");
+    // A long lease: the stale hub's renewal, which would also stop it, comes late.
+    let yaml = hub_yaml_with(&pg, None, 0, Duration::from_secs(60));
+    let b = e2e::TestHub::start_with(e2e::HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(dir.path().join("b")),
+        yaml: Some(yaml.clone()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub b");
+    // The spoke knows only B: A, started after its enrollment, runs transfers itself.
+    let spoke = SpokeProc::start(&b, dir.path(), "b-only").await;
+    wait_healthy(&b, spoke.id).await;
+    let a_dir = dir.path().join("a");
+    std::fs::create_dir_all(a_dir.join("data")).expect("a dir");
+    std::fs::copy(b.data_dir.join("master.key"), a_dir.join("data/master.key")).expect("key");
+    let a = e2e::TestHub::start_with(e2e::HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(a_dir),
+        yaml: Some(yaml),
+        ..Default::default()
+    })
+    .await
+    .expect("hub a");
+    let s = setup_seeded(&a, 256 * MIB, 24).await;
+    let id = start_copy(&a, &s).await;
+    let db = &a.state.db;
+    until_row(db, id, Duration::from_secs(60), "A's own run", |t, p| {
+        t.executor.as_deref() == Some("hub") && p >= 2
+    })
+    .await;
+    assert!(hub::transfers::take_over(&b.state, id, hub::state::now_ms() + 3_600_000).await);
+    // A part of A in flight at the takeover was committed before it (the takeover waits for
+    // it): what is durable now is all A may ever have recorded.
+    let by_a: Vec<u32> = db
+        .transfer_parts(id)
+        .await
+        .expect("parts")
+        .into_iter()
+        .filter(|(_, spoke)| spoke.is_none())
+        .map(|(p, _)| p.index)
+        .collect();
+    let done = until_row(
+        db,
+        id,
+        Duration::from_secs(90),
+        "B's spoke to finish",
+        |t, _| t.state == "done",
+    )
+    .await;
+    assert_eq!(
+        done.lease_holder.as_deref(),
+        Some(&*hub::transfers::holder(&b.state))
+    );
+    assert_eq!(done.lease_epoch, 2, "{done:?}");
+    assert_eq!(
+        (done.executor.as_deref(), done.spoke_id),
+        (Some("spoke"), Some(spoke.id)),
+        "{done:?}"
+    );
+    let parts = db.transfer_parts(id).await.expect("parts");
+    assert_eq!(parts.len(), PARTS);
+    let after: Vec<u32> = parts
+        .iter()
+        .filter(|(_, spoke)| spoke.is_none())
+        .map(|(p, _)| p.index)
+        .collect();
+    assert_eq!(
+        after, by_a,
+        "parts the stale hub recorded after the takeover"
+    );
+    assert_eq!(destination_sha(&s).await, s.sha);
 }

@@ -436,13 +436,14 @@ async fn destination_sha(s: &Setup) -> String {
 async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
     let mut n = two_hubs(None, 21).await;
     let id = start_copy(&n.a, &n.setup).await;
-    // Halfway: what is left must fit in the 10 s after the lease runs out on this machine.
+    // Three quarters durable: what is left must fit in the 10 s after the lease runs out,
+    // with moto and the spokes sharing two cores with other tests.
     let t = until_row(
         &n.db,
         id,
         Duration::from_secs(60),
         "durable parts",
-        |_, p| p >= PARTS / 2,
+        |_, p| p >= PARTS * 3 / 4,
     )
     .await;
     assert!(
@@ -473,14 +474,26 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
     )
     .await;
     let taken = killed.elapsed();
-    let done = until_row(
-        &n.db,
-        id,
-        (LEASE + Duration::from_secs(10)).saturating_sub(killed.elapsed()),
-        "the other hub to complete the transfer",
-        |t, _| t.state == "done",
+    let budget = (LEASE + Duration::from_secs(10)).saturating_sub(killed.elapsed());
+    let done = tokio::time::timeout(
+        budget,
+        until_row(
+            &n.db,
+            id,
+            Duration::from_secs(600),
+            "the other hub to complete the transfer",
+            |t, _| t.state == "done",
+        ),
     )
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "not completed within lease + 10 s after the kill (taken over after {taken:?})\n\
+             hub B:\n{}\nspokes:\n{}",
+            n.b.log_text(),
+            spoke_logs(&n.spokes)
+        )
+    });
     let took = killed.elapsed();
     assert!(
         done.lease_holder

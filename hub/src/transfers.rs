@@ -5,8 +5,9 @@
 //! Life of a transfer: `queued` → `running` (executor `spoke` or `hub`) → `done` | `failed` |
 //! `cancelled`. Parts are recorded in `transfer_parts` as they are verified; a resumed
 //! transfer gets only the parts not yet recorded. Bytes of a spoke-run transfer never pass
-//! through the hub: the hub only creates and (on cancel) aborts the destination's multipart
-//! upload, which are small control requests.
+//! through the hub: the hub only creates, completes (from the durable parts, under its lease)
+//! and (on cancel) aborts the destination's multipart upload, which are small control
+//! requests.
 //!
 //! Many hubs share the transfers through leases (`lease_holder`, `lease_until`,
 //! `lease_epoch`): a hub process works only on the transfers it holds, renews all its leases
@@ -877,29 +878,39 @@ async fn complete(
             ))
             .into());
         }
-        if t.executor.as_deref() == Some("hub") {
-            // The last look before a side effect the fence cannot undo.
-            if !state.db.holds(id, lease).await? {
-                lost(state, id, "taken over before completing the upload").await;
-                return Ok(());
-            }
-            let (_, dst) = accounts(state, &t).await?;
-            if let (Some(upload), Some(mp)) =
-                (&t.upload_id, multipart_target(&dst, &path(&t.dst_path)?)?)
-            {
-                let list: Vec<(u16, String)> = parts
-                    .iter()
-                    .map(|p| ((p.index + 1) as u16, p.etag.clone()))
-                    .collect();
-                mp.complete(upload, &list).await?;
-            }
-        }
         let ours = composite_sha256(&parts);
         if let Some(r) = &reported {
             if r != &ours {
                 return Err(Incomplete::Unverified(format!(
                     "the reported checksum {r} is not the durable parts' {ours}"
                 )));
+            }
+        }
+        // The lease holder completes the upload, whoever moved the parts: a spoke run left
+        // behind by a hub that lost the transfer (dead, stopped) never completes it under
+        // the new holder's feet. The last look at the lease comes just before this side
+        // effect, which no fence can undo.
+        if !state.db.holds(id, lease).await? {
+            lost(state, id, "taken over before completing the upload").await;
+            return Ok(());
+        }
+        let (_, dst) = accounts(state, &t).await?;
+        if let (Some(upload), Some(mp)) =
+            (&t.upload_id, multipart_target(&dst, &path(&t.dst_path)?)?)
+        {
+            let list: Vec<(u16, String)> = parts
+                .iter()
+                .map(|p| ((p.index + 1) as u16, p.etag.clone()))
+                .collect();
+            match mp.complete(upload, &list).await {
+                Ok(_) => {}
+                // Completed already (a completion whose `done` was not recorded, or a spoke
+                // of an earlier version that completes uploads itself): the destination
+                // check below decides.
+                Err(StorageError::NotFound) => {}
+                // S3 refused the part list: the upload does not hold the reported parts.
+                Err(StorageError::Other(why)) => return Err(Incomplete::Unverified(why)),
+                Err(e) => return Err(e.into()),
             }
         }
         Some(ours)

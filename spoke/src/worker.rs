@@ -275,25 +275,9 @@ async fn run(
             all.extend(new_parts);
             all.sort_by_key(|p| p.index);
             all.dedup_by_key(|p| p.index);
-            let list: Vec<(u16, String)> = all
-                .iter()
-                .map(|p| ((p.index + 1) as u16, p.etag.clone()))
-                .collect();
-            match mp.complete(upload_id, &list).await {
-                Ok(_) => {}
-                // Completed by an earlier run whose report was lost: the object is there.
-                Err(StorageError::NotFound) => {
-                    let dst = Connector::connect(&a.dest.service, &opts).await?;
-                    let e = dst.stat_file(&dst_path).await?;
-                    if e.size != a.size {
-                        return Err(StorageError::Other(format!(
-                            "the upload is gone and the destination has {} bytes, not {}",
-                            e.size, a.size
-                        )));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+            // The hub holding the transfer's lease completes the upload from the durable
+            // parts: a run whose hub is gone (and whose transfer another hub took over) must
+            // never complete it behind that hub's back.
             SpokeMsg::Done {
                 transfer_id: a.transfer_id,
                 size: a.size,

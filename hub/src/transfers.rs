@@ -910,7 +910,10 @@ async fn complete(
                 Err(StorageError::NotFound) => {}
                 // S3 refused the part list: the upload does not hold the reported parts.
                 Err(StorageError::Other(why)) => return Err(Incomplete::Unverified(why)),
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(transfer = id, error = %e, "completing the upload failed");
+                    return Err(e.into());
+                }
             }
         }
         Some(ours)
@@ -1108,24 +1111,31 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
                 refuse_report(state, id, &lease, spoke_id, &why).await;
                 return;
             }
-            match complete(state, id, &lease, Executor::Spoke(spoke_id), Some(checksum)).await {
-                Ok(()) => {}
-                Err(Incomplete::Unverified(why)) => {
-                    refuse_report(
-                        state,
-                        id,
-                        &lease,
-                        spoke_id,
-                        &format!("`done` did not verify: {why}"),
-                    )
-                    .await;
+            // Completing a large upload takes the provider a while: off this spoke's
+            // control loop, whose heartbeats must keep flowing meanwhile (a `done` is the
+            // last report of its run).
+            let state = state.clone();
+            tokio::spawn(async move {
+                let state = &state;
+                match complete(state, id, &lease, Executor::Spoke(spoke_id), Some(checksum)).await {
+                    Ok(()) => {}
+                    Err(Incomplete::Unverified(why)) => {
+                        refuse_report(
+                            state,
+                            id,
+                            &lease,
+                            spoke_id,
+                            &format!("`done` did not verify: {why}"),
+                        )
+                        .await;
+                    }
+                    Err(Incomplete::Failed(e)) => {
+                        tracing::warn!(transfer = id, spoke = spoke_id, error = %e.message(),
+                                       "completing the transfer failed; retrying");
+                        fail_or_retry(state, id, &lease, spoke_id, e.message(), true).await;
+                    }
                 }
-                Err(Incomplete::Failed(e)) => {
-                    tracing::warn!(transfer = id, spoke = spoke_id, error = %e.message(),
-                                   "completing the transfer failed; retrying");
-                    fail_or_retry(state, id, &lease, spoke_id, e.message(), true).await;
-                }
-            }
+            });
         }
         SpokeMsg::Failed {
             message, retryable, ..

@@ -181,7 +181,7 @@ impl Jobs {
             };
             match result {
                 Ok(msg) => {
-                    tracing::info!(transfer = id, "transfer done");
+                    tracing::info!(transfer = id, "transfer done (every part uploaded)");
                     let _ = report.send(msg);
                 }
                 Err(_) if cancel.is_cancelled() || !mine => {}

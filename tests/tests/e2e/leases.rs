@@ -522,8 +522,9 @@ async fn a_killed_holders_transfer_is_completed_by_the_other_hub() {
         );
         assert_eq!(field(l, "done") + field(l, "parts"), PARTS, "{l}");
     }
-    // Exactly one completion: one spoke run finished, one hub recorded it.
-    assert_eq!(events(&logs, "transfer done", id).len(), 1, "{logs}");
+    // Exactly one completion, by the new holder (which completes the upload itself: the
+    // killed hub's spoke run, which may finish its parts before its spoke notices the hub is
+    // gone, never completes it).
     assert_eq!(events(&n.b.log_text(), "transfer done", id).len(), 1);
     assert!(
         events(&n.b.log_text(), "took over a transfer", id).len() == 1,
@@ -597,7 +598,13 @@ async fn a_stopped_holder_cannot_dispatch_or_complete_after_a_takeover() {
         "{done:?}"
     );
     // Two dispatches: A's first, B's after the takeover; none by the stale hub after SIGCONT.
-    assert_eq!((done.lease_epoch, done.attempts), (2, 2), "{done:?}");
+    assert_eq!(
+        (done.lease_epoch, done.attempts),
+        (2, 2),
+        "{done:?}\nhub B:\n{}\nspokes:\n{}",
+        n.b.log_text(),
+        spoke_logs(&n.spokes)
+    );
     assert_eq!(done.executor.as_deref(), Some("spoke"), "{done:?}");
     let a_log = n.a.log_text();
     assert_eq!(
@@ -611,7 +618,6 @@ async fn a_stopped_holder_cannot_dispatch_or_complete_after_a_takeover() {
     );
     assert!(events(&a_log, "transfer done", id).is_empty(), "{a_log}");
     assert_eq!(events(&n.b.log_text(), "transfer done", id).len(), 1);
-    assert_eq!(events(&spoke_logs(&n.spokes), "transfer done", id).len(), 1);
     assert_eq!(destination_sha(&n.setup).await, n.setup.sha);
     assert_eq!(part_indexes(&n.db, id).await.len(), PARTS);
     // The stale hub is alive and well: it still serves, and its next transfer is its own.

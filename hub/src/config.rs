@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub offload: OffloadConfig,
     #[serde(default)]
+    pub transfers: TransfersConfig,
+    #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
     pub tls: TlsConfig,
@@ -456,6 +458,43 @@ fn default_max_jobs() -> u32 {
 }
 fn default_grace() -> u64 {
     5
+}
+
+/// How hubs share transfers: each unfinished transfer is worked on by the one hub process
+/// holding its lease; any hub takes over a lease that expired.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransfersConfig {
+    /// How long a transfer's lease lasts without renewal, in ms (renewed every third of it).
+    /// A hub that stops renewing loses its transfers to another hub after at most this long.
+    /// It must exceed the QUIC idle timeout of spoke connections, so that a spoke has dropped
+    /// a silent hub's jobs before another hub takes them over.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+impl Default for TransfersConfig {
+    fn default() -> Self {
+        Self {
+            lease_ms: default_lease_ms(),
+        }
+    }
+}
+
+impl TransfersConfig {
+    /// How long a lease lasts without renewal.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ms)
+    }
+
+    /// How often a holder renews its leases.
+    pub fn renew_every(&self) -> std::time::Duration {
+        self.lease() / 3
+    }
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -907,6 +946,18 @@ impl Config {
                 "part_concurrency and max_jobs_per_spoke must be at least 1",
             ));
         }
+        // The spokes' QUIC idle timeout (see `network::transport`): a lease must outlast it.
+        let idle_ms = (self.network.heartbeat_ms * (u64::from(self.network.missed_heartbeats) + 2))
+            .max(5_000);
+        if self.transfers.lease_ms <= idle_ms || self.transfers.lease_ms > 600_000 {
+            return Err(invalid(
+                "transfers.lease_ms",
+                format!(
+                    "must be above the spokes' QUIC idle timeout ({idle_ms} ms with these \
+                     network settings) and at most 600000"
+                ),
+            ));
+        }
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         self.validate_tls()?;
         Ok(())
@@ -1135,6 +1186,29 @@ mod tests {
         let e =
             Config::from_yaml("secrets:\n  master_key: short\n", env(&[])).expect_err("bad key");
         assert!(e.to_string().contains("secrets.master_key"), "{e}");
+    }
+
+    #[test]
+    fn transfer_leases_are_checked() {
+        let c = Config::from_yaml("", env(&[])).expect("defaults");
+        assert_eq!(c.transfers.lease_ms, 10_000);
+        assert_eq!(c.transfers.renew_every().as_millis(), 3_333);
+        let c = Config::from_yaml("transfers:\n  lease_ms: 6000\n", env(&[])).expect("6 s");
+        assert_eq!(c.transfers.lease(), std::time::Duration::from_secs(6));
+        for bad in ["0", "5000", "600001"] {
+            let e = Config::from_yaml(&format!("transfers:\n  lease_ms: {bad}\n"), env(&[]))
+                .expect_err(bad);
+            assert!(e.to_string().contains("transfers.lease_ms"), "{e}");
+        }
+        // Slower heartbeats make a longer idle timeout, which the lease must outlast.
+        let e = Config::from_yaml(
+            "network:\n  heartbeat_ms: 3000\ntransfers:\n  lease_ms: 12000\n",
+            env(&[]),
+        )
+        .expect_err("lease inside the idle timeout");
+        assert!(e.to_string().contains("15000 ms"), "{e}");
+        let e = Config::from_yaml("transfers:\n  lease: 1\n", env(&[])).expect_err("unknown");
+        assert!(e.to_string().contains("lease"), "{e}");
     }
 
     #[test]

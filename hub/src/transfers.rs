@@ -5,8 +5,17 @@
 //! Life of a transfer: `queued` → `running` (executor `spoke` or `hub`) → `done` | `failed` |
 //! `cancelled`. Parts are recorded in `transfer_parts` as they are verified; a resumed
 //! transfer gets only the parts not yet recorded. Bytes of a spoke-run transfer never pass
-//! through the hub: the hub only creates and (on cancel) aborts the destination's multipart
-//! upload, which are small control requests.
+//! through the hub: the hub only creates, completes (from the durable parts, under its lease)
+//! and (on cancel) aborts the destination's multipart upload, which are small control
+//! requests.
+//!
+//! Many hubs share the transfers through leases (`lease_holder`, `lease_until`,
+//! `lease_epoch`): a hub process works only on the transfers it holds, renews all its leases
+//! with one UPDATE every third of `transfers.lease_ms`, and takes over any unfinished transfer
+//! whose lease expired with one conditional UPDATE that bumps the epoch; it then resumes it
+//! from the durable parts exactly like after a restart (re-queue, dispatch). Every write it
+//! makes as holder names its lease and changes nothing once the transfer was taken over, and a
+//! renewal that no longer finds a transfer makes the hub drop it (and its spoke's run).
 //!
 //! Spokes are not believed blindly: a part report must match the plan (index in range, the
 //! planned length; the offset follows from the index), and before a transfer is `done` the hub
@@ -14,7 +23,7 @@
 //! predict). A transfer whose spoke reported something that does not hold up is re-planned
 //! without that spoke (its unverifiable parts forgotten), on another spoke or on the hub.
 
-use crate::db::{NewTransfer, TransferRecord};
+use crate::db::{Lease, NewTransfer, TransferRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, Account, AppState};
 use shared::proto::{Assignment, HubMsg, Location, RelayFrom, SpokeMsg};
@@ -25,7 +34,7 @@ use shared::storage::transfer::{
 };
 use shared::storage::{ServiceConfig, StorageError, StoragePath};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +50,8 @@ const VERIFY_RETRIES: u32 = 3;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Validity of a relay grant (a re-dispatch makes a new one).
 const RELAY_GRANT: Duration = Duration::from_secs(6 * 3600);
+/// Expired leases one scheduler tick takes over (the next tick takes the rest).
+const TAKEOVER_BATCH: i64 = 50;
 
 /// In-memory view of running transfers (progress between database writes, inline tasks).
 #[derive(Debug)]
@@ -55,6 +66,20 @@ pub struct TransferBook {
     closing: std::sync::atomic::AtomicBool,
     /// Wakes waiters when any transfer ends.
     pub changed: tokio::sync::Notify,
+    /// This process's lease holder id, fixed at first use (see [`holder`]).
+    holder: OnceLock<Arc<str>>,
+    /// Random per process: a restarted hub is a new holder.
+    nonce: String,
+    /// The transfers this process holds a lease on.
+    held: Mutex<HashMap<i64, Hold>>,
+}
+
+/// This process's hold on one transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    epoch: i64,
+    /// The spoke this hub assigned it to, while it runs there.
+    spoke: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -74,6 +99,9 @@ impl Default for TransferBook {
             started: Instant::now(),
             closing: std::sync::atomic::AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
+            holder: OnceLock::new(),
+            nonce: format!("{:016x}", rand::random::<u64>()),
+            held: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -93,10 +121,31 @@ impl TransferBook {
         self.closing.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Forgets the in-memory state of a transfer that ended.
+    /// Forgets the in-memory state of a transfer that ended (or that this hub lost).
     fn ended(&self, id: i64) {
         lock(&self.live).remove(&id);
         lock(&self.distrusted).remove(&id);
+        lock(&self.held).remove(&id);
+    }
+
+    /// Records that this process holds transfer `id` under `epoch`.
+    fn hold(&self, id: i64, epoch: i64) {
+        lock(&self.held).insert(id, Hold { epoch, spoke: None });
+    }
+
+    /// Notes the spoke this hub runs transfer `id` on (`None`: not on a spoke now).
+    fn set_spoke(&self, id: i64, spoke: Option<i64>) {
+        if let Some(h) = lock(&self.held).get_mut(&id) {
+            h.spoke = spoke;
+        }
+    }
+
+    /// Transfers this process holds and their epochs.
+    fn held(&self) -> Vec<(i64, i64)> {
+        lock(&self.held)
+            .iter()
+            .map(|(k, h)| (*k, h.epoch))
+            .collect()
     }
 
     fn distrusted(&self, id: i64) -> Vec<i64> {
@@ -128,13 +177,73 @@ impl TransferBook {
     }
 }
 
-/// This hub's identity as a transfer owner.
+/// This hub's address, recorded as the `owner` (creator) of the transfers it creates.
 pub fn owner(state: &AppState) -> String {
     state
         .network
         .advertise()
         .map(str::to_owned)
         .unwrap_or_else(|| state.config.public_url())
+}
+
+/// This process's lease holder id: `<advertise or public url>#<16 hex>`, new for every
+/// process, so a restarted hub never mistakes its predecessor's leases for its own.
+pub fn holder(state: &AppState) -> Arc<str> {
+    state
+        .transfers
+        .holder
+        .get_or_init(|| format!("{}#{}", owner(state), state.transfers.nonce).into())
+        .clone()
+}
+
+/// The lease this process holds on transfer `id`, if any.
+fn lease(state: &AppState, id: i64) -> Option<Lease> {
+    let epoch = lock(&state.transfers.held).get(&id)?.epoch;
+    Some(Lease {
+        holder: holder(state),
+        epoch,
+    })
+}
+
+/// When a lease taken or renewed now runs out.
+fn lease_until(state: &AppState) -> i64 {
+    now_ms() + state.config.transfers.lease_ms as i64
+}
+
+/// This hub no longer holds transfer `id` (taken over by another hub, or ended by a cancel
+/// elsewhere): it drops its state and stops its own run, on its spoke or inline. Nothing is
+/// written: the transfer belongs to whoever holds it now.
+async fn lost(state: &AppState, id: i64, why: &str) {
+    let Some(hold) = lock(&state.transfers.held).remove(&id) else {
+        return;
+    };
+    tracing::info!(
+        transfer = id,
+        epoch = hold.epoch,
+        reason = why,
+        "lost the lease of the transfer; dropping it"
+    );
+    if let Some(s) = hold.spoke {
+        // The spoke stops only the run this hub's session started (a newer holder's run of
+        // the same transfer on the same spoke goes on).
+        state
+            .network
+            .registry
+            .send(s, HubMsg::Cancel { transfer_id: id });
+        state.network.registry.note_assigned(s, -1);
+    }
+    if let Some(c) = lock(&state.transfers.inline).remove(&id) {
+        c.cancel();
+    }
+    state.transfers.ended(id);
+    state.transfers.changed.notify_waiters();
+}
+
+/// After a holder write changed nothing: if this hub's lease is gone, drop the transfer.
+async fn check_lease(state: &AppState, id: i64, lease: &Lease) {
+    if let Ok(false) = state.db.holds(id, lease).await {
+        lost(state, id, "a write was fenced off").await;
+    }
 }
 
 /// Whether a copy of `size` bytes from `src` to `dst` goes to a spoke.
@@ -154,6 +263,7 @@ pub async fn create_copy(
 ) -> ApiResult<TransferRecord> {
     let part_size = choose_part_size(size, state.config.offload.part_size);
     let owner = owner(state);
+    let me = holder(state);
     let rec = state
         .db
         .create_transfer(
@@ -168,10 +278,14 @@ pub async fn create_copy(
                 part_size: part_size as i64,
                 owner: &owner,
             },
+            &me,
+            lease_until(state),
             now_ms(),
         )
         .await?;
-    dispatch(state, rec.id, &[]).await;
+    state.transfers.hold(rec.id, rec.lease_epoch);
+    // The dispatcher decides from the primary's view, not the replica's (see db::topology).
+    crate::db::topology::detached(dispatch(state, rec.id, &[])).await;
     Ok(state.db.get_transfer(rec.id).await?.unwrap_or(rec))
 }
 
@@ -208,26 +322,47 @@ fn endpoint_of(cfg: &ServiceConfig) -> Option<String> {
 
 /// Picks an executor for a queued transfer and starts it there. Never fails for lack of a
 /// spoke: after the start-up grace period, the hub runs it itself.
+/// Only the lease holder dispatches: a transfer this hub does not hold is left alone.
 pub async fn dispatch(state: &AppState, id: i64, exclude: &[i64]) {
     if state.transfers.is_closing() {
         return;
     }
-    if let Err(e) = try_dispatch(state, id, exclude).await {
+    let Some(lease) = lease(state, id) else {
+        return;
+    };
+    if let Err(e) = try_dispatch(state, id, &lease, exclude).await {
         tracing::warn!(transfer = id, error = %e.message(), "dispatch failed");
-        let _ = state
+        match state
             .db
-            .finish_transfer(id, "failed", None, Some(e.message()), None, now_ms())
-            .await;
-        state.transfers.ended(id);
-        state.transfers.changed.notify_waiters();
+            .finish_transfer(
+                id,
+                &lease,
+                "failed",
+                None,
+                Some(e.message()),
+                None,
+                now_ms(),
+            )
+            .await
+        {
+            Ok(true) => {
+                state.transfers.ended(id);
+                state.transfers.changed.notify_waiters();
+            }
+            _ => check_lease(state, id, &lease).await,
+        }
     }
 }
 
-async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<()> {
+async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64]) -> ApiResult<()> {
     let Some(t) = state.db.get_transfer(id).await? else {
         return Ok(());
     };
     if t.state != "queued" {
+        return Ok(());
+    }
+    if t.lease_holder.as_deref() != Some(&*lease.holder) || t.lease_epoch != lease.epoch {
+        lost(state, id, "another hub holds it").await;
         return Ok(());
     }
     // Spokes whose reports were refused never get this transfer again. A transfer poisoned by
@@ -248,6 +383,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
             .db
             .finish_transfer(
                 id,
+                lease,
                 "failed",
                 None,
                 Some(&format!("gave up after {} attempts", t.attempts)),
@@ -266,7 +402,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
     if upload_id.is_none() {
         if let Some(mp) = multipart_target(&dst, &dst_path)? {
             let id_ = mp.create().await?;
-            if state.db.set_transfer_upload_id(id, &id_).await? {
+            if state.db.set_transfer_upload_id(id, lease, &id_).await? {
                 upload_id = Some(id_);
             } else {
                 // Another dispatcher (the API's or the tick's) was first: use its upload.
@@ -381,6 +517,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 .db
                 .assign_transfer(
                     id,
+                    lease,
                     "spoke",
                     Some(pick.spoke_id),
                     Some(&pick.region),
@@ -396,12 +533,14 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                     .db
                     .requeue_transfer(
                         id,
+                        lease,
                         "the chosen spoke went away before the assignment",
                         now_ms(),
                     )
                     .await?;
                 return Ok(());
             }
+            state.transfers.set_spoke(id, Some(pick.spoke_id));
             state.network.registry.note_assigned(pick.spoke_id, 1);
             tracing::info!(
                 transfer = id,
@@ -432,6 +571,7 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 .db
                 .assign_transfer(
                     id,
+                    lease,
                     "hub",
                     None,
                     Some(&state.config.region),
@@ -453,12 +593,15 @@ async fn try_dispatch(state: &AppState, id: i64, exclude: &[i64]) -> ApiResult<(
                 attempts: t.attempts + 1,
             };
             let state = state.clone();
+            let lease = lease.clone();
             tokio::spawn(async move {
-                let result =
-                    run_inline(&state, id, run, src, dst, upload_id, todo, done, cancel).await;
+                let result = run_inline(
+                    &state, id, &lease, run, src, dst, upload_id, todo, done, cancel,
+                )
+                .await;
                 lock(&state.transfers.inline).remove(&id);
                 if let Err(e) = result {
-                    requeue_or_fail(&state, id, e.message(), e.retryable()).await;
+                    requeue_or_fail(&state, id, &lease, e.message(), e.retryable()).await;
                 }
             });
         }
@@ -507,6 +650,7 @@ fn relay_grant(
 async fn run_inline(
     state: &AppState,
     id: i64,
+    lease: &Lease,
     run: Executor,
     src: Arc<Account>,
     dst: Arc<Account>,
@@ -528,6 +672,7 @@ async fn run_inline(
     let base: u64 = done.iter().map(|p| p.len).sum();
     let reporter = {
         let state = state.clone();
+        let lease = lease.clone();
         tokio::spawn(async move {
             let mut moved = base;
             let started = Instant::now();
@@ -537,10 +682,16 @@ async fn run_inline(
                         moved += n;
                         let rate =
                             (moved - base) as f64 / started.elapsed().as_secs_f64().max(0.001);
-                        progress(&state, id, moved, rate as u64).await;
+                        progress(&state, id, &lease, moved, rate as u64).await;
                     }
                     CopyEvent::PartDone(p) => {
-                        let _ = state.db.record_part(id, &p, None, now_ms()).await;
+                        if let Ok(false) =
+                            state.db.record_part(id, &lease, &p, None, now_ms()).await
+                        {
+                            // Taken over: this run stops (its parts are the new holder's
+                            // to plan).
+                            check_lease(&state, id, &lease).await;
+                        }
                     }
                     CopyEvent::PartRetry { index, error } => {
                         tracing::warn!(transfer = id, part = index, %error, "part retried");
@@ -575,7 +726,7 @@ async fn run_inline(
     };
     let _ = reporter.await;
     let checksum = result?;
-    match complete(state, id, run, checksum).await {
+    match complete(state, id, lease, run, checksum).await {
         Ok(()) => Ok(()),
         Err(Incomplete::Failed(e)) => Err(e),
         // Our own run left a destination that does not match its parts (another writer, a
@@ -583,7 +734,7 @@ async fn run_inline(
         Err(Incomplete::Unverified(why)) => {
             tracing::warn!(transfer = id, reason = %why, "the hub's own copy did not verify");
             if let Some(t) = state.db.get_transfer(id).await? {
-                reconcile_parts(state, &t).await?;
+                reconcile_parts(state, &t, lease).await?;
             }
             Err(ApiError::new(
                 axum::http::StatusCode::BAD_GATEWAY,
@@ -683,12 +834,17 @@ async fn verify_destination(
 async fn complete(
     state: &AppState,
     id: i64,
+    lease: &Lease,
     by: Executor,
     reported: Option<String>,
 ) -> Result<(), Incomplete> {
     let Some(t) = state.db.get_transfer(id).await? else {
         return Ok(());
     };
+    if t.lease_holder.as_deref() != Some(&*lease.holder) || t.lease_epoch != lease.epoch {
+        lost(state, id, "another hub holds it").await;
+        return Ok(());
+    }
     let current = match (t.executor.as_deref(), t.spoke_id) {
         (Some("spoke"), Some(s)) => Some(Executor::Spoke(s)),
         (Some("hub"), _) => Some(Executor::Hub {
@@ -723,18 +879,6 @@ async fn complete(
             ))
             .into());
         }
-        if t.executor.as_deref() == Some("hub") {
-            let (_, dst) = accounts(state, &t).await?;
-            if let (Some(upload), Some(mp)) =
-                (&t.upload_id, multipart_target(&dst, &path(&t.dst_path)?)?)
-            {
-                let list: Vec<(u16, String)> = parts
-                    .iter()
-                    .map(|p| ((p.index + 1) as u16, p.etag.clone()))
-                    .collect();
-                mp.complete(upload, &list).await?;
-            }
-        }
         let ours = composite_sha256(&parts);
         if let Some(r) = &reported {
             if r != &ours {
@@ -743,29 +887,68 @@ async fn complete(
                 )));
             }
         }
+        // The lease holder completes the upload, whoever moved the parts: a spoke run left
+        // behind by a hub that lost the transfer (dead, stopped) never completes it under
+        // the new holder's feet. The last look at the lease comes just before this side
+        // effect, which no fence can undo.
+        if !state.db.holds(id, lease).await? {
+            lost(state, id, "taken over before completing the upload").await;
+            return Ok(());
+        }
+        let (_, dst) = accounts(state, &t).await?;
+        if let (Some(upload), Some(mp)) =
+            (&t.upload_id, multipart_target(&dst, &path(&t.dst_path)?)?)
+        {
+            let list: Vec<(u16, String)> = parts
+                .iter()
+                .map(|p| ((p.index + 1) as u16, p.etag.clone()))
+                .collect();
+            match mp.complete(upload, &list).await {
+                Ok(_) => {}
+                // Completed already (a completion whose `done` was not recorded, or a spoke
+                // of an earlier version that completes uploads itself): the destination
+                // check below decides.
+                Err(StorageError::NotFound) => {}
+                // S3 refused the part list: the upload does not hold the reported parts.
+                Err(StorageError::Other(why)) => return Err(Incomplete::Unverified(why)),
+                Err(e) => {
+                    tracing::warn!(transfer = id, error = %e, "completing the upload failed");
+                    return Err(e.into());
+                }
+            }
+        }
         Some(ours)
     } else {
         reported
     };
     verify_destination(state, &t, &parts).await?;
-    state
+    if !state
         .db
         .finish_transfer(
             id,
+            lease,
             "done",
             checksum.as_deref(),
             None,
             Some(t.size),
             now_ms(),
         )
-        .await?;
+        .await?
+    {
+        tracing::warn!(
+            transfer = id,
+            "the completion was fenced off: another hub holds it"
+        );
+        check_lease(state, id, lease).await;
+        return Ok(());
+    }
     state.transfers.ended(id);
     state.transfers.changed.notify_waiters();
     tracing::info!(transfer = id, executor = ?t.executor, "transfer done");
     Ok(())
 }
 
-async fn progress(state: &AppState, id: i64, bytes_done: u64, bytes_per_sec: u64) {
+async fn progress(state: &AppState, id: i64, lease: &Lease, bytes_done: u64, bytes_per_sec: u64) {
     let persist = {
         let mut live = lock(&state.transfers.live);
         let e = live.entry(id).or_insert(Live {
@@ -785,44 +968,69 @@ async fn progress(state: &AppState, id: i64, bytes_done: u64, bytes_per_sec: u64
         }
     };
     if persist {
-        let _ = state
+        if let Ok(false) = state
             .db
-            .set_transfer_progress(id, bytes_done as i64, now_ms())
-            .await;
+            .set_transfer_progress(id, lease, bytes_done as i64, now_ms())
+            .await
+        {
+            check_lease(state, id, lease).await;
+        }
     }
 }
 
 /// Re-queues a failed attempt (the scheduler tick dispatches it) or fails the transfer.
 /// Returns whether it was re-queued.
-async fn requeue_or_fail(state: &AppState, id: i64, message: &str, retryable: bool) -> bool {
+async fn requeue_or_fail(
+    state: &AppState,
+    id: i64,
+    lease: &Lease,
+    message: &str,
+    retryable: bool,
+) -> bool {
     let now = now_ms();
+    state.transfers.set_spoke(id, None);
     if retryable {
         if let Ok(true) = state
             .db
-            .requeue_transfer(id, &format!("retrying after: {message}"), now)
+            .requeue_transfer(id, lease, &format!("retrying after: {message}"), now)
             .await
         {
             return true;
         }
     }
-    let _ = state
+    match state
         .db
-        .finish_transfer(id, "failed", None, Some(message), None, now)
-        .await;
-    state.transfers.ended(id);
-    state.transfers.changed.notify_waiters();
+        .finish_transfer(id, lease, "failed", None, Some(message), None, now)
+        .await
+    {
+        Ok(true) => {
+            state.transfers.ended(id);
+            state.transfers.changed.notify_waiters();
+        }
+        _ => check_lease(state, id, lease).await,
+    }
     false
 }
 
 /// Like [`requeue_or_fail`], then dispatches at once away from the spoke that failed.
-async fn fail_or_retry(state: &AppState, id: i64, spoke: i64, message: &str, retryable: bool) {
-    if requeue_or_fail(state, id, message, retryable).await {
+async fn fail_or_retry(
+    state: &AppState,
+    id: i64,
+    lease: &Lease,
+    spoke: i64,
+    message: &str,
+    retryable: bool,
+) {
+    if requeue_or_fail(state, id, lease, message, retryable).await {
         dispatch(state, id, &[spoke]).await;
     }
 }
 
-/// A report from a spoke about a transfer. Reports from a spoke that no longer owns the
-/// transfer (it was reassigned) are ignored.
+/// A report from a spoke about a transfer, on this hub's connection to it. Reports about a
+/// transfer this hub does not hold (another hub took it over), or that the spoke no longer
+/// runs (it was reassigned), are ignored and that run is cancelled; what is recorded is
+/// written under this hub's lease, so a report reaching a hub that just lost the lease
+/// changes nothing.
 pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
     let id = match &msg {
         SpokeMsg::Progress { transfer_id, .. }
@@ -831,15 +1039,29 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
         | SpokeMsg::Failed { transfer_id, .. } => *transfer_id,
         _ => return,
     };
-    let t = match state.db.get_transfer(id).await {
-        Ok(Some(t)) if t.state == "running" && t.spoke_id == Some(spoke_id) => Some(t),
+    let lease = lease(state, id);
+    let t = match (&lease, state.db.get_transfer(id).await) {
+        (Some(l), Ok(Some(t)))
+            if t.state == "running"
+                && t.spoke_id == Some(spoke_id)
+                && t.lease_holder.as_deref() == Some(&*l.holder)
+                && t.lease_epoch == l.epoch =>
+        {
+            Some(t)
+        }
+        (Some(l), Ok(Some(t)))
+            if t.lease_holder.as_deref() != Some(&*l.holder) || t.lease_epoch != l.epoch =>
+        {
+            lost(state, id, "another hub holds it").await;
+            None
+        }
         _ => None,
     };
-    let Some(t) = t else {
+    let (Some(t), Some(lease)) = (t, lease) else {
         tracing::debug!(
             transfer = id,
             spoke = spoke_id,
-            "report for a transfer this spoke no longer runs"
+            "report for a transfer this spoke no longer runs for this hub"
         );
         if !matches!(msg, SpokeMsg::Progress { .. }) {
             state
@@ -857,53 +1079,71 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
         } => {
             // A spoke's progress is shown, never trusted: it cannot exceed the transfer.
             let bytes_done = bytes_done.min(t.size.max(0) as u64);
-            progress(state, id, bytes_done, bytes_per_sec).await
+            progress(state, id, &lease, bytes_done, bytes_per_sec).await
         }
         SpokeMsg::PartDone { part, .. } => {
             if let Err(why) = check_part(t.size as u64, t.part_size as u64, &part) {
                 state.network.registry.note_assigned(spoke_id, -1);
-                refuse_report(state, id, spoke_id, &why).await;
+                refuse_report(state, id, &lease, spoke_id, &why).await;
                 return;
             }
-            if let Err(e) = state
+            match state
                 .db
-                .record_part(id, &part, Some(spoke_id), now_ms())
+                .record_part(id, &lease, &part, Some(spoke_id), now_ms())
                 .await
             {
-                tracing::error!(transfer = id, error = %e, "recording a part failed");
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        transfer = id,
+                        spoke = spoke_id,
+                        part = part.index,
+                        "a part report was fenced off: this hub lost the lease"
+                    );
+                    check_lease(state, id, &lease).await;
+                }
+                Err(e) => tracing::error!(transfer = id, error = %e, "recording a part failed"),
             }
         }
         SpokeMsg::Done { checksum, size, .. } => {
             state.network.registry.note_assigned(spoke_id, -1);
             if size != t.size as u64 {
                 let why = format!("`done` with {size} bytes for a transfer of {}", t.size);
-                refuse_report(state, id, spoke_id, &why).await;
+                refuse_report(state, id, &lease, spoke_id, &why).await;
                 return;
             }
-            match complete(state, id, Executor::Spoke(spoke_id), Some(checksum)).await {
-                Ok(()) => {}
-                Err(Incomplete::Unverified(why)) => {
-                    refuse_report(
-                        state,
-                        id,
-                        spoke_id,
-                        &format!("`done` did not verify: {why}"),
-                    )
-                    .await;
+            // Completing a large upload takes the provider a while: off this spoke's
+            // control loop, whose heartbeats must keep flowing meanwhile (a `done` is the
+            // last report of its run).
+            let state = state.clone();
+            tokio::spawn(async move {
+                let state = &state;
+                match complete(state, id, &lease, Executor::Spoke(spoke_id), Some(checksum)).await {
+                    Ok(()) => {}
+                    Err(Incomplete::Unverified(why)) => {
+                        refuse_report(
+                            state,
+                            id,
+                            &lease,
+                            spoke_id,
+                            &format!("`done` did not verify: {why}"),
+                        )
+                        .await;
+                    }
+                    Err(Incomplete::Failed(e)) => {
+                        tracing::warn!(transfer = id, spoke = spoke_id, error = %e.message(),
+                                       "completing the transfer failed; retrying");
+                        fail_or_retry(state, id, &lease, spoke_id, e.message(), true).await;
+                    }
                 }
-                Err(Incomplete::Failed(e)) => {
-                    tracing::warn!(transfer = id, spoke = spoke_id, error = %e.message(),
-                                   "completing the transfer failed; retrying");
-                    fail_or_retry(state, id, spoke_id, e.message(), true).await;
-                }
-            }
+            });
         }
         SpokeMsg::Failed {
             message, retryable, ..
         } => {
             state.network.registry.note_assigned(spoke_id, -1);
             tracing::warn!(transfer = id, spoke = spoke_id, %message, "transfer failed on spoke");
-            fail_or_retry(state, id, spoke_id, &message, retryable).await;
+            fail_or_retry(state, id, &lease, spoke_id, &message, retryable).await;
         }
         _ => {}
     }
@@ -945,7 +1185,7 @@ fn check_part(size: u64, part_size: u64, p: &PartDone) -> Result<(), String> {
 /// stored; the spoke loses the transfer and is never given it again by this hub process; the
 /// durable parts the destination does not confirm are forgotten; the transfer is re-planned
 /// on another executor, the hub itself when no other spoke is healthy. It is not failed.
-async fn refuse_report(state: &AppState, id: i64, spoke_id: i64, why: &str) {
+async fn refuse_report(state: &AppState, id: i64, lease: &Lease, spoke_id: i64, why: &str) {
     tracing::warn!(transfer = id, spoke = spoke_id, reason = %why,
                    "refused a spoke's report; re-planning the transfer without that spoke");
     {
@@ -959,26 +1199,29 @@ async fn refuse_report(state: &AppState, id: i64, spoke_id: i64, why: &str) {
         .network
         .registry
         .send(spoke_id, HubMsg::Cancel { transfer_id: id });
+    state.transfers.set_spoke(id, None);
     // Reports of this spoke are handled one at a time on its connection, so nothing of it is
     // recorded while the parts are checked; the transfer is still ours until re-queued.
     match state.db.get_transfer(id).await {
         Ok(Some(t)) => {
-            if let Err(e) = reconcile_parts(state, &t).await {
+            if let Err(e) = reconcile_parts(state, &t, lease).await {
                 tracing::warn!(transfer = id, error = %e.message(),
                                "checking the durable parts failed; forgetting them all");
                 let all: Vec<u32> = match state.db.transfer_parts(id).await {
                     Ok(p) => p.into_iter().map(|(p, _)| p.index).collect(),
                     Err(_) => Vec::new(),
                 };
-                let _ = state.db.forget_parts(id, &all).await;
+                let _ = state.db.forget_parts(id, lease, &all, now_ms()).await;
             }
         }
         Ok(None) => return,
         Err(e) => tracing::warn!(transfer = id, error = %e, "reading the transfer failed"),
     }
     let note = format!("a report of spoke {spoke_id} was refused ({why}); re-planned without it");
-    if let Ok(true) = state.db.requeue_transfer(id, &note, now_ms()).await {
-        dispatch(state, id, &[]).await;
+    match state.db.requeue_transfer(id, lease, &note, now_ms()).await {
+        Ok(true) => dispatch(state, id, &[]).await,
+        Ok(false) => check_lease(state, id, lease).await,
+        Err(e) => tracing::warn!(transfer = id, error = %e, "re-queueing the transfer failed"),
     }
 }
 
@@ -986,7 +1229,7 @@ async fn refuse_report(state: &AppState, id: i64, spoke_id: i64, why: &str) {
 /// only if ListParts shows its part number with the recorded ETag and size. When the upload is
 /// gone (completed or aborted), every part is forgotten and the next dispatch starts a new
 /// upload. Destinations without multipart uploads have no durable parts.
-async fn reconcile_parts(state: &AppState, t: &TransferRecord) -> ApiResult<()> {
+async fn reconcile_parts(state: &AppState, t: &TransferRecord, lease: &Lease) -> ApiResult<()> {
     let Some(upload) = &t.upload_id else {
         return Ok(());
     };
@@ -1021,12 +1264,17 @@ async fn reconcile_parts(state: &AppState, t: &TransferRecord) -> ApiResult<()> 
             "durable parts the destination does not confirm are planned again"
         );
     }
-    state.db.forget_parts(t.id, &unverified).await?;
-    if listed.is_none() {
+    if !state
+        .db
+        .forget_parts(t.id, lease, &unverified, now_ms())
+        .await?
+    {
+        return Ok(());
+    }
+    if listed.is_none() && state.db.clear_transfer_upload_id(t.id, lease).await? {
         if let Err(e) = mp.abort(upload).await {
             tracing::debug!(transfer = t.id, error = %e, "aborting the old upload");
         }
-        state.db.clear_transfer_upload_id(t.id).await?;
     }
     Ok(())
 }
@@ -1082,11 +1330,15 @@ pub async fn spoke_lost(state: &AppState, spoke_id: i64) {
     requeue_from(state, spoke_id, "its spoke disconnected").await;
 }
 
+/// Re-queues the transfers this hub holds that run on `spoke_id` and dispatches them again.
 async fn requeue_from(state: &AppState, spoke_id: i64, why: &str) {
-    let Ok(running) = state.db.transfers_in_state(&owner(state), "running").await else {
+    let Ok(running) = state.db.held_transfers(&holder(state), "running").await else {
         return;
     };
     for t in running.into_iter().filter(|t| t.spoke_id == Some(spoke_id)) {
+        let Some(lease) = lease(state, t.id).filter(|l| l.epoch == t.lease_epoch) else {
+            continue;
+        };
         tracing::info!(
             transfer = t.id,
             spoke = spoke_id,
@@ -1096,46 +1348,36 @@ async fn requeue_from(state: &AppState, spoke_id: i64, why: &str) {
             .network
             .registry
             .send(spoke_id, HubMsg::Cancel { transfer_id: t.id });
-        if let Ok(true) = state
+        state.transfers.set_spoke(t.id, None);
+        match state
             .db
             .requeue_transfer(
                 t.id,
+                &lease,
                 &format!("spoke {spoke_id} lost ({why}); resumed"),
                 now_ms(),
             )
             .await
         {
-            dispatch(state, t.id, &[spoke_id]).await;
+            Ok(true) => dispatch(state, t.id, &[spoke_id]).await,
+            Ok(false) => check_lease(state, t.id, &lease).await,
+            Err(_) => {}
         }
     }
 }
 
-/// Cancels a transfer: tells its spoke or stops the hub's task, and aborts the upload.
+/// Cancels a transfer, whichever hub holds it: aborts the upload and, when this hub holds
+/// it, stops its run (on its spoke or inline). A holder elsewhere stops its run when its next
+/// renewal no longer finds the transfer.
 pub async fn cancel(state: &AppState, t: &TransferRecord) -> ApiResult<bool> {
     if !state
         .db
-        .finish_transfer(
-            t.id,
-            "cancelled",
-            None,
-            Some("cancelled by the client"),
-            None,
-            now_ms(),
-        )
+        .cancel_transfer(t.id, "cancelled by the client", now_ms())
         .await?
     {
         return Ok(false);
     }
-    if let Some(s) = t.spoke_id {
-        state
-            .network
-            .registry
-            .send(s, HubMsg::Cancel { transfer_id: t.id });
-        state.network.registry.note_assigned(s, -1);
-    }
-    if let Some(c) = lock(&state.transfers.inline).remove(&t.id) {
-        c.cancel();
-    }
+    lost(state, t.id, "cancelled by the client").await;
     if let Some(upload) = &t.upload_id {
         if let Ok((_, dst)) = accounts(state, t).await {
             if let Ok(Some(mp)) = multipart_target(&dst, &path(&t.dst_path)?) {
@@ -1161,8 +1403,16 @@ pub async fn wait(state: &AppState, id: i64, timeout: Duration) -> ApiResult<Tra
         if !matches!(t.state.as_str(), "queued" | "running") {
             return Ok(t);
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(t);
+        // Another hub may take the transfer over and end it, which notifies nobody here:
+        // look again at least every second.
+        let next = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+        let _ = tokio::time::timeout_at(next, notified).await;
+        if tokio::time::Instant::now() >= deadline {
+            return state
+                .db
+                .get_transfer(id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("transfer"));
         }
     }
 }
@@ -1183,30 +1433,129 @@ async fn disconnect_revoked(state: &AppState) {
     }
 }
 
-/// Starts the scheduler: re-queues what this hub was running before a restart, then every tick
-/// dispatches queued transfers and takes transfers away from spokes that stopped reporting.
+/// Renews this process's leases (one UPDATE for all of them) and drops the transfers the
+/// renewal no longer finds: taken over by another hub (this one was too slow: stopped, cut
+/// off from the database), or ended by a cancel on another hub.
+async fn renew(state: &AppState) {
+    // Only transfers held before the statement can be missing from its answer: one taken or
+    // created meanwhile is not mistaken for a lost one.
+    let before = state.transfers.held();
+    if before.is_empty() {
+        return;
+    }
+    let still = match state
+        .db
+        .renew_leases(&holder(state), lease_until(state))
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "renewing the transfer leases failed");
+            return;
+        }
+    };
+    for (id, epoch) in before {
+        if still.contains(&(id, epoch)) {
+            continue;
+        }
+        let unchanged = lock(&state.transfers.held).get(&id).map(|h| h.epoch) == Some(epoch);
+        if unchanged {
+            lost(state, id, "the renewal no longer finds it held").await;
+        }
+    }
+}
+
+/// Takes over the unfinished transfers whose lease expired (their hub died, stopped or lost
+/// the database) and resumes each from its durable parts, as a restarted hub would.
+async fn take_over_expired(state: &AppState) {
+    let now = now_ms();
+    let Ok(expired) = state.db.expired_leases(now, TAKEOVER_BATCH).await else {
+        return;
+    };
+    for id in expired {
+        if state.transfers.is_closing() {
+            return;
+        }
+        take_over(state, id, now_ms()).await;
+    }
+}
+
+/// Takes transfer `id` over if its lease expired before `now` (one conditional UPDATE), then
+/// resumes it from its durable parts: re-queued and dispatched by this hub. False when it is
+/// held by another hub or ended.
+pub async fn take_over(state: &AppState, id: i64, now: i64) -> bool {
+    let lease = match state
+        .db
+        .take_over_transfer(id, &holder(state), now, lease_until(state))
+        .await
+    {
+        Ok(Some(l)) => l,
+        Ok(None) => return false,
+        Err(e) => {
+            tracing::warn!(transfer = id, error = %e, "taking over the transfer failed");
+            return false;
+        }
+    };
+    state.transfers.hold(id, lease.epoch);
+    let Ok(Some(t)) = state.db.get_transfer(id).await else {
+        return true;
+    };
+    tracing::info!(transfer = id, epoch = lease.epoch, created_by = %t.owner, state = %t.state,
+                   "took over a transfer whose lease expired");
+    if t.state == "running" {
+        let _ = state
+            .db
+            .requeue_transfer(
+                id,
+                &lease,
+                "its hub's lease expired; resumed by another hub",
+                now_ms(),
+            )
+            .await;
+    }
+    dispatch(state, id, &[]).await;
+    true
+}
+
+/// Aborts a task when dropped: the lease renewer lives exactly as long as the scheduler.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the scheduler: every tick it takes over transfers whose lease expired, dispatches
+/// the queued transfers this hub holds and takes transfers away from spokes that stopped
+/// reporting. The leases are renewed by a task of their own, so a slow tick (a provider that
+/// takes its time to answer) never lets them expire.
 pub fn spawn_scheduler(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let me = owner(&state);
-        if let Ok(running) = state.db.transfers_in_state(&me, "running").await {
-            for t in running {
-                let _ = state
-                    .db
-                    .requeue_transfer(t.id, "the hub restarted; resumed", now_ms())
-                    .await;
+        let _renewer = AbortOnDrop(tokio::spawn({
+            let state = state.clone();
+            async move {
+                let mut every = tokio::time::interval(state.config.transfers.renew_every());
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    renew(&state).await;
+                }
             }
-        }
+        }));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             disconnect_revoked(&state).await;
-            if let Ok(queued) = state.db.transfers_in_state(&me, "queued").await {
+            let me = holder(&state);
+            take_over_expired(&state).await;
+            if let Ok(queued) = state.db.held_transfers(&me, "queued").await {
                 for t in queued {
                     dispatch(&state, t.id, &[]).await;
                 }
             }
-            if let Ok(running) = state.db.transfers_in_state(&me, "running").await {
+            if let Ok(running) = state.db.held_transfers(&me, "running").await {
                 for t in running {
                     if let Some(s) = t.spoke_id {
                         if !state.network.registry.is_healthy(s) {

@@ -418,7 +418,7 @@ pub struct Assignment {
     pub upload_id: Option<String>,
     /// Parts still to do (completed ones are left out).
     pub parts: Vec<PartPlan>,
-    /// Parts already durable, needed to complete the upload.
+    /// Parts already durable (the hub completes the upload from all durable parts).
     pub done: Vec<PartDone>,
     pub concurrency: u32,
     pub rate_limit: Option<u64>,

@@ -338,6 +338,8 @@ async fn session(
             }
         }
         let session_jobs = CancellationToken::new();
+        // The runs this session's hub started, by transfer: the generation of each.
+        let mut started: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
         let (tx, mut rx) = mpsc::unbounded_channel::<SpokeMsg>();
         let mut tick = tokio::time::interval(Duration::from_millis(welcome.settings.heartbeat_ms.max(50)));
         let r: anyhow::Result<()> = loop {
@@ -362,9 +364,19 @@ async fn session(
                 }
                 msg = stream.recv() => match msg {
                     Ok(HubMsg::Assign(a)) => {
-                        jobs.start(*a, welcome.settings.clone(), tx.clone(), session_jobs.child_token());
+                        let id = a.transfer_id;
+                        let generation = jobs.start(*a, welcome.settings.clone(), tx.clone(), session_jobs.child_token());
+                        // Bounded by the runs still going: finished ones are forgotten.
+                        started.retain(|t, g| jobs.runs(*t, *g));
+                        started.insert(id, generation);
                     }
-                    Ok(HubMsg::Cancel { transfer_id }) => jobs.cancel(transfer_id),
+                    // A hub cancels only the runs it started: a hub that lost a transfer to
+                    // another hub must not stop the new holder's run of it here.
+                    Ok(HubMsg::Cancel { transfer_id }) => {
+                        if let Some(generation) = started.remove(&transfer_id) {
+                            jobs.cancel(transfer_id, generation);
+                        }
+                    }
                     Ok(HubMsg::Grant(g)) => grants.add(*g),
                     Ok(HubMsg::Probe { targets }) => jobs.probe(targets),
                     Ok(HubMsg::Revoked { fingerprints }) => {

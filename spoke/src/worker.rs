@@ -115,10 +115,22 @@ impl Jobs {
         self.probe_now.notify_one();
     }
 
-    pub fn cancel(&self, id: i64) {
-        if let Some((_, c)) = lock(&self.running).remove(&id) {
-            tracing::info!(transfer = id, "transfer cancelled by the hub");
-            c.cancel();
+    /// Whether run `generation` of transfer `id` is still going.
+    pub fn runs(&self, id: i64, generation: u64) -> bool {
+        lock(&self.running)
+            .get(&id)
+            .is_some_and(|(g, _)| *g == generation)
+    }
+
+    /// Cancels the run `generation` of transfer `id` (the one a hub's session started); a
+    /// later run of the same transfer, started for another hub that took it over, goes on.
+    pub fn cancel(&self, id: i64, generation: u64) {
+        let mut running = lock(&self.running);
+        if running.get(&id).is_some_and(|(g, _)| *g == generation) {
+            if let Some((_, c)) = running.remove(&id) {
+                tracing::info!(transfer = id, "transfer cancelled by the hub");
+                c.cancel();
+            }
         }
     }
 
@@ -128,14 +140,15 @@ impl Jobs {
         }
     }
 
-    /// Starts an assignment (replacing a previous run of the same transfer).
+    /// Starts an assignment (replacing a previous run of the same transfer); returns the
+    /// run's generation, which names it in [`Jobs::cancel`].
     pub fn start(
         self: &Arc<Self>,
         a: Assignment,
         settings: SpokeSettings,
         report: UnboundedSender<SpokeMsg>,
         cancel: CancellationToken,
-    ) {
+    ) -> u64 {
         let id = a.transfer_id;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         if let Some((_, old)) = lock(&self.running).insert(id, (generation, cancel.clone())) {
@@ -168,7 +181,7 @@ impl Jobs {
             };
             match result {
                 Ok(msg) => {
-                    tracing::info!(transfer = id, "transfer done");
+                    tracing::info!(transfer = id, "transfer done (every part uploaded)");
                     let _ = report.send(msg);
                 }
                 Err(_) if cancel.is_cancelled() || !mine => {}
@@ -191,6 +204,7 @@ impl Jobs {
                 }
             }
         });
+        generation
     }
 }
 
@@ -261,25 +275,9 @@ async fn run(
             all.extend(new_parts);
             all.sort_by_key(|p| p.index);
             all.dedup_by_key(|p| p.index);
-            let list: Vec<(u16, String)> = all
-                .iter()
-                .map(|p| ((p.index + 1) as u16, p.etag.clone()))
-                .collect();
-            match mp.complete(upload_id, &list).await {
-                Ok(_) => {}
-                // Completed by an earlier run whose report was lost: the object is there.
-                Err(StorageError::NotFound) => {
-                    let dst = Connector::connect(&a.dest.service, &opts).await?;
-                    let e = dst.stat_file(&dst_path).await?;
-                    if e.size != a.size {
-                        return Err(StorageError::Other(format!(
-                            "the upload is gone and the destination has {} bytes, not {}",
-                            e.size, a.size
-                        )));
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+            // The hub holding the transfer's lease completes the upload from the durable
+            // parts: a run whose hub is gone (and whose transfer another hub took over) must
+            // never complete it behind that hub's back.
             SpokeMsg::Done {
                 transfer_id: a.transfer_id,
                 size: a.size,

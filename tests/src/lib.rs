@@ -109,6 +109,72 @@ pub fn loopback_egress() -> shared::egress::EgressPolicy {
     shared::egress::EgressPolicy::open(shared::resolve::Resolver::system().clone())
 }
 
+/// What a test needs to call a hub's API, whether it runs in the test process ([`TestHub`])
+/// or as a real `hub` process: its base URL, a client and the dev credentials.
+pub trait HubApi {
+    fn base(&self) -> &str;
+    fn client(&self) -> &reqwest::Client;
+    /// The dev application's API key.
+    fn api_key(&self) -> &str;
+    /// The dev meta token.
+    fn meta_token(&self) -> &str;
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base(), path)
+    }
+
+    fn apikey(&self) -> String {
+        format!("APIKey {}", self.api_key())
+    }
+
+    fn meta(&self) -> String {
+        format!("Bearer {}", self.meta_token())
+    }
+
+    /// A request with the API key.
+    fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.client()
+            .request(method, url)
+            .header("Authorization", self.apikey())
+    }
+
+    /// Connects an account of the dev application; returns its JSON (with `bearer_token`).
+    #[allow(async_fn_in_trait)]
+    async fn connect(
+        &self,
+        service: &str,
+        credentials: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let r = self
+            .req(reqwest::Method::POST, &self.url("/v1/accounts"))
+            .json(&serde_json::json!({ "service": service, "account": format!("{service} test"), "credentials": credentials }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status() == 201,
+            "connect {service} failed: {} {}",
+            r.status(),
+            r.text().await?
+        );
+        Ok(r.json().await?)
+    }
+}
+
+impl HubApi for TestHub {
+    fn base(&self) -> &str {
+        &self.base_url
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.http
+    }
+    fn api_key(&self) -> &str {
+        &self.creds.api_key
+    }
+    fn meta_token(&self) -> &str {
+        &self.creds.meta_token
+    }
+}
+
 /// A hub serving on 127.0.0.1 with a dev application, API key, meta token and `fs` account.
 pub struct TestHub {
     pub base_url: String,
@@ -223,7 +289,7 @@ impl TestHub {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base_url, path)
+        HubApi::url(self, path)
     }
 
     /// `/v1/accounts/{dev account}{rest}`.
@@ -232,18 +298,16 @@ impl TestHub {
     }
 
     pub fn apikey(&self) -> String {
-        format!("APIKey {}", self.creds.api_key)
+        HubApi::apikey(self)
     }
 
     pub fn meta(&self) -> String {
-        format!("Bearer {}", self.creds.meta_token)
+        HubApi::meta(self)
     }
 
     /// A request with the API key.
     pub fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, url)
-            .header("Authorization", self.apikey())
+        HubApi::req(self, method, url)
     }
 
     /// Uploads `data` as `name` into folder `parent` of `account`; returns the file object.
@@ -289,18 +353,7 @@ impl TestHub {
         service: &str,
         credentials: serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
-        let r = self
-            .req(reqwest::Method::POST, &self.url("/v1/accounts"))
-            .json(&serde_json::json!({ "service": service, "account": format!("{service} test"), "credentials": credentials }))
-            .send()
-            .await?;
-        anyhow::ensure!(
-            r.status() == 201,
-            "connect {service} failed: {} {}",
-            r.status(),
-            r.text().await?
-        );
-        Ok(r.json().await?)
+        HubApi::connect(self, service, credentials).await
     }
 
     /// Stops serving and waits for the server task.

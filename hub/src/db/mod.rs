@@ -55,7 +55,7 @@ mod transfers;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
-pub use transfers::{NewTransfer, TransferRecord};
+pub use transfers::{Held, Lease, NewTransfer, TransferRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};

@@ -5,7 +5,7 @@
 
 use crate::spokes::{wait_healthy, SpokeProc};
 use e2e::servers::S3Server;
-use e2e::{HubOptions, TestHub};
+use e2e::{HubApi, HubOptions, TestHub};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -81,14 +81,14 @@ pub(crate) struct Setup {
 }
 
 /// Connects an S3 account; its id.
-pub(crate) async fn account(hub: &TestHub, creds: Value) -> i64 {
+pub(crate) async fn account(hub: &impl HubApi, creds: Value) -> i64 {
     hub.connect("s3", creds).await.expect("account")["id"]
         .as_i64()
         .expect("id")
 }
 
 /// The id of the first object in an account's root folder.
-pub(crate) async fn first_file_id(hub: &TestHub, account: i64) -> String {
+pub(crate) async fn first_file_id(hub: &impl HubApi, account: i64) -> String {
     let list: Value = hub
         .req(
             reqwest::Method::GET,
@@ -114,7 +114,7 @@ async fn setup(hub: &TestHub, size: u64) -> Setup {
 }
 
 /// [`setup`] with the object's bytes from `seed`.
-pub(crate) async fn setup_seeded(hub: &TestHub, size: u64, seed: u64) -> Setup {
+pub(crate) async fn setup_seeded(hub: &impl HubApi, size: u64, seed: u64) -> Setup {
     let s3 = S3Server::start().await.expect("moto");
     s3.create_bucket("src").await.expect("bucket");
     s3.create_bucket("dst").await.expect("bucket");
@@ -135,7 +135,7 @@ pub(crate) async fn setup_seeded(hub: &TestHub, size: u64, seed: u64) -> Setup {
 }
 
 /// Starts an asynchronous cross-account copy; returns the transfer id.
-async fn start_copy(hub: &TestHub, s: &Setup) -> i64 {
+pub(crate) async fn start_copy(hub: &impl HubApi, s: &Setup) -> i64 {
     let r = hub
         .req(
             reqwest::Method::POST,
@@ -154,7 +154,7 @@ async fn start_copy(hub: &TestHub, s: &Setup) -> i64 {
     task["transfer"].as_i64().expect("transfer id")
 }
 
-pub(crate) async fn transfer(hub: &TestHub, id: i64) -> Value {
+pub(crate) async fn transfer(hub: &impl HubApi, id: i64) -> Value {
     hub.req(
         reqwest::Method::GET,
         &hub.url(&format!("/v1/transfers/{id}")),
@@ -169,7 +169,7 @@ pub(crate) async fn transfer(hub: &TestHub, id: i64) -> Value {
 
 /// Polls the transfer until `pred` holds (at most `limit`).
 pub(crate) async fn until(
-    hub: &TestHub,
+    hub: &impl HubApi,
     id: i64,
     limit: Duration,
     what: &str,

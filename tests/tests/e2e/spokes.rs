@@ -1,6 +1,6 @@
 //! Spoke processes for the network tests: enroll and run the real `spoke` binary.
 
-use e2e::TestHub;
+use e2e::{HubApi, TestHub};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -9,9 +9,9 @@ use std::time::Duration;
 pub const SPOKE: &str = env!("CARGO_BIN_EXE_e2e-spoke");
 
 /// A join string from the hub's API.
-pub async fn join_token(hub: &TestHub, region: &str) -> String {
+pub async fn join_token(hub: &impl HubApi, region: &str) -> String {
     let r = hub
-        .http
+        .client()
         .post(hub.url("/v1/network/spokes/tokens"))
         .header("Authorization", hub.meta())
         .json(&json!({"region": region}))
@@ -200,8 +200,8 @@ impl SpokeProc {
 }
 
 /// The spoke as the hub's API shows it.
-pub async fn spoke_view(hub: &TestHub, id: i64) -> serde_json::Value {
-    hub.http
+pub async fn spoke_view(hub: &impl HubApi, id: i64) -> serde_json::Value {
+    hub.client()
         .get(hub.url(&format!("/v1/network/spokes/{id}")))
         .header("Authorization", hub.meta())
         .send()
@@ -213,7 +213,7 @@ pub async fn spoke_view(hub: &TestHub, id: i64) -> serde_json::Value {
 }
 
 /// Waits until the hub reports the spoke connected and healthy.
-pub async fn wait_healthy(hub: &TestHub, id: i64) {
+pub async fn wait_healthy(hub: &impl HubApi, id: i64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let v = spoke_view(hub, id).await;

@@ -5,6 +5,7 @@
 //! never fail for their staging name, and a bounded stress of mixed operations keeps every
 //! acknowledged write.
 
+use crate::hubs::{dev_credentials, spawn_hub, wait_ready};
 use e2e::servers::{free_port, S3Server, SftpServer, WebDavServer};
 use e2e::{assert_eventually, pattern, sha256_hex, TestHub};
 use futures::future::join_all;
@@ -529,44 +530,6 @@ async fn an_upload_into_a_folder_deleted_meanwhile_fails_clearly_and_leaves_noth
     );
     assert!(!root.join("doomed").exists(), "the folder stays deleted");
     assert_no_staging(&root);
-}
-
-const HUB_BIN: &str = env!("CARGO_BIN_EXE_e2e-hub");
-
-/// A real `hub dev` process on `port` over `data`, with a short staging grace (killed when
-/// dropped, so a failing test leaves no hub behind).
-fn spawn_hub(data: &Path, base: &Path, port: u16) -> tokio::process::Child {
-    let mut cmd = tokio::process::Command::new(HUB_BIN);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SWITCHYARD_")) {
-        cmd.env_remove(k);
-    }
-    cmd.arg("--config")
-        .arg(base)
-        .args(["dev", "--data-dir"])
-        .arg(data)
-        .args(["--port", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawning the hub")
-}
-
-/// What `hub dev` wrote to `DATA_DIR/dev-credentials.json`.
-fn dev_credentials(data: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(data.join("dev-credentials.json")).expect("credentials"))
-        .expect("json")
-}
-
-async fn wait_ready(http: &reqwest::Client, port: u16) {
-    assert_eventually!(
-        http.get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success()),
-        Duration::from_secs(60),
-        "the hub to be ready"
-    );
 }
 
 #[tokio::test]

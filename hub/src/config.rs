@@ -1160,20 +1160,20 @@ mod tests {
             "database:\n  replica_url: postgres://u@replica/db\n",
             env(&[]),
         )
-        .unwrap_err();
+        .expect_err("a replica with SQLite");
         assert!(e.to_string().contains("database.replica_url"), "{e}");
         assert!(e.to_string().contains("SQLite"), "{e}");
         let e = Config::from_yaml(
             "database:\n  url: postgres://u@a/db\n  replica_url: postgres://u@b,c/db\n",
             env(&[]),
         )
-        .unwrap_err();
+        .expect_err("two replica hosts");
         assert!(e.to_string().contains("database.replica_url"), "{e}");
         let e = Config::from_yaml(
             "database:\n  url: postgres://u@a/db\n  acquire_timeout_ms: 0\n",
             env(&[]),
         )
-        .unwrap_err();
+        .expect_err("a zero timeout");
         assert!(e.to_string().contains("database.acquire_timeout_ms"), "{e}");
         let e = Config::from_yaml("database:\n  max_connections: lots\n", env(&[]))
             .expect_err("invalid");

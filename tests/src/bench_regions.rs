@@ -11,6 +11,8 @@
 //! The client is the lab's root location (no delay to any region): a client next to the hub it
 //! calls.
 
+#![allow(clippy::print_stdout)]
+
 use crate::regions_lab::{HubSpec, RegionsLab};
 use anyhow::{ensure, Context as _, Result};
 use serde_json::{json, Value};

@@ -1030,12 +1030,12 @@ mod tests {
 
     #[test]
     fn positions_round_trip_and_refuse_garbage() {
-        let p: Position = "2:16/B374D848".parse().unwrap();
+        let p: Position = "2:16/B374D848".parse().expect("a position");
         assert_eq!(p.timeline, 2);
         assert_eq!(p.lsn, (0x16 << 32) | 0xB374_D848);
         assert_eq!(p.xid, None);
         assert_eq!(p.to_string(), "2:16/B374D848");
-        let p: Position = "2:16/B374D848@731".parse().unwrap();
+        let p: Position = "2:16/B374D848@731".parse().expect("a position with an xid");
         assert_eq!(p.xid, Some(731));
         assert_eq!(p.to_string(), "2:16/B374D848@731");
         for bad in [
@@ -1071,7 +1071,7 @@ mod tests {
 
     #[test]
     fn multi_host_urls_split_per_host() {
-        let h = split_hosts("postgres://u:p@a:5433,b/db?sslmode=disable").unwrap();
+        let h = split_hosts("postgres://u:p@a:5433,b/db?sslmode=disable").expect("two hosts");
         assert_eq!(
             h,
             vec![

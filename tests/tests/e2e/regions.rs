@@ -234,11 +234,15 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
             .to_owned();
 
         // Two accounts and a seed file for the transfers, through b.
-        let (s, src, _) = b.create_account(&lab.fs_root("src").unwrap(), "src").await;
+        let (s, src, _) = b
+            .create_account(&lab.fs_root("src").expect("fs_root"), "src")
+            .await;
         assert_eq!(s, 201, "{src}");
-        let (s, dst, _) = b.create_account(&lab.fs_root("dst").unwrap(), "dst").await;
+        let (s, dst, _) = b
+            .create_account(&lab.fs_root("dst").expect("fs_root"), "dst")
+            .await;
         assert_eq!(s, 201, "{dst}");
-        let src_id = src["id"].as_i64().unwrap();
+        let src_id = src["id"].as_i64().expect("id");
         let (s, seed, _) = b
             .json(
                 b.req(
@@ -255,10 +259,10 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         assert_eq!(s, 201, "{seed}");
         let view = Arc::new(LabView {
             src: src_id,
-            dst: dst["id"].as_i64().unwrap(),
+            dst: dst["id"].as_i64().expect("id"),
             app: lab.app_id,
-            seed_file: seed["id"].as_str().unwrap().to_owned(),
-            roots: lab.fs_root("accounts").unwrap(),
+            seed_file: seed["id"].as_str().expect("id").to_owned(),
+            roots: lab.fs_root("accounts").expect("fs_root"),
         });
 
         // 500 write-then-read pairs through b, 20 clients at once, six kinds of write.
@@ -320,13 +324,13 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         );
 
         // Across regions: a write through a, read through b carrying the position.
-        let acc_root = lab.fs_root("cross").unwrap();
+        let acc_root = lab.fs_root("cross").expect("fs_root");
         for i in 0..30 {
             let name = format!("cross-{i}");
             let (s, acc, pos) = a.create_account(&acc_root, &name).await;
             assert_eq!(s, 201, "{acc}");
             let pos = pos.expect("a write answers X-Switchyard-Position");
-            let id = acc["id"].as_i64().unwrap();
+            let id = acc["id"].as_i64().expect("id");
             let (s, g, _) = b
                 .json(
                     b.req(Method::GET, &format!("/v1/accounts/{id}"))
@@ -391,13 +395,13 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         .expect("replica usable again");
 
         // Promotion is refused while the primary answers; status names both servers.
-        let refused = lab.cli_raw("hub-b", &["db", "promote"]).unwrap();
+        let refused = lab.cli_raw("hub-b", &["db", "promote"]).expect("cli_raw");
         assert!(!refused.status.success());
         let why = String::from_utf8_lossy(&refused.stderr);
         assert!(why.contains("still answers"), "{why}");
         let status: Value = serde_json::from_slice(
             &lab.cli("hub-b", &["db", "status", "--json"])
-                .unwrap()
+                .expect("an answer")
                 .stdout,
         )
         .expect("status json");
@@ -405,7 +409,7 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         assert_eq!(status["timeline"], 1);
         let rep = status["servers"]
             .as_array()
-            .unwrap()
+            .expect("an answer")
             .iter()
             .find(|s| s["host"] == lab.replica.host_port().as_str())
             .expect("replica row")
@@ -436,7 +440,7 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         let took = t0.elapsed();
         assert_eq!(resp.status(), 503);
         assert!(resp.headers().contains_key("retry-after"));
-        let body: Value = resp.json().await.unwrap();
+        let body: Value = resp.json().await.expect("the call");
         assert_eq!(body["error_code"], "database_unavailable", "{body}");
         assert!(took < Duration::from_secs(3), "503 after {took:?}");
 
@@ -475,12 +479,12 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
             .primary
             .sql("SELECT count(*) FROM accounts WHERE name LIKE 'after-%'")
             .await
-            .unwrap();
+            .expect("an answer");
         let on_new = lab
             .replica
             .sql("SELECT count(*) FROM accounts WHERE name LIKE 'after-%'")
             .await
-            .unwrap();
+            .expect("an answer");
         assert_eq!(
             on_old, "0",
             "rows written after the promotion reached the old primary"
@@ -488,10 +492,10 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         assert_eq!(on_new, (2 * n + 2).to_string());
         let status: Value = serde_json::from_slice(
             &lab.cli("hub-a", &["db", "status", "--json"])
-                .unwrap()
+                .expect("an answer")
                 .stdout,
         )
-        .unwrap();
+        .expect("an answer");
         assert_eq!(
             status["primary"],
             lab.replica.host_port().as_str(),
@@ -561,7 +565,7 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
     within(Duration::from_secs(5), ready)
         .await
         .expect("replica measured and usable");
-    let root = hub.new_fs_root("lag").unwrap();
+    let root = hub.new_fs_root("lag").expect("new_fs_root");
     // In step: the write waits for the replica, and the position comes from it.
     let (s, acc, pos) = c.create_account(&root, "fresh").await;
     assert_eq!(s, 201, "{acc}");
@@ -570,7 +574,10 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
     within(Duration::from_secs(5), ready)
         .await
         .expect("replica usable before the pause");
-    replica.sql("SELECT pg_wal_replay_pause()").await.unwrap();
+    replica
+        .sql("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("the call");
     let t0 = Instant::now();
     let (s, acc, _) = c.create_account(&root, "while-paused").await;
     assert_eq!(s, 201, "{acc}");
@@ -578,7 +585,7 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
         t0.elapsed() >= Duration::from_millis(300),
         "the write waited for the replica"
     );
-    let id = acc["id"].as_i64().unwrap();
+    let id = acc["id"].as_i64().expect("id");
     let before = c.metrics().await;
     for _ in 0..5 {
         let (s, g, _) = c
@@ -592,7 +599,7 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
         assert_eq!(s, 200);
         assert!(l["objects"]
             .as_array()
-            .unwrap()
+            .expect("an answer")
             .iter()
             .any(|a| a["id"] == id));
     }
@@ -618,7 +625,10 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
     .await;
     assert!(lagging.is_some(), "readyz reports the lagging replica");
 
-    replica.sql("SELECT pg_wal_replay_resume()").await.unwrap();
+    replica
+        .sql("SELECT pg_wal_replay_resume()")
+        .await
+        .expect("the call");
     let back = within(Duration::from_secs(10), || async move {
         let c = cc;
         let before = db_calls(&c.metrics().await, "replica", "request");
@@ -630,7 +640,7 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
         back.is_some(),
         "reads return to the replica once it caught up"
     );
-    hub.stop().await.unwrap();
+    hub.stop().await.expect("the call");
 }
 
 /// Configuration mistakes name the key: a replica with SQLite, a "replica" that is a primary,
@@ -645,7 +655,7 @@ async fn replica_configuration_mistakes_name_the_key() {
         routing.clone(),
     )
     .await
-    .unwrap_err();
+    .expect_err("a replica with SQLite is refused");
     assert_eq!(e.0, "database.replica_url", "{e:?}");
     assert!(e.1.contains("SQLite"), "{e:?}");
 
@@ -653,7 +663,7 @@ async fn replica_configuration_mistakes_name_the_key() {
     let other = Postgres::start().await.expect("another primary");
     let e = Db::connect_routed(&primary.url(), Some(&other.url()), routing.clone())
         .await
-        .unwrap_err();
+        .expect_err("a primary as the replica is refused");
     assert_eq!(e.0, "database.replica_url", "{e:?}");
     assert!(
         e.1.contains("is a primary, not a streaming replica"),
@@ -670,13 +680,13 @@ async fn replica_configuration_mistakes_name_the_key() {
         routing.clone(),
     )
     .await
-    .unwrap_err();
+    .expect_err("an unreachable replica is refused");
     assert_eq!(e.0, "database.replica_url", "{e:?}");
     assert!(e.1.contains("cannot be reached"), "{e:?}");
     assert!(t0.elapsed() < Duration::from_secs(5));
 
     // And through the command line, the same words.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
     let cfg = dir.path().join("hub.yaml");
     std::fs::write(
         &cfg,
@@ -686,13 +696,13 @@ async fn replica_configuration_mistakes_name_the_key() {
             other.url()
         ),
     )
-    .unwrap();
+    .expect("an answer");
     let out = std::process::Command::new(HUB)
         .arg("--config")
         .arg(&cfg)
         .args(["db", "status"])
         .output()
-        .unwrap();
+        .expect("an answer");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

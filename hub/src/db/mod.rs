@@ -17,6 +17,13 @@ macro_rules! read {
                 let $pool = &chosen;
                 $body
             }
+            // A pooled connection to the primary that died since its last use (pools do not
+            // ping before each use): once more on another.
+            Err(e) if !on_replica && $crate::db::is_broken_connection(&e) => {
+                let chosen = $db.w();
+                let $pool = &chosen;
+                $body
+            }
             done => done,
         }
     }};
@@ -37,6 +44,11 @@ macro_rules! read_one {
                 $body
             }
             Ok(None) if on_replica => {
+                let chosen = $db.w();
+                let $pool = &chosen;
+                $body
+            }
+            Err(e) if !on_replica && $crate::db::is_broken_connection(&e) => {
                 let chosen = $db.w();
                 let $pool = &chosen;
                 $body
@@ -141,6 +153,19 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
             // read-only transaction (a standby or demoted server); 53300: too many connections.
             c.starts_with("08") || c.starts_with("57P") || c == "25006" || c == "53300"
         }),
+        _ => false,
+    }
+}
+
+/// Whether `e` says the pooled connection itself was dead (the server restarted or dropped
+/// it since its last use), so the same query may simply be sent again on another.
+pub fn is_broken_connection(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Protocol(m) => m.contains("connection") || m.contains("closed"),
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c == "57P01" || c.starts_with("08")),
         _ => false,
     }
 }

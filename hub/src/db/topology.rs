@@ -346,6 +346,10 @@ fn pool(url: &str, routing: &Routing, max: u32) -> Result<AnyPool, sqlx::Error> 
     AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(routing.acquire_timeout)
+        // No ping before each use: to a primary in another region it is a round trip per
+        // query. A connection that died meanwhile fails its query instead: reads are asked
+        // again (`read!`), writes answer 503 `database_unavailable`.
+        .test_before_acquire(false)
         .connect_lazy(url)
 }
 
@@ -885,14 +889,37 @@ impl Topology {
             return;
         };
         // Started after the fence was owed: it commits after the revocation did.
-        let mut r = lock(&self.replica_state);
-        if r.fence_pending.is_some_and(|since| t0 > since) {
-            r.fence.push(xid);
-            r.fence_pending = None;
-        }
-        if r.heartbeat.is_none() {
+        let at = {
+            let mut r = lock(&self.replica_state);
+            if r.fence_pending.is_some_and(|since| t0 > since) {
+                r.fence.push(xid);
+                r.fence_pending = None;
+            }
+            if r.heartbeat.is_some() {
+                return;
+            }
             // Committed about halfway through the round trip.
-            r.heartbeat = Some((xid, t0 + t0.elapsed() / 2));
+            let at = t0 + t0.elapsed() / 2;
+            r.heartbeat = Some((xid, at));
+            at
+        };
+        // Its lag is the time until it shows: watch closely for a short while, so the figure
+        // is not rounded up to the monitor's period (sample_replica takes over past that).
+        let Some(rep) = &self.replica else {
+            return;
+        };
+        let until = Instant::now() + HEARTBEAT_WATCH;
+        while Instant::now() < until {
+            if let Ok(v) = visible(&rep.pool, &[xid]).await {
+                if v.contains(&xid) {
+                    let mut r = lock(&self.replica_state);
+                    r.lag_ms =
+                        Some(Instant::now().saturating_duration_since(at).as_millis() as u64);
+                    r.heartbeat = None;
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -907,21 +934,11 @@ impl Topology {
             w.extend(s.heartbeat.map(|h| h.0));
             (w, s.heartbeat)
         };
-        let mut seen = match (&p, watch.is_empty()) {
+        let seen = match (&p, watch.is_empty()) {
             (Ok(p), false) if p.in_recovery => visible(&rep.pool, &watch).await.ok(),
             _ => None,
         };
-        let mut now = Instant::now();
-        // The heartbeat's lag is the time until it shows: look often for a short while, so
-        // the figure is not rounded up to the monitor's period.
-        if let (Some((x, _)), Some(_)) = (heartbeat, &seen) {
-            let until = now + HEARTBEAT_WATCH;
-            while seen.as_ref().is_some_and(|v| !v.contains(&x)) && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-                seen = visible(&rep.pool, &watch).await.ok();
-                now = Instant::now();
-            }
-        }
+        let now = Instant::now();
         let primary_lsn = lock(&self.primary_state).lsn;
         let mut s = lock(&self.replica_state);
         match p {

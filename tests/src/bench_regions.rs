@@ -201,9 +201,8 @@ pub async fn run(hub_bin: &Path) -> Result<()> {
             base: lab.hub("hub-b-remote").base(),
         },
     ];
-    // Let the replica catch up and every hub measure it.
-    lab.wait_ready(Duration::from_secs(30))?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The replica caught up and every hub measured it.
+    lab.wait_healthy(Duration::from_secs(30))?;
 
     println!(
         "\n## bench regions: reads ({RTT_MS} ms RTT between regions, {ROUNDS} rounds, medians)\n"

@@ -213,13 +213,25 @@ impl RegionsLab {
 
     /// Waits until every hub answers `/readyz`.
     pub fn wait_ready(&self, within: Duration) -> Result<()> {
+        self.wait_readyz(within, |_| true)
+    }
+
+    /// Waits until every hub's `/readyz` says `ok` (not `degraded`): a hub with a replica has
+    /// measured it and reads it.
+    pub fn wait_healthy(&self, within: Duration) -> Result<()> {
+        self.wait_readyz(within, |body| {
+            serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|v| v["status"] == "ok")
+        })
+    }
+
+    fn wait_readyz(&self, within: Duration, good: impl Fn(&[u8]) -> bool) -> Result<()> {
         let deadline = Instant::now() + within;
         for h in &self.hubs {
             loop {
                 let ok = Command::new("curl")
                     .args(["-sf", "-m", "2", &format!("{}/readyz", h.base())])
                     .output()
-                    .is_ok_and(|o| o.status.success());
+                    .is_ok_and(|o| o.status.success() && good(&o.stdout));
                 if ok {
                     break;
                 }

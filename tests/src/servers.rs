@@ -230,13 +230,7 @@ impl Postgres {
             bail!("initdb failed ({status}){}", log_tail_section(&initdb_log));
         }
         if let Some((_, allow)) = &place.ip {
-            let mut hba = fs::OpenOptions::new()
-                .append(true)
-                .open(data.join("pg_hba.conf"))
-                .context("pg_hba.conf")?;
-            use std::io::Write as _;
-            writeln!(hba, "host all all {allow} trust").context("pg_hba.conf")?;
-            writeln!(hba, "host replication all {allow} trust").context("pg_hba.conf")?;
+            trust_clients(&data, allow)?;
         }
         let server = Self::launch(bins, run_as, dir, data, place).await?;
         server.create_database().await?;
@@ -399,13 +393,7 @@ impl Postgres {
             bail!("pg_basebackup failed ({status}){}", log_tail_section(&log));
         }
         if let Some((_, allow)) = ip {
-            let mut hba = fs::OpenOptions::new()
-                .append(true)
-                .open(data.join("pg_hba.conf"))
-                .context("pg_hba.conf")?;
-            use std::io::Write as _;
-            writeln!(hba, "host all all {allow} trust").context("pg_hba.conf")?;
-            writeln!(hba, "host replication all {allow} trust").context("pg_hba.conf")?;
+            trust_clients(&data, allow)?;
         }
         let place = Placement {
             netns: netns.map(str::to_owned),
@@ -538,6 +526,18 @@ impl Postgres {
         }
         Ok(())
     }
+}
+
+/// Lets clients (and replication) from the CIDR `allow` in without a password.
+fn trust_clients(data: &Path, allow: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut hba = fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("pg_hba.conf"))
+        .context("pg_hba.conf")?;
+    writeln!(hba, "host all all {allow} trust").context("pg_hba.conf")?;
+    writeln!(hba, "host replication all {allow} trust").context("pg_hba.conf")?;
+    Ok(())
 }
 
 /// The account to run the server as, and a temp dir it owns.

@@ -3,59 +3,36 @@
 //!
 //! Row types are private to this module; callers get the domain records below.
 
-/// A replica-eligible read: `$body` runs with `$pool` bound to [`Db::reader`]'s pool; if that
-/// was the replica and it failed as unreachable, the replica is marked down and `$body` runs
-/// again on the primary, so a replica that dies costs no failed request.
+/// A replica-eligible read: `$body` runs with `$pool` bound to [`Db::reader`]'s pool, and once
+/// more on the primary when [`Db::read_again`] says so (the replica failed or lacks the row,
+/// or a pooled primary connection was dead), so a replica that dies costs no failed request.
 macro_rules! read {
     ($db:expr, $pool:ident => $body:expr) => {{
         let (chosen, on_replica) = $db.reader();
         let $pool = &chosen;
-        match $body {
-            Err(e) if on_replica && $crate::db::replica_should_retry(&e) => {
-                $db.replica_failed(&e);
-                let chosen = $db.w();
-                let $pool = &chosen;
-                $body
-            }
-            // A pooled connection to the primary that died since its last use (pools do not
-            // ping before each use): once more on another.
-            Err(e) if !on_replica && $crate::db::is_broken_connection(&e) => {
-                let chosen = $db.w();
-                let $pool = &chosen;
-                $body
-            }
-            done => done,
+        let first = $body;
+        if $db.read_again(&first, on_replica) {
+            let chosen = $db.w();
+            let $pool = &chosen;
+            $body
+        } else {
+            first
         }
     }};
 }
 
-/// Like `read!` for a lookup of one row: a row the replica does not have is looked up again on
-/// the primary, since "not found" on a replica may only mean "not replayed yet" (a key the
-/// command line just created, an account another region just connected).
-macro_rules! read_one {
-    ($db:expr, $pool:ident => $body:expr) => {{
-        let (chosen, on_replica) = $db.reader();
-        let $pool = &chosen;
-        match $body {
-            Err(e) if on_replica && $crate::db::replica_should_retry(&e) => {
-                $db.replica_failed(&e);
-                let chosen = $db.w();
-                let $pool = &chosen;
-                $body
-            }
-            Ok(None) if on_replica => {
-                let chosen = $db.w();
-                let $pool = &chosen;
-                $body
-            }
-            Err(e) if !on_replica && $crate::db::is_broken_connection(&e) => {
-                let chosen = $db.w();
-                let $pool = &chosen;
-                $body
-            }
-            done => done,
-        }
-    }};
+/// What a read answered, as far as [`Db::read_again`] cares: whether it is a missing row.
+trait Answer {
+    fn missing(&self) -> bool {
+        false
+    }
+}
+impl Answer for AnyRow {}
+impl Answer for Vec<AnyRow> {}
+impl Answer for Option<AnyRow> {
+    fn missing(&self) -> bool {
+        self.is_none()
+    }
 }
 
 pub mod admin;
@@ -324,9 +301,20 @@ impl Db {
         }
     }
 
-    fn replica_failed(&self, e: &sqlx::Error) {
-        if let Some(t) = &self.topo {
-            t.replica_failed(e);
+    /// Whether a read that answered `r` from the replica (`on_replica`) or the primary must be
+    /// sent again to the primary: the replica was unreachable or behind on the schema (it is
+    /// then marked so), it lacks the one row asked for ("not found" on a replica may only mean
+    /// "not replayed yet": a key the command line just made, an account another region just
+    /// connected), or the primary connection had died since its last use (pools do not ping
+    /// before each use).
+    fn read_again<T: Answer>(&self, r: &DbResult<T>, on_replica: bool) -> bool {
+        match (r, &self.topo) {
+            (Err(e), Some(t)) if on_replica && replica_should_retry(e) => {
+                t.replica_failed(e);
+                true
+            }
+            (Err(e), _) => !on_replica && is_broken_connection(e),
+            (Ok(v), _) => on_replica && v.missing(),
         }
     }
 
@@ -461,7 +449,7 @@ impl Db {
     }
 
     pub async fn get_app(&self, id: i64) -> DbResult<Option<Application>> {
-        read_one!(self, pool => sqlx::query(&format!(
+        read!(self, pool => sqlx::query(&format!(
             "SELECT {APP_COLS} FROM applications WHERE id = $1"
         ))
         .bind(id)
@@ -565,7 +553,7 @@ impl Db {
 
     /// The active application an API key hash belongs to.
     pub async fn app_for_api_key(&self, hash: &[u8]) -> DbResult<Option<i64>> {
-        let r = read_one!(self, pool => sqlx::query(
+        let r = read!(self, pool => sqlx::query(
             "SELECT a.id AS id FROM api_keys k JOIN applications a ON a.id = k.app_id \
              WHERE k.key_hash = $1 AND a.active = 1",
         )
@@ -591,7 +579,7 @@ impl Db {
 
     pub async fn meta_token_exists(&self, hash: &[u8]) -> DbResult<bool> {
         Ok(
-            read_one!(self, pool => sqlx::query("SELECT id FROM meta_tokens WHERE token_hash = $1")
+            read!(self, pool => sqlx::query("SELECT id FROM meta_tokens WHERE token_hash = $1")
                 .bind(hash.to_vec())
                 .fetch_optional(pool)
                 .await)?
@@ -672,7 +660,7 @@ impl Db {
 
     /// An account, only if it belongs to `app_id`.
     pub async fn get_account(&self, app_id: i64, id: i64) -> DbResult<Option<AccountRecord>> {
-        read_one!(self, pool => sqlx::query(&format!(
+        read!(self, pool => sqlx::query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1 AND app_id = $2"
         ))
         .bind(id)
@@ -744,7 +732,7 @@ impl Db {
 
     /// The (account, application) a bearer token hash belongs to, if both are active.
     pub async fn account_for_token(&self, hash: &[u8]) -> DbResult<Option<(i64, i64)>> {
-        let r = read_one!(self, pool => sqlx::query(
+        let r = read!(self, pool => sqlx::query(
             "SELECT c.id AS account_id, c.app_id AS app_id FROM account_tokens t \
              JOIN accounts c ON c.id = t.account_id JOIN applications a ON a.id = c.app_id \
              WHERE t.token_hash = $1 AND c.active = 1 AND a.active = 1",

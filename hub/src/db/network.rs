@@ -238,13 +238,13 @@ impl Db {
     }
 
     pub async fn get_spoke(&self, id: i64) -> DbResult<Option<SpokeRecord>> {
-        read_one!(self, pool => sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes WHERE id = $1"))
+        read!(self, pool => sqlx::query(&format!("SELECT {SPOKE_COLS} FROM spokes WHERE id = $1"))
             .bind(id)
             .fetch_optional(pool)
             .await)?
-            .as_ref()
-            .map(spoke_from)
-            .transpose()
+        .as_ref()
+        .map(spoke_from)
+        .transpose()
     }
 
     pub async fn list_spokes(&self) -> DbResult<Vec<SpokeRecord>> {

@@ -217,34 +217,49 @@ pub struct CallLabels {
 
 /// Counters of database calls by pool and by origin, and the replica's lag (exported as
 /// Prometheus metrics by the hub).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DbStats {
     pub calls: prometheus_client::metrics::family::Family<
         CallLabels,
         prometheus_client::metrics::counter::Counter,
     >,
+    /// The family's four counters, `[replica][background]`, fetched once: counting is on
+    /// every query's path.
+    counters: [[prometheus_client::metrics::counter::Counter; 2]; 2],
     pub lag_bytes: prometheus_client::metrics::gauge::Gauge,
     pub lag_ms: prometheus_client::metrics::gauge::Gauge,
 }
 
+impl Default for DbStats {
+    fn default() -> Self {
+        let calls = prometheus_client::metrics::family::Family::<
+            CallLabels,
+            prometheus_client::metrics::counter::Counter,
+        >::default();
+        let counter = |pool, origin| calls.get_or_create(&CallLabels { pool, origin }).clone();
+        let counters = [
+            [
+                counter("primary", "request"),
+                counter("primary", "background"),
+            ],
+            [
+                counter("replica", "request"),
+                counter("replica", "background"),
+            ],
+        ];
+        Self {
+            calls,
+            counters,
+            lag_bytes: Default::default(),
+            lag_ms: Default::default(),
+        }
+    }
+}
+
 impl DbStats {
     fn count(&self, replica: bool) {
-        self.calls
-            .get_or_create(&CallLabels {
-                pool: if replica { "replica" } else { "primary" },
-                origin: if request().is_some() {
-                    "request"
-                } else {
-                    "background"
-                },
-            })
-            .inc();
-    }
-
-    /// Database calls sent to `pool` (`primary` or `replica`) from `origin` (`request` or
-    /// `background`).
-    pub fn calls(&self, pool: &'static str, origin: &'static str) -> u64 {
-        self.calls.get_or_create(&CallLabels { pool, origin }).get()
+        let background = REQUEST.try_with(|s| s.detached).unwrap_or(true);
+        self.counters[usize::from(replica)][usize::from(background)].inc();
     }
 }
 

@@ -143,7 +143,7 @@ impl Db {
     }
 
     pub async fn get_transfer(&self, id: i64) -> DbResult<Option<TransferRecord>> {
-        read_one!(self, pool => sqlx::query(&format!("SELECT {COLS} FROM transfers WHERE id = $1"))
+        read!(self, pool => sqlx::query(&format!("SELECT {COLS} FROM transfers WHERE id = $1"))
             .bind(id)
             .fetch_optional(pool)
             .await)?

@@ -61,6 +61,17 @@ impl Client {
         .await
     }
 
+    /// `/readyz`'s body, if it answered.
+    async fn readyz(&self) -> Option<Value> {
+        let r = self
+            .http
+            .get(format!("{}/readyz", self.base))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+
     async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.base))
@@ -364,15 +375,7 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         let bb = &b;
         let degraded = within(Duration::from_secs(5), || async move {
             let b = bb;
-            let r: Value = b
-                .http
-                .get(format!("{}/readyz", b.base))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let r = b.readyz().await?;
             (r["status"] == "degraded" && r["database"]["replica"] == "unreachable").then_some(r)
         })
         .await;
@@ -380,15 +383,7 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
         lab.replica.restart().await.expect("replica back");
         within(Duration::from_secs(15), || async move {
             let b = bb;
-            let r: Value = b
-                .http
-                .get(format!("{}/readyz", b.base))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let r = b.readyz().await?;
             (r["status"] == "ok").then_some(())
         })
         .await
@@ -550,15 +545,7 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
     let c = Client::new(hub.base_url.clone(), &hub.creds.api_key);
     let cc = &c;
     let ready = || async move {
-        let r: Value = cc
-            .http
-            .get(format!("{}/readyz", cc.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let r = cc.readyz().await?;
         (r["status"] == "ok").then_some(())
     };
     // Until its first heartbeat shows on the replica, the hub does not read it.
@@ -611,15 +598,7 @@ async fn a_lagging_replica_never_serves_a_stale_read() {
     );
     let lagging = within(Duration::from_secs(5), || async move {
         let c = cc;
-        let r: Value = c
-            .http
-            .get(format!("{}/readyz", c.base))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let r = c.readyz().await?;
         (r["status"] == "degraded" && r["database"]["replica"] == "lagging").then_some(())
     })
     .await;

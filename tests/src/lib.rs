@@ -7,6 +7,7 @@ pub mod bench_regions;
 pub mod bench_tunnel;
 pub mod lab;
 pub mod linkemu;
+pub mod linkemu_cli;
 pub mod netns;
 pub mod regions_lab;
 pub mod scripted_dns;

@@ -423,6 +423,11 @@ impl EmulatorBuilder {
     /// Creates the endpoint's TUN device inside `ns` (the root namespace when `None`), with
     /// offload when the kernel allows, its addresses and routes, up.
     pub fn attach(&mut self, ns: Option<&Netns>, att: Attachment) -> Result<EndpointId> {
+        self.attach_in(ns.map(|n| n.name.as_str()), att)
+    }
+
+    /// [`EmulatorBuilder::attach`] to a namespace by name (one made by `ip netns add`).
+    pub fn attach_in(&mut self, ns: Option<&str>, att: Attachment) -> Result<EndpointId> {
         let name = att.tun.clone();
         let open = move || -> std::io::Result<SyncDevice> {
             let build = |offload: bool| {
@@ -443,8 +448,7 @@ impl EmulatorBuilder {
             Ok(dev)
         };
         let dev = match ns {
-            Some(ns) => ns
-                .run(open)
+            Some(ns) => crate::netns::run_in(ns, open)
                 .join()
                 .map_err(|_| anyhow::anyhow!("the TUN thread panicked"))??,
             None => open(),
@@ -452,7 +456,7 @@ impl EmulatorBuilder {
         .with_context(|| format!("creating TUN device {} for {}", att.tun, att.name))?;
         let ip = |args: &[&str]| -> Result<()> {
             match ns {
-                Some(ns) => ns.ip(args).map(drop),
+                Some(ns) => crate::netns::ip(&[&["-n", ns], args].concat()).map(drop),
                 None => crate::netns::ip(args).map(drop),
             }
         };

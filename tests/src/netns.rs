@@ -43,6 +43,22 @@ pub fn ip(args: &[&str]) -> Result<Output> {
     run(Command::new("ip").args(args))
 }
 
+/// Runs `f` on a new thread that has joined the named namespace (one made by `ip netns add`,
+/// ours or someone else's): sockets and devices it opens live there.
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    let path = PathBuf::from("/run/netns").join(name);
+    std::thread::spawn(move || {
+        let fd =
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("joining the namespace")?;
+        Ok(f())
+    })
+}
+
 /// A network namespace, deleted (with its processes) on drop.
 #[derive(Debug)]
 pub struct Netns {
@@ -96,14 +112,7 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<Result<T>> {
-        let path = PathBuf::from("/run/netns").join(&self.name);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
-            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
-                .context("joining the namespace")?;
-            Ok(f())
-        })
+        run_in(&self.name, f)
     }
 
     /// Starts `cmd` (built with [`Netns::command`]) in the background, output to `log`.

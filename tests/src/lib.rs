@@ -12,6 +12,7 @@ pub mod netns;
 pub mod regions_lab;
 pub mod scripted_dns;
 pub mod servers;
+pub mod terraform_lab;
 pub mod tunnel_lab;
 
 use anyhow::Context as _;

@@ -32,7 +32,7 @@ up() {
   for k in $(seq 1 "$count"); do
     dir=$STATE/$REGION/spoke-$k
     in_ns "$NETNS" "$BIN_DIR/spoke" enroll "$join" --data-dir "$dir" \
-      --data-addr "${addrs[$((k - 1))]}" --name "$REGION-$k" \
+      --advertise "${addrs[$((k - 1))]}" --name "$REGION-$k" \
       >>"$STATE/log/spoke-$REGION-$k.log" 2>&1 || {
       tail -n 20 "$STATE/log/spoke-$REGION-$k.log" >&2
       die "spoke enroll $REGION-$k failed"

@@ -240,9 +240,13 @@ impl Db {
     }
 
     /// Gives back a use taken by an enrollment that then failed before any certificate left
-    /// the hub (see `network::enroll`).
+    /// the hub (see `network::enroll`). A token back at no use loses its `used_ms` too, which
+    /// the single-use condition of [`Db::take_join_token_use`] also reads.
     pub async fn return_join_token_use(&self, id: &str) -> DbResult<bool> {
-        let done = sqlx::query("UPDATE join_tokens SET uses = uses - 1 WHERE id = $1 AND uses > 0")
+        let done = sqlx::query(
+            "UPDATE join_tokens SET uses = uses - 1, \
+             used_ms = CASE WHEN uses = 1 THEN NULL ELSE used_ms END WHERE id = $1 AND uses > 0",
+        )
             .bind(id)
             .execute(&self.w())
             .await?;

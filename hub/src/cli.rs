@@ -166,7 +166,8 @@ pub enum SpokesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a single-use, expiring join token and print its join string.
+    /// Create an expiring join token (single use, or good for `--uses` spokes) and print its
+    /// join string.
     Create {
         /// Region the spoke serves.
         #[arg(long)]
@@ -179,6 +180,27 @@ pub enum TokenCommand {
         /// [default: `network.join_token_ttl_secs`, 1h].
         #[arg(long, value_parser = parse_ttl, value_name = "DURATION")]
         ttl: Option<std::time::Duration>,
+        /// How many spokes the token may enroll (1 to 10000), each with its own key pair and
+        /// certificate: one token for an autoscaling group.
+        #[arg(long, default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::network::enroll::MAX_USES)))]
+        uses: u32,
+        /// Print one JSON object (`id`, `region`, `name`, `join`, `max_uses`, `expires_at`)
+        /// and nothing else, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List join tokens: id, region, name, uses, expiry, state (never the secret).
+    List {
+        /// Print a JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a join token: it enrolls no further spoke (spokes it enrolled keep working).
+    /// Revoking a revoked token succeeds.
+    Revoke {
+        /// Token id (`jt_...`, from `spokes token list`).
+        id: String,
     },
 }
 
@@ -398,21 +420,101 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Spokes {
             command:
                 SpokesCommand::Token {
-                    command: TokenCommand::Create { region, name, ttl },
+                    command:
+                        TokenCommand::Create {
+                            region,
+                            name,
+                            ttl,
+                            uses,
+                            json,
+                        },
                 },
         } => {
             let ttl = ttl.unwrap_or(std::time::Duration::from_secs(
                 state.config.network.join_token_ttl_secs,
             ));
-            let (rec, join) =
-                crate::network::enroll::create_token(&state, &region, name.as_deref(), ttl).await?;
-            out(&format!(
-                "join token {} for region {} (expires {}, single use)\n{join}\n\
-                 on the new spoke: spoke enroll '{join}' --data-dir /var/lib/switchyard-spoke",
-                rec.id,
-                printable(&rec.region),
-                crate::model::rfc3339(rec.expires_ms)
-            ));
+            let (rec, join) = crate::network::enroll::create_token(
+                &state,
+                &region,
+                name.as_deref(),
+                ttl,
+                uses,
+            )
+            .await?;
+            if json {
+                // One line, one object: first-boot scripts capture it whole.
+                out(&serde_json::json!({
+                    "id": rec.id,
+                    "region": rec.region,
+                    "name": rec.name,
+                    "join": join,
+                    "max_uses": rec.max_uses,
+                    "expires_at": crate::model::rfc3339(rec.expires_ms),
+                })
+                .to_string());
+            } else {
+                let limit = if rec.max_uses == 1 {
+                    "single use".to_owned()
+                } else {
+                    format!("{} uses", rec.max_uses)
+                };
+                out(&format!(
+                    "join token {} for region {} (expires {}, {limit})\n{join}\n\
+                     on the new spoke: spoke enroll '{join}' --data-dir /var/lib/switchyard-spoke",
+                    rec.id,
+                    printable(&rec.region),
+                    crate::model::rfc3339(rec.expires_ms)
+                ));
+            }
+        }
+        Command::Spokes {
+            command:
+                SpokesCommand::Token {
+                    command: TokenCommand::List { json },
+                },
+        } => {
+            let now = now_ms();
+            let tokens = db.list_join_tokens().await?;
+            if json {
+                let views: Vec<_> = tokens
+                    .into_iter()
+                    .map(|t| crate::api::network::token_view(t, now))
+                    .collect();
+                out_json(&serde_json::to_value(views)?)?;
+            } else if tokens.is_empty() {
+                out("no join tokens");
+            } else {
+                for t in tokens {
+                    let v = crate::api::network::token_view(t, now);
+                    out(&format!(
+                        "{}\t{}\t{}\t{}\t{}/{} uses\texpires {}",
+                        v.id,
+                        v.state,
+                        printable(&v.region),
+                        printable(v.name.as_deref().unwrap_or("-")),
+                        v.uses,
+                        v.max_uses,
+                        v.expires
+                    ));
+                }
+            }
+        }
+        Command::Spokes {
+            command:
+                SpokesCommand::Token {
+                    command: TokenCommand::Revoke { id },
+                },
+        } => {
+            let revoked = db
+                .revoke_join_token(&id, now_ms())
+                .await?
+                .with_context(|| format!("no join token {}", printable(&id)))?;
+            out(if revoked {
+                "revoked: the token enrolls no further spoke (spokes it enrolled keep working; \
+                 revoke them with `hub spokes revoke ID`)"
+            } else {
+                "already revoked"
+            });
         }
         Command::Spokes {
             command: SpokesCommand::List { json },
@@ -430,6 +532,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                             "advertise": s.advertise,
                             "enrolled": crate::model::rfc3339(s.enrolled_ms),
                             "last_seen": s.last_seen_ms.map(crate::model::rfc3339),
+                            "join_token": s.join_token_id,
                         })
                     })
                     .collect();

@@ -8,7 +8,7 @@ pub use network::revoke as revoke_spoke;
 mod meta;
 pub use meta::create_api_key;
 pub(crate) use meta::{app_view, is_bidi_control, key_view, validate_app_name};
-mod network;
+pub(crate) mod network;
 mod ops;
 pub(crate) mod storage;
 pub(crate) mod transfers;

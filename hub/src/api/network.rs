@@ -19,7 +19,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_spokes))
         .routes(routes!(get_spoke, revoke_spoke))
-        .routes(routes!(create_token))
+        .routes(routes!(create_token, list_tokens))
+        .routes(routes!(revoke_token))
         .routes(routes!(explain_steering))
 }
 
@@ -111,24 +112,72 @@ async fn explain_steering(
 pub struct NewJoinToken {
     /// Region the spoke will serve (letters, digits, `-`, `_`, `.`).
     pub region: String,
-    /// Name for the spoke.
+    /// Name for the spoke; every use of a reusable token gets it with `-<use>` appended
+    /// (unless the spoke asks for its own name).
     #[serde(default)]
     pub name: Option<String>,
     /// Seconds the token stays valid (60 to 2,592,000; default `network.join_token_ttl_secs`).
     #[serde(default)]
     #[schema(minimum = 60, maximum = 2_592_000)]
     pub ttl_secs: Option<u64>,
+    /// How many spokes the token may enroll, each with its own key pair and certificate
+    /// (1 to 10,000; default 1).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 10_000)]
+    pub uses: Option<u32>,
 }
 
-/// A join token, with the join string shown only in the creation response.
+/// A new join token, with its join string (shown only in this response).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedJoinToken {
+    pub id: String,
+    pub region: String,
+    pub name: Option<String>,
+    pub expires: String,
+    /// How many spokes it may enroll.
+    pub max_uses: i64,
+    /// Paste into `spoke enroll`. Shown once.
+    pub join: String,
+}
+
+/// A join token as listed: never its secret.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JoinTokenView {
     pub id: String,
     pub region: String,
     pub name: Option<String>,
+    pub created: String,
     pub expires: String,
-    /// Paste into `spoke enroll`. Shown once.
-    pub join: String,
+    /// Spokes enrolled with it so far.
+    pub uses: i64,
+    pub max_uses: i64,
+    /// The latest enrollment with it.
+    pub last_used: Option<String>,
+    pub revoked: Option<String>,
+    /// `active`, `revoked`, `expired` or `exhausted`.
+    pub state: String,
+}
+
+/// The listed view of a token.
+pub fn token_view(t: crate::db::JoinTokenRecord, now: i64) -> JoinTokenView {
+    let state = match t.spent(now) {
+        None => "active",
+        Some(crate::db::TokenSpent::Revoked) => "revoked",
+        Some(crate::db::TokenSpent::Expired) => "expired",
+        Some(crate::db::TokenSpent::Exhausted) => "exhausted",
+    };
+    JoinTokenView {
+        id: t.id,
+        region: t.region,
+        name: t.name,
+        created: rfc3339(t.created_ms),
+        expires: rfc3339(t.expires_ms),
+        uses: t.uses,
+        max_uses: t.max_uses,
+        last_used: t.used_ms.map(rfc3339),
+        revoked: t.revoked_ms.map(rfc3339),
+        state: state.to_owned(),
+    }
 }
 
 /// A spoke.
@@ -145,6 +194,8 @@ pub struct SpokeView {
     pub connected: bool,
     /// Live status when connected to this hub.
     pub status: Option<LiveStatus>,
+    /// The join token it enrolled with.
+    pub join_token: Option<String>,
 }
 
 fn view(state: &AppState, s: crate::db::SpokeRecord) -> SpokeView {
@@ -159,6 +210,7 @@ fn view(state: &AppState, s: crate::db::SpokeRecord) -> SpokeView {
         last_seen: s.last_seen_ms.map(rfc3339),
         connected: status.is_some(),
         status,
+        join_token: s.join_token_id,
     }
 }
 
@@ -229,15 +281,16 @@ pub async fn revoke(state: &AppState, id: i64) -> ApiResult<bool> {
     Ok(changed)
 }
 
-/// Create a single-use join token for a new spoke.
+/// Create a join token for new spokes: single use by default, or good for `uses` spokes
+/// (an autoscaling group's), each enrolling with its own key pair and certificate.
 #[utoipa::path(post, path = "/v1/network/spokes/tokens", tag = "network",
     request_body = NewJoinToken,
-    responses((status = 201, body = JoinTokenView), CommonErrors))]
+    responses((status = 201, body = CreatedJoinToken), CommonErrors))]
 async fn create_token(
     _: MetaCaller,
     State(state): State<AppState>,
     ApiJson(body): ApiJson<NewJoinToken>,
-) -> ApiResult<(StatusCode, Json<JoinTokenView>)> {
+) -> ApiResult<(StatusCode, Json<CreatedJoinToken>)> {
     let ttl = body
         .ttl_secs
         .unwrap_or(state.config.network.join_token_ttl_secs);
@@ -245,6 +298,13 @@ async fn create_token(
         return Err(ApiError::bad_request(
             "`ttl_secs` must be between 60 and 2592000",
         ));
+    }
+    let max = crate::network::enroll::MAX_USES;
+    let uses = body.uses.unwrap_or(1);
+    if !(1..=max).contains(&uses) {
+        return Err(ApiError::bad_request(format!(
+            "`uses` must be between 1 and {max}"
+        )));
     }
     if !crate::network::enroll::valid_label(&body.region) {
         return Err(ApiError::bad_request(
@@ -265,6 +325,7 @@ async fn create_token(
         &body.region,
         body.name.as_deref(),
         Duration::from_secs(ttl),
+        uses,
     )
     .await
     .map_err(|e| {
@@ -276,12 +337,54 @@ async fn create_token(
     })?;
     Ok((
         StatusCode::CREATED,
-        Json(JoinTokenView {
+        Json(CreatedJoinToken {
             id: rec.id,
             region: rec.region,
             name: rec.name,
             expires: rfc3339(rec.expires_ms),
+            max_uses: rec.max_uses,
             join,
         }),
     ))
+}
+
+/// List join tokens with their uses, expiry and state; never their secrets.
+#[utoipa::path(get, path = "/v1/network/spokes/tokens", tag = "network",
+    responses((status = 200, body = ObjectList<JoinTokenView>), CommonErrors))]
+async fn list_tokens(
+    _: MetaCaller,
+    State(state): State<AppState>,
+) -> ApiResult<Json<ObjectList<JoinTokenView>>> {
+    let now = now_ms();
+    let objects: Vec<JoinTokenView> = state
+        .db
+        .list_join_tokens()
+        .await?
+        .into_iter()
+        .map(|t| token_view(t, now))
+        .collect();
+    let total = objects.len();
+    Ok(Json(super::page_of(
+        objects,
+        1,
+        total.max(1) as u32,
+        total,
+        "network",
+    )))
+}
+
+/// Revoke a join token: it enrolls no further spoke. Idempotent. Spokes it already enrolled
+/// keep working (revoke them one by one with `DELETE /v1/network/spokes/{spoke}`).
+#[utoipa::path(delete, path = "/v1/network/spokes/tokens/{token}", tag = "network",
+    params(("token" = String, Path, description = "Join token id", pattern = r"^jt_[A-Za-z0-9_-]{1,64}$")),
+    responses((status = 204, description = "Revoked"), CommonErrors))]
+async fn revoke_token(
+    _: MetaCaller,
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    match state.db.revoke_join_token(&id, now_ms()).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(ApiError::not_found("join token")),
+    }
 }

@@ -42,7 +42,7 @@ mod steering;
 pub mod topology;
 mod transfers;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
-pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord};
+pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{Held, Lease, NewTransfer, TransferRecord};
 

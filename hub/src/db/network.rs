@@ -38,9 +38,41 @@ pub struct JoinTokenRecord {
     pub region: String,
     pub name: Option<String>,
     pub expires_ms: i64,
+    /// The latest use.
     pub used_ms: Option<i64>,
+    /// The spoke a single-use token enrolled before migration 0008; spokes now name their
+    /// token (`SpokeRecord::join_token_id`).
     pub spoke_id: Option<i64>,
     pub created_ms: i64,
+    /// How many spokes the token may enroll (1 to 10,000).
+    pub max_uses: i64,
+    /// Uses taken so far (never above `max_uses`).
+    pub uses: i64,
+    pub revoked_ms: Option<i64>,
+}
+
+/// Why a join token can take no further use, when it cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSpent {
+    Revoked,
+    Expired,
+    Exhausted,
+}
+
+impl JoinTokenRecord {
+    /// Why this token takes no further use at `now`, if it takes none. Revocation is named
+    /// first: it is the operator's latest word on the token.
+    pub fn spent(&self, now: i64) -> Option<TokenSpent> {
+        if self.revoked_ms.is_some() {
+            Some(TokenSpent::Revoked)
+        } else if self.expires_ms <= now {
+            Some(TokenSpent::Expired)
+        } else if self.uses >= self.max_uses || (self.max_uses == 1 && self.used_ms.is_some()) {
+            Some(TokenSpent::Exhausted)
+        } else {
+            None
+        }
+    }
 }
 
 /// An enrolled spoke.
@@ -54,11 +86,15 @@ pub struct SpokeRecord {
     pub enrolled_ms: i64,
     pub revoked_ms: Option<i64>,
     pub last_seen_ms: Option<i64>,
+    /// The join token it enrolled with (unknown for spokes enrolled before migration 0008
+    /// whose token row is gone).
+    pub join_token_id: Option<String>,
 }
 
-const TOKEN_COLS: &str = "id, secret_hash, region, name, expires_ms, used_ms, spoke_id, created_ms";
-const SPOKE_COLS: &str =
-    "id, name, region, cert_fingerprint, advertise, enrolled_ms, revoked_ms, last_seen_ms";
+const TOKEN_COLS: &str = "id, secret_hash, region, name, expires_ms, used_ms, spoke_id, created_ms, \
+                          max_uses, uses, revoked_ms";
+const SPOKE_COLS: &str = "id, name, region, cert_fingerprint, advertise, enrolled_ms, revoked_ms, \
+                          last_seen_ms, join_token_id";
 
 fn token_from(r: &AnyRow) -> DbResult<JoinTokenRecord> {
     Ok(JoinTokenRecord {
@@ -70,6 +106,9 @@ fn token_from(r: &AnyRow) -> DbResult<JoinTokenRecord> {
         used_ms: r.try_get("used_ms")?,
         spoke_id: r.try_get("spoke_id")?,
         created_ms: r.try_get("created_ms")?,
+        max_uses: r.try_get("max_uses")?,
+        uses: r.try_get("uses")?,
+        revoked_ms: r.try_get("revoked_ms")?,
     })
 }
 
@@ -83,6 +122,7 @@ fn spoke_from(r: &AnyRow) -> DbResult<SpokeRecord> {
         enrolled_ms: r.try_get("enrolled_ms")?,
         revoked_ms: r.try_get("revoked_ms")?,
         last_seen_ms: r.try_get("last_seen_ms")?,
+        join_token_id: r.try_get("join_token_id")?,
     })
 }
 
@@ -142,8 +182,8 @@ impl Db {
 
     pub async fn create_join_token(&self, t: &JoinTokenRecord) -> DbResult<()> {
         let r = sqlx::query(&format!(
-            "INSERT INTO join_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6) \
-             RETURNING {}",
+            "INSERT INTO join_tokens ({TOKEN_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7, 0, NULL) RETURNING {}",
             self.xid_col()
         ))
         .bind(&t.id)
@@ -152,6 +192,7 @@ impl Db {
         .bind(&t.name)
         .bind(t.expires_ms)
         .bind(t.created_ms)
+        .bind(t.max_uses)
         .fetch_one(&self.w())
         .await?;
         self.wrote(Some(&r)).await;
@@ -170,50 +211,112 @@ impl Db {
         .transpose()
     }
 
-    /// Marks a token used if it is still unused and unexpired. Exactly one caller wins, even
-    /// across hubs sharing the database (a single conditional UPDATE on the primary).
-    pub async fn consume_join_token(&self, id: &str, now: i64) -> DbResult<bool> {
-        let done = sqlx::query(
-            "UPDATE join_tokens SET used_ms = $1 WHERE id = $2 AND used_ms IS NULL AND expires_ms > $1",
+    /// Every join token, oldest first (what `hub spokes token list` shows).
+    pub async fn list_join_tokens(&self) -> DbResult<Vec<JoinTokenRecord>> {
+        let rows = read!(self, pool => sqlx::query(&format!(
+            "SELECT {TOKEN_COLS} FROM join_tokens ORDER BY created_ms, id"
+        ))
+        .fetch_all(pool)
+        .await)?;
+        rows.iter().map(token_from).collect()
+    }
+
+    /// Takes one use of a token if it has one left, is unexpired and not revoked; returns
+    /// the use's number (1 for the first). The check and the count are one conditional
+    /// UPDATE on the primary, so of any number of concurrent enrollments, across hubs, at
+    /// most `max_uses` win. A single-use token also needs `used_ms` unset: a hub older than
+    /// migration 0008 still running during an upgrade marks its uses there only.
+    pub async fn take_join_token_use(&self, id: &str, now: i64) -> DbResult<Option<i64>> {
+        let r = sqlx::query(
+            "UPDATE join_tokens SET uses = uses + 1, used_ms = $1 \
+             WHERE id = $2 AND uses < max_uses AND expires_ms > $1 AND revoked_ms IS NULL \
+             AND (max_uses > 1 OR used_ms IS NULL) RETURNING uses",
         )
         .bind(now)
         .bind(id)
-        .execute(&self.w())
+        .fetch_optional(&self.w())
         .await?;
-        Ok(done.rows_affected() == 1)
+        r.map(|r| r.try_get("uses")).transpose()
     }
 
-    /// Records which spoke a token enrolled.
-    pub async fn set_join_token_spoke(&self, id: &str, spoke_id: i64) -> DbResult<()> {
-        sqlx::query("UPDATE join_tokens SET spoke_id = $1 WHERE id = $2")
-            .bind(spoke_id)
+    /// Gives back a use taken by an enrollment that then failed before any certificate left
+    /// the hub (see `network::enroll`). A token back at no use loses its `used_ms` too, which
+    /// the single-use condition of [`Db::take_join_token_use`] also reads.
+    pub async fn return_join_token_use(&self, id: &str) -> DbResult<bool> {
+        let done = sqlx::query(
+            "UPDATE join_tokens SET uses = uses - 1, \
+             used_ms = CASE WHEN uses = 1 THEN NULL ELSE used_ms END WHERE id = $1 AND uses > 0",
+        )
             .bind(id)
             .execute(&self.w())
             .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    /// Inserts a spoke with a placeholder fingerprint (its certificate needs the id first).
+    /// Revokes a token (idempotent: a revoked token keeps its first revocation time).
+    /// `None` when no such token exists, else whether this call revoked it.
+    pub async fn revoke_join_token(&self, id: &str, now: i64) -> DbResult<Option<bool>> {
+        let r = sqlx::query(&format!(
+            "UPDATE join_tokens SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL \
+             RETURNING {}",
+            self.xid_col()
+        ))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.w())
+        .await?;
+        if r.is_some() {
+            self.wrote(r.as_ref()).await;
+            return Ok(Some(true));
+        }
+        Ok(self.get_join_token(id).await?.map(|_| false))
+    }
+
+    /// Inserts a spoke enrolled with token `join_token_id`, with a placeholder fingerprint
+    /// (its certificate needs the id first). `Ok(None)` when an unrevoked spoke already has
+    /// that name (names are unique among unrevoked spokes).
     pub async fn create_spoke(
         &self,
         name: &str,
         region: &str,
         placeholder_fingerprint: &str,
         advertise: Option<&str>,
+        join_token_id: &str,
         now: i64,
-    ) -> DbResult<i64> {
+    ) -> DbResult<Option<i64>> {
         let r = sqlx::query(
-            "INSERT INTO spokes (name, region, cert_fingerprint, advertise, enrolled_ms) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO spokes (name, region, cert_fingerprint, advertise, enrolled_ms, \
+             join_token_id) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(name)
         .bind(region)
         .bind(placeholder_fingerprint)
         .bind(advertise)
         .bind(now)
+        .bind(join_token_id)
         .fetch_one(&self.w())
-        .await?;
-        r.try_get("id")
+        .await;
+        match r {
+            Ok(r) => Ok(Some(r.try_get("id")?)),
+            Err(sqlx::Error::Database(d))
+                if d.is_unique_violation()
+                    && (d.constraint() == Some("spokes_live_name")
+                        || d.message().contains("spokes.name")) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a spoke whose enrollment failed before its certificate left the hub (its
+    /// fingerprint is still the placeholder, so nothing can be known by it).
+    pub async fn delete_pending_spoke(&self, id: i64) -> DbResult<()> {
+        sqlx::query("DELETE FROM spokes WHERE id = $1 AND cert_fingerprint LIKE 'pending:%'")
+            .bind(id)
+            .execute(&self.w())
+            .await?;
+        Ok(())
     }
 
     pub async fn set_spoke_fingerprint(&self, id: i64, fingerprint: &str) -> DbResult<()> {

@@ -1,7 +1,7 @@
-//! Spoke enrollment: single-use, expiring join tokens (stored hashed) and the exchange that
-//! turns a token and a CSR into a signed certificate and a registry entry.
+//! Spoke enrollment: expiring, revocable join tokens with a use limit (stored hashed) and the
+//! exchange that turns a token and a CSR into a signed certificate and a registry entry.
 
-use crate::db::JoinTokenRecord;
+use crate::db::{JoinTokenRecord, TokenSpent};
 use crate::state::{now_ms, AppState};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -94,16 +94,25 @@ pub fn valid_label(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Creates a join token; returns the stored record and the join string (shown once).
+/// The most spokes one join token may enroll.
+pub const MAX_USES: u32 = 10_000;
+
+/// Creates a join token good for `uses` enrollments (1 to [`MAX_USES`]); returns the stored
+/// record and the join string (shown once).
 pub async fn create_token(
     state: &AppState,
     region: &str,
     name: Option<&str>,
     ttl: Duration,
+    uses: u32,
 ) -> anyhow::Result<(JoinTokenRecord, String)> {
     anyhow::ensure!(
         valid_label(region),
         "region must be 1-63 letters, digits, '-', '_' or '.'"
+    );
+    anyhow::ensure!(
+        (1..=MAX_USES).contains(&uses),
+        "uses must be between 1 and {MAX_USES}"
     );
     if let Some(n) = name {
         anyhow::ensure!(
@@ -126,6 +135,9 @@ pub async fn create_token(
         used_ms: None,
         spoke_id: None,
         created_ms: now,
+        max_uses: i64::from(uses),
+        uses: 0,
+        revoked_ms: None,
     };
     state.db.create_join_token(&record).await?;
     let join = JoinString {
@@ -205,8 +217,70 @@ pub async fn hub_list(state: &AppState) -> anyhow::Result<Vec<HubInfo>> {
     Ok(hubs)
 }
 
-/// Runs one enrollment. The token is checked (secret in constant time), then consumed with a
-/// single conditional UPDATE so that only one of any number of concurrent attempts wins.
+/// The refusal of a token that takes no further use. Each names the token's state first
+/// ("join token exhausted"), which `spoke enroll` prints as it is.
+fn spent_refusal(why: TokenSpent, token: &JoinTokenRecord) -> Refusal {
+    match why {
+        TokenSpent::Revoked => refuse(
+            "token_revoked",
+            "join token revoked: an operator revoked this token; create a new one with \
+             `hub spokes token create`",
+        ),
+        TokenSpent::Expired => refuse(
+            "token_expired",
+            "join token expired: create a new one with `hub spokes token create`",
+        ),
+        TokenSpent::Exhausted if token.max_uses == 1 => refuse(
+            "token_exhausted",
+            "join token exhausted: this single-use token was already used; create a new one \
+             with `hub spokes token create`",
+        ),
+        TokenSpent::Exhausted => refuse(
+            "token_exhausted",
+            format!(
+                "join token exhausted: all {} uses of this token are taken; create a new one \
+                 with `hub spokes token create --uses N`",
+                token.max_uses
+            ),
+        ),
+    }
+}
+
+/// The names an enrollment tries for its spoke, in order, until one is free among the
+/// unrevoked spokes: the name the spoke asked for, else the token's name (a single-use
+/// token's spoke takes it as it is, every use of a reusable one gets `-<use>`), else
+/// `spoke-<token>`; then `<that>-<use>`, then with a random tag from `tags` (two tokens
+/// of one name, a use given back and taken again). Every candidate is at most 63
+/// characters.
+fn name_candidates(
+    requested: Option<&str>,
+    token: &JoinTokenRecord,
+    use_no: i64,
+    tags: &[String],
+) -> Vec<String> {
+    let default = format!("spoke-{}", token.id.trim_start_matches("jt_"));
+    let base = requested
+        .or(token.name.as_deref())
+        .unwrap_or(&default);
+    let with = |suffix: &str| {
+        // Labels are ASCII, so any byte index is a character boundary.
+        let keep = base.len().min(63 - suffix.len());
+        format!("{}{suffix}", &base[..keep])
+    };
+    let mut names = Vec::with_capacity(2 + tags.len());
+    if requested.is_some() || token.max_uses == 1 {
+        names.push(base.to_owned());
+    }
+    names.push(with(&format!("-{use_no}")));
+    for t in tags {
+        names.push(with(&format!("-{use_no}-{t}")));
+    }
+    names
+}
+
+/// Runs one enrollment. The token is checked (secret in constant time; a wrong secret and an
+/// unknown id get the same answer), then one of its uses is taken with a single conditional
+/// UPDATE, so that of any number of concurrent attempts at most the token's `max_uses` win.
 pub async fn enroll(state: &AppState, req: &EnrollRequest) -> Result<Enrolled, Refusal> {
     let internal = |e: &dyn std::fmt::Display| {
         tracing::error!(error = %e, "enrollment failed");
@@ -234,17 +308,9 @@ pub async fn enroll(state: &AppState, req: &EnrollRequest) -> Result<Enrolled, R
             "this join token does not exist on this network",
         ));
     }
-    if token.used_ms.is_some() {
-        return Err(refuse(
-            "token_used",
-            "this join token was already used; create a new one with `hub spokes token create`",
-        ));
-    }
-    if token.expires_ms <= now {
-        return Err(refuse(
-            "token_expired",
-            "this join token has expired; create a new one with `hub spokes token create`",
-        ));
+    // Only a caller holding the secret learns the token's state.
+    if let Some(why) = token.spent(now) {
+        return Err(spent_refusal(why, &token));
     }
     if let Some(name) = &req.name {
         if !valid_label(name) {
@@ -269,69 +335,146 @@ pub async fn enroll(state: &AppState, req: &EnrollRequest) -> Result<Enrolled, R
             ));
         }
     }
-    // Check the CSR before burning the token.
+    // Everything that can be checked is checked before a use is taken: the CSR (parsing
+    // verifies its signature, so a CSR that parses is one the CA signs) and the hub list.
     if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
         return Err(refuse(
             "bad_request",
             "the certificate request does not parse",
         ));
     }
-    if !state
+    let hubs = hub_list(state).await.map_err(|e| internal(&e))?;
+    let Some(use_no) = state
         .db
-        .consume_join_token(&token.id, now)
+        .take_join_token_use(&token.id, now)
         .await
         .map_err(|e| internal(&e))?
-    {
-        return Err(refuse(
-            "token_used",
-            "this join token was already used; create a new one with `hub spokes token create`",
-        ));
+    else {
+        // Another enrollment took the last use, or the token was revoked since we read it:
+        // say which from a fresh read.
+        let fresh = state
+            .db
+            .get_join_token(&token.id)
+            .await
+            .map_err(|e| internal(&e))?
+            .unwrap_or(token);
+        let why = fresh.spent(now).unwrap_or(TokenSpent::Exhausted);
+        return Err(spent_refusal(why, &fresh));
+    };
+    match issue(state, req, &token, use_no, advertise_host.as_deref(), now).await {
+        Ok((spoke_id, name, cert_pem)) => {
+            tracing::info!(spoke_id, %name, region = %token.region, token = %token.id,
+                use_no, max_uses = token.max_uses, "spoke enrolled");
+            Ok(Enrolled {
+                spoke_id,
+                name,
+                region: token.region,
+                cert_pem,
+                ca_pem: state.network.spoke_ca.cert_pem.clone(),
+                hub_ca_pem: state.network.ca.cert_pem.clone(),
+                hubs,
+                settings: spoke_settings(state),
+            })
+        }
+        Err(refusal) => {
+            // The use is given back: this enrollment failed before any certificate left the
+            // hub, so no identity came of it, and counting it would let failing instances (a
+            // broken image, a database hiccup) use up an autoscaling group's token without a
+            // single spoke joining. What the limit bounds still holds: at most `max_uses`
+            // certificates are ever issued with the token. Once a certificate is recorded its
+            // use stays spent, even if the answer then never reaches the spoke.
+            match state.db.return_join_token_use(&token.id).await {
+                Ok(_) => tracing::warn!(token = %token.id, code = refusal.code,
+                    "an enrollment failed after taking a use of its join token; the use was \
+                     given back"),
+                Err(e) => tracing::error!(token = %token.id, error = %e,
+                    "an enrollment failed after taking a use of its join token and the use \
+                     could not be given back: the token has one use fewer"),
+            }
+            Err(refusal)
+        }
     }
-    let name = req
-        .name
-        .clone()
-        .or(token.name.clone())
-        .unwrap_or_else(|| format!("spoke-{}", &token.id[3..]));
-    let spoke_id = state
-        .db
-        .create_spoke(
-            &name,
-            &token.region,
-            &format!("pending:{}", token.id),
-            req.advertise.as_deref(),
-            now,
+}
+
+/// The part of an enrollment after its use was taken: the spoke row under a free name, the
+/// certificate, the fingerprint. On failure no certificate has left the hub and the spoke
+/// row is gone again.
+async fn issue(
+    state: &AppState,
+    req: &EnrollRequest,
+    token: &JoinTokenRecord,
+    use_no: i64,
+    advertise_host: Option<&str>,
+    now: i64,
+) -> Result<(i64, String, String), Refusal> {
+    let internal = |e: &dyn std::fmt::Display| {
+        tracing::error!(error = %e, token = %token.id, "enrollment failed");
+        refuse(
+            "internal",
+            "the hub could not complete the enrollment; see its log",
         )
-        .await
-        .map_err(|e| internal(&e))?;
-    let lifetime = Duration::from_secs(state.config.network.spoke_cert_days * 86_400);
-    let cert_pem = state
-        .network
-        .spoke_ca
-        .sign_spoke_csr(&req.csr_pem, spoke_id, advertise_host.as_deref(), lifetime)
-        .map_err(|e| refuse("bad_request", e.to_string()))?;
-    let fp = shared::pki::fingerprint_pem(&cert_pem).map_err(|e| internal(&e))?;
-    state
-        .db
-        .set_spoke_fingerprint(spoke_id, &fp)
-        .await
-        .map_err(|e| internal(&e))?;
-    state
-        .db
-        .set_join_token_spoke(&token.id, spoke_id)
-        .await
-        .map_err(|e| internal(&e))?;
-    let hubs = hub_list(state).await.map_err(|e| internal(&e))?;
-    tracing::info!(spoke_id, %name, region = %token.region, "spoke enrolled");
-    Ok(Enrolled {
-        spoke_id,
-        name,
-        region: token.region,
-        cert_pem,
-        ca_pem: state.network.spoke_ca.cert_pem.clone(),
-        hub_ca_pem: state.network.ca.cert_pem.clone(),
-        hubs,
-        settings: spoke_settings(state),
-    })
+    };
+    let tags: Vec<String> = (0..3)
+        .map(|_| {
+            let mut b = [0u8; 2];
+            rand::rngs::OsRng.fill_bytes(&mut b);
+            hex::encode(b)
+        })
+        .collect();
+    // Unique per row, so concurrent uses of one token do not meet on the fingerprint column.
+    let mut tag = [0u8; 8];
+    rand::rngs::OsRng.fill_bytes(&mut tag);
+    let placeholder = format!("pending:{}:{}", token.id, hex::encode(tag));
+    let mut created = None;
+    for name in name_candidates(req.name.as_deref(), token, use_no, &tags) {
+        if let Some(id) = state
+            .db
+            .create_spoke(
+                &name,
+                &token.region,
+                &placeholder,
+                req.advertise.as_deref(),
+                &token.id,
+                now,
+            )
+            .await
+            .map_err(|e| internal(&e))?
+        {
+            created = Some((id, name));
+            break;
+        }
+    }
+    let Some((spoke_id, name)) = created else {
+        return Err(refuse(
+            "bad_request",
+            "no free spoke name was found; enroll with another --name",
+        ));
+    };
+    let signed = async {
+        let lifetime = Duration::from_secs(state.config.network.spoke_cert_days * 86_400);
+        let cert_pem = state
+            .network
+            .spoke_ca
+            .sign_spoke_csr(&req.csr_pem, spoke_id, advertise_host, lifetime)
+            .map_err(|e| refuse("bad_request", e.to_string()))?;
+        let fp = shared::pki::fingerprint_pem(&cert_pem).map_err(|e| internal(&e))?;
+        state
+            .db
+            .set_spoke_fingerprint(spoke_id, &fp)
+            .await
+            .map_err(|e| internal(&e))?;
+        Ok(cert_pem)
+    }
+    .await;
+    match signed {
+        Ok(cert_pem) => Ok((spoke_id, name, cert_pem)),
+        Err(r) => {
+            if let Err(e) = state.db.delete_pending_spoke(spoke_id).await {
+                tracing::error!(spoke_id, error = %e, "could not delete a failed enrollment's spoke row");
+            }
+            Err(r)
+        }
+    }
 }
 
 /// Why a spoke may not advertise (and so carry in its certificate) the DNS name `host`, if
@@ -425,5 +568,73 @@ mod tests {
         for bad in ["spoke1", "host:port", ":443", "a b:1", "h:99999"] {
             assert_eq!(parse_advertise(bad), None, "{bad}");
         }
+    }
+
+    fn token(name: Option<&str>, max_uses: i64) -> JoinTokenRecord {
+        JoinTokenRecord {
+            id: "jt_abcdefghijkl".into(),
+            secret_hash: Vec::new(),
+            region: "eu".into(),
+            name: name.map(str::to_owned),
+            expires_ms: 1_000,
+            used_ms: None,
+            spoke_id: None,
+            created_ms: 0,
+            max_uses,
+            uses: 0,
+            revoked_ms: None,
+        }
+    }
+
+    #[test]
+    fn spoke_names_from_tokens() {
+        let tags = ["1a2b".to_owned()];
+        // A single-use token's spoke takes the token's name as it is (as before reusable
+        // tokens); every use of a reusable one gets its use number.
+        assert_eq!(
+            name_candidates(None, &token(Some("web"), 1), 1, &tags),
+            ["web", "web-1", "web-1-1a2b"]
+        );
+        assert_eq!(
+            name_candidates(None, &token(Some("web"), 5), 3, &tags),
+            ["web-3", "web-3-1a2b"]
+        );
+        assert_eq!(
+            name_candidates(Some("db-7"), &token(Some("web"), 5), 3, &tags),
+            ["db-7", "db-7-3", "db-7-3-1a2b"]
+        );
+        assert_eq!(
+            name_candidates(None, &token(None, 5), 2, &[]),
+            ["spoke-abcdefghijkl-2"]
+        );
+        // Long names are cut so that every candidate stays a valid label.
+        let long = "x".repeat(63);
+        for n in name_candidates(Some(&long), &token(None, 10_000), 10_000, &tags) {
+            assert!(valid_label(&n), "{n}");
+        }
+    }
+
+    #[test]
+    fn why_a_token_is_spent() {
+        let mut t = token(None, 2);
+        assert_eq!(t.spent(999), None);
+        assert_eq!(t.spent(1_000), Some(TokenSpent::Expired));
+        t.uses = 2;
+        assert_eq!(t.spent(0), Some(TokenSpent::Exhausted));
+        t.revoked_ms = Some(5);
+        assert_eq!(t.spent(0), Some(TokenSpent::Revoked));
+        // A single-use token an older hub marked used (`used_ms` only) is spent too.
+        let mut old = token(None, 1);
+        old.used_ms = Some(1);
+        assert_eq!(old.spent(0), Some(TokenSpent::Exhausted));
+        assert!(spent_refusal(TokenSpent::Exhausted, &token(None, 3))
+            .message
+            .starts_with("join token exhausted"));
+        assert!(spent_refusal(TokenSpent::Revoked, &t)
+            .message
+            .starts_with("join token revoked"));
+        assert!(spent_refusal(TokenSpent::Expired, &t)
+            .message
+            .starts_with("join token expired"));
     }
 }

@@ -10,6 +10,7 @@ mod docs;
 mod egress;
 mod hubs;
 mod identity;
+mod join_tokens;
 mod lab;
 mod leases;
 mod network;

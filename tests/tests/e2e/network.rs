@@ -107,6 +107,9 @@ async fn enroll_run_and_revoke() {
             used_ms: None,
             spoke_id: None,
             created_ms: hub::state::now_ms() - 10_000,
+            max_uses: 1,
+            uses: 0,
+            revoked_ms: None,
         })
         .await
         .expect("token row");

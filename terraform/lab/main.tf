@@ -78,7 +78,12 @@ locals {
     } if p != r]
   }) }
 
-  db_url = "postgres://switchyard:__DB_PASSWORD__@${local.region[local.primary].private_addr}:5432/switchyard"
+  # Every database server, the primary first: after `hub db promote` in a replica region every
+  # hub finds the new primary among them by itself.
+  db_url = "postgres://switchyard:__DB_PASSWORD__@${join(",", concat(
+    ["${local.region[local.primary].private_addr}:5432"],
+    [for r in var.regions : "${local.region[r].private_addr}:5432" if r != local.primary],
+  ))}/switchyard"
 
   hub_config = { for r, x in local.region : r => yamlencode({
     listen     = "${x.wan_addr}:8080"

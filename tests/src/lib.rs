@@ -2,6 +2,7 @@
 //! servers for the production dependencies (`servers`), and small request helpers.
 
 pub mod bench_dns;
+pub mod bench_lab;
 pub mod bench_linkemu;
 pub mod bench_regions;
 pub mod bench_tunnel;

@@ -163,6 +163,46 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 impl DeployedLab {
     /// `terraform init` + `apply` of a copy of the module. On failure the lab is destroyed.
     pub fn apply(bins: &Bins, opts: &LabOptions) -> Result<DeployedLab> {
+        let mut lab = DeployedLab::prepare(bins, opts)?;
+        let started = Instant::now();
+        lab.destroyed = false;
+        run_tf(lab.apply_command(), "apply")?;
+        lab.apply_time = started.elapsed();
+        lab.read_outputs()?;
+        Ok(lab)
+    }
+
+    /// Starts `terraform apply` in the background (to interrupt it); the lab counts as
+    /// applied (dropping it destroys it).
+    pub fn spawn_apply(&mut self) -> Result<std::process::Child> {
+        self.destroyed = false;
+        let mut cmd = self.apply_command();
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        Ok(cmd.spawn()?)
+    }
+
+    fn apply_command(&self) -> Command {
+        let mut apply = self.tf(&["apply", "-auto-approve", "-no-color"]);
+        for v in &self.vars {
+            apply.args(["-var", v]);
+        }
+        apply
+    }
+
+    fn read_outputs(&mut self) -> Result<()> {
+        let out = run_tf(self.tf(&["output", "-json", "-no-color"]), "output")?;
+        let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&out.stdout)?;
+        let values: serde_json::Map<String, serde_json::Value> = raw
+            .into_iter()
+            .map(|(k, v)| (k, v["value"].clone()))
+            .collect();
+        self.outputs = serde_json::from_value(serde_json::Value::Object(values))
+            .context("reading the lab's outputs")?;
+        Ok(())
+    }
+
+    /// A copy of the module, initialised, not applied.
+    pub fn prepare(bins: &Bins, opts: &LabOptions) -> Result<DeployedLab> {
         let dir = tempfile::Builder::new().prefix("sylab").tempdir()?;
         // PostgreSQL runs as its own account and must reach its directory in there.
         std::fs::set_permissions(
@@ -181,8 +221,11 @@ impl DeployedLab {
             std::os::unix::fs::symlink(path, bin_dir.join(name))?;
         }
         std::fs::write(dir.path().join("terraformrc"), "")?;
-        // Unique per process, so a lab left by a killed run never blocks the next one.
-        let name = format!("sy{}", std::process::id() % 100_000);
+        // Unique per process and lab, so labs of one test run never collide and a lab left by
+        // a killed run never blocks the next one.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 10;
+        let name = format!("sy{}{n}", std::process::id() % 100_000);
         let regions = format!(
             "[{}]",
             opts.regions
@@ -199,7 +242,7 @@ impl DeployedLab {
             format!("spokes_per_region={}", opts.spokes_per_region),
         ];
         vars.extend(opts.vars.iter().cloned());
-        let mut lab = DeployedLab {
+        let lab = DeployedLab {
             outputs: Outputs {
                 hub_urls: BTreeMap::new(),
                 dns_servers: BTreeMap::new(),
@@ -218,22 +261,6 @@ impl DeployedLab {
             destroyed: true,
         };
         run_tf(lab.tf(&["init", "-no-color"]), "init")?;
-        let started = Instant::now();
-        lab.destroyed = false;
-        let mut apply = lab.tf(&["apply", "-auto-approve", "-no-color"]);
-        for v in &lab.vars {
-            apply.args(["-var", v]);
-        }
-        run_tf(apply, "apply")?;
-        lab.apply_time = started.elapsed();
-        let out = run_tf(lab.tf(&["output", "-json", "-no-color"]), "output")?;
-        let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&out.stdout)?;
-        let values: serde_json::Map<String, serde_json::Value> = raw
-            .into_iter()
-            .map(|(k, v)| (k, v["value"].clone()))
-            .collect();
-        lab.outputs = serde_json::from_value(serde_json::Value::Object(values))
-            .context("reading the lab's outputs")?;
         Ok(lab)
     }
 
@@ -356,8 +383,16 @@ impl DeployedLab {
             }
         }
         for (what, pid) in pids {
-            if Path::new(&format!("/proc/{pid}")).exists() {
-                left.push(format!("process {what} (pid {pid})"));
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                let netns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default();
+                let state = stat.rsplit_once(')').map_or("", |(_, r)| r.trim());
+                // A zombie is gone but for its entry, which init reaps when it gets to it
+                // (slowly in some sandboxes).
+                if !state.starts_with('Z') {
+                    left.push(format!("process {what} (pid {pid}, {state:.20}, {netns})"));
+                }
             }
         }
         let dir = self.dir.path().to_string_lossy().into_owned();
@@ -366,6 +401,7 @@ impl DeployedLab {
                 let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
                     continue;
                 };
+                // (A zombie's command line reads empty.)
                 if let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) {
                     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
                     if cmdline.contains(&dir) && !cmdline.starts_with("terraform") {

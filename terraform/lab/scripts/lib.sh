@@ -57,7 +57,7 @@ start_daemon() {
   shift 2
   mkdir -p "$STATE/run" "$STATE/log"
   local pidf="$STATE/run/$name.pid" logf="$STATE/log/$name.log"
-  if [ -s "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null; then
+  if [ -s "$pidf" ] && alive "$(cat "$pidf")"; then
     die "$name already runs (pid $(cat "$pidf"))"
   fi
   rm -f "$pidf"
@@ -69,10 +69,20 @@ start_daemon() {
   log "$name started (pid $(cat "$pidf"))"
 }
 
+# alive PID: whether PID runs. A zombie does not: it has released everything and waits for
+# its parent (init, once the script that started it is gone) to reap it, which may take a while.
+alive() {
+  kill -0 "$1" 2>/dev/null || return 1
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
 # running NAME: whether the daemon NAME is alive.
 running() {
   local pidf="$STATE/run/$1.pid"
-  [ -s "$pidf" ] && kill -0 "$(cat "$pidf")" 2>/dev/null
+  [ -s "$pidf" ] && alive "$(cat "$pidf")"
 }
 
 # check_running NAME: fails with the end of its log if the daemon NAME died.
@@ -108,7 +118,7 @@ stop_daemon() {
   pid=$(cat "$pidf")
   if kill "-$signal" "$pid" 2>/dev/null; then
     local deadline=$((SECONDS + grace))
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
       if [ "$SECONDS" -ge "$deadline" ]; then
         log "$name (pid $pid) still runs ${grace}s after SIG$signal: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
@@ -116,7 +126,7 @@ stop_daemon() {
       fi
       sleep 0.05
     done
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    while alive "$pid"; do sleep 0.05; done
   fi
   rm -f "$pidf"
 }

@@ -33,6 +33,10 @@ unix_socket_directories = '$DIR/sock'
 wal_level = replica
 max_wal_senders = 10
 max_replication_slots = 10
+# Two replicas seeding at once each force a checkpoint, which may recycle the WAL the other's
+# backup still needs before its slot exists ("requested WAL segment ... has already been
+# removed"): keep some regardless of slots.
+wal_keep_size = 256MB
 hot_standby = on
 hot_standby_feedback = on
 max_connections = 100

@@ -32,6 +32,10 @@ fn main() -> anyhow::Result<()> {
     match args.get(1).map(String::as_str) {
         Some("serve-bare") => serve_bare(args.get(2).context("port")?.parse()?),
         Some("linkemu") => e2e::bench_linkemu::run(args.get(2).map(String::as_str)),
+        Some("lab") => e2e::bench_lab::run(
+            &e2e::terraform_lab::Bins::beside_current_exe()?,
+            args.get(2).map_or(Ok(ROUNDS), |n| n.parse())?,
+        ),
         Some("regions") => {
             tokio::runtime::Runtime::new()?.block_on(e2e::bench_regions::run(&sibling("hub")?))
         }
@@ -61,7 +65,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|dns|regions|linkemu|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|dns|regions|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }

@@ -386,3 +386,92 @@ fn the_lab_deploys_every_region_on_one_host_and_destroy_leaves_nothing() {
     let left = lab.leftovers(&pids);
     assert!(left.is_empty(), "destroy left: {left:#?}");
 }
+
+/// The lab's plan-time checks (`terraform/lab/tests/plan.tftest.hcl`): topology and refused
+/// inputs, offline, nothing created.
+#[test]
+fn the_lab_plan_builds_the_topology_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let module = dir.path().join("lab");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(e2e::terraform_lab::module_dir())
+        .arg(&module)
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(module.join(".terraform"));
+    let rc = dir.path().join("terraformrc");
+    std::fs::write(&rc, "").expect("rc");
+    for args in [&["init", "-no-color"][..], &["test", "-no-color"][..]] {
+        let out = e2e::terraform_lab::terraform(&module, &rc)
+            .args(args)
+            .output()
+            .expect("terraform");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "terraform {args:?}:\n{text}");
+        if args[0] == "test" {
+            assert!(text.contains("7 passed, 0 failed"), "{text}");
+        }
+    }
+}
+
+/// What if the operator interrupts `terraform apply` half-way (Ctrl-C while the hubs start)?
+/// `terraform destroy` must still remove everything: processes, namespaces, the state dir.
+#[test]
+fn an_apply_interrupted_half_way_is_destroyed_without_a_trace() {
+    let bins = bins();
+    let opts = LabOptions {
+        regions: vec!["us-east".into(), "eu-west".into()],
+        spokes_per_region: 1,
+        vars: vec![r#"rtt_ms={"us-east,eu-west"=40}"#.into()],
+    };
+    let mut lab = DeployedLab::prepare(&bins, &opts).expect("prepare");
+    let mut apply = lab.spawn_apply().expect("apply");
+    let run = lab.state_dir().join("run");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let hub_starting = || {
+        std::fs::read_dir(&run).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("hub-"))
+        })
+    };
+    while !hub_starting() {
+        assert!(
+            apply.try_wait().expect("wait").is_none(),
+            "apply ended before any hub started"
+        );
+        assert!(Instant::now() < deadline, "no hub started within 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut pids = lab.pids();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(apply.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = apply.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "apply ignored SIGINT for 60 s");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "an interrupted apply reports failure");
+    // Daemons that started between the snapshot and the interrupt count too.
+    for p in lab.pids() {
+        if !pids.contains(&p) {
+            pids.push(p);
+        }
+    }
+    assert!(pids.len() >= 6, "{pids:?}");
+    lab.destroy()
+        .expect("terraform destroy after the interrupted apply");
+    let left = lab.leftovers(&pids);
+    assert!(left.is_empty(), "destroy left: {left:#?}");
+}

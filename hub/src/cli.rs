@@ -433,14 +433,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let ttl = ttl.unwrap_or(std::time::Duration::from_secs(
                 state.config.network.join_token_ttl_secs,
             ));
-            let (rec, join) = crate::network::enroll::create_token(
-                &state,
-                &region,
-                name.as_deref(),
-                ttl,
-                uses,
-            )
-            .await?;
+            let (rec, join) =
+                crate::network::enroll::create_token(&state, &region, name.as_deref(), ttl, uses)
+                    .await?;
             if json {
                 // One line, one object: first-boot scripts capture it whole.
                 out(&serde_json::json!({

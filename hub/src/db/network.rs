@@ -91,7 +91,8 @@ pub struct SpokeRecord {
     pub join_token_id: Option<String>,
 }
 
-const TOKEN_COLS: &str = "id, secret_hash, region, name, expires_ms, used_ms, spoke_id, created_ms, \
+const TOKEN_COLS: &str =
+    "id, secret_hash, region, name, expires_ms, used_ms, spoke_id, created_ms, \
                           max_uses, uses, revoked_ms";
 const SPOKE_COLS: &str = "id, name, region, cert_fingerprint, advertise, enrolled_ms, revoked_ms, \
                           last_seen_ms, join_token_id";
@@ -247,9 +248,9 @@ impl Db {
             "UPDATE join_tokens SET uses = uses - 1, \
              used_ms = CASE WHEN uses = 1 THEN NULL ELSE used_ms END WHERE id = $1 AND uses > 0",
         )
-            .bind(id)
-            .execute(&self.w())
-            .await?;
+        .bind(id)
+        .execute(&self.w())
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 

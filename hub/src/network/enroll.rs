@@ -259,9 +259,7 @@ fn name_candidates(
     tags: &[String],
 ) -> Vec<String> {
     let default = format!("spoke-{}", token.id.trim_start_matches("jt_"));
-    let base = requested
-        .or(token.name.as_deref())
-        .unwrap_or(&default);
+    let base = requested.or(token.name.as_deref()).unwrap_or(&default);
     let with = |suffix: &str| {
         // Labels are ASCII, so any byte index is a character boundary.
         let keep = base.len().min(63 - suffix.len());

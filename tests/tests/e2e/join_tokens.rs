@@ -81,7 +81,10 @@ async fn join_token_with_three_uses_enrolls_three_spokes() {
     for i in 0..3 {
         let dir = root.path().join(format!("s{i}"));
         let id = enrolled_id(&enroll(join, &dir, &[]).await);
-        assert!(fingerprints.insert(cert_fingerprint(&dir)), "a certificate twice");
+        assert!(
+            fingerprints.insert(cert_fingerprint(&dir)),
+            "a certificate twice"
+        );
         assert!(
             keys.insert(std::fs::read_to_string(dir.join("spoke.key")).expect("key")),
             "a key twice"
@@ -224,8 +227,18 @@ async fn revoked_join_token_is_refused_and_its_spokes_keep_working() {
     let root = tempfile::tempdir().expect("tmp");
     // Revoked before any use.
     let a = new_token(&hub, json!({"region": "local", "uses": 3})).await;
-    assert_eq!(revoke_token(&hub, a["id"].as_str().expect("id")).await.status(), 204);
-    let o = enroll(a["join"].as_str().expect("join"), &root.path().join("a"), &[]).await;
+    assert_eq!(
+        revoke_token(&hub, a["id"].as_str().expect("id"))
+            .await
+            .status(),
+        204
+    );
+    let o = enroll(
+        a["join"].as_str().expect("join"),
+        &root.path().join("a"),
+        &[],
+    )
+    .await;
     assert_refused(&o, "join token revoked");
 
     // Revoked after one of three uses.
@@ -250,7 +263,10 @@ async fn revoked_join_token_is_refused_and_its_spokes_keep_working() {
             let v = spoke_view(&hub, id).await;
             v["status"]["healthy"] == true
                 && v["status"]["connected_secs"].as_u64().unwrap_or(0) >= since + 2
-                && v["status"]["last_heartbeat_ms_ago"].as_u64().unwrap_or(u64::MAX) < 1500
+                && v["status"]["last_heartbeat_ms_ago"]
+                    .as_u64()
+                    .unwrap_or(u64::MAX)
+                    < 1500
         },
         Duration::from_secs(15),
         "heartbeats after the token's revocation"
@@ -351,8 +367,9 @@ async fn a_failed_enrollment_gives_its_join_token_use_back() {
         &shared::proto::EnrollRequest {
             token_id: j.token_id.clone(),
             secret: j.secret.clone(),
-            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
-                .into(),
+            csr_pem:
+                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
+                    .into(),
             name: None,
             advertise: None,
         },
@@ -378,7 +395,11 @@ async fn a_failed_enrollment_gives_its_join_token_use_back() {
 #[tokio::test]
 async fn join_token_api_creates_lists_and_revokes() {
     let hub = TestHub::start().await.expect("hub");
-    let t = new_token(&hub, json!({"region": "local", "name": "api", "uses": 7, "ttl_secs": 600})).await;
+    let t = new_token(
+        &hub,
+        json!({"region": "local", "name": "api", "uses": 7, "ttl_secs": 600}),
+    )
+    .await;
     let id = t["id"].as_str().expect("id");
     assert_eq!(t["max_uses"], 7);
     let secret = JoinString::parse(t["join"].as_str().expect("join"))
@@ -395,7 +416,10 @@ async fn join_token_api_creates_lists_and_revokes() {
     assert_eq!(r.status(), 200);
     let body = r.text().await.expect("text");
     assert!(!body.contains(&secret), "a secret in the list: {body}");
-    assert!(!body.contains("SYJ1-") && !body.contains("\"join\""), "{body}");
+    assert!(
+        !body.contains("SYJ1-") && !body.contains("\"join\""),
+        "{body}"
+    );
     let v: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(v["type"], "object_list");
     let row = v["objects"]
@@ -409,7 +433,10 @@ async fn join_token_api_creates_lists_and_revokes() {
         (&row["uses"], &row["max_uses"], &row["state"], &row["name"]),
         (&json!(0), &json!(7), &json!("active"), &json!("api"))
     );
-    assert!(row["expires"].is_string() && row["revoked"].is_null(), "{row}");
+    assert!(
+        row["expires"].is_string() && row["revoked"].is_null(),
+        "{row}"
+    );
 
     for (n, status) in [(1, 204), (2, 204)] {
         assert_eq!(revoke_token(&hub, id).await.status(), status, "revoke #{n}");
@@ -451,7 +478,11 @@ async fn join_token_api_creates_lists_and_revokes() {
         let e: Value = r.json().await.expect("json");
         assert_eq!(e["error_code"], "invalid_parameters", "{body}: {e}");
         assert!(e["id"].is_string(), "{e}");
-        let field = if body.get("ttl_secs").is_some() { "ttl_secs" } else { "uses" };
+        let field = if body.get("ttl_secs").is_some() {
+            "ttl_secs"
+        } else {
+            "uses"
+        };
         assert!(
             e["message"].as_str().expect("message").contains(field),
             "{body}: {e}"
@@ -491,8 +522,14 @@ async fn join_token_api_creates_lists_and_revokes() {
     for auth in [Some(hub.apikey()), Some(other), None] {
         for (method, path) in [
             (reqwest::Method::GET, "/v1/network/spokes/tokens".to_owned()),
-            (reqwest::Method::POST, "/v1/network/spokes/tokens".to_owned()),
-            (reqwest::Method::DELETE, format!("/v1/network/spokes/tokens/{id}")),
+            (
+                reqwest::Method::POST,
+                "/v1/network/spokes/tokens".to_owned(),
+            ),
+            (
+                reqwest::Method::DELETE,
+                format!("/v1/network/spokes/tokens/{id}"),
+            ),
         ] {
             let mut rb = hub
                 .http
@@ -543,19 +580,27 @@ async fn join_token_cli_json_list_and_revoke() {
             .expect("hub cli")
     };
     let o = hub_cli(&[
-        "spokes", "token", "create", "--region", "local", "--name", "tf", "--uses", "2",
-        "--ttl", "30d", "--json",
+        "spokes", "token", "create", "--region", "local", "--name", "tf", "--uses", "2", "--ttl",
+        "30d", "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let stdout = text(&o.stdout);
     assert_eq!(stdout.lines().count(), 1, "one line: {stdout}");
     let v: Value = serde_json::from_str(&stdout).expect("stdout is one JSON object");
-    let keys: HashSet<&str> = v.as_object().expect("object").keys().map(|k| k.as_str()).collect();
+    let keys: HashSet<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(
         keys,
         HashSet::from(["id", "region", "name", "join", "max_uses", "expires_at"])
     );
-    assert_eq!((&v["region"], &v["name"], &v["max_uses"]), (&json!("local"), &json!("tf"), &json!(2)));
+    assert_eq!(
+        (&v["region"], &v["name"], &v["max_uses"]),
+        (&json!("local"), &json!("tf"), &json!(2))
+    );
     let expires = time::OffsetDateTime::parse(
         v["expires_at"].as_str().expect("expires_at"),
         &time::format_description::well_known::Rfc3339,
@@ -582,27 +627,44 @@ async fn join_token_cli_json_list_and_revoke() {
         .find(|t| t["id"] == id.as_str())
         .expect("listed")
         .clone();
-    assert_eq!((&row["uses"], &row["max_uses"]), (&json!(1), &json!(2)), "{row}");
+    assert_eq!(
+        (&row["uses"], &row["max_uses"]),
+        (&json!(1), &json!(2)),
+        "{row}"
+    );
     let o = hub_cli(&["spokes", "token", "list"]);
     let line = text(&o.stdout);
-    assert!(line.contains(&id) && line.contains("1/2 uses") && !line.contains(&secret), "{line}");
+    assert!(
+        line.contains(&id) && line.contains("1/2 uses") && !line.contains(&secret),
+        "{line}"
+    );
 
     let o = hub_cli(&["spokes", "token", "revoke", &id]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(text(&o.stdout).contains("revoked"), "{}", text(&o.stdout));
     let o = hub_cli(&["spokes", "token", "revoke", &id]);
     assert!(o.status.success(), "idempotent: {}", text(&o.stderr));
-    assert!(text(&o.stdout).contains("already revoked"), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("already revoked"),
+        "{}",
+        text(&o.stdout)
+    );
     let o = hub_cli(&["spokes", "token", "revoke", "jt_nosuchtoken"]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("no join token jt_nosuchtoken"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no join token jt_nosuchtoken"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = enroll(join, &root.path().join("t"), &[]).await;
     assert_refused(&o, "join token revoked");
     // The spoke the token enrolled is still there.
     wait_healthy(&hub, sid).await;
 
     for bad in ["0", "10001", "x"] {
-        let o = hub_cli(&["spokes", "token", "create", "--region", "local", "--uses", bad]);
+        let o = hub_cli(&[
+            "spokes", "token", "create", "--region", "local", "--uses", bad,
+        ]);
         assert!(!o.status.success(), "--uses {bad}");
         assert!(text(&o.stderr).contains("--uses"), "{}", text(&o.stderr));
         assert!(o.stdout.is_empty());
@@ -633,7 +695,10 @@ async fn join_tokens_from_before_reusable_tokens_keep_single_use() {
     before.run(&pool).await.expect("migrations 1-7");
     let now = hub::state::now_ms();
     let hash = |s: &str| shared::auth::hash_token(s).to_vec();
-    for (id, secret, used) in [("jt_oldused", "js_old-used", true), ("jt_oldfresh", "js_old-fresh", false)] {
+    for (id, secret, used) in [
+        ("jt_oldused", "js_old-used", true),
+        ("jt_oldfresh", "js_old-fresh", false),
+    ] {
         sqlx::query(
             "INSERT INTO join_tokens (id, secret_hash, region, name, expires_ms, used_ms, \
              spoke_id, created_ms) VALUES ($1, $2, 'local', 'old', $3, $4, $5, $6)",
@@ -682,15 +747,44 @@ async fn join_tokens_from_before_reusable_tokens_keep_single_use() {
         j.secret = shared::proto::Redacted(secret.into());
         j.encode()
     };
-    let o = enroll(&with("jt_oldused", "js_old-used"), &root.path().join("a"), &[]).await;
+    let o = enroll(
+        &with("jt_oldused", "js_old-used"),
+        &root.path().join("a"),
+        &[],
+    )
+    .await;
     assert_refused(&o, "join token exhausted");
-    let sid = enrolled_id(&enroll(&with("jt_oldfresh", "js_old-fresh"), &root.path().join("b"), &[]).await);
+    let sid = enrolled_id(
+        &enroll(
+            &with("jt_oldfresh", "js_old-fresh"),
+            &root.path().join("b"),
+            &[],
+        )
+        .await,
+    );
     // A single-use token's spoke takes the token's name as it is.
     assert_eq!(spoke_view(&hub, sid).await["name"], "old");
-    let o = enroll(&with("jt_oldfresh", "js_old-fresh"), &root.path().join("c"), &[]).await;
+    let o = enroll(
+        &with("jt_oldfresh", "js_old-fresh"),
+        &root.path().join("c"),
+        &[],
+    )
+    .await;
     assert_refused(&o, "join token exhausted");
     // The new single-use token behaves the same.
-    enrolled_id(&enroll(fresh_join["join"].as_str().expect("join"), &root.path().join("d"), &[]).await);
-    let o = enroll(fresh_join["join"].as_str().expect("join"), &root.path().join("e"), &[]).await;
+    enrolled_id(
+        &enroll(
+            fresh_join["join"].as_str().expect("join"),
+            &root.path().join("d"),
+            &[],
+        )
+        .await,
+    );
+    let o = enroll(
+        fresh_join["join"].as_str().expect("join"),
+        &root.path().join("e"),
+        &[],
+    )
+    .await;
     assert_refused(&o, "already used");
 }

@@ -788,3 +788,82 @@ async fn join_tokens_from_before_reusable_tokens_keep_single_use() {
     .await;
     assert_refused(&o, "already used");
 }
+
+/// Spoke names stay unique among live spokes on both engines: a second token of the same name
+/// and a spoke asking for a taken name get another name instead of a duplicate; a revoked
+/// spoke's name is free again.
+#[tokio::test]
+async fn spoke_names_stay_unique_across_join_tokens() {
+    let pg = Postgres::start().await.expect("postgres");
+    for database_url in [None, Some(pg.url())] {
+        let hub = TestHub::start_with(HubOptions {
+            database_url,
+            ..Default::default()
+        })
+        .await
+        .expect("hub");
+        let root = tempfile::tempdir().expect("tmp");
+        let name_of = |o: &std::process::Output| {
+            text(&o.stdout)
+                .split_whitespace()
+                .nth(3)
+                .map(|n| n.trim_matches(['(', ')']).to_owned())
+                .expect("name")
+        };
+        let a = new_token(&hub, json!({"region": "local", "name": "dup", "uses": 2})).await;
+        let b = new_token(&hub, json!({"region": "local", "name": "dup", "uses": 2})).await;
+        let o = enroll(
+            a["join"].as_str().expect("join"),
+            &root.path().join("a"),
+            &[],
+        )
+        .await;
+        let first = enrolled_id(&o);
+        assert_eq!(name_of(&o), "dup-1");
+        let o = enroll(
+            b["join"].as_str().expect("join"),
+            &root.path().join("b"),
+            &[],
+        )
+        .await;
+        let second = name_of(&o);
+        assert!(
+            second.starts_with("dup-1-") && second.len() == "dup-1-".len() + 4,
+            "{second}"
+        );
+        // A name asked for that a live spoke holds: the use number is appended.
+        let o = enroll(
+            a["join"].as_str().expect("join"),
+            &root.path().join("c"),
+            &["--name", "dup-1"],
+        )
+        .await;
+        assert_eq!(name_of(&o), "dup-1-2");
+        let names: Vec<String> = hub
+            .state
+            .db
+            .list_spokes()
+            .await
+            .expect("spokes")
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(names.iter().collect::<HashSet<_>>().len(), 3, "{names:?}");
+        // Once revoked, a spoke's name may be taken again.
+        let r = hub
+            .http
+            .delete(hub.url(&format!("/v1/network/spokes/{first}")))
+            .header("Authorization", hub.meta())
+            .send()
+            .await
+            .expect("revoke");
+        assert_eq!(r.status(), 204);
+        let o = enroll(
+            b["join"].as_str().expect("join"),
+            &root.path().join("d"),
+            &["--name", "dup-1"],
+        )
+        .await;
+        assert_eq!(name_of(&o), "dup-1");
+    }
+}

@@ -68,6 +68,10 @@ variable "client_rtt_ms" {
   description = "RTT between a client namespace and the region it is near."
   type        = number
   default     = 2
+  validation {
+    condition     = var.client_rtt_ms >= 0 && var.client_rtt_ms <= 2000
+    error_message = "var.client_rtt_ms must be between 0 and 2000."
+  }
 }
 
 variable "wan_cidr" {
@@ -105,8 +109,8 @@ variable "spokes_per_region" {
   type        = number
   default     = 1
   validation {
-    condition     = var.spokes_per_region >= 0 && var.spokes_per_region <= 8
-    error_message = "var.spokes_per_region must be between 0 and 8."
+    condition     = var.spokes_per_region >= 0 && var.spokes_per_region <= 8 && floor(var.spokes_per_region) == var.spokes_per_region
+    error_message = "var.spokes_per_region must be a whole number between 0 and 8."
   }
 }
 

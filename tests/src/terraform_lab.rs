@@ -362,8 +362,9 @@ impl DeployedLab {
         v
     }
 
-    /// What of this lab exists on the host: its namespaces, their mounts, live processes of
-    /// `pids`, processes running from the lab's directory, the state directory.
+    /// What of this lab exists on the host: its namespaces, their mounts, its interface names
+    /// in the root namespace, live processes of `pids`, processes running from the lab's
+    /// directory, the state directory.
     pub fn leftovers(&self, pids: &[(String, i32)]) -> Vec<String> {
         let mut left = Vec::new();
         let prefix = format!("{}-", self.name);
@@ -372,6 +373,17 @@ impl DeployedLab {
                 let ns = line.split_whitespace().next().unwrap_or_default();
                 if ns.starts_with(&prefix) {
                     left.push(format!("namespace {ns}"));
+                }
+            }
+        }
+        // The lab makes its interfaces inside its namespaces only; one of its names in the
+        // root namespace would be a device that escaped.
+        if let Ok(out) = Command::new("ip").args(["-o", "link", "show"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let ifname = line.split(':').nth(1).unwrap_or_default().trim();
+                let ifname = ifname.split('@').next().unwrap_or_default();
+                if ["wan0", "wg0", "priv0", "privx"].contains(&ifname) {
+                    left.push(format!("interface {ifname} in the root namespace"));
                 }
             }
         }

@@ -9,9 +9,16 @@ need STATE REGION
 up() {
   need NETNS ADDR PORT BUCKET MOTO_SERVER
   cleanup_on_failure down
-  local moto
-  moto=$(command -v "$MOTO_SERVER") || die "$MOTO_SERVER is not installed (pip install 'moto[server]')"
-  start_daemon "s3-$REGION" "$NETNS" "$moto" -H "$ADDR" -p "$PORT"
+  local moto=()
+  if command -v "$MOTO_SERVER" >/dev/null; then
+    moto=("$(command -v "$MOTO_SERVER")")
+  elif [ "$MOTO_SERVER" = moto_server ] && python3 -c 'import moto.server' 2>/dev/null; then
+    # Installed as a module without its console script on PATH.
+    moto=("$(command -v python3)" -m moto.server)
+  else
+    die "$MOTO_SERVER is not installed (pip install 'moto[server]')"
+  fi
+  start_daemon "s3-$REGION" "$NETNS" "${moto[@]}" -H "$ADDR" -p "$PORT"
   wait_daemon 60 "s3-$REGION" http_ok "$NETNS" "http://$ADDR:$PORT/moto-api/"
   in_ns "$NETNS" curl -fsS -o /dev/null -X PUT "http://$ADDR:$PORT/$BUCKET" ||
     die "creating bucket $BUCKET failed"

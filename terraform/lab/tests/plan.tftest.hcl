@@ -103,3 +103,11 @@ run "a_relative_state_dir_is_refused" {
   }
   expect_failures = [var.state_dir]
 }
+
+run "a_fraction_of_a_spoke_is_refused" {
+  command = plan
+  variables {
+    spokes_per_region = 1.5
+  }
+  expect_failures = [var.spokes_per_region]
+}

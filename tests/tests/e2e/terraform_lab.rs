@@ -415,7 +415,7 @@ fn the_lab_plan_builds_the_topology_and_refuses_bad_input() {
         );
         assert!(out.status.success(), "terraform {args:?}:\n{text}");
         if args[0] == "test" {
-            assert!(text.contains("7 passed, 0 failed"), "{text}");
+            assert!(text.contains("8 passed, 0 failed"), "{text}");
         }
     }
 }

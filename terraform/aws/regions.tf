@@ -19,6 +19,7 @@ module "us_east_1" {
   parameter_prefix    = var.parameter_prefix
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
+  detailed_monitoring = var.detailed_monitoring
 }
 
 module "us_west_2" {
@@ -39,6 +40,7 @@ module "us_west_2" {
   parameter_prefix    = var.parameter_prefix
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
+  detailed_monitoring = var.detailed_monitoring
 }
 
 module "eu_west_1" {
@@ -59,6 +61,7 @@ module "eu_west_1" {
   parameter_prefix    = var.parameter_prefix
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
+  detailed_monitoring = var.detailed_monitoring
 }
 
 module "eu_central_1" {
@@ -79,6 +82,7 @@ module "eu_central_1" {
   parameter_prefix    = var.parameter_prefix
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
+  detailed_monitoring = var.detailed_monitoring
 }
 
 module "ap_southeast_1" {
@@ -99,6 +103,7 @@ module "ap_southeast_1" {
   parameter_prefix    = var.parameter_prefix
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
+  detailed_monitoring = var.detailed_monitoring
 }
 
 module "ap_northeast_1" {
@@ -119,6 +124,7 @@ module "ap_northeast_1" {
   parameter_prefix    = var.parameter_prefix
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
+  detailed_monitoring = var.detailed_monitoring
 }
 
 # WireGuard into each gateway from the other gateways' Elastic IPs only (/32), one rule per

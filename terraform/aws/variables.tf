@@ -143,6 +143,12 @@ variable "join_uses" {
   }
 }
 
+variable "detailed_monitoring" {
+  description = "One-minute CloudWatch metrics on every instance (charged); basic five-minute metrics otherwise."
+  type        = bool
+  default     = false
+}
+
 variable "tags" {
   description = "Tags on every resource."
   type        = map(string)

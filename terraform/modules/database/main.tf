@@ -83,7 +83,7 @@ resource "aws_instance" "this" {
   vpc_security_group_ids = [aws_security_group.this.id]
   iam_instance_profile   = aws_iam_instance_profile.this.name
   ebs_optimized          = true
-  monitoring             = true
+  monitoring             = var.detailed_monitoring
   user_data = templatefile("${path.module}/../../boot/user-data.sh.tftpl", {
     bin_url  = var.bin_url
     binaries = var.role == "primary" ? ["hub"] : []

@@ -97,6 +97,12 @@ variable "secret_parameter_arns" {
   type        = list(string)
 }
 
+variable "detailed_monitoring" {
+  description = "One-minute CloudWatch metrics (charged); basic five-minute metrics otherwise."
+  type        = bool
+  default     = false
+}
+
 variable "tags" {
   description = "Tags on every resource."
   type        = map(string)

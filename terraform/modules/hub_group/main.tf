@@ -175,7 +175,7 @@ resource "aws_launch_template" "this" {
   }
 
   monitoring {
-    enabled = true
+    enabled = var.detailed_monitoring
   }
 
   block_device_mappings {

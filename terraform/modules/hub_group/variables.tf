@@ -112,6 +112,12 @@ variable "dns_parameter_arn" {
   type        = string
 }
 
+variable "detailed_monitoring" {
+  description = "One-minute CloudWatch metrics (charged); basic five-minute metrics otherwise."
+  type        = bool
+  default     = false
+}
+
 variable "tags" {
   description = "Tags on every resource."
   type        = map(string)

@@ -29,13 +29,14 @@ module "network" {
 }
 
 module "gateway" {
-  source     = "../tunnel_gateway"
-  name       = var.name
-  region     = var.region
-  cidr       = var.settings.cidr
-  vpc_id     = module.network.vpc_id
-  subnet_id  = module.network.public_subnet_ids[0]
-  private_ip = var.all[var.region].gateway_address
+  detailed_monitoring = var.detailed_monitoring
+  source              = "../tunnel_gateway"
+  name                = var.name
+  region              = var.region
+  cidr                = var.settings.cidr
+  vpc_id              = module.network.vpc_id
+  subnet_id           = module.network.public_subnet_ids[0]
+  private_ip          = var.all[var.region].gateway_address
 
   route_table_ids                = module.network.route_table_ids
   peer_cidrs                     = { for r, v in local.peers : r => v.cidr }
@@ -54,21 +55,22 @@ module "gateway" {
 }
 
 module "database" {
-  source          = "../database"
-  name            = var.name
-  region          = var.region
-  role            = local.is_primary ? "primary" : "replica"
-  vpc_id          = module.network.vpc_id
-  subnet_id       = module.network.private_subnet_ids[0]
-  private_ip      = var.all[var.region].db_address
-  primary_address = local.is_primary ? null : var.all[var.primary_region].db_address
-  client_cidrs    = local.cidrs
-  join_regions    = sort(keys(var.all))
-  join_uses       = var.join_uses
-  instance_type   = var.settings.db_instance_type
-  volume_size_gb  = var.settings.db_volume_gb
-  ami             = local.ami
-  bin_url         = var.bin_url
+  detailed_monitoring = var.detailed_monitoring
+  source              = "../database"
+  name                = var.name
+  region              = var.region
+  role                = local.is_primary ? "primary" : "replica"
+  vpc_id              = module.network.vpc_id
+  subnet_id           = module.network.private_subnet_ids[0]
+  private_ip          = var.all[var.region].db_address
+  primary_address     = local.is_primary ? null : var.all[var.primary_region].db_address
+  client_cidrs        = local.cidrs
+  join_regions        = sort(keys(var.all))
+  join_uses           = var.join_uses
+  instance_type       = var.settings.db_instance_type
+  volume_size_gb      = var.settings.db_volume_gb
+  ami                 = local.ami
+  bin_url             = var.bin_url
   # The primary makes every bootstrap secret; a replica reads the replication password only.
   secret_parameter_arns = local.is_primary ? concat(
     [var.parameter_arns.db_password, var.parameter_arns.replication_password, var.parameter_arns.master_key, var.parameter_arns.meta_token],
@@ -81,6 +83,7 @@ module "database" {
 }
 
 module "hubs" {
+  detailed_monitoring   = var.detailed_monitoring
   source                = "../hub_group"
   name                  = var.name
   region                = var.region
@@ -106,6 +109,7 @@ module "hubs" {
 }
 
 module "spokes" {
+  detailed_monitoring = var.detailed_monitoring
   source              = "../spokes"
   name                = var.name
   region              = var.region

@@ -89,6 +89,12 @@ variable "parameter_arns" {
   })
 }
 
+variable "detailed_monitoring" {
+  description = "One-minute CloudWatch metrics on every instance (charged)."
+  type        = bool
+  default     = false
+}
+
 variable "tags" {
   description = "Tags on every resource."
   type        = map(string)

@@ -86,6 +86,12 @@ variable "join_parameter_arn" {
   type        = string
 }
 
+variable "detailed_monitoring" {
+  description = "One-minute CloudWatch metrics (charged); basic five-minute metrics otherwise."
+  type        = bool
+  default     = false
+}
+
 variable "tags" {
   description = "Tags on every resource."
   type        = map(string)

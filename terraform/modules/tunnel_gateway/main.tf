@@ -96,7 +96,7 @@ resource "aws_instance" "this" {
   # It forwards packets that are neither from nor to itself.
   source_dest_check = false
   ebs_optimized     = true
-  monitoring        = true
+  monitoring        = var.detailed_monitoring
   user_data = templatefile("${path.module}/../../boot/user-data.sh.tftpl", {
     bin_url  = var.bin_url
     binaries = ["tunnel"]

@@ -1,0 +1,104 @@
+#!/bin/bash
+# shellcheck disable=SC2154 # the ARG_* variables are set by parse_args (printf -v).
+# First boot of a PostgreSQL server. The primary makes the database and replication passwords
+# (or reuses the stored ones when rebuilt) and, with the hub binary, bootstraps the network:
+# schema, master key, Meta token, one reusable join token per region, all stored as SSM
+# SecureStrings. A replica waits for the replication password and the primary (through the
+# tunnel), copies it with pg_basebackup and streams from it.
+# Usage: db-boot.sh --role primary --region R --prefix P --ssm-region A --allow CIDR,CIDR
+#                   --join-regions R1,R2 [--join-uses 100]
+#        db-boot.sh --role replica --region R --prefix P --ssm-region A --allow CIDR,CIDR
+#                   --primary 10.x.y.z
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+parse_args "$@"
+need role region prefix ssm_region allow
+
+apt-get install -y -q --no-install-recommends postgresql postgresql-client openssl >/dev/null
+ver=$(ls /etc/postgresql)
+conf=/etc/postgresql/$ver/main
+data=/var/lib/postgresql/$ver/main
+install -d -m 0700 /etc/switchyard
+
+# Both roles get the same settings: a replica may be promoted and take replicas itself.
+cat >"$conf/conf.d/switchyard.conf" <<CONF
+listen_addresses = '*'
+password_encryption = 'scram-sha-256'
+wal_level = replica
+max_wal_senders = 16
+wal_keep_size = '4GB'
+hot_standby = on
+hot_standby_feedback = on
+CONF
+{
+  echo "# Switchyard: hubs and replicas from the regions' networks (through the tunnel)"
+  echo "local all postgres peer"
+  for c in ${ARG_allow//,/ }; do
+    echo "host switchyard switchyard $c scram-sha-256"
+    echo "host replication replicator $c scram-sha-256"
+  done
+} >"$conf/pg_hba.conf"
+
+pw=/etc/switchyard/db-password
+rpw=/etc/switchyard/replication-password
+gen_hex() { openssl rand -hex 24; }
+
+case "$ARG_role" in
+primary)
+  need join_regions
+  secret_once "$ARG_prefix/db/password" "$pw" gen_hex
+  secret_once "$ARG_prefix/db/replication_password" "$rpw" gen_hex
+  systemctl restart postgresql
+  # Roles and database; the passwords go through psql variables, never argv.
+  sudo -u postgres psql -v ON_ERROR_STOP=1 -q -v pw="$(cat "$pw")" -v rpw="$(cat "$rpw")" <<'SQL'
+SELECT 'CREATE ROLE switchyard LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'switchyard')\gexec
+SELECT 'CREATE ROLE replicator LOGIN REPLICATION' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator')\gexec
+ALTER ROLE switchyard PASSWORD :'pw';
+ALTER ROLE replicator PASSWORD :'rpw';
+SELECT 'CREATE DATABASE switchyard OWNER switchyard' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'switchyard')\gexec
+-- `hub db status` reads the replication views; `hub db promote` runs pg_promote on a replica.
+GRANT pg_monitor TO switchyard;
+GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO switchyard;
+SQL
+  # Bootstrap with the hub binary: a config in a 0600 file holds the URL with the password.
+  secret_once "$ARG_prefix/hub/master_key" /etc/switchyard/master.key sh -c 'head -c 32 /dev/urandom | base64'
+  boot=/etc/switchyard/bootstrap.yaml
+  ( umask 077
+    printf 'region: %s\ndata_dir: /var/lib/switchyard-bootstrap\ndatabase:\n  url: postgres://switchyard:%s@127.0.0.1:5432/switchyard\nsecrets:\n  master_key_file: /etc/switchyard/master.key\nnetwork:\n  quic_listen: null\n' \
+      "$ARG_region" "$(cat "$pw")" >"$boot" )
+  install -d -m 0700 /var/lib/switchyard-bootstrap
+  "$BIN/hub" --config "$boot" migrate
+  if [ -z "$(ssm_get "$ARG_prefix/hub/meta_token")" ]; then
+    out=$(mktemp); chmod 600 "$out"
+    "$BIN/hub" --config "$boot" meta-token create --name terraform | sed -n 's/^meta token: //p' >"$out"
+    ssm_put "$ARG_prefix/hub/meta_token" SecureString "$out"; rm -f "$out"
+  fi
+  for r in ${ARG_join_regions//,/ }; do
+    if [ -z "$(ssm_get "$ARG_prefix/join/$r")" ]; then
+      out=$(mktemp); chmod 600 "$out"
+      "$BIN/hub" --config "$boot" spokes token create --region "$r" --uses "${ARG_join_uses:-100}" --ttl 30d --json | jq -j .join >"$out"
+      ssm_put "$ARG_prefix/join/$r" SecureString "$out"; rm -f "$out"
+    fi
+  done
+  ;;
+replica)
+  need primary
+  ( umask 077; ssm_wait "$ARG_prefix/db/replication_password" >"$rpw" )
+  deadline=$((SECONDS + WAIT_SECS))
+  until pg_isready -q -h "$ARG_primary" -p 5432; do
+    [ $SECONDS -lt $deadline ] || die "the primary $ARG_primary:5432 is not reachable through the tunnel"
+    sleep 5
+  done
+  if [ ! -f "$data/standby.signal" ]; then
+    systemctl stop postgresql
+    rm -rf "$data"
+    install -d -m 0700 -o postgres -g postgres "$data"
+    # pg_basebackup -R writes primary_conninfo (with the password) into the data directory.
+    sudo -u postgres env PGPASSWORD="$(cat "$rpw")" pg_basebackup -h "$ARG_primary" -U replicator \
+      -D "$data" -R -X stream --checkpoint=fast
+  fi
+  systemctl restart postgresql
+  ;;
+*) die "--role must be primary or replica" ;;
+esac
+log "PostgreSQL $ARG_role of $ARG_region ready"

@@ -82,3 +82,23 @@ output "database_roles" {
   description = "Each region's PostgreSQL role (exactly one primary), by region."
   value       = { for r, m in local.regions_out : r => m.database_role }
 }
+
+output "region_aws" {
+  description = "Each region's AWS region, by region."
+  value       = { for r, v in var.regions : r => v.aws_region }
+}
+
+output "region_cidrs" {
+  description = "Each region's VPC CIDR, by region."
+  value       = { for r, v in var.regions : r => v.cidr }
+}
+
+output "zone" {
+  description = "The steering zone."
+  value       = var.zone
+}
+
+output "parent_zone" {
+  description = "The zone the steering zone is delegated from."
+  value       = var.parent_zone
+}

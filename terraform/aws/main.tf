@@ -81,7 +81,8 @@ resource "aws_ssm_parameter" "tunnel_peers" {
   provider    = aws.control
   name        = "${var.parameter_prefix}/tunnel/peers"
   description = "Switchyard tunnel gateways (public facts only)"
-  type        = "String"
+  # Public facts, but encrypted like every parameter under the prefix: one policy for all.
+  type = "SecureString"
   value = jsonencode([for r in sort(keys(var.regions)) : {
     name     = r
     cidr     = var.regions[r].cidr
@@ -95,7 +96,7 @@ resource "aws_ssm_parameter" "dns" {
   provider    = aws.control
   name        = "${var.parameter_prefix}/hub/dns"
   description = "Switchyard steering zone name servers (public facts only)"
-  type        = "String"
+  type        = "SecureString"
   value = jsonencode({
     zone        = var.zone
     nameservers = [for r in sort(keys(var.regions)) : "ns-${r}"]

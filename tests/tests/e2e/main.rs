@@ -21,6 +21,7 @@ mod reports;
 mod spokes;
 mod steering;
 mod steering_lab;
+mod terraform;
 mod tls;
 mod transfer_engine;
 mod tunnel;

@@ -46,6 +46,7 @@ locals {
     master_key           = "${local.param_arn}/hub/master_key"
     meta_token           = "${local.param_arn}/hub/meta_token"
     join                 = { for r in keys(var.regions) : r => "${local.param_arn}/join/${r}" }
+    join_expiry          = { for r in keys(var.regions) : r => "${local.param_arn}/join-expiry/${r}" }
     dns                  = "${local.param_arn}/hub/dns"
   }
 

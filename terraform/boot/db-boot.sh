@@ -6,7 +6,7 @@
 # SecureStrings. A replica waits for the replication password and the primary (through the
 # tunnel), copies it with pg_basebackup and streams from it.
 # Usage: db-boot.sh --role primary --region R --prefix P --ssm-region A --allow CIDR,CIDR
-#                   --join-regions R1,R2 [--join-uses 100]
+#                   [--join-uses 100]
 #        db-boot.sh --role replica --region R --prefix P --ssm-region A --allow CIDR,CIDR
 #                   --primary 10.x.y.z
 set -euo pipefail
@@ -45,7 +45,6 @@ gen_hex() { openssl rand -hex 24; }
 
 case "$ARG_role" in
 primary)
-  need join_regions
   secret_once "$ARG_prefix/db/password" "$pw" gen_hex
   secret_once "$ARG_prefix/db/replication_password" "$rpw" gen_hex
   systemctl restart postgresql
@@ -73,13 +72,13 @@ SQL
     "$BIN/hub" --config "$boot" meta-token create --name terraform | sed -n 's/^meta token: //p' >"$out"
     ssm_put "$ARG_prefix/hub/meta_token" SecureString "$out"; rm -f "$out"
   fi
-  for r in ${ARG_join_regions//,/ }; do
-    if [ -z "$(ssm_get "$ARG_prefix/join/$r")" ]; then
-      out=$(mktemp); chmod 600 "$out"
-      "$BIN/hub" --config "$boot" spokes token create --region "$r" --uses "${ARG_join_uses:-100}" --ttl 30d --json | jq -j .join >"$out"
-      ssm_put "$ARG_prefix/join/$r" SecureString "$out"; rm -f "$out"
-    fi
-  done
+  # Join tokens for every region now, then hourly: new regions get one, tokens are renewed
+  # a week before they expire.
+  printf 'ARGS=--prefix %s --ssm-region %s --uses %s\n' "$ARG_prefix" "$ARG_ssm_region" "${ARG_join_uses:-100}" \
+    >/etc/switchyard/join-tokens.env
+  "$(dirname "$0")/join-tokens.sh" --prefix "$ARG_prefix" --ssm-region "$ARG_ssm_region" --uses "${ARG_join_uses:-100}"
+  install_units switchyard-join-tokens.service switchyard-join-tokens.timer
+  systemctl enable --now switchyard-join-tokens.timer
   ;;
 replica)
   need primary

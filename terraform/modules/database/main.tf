@@ -46,14 +46,19 @@ resource "aws_iam_role" "this" {
   tags = local.tags
 }
 
-# The primary writes (and re-reads, when it is rebuilt) the secrets it makes; a replica reads
-# the replication password only.
+# The primary writes (and re-reads, when it is rebuilt) the secrets it makes and reads the
+# region list (the peer list); a replica reads the replication password only.
 resource "aws_iam_role_policy" "this" {
   name = "switchyard-db-${var.role}"
   role = aws_iam_role.this.id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = concat([
+    Statement = concat(length(var.read_parameter_arns) == 0 ? [] : [{
+      Sid      = "ReadRegions"
+      Effect   = "Allow"
+      Action   = ["ssm:GetParameter"]
+      Resource = var.read_parameter_arns
+      }], [
       var.role == "primary" ? {
         Sid      = "BootstrapSecrets"
         Effect   = "Allow"
@@ -90,7 +95,7 @@ resource "aws_instance" "this" {
     script   = "db-boot.sh"
     args = concat(
       ["--role", var.role, "--region", var.region, "--prefix", var.parameter_prefix, "--ssm-region", var.ssm_region, "--allow", join(",", values(var.client_cidrs))],
-      var.role == "primary" ? ["--join-regions", join(",", var.join_regions), "--join-uses", tostring(var.join_uses)] : ["--primary", var.primary_address],
+      var.role == "primary" ? ["--join-uses", tostring(var.join_uses)] : ["--primary", var.primary_address],
     )
   })
 

@@ -44,12 +44,6 @@ variable "client_cidrs" {
   type        = map(string)
 }
 
-variable "join_regions" {
-  description = "Regions that get a reusable spoke join token (primary only)."
-  type        = list(string)
-  default     = []
-}
-
 variable "join_uses" {
   description = "Uses of each region's join token (primary only)."
   type        = number
@@ -93,7 +87,7 @@ variable "ssm_region" {
 }
 
 variable "secret_parameter_arns" {
-  description = "Parameters this server may use: all bootstrap secrets (primary) or the replication password (replica)."
+  description = "Parameters this server may use: all bootstrap secrets and join tokens with their expiry (primary, read and write) or the replication password (replica, read)."
   type        = list(string)
 }
 
@@ -101,6 +95,12 @@ variable "detailed_monitoring" {
   description = "One-minute CloudWatch metrics (charged); basic five-minute metrics otherwise."
   type        = bool
   default     = false
+}
+
+variable "read_parameter_arns" {
+  description = "Parameters this server only reads (the primary: the peer list, for the region names)."
+  type        = list(string)
+  default     = []
 }
 
 variable "tags" {

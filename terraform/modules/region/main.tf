@@ -65,7 +65,6 @@ module "database" {
   private_ip          = var.all[var.region].db_address
   primary_address     = local.is_primary ? null : var.all[var.primary_region].db_address
   client_cidrs        = local.cidrs
-  join_regions        = sort(keys(var.all))
   join_uses           = var.join_uses
   instance_type       = var.settings.db_instance_type
   volume_size_gb      = var.settings.db_volume_gb
@@ -74,8 +73,9 @@ module "database" {
   # The primary makes every bootstrap secret; a replica reads the replication password only.
   secret_parameter_arns = local.is_primary ? concat(
     [var.parameter_arns.db_password, var.parameter_arns.replication_password, var.parameter_arns.master_key, var.parameter_arns.meta_token],
-    values(var.parameter_arns.join),
+    values(var.parameter_arns.join), values(var.parameter_arns.join_expiry),
   ) : [var.parameter_arns.replication_password]
+  read_parameter_arns = local.is_primary ? [var.parameter_arns.tunnel_peers] : []
   bin_read_statements = var.bin_read_statements
   parameter_prefix    = var.parameter_prefix
   ssm_region          = var.ssm_region

@@ -85,6 +85,7 @@ variable "parameter_arns" {
     master_key           = string
     meta_token           = string
     join                 = map(string)
+    join_expiry          = map(string)
     dns                  = string
   })
 }

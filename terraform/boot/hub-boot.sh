@@ -16,31 +16,18 @@ service_user switchyard /var/lib/switchyard
 install -d -m 0750 -o root -g switchyard /etc/switchyard
 ( umask 077; ssm_wait "$ARG_prefix/hub/master_key" >/etc/switchyard/master.key )
 chown switchyard /etc/switchyard/master.key
-pw=$(ssm_wait "$ARG_prefix/db/password")
-dns=$(ssm_wait "$ARG_prefix/hub/dns")
-
-hosts=""
-for h in ${ARG_databases//,/ }; do hosts="${hosts:+$hosts,}$h:5432"; done
-yaml_list() { local out="" x; for x in ${1//,/ }; do out="${out:+$out, }$x"; done; printf '[%s]' "$out"; }
-
-tmp=$(mktemp /etc/switchyard/.hub.XXXXXX)
-trap 'rm -f "$tmp"' EXIT
-{
-  printf 'listen: 0.0.0.0:8080\npublic_url: %s\nregion: %s\ndata_dir: /var/lib/switchyard\n' "$ARG_public_url" "$ARG_region"
-  printf 'database:\n  url: postgres://switchyard:%s@%s/switchyard\n' "$pw" "$hosts"
-  if [ -n "${ARG_replica:-}" ]; then
-    printf '  replica_url: postgres://switchyard:%s@%s:5432/switchyard\n' "$pw" "$ARG_replica"
-  fi
-  printf 'secrets:\n  master_key_file: /etc/switchyard/master.key\n'
-  printf 'network:\n  quic_listen: 0.0.0.0:7443\n  quic_advertise: %s\n' "$ARG_quic_advertise"
-  printf 'dns:\n  listen: 0.0.0.0:53\n  zone: %s\n' "$ARG_zone"
-  printf '  nameservers: %s\n' "$(jq -c .nameservers <<<"$dns")"
-  printf '  addresses: %s\n' "$(yaml_list "$ARG_addresses")"
-  printf '  records: %s\n' "$(jq -c '[.records[] | {name, type, value}]' <<<"$dns")"
-  printf '  regions: []\n'
-} >"$tmp"
-chmod 0600 "$tmp"; chown switchyard "$tmp"
-mv "$tmp" /etc/switchyard/hub.yaml
+tmp=$(mktemp -d /etc/switchyard/.hub.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+( umask 077
+  ssm_wait "$ARG_prefix/db/password" >"$tmp/password"
+  ssm_wait "$ARG_prefix/hub/dns" >"$tmp/dns.json"
+  "$(dirname "$0")/hub-config.sh" --region "$ARG_region" --zone "$ARG_zone" \
+    --public-url "$ARG_public_url" --databases "$ARG_databases" \
+    --quic-advertise "$ARG_quic_advertise" --addresses "$ARG_addresses" \
+    ${ARG_replica:+--replica "$ARG_replica"} \
+    --password-file "$tmp/password" --dns-file "$tmp/dns.json" >"$tmp/hub.yaml" )
+chown switchyard "$tmp/hub.yaml"
+mv "$tmp/hub.yaml" /etc/switchyard/hub.yaml
 
 install_units switchyard-hub.service
 systemctl enable --now switchyard-hub.service

@@ -213,7 +213,10 @@ async fn fmt_and_validate_every_root_and_module() -> Result<()> {
     .await?
     .success()?;
     let dirs = terraform_dirs(&root)?;
-    ensure!(dirs.len() >= 8, "expected the aws root and 7 modules: {dirs:?}");
+    ensure!(
+        dirs.len() >= 8,
+        "expected the aws root and 7 modules: {dirs:?}"
+    );
     for dir in &dirs {
         ws.init(dir, &[]).await?;
         let v = ws
@@ -246,12 +249,7 @@ async fn terraform_test_with_mocked_aws() -> Result<()> {
     let aws = ws.path("aws");
     ws.init(&aws, &[]).await?;
     let r = ws
-        .terraform(
-            &aws,
-            &["test", "-no-color"],
-            &[],
-            Duration::from_secs(900),
-        )
+        .terraform(&aws, &["test", "-no-color"], &[], Duration::from_secs(900))
         .await?
         .success()?;
     let text = r.text();
@@ -374,7 +372,11 @@ async fn checkov_finds_nothing_outside_the_reviewed_skip_list() -> Result<()> {
         .map(str::trim)
         .filter(|l| l.starts_with("- CKV"))
         .collect();
-    ensure!(!skips.is_empty(), "no skip-check list in {}", config.display());
+    ensure!(
+        !skips.is_empty(),
+        "no skip-check list in {}",
+        config.display()
+    );
     for skip in &skips {
         let reason = skip.split_once('#').map(|(_, r)| r.trim()).unwrap_or("");
         ensure!(
@@ -511,7 +513,12 @@ async fn apply_and_destroy_two_regions_against_moto() -> Result<()> {
         ])
     };
     // Before anything is destroyed, "empty" must fail: the check can tell the two apart.
-    let not_empty = run(checked("empty"), "aws_check empty", Duration::from_secs(120)).await?;
+    let not_empty = run(
+        checked("empty"),
+        "aws_check empty",
+        Duration::from_secs(120),
+    )
+    .await?;
     ensure!(
         not_empty.code == Some(1) && not_empty.stdout.contains("load balancers left"),
         "the emptiness check passed on a deployed network: {}{}",
@@ -542,9 +549,163 @@ async fn apply_and_destroy_two_regions_against_moto() -> Result<()> {
         .await?
         .success()?;
     eprintln!("terraform destroy (2 regions, moto): {:?}", destroy.took);
-    run(checked("empty"), "aws_check empty", Duration::from_secs(120))
-        .await?
-        .success()?;
+    run(
+        checked("empty"),
+        "aws_check empty",
+        Duration::from_secs(120),
+    )
+    .await?
+    .success()?;
     drop(moto);
+    Ok(())
+}
+
+/// Runs a boot script of `terraform/boot` with `args`; its stdout.
+async fn boot_script(script: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("bash");
+    cmd.arg(repo().join("terraform/boot").join(script))
+        .args(args);
+    Ok(run(cmd, script, Duration::from_secs(60))
+        .await?
+        .success()?
+        .stdout)
+}
+
+/// The configs the boot scripts write are accepted by the real `hub` and `tunnel` loaders,
+/// with the values terraform passes in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
+    use base64::Engine as _;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+
+    // hub-config.sh: what hub-boot.sh writes to /etc/switchyard/hub.yaml.
+    std::fs::write(d.join("password"), "0123456789abcdef0123456789abcdef")?;
+    std::fs::write(
+        d.join("dns.json"),
+        r#"{"zone":"sy.example.com","nameservers":["ns-eu-west","ns-us-east"],"records":[{"name":"ns-eu-west","type":"A","value":"203.0.113.22"},{"name":"ns-us-east","type":"A","value":"203.0.113.21"},{"name":"ns-us-east","type":"A","value":"203.0.113.31"}]}"#,
+    )?;
+    let (pw, dns) = (d.join("password"), d.join("dns.json"));
+    let yaml = boot_script(
+        "hub-config.sh",
+        &[
+            "--region",
+            "eu-west",
+            "--zone",
+            "sy.example.com",
+            "--public-url",
+            "http://eu-west.api.sy.example.com",
+            "--databases",
+            "10.10.128.10,10.20.128.10",
+            "--replica",
+            "10.20.128.10",
+            "--quic-advertise",
+            "switchyard-eu-west-0123.elb.eu-west-1.amazonaws.com:7443",
+            "--addresses",
+            "203.0.113.22,203.0.113.32",
+            "--password-file",
+            pw.to_str().context("path")?,
+            "--dns-file",
+            dns.to_str().context("path")?,
+        ],
+    )
+    .await?;
+    let hub_yaml = d.join("hub.yaml");
+    std::fs::write(&hub_yaml, &yaml)?;
+    let cfg = hub::config::Config::load(Some(&hub_yaml), Vec::new())
+        .with_context(|| format!("hub-config.sh wrote a config the hub refuses:\n{yaml}"))?;
+    assert_eq!(cfg.region, "eu-west");
+    assert_eq!(cfg.listen.port(), 8080);
+    assert_eq!(
+        cfg.database.url.as_deref(),
+        Some("postgres://switchyard:0123456789abcdef0123456789abcdef@10.10.128.10:5432,10.20.128.10:5432/switchyard")
+    );
+    assert_eq!(
+        cfg.database.replica_url.as_deref(),
+        Some("postgres://switchyard:0123456789abcdef0123456789abcdef@10.20.128.10:5432/switchyard")
+    );
+    assert_eq!(cfg.dns.listen.map(|a| a.port()), Some(53));
+    assert_eq!(cfg.dns.zone, "sy.example.com");
+    assert_eq!(cfg.dns.nameservers, ["ns-eu-west", "ns-us-east"]);
+    assert_eq!(cfg.dns.addresses.len(), 2);
+    assert_eq!(cfg.dns.records.len(), 3);
+    assert_eq!(
+        cfg.network.quic_advertise.as_deref(),
+        Some("switchyard-eu-west-0123.elb.eu-west-1.amazonaws.com:7443")
+    );
+    // A password that would need URL escaping is refused rather than written broken.
+    std::fs::write(d.join("password"), "p@ss/word")?;
+    let mut bad = tokio::process::Command::new("bash");
+    bad.arg(repo().join("terraform/boot/hub-config.sh")).args([
+        "--region",
+        "eu-west",
+        "--zone",
+        "sy.example.com",
+        "--public-url",
+        "http://x",
+        "--databases",
+        "10.0.0.1",
+        "--quic-advertise",
+        "x:7443",
+        "--addresses",
+        "192.0.2.1",
+        "--password-file",
+        pw.to_str().context("path")?,
+        "--dns-file",
+        dns.to_str().context("path")?,
+    ]);
+    let r = run(bad, "hub-config.sh", Duration::from_secs(60)).await?;
+    ensure!(
+        r.code == Some(1) && r.stderr.contains("URL-safe"),
+        "{}",
+        r.stderr
+    );
+
+    // tunnel-config.sh: what tunnel-peers.sh writes, before and after a peer's key appears.
+    std::fs::write(
+        d.join("peers.json"),
+        r#"[{"name":"ap-south","cidr":"10.30.0.0/20","address":"10.30.0.10","endpoint":"198.51.100.13:51820"},{"name":"eu-west","cidr":"10.20.0.0/16","address":"10.20.0.10","endpoint":"198.51.100.12:51820"},{"name":"us-east","cidr":"10.10.0.0/16","address":"10.10.0.10","endpoint":"198.51.100.11:51820"}]"#,
+    )?;
+    std::fs::create_dir(d.join("keys"))?;
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(d.join("private.key"))?;
+        writeln!(f, "{}", b64(&[7u8; 32]))?;
+    }
+    let (peers, keys) = (d.join("peers.json"), d.join("keys"));
+    let args = [
+        "--region",
+        "us-east",
+        "--port",
+        "51820",
+        "--peers-file",
+        peers.to_str().context("path")?,
+        "--keys-dir",
+        keys.to_str().context("path")?,
+    ];
+    let none = boot_script("tunnel-config.sh", &args).await?;
+    let cfg = tunnel::config::Config::from_yaml(&none, d)
+        .with_context(|| format!("tunnel refuses:\n{none}"))?;
+    assert!(cfg.peers.is_empty(), "{none}");
+    assert_eq!(cfg.interface.addresses[0].to_string(), "10.10.0.10/32");
+    std::fs::write(keys.join("eu-west.pub"), format!("{}\n", b64(&[9u8; 32])))?;
+    let one = boot_script("tunnel-config.sh", &args).await?;
+    let cfg = tunnel::config::Config::from_yaml(&one, d)
+        .with_context(|| format!("tunnel refuses:\n{one}"))?;
+    assert_eq!(cfg.peers.len(), 1, "{one}");
+    let p = &cfg.peers[0];
+    assert_eq!(p.name.as_deref(), Some("eu-west"));
+    assert_eq!(
+        p.endpoint.map(|e| e.to_string()).as_deref(),
+        Some("198.51.100.12:51820")
+    );
+    assert_eq!(p.allowed_ips[0].to_string(), "10.20.0.0/16");
+    assert_eq!(cfg.interface.listen_port, 51820);
     Ok(())
 }

@@ -36,9 +36,15 @@ imds() {
 
 ssm() { aws --region "$ARG_ssm_region" ssm "$@"; }
 
-# Prints a parameter's value, or nothing when it does not exist.
+# Prints a parameter's value, or nothing when it does not exist (other errors, such as a
+# missing permission, are logged: a boot waiting on them should say why).
 ssm_get() {
-  ssm get-parameter --with-decryption --name "$1" --query Parameter.Value --output text 2>/dev/null || true
+  local err
+  err=$(mktemp)
+  if ! ssm get-parameter --with-decryption --name "$1" --query Parameter.Value --output text 2>"$err"; then
+    grep -q ParameterNotFound "$err" || log "ssm get-parameter $1: $(head -c 400 "$err")"
+  fi
+  rm -f "$err"
 }
 
 # Waits (bounded by WAIT_SECS) until a parameter exists, then prints it.

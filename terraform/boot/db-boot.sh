@@ -48,17 +48,14 @@ primary)
   secret_once "$ARG_prefix/db/password" "$pw" gen_hex
   secret_once "$ARG_prefix/db/replication_password" "$rpw" gen_hex
   systemctl restart postgresql
-  # Roles and database; the passwords go through psql variables, never argv.
-  sudo -u postgres psql -v ON_ERROR_STOP=1 -q -v pw="$(cat "$pw")" -v rpw="$(cat "$rpw")" <<'SQL'
-SELECT 'CREATE ROLE switchyard LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'switchyard')\gexec
-SELECT 'CREATE ROLE replicator LOGIN REPLICATION' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator')\gexec
-ALTER ROLE switchyard PASSWORD :'pw';
-ALTER ROLE replicator PASSWORD :'rpw';
-SELECT 'CREATE DATABASE switchyard OWNER switchyard' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'switchyard')\gexec
--- `hub db status` reads the replication views; `hub db promote` runs pg_promote on a replica.
-GRANT pg_monitor TO switchyard;
-GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO switchyard;
-SQL
+  # Roles and database. The passwords reach psql through files only postgres can read (psql's
+  # backquote expansion), never argv or the environment.
+  pwdir=$(mktemp -d)
+  install -m 0600 -o postgres "$pw" "$pwdir/pw"
+  install -m 0600 -o postgres "$rpw" "$pwdir/rpw"
+  chown postgres "$pwdir"
+  runuser -u postgres -- psql -v ON_ERROR_STOP=1 -q -v pwdir="$pwdir" -f "$(dirname "$0")/db-roles.sql"
+  rm -rf "$pwdir"
   # Bootstrap with the hub binary: a config in a 0600 file holds the URL with the password.
   secret_once "$ARG_prefix/hub/master_key" /etc/switchyard/master.key sh -c 'head -c 32 /dev/urandom | base64'
   boot=/etc/switchyard/bootstrap.yaml
@@ -88,12 +85,17 @@ replica)
     [ $SECONDS -lt $deadline ] || die "the primary $ARG_primary:5432 is not reachable through the tunnel"
     sleep 5
   done
+  # The replication password reaches libpq (pg_basebackup now, the WAL receiver later)
+  # through postgres's ~/.pgpass (0600), never argv or the environment.
+  pgpass=/var/lib/postgresql/.pgpass
+  ( umask 077; printf '%s:5432:replication:replicator:%s\n' "$ARG_primary" "$(cat "$rpw")" >"$pgpass" )
+  chown postgres:postgres "$pgpass"
   if [ ! -f "$data/standby.signal" ]; then
     systemctl stop postgresql
     rm -rf "$data"
     install -d -m 0700 -o postgres -g postgres "$data"
-    # pg_basebackup -R writes primary_conninfo (with the password) into the data directory.
-    sudo -u postgres env PGPASSWORD="$(cat "$rpw")" pg_basebackup -h "$ARG_primary" -U replicator \
+    # -R writes standby.signal and primary_conninfo (host, user; the password comes from .pgpass).
+    runuser -u postgres -- pg_basebackup -h "$ARG_primary" -U replicator -w \
       -D "$data" -R -X stream --checkpoint=fast
   fi
   systemctl restart postgresql

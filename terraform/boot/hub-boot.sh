@@ -25,7 +25,8 @@ trap 'rm -rf "$tmp"' EXIT
     --public-url "$ARG_public_url" --databases "$ARG_databases" \
     --quic-advertise "$ARG_quic_advertise" --addresses "$ARG_addresses" \
     ${ARG_replica:+--replica "$ARG_replica"} \
-    --password-file "$tmp/password" --dns-file "$tmp/dns.json" >"$tmp/hub.yaml" )
+    --password-file "$tmp/password" --dns-file "$tmp/dns.json" \
+    --private-ip "$(imds local-ipv4)" >"$tmp/hub.yaml" )
 chown switchyard "$tmp/hub.yaml"
 mv "$tmp/hub.yaml" /etc/switchyard/hub.yaml
 

@@ -3,12 +3,14 @@
 # Prints a hub's hub.yaml (the caller writes it 0600: the database URLs carry the password).
 # Usage: hub-config.sh --region R --zone Z --public-url URL --databases H1,H2,...
 #          --quic-advertise HOST:PORT --addresses IP,IP --password-file F --dns-file F
-#          [--replica HOST]
+#          --private-ip IP [--replica HOST]
+# The steering DNS binds the instance's private address (what the load balancer forwards to),
+# so a local resolver on 127.0.0.53:53 does not stand in its way.
 # --dns-file holds <prefix>/hub/dns: {"zone","nameservers":[...],"records":[{name,type,value}]}.
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 parse_args "$@"
-need region zone public_url databases quic_advertise addresses password_file dns_file
+need region zone public_url databases quic_advertise addresses password_file dns_file private_ip
 
 pw=$(cat "$ARG_password_file")
 [[ $pw =~ ^[A-Za-z0-9._~-]+$ ]] || die "the database password must be URL-safe (unreserved characters)"
@@ -23,7 +25,7 @@ if [ -n "${ARG_replica:-}" ]; then
 fi
 printf 'secrets:\n  master_key_file: /etc/switchyard/master.key\n'
 printf 'network:\n  quic_listen: 0.0.0.0:7443\n  quic_advertise: %s\n' "$ARG_quic_advertise"
-printf 'dns:\n  listen: 0.0.0.0:53\n  zone: %s\n' "$ARG_zone"
+printf 'dns:\n  listen: %s:53\n  zone: %s\n' "$ARG_private_ip" "$ARG_zone"
 printf '  nameservers: %s\n' "$(jq -c .nameservers "$ARG_dns_file")"
 printf '  addresses: %s\n' "$(yaml_list "$ARG_addresses")"
 printf '  records: %s\n' "$(jq -c '[.records[] | {name, type, value}]' "$ARG_dns_file")"

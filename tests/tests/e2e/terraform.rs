@@ -600,6 +600,8 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
             "10.10.128.10,10.20.128.10",
             "--replica",
             "10.20.128.10",
+            "--private-ip",
+            "10.20.8.5",
             "--quic-advertise",
             "switchyard-eu-west-0123.elb.eu-west-1.amazonaws.com:7443",
             "--addresses",
@@ -625,7 +627,10 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
         cfg.database.replica_url.as_deref(),
         Some("postgres://switchyard:0123456789abcdef0123456789abcdef@10.20.128.10:5432/switchyard")
     );
-    assert_eq!(cfg.dns.listen.map(|a| a.port()), Some(53));
+    assert_eq!(
+        cfg.dns.listen.map(|a| a.to_string()).as_deref(),
+        Some("10.20.8.5:53")
+    );
     assert_eq!(cfg.dns.zone, "sy.example.com");
     assert_eq!(cfg.dns.nameservers, ["ns-eu-west", "ns-us-east"]);
     assert_eq!(cfg.dns.addresses.len(), 2);
@@ -650,6 +655,8 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
         "x:7443",
         "--addresses",
         "192.0.2.1",
+        "--private-ip",
+        "10.0.0.5",
         "--password-file",
         pw.to_str().context("path")?,
         "--dns-file",
@@ -707,5 +714,70 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
     );
     assert_eq!(p.allowed_ips[0].to_string(), "10.20.0.0/16");
     assert_eq!(cfg.interface.listen_port, 51820);
+    Ok(())
+}
+
+/// The primary's roles script (`terraform/boot/db-roles.sql`, run by `db-boot.sh`) against a
+/// real PostgreSQL: passwords from files become SCRAM verifiers (the text never stored), the
+/// replication role exists, and a second run (a rebuilt primary) changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_roles_script_against_postgres() -> Result<()> {
+    let pg = e2e::servers::Postgres::start().await?;
+    let psql = which("psql").context("psql is not installed")?;
+    let pwdir = tempfile::tempdir()?;
+    std::fs::write(pwdir.path().join("pw"), "aa11bb22cc33dd44ee55ff66")?;
+    std::fs::write(pwdir.path().join("rpw"), "0f1e2d3c4b5a69788796a5b4")?;
+    let (host, port) = pg
+        .host_port()
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_owned(), p.to_owned()))
+        .context("host:port")?;
+    for round in 0..2 {
+        let mut cmd = tokio::process::Command::new(&psql);
+        cmd.args([
+            "-h",
+            &host,
+            "-p",
+            &port,
+            "-U",
+            "switchyard",
+            "-d",
+            "postgres",
+            "-X",
+            "-q",
+        ])
+        .args(["-v", "ON_ERROR_STOP=1", "-v"])
+        .arg(format!("pwdir={}", pwdir.path().display()))
+        .arg("-f")
+        .arg(repo().join("terraform/boot/db-roles.sql"))
+        .env_remove("PGPASSWORD")
+        .env_remove("PGHOST");
+        run(
+            cmd,
+            &format!("psql -f db-roles.sql (run {round})"),
+            Duration::from_secs(60),
+        )
+        .await?
+        .success()?;
+    }
+    let roles = pg
+        .sql(
+            "SELECT rolname, rolcanlogin, rolreplication, rolpassword LIKE 'SCRAM-SHA-256$%' \
+             FROM pg_authid WHERE rolname IN ('switchyard', 'replicator') ORDER BY 1",
+        )
+        .await?;
+    assert_eq!(roles, "replicator|t|t|t\nswitchyard|t|t|t");
+    let leaked = pg
+        .sql(
+            "SELECT count(*) FROM pg_authid WHERE rolpassword LIKE '%aa11bb22%' \
+             OR rolpassword LIKE '%0f1e2d3c%'",
+        )
+        .await?;
+    assert_eq!(leaked, "0", "a password is stored in clear");
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM pg_database WHERE datname = 'switchyard'")
+            .await?,
+        "1"
+    );
     Ok(())
 }

@@ -102,3 +102,8 @@ output "parent_zone" {
   description = "The zone the steering zone is delegated from."
   value       = var.parent_zone
 }
+
+output "iam_policies" {
+  description = "Each region's IAM policies (JSON) by role, by region."
+  value       = { for r, m in local.regions_out : r => m.iam_policies }
+}

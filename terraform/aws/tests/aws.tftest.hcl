@@ -189,6 +189,49 @@ run "topology" {
     error_message = "eu-west's hub addresses are not its load balancer's Elastic IPs: ${jsonencode(output.hub_addresses)}"
   }
 
+  # ---- least privilege: each role names only its own parameters, never a wildcard
+  assert {
+    condition = alltrue(flatten([for r, ps in output.iam_policies : [
+      for role, p in ps : [for st in jsondecode(p).Statement : alltrue([for x in flatten([st.Action, st.Resource]) : !strcontains(x, "*")])]
+    ]]))
+    error_message = "a policy has a wildcard action or resource: ${jsonencode(output.iam_policies)}"
+  }
+
+  assert {
+    condition = alltrue([for r in keys(var.regions) : jsondecode(output.iam_policies[r].spoke).Statement == [{
+      Sid      = "JoinToken"
+      Effect   = "Allow"
+      Action   = ["ssm:GetParameter"]
+      Resource = ["arn:aws:ssm:eu-west-1:123456789012:parameter/switchyard/join/${r}"]
+    }]])
+    error_message = "a spoke may do more than read its region's join token: ${jsonencode({ for r, ps in output.iam_policies : r => ps.spoke })}"
+  }
+
+  assert {
+    condition = alltrue([for r in keys(var.regions) : toset(flatten([
+      for st in jsondecode(output.iam_policies[r].tunnel).Statement : [for res in st.Resource : "${join("+", st.Action)} ${res}"]
+      ])) == toset(concat(
+      ["ssm:PutParameter+ssm:GetParameter arn:aws:ssm:eu-west-1:123456789012:parameter/switchyard/tunnel/${r}/public_key"],
+      ["ssm:GetParameter arn:aws:ssm:eu-west-1:123456789012:parameter/switchyard/tunnel/peers"],
+      [for p in keys(var.regions) : "ssm:GetParameter arn:aws:ssm:eu-west-1:123456789012:parameter/switchyard/tunnel/${p}/public_key" if p != r],
+    ))])
+    error_message = "a gateway may do more than publish its key and read its peers': ${jsonencode({ for r, ps in output.iam_policies : r => ps.tunnel })}"
+  }
+
+  assert {
+    condition = alltrue([for r in keys(var.regions) : toset(flatten([
+      for st in jsondecode(output.iam_policies[r].hub).Statement : [for res in st.Resource : "${join("+", st.Action)} ${res}"]
+    ])) == toset([for n in ["db/password", "hub/master_key", "hub/dns"] : "ssm:GetParameter arn:aws:ssm:eu-west-1:123456789012:parameter/switchyard/${n}"])])
+    error_message = "a hub may do more than read the database password, the master key and the DNS facts"
+  }
+
+  assert {
+    condition = alltrue([for r in keys(var.regions) : r == "eu-west" || toset(flatten([
+      for st in jsondecode(output.iam_policies[r].db).Statement : [for res in st.Resource : "${join("+", st.Action)} ${res}"]
+    ])) == toset(["ssm:GetParameter arn:aws:ssm:eu-west-1:123456789012:parameter/switchyard/db/replication_password"])])
+    error_message = "a replica may do more than read the replication password"
+  }
+
   # ---- exactly one primary
 
   assert {

@@ -42,3 +42,8 @@ output "listeners" {
     health_check = one(aws_lb_target_group.this[k].health_check)
   } }
 }
+
+output "policy" {
+  description = "The role's IAM policy (JSON): the parameters it may read or write."
+  value       = aws_iam_role_policy.this.policy
+}

@@ -67,3 +67,13 @@ output "database_role" {
   description = "primary or replica."
   value       = module.database.role
 }
+
+output "iam_policies" {
+  description = "Each role's IAM policy (JSON), by role: tunnel, db, hub, spoke."
+  value = {
+    tunnel = module.gateway.policy
+    db     = module.database.policy
+    hub    = module.hubs.policy
+    spoke  = module.spokes.policy
+  }
+}

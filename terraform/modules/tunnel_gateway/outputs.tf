@@ -27,3 +27,8 @@ output "ingress" {
   description = "The security group's ingress rules made here (protocol, ports, source)."
   value       = [for r in aws_vpc_security_group_ingress_rule.forwarded : { protocol = r.ip_protocol, from_port = r.from_port, to_port = r.to_port, cidr = r.cidr_ipv4 }]
 }
+
+output "policy" {
+  description = "The role's IAM policy (JSON): the parameters it may read or write."
+  value       = aws_iam_role_policy.this.policy
+}

@@ -60,6 +60,16 @@ locals {
   }] : []
 
   hub_addresses = { for r, m in local.regions_out : r => m.hub_addresses }
+
+  # The operator's certificate parameters (names and ARNs), when the API is HTTPS.
+  api_tls = var.api_tls == null ? null : {
+    cert_parameter = var.api_tls.cert_parameter
+    key_parameter  = var.api_tls.key_parameter
+    arns = [
+      "arn:${local.partition}:ssm:${local.ssm_region}:${local.account_id}:parameter${var.api_tls.cert_parameter}",
+      "arn:${local.partition}:ssm:${local.ssm_region}:${local.account_id}:parameter${var.api_tls.key_parameter}",
+    ]
+  }
 }
 
 data "aws_caller_identity" "this" {

@@ -1,11 +1,11 @@
 output "api_url" {
   description = "The steered API: clients use this name; the hubs answer it with the nearest healthy region."
-  value       = "http://api.${var.zone}"
+  value       = "${var.api_tls == null ? "http" : "https"}://api.${var.zone}"
 }
 
 output "region_api_urls" {
   description = "Each region's own API name (<region>.api.<zone>), by region."
-  value       = { for r in keys(var.regions) : r => "http://${r}.api.${var.zone}" }
+  value       = { for r in keys(var.regions) : r => "${var.api_tls == null ? "http" : "https"}://${r}.api.${var.zone}" }
 }
 
 output "hub_addresses" {

@@ -20,6 +20,7 @@ module "us_east_1" {
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
   detailed_monitoring = var.detailed_monitoring
+  api_tls             = local.api_tls
 }
 
 module "us_west_2" {
@@ -41,6 +42,7 @@ module "us_west_2" {
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
   detailed_monitoring = var.detailed_monitoring
+  api_tls             = local.api_tls
 }
 
 module "eu_west_1" {
@@ -62,6 +64,7 @@ module "eu_west_1" {
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
   detailed_monitoring = var.detailed_monitoring
+  api_tls             = local.api_tls
 }
 
 module "eu_central_1" {
@@ -83,6 +86,7 @@ module "eu_central_1" {
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
   detailed_monitoring = var.detailed_monitoring
+  api_tls             = local.api_tls
 }
 
 module "ap_southeast_1" {
@@ -104,6 +108,7 @@ module "ap_southeast_1" {
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
   detailed_monitoring = var.detailed_monitoring
+  api_tls             = local.api_tls
 }
 
 module "ap_northeast_1" {
@@ -125,6 +130,7 @@ module "ap_northeast_1" {
   ssm_region          = local.ssm_region
   parameter_arns      = local.parameter_arns
   detailed_monitoring = var.detailed_monitoring
+  api_tls             = local.api_tls
 }
 
 # WireGuard into each gateway from the other gateways' Elastic IPs only (/32), one rule per

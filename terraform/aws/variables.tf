@@ -143,6 +143,25 @@ variable "join_uses" {
   }
 }
 
+variable "api_tls" {
+  description = <<-EOT
+    HTTPS on the API: the names of two SSM SecureString parameters in the primary's AWS region
+    (you create them, e.g. from certbot's Route 53 DNS challenge) holding a PEM certificate
+    chain valid for api.<zone> and *.api.<zone>, and its private key. Hubs read them at boot and
+    every hour (a changed certificate is reloaded without a restart). null: plain HTTP on 80.
+  EOT
+  type = object({
+    cert_parameter = string
+    key_parameter  = string
+  })
+  default = null
+
+  validation {
+    condition     = var.api_tls == null || alltrue([for n in [try(var.api_tls.cert_parameter, ""), try(var.api_tls.key_parameter, "")] : can(regex("^(/[A-Za-z0-9_.-]+)+$", n))])
+    error_message = "var.api_tls: cert_parameter and key_parameter must be parameter paths like /switchyard/tls/cert."
+  }
+}
+
 variable "detailed_monitoring" {
   description = "One-minute CloudWatch metrics on every instance (charged); basic five-minute metrics otherwise."
   type        = bool

@@ -287,3 +287,54 @@ run "a_region_name_that_is_not_a_dns_label_is_refused" {
   }
   expect_failures = [var.regions]
 }
+
+# HTTPS on the API: the load balancer listens on 443 and passes TCP to the hubs' 8443, every
+# target group checks HTTPS /readyz there, 8080 is closed, and hubs may read the two
+# certificate parameters.
+run "api_over_https" {
+  command = plan
+  variables {
+    api_tls = {
+      cert_parameter = "/switchyard/tls/cert"
+      key_parameter  = "/switchyard/tls/key"
+    }
+  }
+
+  assert {
+    condition = alltrue(flatten([for r, ls in output.hub_listeners : [
+      ls.api.protocol == "TCP" && ls.api.port == 443 && ls.api.target_port == 8443,
+      [for k, l in ls : l.health_check.protocol == "HTTPS" && l.health_check.path == "/readyz" && l.health_check.port == "8443"],
+    ]]))
+    error_message = "HTTPS listeners or health checks are wrong: ${jsonencode(output.hub_listeners)}"
+  }
+
+  assert {
+    condition = alltrue([for r, g in output.ingress :
+      toset([for i in g.hub : "${i.protocol}/${i.from_port}-${i.to_port}/${i.cidr}"]) == toset(["tcp/8443-8443/0.0.0.0/0", "udp/7443-7443/0.0.0.0/0", "udp/53-53/0.0.0.0/0", "tcp/53-53/0.0.0.0/0"])
+    ])
+    error_message = "hub ingress with HTTPS is not exactly 8443, QUIC and DNS"
+  }
+
+  assert {
+    condition = alltrue([for r in keys(var.regions) : toset(flatten([
+      for st in jsondecode(output.iam_policies[r].hub).Statement : [for res in st.Resource : res]
+    ])) == toset([for n in ["db/password", "hub/master_key", "hub/dns", "tls/cert", "tls/key"] : "arn:aws:ssm:eu-west-1:123456789012:parameter/switchyard/${n}"])])
+    error_message = "hubs with HTTPS may not read exactly the secrets, DNS facts and certificate parameters"
+  }
+
+  assert {
+    condition     = output.api_url == "https://api.sy.example.com"
+    error_message = "api_url is not https"
+  }
+}
+
+run "api_tls_parameter_names_are_checked" {
+  command = plan
+  variables {
+    api_tls = {
+      cert_parameter = "tls cert"
+      key_parameter  = "/switchyard/tls/key"
+    }
+  }
+  expect_failures = [var.api_tls]
+}

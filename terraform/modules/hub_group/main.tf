@@ -7,15 +7,20 @@
 locals {
   tags = merge(var.tags, { "switchyard:region" = var.region, "switchyard:role" = "hub" })
   name = "${var.name}-${var.region}-hub"
+  # The API: plain HTTP on 8080, or HTTPS on 8443 terminated by the hub itself (the load
+  # balancer passes TCP through, so the hub's steering measures the client's own RTT).
+  https    = var.tls != null
+  api_port = local.https ? 8443 : 8080
+  scheme   = local.https ? "https" : "http"
   # Each entry: the load balancer's listener, its target group and the hub's own port.
   services = {
-    api  = { protocol = "TCP", port = var.api_port, target_port = 8080 }
+    api  = { protocol = "TCP", port = local.https ? 443 : var.api_port, target_port = local.api_port }
     quic = { protocol = "UDP", port = 7443, target_port = 7443 }
     dns  = { protocol = "TCP_UDP", port = 53, target_port = 53 }
   }
   # What the hubs' security group lets in (clients keep their addresses through the NLB).
   ingress = {
-    api     = { protocol = "tcp", port = 8080 }
+    api     = { protocol = "tcp", port = local.api_port }
     quic    = { protocol = "udp", port = 7443 }
     dns-udp = { protocol = "udp", port = 53 }
     dns-tcp = { protocol = "tcp", port = 53 }
@@ -56,8 +61,8 @@ resource "aws_lb_target_group" "this" {
   deregistration_delay = 30
 
   health_check {
-    protocol            = "HTTP"
-    port                = "8080"
+    protocol            = upper(local.scheme)
+    port                = tostring(local.api_port)
     path                = "/readyz"
     matcher             = "200"
     interval            = 10
@@ -119,7 +124,8 @@ resource "aws_iam_role" "this" {
   tags = local.tags
 }
 
-# Hubs read the database password and the master key; nothing else.
+# Hubs read the database password, the master key, the DNS facts and, with HTTPS, the
+# certificate and its key; nothing else.
 resource "aws_iam_role_policy" "this" {
   name = "switchyard-hub"
   role = aws_iam_role.this.id
@@ -129,7 +135,7 @@ resource "aws_iam_role_policy" "this" {
       Sid      = "HubSecrets"
       Effect   = "Allow"
       Action   = ["ssm:GetParameter"]
-      Resource = concat(var.secret_parameter_arns, [var.dns_parameter_arn])
+      Resource = concat(var.secret_parameter_arns, [var.dns_parameter_arn], local.https ? var.tls.arns : [])
     }], var.bin_read_statements)
   })
 }
@@ -156,11 +162,12 @@ resource "aws_launch_template" "this" {
       "--prefix", var.parameter_prefix,
       "--ssm-region", var.ssm_region,
       "--zone", var.zone,
-      "--public-url", var.api_port == 80 ? "http://${var.region}.api.${var.zone}" : "http://${var.region}.api.${var.zone}:${var.api_port}",
+      "--public-url", local.https || var.api_port == 80 ? "${local.scheme}://${var.region}.api.${var.zone}" : "http://${var.region}.api.${var.zone}:${var.api_port}",
       "--databases", join(",", var.database_hosts),
       "--quic-advertise", "${aws_lb.this.dns_name}:7443",
       "--addresses", join(",", [for az in var.azs : aws_eip.lb[az].public_ip]),
-      ], var.replica_host == null ? [] : ["--replica", var.replica_host]
+      ], var.replica_host == null ? [] : ["--replica", var.replica_host],
+      local.https ? ["--tls-cert-parameter", var.tls.cert_parameter, "--tls-key-parameter", var.tls.key_parameter] : [],
     )
   }))
 

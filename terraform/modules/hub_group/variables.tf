@@ -34,7 +34,7 @@ variable "private_subnet_ids" {
 }
 
 variable "api_port" {
-  description = "The load balancer's API port (the hubs listen on 8080)."
+  description = "The load balancer's plain-HTTP API port (the hubs listen on 8080); with tls, 443 → 8443."
   type        = number
   default     = 80
 }
@@ -116,6 +116,16 @@ variable "detailed_monitoring" {
   description = "One-minute CloudWatch metrics (charged); basic five-minute metrics otherwise."
   type        = bool
   default     = false
+}
+
+variable "tls" {
+  description = "HTTPS on the API (the hubs terminate TLS on 8443, the load balancer listens on 443): the certificate and key parameter names and their ARNs; null for plain HTTP on api_port → 8080."
+  type = object({
+    cert_parameter = string
+    key_parameter  = string
+    arns           = list(string)
+  })
+  default = null
 }
 
 variable "tags" {

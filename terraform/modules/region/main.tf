@@ -105,6 +105,7 @@ module "hubs" {
   ssm_region            = var.ssm_region
   secret_parameter_arns = [var.parameter_arns.db_password, var.parameter_arns.master_key]
   dns_parameter_arn     = var.parameter_arns.dns
+  tls                   = var.api_tls
   tags                  = local.tags
 }
 

@@ -96,6 +96,16 @@ variable "detailed_monitoring" {
   default     = false
 }
 
+variable "api_tls" {
+  description = "HTTPS on the API: the certificate and key parameter names and their ARNs; null for plain HTTP."
+  type = object({
+    cert_parameter = string
+    key_parameter  = string
+    arns           = list(string)
+  })
+  default = null
+}
+
 variable "tags" {
   description = "Tags on every resource."
   type        = map(string)

@@ -253,9 +253,10 @@ async fn terraform_test_with_mocked_aws() -> Result<()> {
         .await?
         .success()?;
     let text = r.text();
-    // The plan checks of tests/aws.tftest.hcl: one apply against the mocks, four refusals.
+    // The checks of tests/aws.tftest.hcl: one apply against the mocks, four refusals, the
+    // HTTPS variant and its refusal.
     ensure!(
-        text.contains("run \"topology\"... pass") && text.contains("Success! 5 passed, 0 failed"),
+        text.contains("run \"topology\"... pass") && text.contains("Success! 7 passed, 0 failed"),
         "{text}"
     );
     Ok(())
@@ -639,6 +640,46 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
         cfg.network.quic_advertise.as_deref(),
         Some("switchyard-eu-west-0123.elb.eu-west-1.amazonaws.com:7443")
     );
+    // With the certificate files: HTTPS on 8443, and the hub accepts it only with https://.
+    let tls_yaml = boot_script(
+        "hub-config.sh",
+        &[
+            "--region",
+            "eu-west",
+            "--zone",
+            "sy.example.com",
+            "--public-url",
+            "https://eu-west.api.sy.example.com",
+            "--databases",
+            "10.10.128.10",
+            "--quic-advertise",
+            "lb.example:7443",
+            "--addresses",
+            "203.0.113.22",
+            "--private-ip",
+            "10.20.8.5",
+            "--password-file",
+            pw.to_str().context("path")?,
+            "--dns-file",
+            dns.to_str().context("path")?,
+            "--tls-cert-file",
+            "/etc/switchyard/tls/cert.pem",
+            "--tls-key-file",
+            "/etc/switchyard/tls/key.pem",
+        ],
+    )
+    .await?;
+    std::fs::write(&hub_yaml, &tls_yaml)?;
+    let cfg = hub::config::Config::load(Some(&hub_yaml), Vec::new()).with_context(|| {
+        format!("hub-config.sh wrote a TLS config the hub refuses:\n{tls_yaml}")
+    })?;
+    assert_eq!(cfg.listen.port(), 8443);
+    assert!(cfg.tls.enabled());
+    assert_eq!(
+        cfg.tls.key_file.as_deref(),
+        Some(Path::new("/etc/switchyard/tls/key.pem"))
+    );
+
     // A password that would need URL escaping is refused rather than written broken.
     std::fs::write(d.join("password"), "p@ss/word")?;
     let mut bad = tokio::process::Command::new("bash");

@@ -15,10 +15,18 @@ boot=/etc/switchyard/bootstrap.yaml
 peers=$(ssm_get "$ARG_prefix/tunnel/peers")
 [ -n "$peers" ] || die "$ARG_prefix/tunnel/peers is missing"
 renew_before=$((7 * 86400))
+# expires_at as seconds since the epoch: RFC 3339 text, or a number of seconds or milliseconds.
+epoch_of() {
+  if [[ $1 =~ ^[0-9]+$ ]]; then
+    if [ "${#1}" -ge 13 ]; then echo $(($1 / 1000)); else echo "$1"; fi
+  else
+    date -d "$1" +%s 2>/dev/null || echo 0
+  fi
+}
 for r in $(jq -r '.[].name' <<<"$peers"); do
   expires=$(ssm_get "$ARG_prefix/join-expiry/$r")
   if [ -n "$(ssm_get "$ARG_prefix/join/$r")" ] && [ -n "$expires" ] &&
-    [ "$(date -d "$expires" +%s)" -gt $((EPOCHSECONDS + renew_before)) ]; then
+    [ "$(epoch_of "$expires")" -gt $((EPOCHSECONDS + renew_before)) ]; then
     continue
   fi
   token=$(mktemp); join=$(mktemp); chmod 600 "$token" "$join"

@@ -107,3 +107,8 @@ output "iam_policies" {
   description = "Each region's IAM policies (JSON) by role, by region."
   value       = { for r, m in local.regions_out : r => m.iam_policies }
 }
+
+output "vpc_ids" {
+  description = "Each region's VPC id, by region (for additions such as flow logs)."
+  value       = { for r, m in local.regions_out : r => m.vpc_id }
+}

@@ -75,6 +75,7 @@ apt_deps=(
   "ping iputils-ping"
   "ip iproute2"
   "pebble pebble"
+  "shellcheck shellcheck"
 )
 for entry in "${apt_deps[@]}"; do
   read -r cmd pkg <<<"$entry"
@@ -83,6 +84,19 @@ done
 
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || pip_install 'moto[server]'
 have schemathesis || pip_install schemathesis
+
+# checkov (terraform/'s policy scan) in a venv of its own: its pinned dependencies conflict
+# with moto's. About a minute the first time.
+if ! have checkov; then
+  if [ ! -x /opt/switchyard-checkov/bin/checkov ]; then
+    $SUDO python3 -m venv /opt/switchyard-checkov >>"$LOG" 2>&1 || fail "python3 -m venv /opt/switchyard-checkov failed"
+    $SUDO /opt/switchyard-checkov/bin/pip install -q --disable-pip-version-check checkov >>"$LOG" 2>&1 ||
+      fail "pip install checkov (venv /opt/switchyard-checkov) failed"
+  fi
+  $SUDO ln -sf /opt/switchyard-checkov/bin/checkov /usr/local/bin/checkov
+  hash -r
+  log "installed checkov (pip, venv /opt/switchyard-checkov)"
+fi
 
 # Azurite (the Azure Blob emulator) comes from the npm registry.
 if ! have azurite-blob; then
@@ -101,7 +115,9 @@ fi
 # package scripts started; the tests start their own instances on free ports, so nothing to do.
 
 missing=()
-for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip pebble; do
+# terraform (with the AWS provider as a filesystem mirror) comes with the image: nothing here
+# downloads it, so its absence is reported, not repaired.
+for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip pebble shellcheck checkov terraform; do
   have "$cmd" || missing+=("$cmd")
 done
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || missing+=(moto_server)

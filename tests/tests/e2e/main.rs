@@ -22,6 +22,7 @@ mod reports;
 mod spokes;
 mod steering;
 mod steering_lab;
+mod terraform;
 mod terraform_lab;
 mod tls;
 mod transfer_engine;

@@ -1,0 +1,25 @@
+#!/bin/bash
+# shellcheck disable=SC2154 # the ARG_* variables are set by parse_args (printf -v).
+# First boot of a spoke: reads the region's reusable join token from SSM, enrolls (the spoke
+# makes its own key pair and gets its own certificate; the token's use count goes down by
+# one), then starts `spoke run`. The data endpoint and relay listen on the private address:
+# hubs and other regions' spokes reach it through the VPC and the tunnel.
+# Usage: spoke-boot.sh --region R --prefix P --ssm-region A [--port 8443]
+set -euo pipefail
+. "$(dirname "$0")/common.sh"
+parse_args "$@"
+need region prefix ssm_region
+ARG_port=${ARG_port:-8443}
+
+dir=/var/lib/switchyard-spoke
+service_user switchyard-spoke "$dir"
+if [ ! -s "$dir/spoke.yaml" ]; then
+  join=$(ssm_wait "$ARG_prefix/join/$ARG_region")
+  ip=$(imds local-ipv4)
+  name=$(imds instance-id)
+  # The join string is an argument of `spoke enroll` (its only input); it is spent at once.
+  runuser -u switchyard-spoke -- "$BIN/spoke" enroll "$join" --data-dir "$dir" \
+    --advertise "$ip:$ARG_port" --name "$name" --timeout 60
+fi
+install_units switchyard-spoke.service
+systemctl enable --now switchyard-spoke.service

@@ -76,6 +76,8 @@ apt_deps=(
   "ip iproute2"
   "pebble pebble"
   "shellcheck shellcheck"
+  "curl curl"
+  "setpriv util-linux"
 )
 for entry in "${apt_deps[@]}"; do
   read -r cmd pkg <<<"$entry"
@@ -117,7 +119,7 @@ fi
 missing=()
 # terraform (with the AWS provider as a filesystem mirror) comes with the image: nothing here
 # downloads it, so its absence is reported, not repaired.
-for cmd in rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip pebble shellcheck checkov terraform; do
+for cmd in curl setpriv rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip pebble shellcheck checkov terraform; do
   have "$cmd" || missing+=("$cmd")
 done
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || missing+=(moto_server)

@@ -80,7 +80,7 @@ locals {
 
   # Every database server, the primary first: after `hub db promote` in a replica region every
   # hub finds the new primary among them by itself.
-  db_url = "postgres://switchyard:__DB_PASSWORD__@${join(",", concat(
+  db_url = "postgres://__DB_USERINFO__@${join(",", concat(
     ["${local.region[local.primary].private_addr}:5432"],
     [for r in var.regions : "${local.region[r].private_addr}:5432" if r != local.primary],
   ))}/switchyard"
@@ -93,7 +93,7 @@ locals {
     database = merge(
       { url = local.db_url, max_connections = 8 },
       r == local.primary ? {} : {
-        replica_url = "postgres://switchyard:__DB_PASSWORD__@${x.private_addr}:5432/switchyard"
+        replica_url = "postgres://__DB_USERINFO__@${x.private_addr}:5432/switchyard"
       },
     )
     secrets = { master_key_file = "${var.state_dir}/secrets/master.key" }

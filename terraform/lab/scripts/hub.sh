@@ -3,7 +3,8 @@
 # migrations on the primary, the Meta API token (written to $STATE/secrets/meta.token).
 # `up`: the region's configuration (the database password filled in from its file), then
 # `hub serve` in the region's namespace until /readyz answers. `down`: stops it.
-# Environment: STATE, BIN_DIR, REGION, NETNS, HUB_CONFIG (YAML with __DB_PASSWORD__),
+# Environment: STATE, BIN_DIR, REGION, NETNS, HUB_CONFIG (YAML with __DB_USERINFO__
+# where the database URLs' user:password go),
 # READY_URL (up); REGION (down).
 export LAB_WHAT=hub
 # shellcheck source=SCRIPTDIR/lib.sh
@@ -18,7 +19,7 @@ write_config() {
   install -d -m 0700 "$STATE/$REGION/hub"
   local pw
   pw=$(cat "$STATE/secrets/db.password")
-  (umask 077 && printf '%s\n' "${HUB_CONFIG//__DB_PASSWORD__/$pw}" >"$CONF")
+  (umask 077 && printf '%s\n' "${HUB_CONFIG//__DB_USERINFO__/switchyard:$pw}" >"$CONF")
 }
 
 schema() {

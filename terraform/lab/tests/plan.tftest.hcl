@@ -25,8 +25,8 @@ run "three_regions_one_primary_two_replicas" {
   # other servers are listed for failover) and reads its own replica.
   assert {
     condition = (
-      yamldecode(terraform_data.hub["eu-west"].triggers_replace.config).database.url == "postgres://switchyard:__DB_PASSWORD__@172.29.1.1:5432,172.29.2.1:5432,172.29.3.1:5432/switchyard"
-      && yamldecode(terraform_data.hub["eu-west"].triggers_replace.config).database.replica_url == "postgres://switchyard:__DB_PASSWORD__@172.29.2.1:5432/switchyard"
+      yamldecode(terraform_data.hub["eu-west"].triggers_replace.config).database.url == "postgres://__DB_USERINFO__@172.29.1.1:5432,172.29.2.1:5432,172.29.3.1:5432/switchyard"
+      && yamldecode(terraform_data.hub["eu-west"].triggers_replace.config).database.replica_url == "postgres://__DB_USERINFO__@172.29.2.1:5432/switchyard"
       && !can(yamldecode(terraform_data.hub["us-east"].triggers_replace.config).database.replica_url)
     )
     error_message = "hubs: primary by private address, the local replica where there is one"

@@ -192,7 +192,7 @@ async fn run(mut cmd: tokio::process::Command, what: &str, limit: Duration) -> R
 
 /// The root and every module (each directory holding `.tf` files).
 fn terraform_dirs(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut dirs = vec![root.join("aws")];
+    let mut dirs = vec![root.join("aws"), root.join("lab")];
     for entry in std::fs::read_dir(root.join("modules"))? {
         dirs.push(entry?.path());
     }
@@ -214,8 +214,8 @@ async fn fmt_and_validate_every_root_and_module() -> Result<()> {
     .success()?;
     let dirs = terraform_dirs(&root)?;
     ensure!(
-        dirs.len() >= 8,
-        "expected the aws root and 7 modules: {dirs:?}"
+        dirs.len() >= 9,
+        "expected the aws and lab roots and 7 modules: {dirs:?}"
     );
     for dir in &dirs {
         ws.init(dir, &[]).await?;
@@ -407,7 +407,7 @@ async fn checkov_finds_nothing_outside_the_reviewed_skip_list() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn boot_scripts_pass_shellcheck() -> Result<()> {
+async fn boot_and_lab_scripts_pass_shellcheck() -> Result<()> {
     let shellcheck = which("shellcheck").context("shellcheck is not installed")?;
     let boot = repo().join("terraform/boot");
     let mut scripts = Vec::new();
@@ -419,11 +419,29 @@ async fn boot_scripts_pass_shellcheck() -> Result<()> {
     }
     scripts.sort();
     ensure!(scripts.len() >= 6, "{scripts:?}");
-    let mut cmd = tokio::process::Command::new(shellcheck);
+    let mut cmd = tokio::process::Command::new(&shellcheck);
     cmd.args(["-x", "-s", "bash", "-S", "style"])
         .args(&scripts)
         .current_dir(&boot);
     run(cmd, "shellcheck", Duration::from_secs(120))
+        .await?
+        .success()?;
+    // The lab's provisioner scripts too.
+    let lab = repo().join("terraform/lab/scripts");
+    let mut scripts = Vec::new();
+    for entry in std::fs::read_dir(&lab)? {
+        let p = entry?.path();
+        if p.extension().is_some_and(|e| e == "sh") {
+            scripts.push(p);
+        }
+    }
+    scripts.sort();
+    ensure!(scripts.len() >= 7, "{scripts:?}");
+    let mut cmd = tokio::process::Command::new(shellcheck);
+    cmd.args(["-x", "-s", "bash", "-S", "style"])
+        .args(&scripts)
+        .current_dir(&lab);
+    run(cmd, "shellcheck (lab)", Duration::from_secs(120))
         .await?
         .success()?;
     Ok(())

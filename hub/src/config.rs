@@ -341,10 +341,17 @@ pub struct NetworkConfig {
     /// UDP address of the QUIC control endpoint spokes dial; `null` turns the network off.
     #[serde(default = "default_quic_listen")]
     pub quic_listen: Option<SocketAddr>,
-    /// `host:port` spokes use to reach `quic_listen` (join strings carry it); defaults to
+    /// `host:port` spokes use to reach `quic_listen` on this hub: the hub directory every
+    /// spoke dials carries it (and join strings, unless `join_advertise` is set); defaults to
     /// `quic_listen` when that is a specific address.
     #[serde(default)]
     pub quic_advertise: Option<String>,
+    /// `host:port` join strings carry instead of `quic_advertise`: the region's load balancer,
+    /// when several hubs sit behind one. Enrollment works on any hub; the sessions then go to
+    /// every hub's own `quic_advertise`, so each hub has every spoke of the network (one
+    /// load-balanced name would give each spoke one hub of the region only).
+    #[serde(default)]
+    pub join_advertise: Option<String>,
     /// Extra DNS names or IPs in the hub's certificate.
     #[serde(default)]
     pub names: Vec<String>,
@@ -367,6 +374,7 @@ impl Default for NetworkConfig {
         Self {
             quic_listen: default_quic_listen(),
             quic_advertise: None,
+            join_advertise: None,
             names: Vec::new(),
             heartbeat_ms: default_heartbeat_ms(),
             missed_heartbeats: default_missed(),
@@ -911,12 +919,17 @@ impl Config {
                 ));
             }
         }
-        if let Some(a) = &self.network.quic_advertise {
-            let ok = a
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-            if !ok {
-                return Err(invalid("network.quic_advertise", "must be host:port"));
+        for (key, value) in [
+            ("network.quic_advertise", &self.network.quic_advertise),
+            ("network.join_advertise", &self.network.join_advertise),
+        ] {
+            if let Some(a) = value {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+                if !ok {
+                    return Err(invalid(key, "must be host:port"));
+                }
             }
         }
         if self.network.heartbeat_ms < 50 {
@@ -1225,6 +1238,9 @@ mod tests {
         let e = Config::from_yaml("network:\n  quic_advertise: nope\n", env(&[]))
             .expect_err("not host:port");
         assert!(e.to_string().contains("network.quic_advertise"), "{e}");
+        let e = Config::from_yaml("network:\n  join_advertise: lb.example.net\n", env(&[]))
+            .expect_err("not host:port");
+        assert!(e.to_string().contains("network.join_advertise"), "{e}");
         let e =
             Config::from_yaml("offload:\n  part_size: 1024\n", env(&[])).expect_err("tiny parts");
         assert!(e.to_string().contains("offload.part_size"), "{e}");

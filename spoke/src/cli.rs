@@ -18,15 +18,24 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Join the network with a join string from `hub spokes token create`.
+    #[command(group(clap::ArgGroup::new("join_source").required(true).args(["join", "join_file"])))]
     Enroll {
-        /// The join string (`SYJ1-...`).
-        join: String,
+        /// The join string (`SYJ1-...`). Prefer --join-file: arguments are visible to every
+        /// user of the machine while the command runs.
+        join: Option<String>,
+        /// Read the join string from this file (`-`: standard input) instead.
+        #[arg(long, value_name = "PATH")]
+        join_file: Option<PathBuf>,
         /// Where the spoke keeps its key, certificate and config.
         #[arg(long, default_value = "./spoke-data")]
         data_dir: PathBuf,
         /// `host:port` where clients and other spokes reach this spoke's data endpoint.
         #[arg(long)]
         advertise: Option<String>,
+        /// `ip:port` the data endpoint binds [default: --advertise]; set it when the advertised
+        /// address is not on an interface (a cloud instance's public address, NAT).
+        #[arg(long, requires = "advertise")]
+        listen: Option<String>,
         /// A name for this spoke (default: from the token, or generated).
         #[arg(long)]
         name: Option<String>,
@@ -67,6 +76,38 @@ pub fn main(cli: Cli) -> ExitCode {
     }
 }
 
+/// The join string from a file or standard input (`-`): whitespace trimmed. At most 8 KiB is
+/// read (a join string is a few hundred bytes).
+fn read_join_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let stdin = path == std::path::Path::new("-");
+    let mut text = String::new();
+    if stdin {
+        std::io::stdin()
+            .take(8192)
+            .read_to_string(&mut text)
+            .context("reading the join string from standard input")?;
+    } else {
+        std::fs::File::open(path)
+            .with_context(|| format!("opening {}", path.display()))?
+            .take(8192)
+            .read_to_string(&mut text)
+            .with_context(|| format!("reading {}", path.display()))?;
+    }
+    let join = text.trim();
+    anyhow::ensure!(
+        !join.is_empty(),
+        "{} holds no join string",
+        if stdin {
+            "standard input".to_owned()
+        } else {
+            path.display().to_string()
+        }
+    );
+    Ok(join.to_owned())
+}
+
 /// The shared subscriber: credential-printing dependencies capped, one line per event.
 fn init_tracing() {
     let spec = std::env::var("SWITCHYARD_LOG").unwrap_or_else(|_| "info".into());
@@ -77,13 +118,27 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Enroll {
             join,
+            join_file,
             data_dir,
             advertise,
+            listen,
             name,
             timeout,
         } => {
             let timeout = std::time::Duration::from_secs(timeout.max(1));
-            let j = crate::enroll::enroll(&join, &data_dir, name, advertise, timeout).await?;
+            let join = match (join, join_file) {
+                (Some(j), _) => j,
+                (None, Some(path)) => read_join_file(&path)?,
+                (None, None) => anyhow::bail!("give the join string or --join-file"),
+            };
+            let j = crate::enroll::enroll(
+                &join,
+                &data_dir,
+                name,
+                crate::enroll::Endpoint { advertise, listen },
+                timeout,
+            )
+            .await?;
             use std::io::Write as _;
             let mut out = std::io::stdout().lock();
             writeln!(

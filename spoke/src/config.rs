@@ -31,6 +31,9 @@ pub struct SpokeConfig {
     /// Where clients reach this spoke's data endpoint (`host:port`), if it serves one.
     #[serde(default)]
     pub advertise: Option<String>,
+    /// What the data endpoint binds (`ip:port`); `advertise` when absent.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// An enrolled spoke's files, loaded.

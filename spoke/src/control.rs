@@ -169,8 +169,12 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let mut data_health = None;
     let data = match &ident.config.advertise {
         Some(a) => {
-            let listen: SocketAddr = a.parse().with_context(|| {
-                format!("advertise {a:?} must be ip:port to serve the data endpoint")
+            let bind = ident.config.listen.as_deref().unwrap_or(a);
+            let listen: SocketAddr = bind.parse().with_context(|| {
+                format!(
+                    "the data endpoint's address {bind:?} (spoke.yaml `listen`, else \
+                     `advertise`) must be ip:port"
+                )
             })?;
             let tls =
                 shared::pki::spoke_server_config(&ident.ca_pem, &ident.cert_pem, &ident.key_pem)?;

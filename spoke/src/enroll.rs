@@ -18,15 +18,48 @@ pub struct Joined {
     pub hubs: Vec<String>,
 }
 
+/// Where a spoke's data endpoint is reached and what it binds.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoint {
+    /// `host:port` clients and other spokes reach (none: no data endpoint).
+    pub advertise: Option<String>,
+    /// `ip:port` bound (none: the advertised address, which must then be `ip:port`).
+    pub listen: Option<String>,
+}
+
+impl Endpoint {
+    /// Checks that the endpoint can be served before anything is asked of the hub.
+    fn check(&self) -> anyhow::Result<()> {
+        match (&self.advertise, &self.listen) {
+            (None, Some(_)) => anyhow::bail!("--listen needs --advertise"),
+            (Some(a), None) => {
+                a.parse::<std::net::SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--advertise {a:?} is not ip:port, so it cannot be bound: add --listen ip:port"
+                    )
+                })?;
+            }
+            (_, Some(l)) => {
+                l.parse::<std::net::SocketAddr>()
+                    .map_err(|_| anyhow::anyhow!("--listen {l:?} must be ip:port"))?;
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}
+
 /// Enrolls into `dir` (created if missing; must not hold an enrolled spoke).
 pub async fn enroll(
     join: &str,
     dir: &Path,
     name: Option<String>,
-    advertise: Option<String>,
+    endpoint: Endpoint,
     timeout: Duration,
 ) -> anyhow::Result<Joined> {
     let join = JoinString::parse(join)?;
+    endpoint.check()?;
+    let Endpoint { advertise, listen } = endpoint;
     let cfg_path = dir.join(config::CONFIG_FILE);
     anyhow::ensure!(
         !cfg_path.exists(),
@@ -117,6 +150,7 @@ pub async fn enroll(
         hubs: enrolled.hubs.clone(),
         settings: enrolled.settings.clone(),
         advertise,
+        listen,
     };
     // spoke.yaml last, atomically: its presence means "enrolled".
     let tmp = dir.join(format!("{}.tmp", config::CONFIG_FILE));

@@ -6,14 +6,14 @@
 # and the steering DNS on 53.
 # Usage: hub-boot.sh --region R --prefix P --ssm-region A --zone sy.example.com
 #          --public-url http://R.api.sy.example.com --databases PRIMARY,REPLICA1,...
-#          --quic-advertise LB_NAME:7443 --addresses IP,IP [--replica LOCAL_REPLICA]
+#          --join-advertise LB_NAME:7443 --addresses IP,IP [--replica LOCAL_REPLICA]
 #          [--tls-cert-parameter NAME --tls-key-parameter NAME]
 # With the TLS parameters the API is HTTPS on 8443 with the certificate from SSM, refreshed
 # hourly by switchyard-hub-tls.timer (hub-tls.sh).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 parse_args "$@"
-need region prefix ssm_region zone public_url databases quic_advertise addresses
+need region prefix ssm_region zone public_url databases join_advertise addresses
 
 service_user switchyard /var/lib/switchyard
 install -d -m 0750 -o root -g switchyard /etc/switchyard
@@ -35,7 +35,7 @@ trap 'rm -rf "$tmp"' EXIT
   ssm_wait "$ARG_prefix/hub/dns" >"$tmp/dns.json"
   "$(dirname "$0")/hub-config.sh" --region "$ARG_region" --zone "$ARG_zone" \
     --public-url "$ARG_public_url" --databases "$ARG_databases" \
-    --quic-advertise "$ARG_quic_advertise" --addresses "$ARG_addresses" \
+    --join-advertise "$ARG_join_advertise" --addresses "$ARG_addresses" \
     ${ARG_replica:+--replica "$ARG_replica"} \
     --password-file "$tmp/password" --dns-file "$tmp/dns.json" \
     --private-ip "$(imds local-ipv4)" "${tls_args[@]}" >"$tmp/hub.yaml" )

@@ -17,9 +17,9 @@ if [ ! -s "$dir/spoke.yaml" ]; then
   join=$(ssm_wait "$ARG_prefix/join/$ARG_region")
   ip=$(imds local-ipv4)
   name=$(imds instance-id)
-  # The join string is an argument of `spoke enroll` (its only input); it is spent at once.
-  runuser -u switchyard-spoke -- "$BIN/spoke" enroll "$join" --data-dir "$dir" \
-    --advertise "$ip:$ARG_port" --name "$name" --timeout 60
+  # On standard input, never an argument (arguments show in every user's process list).
+  printf '%s\n' "$join" | runuser -u switchyard-spoke -- "$BIN/spoke" enroll --join-file - \
+    --data-dir "$dir" --advertise "$ip:$ARG_port" --name "$name" --timeout 60
 fi
 install_units switchyard-spoke.service
 systemctl enable --now switchyard-spoke.service

@@ -336,7 +336,7 @@ mod tests {
             (TWO.replace(r#""b": "b""#, r#""b": "c""#), "not an endpoint"),
             (TWO.replace(r#""name": "b""#, r#""name": "a""#), "twice"),
             (
-                TWO.replace(r#""tun": "wan0"}"#, r#""tun": "wan0", "mtu": 1}"#),
+                TWO.replace(r#"["10.240.1.0/24"]}"#, r#"["10.240.1.0/24"], "mtu": 1}"#),
                 "mtu",
             ),
             (TWO.replace(r#""rtt_ms""#, r#""loss": 2, "rtt_ms""#), "loss"),

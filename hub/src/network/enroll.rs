@@ -150,9 +150,13 @@ pub async fn create_token(
     Ok((record, join.encode()))
 }
 
-/// The QUIC endpoint a join string names: the running endpoint, else the configured one, else
-/// (for the CLI, which runs beside the hub) what a hub of this region announced.
+/// The QUIC endpoint a join string names: `network.join_advertise` (a load balancer in front of
+/// the region's hubs), else the running endpoint, else the configured one, else (for the CLI,
+/// which runs beside the hub) what a hub of this region announced.
 async fn quic_endpoint(state: &AppState) -> anyhow::Result<String> {
+    if let Some(a) = &state.config.network.join_advertise {
+        return Ok(a.clone());
+    }
     if let Some(a) = state.network.advertise() {
         return Ok(a.to_owned());
     }

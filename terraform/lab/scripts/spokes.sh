@@ -31,7 +31,8 @@ up() {
   local k dir
   for k in $(seq 1 "$count"); do
     dir=$STATE/$REGION/spoke-$k
-    in_ns "$NETNS" "$BIN_DIR/spoke" enroll "$join" --data-dir "$dir" \
+    # On standard input: never in the process list.
+    printf '%s\n' "$join" | in_ns "$NETNS" "$BIN_DIR/spoke" enroll --join-file - --data-dir "$dir" \
       --advertise "${addrs[$((k - 1))]}" --name "$REGION-$k" \
       >>"$STATE/log/spoke-$REGION-$k.log" 2>&1 || {
       tail -n 20 "$STATE/log/spoke-$REGION-$k.log" >&2

@@ -164,7 +164,7 @@ resource "aws_launch_template" "this" {
       "--zone", var.zone,
       "--public-url", local.https || var.api_port == 80 ? "${local.scheme}://${var.region}.api.${var.zone}" : "http://${var.region}.api.${var.zone}:${var.api_port}",
       "--databases", join(",", var.database_hosts),
-      "--quic-advertise", "${aws_lb.this.dns_name}:7443",
+      "--join-advertise", "${aws_lb.this.dns_name}:7443",
       "--addresses", join(",", [for az in var.azs : aws_eip.lb[az].public_ip]),
       ], var.replica_host == null ? [] : ["--replica", var.replica_host],
       local.https ? ["--tls-cert-parameter", var.tls.cert_parameter, "--tls-key-parameter", var.tls.key_parameter] : [],

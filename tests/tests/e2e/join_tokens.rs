@@ -867,3 +867,185 @@ async fn spoke_names_stay_unique_across_join_tokens() {
         assert_eq!(name_of(&o), "dup-1");
     }
 }
+
+/// A UDP "load balancer" in front of a hub (as an NLB forwards QUIC): every client address
+/// gets its own upstream socket, datagrams are relayed both ways. Dropping the task stops it.
+async fn udp_balancer(
+    upstream: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    let front = Arc::new(
+        tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind"),
+    );
+    let addr = front.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut flows: HashMap<std::net::SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, client)) = front.recv_from(&mut buf).await {
+            let up = match flows.get(&client) {
+                Some(u) => u.clone(),
+                None => {
+                    let u = Arc::new(
+                        tokio::net::UdpSocket::bind("127.0.0.1:0")
+                            .await
+                            .expect("bind"),
+                    );
+                    u.connect(upstream).await.expect("connect");
+                    let (u2, front2) = (u.clone(), front.clone());
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 65_535];
+                        while let Ok(n) = u2.recv(&mut buf).await {
+                            let _ = front2.send_to(&buf[..n], client).await;
+                        }
+                    });
+                    flows.insert(client, u.clone());
+                    u
+                }
+            };
+            let _ = up.send(&buf[..n]).await;
+        }
+    });
+    (addr, task)
+}
+
+/// Several hubs behind one load balancer: join strings name the balancer
+/// (`network.join_advertise`), the hub directory names each hub's own endpoint, so an enrolled
+/// spoke keeps a session with every hub rather than with whichever one the balancer picked.
+#[tokio::test(flavor = "multi_thread")]
+async fn join_strings_name_the_load_balancer_and_sessions_go_to_each_hub() {
+    let port = e2e::servers::free_port();
+    let hub_quic: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let (balancer, balancer_task) = udp_balancer(hub_quic).await;
+    let hub = TestHub::start_with(HubOptions {
+        port: Some(port),
+        yaml: Some(format!("network:\n  join_advertise: {balancer}\n")),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let t = new_token(&hub, json!({"region": "local", "name": "lb"})).await;
+    let join = t["join"].as_str().expect("join");
+    assert_eq!(
+        JoinString::parse(join).expect("parse").quic,
+        balancer.to_string()
+    );
+    let root = tempfile::tempdir().expect("tmp");
+    let dir = root.path().join("s");
+    // Enrollment goes through the balancer ...
+    let sid = enrolled_id(&enroll(join, &dir, &[]).await);
+    let cfg = std::fs::read_to_string(dir.join("spoke.yaml")).expect("spoke.yaml");
+    assert!(cfg.contains(&hub_quic.to_string()), "{cfg}");
+    assert!(!cfg.contains(&balancer.to_string()), "{cfg}");
+    // ... the session goes to the hub's own endpoint: it works with the balancer gone.
+    balancer_task.abort();
+    let _spoke = SpokeProc::run(dir, sid, &[]);
+    wait_healthy(&hub, sid).await;
+}
+
+fn spoke_enroll() -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_e2e-spoke"));
+    c.arg("enroll").env("SWITCHYARD_LOG", "warn");
+    c
+}
+
+/// `spoke enroll --join-file` (a file, or `-` for standard input) keeps the join string out of
+/// the process list; `--listen` binds the data endpoint apart from the advertised address (a
+/// cloud instance's public address is on no interface).
+#[tokio::test(flavor = "multi_thread")]
+async fn spoke_enroll_takes_the_join_string_from_a_file_and_listens_apart_from_its_address() {
+    let hub = TestHub::start().await.expect("hub");
+    let root = tempfile::tempdir().expect("tmp");
+    let t = new_token(&hub, json!({"region": "local", "name": "f", "uses": 2})).await;
+    let join = t["join"].as_str().expect("join").to_owned();
+    let file = root.path().join("join");
+    std::fs::write(&file, format!("{join}\n")).expect("join file");
+
+    // From a file, advertising an address no interface holds while binding loopback.
+    let port = e2e::servers::free_port();
+    let (advertise, listen) = (format!("192.0.2.10:{port}"), format!("127.0.0.1:{port}"));
+    let o = spoke_enroll()
+        .arg("--join-file")
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(root.path().join("a"))
+        .args(["--advertise", &advertise, "--listen", &listen])
+        .output()
+        .await
+        .expect("enroll");
+    let sid = enrolled_id(&o);
+    let _spoke = SpokeProc::run(root.path().join("a"), sid, &[]);
+    wait_healthy(&hub, sid).await;
+    assert_eq!(spoke_view(&hub, sid).await["advertise"], advertise.as_str());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(&listen).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the data endpoint never listened on {listen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // From standard input.
+    let mut child = spoke_enroll()
+        .args(["--join-file", "-", "--data-dir"])
+        .arg(root.path().join("b"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("enroll");
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(join.as_bytes()).await.expect("write");
+    }
+    enrolled_id(&child.wait_with_output().await.expect("enroll"));
+
+    // Mistakes are refused before the hub is asked (the token has no use left to waste).
+    let empty = root.path().join("empty");
+    std::fs::write(&empty, "\n").expect("empty");
+    for (args, why) in [
+        (
+            vec!["--join-file".into(), empty.display().to_string()],
+            "holds no join string",
+        ),
+        (
+            vec![
+                join.clone(),
+                "--join-file".into(),
+                file.display().to_string(),
+            ],
+            "cannot be used with",
+        ),
+        (vec![], "required"),
+        (
+            vec![
+                join.clone(),
+                "--advertise".into(),
+                "spoke.example.net:9443".into(),
+            ],
+            "add --listen",
+        ),
+        (
+            vec![join.clone(), "--listen".into(), listen.clone()],
+            "--advertise",
+        ),
+    ] {
+        let o = spoke_enroll()
+            .args(&args)
+            .arg("--data-dir")
+            .arg(root.path().join("c"))
+            .output()
+            .await
+            .expect("enroll");
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            text(&o.stderr).contains(why),
+            "{args:?}: {}",
+            text(&o.stderr)
+        );
+    }
+}

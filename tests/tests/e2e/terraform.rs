@@ -621,7 +621,7 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
             "10.20.128.10",
             "--private-ip",
             "10.20.8.5",
-            "--quic-advertise",
+            "--join-advertise",
             "switchyard-eu-west-0123.elb.eu-west-1.amazonaws.com:7443",
             "--addresses",
             "203.0.113.22,203.0.113.32",
@@ -654,9 +654,15 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
     assert_eq!(cfg.dns.nameservers, ["ns-eu-west", "ns-us-east"]);
     assert_eq!(cfg.dns.addresses.len(), 2);
     assert_eq!(cfg.dns.records.len(), 3);
+    // Join strings name the load balancer; each hub's directory entry is its own address, so
+    // a spoke holds a session with every hub behind the balancer.
+    assert_eq!(
+        cfg.network.join_advertise.as_deref(),
+        Some("switchyard-eu-west-0123.elb.eu-west-1.amazonaws.com:7443")
+    );
     assert_eq!(
         cfg.network.quic_advertise.as_deref(),
-        Some("switchyard-eu-west-0123.elb.eu-west-1.amazonaws.com:7443")
+        Some("10.20.8.5:7443")
     );
     // With the certificate files: HTTPS on 8443, and the hub accepts it only with https://.
     let tls_yaml = boot_script(
@@ -670,7 +676,7 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
             "https://eu-west.api.sy.example.com",
             "--databases",
             "10.10.128.10",
-            "--quic-advertise",
+            "--join-advertise",
             "lb.example:7443",
             "--addresses",
             "203.0.113.22",
@@ -710,7 +716,7 @@ async fn boot_scripts_render_configs_the_binaries_accept() -> Result<()> {
         "http://x",
         "--databases",
         "10.0.0.1",
-        "--quic-advertise",
+        "--join-advertise",
         "x:7443",
         "--addresses",
         "192.0.2.1",

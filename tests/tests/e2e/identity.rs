@@ -92,7 +92,19 @@ async fn a_spoke_cannot_enroll_under_a_hub_name() {
     {
         let join = join_token(&hub, "local").await;
         let dir = root.path().join(format!("s{i}"));
-        let o = enroll(&join, &dir, &["--advertise", &format!("{name}:443")]).await;
+        // A name cannot be bound: the spoke binds loopback and advertises the name, which the
+        // hub must refuse.
+        let o = enroll(
+            &join,
+            &dir,
+            &[
+                "--advertise",
+                &format!("{name}:443"),
+                "--listen",
+                "127.0.0.1:443",
+            ],
+        )
+        .await;
         assert!(!o.status.success(), "{name} was accepted");
         assert!(
             text(&o.stderr).contains("not available to a spoke"),
@@ -104,7 +116,12 @@ async fn a_spoke_cannot_enroll_under_a_hub_name() {
         let o = enroll(
             &join,
             &dir,
-            &["--advertise", &format!("spoke{i}.example.net:443")],
+            &[
+                "--advertise",
+                &format!("spoke{i}.example.net:443"),
+                "--listen",
+                "127.0.0.1:443",
+            ],
         )
         .await;
         assert!(o.status.success(), "{}", text(&o.stderr));

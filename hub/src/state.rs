@@ -51,6 +51,8 @@ pub struct HubState {
     pub db: Db,
     pub sealer: Sealer,
     pub ids: IdCodec,
+    /// Makes and checks event feed cursors.
+    pub cursors: crate::events::CursorCodec,
     pub metrics: Metrics,
     pub connect_options: ConnectOptions,
     /// Canonical forms of `storage.fs.allowed_roots` (each application owns `app-<id>` in each).
@@ -114,6 +116,7 @@ impl HubState {
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
+            cursors: crate::events::CursorCodec::new(Tagger::new(master.derive("event-cursors"))),
             metrics,
             fs_roots,
             freshness: crate::revocation::Freshness::default(),

@@ -6,6 +6,7 @@ use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
 use crate::auth::Caller;
 use crate::db::{upload_claim_key, ClaimKind};
 use crate::error::{ApiError, ApiResult};
+use crate::events::{self, kind, Change};
 use crate::ids::IdCodec;
 use crate::model::{
     rfc3339, AccountRefBody, CopyTarget, FolderRef, NewFolder, ObjectChanges, ObjectList,
@@ -50,7 +51,7 @@ const SCAN_LIMIT: usize = 50_000;
 const MAX_RENAME_TRIES: u32 = 1000;
 
 /// Renders an entry as the API's object.
-fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
+pub(crate) fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
     let name = if e.path.is_root() {
         "root".to_owned()
     } else {
@@ -155,6 +156,29 @@ fn not_found_as(kind: &'static str) -> impl Fn(StorageError) -> ApiError {
     }
 }
 
+/// A change of `account` made by this request, for its event feed.
+fn change<'a>(account: i64, kind: &'static str, action: &'static str, e: &'a Entry) -> Change<'a> {
+    Change {
+        account,
+        kind,
+        action,
+        entry: e,
+        from: None,
+        dedupe_key: None,
+    }
+}
+
+/// Records the rename or move of the object at `from` to `e` within `account`.
+async fn record_moved(state: &AppState, account: i64, from: &StoragePath, e: &Entry) {
+    let k = events::rename_or_move(from, &e.path);
+    let action = if k == kind::RENAME { "rename" } else { "move" };
+    let c = Change {
+        from: Some(from),
+        ..change(account, k, action, e)
+    };
+    events::record(state, c).await;
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct CreateFolderOptions {
@@ -218,7 +242,10 @@ async fn create_folder(
         c.done().await;
     }
     match created {
-        Ok(e) => Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e)))),
+        Ok(e) => {
+            events::record(&state, change(a.id(), kind::ADD, "create_folder", &e)).await;
+            Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
+        }
         // Another request made it first.
         Err(StorageError::AlreadyExists) => {
             let existing = existing_folder(&a, &path, conflict).await?.ok_or_else(|| {
@@ -340,6 +367,7 @@ async fn patch_folder(
         .connector
         .rename(&path, &target, EntryKind::Folder)
         .await?;
+    record_moved(&state, a.id(), &path, &e).await;
     Ok(Json(object(&state.ids, a.id(), &e)))
 }
 
@@ -392,6 +420,8 @@ async fn delete_folder(
         .delete_folder(&path, opts.recursive == Some(true))
         .await
         .map_err(not_found_as("folder"))?;
+    let gone = events::gone(&path, EntryKind::Folder);
+    events::record(&state, change(a.id(), kind::DELETE, "delete", &gone)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -439,6 +469,7 @@ async fn copy_folder(
         .connector
         .copy_folder_from(&a.connector, &path, &target)
         .await?;
+    events::record(&state, change(dst.id(), kind::COPY, "copy", &e)).await;
     Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))))
 }
 
@@ -527,6 +558,13 @@ async fn upload_file(
     let e = write_upload(&state, &a, &target, body, publish)
         .await
         .map_err(upload_error)?;
+    // Replacing is an update of the file; a new name (free or numbered) is an addition.
+    let k = if overwrite && taken && e.path == target {
+        kind::UPDATE
+    } else {
+        kind::ADD
+    };
+    events::record(&state, change(a.id(), k, "upload", &e)).await;
     Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))).into_response())
 }
 
@@ -813,6 +851,7 @@ async fn replace_file(
         None => write_upload(&state, &a, &path, body, Publish::Replace).await,
     }
     .map_err(upload_error)?;
+    events::record(&state, change(a.id(), kind::UPDATE, "replace", &e)).await;
     let etag = match hasher {
         None => a.connector.etag(&e).await.ok(),
         Some(h) => {
@@ -904,6 +943,7 @@ async fn moved_file(
             c.done().await;
         }
         let e = renamed?;
+        record_moved(state, a.id(), path, &e).await;
         return Ok((a.id(), e));
     }
     let parent = match body.parent_id.as_deref() {
@@ -925,7 +965,11 @@ async fn moved_file(
         .connector
         .copy_file_from(&a.connector, path, &target)
         .await?;
+    // Each account's feed gets its side of the move: the file arrived in one, left the other.
+    events::record(state, change(dst.id(), kind::ADD, "move", &e)).await;
     a.connector.delete_file(path).await?;
+    let gone = events::gone(path, EntryKind::File);
+    events::record(state, change(a.id(), kind::DELETE, "move", &gone)).await;
     Ok((dst.id(), e))
 }
 
@@ -963,6 +1007,8 @@ async fn delete_file(
         None => a.connector.delete_file(&path).await,
     }
     .map_err(not_found_as("file"))?;
+    let gone = events::gone(&path, EntryKind::File);
+    events::record(&state, change(a.id(), kind::DELETE, "delete", &gone)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -1237,6 +1283,7 @@ async fn copy_file(
             .copy_file_from_with(&a.connector, &path, &target, publish)
             .await?
     };
+    events::record(&state, change(dst.id(), kind::COPY, "copy", &e)).await;
     Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))).into_response())
 }
 

@@ -127,6 +127,73 @@ pub fn failed(state: &AppState, e: &NewEvent, err: &sqlx::Error) {
         "could not record an event; the change itself succeeded and is missing from the feed");
 }
 
+/// The receipt of a client-direct upload grant: the event kind the upload will be, tagged
+/// over the grant, account, path and kind so that a spoke can report only what was granted.
+pub fn receipt(
+    state: &AppState,
+    grant_id: &str,
+    account: i64,
+    path: &str,
+    kind: &str,
+) -> shared::proto::UploadReceipt {
+    shared::proto::UploadReceipt {
+        kind: kind.to_owned(),
+        tag: hex::encode(receipt_tag(state, grant_id, account, path, kind)),
+    }
+}
+
+fn receipt_tag(state: &AppState, grant_id: &str, account: i64, path: &str, kind: &str) -> [u8; 32] {
+    state.receipts.tag(&[
+        b"upload-receipt",
+        grant_id.as_bytes(),
+        &account.to_be_bytes(),
+        path.as_bytes(),
+        kind.as_bytes(),
+    ])
+}
+
+/// Records the client-direct uploads a spoke published (reported in its heartbeats): one
+/// event per grant and account, however many hubs the report reaches or how often. A report
+/// whose receipt this network's hubs did not issue is refused and logged.
+pub async fn record_direct_uploads(
+    state: &AppState,
+    spoke_id: i64,
+    done: Vec<shared::proto::UploadDone>,
+) {
+    for d in done {
+        let want = receipt_tag(state, &d.grant_id, d.account, &d.path, &d.receipt.kind);
+        let genuine = hex::decode(&d.receipt.tag).is_ok_and(|t| ct_eq(&t, &want));
+        let k = match d.receipt.kind.as_str() {
+            kind::ADD => kind::ADD,
+            kind::UPDATE => kind::UPDATE,
+            _ => "",
+        };
+        let path = StoragePath::parse(&d.path);
+        let (true, false, Ok(path)) = (genuine, k.is_empty(), path) else {
+            tracing::warn!(spoke_id, grant = %d.grant_id, account = d.account,
+                "a spoke reported an upload no hub granted; ignored");
+            continue;
+        };
+        let entry = Entry {
+            path,
+            kind: EntryKind::File,
+            size: d.size,
+            modified: d.modified,
+            etag: d.etag,
+            content_type: d.content_type,
+        };
+        let c = Change {
+            account: d.account,
+            kind: k,
+            action: "upload",
+            entry: &entry,
+            from: None,
+            dedupe_key: Some(format!("grant:{}", d.grant_id)),
+        };
+        record(state, c).await;
+    }
+}
+
 /// A deleted object as far as the API knows it without asking the provider.
 pub fn gone(path: &StoragePath, kind: EntryKind) -> Entry {
     Entry {

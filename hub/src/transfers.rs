@@ -633,6 +633,7 @@ fn relay_grant(
         declared_len: None,
         staging: None,
         claim: None,
+        receipt: None,
     };
     let (grant_id, expires) = (g.grant_id.clone(), g.expires);
     let signature = crate::network::grant(state, relay, g)?;

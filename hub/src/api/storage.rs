@@ -540,6 +540,12 @@ async fn upload_file(
         let direct = Direct::Upload {
             replace: overwrite,
             declared_len: Some(n),
+            // The feed's kind, fixed now: replacing the file that is there is an update.
+            event: if overwrite && taken {
+                kind::UPDATE
+            } else {
+                kind::ADD
+            },
         };
         if let Some((url, _)) = direct_url(&state, &a, &target, direct, 600).await? {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
@@ -1043,6 +1049,8 @@ enum Direct {
     Upload {
         replace: bool,
         declared_len: Option<u64>,
+        /// The event kind the published upload is (`add` or `update`).
+        event: &'static str,
     },
 }
 
@@ -1069,12 +1077,13 @@ async fn direct_url(
         return Ok(None);
     };
     let expires = crate::state::now_ms() / 1000 + ttl_secs as i64;
-    let (method, replace, declared_len) = match direct {
-        Direct::Download => ("GET", false, None),
+    let (method, replace, declared_len, event) = match direct {
+        Direct::Download => ("GET", false, None, None),
         Direct::Upload {
             replace,
             declared_len,
-        } => ("PUT", replace, declared_len),
+            event,
+        } => ("PUT", replace, declared_len, Some(event)),
     };
     let (mut staging, mut claim) = (None, None);
     if method == "PUT" {
@@ -1110,7 +1119,11 @@ async fn direct_url(
         declared_len,
         staging,
         claim: claim.clone(),
+        receipt: None,
     };
+    let receipt =
+        event.map(|kind| events::receipt(state, &g.grant_id, a.id(), &g.location.path, kind));
+    let g = shared::proto::Grant { receipt, ..g };
     let grant_id = g.grant_id.clone();
     let Some(sig) = crate::network::grant(state, spoke, g) else {
         if let Some(k) = claim {
@@ -1157,6 +1170,7 @@ async fn upload_url(
     let direct = Direct::Upload {
         replace: false,
         declared_len: None,
+        event: kind::ADD,
     };
     let (url, expires) = direct_url(&state, &a, &target, direct, ttl)
         .await?

@@ -650,3 +650,132 @@ async fn concurrent_uploads_sqlite() {
 async fn concurrent_uploads_postgres() {
     concurrent_uploads(true).await;
 }
+
+/// Uploads that go straight to a spoke (an `upload_url`, a redirected large upload, a
+/// redirected overwrite) are recorded once each, when the spoke reports them published; a
+/// report repeated (another hub, a reconnect) records nothing more, and one with a receipt
+/// no hub issued is refused.
+#[tokio::test]
+async fn direct_uploads_through_a_spoke() {
+    use crate::spokes::{wait_healthy, SpokeProc};
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some("offload:\n  threshold: 1048576\nnetwork:\n  heartbeat_ms: 250\n".into()),
+        max_upload_bytes: 8 << 20,
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let key = hub.apikey();
+    let acc = hub.creds.account_id;
+    let a = acc.to_string();
+    let root = tempfile::tempdir().expect("tmp");
+    let port = e2e::servers::free_port();
+    let advertise = format!("127.0.0.1:{port}");
+    let spoke =
+        SpokeProc::start_full(&hub, root.path(), "edge", &["--advertise", &advertise], &[]).await;
+    wait_healthy(&hub, spoke.id).await;
+    e2e::assert_eventually!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok(),
+        Duration::from_secs(10),
+        "the data endpoint to listen"
+    );
+    let ca = std::fs::read(spoke.dir.join("ca.crt")).expect("ca");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let start = latest(&hub, &key, &a).await;
+
+    let (s, u) = call(
+        &hub,
+        Method::POST,
+        &key,
+        &format!("/v1/accounts/{acc}/storage/files/upload_url"),
+        Some(json!({"parent_id": "root", "name": "direct.bin"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{u}");
+    let url = u["url"].as_str().expect("url").to_owned();
+    let r = client
+        .put(&url)
+        .body(e2e::pattern(3 << 20, 1))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(r.status(), 201);
+    let redirected = |name: &'static str, overwrite: bool| {
+        let client = client.clone();
+        let (hub, key) = (&hub, key.clone());
+        async move {
+            let body = e2e::pattern(2 << 20, 2);
+            let r = client
+                .post(hub.url(&format!(
+                    "/v1/accounts/{acc}/storage/files?overwrite={overwrite}"
+                )))
+                .header("Authorization", key)
+                .header(
+                    "X-Kloudless-Metadata",
+                    json!({"name": name, "parent_id": "root"}).to_string(),
+                )
+                .body(body.clone())
+                .send()
+                .await
+                .expect("upload");
+            assert_eq!(r.status(), 307);
+            let location = r.headers()["location"].to_str().expect("ascii").to_owned();
+            let r = client
+                .post(&location)
+                .body(body)
+                .send()
+                .await
+                .expect("follow");
+            assert_eq!(r.status(), 201);
+        }
+    };
+    redirected("big.bin", false).await;
+    redirected("big.bin", true).await;
+
+    let mut events: Vec<Value>;
+    e2e::assert_eventually!(
+        {
+            events = drain(&hub, &key, &a, Some(&start), 10).await.0;
+            events.len() >= 3
+        },
+        Duration::from_secs(10),
+        "the spoke's reports of three published uploads"
+    );
+    assert_eq!(kinds(&events), ["add", "add", "update"], "{events:#?}");
+    assert_eq!(events[0]["id"], u["id"]);
+    assert_eq!(events[0]["action"], "upload");
+    assert_eq!(events[0]["metadata"]["name"], "direct.bin");
+    assert_eq!(events[0]["metadata"]["size"], 3 << 20);
+    assert_eq!(events[1]["metadata"]["name"], "big.bin");
+    assert_eq!(events[2]["id"], events[1]["id"]);
+
+    // The same report again (another hub, a session that reconnected): nothing more. A
+    // report whose receipt no hub issued: nothing at all.
+    let grant = url
+        .split("/v1/data/")
+        .nth(1)
+        .and_then(|r| r.split('?').next())
+        .expect("grant");
+    let again = shared::proto::UploadDone {
+        grant_id: grant.to_owned(),
+        account: acc,
+        path: "direct.bin".into(),
+        receipt: hub::events::receipt(&hub.state, grant, acc, "direct.bin", "add"),
+        size: 3 << 20,
+        modified: None,
+        etag: None,
+        content_type: None,
+    };
+    let mut forged = again.clone();
+    forged.grant_id = "made-up".into();
+    forged.path = "forged.bin".into();
+    hub::events::record_direct_uploads(&hub.state, spoke.id, vec![again, forged]).await;
+    let (all, _) = drain(&hub, &key, &a, Some(&start), 10).await;
+    assert_eq!(all, events);
+}

@@ -707,3 +707,48 @@ pub async fn serve(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::proto::UploadReceipt;
+
+    fn done(n: usize) -> UploadDone {
+        UploadDone {
+            grant_id: format!("g{n}"),
+            account: 1,
+            path: format!("f{n}"),
+            receipt: UploadReceipt {
+                kind: "add".into(),
+                tag: "00".into(),
+            },
+            size: n as u64,
+            modified: None,
+            etag: None,
+            content_type: None,
+        }
+    }
+
+    /// Each session reports each published upload once, at most `MAX_REPORTED_DONE` per
+    /// heartbeat and in order; a session that starts later gets the recent ones again.
+    #[test]
+    fn published_uploads_are_reported_once_per_session_in_bounded_batches() {
+        let g = Grants::default();
+        for n in 0..MAX_REPORTED_DONE + 6 {
+            g.published(done(n));
+        }
+        let (first, last) = g.published_after(0);
+        assert_eq!(first.len(), MAX_REPORTED_DONE);
+        assert_eq!(first[0].grant_id, "g0");
+        let (rest, last2) = g.published_after(last);
+        assert_eq!(rest.len(), 6);
+        assert_eq!(rest[5].grant_id, format!("g{}", MAX_REPORTED_DONE + 5));
+        assert_eq!(g.published_after(last2), (Vec::new(), last2));
+        let (again, _) = g.published_after(0);
+        assert_eq!(again, first, "a new session hears them again");
+        for n in 0..MAX_DONE {
+            g.published(done(n));
+        }
+        assert!(lock(&g.done).entries.len() <= MAX_DONE, "bounded");
+    }
+}

@@ -1104,8 +1104,10 @@ async fn direct_url(
         staging = key.map(|k| k.as_str().to_owned());
         claim = Some(k);
     }
+    let grant_id = crate::network::new_grant_id();
+    let receipt = event.map(|kind| events::receipt(state, &grant_id, a.id(), path.as_str(), kind));
     let g = shared::proto::Grant {
-        grant_id: crate::network::new_grant_id(),
+        grant_id,
         method: method.to_owned(),
         account: a.id(),
         location: shared::proto::Location {
@@ -1119,11 +1121,8 @@ async fn direct_url(
         declared_len,
         staging,
         claim: claim.clone(),
-        receipt: None,
+        receipt,
     };
-    let receipt =
-        event.map(|kind| events::receipt(state, &g.grant_id, a.id(), &g.location.path, kind));
-    let g = shared::proto::Grant { receipt, ..g };
     let grant_id = g.grant_id.clone();
     let Some(sig) = crate::network::grant(state, spoke, g) else {
         if let Some(k) = claim {

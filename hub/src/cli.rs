@@ -338,7 +338,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             command: AppsCommand::Create { name, description },
         } => {
             crate::api::validate_app_name(&name).map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-            let app = db.create_app(&name, &description, now_ms()).await?;
+            let app = db.create_app(&name, &description, false, now_ms()).await?;
             let (_, key) = crate::api::create_api_key(&state, app.id).await?;
             out(&format!(
                 "application {} ({})\napi key: {key}\n(the key is shown only once)",

@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub transfers: TransfersConfig,
     #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
     pub tls: TlsConfig,
@@ -503,6 +505,35 @@ impl TransfersConfig {
 
 fn default_lease_ms() -> u64 {
     10_000
+}
+
+/// The per-account change feed (`/v1/accounts/{acc}/events`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Days an event is kept (1 to 3650); older ones are deleted, and a cursor pointing
+    /// before the oldest kept event is refused with `cursor_expired`.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// How long an event is kept.
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.retention_days) * 86_400)
+    }
+}
+
+fn default_retention_days() -> u32 {
+    7
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -971,6 +1002,12 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=3650).contains(&self.events.retention_days) {
+            return Err(invalid(
+                "events.retention_days",
+                "must be between 1 and 3650 (days an event is kept)",
+            ));
+        }
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         self.validate_tls()?;
         Ok(())
@@ -1205,6 +1242,20 @@ mod tests {
     fn transfer_leases_are_checked() {
         let c = Config::from_yaml("", env(&[])).expect("defaults");
         assert_eq!(c.transfers.lease_ms, 10_000);
+        assert_eq!(c.events.retention_days, 7);
+        for bad in ["0", "3651", "-1", "x"] {
+            let e = Config::from_yaml(&format!("events:\n  retention_days: {bad}\n"), env(&[]))
+                .expect_err(bad);
+            assert!(
+                e.to_string().contains("events.retention_days"),
+                "{bad}: {e}"
+            );
+        }
+        let c = Config::from_yaml("events:\n  retention_days: 30\n", env(&[])).expect("30");
+        assert_eq!(
+            c.events.retention(),
+            std::time::Duration::from_secs(30 * 86_400)
+        );
         assert_eq!(c.transfers.renew_every().as_millis(), 3_333);
         let c = Config::from_yaml("transfers:\n  lease_ms: 6000\n", env(&[])).expect("6 s");
         assert_eq!(c.transfers.lease(), std::time::Duration::from_secs(6));

@@ -95,7 +95,7 @@ pub async fn bootstrap(state: &AppState) -> anyhow::Result<DevCredentials> {
     }
     let app = state
         .db
-        .create_app("dev", "created by `hub dev`", now_ms())
+        .create_app("dev", "created by `hub dev`", true, now_ms())
         .await?;
     let (_, api_key) = crate::api::create_api_key(state, app.id).await?;
     let meta = generate_token("mt_");

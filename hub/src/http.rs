@@ -70,7 +70,7 @@ where
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
-        let (tcp, _peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -85,7 +85,16 @@ where
         on_accept(&tcp);
         // Subscribed now, so a shutdown during the handshake still reaches this connection.
         let watcher = graceful.watcher();
-        let (builder, service) = (builder.clone(), TowerToHyperService::new(app.clone()));
+        // Every request of the connection carries the peer's address (the `ip` of events).
+        let tagged = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut r: http::Request<hyper::body::Incoming>| {
+                r.extensions_mut()
+                    .insert(crate::events::ClientAddr(peer.ip()));
+                r
+            },
+        );
+        let (builder, service) = (builder.clone(), TowerToHyperService::new(tagged));
         let io = handshake(tcp);
         tokio::spawn(async move {
             let Some(io) = io.await else {

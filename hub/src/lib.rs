@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod error;
+pub mod events;
 pub mod fsroot;
 pub mod guard;
 pub mod http;
@@ -62,6 +63,8 @@ pub struct Background {
     steering: tokio::task::JoinHandle<()>,
     /// Sweeps abandoned uploads' staging (see [`claims`]).
     sweeper: tokio::task::JoinHandle<()>,
+    /// Deletes events past `events.retention_days` (see [`events`]).
+    event_sweeper: tokio::task::JoinHandle<()>,
     revocations: tokio::task::JoinHandle<()>,
     state: AppState,
 }
@@ -87,6 +90,7 @@ impl Background {
             scheduler: transfers::spawn_scheduler(state.clone()),
             steering: steering::spawn(state.clone()),
             sweeper: claims::spawn_sweeper(state.clone()),
+            event_sweeper: events::spawn_sweeper(state.clone()),
             revocations: revocation::spawn(state.clone()),
             state: state.clone(),
         })
@@ -98,6 +102,7 @@ impl Background {
         self.scheduler.abort();
         self.steering.abort();
         self.sweeper.abort();
+        self.event_sweeper.abort();
         self.revocations.abort();
         if let Some(n) = &self.network {
             n.close();
@@ -111,6 +116,7 @@ impl Background {
         self.scheduler.abort();
         self.steering.abort();
         self.sweeper.abort();
+        self.event_sweeper.abort();
         self.revocations.abort();
         if let Some(d) = self.dns {
             d.shutdown().await;

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub tls_not_after: Gauge,
     /// ACME issuance or renewal attempts that failed.
     pub acme_failures: Counter,
+    /// Events recorded in account feeds.
+    pub events_recorded: Counter,
+    /// Changes the provider confirmed whose event could not be recorded (see `crate::events`).
+    pub event_record_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -99,7 +103,21 @@ impl Default for Metrics {
             "ACME certificate issuance or renewal attempts that failed",
             acme_failures.clone(),
         );
+        let events_recorded = Counter::default();
+        let event_record_failures = Counter::default();
+        registry.register(
+            "events_recorded",
+            "Events recorded in account feeds",
+            events_recorded.clone(),
+        );
+        registry.register(
+            "event_record_failures",
+            "Changes made through the API whose event could not be recorded",
+            event_record_failures.clone(),
+        );
         Self {
+            events_recorded,
+            event_record_failures,
             tls_not_after,
             acme_failures,
             registry,

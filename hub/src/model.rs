@@ -71,6 +71,9 @@ pub struct ApplicationView {
     pub name: String,
     pub description: String,
     pub active: bool,
+    /// Whether changes to its accounts are recorded in their event feeds
+    /// (`/v1/accounts/{acc}/events`).
+    pub collect_events: bool,
     pub created: String,
     pub modified: String,
 }
@@ -80,6 +83,9 @@ pub struct NewApplication {
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
+    /// Record changes to its accounts in their event feeds (default false).
+    #[serde(default)]
+    pub collect_events: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -90,6 +96,9 @@ pub struct ApplicationChanges {
     pub description: Option<String>,
     #[serde(default)]
     pub active: Option<bool>,
+    /// Record changes to its accounts in their event feeds.
+    #[serde(default)]
+    pub collect_events: Option<bool>,
 }
 
 /// An API key. `key` is present only in the response that created it.
@@ -193,4 +202,62 @@ pub enum AccountRefBody {
 pub struct UploadMetadata {
     pub name: String,
     pub parent_id: String,
+}
+
+/// One change in an account's event feed (`/v1/accounts/{acc}/events`), in the Kloudless
+/// shape: `id` is the changed object's id (what the Kloudless SDKs compare with a file's id).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    /// The changed object's id.
+    pub id: String,
+    pub account: i64,
+    /// `add`, `update`, `delete`, `rename`, `move` or `copy`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// What the API did (`upload`, `create_folder`, `rename`, `move`, `copy`, `delete`,
+    /// `transfer`, ...).
+    pub action: String,
+    /// When the change happened.
+    pub modified: String,
+    /// The address of the client that made the change through the API (null when unknown).
+    pub ip: Option<String>,
+    /// The provider's user who made the change, when known (null for changes through the
+    /// API).
+    pub user_id: Option<String>,
+    /// The object as the API returns it (after the change; as it was, for a delete).
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// Renames and moves (our addition): the id, name and parent the object had before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousView>,
+}
+
+/// Where a renamed or moved object was before.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PreviousView {
+    pub id: String,
+    pub name: String,
+    /// The id of the folder it was in.
+    pub parent_id: Option<String>,
+}
+
+/// A page of the event feed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    /// Always `object_list`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub objects: Vec<EventView>,
+    /// Continue from here (`?cursor=`); the same cursor when the page is empty.
+    pub cursor: String,
+    /// Events after this page.
+    pub remaining: i64,
+    /// Events on this page.
+    pub count: usize,
+}
+
+/// The newest position of an account's event feed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventCursor {
+    pub cursor: String,
 }

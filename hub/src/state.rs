@@ -51,6 +51,10 @@ pub struct HubState {
     pub db: Db,
     pub sealer: Sealer,
     pub ids: IdCodec,
+    /// Makes and checks event feed cursors.
+    pub cursors: crate::events::CursorCodec,
+    /// Tags the receipts of client-direct upload grants (see `crate::events::receipt`).
+    pub receipts: Tagger,
     pub metrics: Metrics,
     pub connect_options: ConnectOptions,
     /// Canonical forms of `storage.fs.allowed_roots` (each application owns `app-<id>` in each).
@@ -114,6 +118,8 @@ impl HubState {
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
+            cursors: crate::events::CursorCodec::new(Tagger::new(master.derive("event-cursors"))),
+            receipts: Tagger::new(master.derive("upload-receipts")),
             metrics,
             fs_roots,
             freshness: crate::revocation::Freshness::default(),

@@ -32,7 +32,7 @@ use shared::storage::transfer::{
     choose_part_size, composite_sha256, copy_parts_via, copy_stream, multipart_etag, plan_parts,
     range_source, CopyEvent, CopyOptions, PartDone,
 };
-use shared::storage::{ServiceConfig, StorageError, StoragePath};
+use shared::storage::{Entry, ServiceConfig, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -633,6 +633,7 @@ fn relay_grant(
         declared_len: None,
         staging: None,
         claim: None,
+        receipt: None,
     };
     let (grant_id, expires) = (g.grant_id.clone(), g.expires);
     let signature = crate::network::grant(state, relay, g)?;
@@ -780,7 +781,7 @@ async fn verify_destination(
     state: &AppState,
     t: &TransferRecord,
     parts: &[PartDone],
-) -> Result<(), Incomplete> {
+) -> Result<Entry, Incomplete> {
     let (_, dst) = accounts(state, t).await?;
     let dst_path = path(&t.dst_path)?;
     // A provider hiccup is not a false report: the check is retried a few times before the
@@ -826,7 +827,7 @@ async fn verify_destination(
             }
         }
     }
-    Ok(())
+    Ok(entry)
 }
 
 /// Completes a transfer whose parts are all durable: assembles the multipart upload if the
@@ -921,20 +922,50 @@ async fn complete(
     } else {
         reported
     };
-    verify_destination(state, &t, &parts).await?;
-    if !state
+    let landed = verify_destination(state, &t, &parts).await?;
+    // The copy landing is the destination account's event, written in the transaction that
+    // marks the transfer done: a fenced completion records none, and a recorded `done` has
+    // exactly one.
+    let event = crate::events::new_event(
+        &state.ids,
+        &crate::events::Change {
+            account: t.dst_account,
+            kind: crate::events::kind::COPY,
+            action: "transfer",
+            entry: &landed,
+            from: None,
+            dedupe_key: None,
+        },
+    );
+    let finished = match state
         .db
-        .finish_transfer(
-            id,
-            lease,
-            "done",
-            checksum.as_deref(),
-            None,
-            Some(t.size),
-            now_ms(),
-        )
-        .await?
+        .finish_transfer_done(id, lease, checksum.as_deref(), t.size, &event, now_ms())
+        .await
     {
+        Ok(done) => done.map(|recorded| {
+            if recorded {
+                state.metrics.events_recorded.inc();
+            }
+        }),
+        Err(e) => {
+            // Never fail a verified copy for its event: finish it without one.
+            crate::events::failed(state, &event, &e);
+            state
+                .db
+                .finish_transfer(
+                    id,
+                    lease,
+                    "done",
+                    checksum.as_deref(),
+                    None,
+                    Some(t.size),
+                    now_ms(),
+                )
+                .await?
+                .then_some(())
+        }
+    };
+    if finished.is_none() {
         tracing::warn!(
             transfer = id,
             "the completion was fenced off: another hub holds it"

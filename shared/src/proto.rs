@@ -235,6 +235,39 @@ pub struct Grant {
     /// heartbeats while the upload runs, so the hub's sweep cleans up only after it stopped.
     #[serde(default)]
     pub claim: Option<String>,
+    /// For uploads: what the hub records in the account's event feed once the upload is
+    /// published, and its proof that the hub issued this grant. The spoke reports it back
+    /// ([`UploadDone`]); absent from hubs without an event feed.
+    #[serde(default)]
+    pub receipt: Option<UploadReceipt>,
+}
+
+/// What a published client-direct upload is in the account's event feed (`add` or
+/// `update`), with the issuing hub's tag over the grant, account, path and kind: a spoke can
+/// report only uploads a hub granted, as granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadReceipt {
+    pub kind: String,
+    /// Hex of the hub's HMAC; not a secret (the spoke cannot make one for another grant).
+    pub tag: String,
+}
+
+/// A client-direct upload this spoke published: the grant's receipt and what the provider
+/// answered. Sent in heartbeats to every hub (each records it at most once per account).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadDone {
+    pub grant_id: String,
+    pub account: i64,
+    pub path: String,
+    pub receipt: UploadReceipt,
+    pub size: u64,
+    /// Unix milliseconds, when the provider says.
+    #[serde(default)]
+    pub modified: Option<i64>,
+    #[serde(default)]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 /// Join request: the token from the join string and a CSR for the spoke's own key.
@@ -358,6 +391,11 @@ pub struct Heartbeat {
     /// Client-direct uploads running now, by the hub's claim on their leftovers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub uploads: Vec<UploadClaim>,
+    /// Client-direct uploads published recently (a heartbeat goes out at once after each;
+    /// each is repeated to every hub session for a while, since a session may be down).
+    /// Hubs without an event feed ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uploaded: Vec<UploadDone>,
 }
 
 /// The state of a spoke's data endpoint.
@@ -504,6 +542,19 @@ mod tests {
                 uploads: vec![UploadClaim {
                     account: 3,
                     claim: ".switchyard-partial/00112233aabbccdd".into(),
+                }],
+                uploaded: vec![UploadDone {
+                    grant_id: "g1".into(),
+                    account: 3,
+                    path: "a/b.bin".into(),
+                    receipt: UploadReceipt {
+                        kind: "add".into(),
+                        tag: "00ff".into(),
+                    },
+                    size: 1 << 33,
+                    modified: Some(1_700_000_000_000),
+                    etag: None,
+                    content_type: Some("application/pdf".into()),
                 }],
             }),
             SpokeMsg::Progress {

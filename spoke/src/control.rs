@@ -346,66 +346,50 @@ async fn session(
         let mut started: std::collections::HashMap<i64, u64> = std::collections::HashMap::new();
         let (tx, mut rx) = mpsc::unbounded_channel::<SpokeMsg>();
         let mut tick = tokio::time::interval(Duration::from_millis(welcome.settings.heartbeat_ms.max(50)));
+        // Published uploads this session reported, by their number in `grants`.
+        let mut reported_done = 0u64;
         let r: anyhow::Result<()> = loop {
+            // A heartbeat goes out on the tick, and at once when an upload was published (its
+            // event should not wait for the tick).
             tokio::select! {
-                _ = tick.tick() => {
-                    let mut rtts = vec![RttSample {
-                        target: format!("hub:{}", welcome.hub_region),
-                        rtt_us: conn.rtt().as_micros() as u64,
-                    }];
-                    rtts.extend(jobs.probe_samples());
-                    let hb = Heartbeat {
-                        active_jobs: jobs.active(),
-                        free_slots: jobs.free(),
-                        bytes_per_sec: jobs.bytes_per_sec(),
-                        rtts,
-                        data_endpoint: node.data_health.as_ref().map(|h| h.get()),
-                        uploads: grants.uploads(),
-                    };
-                    if let Err(e) = stream.send(&SpokeMsg::Heartbeat(hb)).await {
-                        break Err(e);
+                _ = tick.tick() => {}
+                () = grants.done_added.notified() => {}
+                msg = stream.recv() => {
+                    match on_hub_msg(msg, node, &welcome, &mut started, &tx, &session_jobs, &conn) {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
                     }
                 }
-                msg = stream.recv() => match msg {
-                    Ok(HubMsg::Assign(a)) => {
-                        let id = a.transfer_id;
-                        let generation = jobs.start(*a, welcome.settings.clone(), tx.clone(), session_jobs.child_token());
-                        // Bounded by the runs still going: finished ones are forgotten.
-                        started.retain(|t, g| jobs.runs(*t, *g));
-                        started.insert(id, generation);
-                    }
-                    // A hub cancels only the runs it started: a hub that lost a transfer to
-                    // another hub must not stop the new holder's run of it here.
-                    Ok(HubMsg::Cancel { transfer_id }) => {
-                        if let Some(generation) = started.remove(&transfer_id) {
-                            jobs.cancel(transfer_id, generation);
-                        }
-                    }
-                    Ok(HubMsg::Grant(g)) => grants.add(*g),
-                    Ok(HubMsg::Probe { targets }) => jobs.probe(targets),
-                    Ok(HubMsg::Revoked { fingerprints }) => {
-                        let new = ident.revoked.extend(fingerprints);
-                        if new > 0 {
-                            tracing::info!(new, total = ident.revoked.len(),
-                                "revoked spoke certificates updated");
-                        }
-                    }
-                    Ok(HubMsg::Refused { code, message }) if code == "revoked" => {
-                        break Err(anyhow::Error::new(Fatal(message)));
-                    }
-                    Ok(other) => tracing::debug!(?other, "ignored hub message"),
-                    Err(e) => break Err(closed_reason(&conn).unwrap_or(e)),
-                },
                 Some(report) = rx.recv() => {
                     if let Err(e) = stream.send(&report).await {
                         break Err(e);
                     }
+                    continue;
                 }
                 () = shutdown.cancelled() => {
                     conn.close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"spoke shutting down");
                     break Ok(());
                 }
             }
+            let mut rtts = vec![RttSample {
+                target: format!("hub:{}", welcome.hub_region),
+                rtt_us: conn.rtt().as_micros() as u64,
+            }];
+            rtts.extend(jobs.probe_samples());
+            let (uploaded, last) = grants.published_after(reported_done);
+            let hb = Heartbeat {
+                active_jobs: jobs.active(),
+                free_slots: jobs.free(),
+                bytes_per_sec: jobs.bytes_per_sec(),
+                rtts,
+                data_endpoint: node.data_health.as_ref().map(|h| h.get()),
+                uploads: grants.uploads(),
+                uploaded,
+            };
+            if let Err(e) = stream.send(&SpokeMsg::Heartbeat(hb)).await {
+                break Err(e);
+            }
+            reported_done = last;
         };
         // This hub's transfers stop with its session; it resumes them from durable parts.
         session_jobs.cancel();
@@ -414,4 +398,56 @@ async fn session(
     .await;
     endpoint.close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"bye");
     result
+}
+
+/// Handles one message (or receive error) from the hub on a session; an error ends it.
+fn on_hub_msg(
+    msg: anyhow::Result<HubMsg>,
+    node: &Node,
+    welcome: &shared::proto::Welcome,
+    started: &mut std::collections::HashMap<i64, u64>,
+    tx: &mpsc::UnboundedSender<SpokeMsg>,
+    session_jobs: &CancellationToken,
+    conn: &quinn::Connection,
+) -> anyhow::Result<()> {
+    let (ident, jobs, grants) = (&node.ident, &node.jobs, &node.grants);
+    match msg {
+        Ok(HubMsg::Assign(a)) => {
+            let id = a.transfer_id;
+            let generation = jobs.start(
+                *a,
+                welcome.settings.clone(),
+                tx.clone(),
+                session_jobs.child_token(),
+            );
+            // Bounded by the runs still going: finished ones are forgotten.
+            started.retain(|t, g| jobs.runs(*t, *g));
+            started.insert(id, generation);
+        }
+        // A hub cancels only the runs it started: a hub that lost a transfer to
+        // another hub must not stop the new holder's run of it here.
+        Ok(HubMsg::Cancel { transfer_id }) => {
+            if let Some(generation) = started.remove(&transfer_id) {
+                jobs.cancel(transfer_id, generation);
+            }
+        }
+        Ok(HubMsg::Grant(g)) => grants.add(*g),
+        Ok(HubMsg::Probe { targets }) => jobs.probe(targets),
+        Ok(HubMsg::Revoked { fingerprints }) => {
+            let new = ident.revoked.extend(fingerprints);
+            if new > 0 {
+                tracing::info!(
+                    new,
+                    total = ident.revoked.len(),
+                    "revoked spoke certificates updated"
+                );
+            }
+        }
+        Ok(HubMsg::Refused { code, message }) if code == "revoked" => {
+            return Err(anyhow::Error::new(Fatal(message)));
+        }
+        Ok(other) => tracing::debug!(?other, "ignored hub message"),
+        Err(e) => return Err(closed_reason(conn).unwrap_or(e)),
+    }
+    Ok(())
 }

@@ -21,9 +21,9 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use shared::auth::{verify_data, DataClaims, Tagger};
-use shared::proto::{EndpointHealth, Grant, UploadClaim};
+use shared::proto::{EndpointHealth, Grant, UploadClaim, UploadDone};
 use shared::storage::{ConnectOptions, Connector, Publish, StagingKey, StorageError, StoragePath};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,21 @@ use std::time::Duration;
 const MAX_GRANTS: usize = 10_000;
 /// Running uploads a heartbeat names at most (the hub reads as many).
 pub const MAX_REPORTED_UPLOADS: usize = 2048;
+/// Published uploads one heartbeat reports at most (with paths of up to a few KiB each, the
+/// frame stays far below the protocol's 1 MiB); the rest go in the next ones.
+pub const MAX_REPORTED_DONE: usize = 64;
+/// How long a published upload is repeated to hub sessions that (re)connect: a hub that was
+/// down when it finished still learns of it.
+const DONE_KEEP: Duration = Duration::from_secs(60);
+/// Published uploads kept for reporting at most.
+const MAX_DONE: usize = 4096;
+
+/// Published uploads to report, numbered in order so that each session sends each once.
+#[derive(Debug, Default)]
+struct DoneLog {
+    next: u64,
+    entries: VecDeque<(u64, std::time::Instant, UploadDone)>,
+}
 
 /// A registered grant, and whether its single use is spent (uploads only).
 #[derive(Debug)]
@@ -50,6 +65,10 @@ pub struct Grants {
     added: tokio::sync::Notify,
     /// Uploads running now by grant id, named in heartbeats so the hub keeps their claims.
     uploads: Mutex<HashMap<String, UploadClaim>>,
+    /// Uploads published recently, for the hubs' event feeds.
+    done: Mutex<DoneLog>,
+    /// Wakes the hub sessions when an upload is published (a heartbeat goes out at once).
+    pub done_added: tokio::sync::Notify,
     fs_roots: FsRoots,
 }
 
@@ -135,6 +154,44 @@ impl Grants {
             }
             _ => false,
         }
+    }
+
+    /// Records a published upload for the hubs (each session reports it once, and sessions
+    /// that connect within a minute report it again: hubs record it once per account).
+    fn published(&self, d: UploadDone) {
+        let now = std::time::Instant::now();
+        let mut log = lock(&self.done);
+        log.entries
+            .retain(|(_, at, _)| now.duration_since(*at) < DONE_KEEP);
+        if log.entries.len() >= MAX_DONE {
+            if let Some((_, _, lost)) = log.entries.pop_front() {
+                tracing::warn!(grant = %lost.grant_id, "too many published uploads to report; \
+                    the oldest is dropped without reaching a hub's event feed");
+            }
+        }
+        log.next += 1;
+        let n = log.next;
+        log.entries.push_back((n, now, d));
+        drop(log);
+        self.done_added.notify_waiters();
+    }
+
+    /// Published uploads numbered after `after` (at most [`MAX_REPORTED_DONE`]), and the
+    /// number to continue after.
+    pub fn published_after(&self, after: u64) -> (Vec<UploadDone>, u64) {
+        let now = std::time::Instant::now();
+        let mut log = lock(&self.done);
+        log.entries
+            .retain(|(_, at, _)| now.duration_since(*at) < DONE_KEEP);
+        let picked: Vec<_> = log
+            .entries
+            .iter()
+            .filter(|(n, _, _)| *n > after)
+            .take(MAX_REPORTED_DONE)
+            .map(|(n, _, d)| (*n, d.clone()))
+            .collect();
+        let last = picked.last().map_or(after, |(n, _)| *n);
+        (picked.into_iter().map(|(_, d)| d).collect(), last)
     }
 
     /// The claims of the uploads running now (for heartbeats; at most
@@ -453,6 +510,18 @@ async fn upload(
     .await;
     match result {
         Ok((path, e)) => {
+            if let Some(receipt) = &grant.receipt {
+                st.grants.published(UploadDone {
+                    grant_id: grant.grant_id.clone(),
+                    account: grant.account,
+                    path: grant.location.path.clone(),
+                    receipt: receipt.clone(),
+                    size: e.size,
+                    modified: e.modified,
+                    etag: e.etag.clone(),
+                    content_type: e.content_type.clone(),
+                });
+            }
             let body = serde_json::json!({"id": grant.file_id, "type": "file",
                 "name": path.name(), "size": e.size, "account": grant.account});
             (StatusCode::CREATED, Json(body)).into_response()
@@ -636,5 +705,50 @@ pub async fn serve(
                 tracing::trace!(error = %e, "data connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::proto::UploadReceipt;
+
+    fn done(n: usize) -> UploadDone {
+        UploadDone {
+            grant_id: format!("g{n}"),
+            account: 1,
+            path: format!("f{n}"),
+            receipt: UploadReceipt {
+                kind: "add".into(),
+                tag: "00".into(),
+            },
+            size: n as u64,
+            modified: None,
+            etag: None,
+            content_type: None,
+        }
+    }
+
+    /// Each session reports each published upload once, at most `MAX_REPORTED_DONE` per
+    /// heartbeat and in order; a session that starts later gets the recent ones again.
+    #[test]
+    fn published_uploads_are_reported_once_per_session_in_bounded_batches() {
+        let g = Grants::default();
+        for n in 0..MAX_REPORTED_DONE + 6 {
+            g.published(done(n));
+        }
+        let (first, last) = g.published_after(0);
+        assert_eq!(first.len(), MAX_REPORTED_DONE);
+        assert_eq!(first[0].grant_id, "g0");
+        let (rest, last2) = g.published_after(last);
+        assert_eq!(rest.len(), 6);
+        assert_eq!(rest[5].grant_id, format!("g{}", MAX_REPORTED_DONE + 5));
+        assert_eq!(g.published_after(last2), (Vec::new(), last2));
+        let (again, _) = g.published_after(0);
+        assert_eq!(again, first, "a new session hears them again");
+        for n in 0..MAX_DONE {
+            g.published(done(n));
+        }
+        assert!(lock(&g.done).entries.len() <= MAX_DONE, "bounded");
     }
 }

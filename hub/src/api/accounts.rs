@@ -217,6 +217,7 @@ async fn patch_account(
         active: body.active,
         credentials: None,
     };
+    let body_had_credentials = body.credentials.is_some();
     if let Some(creds) = body.credentials {
         let settings =
             checked_settings(&state, caller.app_id, current.settings.name(), creds).await?;
@@ -227,6 +228,10 @@ async fn patch_account(
         .update_account(caller.app_id, id, changes, now_ms())
         .await?
         .ok_or_else(|| ApiError::not_found("account"))?;
+    if body_had_credentials {
+        // Connected again: `after-auth` now starts here.
+        state.db.mark_event_auth(id).await?;
+    }
     state.forget_account(id);
     Ok(Json(view(&record)))
 }

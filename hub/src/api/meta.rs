@@ -29,6 +29,7 @@ pub(crate) fn app_view(a: crate::db::Application) -> ApplicationView {
         name: a.name,
         description: a.description,
         active: a.active,
+        collect_events: a.collect_events,
         created: rfc3339(a.created_ms),
         modified: rfc3339(a.modified_ms),
     }
@@ -95,6 +96,7 @@ async fn create_app(
         .create_app(
             &body.name,
             body.description.as_deref().unwrap_or(""),
+            body.collect_events.unwrap_or(false),
             now_ms(),
         )
         .await?;
@@ -118,7 +120,7 @@ async fn get_app(
     Ok(Json(app_view(a)))
 }
 
-/// Update an application (name, description, active).
+/// Update an application (name, description, active, collect_events).
 #[utoipa::path(patch, path = "/v1/meta/applications/{app}", tag = "meta",
     params(("app" = i64, Path, description = "Application id")), request_body = ApplicationChanges,
     responses((status = 200, body = ApplicationView), CommonErrors))]
@@ -138,6 +140,7 @@ async fn patch_app(
             body.name.as_deref(),
             body.description.as_deref(),
             body.active,
+            body.collect_events,
             now_ms(),
         )
         .await?

@@ -4,6 +4,7 @@
 mod accounts;
 pub use accounts::connect_account;
 mod conditional;
+mod events;
 pub use network::revoke as revoke_spoke;
 mod meta;
 pub use meta::create_api_key;
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .merge(meta::routes())
         .merge(accounts::routes())
         .merge(storage::routes())
+        .merge(events::routes())
         .merge(network::routes())
         .merge(transfers::routes())
         .merge(ops::documented_routes())
@@ -154,6 +156,10 @@ async fn request_context(
     });
 
     let too_large = headers_too_large(req.headers());
+    let client_ip = req
+        .extensions()
+        .get::<crate::events::ClientAddr>()
+        .map(|a| a.0);
     let position = req
         .headers()
         .get(POSITION_HEADER)
@@ -163,30 +169,33 @@ async fn request_context(
     let mut resp = REQUEST_ID
         .scope(
             id.clone(),
-            in_request(scope.clone(), async move {
-                if let Some(message) = too_large {
-                    return ApiError::new(
-                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                        "request_header_fields_too_large",
-                        message,
-                    )
-                    .into_response();
-                }
-                match position {
-                    Some(Err(m)) => {
-                        return ApiError::new(StatusCode::BAD_REQUEST, "invalid_position", m)
-                            .into_response()
+            in_request(
+                scope.clone(),
+                crate::events::CLIENT_IP.scope(client_ip, async move {
+                    if let Some(message) = too_large {
+                        return ApiError::new(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "request_header_fields_too_large",
+                            message,
+                        )
+                        .into_response();
                     }
-                    Some(Ok(p)) => db.await_position(p).await,
-                    None => {}
-                }
-                let resp = next.run(req).await;
-                if resp.status().is_client_error() || resp.status().is_server_error() {
-                    ensure_json_error(resp).await
-                } else {
-                    resp
-                }
-            }),
+                    match position {
+                        Some(Err(m)) => {
+                            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_position", m)
+                                .into_response()
+                        }
+                        Some(Ok(p)) => db.await_position(p).await,
+                        None => {}
+                    }
+                    let resp = next.run(req).await;
+                    if resp.status().is_client_error() || resp.status().is_server_error() {
+                        ensure_json_error(resp).await
+                    } else {
+                        resp
+                    }
+                }),
+            ),
         )
         .await;
     if let Some(p) = scope.position() {

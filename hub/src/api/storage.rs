@@ -6,6 +6,7 @@ use super::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
 use crate::auth::Caller;
 use crate::db::{upload_claim_key, ClaimKind};
 use crate::error::{ApiError, ApiResult};
+use crate::events::{self, kind, Change};
 use crate::ids::IdCodec;
 use crate::model::{
     rfc3339, AccountRefBody, CopyTarget, FolderRef, NewFolder, ObjectChanges, ObjectList,
@@ -50,7 +51,7 @@ const SCAN_LIMIT: usize = 50_000;
 const MAX_RENAME_TRIES: u32 = 1000;
 
 /// Renders an entry as the API's object.
-fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
+pub(crate) fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
     let name = if e.path.is_root() {
         "root".to_owned()
     } else {
@@ -155,6 +156,29 @@ fn not_found_as(kind: &'static str) -> impl Fn(StorageError) -> ApiError {
     }
 }
 
+/// A change of `account` made by this request, for its event feed.
+fn change<'a>(account: i64, kind: &'static str, action: &'static str, e: &'a Entry) -> Change<'a> {
+    Change {
+        account,
+        kind,
+        action,
+        entry: e,
+        from: None,
+        dedupe_key: None,
+    }
+}
+
+/// Records the rename or move of the object at `from` to `e` within `account`.
+async fn record_moved(state: &AppState, account: i64, from: &StoragePath, e: &Entry) {
+    let k = events::rename_or_move(from, &e.path);
+    let action = if k == kind::RENAME { "rename" } else { "move" };
+    let c = Change {
+        from: Some(from),
+        ..change(account, k, action, e)
+    };
+    events::record(state, c).await;
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct CreateFolderOptions {
@@ -218,7 +242,10 @@ async fn create_folder(
         c.done().await;
     }
     match created {
-        Ok(e) => Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e)))),
+        Ok(e) => {
+            events::record(&state, change(a.id(), kind::ADD, "create_folder", &e)).await;
+            Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
+        }
         // Another request made it first.
         Err(StorageError::AlreadyExists) => {
             let existing = existing_folder(&a, &path, conflict).await?.ok_or_else(|| {
@@ -340,6 +367,7 @@ async fn patch_folder(
         .connector
         .rename(&path, &target, EntryKind::Folder)
         .await?;
+    record_moved(&state, a.id(), &path, &e).await;
     Ok(Json(object(&state.ids, a.id(), &e)))
 }
 
@@ -392,6 +420,8 @@ async fn delete_folder(
         .delete_folder(&path, opts.recursive == Some(true))
         .await
         .map_err(not_found_as("folder"))?;
+    let gone = events::gone(&path, EntryKind::Folder);
+    events::record(&state, change(a.id(), kind::DELETE, "delete", &gone)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -439,6 +469,7 @@ async fn copy_folder(
         .connector
         .copy_folder_from(&a.connector, &path, &target)
         .await?;
+    events::record(&state, change(dst.id(), kind::COPY, "copy", &e)).await;
     Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))))
 }
 
@@ -509,6 +540,12 @@ async fn upload_file(
         let direct = Direct::Upload {
             replace: overwrite,
             declared_len: Some(n),
+            // The feed's kind, fixed now: replacing the file that is there is an update.
+            event: if overwrite && taken {
+                kind::UPDATE
+            } else {
+                kind::ADD
+            },
         };
         if let Some((url, _)) = direct_url(&state, &a, &target, direct, 600).await? {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
@@ -527,6 +564,13 @@ async fn upload_file(
     let e = write_upload(&state, &a, &target, body, publish)
         .await
         .map_err(upload_error)?;
+    // Replacing is an update of the file; a new name (free or numbered) is an addition.
+    let k = if overwrite && taken && e.path == target {
+        kind::UPDATE
+    } else {
+        kind::ADD
+    };
+    events::record(&state, change(a.id(), k, "upload", &e)).await;
     Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))).into_response())
 }
 
@@ -813,6 +857,7 @@ async fn replace_file(
         None => write_upload(&state, &a, &path, body, Publish::Replace).await,
     }
     .map_err(upload_error)?;
+    events::record(&state, change(a.id(), kind::UPDATE, "replace", &e)).await;
     let etag = match hasher {
         None => a.connector.etag(&e).await.ok(),
         Some(h) => {
@@ -904,6 +949,7 @@ async fn moved_file(
             c.done().await;
         }
         let e = renamed?;
+        record_moved(state, a.id(), path, &e).await;
         return Ok((a.id(), e));
     }
     let parent = match body.parent_id.as_deref() {
@@ -925,7 +971,11 @@ async fn moved_file(
         .connector
         .copy_file_from(&a.connector, path, &target)
         .await?;
+    // Each account's feed gets its side of the move: the file arrived in one, left the other.
+    events::record(state, change(dst.id(), kind::ADD, "move", &e)).await;
     a.connector.delete_file(path).await?;
+    let gone = events::gone(path, EntryKind::File);
+    events::record(state, change(a.id(), kind::DELETE, "move", &gone)).await;
     Ok((dst.id(), e))
 }
 
@@ -963,6 +1013,8 @@ async fn delete_file(
         None => a.connector.delete_file(&path).await,
     }
     .map_err(not_found_as("file"))?;
+    let gone = events::gone(&path, EntryKind::File);
+    events::record(&state, change(a.id(), kind::DELETE, "delete", &gone)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -997,6 +1049,8 @@ enum Direct {
     Upload {
         replace: bool,
         declared_len: Option<u64>,
+        /// The event kind the published upload is (`add` or `update`).
+        event: &'static str,
     },
 }
 
@@ -1023,12 +1077,13 @@ async fn direct_url(
         return Ok(None);
     };
     let expires = crate::state::now_ms() / 1000 + ttl_secs as i64;
-    let (method, replace, declared_len) = match direct {
-        Direct::Download => ("GET", false, None),
+    let (method, replace, declared_len, event) = match direct {
+        Direct::Download => ("GET", false, None, None),
         Direct::Upload {
             replace,
             declared_len,
-        } => ("PUT", replace, declared_len),
+            event,
+        } => ("PUT", replace, declared_len, Some(event)),
     };
     let (mut staging, mut claim) = (None, None);
     if method == "PUT" {
@@ -1049,8 +1104,10 @@ async fn direct_url(
         staging = key.map(|k| k.as_str().to_owned());
         claim = Some(k);
     }
+    let grant_id = crate::network::new_grant_id();
+    let receipt = event.map(|kind| events::receipt(state, &grant_id, a.id(), path.as_str(), kind));
     let g = shared::proto::Grant {
-        grant_id: crate::network::new_grant_id(),
+        grant_id,
         method: method.to_owned(),
         account: a.id(),
         location: shared::proto::Location {
@@ -1064,6 +1121,7 @@ async fn direct_url(
         declared_len,
         staging,
         claim: claim.clone(),
+        receipt,
     };
     let grant_id = g.grant_id.clone();
     let Some(sig) = crate::network::grant(state, spoke, g) else {
@@ -1111,6 +1169,7 @@ async fn upload_url(
     let direct = Direct::Upload {
         replace: false,
         declared_len: None,
+        event: kind::ADD,
     };
     let (url, expires) = direct_url(&state, &a, &target, direct, ttl)
         .await?
@@ -1237,6 +1296,7 @@ async fn copy_file(
             .copy_file_from_with(&a.connector, &path, &target, publish)
             .await?
     };
+    events::record(&state, change(dst.id(), kind::COPY, "copy", &e)).await;
     Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))).into_response())
 }
 

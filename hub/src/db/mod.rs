@@ -37,11 +37,14 @@ impl Answer for Option<AnyRow> {
 
 pub mod admin;
 mod claims;
+mod events;
 mod network;
 mod steering;
 pub mod topology;
 mod transfers;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
+pub(crate) use events::Inserted;
+pub use events::{EventRecord, NewEvent, PreviousObject, StreamPosition};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{Held, Lease, NewTransfer, TransferRecord};
@@ -80,6 +83,8 @@ pub struct Application {
     pub name: String,
     pub description: String,
     pub active: bool,
+    /// Whether changes to its accounts are recorded in their event feeds.
+    pub collect_events: bool,
     pub created_ms: i64,
     pub modified_ms: i64,
 }
@@ -164,6 +169,7 @@ fn app_from(r: &AnyRow) -> DbResult<Application> {
         name: r.try_get("name")?,
         description: r.try_get("description")?,
         active: r.try_get::<i64, _>("active")? != 0,
+        collect_events: r.try_get::<i64, _>("collect_events")? != 0,
         created_ms: r.try_get("created_ms")?,
         modified_ms: r.try_get("modified_ms")?,
     })
@@ -193,7 +199,7 @@ fn key_from(r: &AnyRow) -> DbResult<ApiKeyRecord> {
 
 const ACCOUNT_COLS: &str =
     "id, app_id, service, name, credentials, active, created_ms, modified_ms";
-const APP_COLS: &str = "id, name, description, active, created_ms, modified_ms";
+const APP_COLS: &str = "id, name, description, active, collect_events, created_ms, modified_ms";
 
 impl Db {
     /// Connects (creating an SQLite file if needed) without running migrations.
@@ -417,16 +423,18 @@ impl Db {
         &self,
         name: &str,
         description: &str,
+        collect_events: bool,
         now: i64,
     ) -> DbResult<Application> {
         let r = sqlx::query(&format!(
-            "INSERT INTO applications (name, description, active, created_ms, modified_ms) \
-             VALUES ($1, $2, 1, $3, $3) RETURNING {APP_COLS}, {}",
+            "INSERT INTO applications (name, description, active, collect_events, created_ms, \
+             modified_ms) VALUES ($1, $2, 1, $4, $3, $3) RETURNING {APP_COLS}, {}",
             self.xid_col()
         ))
         .bind(name)
         .bind(description)
         .bind(now)
+        .bind(i64::from(collect_events))
         .fetch_one(&self.w())
         .await?;
         self.wrote(Some(&r)).await;
@@ -466,11 +474,13 @@ impl Db {
         name: Option<&str>,
         description: Option<&str>,
         active: Option<bool>,
+        collect_events: Option<bool>,
         now: i64,
     ) -> DbResult<Option<Application>> {
         let r = sqlx::query(&format!(
             "UPDATE applications SET name = COALESCE($1, name), \
              description = COALESCE($2, description), active = COALESCE($3, active), \
+             collect_events = COALESCE($6, collect_events), \
              modified_ms = $4 WHERE id = $5 RETURNING {APP_COLS}, {}",
             self.xid_col()
         ))
@@ -479,6 +489,7 @@ impl Db {
         .bind(active.map(i64::from))
         .bind(now)
         .bind(id)
+        .bind(collect_events.map(i64::from))
         .fetch_optional(&self.w())
         .await?;
         self.wrote(r.as_ref()).await;
@@ -613,6 +624,7 @@ impl Db {
         .await?
         .try_get("id")?;
         let sealed = seal(id);
+        self.create_event_stream(&mut tx, id, now).await?;
         let r = sqlx::query(&format!(
             "UPDATE accounts SET credentials = $1 WHERE id = $2 RETURNING {ACCOUNT_COLS}, {}",
             self.xid_col()

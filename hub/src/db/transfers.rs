@@ -489,6 +489,47 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Ends a transfer `lease` holds as `done` and records `event` (the copy landing in the
+    /// destination account) in the same transaction. `None` if it had already ended or
+    /// another hub holds it (nothing is written); `Some(recorded)` otherwise, `recorded`
+    /// false when the destination's application does not collect events.
+    pub async fn finish_transfer_done(
+        &self,
+        id: i64,
+        lease: &Lease,
+        checksum: Option<&str>,
+        bytes_done: i64,
+        event: &super::NewEvent,
+        now: i64,
+    ) -> DbResult<Option<bool>> {
+        let mut tx = self.w().begin().await?;
+        let done = sqlx::query(
+            "UPDATE transfers SET state = 'done', checksum = COALESCE($1, checksum), \
+             error = NULL, bytes_done = $2, updated_ms = $3, finished_ms = $3, \
+             lease_until = NULL \
+             WHERE id = $4 AND state IN ('queued', 'running') \
+             AND lease_holder = $5 AND lease_epoch = $6",
+        )
+        .bind(checksum)
+        .bind(bytes_done)
+        .bind(now)
+        .bind(id)
+        .bind(&*lease.holder)
+        .bind(lease.epoch)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let row = match self.insert_event(&mut tx, event, now).await? {
+            super::Inserted::Row(r) => Some(r),
+            super::Inserted::Off | super::Inserted::Duplicate => None,
+        };
+        tx.commit().await?;
+        self.wrote(row.as_ref()).await;
+        Ok(Some(row.is_some()))
+    }
+
     /// A client cancels a transfer: any hub may, whoever holds it (the holder learns of it at
     /// its next renewal). False if it had already ended.
     pub async fn cancel_transfer(&self, id: i64, message: &str, now: i64) -> DbResult<bool> {

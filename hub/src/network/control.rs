@@ -287,8 +287,16 @@ async fn control(
         loop {
             tokio::select! {
                 msg = stream.recv() => match msg {
-                    Ok(SpokeMsg::Heartbeat(hb)) => {
+                    Ok(SpokeMsg::Heartbeat(mut hb)) => {
                         crate::claims::touch_spoke_uploads(&state, spoke.id, &hb.uploads).await;
+                        let uploaded = std::mem::take(&mut hb.uploaded);
+                        if !uploaded.is_empty() {
+                            // Off the control loop: each is a database transaction.
+                            let state = state.clone();
+                            tokio::spawn(async move {
+                                crate::events::record_direct_uploads(&state, spoke.id, uploaded).await;
+                            });
+                        }
                         state.network.registry.heartbeat(spoke.id, hb);
                     }
                     Ok(SpokeMsg::Hello(_)) | Ok(SpokeMsg::Enroll(_)) => {

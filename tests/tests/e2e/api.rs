@@ -929,6 +929,8 @@ async fn health_metrics_and_openapi() {
         "/v1/accounts/{acc}/storage/files/{id}/copy",
         "/v1/accounts/{acc}/storage/search",
         "/v1/accounts/{acc}/storage/recent",
+        "/v1/accounts/{acc}/events",
+        "/v1/accounts/{acc}/events/latest",
         "/v1/network/spokes/tokens",
         "/v1/network/spokes/tokens/{token}",
         "/healthz",

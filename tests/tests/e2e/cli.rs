@@ -383,7 +383,7 @@ async fn every_flag_has_help_and_listings_are_scriptable() {
     let evil = th
         .state
         .db
-        .create_app("evil\u{1b}[31mred\u{202e}", "", 1)
+        .create_app("evil\u{1b}[31mred\u{202e}", "", false, 1)
         .await
         .expect("app");
     let o = hub(Some(&config), &[], &["apps", "list"]);

@@ -12,9 +12,9 @@ async fn suite(db: &Db) {
     db.migrate().await.expect("migrate");
     db.migrate().await.expect("migrations are idempotent");
     db.ping().await.expect("ping");
-    let app = db.create_app("suite", "d", 1000).await.expect("app");
+    let app = db.create_app("suite", "d", false, 1000).await.expect("app");
     assert!(app.active);
-    let other = db.create_app("other", "", 1000).await.expect("app");
+    let other = db.create_app("other", "", false, 1000).await.expect("app");
     let (apps, total) = db.list_apps(0, 10).await.expect("list");
     assert!(total >= 2 && apps.iter().any(|a| a.id == app.id));
     let (page, _) = db.list_apps(0, 1).await.expect("page");
@@ -46,7 +46,7 @@ async fn suite(db: &Db) {
         .delete_api_key(other.id, Some(key.id), &[0; 32])
         .await
         .expect("foreign"));
-    db.update_app(app.id, None, None, Some(false), 2000)
+    db.update_app(app.id, None, None, Some(false), None, 2000)
         .await
         .expect("deactivate");
     assert_eq!(
@@ -57,7 +57,7 @@ async fn suite(db: &Db) {
         "inactive apps do not authenticate"
     );
     let back = db
-        .update_app(app.id, Some("renamed"), None, Some(true), 3000)
+        .update_app(app.id, Some("renamed"), None, Some(true), None, 3000)
         .await
         .expect("update")
         .expect("exists");

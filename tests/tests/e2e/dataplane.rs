@@ -140,6 +140,7 @@ fn grant(method: &str, account: i64, service: ServiceConfig, path: &str) -> Gran
         declared_len: None,
         staging: None,
         claim: None,
+        receipt: None,
     }
 }
 

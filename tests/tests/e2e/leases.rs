@@ -66,7 +66,7 @@ fn written(t: &TransferRecord) -> String {
 
 async fn lease_suite(db: &Db) {
     db.migrate().await.expect("migrate");
-    let app = db.create_app("leases", "", 1).await.expect("app");
+    let app = db.create_app("leases", "", false, 1).await.expect("app");
     let new = NewTransfer {
         app_id: app.id,
         kind: "copy",

@@ -8,6 +8,7 @@ mod dataplane;
 mod direct;
 mod docs;
 mod egress;
+mod events;
 mod hubs;
 mod identity;
 mod join_tokens;

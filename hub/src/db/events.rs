@@ -1,0 +1,307 @@
+//! Queries of the per-account change feed (`events`, `event_streams`; see migration
+//! `0009_events.sql`): recording an event under its account's stream lock, reading a page
+//! after a position, the stream's head and `after-auth` point, and the retention sweep.
+
+use super::{Db, DbResult};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+/// An event to record. Row types stay here; callers build this.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub account_id: i64,
+    /// `add`, `update`, `delete`, `rename`, `move` or `copy`.
+    pub kind: &'static str,
+    /// What happened in more detail (`upload`, `create_folder`, `transfer`, ...).
+    pub action: &'static str,
+    pub object_id: String,
+    /// The object's path from the account root (for detectors matching API changes).
+    pub path: String,
+    /// The object as the API returns it, JSON.
+    pub metadata: String,
+    /// Where a renamed or moved object was before.
+    pub previous: Option<PreviousObject>,
+    /// When the change happened (ms).
+    pub modified_ms: i64,
+    pub ip: Option<String>,
+    pub user_id: Option<String>,
+    /// `api`, or the detector that saw the change.
+    pub origin: &'static str,
+    /// The provider's version of the object after the change (its ETag), when known.
+    pub version: Option<String>,
+    pub size: Option<i64>,
+    pub mtime_ms: Option<i64>,
+    /// Makes the insert idempotent per account: a second event with the same key is not
+    /// recorded.
+    pub dedupe_key: Option<String>,
+}
+
+/// What [`Db::insert_event`] did.
+pub(crate) enum Inserted {
+    /// Recorded; the row carries `seq` and the transaction id.
+    Row(AnyRow),
+    /// The account's application does not collect events (or the account is gone).
+    Off,
+    /// An event with the same `dedupe_key` exists.
+    Duplicate,
+}
+
+/// The id, name, parent and path an object had before a rename or move.
+#[derive(Debug, Clone)]
+pub struct PreviousObject {
+    pub id: String,
+    pub name: String,
+    pub parent_id: Option<String>,
+    pub path: String,
+}
+
+/// A recorded event, as the feed returns it.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub account_id: i64,
+    pub seq: i64,
+    pub kind: String,
+    pub action: String,
+    pub object_id: String,
+    pub metadata: String,
+    pub prev_id: Option<String>,
+    pub prev_name: Option<String>,
+    pub prev_parent_id: Option<String>,
+    pub modified_ms: i64,
+    pub ip: Option<String>,
+    pub user_id: Option<String>,
+}
+
+/// Where an account's stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPosition {
+    /// The newest event's number (0: none yet).
+    pub last_seq: i64,
+    /// The position when the account was last (re)connected (`after-auth`).
+    pub auth_seq: i64,
+    /// The oldest retained event's number, if any is retained.
+    pub min_seq: Option<i64>,
+}
+
+impl StreamPosition {
+    /// The oldest position a reader may continue from: every event after it is retained.
+    pub fn oldest_valid(&self) -> i64 {
+        match self.min_seq {
+            Some(m) => m - 1,
+            None => self.last_seq,
+        }
+    }
+}
+
+const EVENT_COLS: &str = "account_id, seq, kind, action, object_id, metadata, prev_id, prev_name, \
+    prev_parent_id, modified_ms, ip, user_id";
+
+fn event_from(r: &AnyRow) -> DbResult<EventRecord> {
+    Ok(EventRecord {
+        account_id: r.try_get("account_id")?,
+        seq: r.try_get("seq")?,
+        kind: r.try_get("kind")?,
+        action: r.try_get("action")?,
+        object_id: r.try_get("object_id")?,
+        metadata: r.try_get("metadata")?,
+        prev_id: r.try_get("prev_id")?,
+        prev_name: r.try_get("prev_name")?,
+        prev_parent_id: r.try_get("prev_parent_id")?,
+        modified_ms: r.try_get("modified_ms")?,
+        ip: r.try_get("ip")?,
+        user_id: r.try_get("user_id")?,
+    })
+}
+
+impl Db {
+    /// Records `e` inside the caller's open transaction `conn`: takes the next number of the
+    /// account's stream (locking its row until commit, so commits happen in number order) if
+    /// the account's application collects events, then inserts. On
+    /// [`Inserted::Duplicate`] the caller must roll back, which gives the number back.
+    pub(crate) async fn insert_event(
+        &self,
+        conn: &mut AnyConnection,
+        e: &NewEvent,
+        now: i64,
+    ) -> DbResult<Inserted> {
+        let taken = sqlx::query(
+            "UPDATE event_streams SET last_seq = last_seq + 1, \
+             last_ms = CASE WHEN last_ms > $2 THEN last_ms ELSE $2 END \
+             WHERE account_id = $1 AND EXISTS (SELECT 1 FROM accounts c \
+               JOIN applications a ON a.id = c.app_id \
+               WHERE c.id = $1 AND a.collect_events = 1) \
+             RETURNING last_seq, last_ms",
+        )
+        .bind(e.account_id)
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(taken) = taken else {
+            return Ok(Inserted::Off);
+        };
+        let (seq, created_ms): (i64, i64) = (taken.try_get("last_seq")?, taken.try_get("last_ms")?);
+        // Checked under the stream lock: of two inserts of one key (two hubs told of the same
+        // direct upload) the second waits for the first to commit and then sees its row.
+        if let Some(key) = &e.dedupe_key {
+            let seen = sqlx::query(
+                "SELECT 1 AS one FROM events WHERE account_id = $1 AND dedupe_key = $2",
+            )
+            .bind(e.account_id)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if seen.is_some() {
+                return Ok(Inserted::Duplicate);
+            }
+        }
+        let prev = e.previous.as_ref();
+        let row = sqlx::query(&format!(
+            "INSERT INTO events (account_id, seq, kind, action, object_id, path, metadata, \
+             prev_id, prev_name, prev_parent_id, prev_path, modified_ms, created_ms, ip, user_id, \
+             origin, version, size, mtime_ms, dedupe_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19, $20) RETURNING seq, {}",
+            self.xid_col()
+        ))
+        .bind(e.account_id)
+        .bind(seq)
+        .bind(e.kind)
+        .bind(e.action)
+        .bind(&e.object_id)
+        .bind(&e.path)
+        .bind(&e.metadata)
+        .bind(prev.map(|p| p.id.clone()))
+        .bind(prev.map(|p| p.name.clone()))
+        .bind(prev.and_then(|p| p.parent_id.clone()))
+        .bind(prev.map(|p| p.path.clone()))
+        .bind(e.modified_ms)
+        .bind(created_ms)
+        .bind(e.ip.clone())
+        .bind(e.user_id.clone())
+        .bind(e.origin)
+        .bind(e.version.clone())
+        .bind(e.size)
+        .bind(e.mtime_ms)
+        .bind(e.dedupe_key.clone())
+        .fetch_one(&mut *conn)
+        .await?;
+        Ok(Inserted::Row(row))
+    }
+
+    /// Records one event in its own transaction (the webhook outbox will add its row to
+    /// it); returns its number, `None` when nothing was recorded (collection off, or a
+    /// duplicate of `dedupe_key`). Waits for the replica to show it, like every write that
+    /// answers a client, so the client's next read of the feed sees it.
+    pub async fn record_event(&self, e: &NewEvent, now: i64) -> DbResult<Option<i64>> {
+        let mut tx = self.w().begin().await?;
+        let row = match self.insert_event(&mut tx, e, now).await? {
+            Inserted::Row(r) => r,
+            Inserted::Off => return Ok(None),
+            // The transaction (and the stream number it took) rolls back on drop.
+            Inserted::Duplicate => return Ok(None),
+        };
+        tx.commit().await?;
+        self.wrote(Some(&row)).await;
+        Ok(Some(row.try_get("seq")?))
+    }
+
+    /// Creates the stream of a new account inside the transaction that created it.
+    pub(crate) async fn create_event_stream(
+        &self,
+        conn: &mut AnyConnection,
+        account_id: i64,
+        now: i64,
+    ) -> DbResult<()> {
+        sqlx::query(
+            "INSERT INTO event_streams (account_id, last_seq, auth_seq, created_ms) \
+             VALUES ($1, 0, 0, $2)",
+        )
+        .bind(account_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves the account's `after-auth` point to its stream's head (the account was
+    /// connected again with new credentials).
+    pub async fn mark_event_auth(&self, account_id: i64) -> DbResult<()> {
+        sqlx::query("UPDATE event_streams SET auth_seq = last_seq WHERE account_id = $1")
+            .bind(account_id)
+            .execute(&self.w())
+            .await?;
+        Ok(())
+    }
+
+    /// Where the account's stream stands; `None` when the account has none (it is gone).
+    /// Replica-eligible: answers a client.
+    pub async fn event_position(&self, account_id: i64) -> DbResult<Option<StreamPosition>> {
+        let r = read!(self, pool => sqlx::query(
+            "SELECT s.last_seq AS last_seq, s.auth_seq AS auth_seq, \
+             (SELECT MIN(e.seq) FROM events e WHERE e.account_id = s.account_id) AS min_seq \
+             FROM event_streams s WHERE s.account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(pool)
+        .await)?;
+        r.map(|r| {
+            Ok(StreamPosition {
+                last_seq: r.try_get("last_seq")?,
+                auth_seq: r.try_get("auth_seq")?,
+                min_seq: r.try_get("min_seq")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Up to `limit` events of the account after position `after`, oldest first, with the
+    /// stream's position read in the same round of reads (for `remaining` and expiry).
+    /// Replica-eligible: an event's write waited for the replica before its request answered.
+    pub async fn events_after(
+        &self,
+        account_id: i64,
+        after: i64,
+        limit: i64,
+    ) -> DbResult<Vec<EventRecord>> {
+        let rows = read!(self, pool => sqlx::query(&format!(
+            "SELECT {EVENT_COLS} FROM events WHERE account_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        ))
+        .bind(account_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await)?;
+        rows.iter().map(event_from).collect()
+    }
+
+    /// Deletes up to `limit` of the oldest events recorded before `before_ms` (primary);
+    /// returns how many went.
+    pub async fn sweep_events(&self, before_ms: i64, limit: i64) -> DbResult<u64> {
+        let r = sqlx::query(
+            "DELETE FROM events WHERE id IN \
+             (SELECT id FROM events WHERE created_ms < $1 ORDER BY created_ms LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.w())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Backdates an account's events recorded up to `seq` (tests of retention).
+    pub async fn backdate_events(
+        &self,
+        account_id: i64,
+        seq: i64,
+        created_ms: i64,
+    ) -> DbResult<()> {
+        sqlx::query("UPDATE events SET created_ms = $1 WHERE account_id = $2 AND seq <= $3")
+            .bind(created_ms)
+            .bind(account_id)
+            .bind(seq)
+            .execute(&self.w())
+            .await?;
+        Ok(())
+    }
+}

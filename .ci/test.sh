@@ -20,8 +20,16 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The WAN emulator's timing tests (RTT within 2 ms of the configuration, delivery lateness
+# under a rate limit) run on their own after the rest: on 2 cores a heavy neighbour (a terraform
+# apply, the lab's 16 daemons) delays the emulator's thread by milliseconds and they would fail
+# for reasons that are not theirs. `bench linkemu` measures its accuracy on a quiet machine.
+timing='test(/^lab::(configured_rtts_show_in_ping|location_goes_down_and_comes_back|rate_limit_holds_and_timing_stays_accurate_under_load)$/)'
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast --config-file .ci/nextest.toml
+  status=0
+  cargo nextest run --workspace --locked --no-fail-fast -E "not ($timing)" || status=$?
+  cargo nextest run --workspace --locked --no-fail-fast --test-threads 1 -E "$timing" || status=$?
+  exit "$status"
 else
   cargo test --workspace --locked --no-fail-fast
 fi

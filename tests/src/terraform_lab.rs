@@ -141,23 +141,42 @@ fn run_tf(mut cmd: Command, what: &str) -> Result<Output> {
     Ok(out)
 }
 
-/// Copies a directory tree (the module: a few small files), keeping modes.
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+/// Copies a terraform tree (a few small files, modes kept), leaving out what terraform writes
+/// (`.terraform/`, state files).
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
         let name = e.file_name();
-        if name == ".terraform" || name.to_string_lossy().starts_with("terraform.tfstate") {
+        let name_str = name.to_string_lossy();
+        if name_str == ".terraform" || name_str.contains(".tfstate") {
             continue;
         }
         let (src, dst) = (e.path(), to.join(&name));
         if e.file_type()?.is_dir() {
             copy_tree(&src, &dst)?;
         } else {
-            std::fs::copy(&src, &dst)?;
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
         }
     }
     Ok(())
+}
+
+/// The namespaces whose names start with `prefix`.
+fn namespaces_with(prefix: &str) -> Vec<String> {
+    Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|out| {
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|ns| ns.starts_with(prefix))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl DeployedLab {
@@ -368,13 +387,8 @@ impl DeployedLab {
     pub fn leftovers(&self, pids: &[(String, i32)]) -> Vec<String> {
         let mut left = Vec::new();
         let prefix = format!("{}-", self.name);
-        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let ns = line.split_whitespace().next().unwrap_or_default();
-                if ns.starts_with(&prefix) {
-                    left.push(format!("namespace {ns}"));
-                }
-            }
+        for ns in namespaces_with(&prefix) {
+            left.push(format!("namespace {ns}"));
         }
         // The lab makes its interfaces inside its namespaces only; one of its names in the
         // root namespace would be a device that escaped.
@@ -437,18 +451,13 @@ impl DeployedLab {
             );
         }
         let prefix = format!("{}-", self.name);
-        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let ns = line.split_whitespace().next().unwrap_or_default();
-                if ns.starts_with(&prefix) {
-                    if let Ok(pids) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                            let _ = Command::new("kill").args(["-9", pid]).status();
-                        }
-                    }
-                    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        for ns in namespaces_with(&prefix) {
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", &ns]).output() {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
                 }
             }
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
     }
 }

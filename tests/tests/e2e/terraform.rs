@@ -9,6 +9,7 @@
 
 use anyhow::{bail, ensure, Context as _, Result};
 use e2e::servers::{which, S3Server};
+use e2e::terraform_lab::copy_tree;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -34,27 +35,6 @@ fn plugin_mirror() -> Result<PathBuf> {
         dir.display()
     );
     Ok(dir)
-}
-
-/// Copies a tree, leaving out what terraform writes (`.terraform/`, state files).
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        if name_str == ".terraform" || name_str.contains(".tfstate") {
-            continue;
-        }
-        let (src, dst) = (entry.path(), to.join(&name));
-        if entry.file_type()?.is_dir() {
-            copy_tree(&src, &dst)?;
-        } else {
-            std::fs::copy(&src, &dst)
-                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// A private copy of `terraform/` and a CLI config that installs the AWS provider from the

@@ -3,12 +3,10 @@
 //! hubs with steering DNS, spokes, S3 servers, clients. Checked from the clients' namespaces,
 //! then destroyed, and nothing may be left.
 
+use crate::offload::{connector, sha_of, write_object};
 use e2e::terraform_lab::{Bins, DeployedLab, LabHub, LabOptions};
 use e2e::HubApi as _;
-use futures::StreamExt as _;
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
-use shared::storage::{Connector, StoragePath};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -42,16 +40,6 @@ fn s3_creds(lab: &DeployedLab, region: &str) -> Value {
     let s3 = &lab.outputs.s3_endpoints[region];
     json!({"bucket": s3.bucket, "endpoint": s3.endpoint, "region": "us-east-1",
            "access_key_id": "lab", "secret_access_key": "lab-secret"})
-}
-
-/// A connector straight to a lab S3 server (the test's own view of the storage).
-async fn connector(creds: &Value) -> Connector {
-    let cfg = shared::storage::ServiceConfig::from_parts("s3", creds.clone()).expect("settings");
-    let opts = shared::storage::ConnectOptions {
-        egress: e2e::loopback_egress(),
-        ..Default::default()
-    };
-    Connector::connect(&cfg, &opts).await.expect("connector")
 }
 
 fn region_of(lab: &DeployedLab, addr: &str) -> Option<String> {
@@ -270,17 +258,7 @@ fn the_lab_deploys_every_region_on_one_host_and_destroy_leaves_nothing() {
     let t = lab
         .block_on_in(lab.client_ns(&dst_region), move || async move {
             let size = 24 * MIB + 777;
-            let src_conn = connector(&src_creds).await;
-            let stream = futures::stream::iter(0..size.div_ceil(MIB)).map(move |i| {
-                let n = (size - i * MIB).min(MIB);
-                Ok::<_, String>(bytes::Bytes::from(e2e::pattern(n as usize, 99 ^ i)))
-            });
-            src_conn
-                .write(
-                    &StoragePath::parse("far.bin").expect("path"),
-                    Box::pin(stream),
-                )
-                .await?;
+            let sha = write_object(&connector(&src_creds).await, "far.bin", size, 99).await;
             let hub = LabHub::new(&base, None, &api_key_, &meta_)?;
             let src = hub.connect("s3", src_creds).await?["id"]
                 .as_i64()
@@ -340,20 +318,10 @@ fn the_lab_deploys_every_region_on_one_host_and_destroy_leaves_nothing() {
                 .await?
                 .json()
                 .await?;
-            let dst_conn = connector(&dst_creds).await;
-            let mut sha = Sha256::new();
-            let rd = dst_conn
-                .read(&StoragePath::parse("near.bin").expect("path"), None)
-                .await?;
-            let mut rd = std::pin::pin!(rd);
-            while let Some(chunk) = rd.next().await {
-                sha.update(chunk?);
-            }
-            let mut want = Sha256::new();
-            for i in 0..size.div_ceil(MIB) {
-                want.update(e2e::pattern((size - i * MIB).min(MIB) as usize, 99 ^ i));
-            }
-            anyhow::ensure!(sha.finalize() == want.finalize(), "the copy differs");
+            anyhow::ensure!(
+                sha_of(&connector(&dst_creds).await, "near.bin").await == sha,
+                "the copy differs"
+            );
             Ok((t, spokes))
         })
         .expect("copy across regions");
@@ -393,14 +361,7 @@ fn the_lab_deploys_every_region_on_one_host_and_destroy_leaves_nothing() {
 fn the_lab_plan_builds_the_topology_and_refuses_bad_input() {
     let dir = tempfile::tempdir().expect("tmp");
     let module = dir.path().join("lab");
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(e2e::terraform_lab::module_dir())
-        .arg(&module)
-        .status()
-        .expect("cp");
-    assert!(status.success());
-    let _ = std::fs::remove_dir_all(module.join(".terraform"));
+    e2e::terraform_lab::copy_tree(&e2e::terraform_lab::module_dir(), &module).expect("copy");
     let rc = dir.path().join("terraformrc");
     std::fs::write(&rc, "").expect("rc");
     for args in [&["init", "-no-color"][..], &["test", "-no-color"][..]] {

@@ -147,6 +147,11 @@ impl Metrics {
             "How long ago the oldest primary position the replica has not replayed was current",
             stats.lag_ms.clone(),
         );
+        self.registry.register(
+            "db_replica_usable",
+            "1 while replica-eligible reads go to this region's replica, 0 while they go to the primary",
+            stats.usable.clone(),
+        );
     }
 
     /// The text exposition format.

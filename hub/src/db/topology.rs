@@ -228,6 +228,9 @@ pub struct DbStats {
     counters: [[prometheus_client::metrics::counter::Counter; 2]; 2],
     pub lag_bytes: prometheus_client::metrics::gauge::Gauge,
     pub lag_ms: prometheus_client::metrics::gauge::Gauge,
+    /// 1 while replica-eligible reads go to the replica (reachable, in recovery, unfenced,
+    /// within `max_replica_lag_ms`), 0 otherwise: the signal that a region reads locally.
+    pub usable: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Default for DbStats {
@@ -252,6 +255,7 @@ impl Default for DbStats {
             counters,
             lag_bytes: Default::default(),
             lag_ms: Default::default(),
+            usable: Default::default(),
         }
     }
 }
@@ -998,6 +1002,8 @@ impl Topology {
         self.stats
             .lag_ms
             .set(s.lag_ms.unwrap_or(0).min(i64::MAX as u64) as i64);
+        drop(s);
+        self.stats.usable.set(i64::from(self.replica_usable()));
     }
 }
 

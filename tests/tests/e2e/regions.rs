@@ -305,7 +305,25 @@ fn replica_reads_are_never_stale_and_a_region_outlives_its_primary() {
             "stale reads through b's replica"
         );
 
-        // A read-only phase: b's request queries all go to its replica.
+        // A read-only phase: b's request queries all go to its replica. Writes that outran
+        // the replica fenced it until its monitor sees them; under a loaded machine that can
+        // take a few samples, so start once b reports its replica usable three polls running.
+        let settle = Instant::now();
+        let mut streak = 0;
+        while streak < 3 {
+            assert!(
+                settle.elapsed() < Duration::from_secs(30),
+                "b's replica never became usable after the writes\n{}",
+                b.metrics().await
+            );
+            let usable = b
+                .metrics()
+                .await
+                .lines()
+                .any(|l| l == "switchyard_hub_db_replica_usable 1");
+            streak = if usable { streak + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
         let before = b.metrics().await;
         let (_, list, _) = b.json(b.req(Method::GET, "/v1/transfers")).await;
         let ids: Vec<i64> = list["objects"]

@@ -78,6 +78,8 @@ apt_deps=(
   "shellcheck shellcheck"
   "curl curl"
   "setpriv util-linux"
+  "redis-server redis-server"
+  "redis-cli redis-tools"
 )
 for entry in "${apt_deps[@]}"; do
   read -r cmd pkg <<<"$entry"

@@ -41,6 +41,10 @@ pub struct Config {
     #[serde(default)]
     pub events: EventsConfig,
     #[serde(default)]
+    pub webhooks: WebhooksConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
     pub tls: TlsConfig,
@@ -130,7 +134,7 @@ impl AcmeChallenge {
     }
 }
 
-/// A duration written as seconds (`90`) or with a unit (`45s`, `10m`, `12h`, `30d`).
+/// A duration written as seconds (`90`) or with a unit (`250ms`, `45s`, `10m`, `12h`, `30d`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub std::time::Duration);
 
@@ -153,7 +157,7 @@ impl<'de> Deserialize<'de> for HumanDuration {
     }
 }
 
-/// `90`, `90s`, `30m`, `12h`, `7d`: seconds, or a number with a unit (the config's durations
+/// `90`, `90s`, `500ms`, `30m`, `12h`, `7d`: seconds, or a number with a unit (the config's durations
 /// and the command line's `--ttl`). `None` for anything else, or one that overflows.
 pub(crate) fn parse_duration(text: &str) -> Option<std::time::Duration> {
     let t = text.trim();
@@ -162,14 +166,15 @@ pub(crate) fn parse_duration(text: &str) -> Option<std::time::Duration> {
         None => (t, "s"),
     };
     let n: u64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let mult_ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return None,
     };
-    Some(std::time::Duration::from_secs(n.checked_mul(mult)?))
+    Some(std::time::Duration::from_millis(n.checked_mul(mult_ms)?))
 }
 
 fn default_renew_before() -> HumanDuration {
@@ -530,6 +535,96 @@ impl EventsConfig {
     pub fn retention(&self) -> std::time::Duration {
         std::time::Duration::from_secs(u64::from(self.retention_days) * 86_400)
     }
+}
+
+/// Webhook deliveries (`crate::webhooks`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// A delivery that has no complete answer after this long failed.
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout: HumanDuration,
+    /// The wait before each attempt: entry 0 before the first (Kloudless's "immediately";
+    /// the first attempt also waits out `coalesce`), entry n after the n-th failure; the last
+    /// entry repeats. A receiver's `Retry-After` (up to a day) wins when it asks for longer.
+    #[serde(default = "default_retry_schedule")]
+    pub retry_schedule: Vec<HumanDuration>,
+    /// A webhook whose deliveries have failed for this long without a success is disabled
+    /// (the Meta API shows the reason). A `410 Gone` answer disables it at once.
+    #[serde(default = "default_disable_after")]
+    pub disable_after: HumanDuration,
+    /// How often each hub hands due notifications to the work queue (retries come due, work
+    /// lost with a Redis restart is found again). New notifications go at once.
+    #[serde(default = "default_reconcile_every")]
+    pub reconcile_every: HumanDuration,
+    /// A notification handed to the queue that is still pending after this long is handed
+    /// again (its work was lost). Must exceed `timeout`.
+    #[serde(default = "default_requeue_after")]
+    pub requeue_after: HumanDuration,
+    /// Deliveries one hub runs at once.
+    #[serde(default = "default_webhook_concurrency")]
+    pub concurrency: u32,
+    /// A new notification waits this long for more changes to the same account before it is
+    /// sent, so a burst of changes makes one notification (changes during a delivery make one
+    /// more after it).
+    #[serde(default = "default_coalesce")]
+    pub coalesce: HumanDuration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_webhook_timeout(),
+            retry_schedule: default_retry_schedule(),
+            disable_after: default_disable_after(),
+            reconcile_every: default_reconcile_every(),
+            requeue_after: default_requeue_after(),
+            concurrency: default_webhook_concurrency(),
+            coalesce: default_coalesce(),
+        }
+    }
+}
+
+fn default_webhook_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+/// Kloudless's schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h.
+fn default_retry_schedule() -> Vec<HumanDuration> {
+    [
+        0u64, 5, 300, 1_800, 7_200, 18_000, 36_000, 50_400, 72_000, 86_400,
+    ]
+    .into_iter()
+    .map(|s| HumanDuration(std::time::Duration::from_secs(s)))
+    .collect()
+}
+fn default_disable_after() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5 * 86_400))
+}
+fn default_reconcile_every() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
+}
+fn default_requeue_after() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
+fn default_webhook_concurrency() -> u32 {
+    64
+}
+fn default_coalesce() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_millis(100))
+}
+
+/// Redis: how the hubs of a region share work (webhook deliveries). Without `url`, each hub
+/// runs an in-process queue; the database stays the record either way.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://…` (TLS).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Prefix of the stream keys (`<prefix>:<region>:<queue>`), for a Redis shared with
+    /// other systems. Default `switchyard`.
+    #[serde(default)]
+    pub key_prefix: Option<String>,
 }
 
 fn default_retention_days() -> u32 {
@@ -1007,6 +1102,53 @@ impl Config {
                 "events.retention_days",
                 "must be between 1 and 3650 (days an event is kept)",
             ));
+        }
+        let w = &self.webhooks;
+        if w.timeout.0.is_zero() || w.timeout.0 > std::time::Duration::from_secs(300) {
+            return Err(invalid("webhooks.timeout", "must be between 1ms and 300s"));
+        }
+        if w.retry_schedule.is_empty() || w.retry_schedule.len() > 100 {
+            return Err(invalid(
+                "webhooks.retry_schedule",
+                "must list 1 to 100 durations",
+            ));
+        }
+        if w.reconcile_every.0 < std::time::Duration::from_millis(10) {
+            return Err(invalid("webhooks.reconcile_every", "must be at least 10ms"));
+        }
+        if w.requeue_after.0 <= w.timeout.0 {
+            return Err(invalid(
+                "webhooks.requeue_after",
+                "must be longer than webhooks.timeout (a delivery in flight is not handed again)",
+            ));
+        }
+        if w.coalesce.0 > std::time::Duration::from_secs(60) {
+            return Err(invalid("webhooks.coalesce", "must be at most 60s"));
+        }
+        if w.disable_after.0.is_zero() {
+            return Err(invalid("webhooks.disable_after", "must be above zero"));
+        }
+        if !(1..=10_000).contains(&w.concurrency) {
+            return Err(invalid(
+                "webhooks.concurrency",
+                "must be between 1 and 10000",
+            ));
+        }
+        if let Some(url) = &self.redis.url {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                return Err(invalid(
+                    "redis.url",
+                    format!("is not a Redis URL ({:?})", e.kind()),
+                ));
+            }
+        }
+        if let Some(p) = &self.redis.key_prefix {
+            if p.is_empty() || p.len() > 64 || !p.chars().all(|c| c.is_ascii_graphic()) {
+                return Err(invalid(
+                    "redis.key_prefix",
+                    "must be 1 to 64 printable ASCII characters without spaces",
+                ));
+            }
         }
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         self.validate_tls()?;

@@ -27,6 +27,8 @@ pub mod state;
 pub mod steering;
 pub mod tls;
 pub mod transfers;
+pub mod webhooks;
+pub mod workqueue;
 
 use anyhow::Context as _;
 use shared::auth::MasterKey;
@@ -46,6 +48,7 @@ pub async fn open(config: config::Config) -> anyhow::Result<AppState> {
     .map_err(|(key, m)| anyhow::anyhow!("{key}: {m}"))
     .with_context(|| format!("connecting to the database ({})", redact_url(&url)))?;
     db.migrate().await.context("applying database migrations")?;
+    db.set_outbox_delay(config.webhooks.coalesce.0);
     let sealer = shared::auth::Sealer::new(&master.derive("network-ca"));
     let network = network::Network::load(&db, &sealer, &config)
         .await
@@ -65,6 +68,8 @@ pub struct Background {
     sweeper: tokio::task::JoinHandle<()>,
     /// Deletes events past `events.retention_days` (see [`events`]).
     event_sweeper: tokio::task::JoinHandle<()>,
+    /// Webhook deliveries: the outbox reconciler and the work queue's consumer.
+    webhooks: webhooks::Tasks,
     revocations: tokio::task::JoinHandle<()>,
     state: AppState,
 }
@@ -91,6 +96,7 @@ impl Background {
             steering: steering::spawn(state.clone()),
             sweeper: claims::spawn_sweeper(state.clone()),
             event_sweeper: events::spawn_sweeper(state.clone()),
+            webhooks: webhooks::spawn(state.clone()).await?,
             revocations: revocation::spawn(state.clone()),
             state: state.clone(),
         })
@@ -103,6 +109,7 @@ impl Background {
         self.steering.abort();
         self.sweeper.abort();
         self.event_sweeper.abort();
+        self.webhooks.abort();
         self.revocations.abort();
         if let Some(n) = &self.network {
             n.close();
@@ -117,6 +124,7 @@ impl Background {
         self.steering.abort();
         self.sweeper.abort();
         self.event_sweeper.abort();
+        self.webhooks.abort();
         self.revocations.abort();
         if let Some(d) = self.dns {
             d.shutdown().await;

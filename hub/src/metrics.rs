@@ -1,5 +1,5 @@
 //! Prometheus metrics: requests, latency histograms and body bytes in/out per route; the TLS
-//! certificate's expiry and ACME failures.
+//! certificate's expiry and ACME failures; events and webhook deliveries.
 //!
 //! Every label takes its values from a fixed set, so no client can grow the series without
 //! bound: methods outside the standard ones are `OTHER`, routes are the router's templates
@@ -64,6 +64,17 @@ pub struct Metrics {
     pub events_recorded: Counter,
     /// Changes the provider confirmed whose event could not be recorded (see `crate::events`).
     pub event_record_failures: Counter,
+    /// Webhook delivery attempts by result (`delivered`, `failed`).
+    pub webhook_attempts: Family<ResultLabels, Counter>,
+    /// From a notification's first event to its delivery, seconds.
+    pub webhook_latency: Histogram,
+    /// The webhook work queue (pushes, failed pushes, entries taken over from another hub).
+    pub webhook_queue: crate::workqueue::QueueStats,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
 }
 
 impl Default for Metrics {
@@ -115,7 +126,38 @@ impl Default for Metrics {
             "Changes made through the API whose event could not be recorded",
             event_record_failures.clone(),
         );
+        let webhook_attempts = Family::<ResultLabels, Counter>::default();
+        let webhook_latency = latency_histogram();
+        let webhook_queue = crate::workqueue::QueueStats::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by result",
+            webhook_attempts.clone(),
+        );
+        registry.register(
+            "webhook_delivery_latency_seconds",
+            "From a notification's first event to its delivery",
+            webhook_latency.clone(),
+        );
+        registry.register(
+            "webhook_queue_pushed",
+            "Notifications handed to the work queue",
+            webhook_queue.pushed.clone(),
+        );
+        registry.register(
+            "webhook_queue_push_failures",
+            "Notifications the work queue did not take (the reconciler hands them again)",
+            webhook_queue.push_failures.clone(),
+        );
+        registry.register(
+            "webhook_queue_claimed_over",
+            "Queue entries taken over from a hub that left them unacknowledged",
+            webhook_queue.claimed_over.clone(),
+        );
         Self {
+            webhook_attempts,
+            webhook_latency,
+            webhook_queue,
             events_recorded,
             event_record_failures,
             tls_not_after,

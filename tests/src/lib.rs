@@ -6,6 +6,7 @@ pub mod bench_lab;
 pub mod bench_linkemu;
 pub mod bench_regions;
 pub mod bench_tunnel;
+pub mod bench_webhooks;
 pub mod lab;
 pub mod linkemu;
 pub mod linkemu_cli;
@@ -15,6 +16,7 @@ pub mod scripted_dns;
 pub mod servers;
 pub mod terraform_lab;
 pub mod tunnel_lab;
+pub mod webhook_receiver;
 
 use anyhow::Context as _;
 use hub::config::Config;

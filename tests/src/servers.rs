@@ -1,5 +1,5 @@
-//! Real backing servers for tests — PostgreSQL, S3 (moto), WebDAV (rclone), SFTP (OpenSSH sshd),
-//! Azure Blob (Azurite), nginx and Pebble (ACME) — started on 127.0.0.1 free ports; each handle
+//! Real backing servers for tests — PostgreSQL, Redis, S3 (moto), WebDAV (rclone), SFTP (OpenSSH
+//! sshd), Azure Blob (Azurite), nginx and Pebble (ACME) — started on 127.0.0.1 free ports; each handle
 //! kills its processes and removes its temp dir on Drop.
 //!
 //! Every server runs in its own process group with stdout/stderr captured to a log file in its
@@ -641,6 +641,121 @@ fn clear_pg_env_tokio(cmd: &mut tokio::process::Command) {
     for (key, _) in std::env::vars_os().filter(|(k, _)| is_pg_env(k)) {
         cmd.env_remove(key);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+// ---------------------------------------------------------------------------------------------
+
+/// A `redis-server` on a loopback port with persistence off (no RDB snapshots, no AOF): a
+/// restart starts empty, which is what the hub's outbox must survive.
+pub struct RedisServer {
+    proc: Option<Proc>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free loopback port.
+    pub async fn start() -> Result<RedisServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("switchyard-redis-")
+            .tempdir()
+            .context("creating the Redis temp dir")?;
+        let mut last_error = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            match Self::spawn(dir.path(), port).await {
+                Ok(proc) => {
+                    return Ok(RedisServer {
+                        proc: Some(proc),
+                        port,
+                        dir,
+                    })
+                }
+                Err(Failure::Exited(err)) => last_error = Some(err),
+                Err(Failure::Fatal(err)) => return Err(err),
+            }
+        }
+        Err(attempts_failed("redis-server", last_error))
+    }
+
+    async fn spawn(dir: &Path, port: u16) -> Result<Proc, Failure> {
+        let bin = which("redis-server").ok_or_else(|| {
+            Failure::Fatal(missing("redis-server", "Debian package `redis-server`"))
+        })?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--daemonize", "no", "--loglevel", "warning"])
+            .arg("--dir")
+            .arg(dir)
+            .current_dir(dir);
+        let mut proc = Proc::spawn("redis-server", cmd, &dir.join("redis.log"), dir, 0)
+            .map_err(Failure::Fatal)?;
+        wait_ready(&mut proc, || async move { redis_ping(port).await }).await?;
+        Ok(proc)
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILLs the server (nothing is saved: persistence is off).
+    pub fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.proc = None;
+        let mut last = None;
+        // The killed server's socket may linger for a moment; a start that loses the port to
+        // it exits at once and is retried.
+        for _ in 0..20 {
+            match Self::spawn(self.dir.path(), self.port).await {
+                Ok(p) => {
+                    self.proc = Some(p);
+                    return Ok(());
+                }
+                Err(Failure::Exited(e)) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(attempts_failed("redis-server restart", last))
+    }
+
+    /// Sends one command (inline protocol) and returns the raw reply.
+    pub async fn command(&self, line: &str) -> Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .context("connecting to redis")?;
+        s.write_all(format!("{line}\r\n").as_bytes()).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .context("redis reply timed out")??;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+/// Whether a Redis server answers `PING` on the loopback port.
+async fn redis_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await,
+        Ok(Ok(n)) if buf[..n].starts_with(b"+PONG")
+    )
 }
 
 // ---------------------------------------------------------------------------------------------

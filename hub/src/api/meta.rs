@@ -218,9 +218,14 @@ pub async fn create_api_key(
     let key = generate_token("sk_");
     let text = key.expose_secret().to_owned();
     let hint: String = text.chars().take(7).collect();
+    // Kept sealed too: webhook deliveries are signed with the key itself (X-Kloudless-Signature).
+    let sealed = state.sealer.seal(
+        text.as_bytes(),
+        crate::webhooks::api_key_aad(app).as_bytes(),
+    );
     let record = state
         .db
-        .create_api_key(app, &hash_token(&text), &hint, now_ms())
+        .create_api_key(app, &hash_token(&text), &hint, &sealed, now_ms())
         .await?;
     Ok((record, text))
 }

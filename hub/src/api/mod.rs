@@ -7,6 +7,7 @@ mod conditional;
 mod events;
 pub use network::revoke as revoke_spoke;
 mod meta;
+mod webhooks;
 pub use meta::create_api_key;
 pub(crate) use meta::{app_view, is_bidi_control, key_view, validate_app_name};
 pub(crate) mod network;
@@ -101,6 +102,7 @@ pub(crate) enum CommonErrors {
 pub fn router(state: AppState) -> Router {
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(meta::routes())
+        .merge(webhooks::routes())
         .merge(accounts::routes())
         .merge(storage::routes())
         .merge(events::routes())

@@ -38,8 +38,9 @@ pub struct NewEvent {
 
 /// What [`Db::insert_event`] did.
 pub(crate) enum Inserted {
-    /// Recorded; the row carries `seq` and the transaction id.
-    Row(AnyRow),
+    /// Recorded; the row carries `seq` and the transaction id; the number is how many webhook
+    /// notifications the insert opened or extended (the outbox rows of the same transaction).
+    Row(AnyRow, u64),
     /// The account's application does not collect events (or the account is gone).
     Off,
     /// An event with the same `dedupe_key` exists.
@@ -185,22 +186,25 @@ impl Db {
         .bind(e.dedupe_key.clone())
         .fetch_one(&mut *conn)
         .await?;
-        Ok(Inserted::Row(row))
+        let pending = self.outbox_upsert(conn, e.account_id, seq, now).await?;
+        Ok(Inserted::Row(row, pending))
     }
 
-    /// Records one event in its own transaction (the webhook outbox will add its row to
-    /// it); returns its number, `None` when nothing was recorded (collection off, or a
+    /// Records one event in its own transaction (with its webhook outbox rows); returns its number, `None` when nothing was recorded (collection off, or a
     /// duplicate of `dedupe_key`). Waits for the replica to show it, like every write that
     /// answers a client, so the client's next read of the feed sees it.
     pub async fn record_event(&self, e: &NewEvent, now: i64) -> DbResult<Option<i64>> {
         let mut tx = self.w().begin().await?;
-        let row = match self.insert_event(&mut tx, e, now).await? {
-            Inserted::Row(r) => r,
+        let (row, pending) = match self.insert_event(&mut tx, e, now).await? {
+            Inserted::Row(r, p) => (r, p),
             Inserted::Off => return Ok(None),
             // The transaction (and the stream number it took) rolls back on drop.
             Inserted::Duplicate => return Ok(None),
         };
         tx.commit().await?;
+        if pending > 0 {
+            self.outbox_wake.notify_one();
+        }
         self.wrote(Some(&row)).await;
         Ok(Some(row.try_get("seq")?))
     }

@@ -42,12 +42,14 @@ mod network;
 mod steering;
 pub mod topology;
 mod transfers;
+mod webhooks;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
 pub(crate) use events::Inserted;
 pub use events::{EventRecord, NewEvent, PreviousObject, StreamPosition};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{Held, Lease, NewTransfer, TransferRecord};
+pub use webhooks::{Claimed, DeliveryTarget, Settle, WebhookAttempt, WebhookRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -74,6 +76,11 @@ pub struct Db {
     pool: AnyPool,
     backend: Backend,
     topo: Option<Arc<Topology>>,
+    /// Woken after a commit that opened webhook notifications (the outbox), so this hub hands
+    /// them to the work queue at once rather than at the reconciler's next tick.
+    outbox_wake: Arc<tokio::sync::Notify>,
+    /// How long a new webhook notification waits for more changes (`webhooks.coalesce`), ms.
+    outbox_delay_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// An application (a tenant: its keys reach only its accounts).
@@ -238,6 +245,8 @@ impl Db {
                 pool,
                 backend: Backend::Sqlite,
                 topo: None,
+                outbox_wake: Arc::default(),
+                outbox_delay_ms: Arc::default(),
             });
         }
         let topo = Topology::open(url, replica, routing)
@@ -247,6 +256,8 @@ impl Db {
             pool: topo.primary().pool.clone(),
             backend: Backend::Postgres,
             topo: Some(topo),
+            outbox_wake: Arc::default(),
+            outbox_delay_ms: Arc::default(),
         })
     }
 
@@ -348,6 +359,17 @@ impl Db {
             let xid: Option<String> = row.try_get("sy_xid").ok().flatten();
             t.wrote(xid.as_deref()).await;
         }
+    }
+
+    /// Sets `webhooks.coalesce`: how long a new notification waits for more changes.
+    pub fn set_outbox_delay(&self, d: Duration) {
+        self.outbox_delay_ms
+            .store(d.as_millis() as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Notified after commits that opened webhook notifications (see `crate::webhooks`).
+    pub fn outbox_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.outbox_wake.clone()
     }
 
     /// The PostgreSQL topology (primary, replica, their state), when there is one.
@@ -515,16 +537,18 @@ impl Db {
         app_id: i64,
         hash: &[u8],
         hint: &str,
+        sealed: &[u8],
         now: i64,
     ) -> DbResult<ApiKeyRecord> {
         let r = sqlx::query(&format!(
-            "INSERT INTO api_keys (app_id, key_hash, key_hint, created_ms) VALUES ($1, $2, $3, $4) \
-             RETURNING id, app_id, key_hint, created_ms, {}",
+            "INSERT INTO api_keys (app_id, key_hash, key_hint, key_sealed, created_ms) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, app_id, key_hint, created_ms, {}",
             self.xid_col()
         ))
         .bind(app_id)
         .bind(hash.to_vec())
         .bind(hint)
+        .bind(sealed.to_vec())
         .bind(now)
         .fetch_one(&self.w())
         .await?;

@@ -521,11 +521,14 @@ impl Db {
         if done.rows_affected() != 1 {
             return Ok(None);
         }
-        let row = match self.insert_event(&mut tx, event, now).await? {
-            super::Inserted::Row(r) => Some(r),
-            super::Inserted::Off | super::Inserted::Duplicate => None,
+        let (row, pending) = match self.insert_event(&mut tx, event, now).await? {
+            super::Inserted::Row(r, p) => (Some(r), p),
+            super::Inserted::Off | super::Inserted::Duplicate => (None, 0),
         };
         tx.commit().await?;
+        if pending > 0 {
+            self.outbox_wake.notify_one();
+        }
         self.wrote(row.as_ref()).await;
         Ok(Some(row.is_some()))
     }

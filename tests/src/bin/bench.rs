@@ -39,6 +39,8 @@ fn main() -> anyhow::Result<()> {
         Some("regions") => {
             tokio::runtime::Runtime::new()?.block_on(e2e::bench_regions::run(&sibling("hub")?))
         }
+        Some("webhooks") => tokio::runtime::Runtime::new()?
+            .block_on(e2e::bench_webhooks::run(args.get(2).map_or(Ok(ROUNDS), |n| n.parse())?)),
         Some("dns") => {
             tokio::runtime::Runtime::new()?.block_on(e2e::bench_dns::run(&sibling("hub")?))
         }
@@ -65,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|dns|regions|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }

@@ -21,7 +21,7 @@ async fn suite(db: &Db) {
     assert_eq!(page.len(), 1);
 
     let key = db
-        .create_api_key(app.id, &hash_token("sk_one"), "sk_one", 1000)
+        .create_api_key(app.id, &hash_token("sk_one"), "sk_one", b"sealed", 1000)
         .await
         .expect("key");
     assert_eq!(
@@ -37,7 +37,7 @@ async fn suite(db: &Db) {
         None
     );
     assert!(
-        db.create_api_key(other.id, &hash_token("sk_one"), "dup", 1)
+        db.create_api_key(other.id, &hash_token("sk_one"), "dup", b"sealed", 1)
             .await
             .is_err(),
         "hashes are unique"

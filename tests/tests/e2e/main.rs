@@ -29,4 +29,5 @@ mod tls;
 mod transfer_engine;
 mod tunnel;
 mod tunnel_cli;
+mod webhooks;
 mod write_path;

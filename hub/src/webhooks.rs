@@ -67,12 +67,20 @@ struct Outcome {
     retry_after: Option<Duration>,
 }
 
+/// How long a webhook's delivery target stays cached. Staleness is harmless: deleting or
+/// disabling a webhook deletes its pending rows, so no claim succeeds for it afterwards.
+const TARGET_TTL: Duration = Duration::from_secs(2);
+/// Cached targets at most (then the cache starts over).
+const TARGET_CACHE: usize = 10_000;
+
 /// The running engine: the queue and the HTTP client deliveries use.
 #[derive(Clone)]
 struct Engine {
     state: AppState,
     queue: WorkQueue,
     client: reqwest::Client,
+    targets:
+        Arc<std::sync::Mutex<std::collections::HashMap<i64, (Instant, crate::db::DeliveryTarget)>>>,
 }
 
 /// The reconciler and queue consumer of this hub.
@@ -117,6 +125,7 @@ pub async fn spawn(state: AppState) -> anyhow::Result<Tasks> {
         state: state.clone(),
         queue,
         client,
+        targets: Arc::default(),
     };
     let consumer = engine.clone();
     let handler: crate::workqueue::Handler = Arc::new(move |payload: String| {
@@ -231,7 +240,7 @@ impl Engine {
         else {
             return Ok(());
         };
-        let target = match state.db.delivery_target(webhook_id).await? {
+        let target = match self.target(webhook_id).await? {
             Some(t) if t.hook.disabled_ms.is_none() => t,
             _ => return state.db.drop_pending(webhook_id, account_id).await,
         };
@@ -312,6 +321,30 @@ impl Engine {
                 .await;
         }
         Ok(())
+    }
+
+    /// The webhook's URL and sealed keys, cached for [`TARGET_TTL`].
+    async fn target(&self, id: i64) -> Result<Option<crate::db::DeliveryTarget>, sqlx::Error> {
+        let lock = || self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, t)) = lock().get(&id) {
+            if at.elapsed() < TARGET_TTL {
+                return Ok(Some(t.clone()));
+            }
+        }
+        let t = self.state.db.delivery_target(id).await?;
+        let mut cache = lock();
+        match &t {
+            Some(t) => {
+                if cache.len() >= TARGET_CACHE {
+                    cache.clear();
+                }
+                cache.insert(id, (Instant::now(), t.clone()));
+            }
+            None => {
+                cache.remove(&id);
+            }
+        }
+        Ok(t)
     }
 
     /// The settlement of a failed attempt: when to try again, or why to stop.

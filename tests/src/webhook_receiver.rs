@@ -19,6 +19,8 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// The wall-clock time of arrival (to compare with event times).
+    pub wall: std::time::SystemTime,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -178,6 +180,7 @@ impl Receiver {
 async fn receive(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     s.got.lock().expect("got").push(Received {
         at: Instant::now(),
+        wall: std::time::SystemTime::now(),
         headers,
         body,
     });

@@ -778,3 +778,95 @@ async fn two_hubs_sharing_redis_notify_each_change_once() {
     assert!(dup.is_empty(), "notified more than once: {dup:?}");
     assert_eq!(per.len(), accs.len());
 }
+
+/// A receiver that reads the feed as soon as it is told must find the event: with the region's
+/// replica paused, the notification waits until the replica shows the event (here, until
+/// replay resumes), not just until the primary committed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_wait_until_the_replica_shows_the_event() {
+    let primary = Postgres::start().await.expect("primary");
+    let replica = primary.replica("hooks", None, None).await.expect("replica");
+    let hub = TestHub::start_with(HubOptions {
+        database_url: Some(primary.url()),
+        yaml: Some(format!(
+            "{FAST}database:\n  url: \"{}\"\n  replica_url: \"{}\"\n  read_your_writes_wait_ms: 5000\n  \
+             max_replica_lag_ms: 4000\n",
+            primary.url(),
+            replica.url()
+        )),
+        ..HubOptions::default()
+    })
+    .await
+    .expect("hub");
+    let ready = || async {
+        let r = hub
+            .http
+            .get(hub.url("/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        r.json::<Value>().await.expect("json")["status"] == "ok"
+    };
+    let t = Instant::now();
+    while !ready().await {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "replica never usable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let app = hub.creds.application_id;
+    let acc = hub.creds.account_id;
+    let rx = Receiver::start(app).await;
+    let (s, v) = add_webhook(&hub, &rx.url()).await;
+    assert_eq!(s, 201, "{v}");
+    let (_, v) = call(
+        &hub,
+        Method::GET,
+        &hub.apikey(),
+        &format!("/v1/accounts/{acc}/events/latest"),
+        None,
+    )
+    .await;
+    let cursor = v["cursor"].as_str().expect("cursor").to_owned();
+
+    replica
+        .sql("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause");
+    let upload = async {
+        upload(&hub, acc, "paused.txt").await;
+    };
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let at = Instant::now();
+        replica
+            .sql("SELECT pg_wal_replay_resume()")
+            .await
+            .expect("resume");
+        at
+    };
+    let ((), resumed) = tokio::join!(upload, resume);
+    assert!(
+        rx.wait_for(Duration::from_secs(10), |g| !notifications(g).is_empty())
+            .await,
+        "no notification"
+    );
+    let got = rx.got();
+    let n = notifications(&got)[0];
+    assert!(
+        n.at >= resumed,
+        "notified {:?} before the replica could show the event",
+        resumed.duration_since(n.at)
+    );
+    let (s, v) = call(
+        &hub,
+        Method::GET,
+        &hub.apikey(),
+        &format!("/v1/accounts/{acc}/events?cursor={cursor}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["objects"].as_array().map(Vec::len), Some(1), "{v}");
+}

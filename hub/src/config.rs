@@ -1519,4 +1519,64 @@ mod tests {
         .expect_err("http-01 needs the redirect listener");
         assert!(e.to_string().contains("tls.redirect_listen"), "{e}");
     }
+
+    #[test]
+    fn webhook_and_redis_settings_are_checked() {
+        let c = Config::from_yaml("", env(&[])).expect("defaults");
+        let secs: Vec<u64> = c
+            .webhooks
+            .retry_schedule
+            .iter()
+            .map(|d| d.0.as_secs())
+            .collect();
+        assert_eq!(
+            secs,
+            [0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+        );
+        assert_eq!(c.webhooks.timeout.0, std::time::Duration::from_secs(10));
+        assert_eq!(
+            c.webhooks.disable_after.0,
+            std::time::Duration::from_secs(5 * 86_400)
+        );
+        assert_eq!(c.webhooks.coalesce.0, std::time::Duration::from_millis(100));
+        assert!(c.redis.url.is_none());
+        let c = Config::from_yaml(
+            "webhooks:\n  retry_schedule: [0ms, 250ms, 2m]\n  timeout: 1500ms\n",
+            env(&[]),
+        )
+        .expect("ms durations");
+        assert_eq!(
+            c.webhooks.retry_schedule[1].0,
+            std::time::Duration::from_millis(250)
+        );
+        for (yaml, key) in [
+            (
+                "webhooks:\n  retry_schedule: []\n",
+                "webhooks.retry_schedule",
+            ),
+            ("webhooks:\n  timeout: 0\n", "webhooks.timeout"),
+            ("webhooks:\n  requeue_after: 5s\n", "webhooks.requeue_after"),
+            ("webhooks:\n  concurrency: 0\n", "webhooks.concurrency"),
+            ("webhooks:\n  coalesce: 2m\n", "webhooks.coalesce"),
+            (
+                "webhooks:\n  reconcile_every: 1ms\n",
+                "webhooks.reconcile_every",
+            ),
+            ("redis:\n  url: \"http://x\"\n", "redis.url"),
+            (
+                "redis:\n  url: \"redis://:s3cret@h:6379/\"\n  key_prefix: \"a b\"\n",
+                "redis.key_prefix",
+            ),
+        ] {
+            let e = Config::from_yaml(yaml, env(&[])).expect_err(yaml);
+            assert!(e.to_string().contains(key), "{yaml}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+        let e = Config::from_yaml("redis:\n  url: \"rediss//:s3cret@h\"\n", env(&[]))
+            .expect_err("bad url");
+        assert!(
+            !e.to_string().contains("s3cret"),
+            "the password leaked: {e}"
+        );
+    }
 }

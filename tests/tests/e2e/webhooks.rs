@@ -217,6 +217,25 @@ async fn creation_checks_the_url_and_the_echo() {
         "{v}"
     );
 
+    // A redirect is not followed (it could point anywhere), and an answer slower than
+    // `webhooks.timeout` (2 s here) fails.
+    rx.answer(Answer::Status(302, String::new(), None));
+    let (s, v) = add_webhook(&hub, &rx.url()).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| m.contains("302")),
+        "{v}"
+    );
+    rx.answer(Answer::Slow(Duration::from_secs(4)));
+    let (s, v) = add_webhook(&hub, &rx.url()).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("timed out")),
+        "{v}"
+    );
+
     // Nothing listening.
     let closed = format!("http://127.0.0.1:{}/", e2e::servers::free_port());
     let (s, v) = add_webhook(&hub, &closed).await;

@@ -12,6 +12,7 @@ pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod detect;
 pub mod dev;
 pub mod error;
 pub mod events;
@@ -65,6 +66,8 @@ pub struct Background {
     sweeper: tokio::task::JoinHandle<()>,
     /// Deletes events past `events.retention_days` (see [`events`]).
     event_sweeper: tokio::task::JoinHandle<()>,
+    /// Runs the detectors of outside changes this hub holds (see [`detect`]).
+    detectors: tokio::task::JoinHandle<()>,
     revocations: tokio::task::JoinHandle<()>,
     state: AppState,
 }
@@ -91,6 +94,7 @@ impl Background {
             steering: steering::spawn(state.clone()),
             sweeper: claims::spawn_sweeper(state.clone()),
             event_sweeper: events::spawn_sweeper(state.clone()),
+            detectors: detect::spawn(state.clone()),
             revocations: revocation::spawn(state.clone()),
             state: state.clone(),
         })
@@ -103,6 +107,7 @@ impl Background {
         self.steering.abort();
         self.sweeper.abort();
         self.event_sweeper.abort();
+        self.detectors.abort();
         self.revocations.abort();
         if let Some(n) = &self.network {
             n.close();
@@ -117,6 +122,7 @@ impl Background {
         self.steering.abort();
         self.sweeper.abort();
         self.event_sweeper.abort();
+        self.detectors.abort();
         self.revocations.abort();
         if let Some(d) = self.dns {
             d.shutdown().await;

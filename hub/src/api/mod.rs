@@ -171,7 +171,7 @@ async fn request_context(
             id.clone(),
             in_request(
                 scope.clone(),
-                crate::events::CLIENT_IP.scope(client_ip, async move {
+                crate::events::REQUEST_START.scope(crate::state::now_ms(), crate::events::CLIENT_IP.scope(client_ip, async move {
                     if let Some(message) = too_large {
                         return ApiError::new(
                             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -194,7 +194,7 @@ async fn request_context(
                     } else {
                         resp
                     }
-                }),
+                })),
             ),
         )
         .await;

@@ -597,7 +597,10 @@ impl DetectConfig {
             if (100..=86_400_000).contains(&ms) {
                 Ok(())
             } else {
-                Err((key, "must be between 100 and 86400000 (ms between polls)".to_owned()))
+                Err((
+                    key,
+                    "must be between 100 and 86400000 (ms between polls)".to_owned(),
+                ))
             }
         };
         interval("events.detect.interval_ms".into(), self.interval_ms)?;
@@ -605,10 +608,16 @@ impl DetectConfig {
             if !shared::storage::SERVICES.contains(&name.as_str()) {
                 return Err((
                     format!("events.detect.services.{name}"),
-                    format!("is not a service; use one of {}", shared::storage::SERVICES.join(", ")),
+                    format!(
+                        "is not a service; use one of {}",
+                        shared::storage::SERVICES.join(", ")
+                    ),
                 ));
             }
-            interval(format!("events.detect.services.{name}.interval_ms"), s.interval_ms)?;
+            interval(
+                format!("events.detect.services.{name}.interval_ms"),
+                s.interval_ms,
+            )?;
         }
         if !(1000..=600_000).contains(&self.lease_ms) {
             return Err((
@@ -617,7 +626,10 @@ impl DetectConfig {
             ));
         }
         if self.max_accounts == 0 {
-            return Err(("events.detect.max_accounts".into(), "must be at least 1".into()));
+            return Err((
+                "events.detect.max_accounts".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.fs_settle_ms > 10_000 {
             return Err((
@@ -1128,7 +1140,10 @@ impl Config {
                 "must be between 1 and 3650 (days an event is kept)",
             ));
         }
-        self.events.detect.validate().map_err(|(k, m)| invalid(&k, m))?;
+        self.events
+            .detect
+            .validate()
+            .map_err(|(k, m)| invalid(&k, m))?;
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         self.validate_tls()?;
         Ok(())

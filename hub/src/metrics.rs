@@ -92,7 +92,9 @@ pub struct ServiceLabels {
 }
 
 fn count_histogram() -> Histogram {
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(1.0, 4.0, 12))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 4.0, 12,
+    ))
 }
 
 impl Default for Metrics {
@@ -145,15 +147,18 @@ impl Default for Metrics {
             event_record_failures.clone(),
         );
         let detect_polls = Family::<PollLabels, Counter>::default();
-        let detect_requests = Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            count_histogram,
-        );
-        let detect_objects = Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            count_histogram,
-        );
-        let detect_duration = Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let detect_requests =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                count_histogram,
+            );
+        let detect_objects =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                count_histogram,
+            );
+        let detect_duration =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
         let detect_changes = Family::<ServiceLabels, Counter>::default();
         let detectors_held = Gauge::default();
         registry.register(

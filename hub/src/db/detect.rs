@@ -142,16 +142,18 @@ impl Db {
         Ok(())
     }
 
-    /// Who holds the account's detector and until when (tests, `hub` status).
-    pub async fn detector_holder(&self, account_id: i64) -> DbResult<Option<(String, i64)>> {
-        let r = sqlx::query(
-            "SELECT lease_holder, lease_until FROM detectors WHERE account_id = $1 \
-             AND lease_holder IS NOT NULL",
-        )
-        .bind(account_id)
-        .fetch_optional(&self.w())
-        .await?;
-        r.map(|r| Ok((r.try_get("lease_holder")?, r.try_get("lease_until")?)))
+    /// Who holds the account's detector (if anyone) and when its last complete poll ended
+    /// (tests wait on it; `None` when the account has no detector).
+    pub async fn detector_state(
+        &self,
+        account_id: i64,
+    ) -> DbResult<Option<(Option<String>, Option<i64>)>> {
+        let r =
+            sqlx::query("SELECT lease_holder, last_poll_ms FROM detectors WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_optional(&self.w())
+                .await?;
+        r.map(|r| Ok((r.try_get("lease_holder")?, r.try_get("last_poll_ms")?)))
             .transpose()
     }
 
@@ -221,8 +223,9 @@ impl Db {
                 .map(|i| format!("${}", i + 2))
                 .collect::<Vec<_>>()
                 .join(", ");
-            let sql =
-                format!("DELETE FROM detect_snapshots WHERE account_id = $1 AND sort_key IN ({list})");
+            let sql = format!(
+                "DELETE FROM detect_snapshots WHERE account_id = $1 AND sort_key IN ({list})"
+            );
             let mut q = sqlx::query(&sql).bind(lease.account_id);
             for k in chunk {
                 q = q.bind(k);

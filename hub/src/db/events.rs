@@ -300,9 +300,15 @@ impl Db {
             };
             let kind: String = r.try_get("kind")?;
             let at: String = r.try_get("path")?;
-            let moved_away = r.try_get::<Option<String>, _>("prev_path")?.is_some_and(|p| {
-                p == path || path.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with('/'))
-            }) && at != path;
+            let moved_away = r
+                .try_get::<Option<String>, _>("prev_path")?
+                .is_some_and(|p| {
+                    p == path
+                        || path
+                            .strip_prefix(p.as_str())
+                            .is_some_and(|r| r.starts_with('/'))
+                })
+                && at != path;
             let gone = kind == "delete" || moved_away;
             let explained = match o {
                 Outcome::Absent { .. } => gone,

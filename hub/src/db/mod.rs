@@ -44,8 +44,8 @@ mod steering;
 pub mod topology;
 mod transfers;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
-pub(crate) use events::Inserted;
 pub use detect::DetectorLease;
+pub(crate) use events::Inserted;
 pub use events::{Echo, EventRecord, NewEvent, PreviousObject, StreamPosition};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
@@ -675,13 +675,15 @@ impl Db {
     /// An account, only if it belongs to `app_id`.
     /// An account by id alone (background work: the primary).
     pub async fn get_account_any(&self, id: i64) -> DbResult<Option<AccountRecord>> {
-        sqlx::query(&format!("SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.w())
-            .await?
-            .as_ref()
-            .map(account_from)
-            .transpose()
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.w())
+        .await?
+        .as_ref()
+        .map(account_from)
+        .transpose()
     }
 
     pub async fn get_account(&self, app_id: i64, id: i64) -> DbResult<Option<AccountRecord>> {

@@ -139,12 +139,16 @@ where
         match step {
             std::cmp::Ordering::Less => {
                 let gone = a.take().expect("old side present");
-                sink.take(Diff::Removed(gone)).await.map_err(DiffError::Source)?;
+                sink.take(Diff::Removed(gone))
+                    .await
+                    .map_err(DiffError::Source)?;
                 a = next_sorted(&mut old, &mut lo, "snapshot").await?;
             }
             std::cmp::Ordering::Greater => {
                 let added = b.take().expect("new side present");
-                sink.take(Diff::Added(added)).await.map_err(DiffError::Source)?;
+                sink.take(Diff::Added(added))
+                    .await
+                    .map_err(DiffError::Source)?;
                 b = next_sorted(&mut new, &mut ln, "listing").await?;
                 scanned += u64::from(b.is_some());
             }

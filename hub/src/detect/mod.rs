@@ -150,7 +150,11 @@ async fn run(state: AppState, mut lease: DetectorLease) {
     if delta::is_delta_service(service) {
         // Their delta APIs need a provider to talk to; the parsers and cursors are in
         // `delta.rs`, the polling loop over them is not wired up yet.
-        tracing::debug!(account = lease.account_id, service, "no detector for this service yet");
+        tracing::debug!(
+            account = lease.account_id,
+            service,
+            "no detector for this service yet"
+        );
         return;
     }
     let interval = state.config.events.detect.interval(service);
@@ -254,7 +258,8 @@ pub async fn poll_once(
         let folders = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let listing = walk(c.clone(), strong, folders.clone());
         stats.scanned = listing::merge(snapshot, Box::pin(listing), &mut rec).await?;
-        stats.requests = (c.requests_sent() - before).max(folders.load(std::sync::atomic::Ordering::Relaxed));
+        stats.requests =
+            (c.requests_sent() - before).max(folders.load(std::sync::atomic::Ordering::Relaxed));
     }
     stats.recorded = rec.finish().await?;
     if !state
@@ -285,7 +290,10 @@ fn snapshot_stream(
                     .await?;
                 let done = (page.len() as i64) < SNAPSHOT_PAGE;
                 let last = page.last().map(|s| s.key.clone()).or(after);
-                Ok(Some((futures::stream::iter(page.into_iter().map(Ok)), (db, last, done))))
+                Ok(Some((
+                    futures::stream::iter(page.into_iter().map(Ok)),
+                    (db, last, done),
+                )))
             },
         )
         .try_flatten(),
@@ -299,7 +307,7 @@ pub fn seen(key: String, e: &Entry, strong: bool) -> Seen {
     let folder = e.kind == EntryKind::Folder;
     Seen {
         key,
-        path: e.path.to_string(),
+        path: e.path.as_str().to_owned(),
         folder,
         version: e.etag.clone().filter(|_| strong && !folder),
         size: (!folder).then_some(e.size as i64),

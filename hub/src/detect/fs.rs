@@ -74,14 +74,12 @@ fn read_folder(root: &Path, rel: &str) -> Result<Vec<Seen>, std::io::Error> {
     Ok(out)
 }
 
+/// The stream of a walk.
+pub type Walk = std::pin::Pin<Box<dyn Stream<Item = Result<Seen, PollError>> + Send>>;
+
 /// A depth-first walk of `root` in [`walk_key`] order, holding one folder listing per level
 /// of the current path; the counter says how many folders were read.
-pub fn walk(
-    root: PathBuf,
-) -> (
-    std::pin::Pin<Box<dyn Stream<Item = Result<Seen, PollError>> + Send>>,
-    Arc<AtomicU64>,
-) {
+pub fn walk(root: PathBuf) -> (Walk, Arc<AtomicU64>) {
     let folders = Arc::new(AtomicU64::new(0));
     let count = folders.clone();
     let root = Arc::new(root);

@@ -6,7 +6,7 @@
 //! detector per account, and the second takes it over when the first is stopped.
 
 use e2e::servers::{Postgres, S3Server, SftpServer, WebDavServer};
-use e2e::{HubApi, HubOptions, TestHub};
+use e2e::{HubOptions, TestHub};
 use reqwest::Method;
 use serde_json::{json, Value};
 use shared::storage::{ConnectOptions, Connector, EntryKind, ServiceConfig, StoragePath};
@@ -44,11 +44,12 @@ fn p(s: &str) -> StoragePath {
     StoragePath::parse(s).expect("path")
 }
 
-fn body(
-    text: &str,
-) -> std::pin::Pin<
+/// An upload body.
+type Body = std::pin::Pin<
     Box<futures::stream::Iter<std::vec::IntoIter<Result<bytes::Bytes, std::io::Error>>>>,
-> {
+>;
+
+fn body(text: &str) -> Body {
     Box::pin(futures::stream::iter(vec![Ok(bytes::Bytes::from(
         text.to_owned(),
     ))]))

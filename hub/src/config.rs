@@ -1387,6 +1387,37 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        // Detector intervals per service; errors name the key.
+        let c = Config::from_yaml(
+            "events:\n  detect:\n    interval_ms: 5000\n    services:\n      s3:\n        interval_ms: 200\n",
+            env(&[]),
+        )
+        .expect("detect");
+        assert_eq!(c.events.detect.interval("s3").as_millis(), 200);
+        assert_eq!(c.events.detect.interval("webdav").as_millis(), 5000);
+        for (yaml, key) in [
+            (
+                "events:\n  detect:\n    interval_ms: 5\n",
+                "events.detect.interval_ms",
+            ),
+            (
+                "events:\n  detect:\n    services:\n      s4:\n        interval_ms: 500\n",
+                "events.detect.services.s4",
+            ),
+            (
+                "events:\n  detect:\n    services:\n      sftp:\n        interval_ms: 1\n",
+                "events.detect.services.sftp.interval_ms",
+            ),
+            (
+                "events:\n  detect:\n    lease_ms: 10\n",
+                "events.detect.lease_ms",
+            ),
+        ] {
+            let e = Config::from_yaml(yaml, env(&[]))
+                .expect_err(yaml)
+                .to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
         let c = Config::from_yaml("events:\n  retention_days: 30\n", env(&[])).expect("30");
         assert_eq!(
             c.events.retention(),

@@ -1,11 +1,11 @@
 //! Detection of changes made outside the API (`hub::detect`), against real servers: files
 //! created, changed, renamed and deleted directly in an `fs` root, in an S3 bucket (moto,
 //! through the S3 API), on WebDAV (rclone) and on SFTP (OpenSSH) each give the right events
-//! within a few polls; a change made through the API gives exactly one event; an account of
+//! within a few polls (and on Azure Blob through Azurite); a change made through the API gives exactly one event; an account of
 //! an application that does not collect gets no detector; two hubs on one PostgreSQL run one
 //! detector per account, and the second takes it over when the first is stopped.
 
-use e2e::servers::{Postgres, S3Server, SftpServer, WebDavServer};
+use e2e::servers::{AzuriteServer, Postgres, S3Server, SftpServer, WebDavServer};
 use e2e::{HubOptions, TestHub};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -275,6 +275,20 @@ async fn s3_outside_changes() {
     let scratch = tempfile::tempdir().expect("tmp");
     let c = outside("s3", creds, scratch.path()).await;
     scenario(&hub, acc, &c, true, true).await;
+}
+
+/// Azure Blob: a copy gets a new ETag, so a rename is a delete and an add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azblob_outside_changes() {
+    let az = AzuriteServer::start().await.expect("azurite");
+    az.create_container("detect").await.expect("container");
+    let creds = json!({"container": "detect", "endpoint": az.endpoint(),
+        "account_name": az.account_name(), "account_key": az.account_key()});
+    let hub = hub(None).await;
+    let acc = connect(&hub, "azblob", creds.clone()).await;
+    let scratch = tempfile::tempdir().expect("tmp");
+    let c = outside("azblob", creds, scratch.path()).await;
+    scenario(&hub, acc, &c, false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -520,14 +520,146 @@ pub struct EventsConfig {
     /// before the oldest kept event is refused with `cursor_expired`.
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// Detection of changes made outside the API (`hub::detect`).
+    #[serde(default)]
+    pub detect: DetectConfig,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
             retention_days: default_retention_days(),
+            detect: DetectConfig::default(),
         }
     }
+}
+
+/// `events.detect`: detectors of outside changes, one per account of an application that
+/// collects events, run by whichever hub holds the account's detector lease.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectConfig {
+    /// Run detectors on this hub (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Time between two polls of an account (ms, 100 to 86400000; default 60000), unless its
+    /// service has its own under `services`.
+    #[serde(default = "default_detect_interval_ms")]
+    pub interval_ms: u64,
+    /// Per service (`s3`, `webdav`, `sftp`, `azblob`, `fs`, ...): `{interval_ms: N}`.
+    #[serde(default)]
+    pub services: std::collections::BTreeMap<String, DetectServiceConfig>,
+    /// How long a hub holds an account's detector without renewing (ms, 1000 to 600000;
+    /// default 30000): a dead hub's detectors move to another hub after this.
+    #[serde(default = "default_detect_lease_ms")]
+    pub lease_ms: u64,
+    /// Most detectors one hub runs (default 1000).
+    #[serde(default = "default_detect_max_accounts")]
+    pub max_accounts: u32,
+    /// `fs`: how long to wait after an inotify event for the burst to settle before the
+    /// poll (ms, 0 to 10000; default 200).
+    #[serde(default = "default_detect_settle_ms")]
+    pub fs_settle_ms: u64,
+}
+
+/// `events.detect.services.<name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectServiceConfig {
+    pub interval_ms: u64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: default_detect_interval_ms(),
+            services: Default::default(),
+            lease_ms: default_detect_lease_ms(),
+            max_accounts: default_detect_max_accounts(),
+            fs_settle_ms: default_detect_settle_ms(),
+        }
+    }
+}
+
+impl DetectConfig {
+    /// The time between polls of an account of `service`.
+    pub fn interval(&self, service: &str) -> std::time::Duration {
+        let ms = self
+            .services
+            .get(service)
+            .map_or(self.interval_ms, |s| s.interval_ms);
+        std::time::Duration::from_millis(ms)
+    }
+
+    /// The detector lease's length.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.lease_ms)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let interval = |key: String, ms: u64| {
+            if (100..=86_400_000).contains(&ms) {
+                Ok(())
+            } else {
+                Err((
+                    key,
+                    "must be between 100 and 86400000 (ms between polls)".to_owned(),
+                ))
+            }
+        };
+        interval("events.detect.interval_ms".into(), self.interval_ms)?;
+        for (name, s) in &self.services {
+            if !shared::storage::SERVICES.contains(&name.as_str()) {
+                return Err((
+                    format!("events.detect.services.{name}"),
+                    format!(
+                        "is not a service; use one of {}",
+                        shared::storage::SERVICES.join(", ")
+                    ),
+                ));
+            }
+            interval(
+                format!("events.detect.services.{name}.interval_ms"),
+                s.interval_ms,
+            )?;
+        }
+        if !(1000..=600_000).contains(&self.lease_ms) {
+            return Err((
+                "events.detect.lease_ms".into(),
+                "must be between 1000 and 600000".into(),
+            ));
+        }
+        if self.max_accounts == 0 {
+            return Err((
+                "events.detect.max_accounts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.fs_settle_ms > 10_000 {
+            return Err((
+                "events.detect.fs_settle_ms".into(),
+                "must be at most 10000".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_detect_interval_ms() -> u64 {
+    60_000
+}
+
+fn default_detect_lease_ms() -> u64 {
+    30_000
+}
+
+fn default_detect_max_accounts() -> u32 {
+    1000
+}
+
+fn default_detect_settle_ms() -> u64 {
+    200
 }
 
 impl EventsConfig {
@@ -1150,6 +1282,10 @@ impl Config {
                 ));
             }
         }
+        self.events
+            .detect
+            .validate()
+            .map_err(|(k, m)| invalid(&k, m))?;
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         self.validate_tls()?;
         Ok(())
@@ -1392,6 +1528,37 @@ mod tests {
                 e.to_string().contains("events.retention_days"),
                 "{bad}: {e}"
             );
+        }
+        // Detector intervals per service; errors name the key.
+        let c = Config::from_yaml(
+            "events:\n  detect:\n    interval_ms: 5000\n    services:\n      s3:\n        interval_ms: 200\n",
+            env(&[]),
+        )
+        .expect("detect");
+        assert_eq!(c.events.detect.interval("s3").as_millis(), 200);
+        assert_eq!(c.events.detect.interval("webdav").as_millis(), 5000);
+        for (yaml, key) in [
+            (
+                "events:\n  detect:\n    interval_ms: 5\n",
+                "events.detect.interval_ms",
+            ),
+            (
+                "events:\n  detect:\n    services:\n      s4:\n        interval_ms: 500\n",
+                "events.detect.services.s4",
+            ),
+            (
+                "events:\n  detect:\n    services:\n      sftp:\n        interval_ms: 1\n",
+                "events.detect.services.sftp.interval_ms",
+            ),
+            (
+                "events:\n  detect:\n    lease_ms: 10\n",
+                "events.detect.lease_ms",
+            ),
+        ] {
+            let e = Config::from_yaml(yaml, env(&[]))
+                .expect_err(yaml)
+                .to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
         }
         let c = Config::from_yaml("events:\n  retention_days: 30\n", env(&[])).expect("30");
         assert_eq!(

@@ -10,7 +10,7 @@
 //! change then misses from the feed, which a detector of outside changes (a later part) would
 //! pick up as an outside change.
 
-use crate::db::{NewEvent, PreviousObject};
+use crate::db::{Echo, NewEvent, PreviousObject};
 use crate::error::ApiError;
 use crate::ids::IdCodec;
 use crate::state::{now_ms, AppState};
@@ -25,6 +25,21 @@ tokio::task_local! {
     /// The address of the client whose request is running (set by the API middleware).
     pub static CLIENT_IP: Option<IpAddr>;
 }
+
+tokio::task_local! {
+    /// When the request this task serves started (ms; set by the API middleware).
+    pub static REQUEST_START: i64;
+}
+
+/// When the request this task serves started, if it is one.
+fn request_start() -> Option<i64> {
+    REQUEST_START.try_with(|t| *t).ok()
+}
+
+/// How far back an API change recorded outside a request (a transfer's completion, a
+/// spoke's report) looks for a detector's view of the same change: a transfer that ran
+/// longer than this may, rarely, show twice.
+const BACKGROUND_ECHO_MS: i64 = 600_000;
 
 /// The client address of the request this task serves, if any.
 fn client_ip() -> Option<String> {
@@ -100,6 +115,9 @@ pub fn new_event(ids: &IdCodec, c: &Change<'_>) -> NewEvent {
         size: (known && c.entry.kind == EntryKind::File).then_some(c.entry.size as i64),
         mtime_ms: c.entry.modified.filter(|_| known),
         dedupe_key: c.dedupe_key.clone(),
+        echo: Echo::Api {
+            since_ms: request_start().unwrap_or_else(|| now_ms() - BACKGROUND_ECHO_MS),
+        },
     }
 }
 
@@ -109,14 +127,19 @@ pub async fn record(state: &AppState, c: Change<'_>) {
     record_event(state, &e).await;
 }
 
-/// Records a prepared event; failures are logged and counted, never returned.
-pub async fn record_event(state: &AppState, e: &NewEvent) {
+/// Records a prepared event; failures are logged and counted, never returned. True when it
+/// was recorded (not a duplicate, an echo, or for an application that does not collect).
+pub async fn record_event(state: &AppState, e: &NewEvent) -> bool {
     match state.db.record_event(e, now_ms()).await {
         Ok(Some(_)) => {
             state.metrics.events_recorded.inc();
+            true
         }
-        Ok(None) => {}
-        Err(err) => failed(state, e, &err),
+        Ok(None) => false,
+        Err(err) => {
+            failed(state, e, &err);
+            false
+        }
     }
 }
 

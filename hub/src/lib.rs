@@ -12,6 +12,7 @@ pub mod claims;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod detect;
 pub mod dev;
 pub mod error;
 pub mod events;
@@ -70,6 +71,8 @@ pub struct Background {
     event_sweeper: tokio::task::JoinHandle<()>,
     /// Webhook deliveries: the outbox reconciler and the work queue's consumer.
     webhooks: webhooks::Tasks,
+    /// Runs the detectors of outside changes this hub holds (see [`detect`]).
+    detectors: tokio::task::JoinHandle<()>,
     revocations: tokio::task::JoinHandle<()>,
     state: AppState,
 }
@@ -97,6 +100,7 @@ impl Background {
             sweeper: claims::spawn_sweeper(state.clone()),
             event_sweeper: events::spawn_sweeper(state.clone()),
             webhooks: webhooks::spawn(state.clone()).await?,
+            detectors: detect::spawn(state.clone()),
             revocations: revocation::spawn(state.clone()),
             state: state.clone(),
         })
@@ -110,6 +114,7 @@ impl Background {
         self.sweeper.abort();
         self.event_sweeper.abort();
         self.webhooks.abort();
+        self.detectors.abort();
         self.revocations.abort();
         if let Some(n) = &self.network {
             n.close();
@@ -125,6 +130,7 @@ impl Background {
         self.sweeper.abort();
         self.event_sweeper.abort();
         self.webhooks.abort();
+        self.detectors.abort();
         self.revocations.abort();
         if let Some(d) = self.dns {
             d.shutdown().await;

@@ -70,11 +70,43 @@ pub struct Metrics {
     pub webhook_latency: Histogram,
     /// The webhook work queue (pushes, failed pushes, entries taken over from another hub).
     pub webhook_queue: crate::workqueue::QueueStats,
+    /// Detector polls by service and outcome (`ok`, `error`).
+    pub detect_polls: Family<PollLabels, Counter>,
+    /// Provider requests one poll made (listing pages; folders read on `fs` and SFTP).
+    pub detect_requests: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Objects one poll listed.
+    pub detect_objects: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Wall time of one poll.
+    pub detect_duration: Family<ServiceLabels, Histogram, fn() -> Histogram>,
+    /// Changes detectors recorded (the echoes of API changes excluded).
+    pub detect_changes: Family<ServiceLabels, Counter>,
+    /// Detectors this hub holds.
+    pub detectors_held: Gauge,
 }
 
+/// A webhook attempt's result.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
+}
+
+/// A detector poll's labels: the service (a fixed set) and the outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PollLabels {
+    pub service: String,
+    pub outcome: &'static str,
+}
+
+/// The service of a detector (one of `shared::storage::SERVICES`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+fn count_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 4.0, 12,
+    ))
 }
 
 impl Default for Metrics {
@@ -154,10 +186,61 @@ impl Default for Metrics {
             "Queue entries taken over from a hub that left them unacknowledged",
             webhook_queue.claimed_over.clone(),
         );
+        let detect_polls = Family::<PollLabels, Counter>::default();
+        let detect_requests =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                count_histogram,
+            );
+        let detect_objects =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                count_histogram,
+            );
+        let detect_duration =
+            Family::<ServiceLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        let detect_changes = Family::<ServiceLabels, Counter>::default();
+        let detectors_held = Gauge::default();
+        registry.register(
+            "detect_polls",
+            "Polls of detectors of outside changes, by service and outcome",
+            detect_polls.clone(),
+        );
+        registry.register(
+            "detect_requests_per_poll",
+            "Provider requests one detector poll made (listing pages; folders read on fs and SFTP)",
+            detect_requests.clone(),
+        );
+        registry.register(
+            "detect_objects_per_poll",
+            "Objects one detector poll listed",
+            detect_objects.clone(),
+        );
+        registry.register(
+            "detect_poll_duration_seconds",
+            "Wall time of one detector poll",
+            detect_duration.clone(),
+        );
+        registry.register(
+            "detect_changes",
+            "Outside changes detectors recorded",
+            detect_changes.clone(),
+        );
+        registry.register(
+            "detectors_held",
+            "Detectors of outside changes this hub runs",
+            detectors_held.clone(),
+        );
         Self {
             webhook_attempts,
             webhook_latency,
             webhook_queue,
+            detect_polls,
+            detect_requests,
+            detect_objects,
+            detect_duration,
+            detect_changes,
+            detectors_held,
             events_recorded,
             event_record_failures,
             tls_not_after,

@@ -173,30 +173,37 @@ async fn request_context(
             id.clone(),
             in_request(
                 scope.clone(),
-                crate::events::CLIENT_IP.scope(client_ip, async move {
-                    if let Some(message) = too_large {
-                        return ApiError::new(
-                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                            "request_header_fields_too_large",
-                            message,
-                        )
-                        .into_response();
-                    }
-                    match position {
-                        Some(Err(m)) => {
-                            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_position", m)
-                                .into_response()
+                crate::events::REQUEST_START.scope(
+                    crate::state::now_ms(),
+                    crate::events::CLIENT_IP.scope(client_ip, async move {
+                        if let Some(message) = too_large {
+                            return ApiError::new(
+                                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                "request_header_fields_too_large",
+                                message,
+                            )
+                            .into_response();
                         }
-                        Some(Ok(p)) => db.await_position(p).await,
-                        None => {}
-                    }
-                    let resp = next.run(req).await;
-                    if resp.status().is_client_error() || resp.status().is_server_error() {
-                        ensure_json_error(resp).await
-                    } else {
-                        resp
-                    }
-                }),
+                        match position {
+                            Some(Err(m)) => {
+                                return ApiError::new(
+                                    StatusCode::BAD_REQUEST,
+                                    "invalid_position",
+                                    m,
+                                )
+                                .into_response()
+                            }
+                            Some(Ok(p)) => db.await_position(p).await,
+                            None => {}
+                        }
+                        let resp = next.run(req).await;
+                        if resp.status().is_client_error() || resp.status().is_server_error() {
+                            ensure_json_error(resp).await
+                        } else {
+                            resp
+                        }
+                    }),
+                ),
             ),
         )
         .await;

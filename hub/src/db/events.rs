@@ -34,6 +34,62 @@ pub struct NewEvent {
     /// Makes the insert idempotent per account: a second event with the same key is not
     /// recorded.
     pub dedupe_key: Option<String>,
+    /// Which earlier events make this one a repeat of a change already in the feed.
+    pub echo: Echo,
+}
+
+/// When an event repeats one already recorded (the detector's and the API's view of one
+/// change). Checked under the account's stream lock, so of the two views of one change
+/// whichever is inserted second sees the first (see ARCHITECTURE.md, "A change appears once").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Echo {
+    /// Always recorded.
+    #[default]
+    Never,
+    /// An API change: not recorded when a detector already recorded the same outcome for its
+    /// path at or after `since_ms` (the request's start).
+    Api { since_ms: i64 },
+    /// A detected change: not recorded when an event numbered above `after_seq` (the stream
+    /// position before the previous complete listing) already leads to this outcome: the
+    /// same path with the same version, a delete or a move away of it or of a folder above
+    /// it, or a folder above it renamed, moved or copied into place.
+    Detected { after_seq: i64 },
+}
+
+/// What an event leaves at a path, for [`Echo`] checks.
+#[derive(Debug)]
+enum Outcome<'a> {
+    Present {
+        path: &'a str,
+        version: Option<&'a str>,
+        size: Option<i64>,
+        mtime_ms: Option<i64>,
+    },
+    Absent {
+        path: &'a str,
+    },
+}
+
+fn outcomes(e: &NewEvent) -> Vec<Outcome<'_>> {
+    let present = Outcome::Present {
+        path: &e.path,
+        version: e.version.as_deref(),
+        size: e.size,
+        mtime_ms: e.mtime_ms,
+    };
+    match e.kind {
+        "delete" => vec![Outcome::Absent { path: &e.path }],
+        "rename" | "move" => match &e.previous {
+            Some(p) => vec![Outcome::Absent { path: &p.path }, present],
+            None => vec![present],
+        },
+        _ => vec![present],
+    }
+}
+
+/// The paths of the folders above `path`, nearest last.
+fn ancestors(path: &str) -> Vec<&str> {
+    path.match_indices('/').map(|(i, _)| &path[..i]).collect()
 }
 
 /// What [`Db::insert_event`] did.
@@ -155,6 +211,9 @@ impl Db {
                 return Ok(Inserted::Duplicate);
             }
         }
+        if self.is_echo(conn, e).await? {
+            return Ok(Inserted::Duplicate);
+        }
         let prev = e.previous.as_ref();
         let row = sqlx::query(&format!(
             "INSERT INTO events (account_id, seq, kind, action, object_id, path, metadata, \
@@ -190,7 +249,100 @@ impl Db {
         Ok(Inserted::Row(row, pending))
     }
 
-    /// Records one event in its own transaction (with its webhook outbox rows); returns its number, `None` when nothing was recorded (collection off, or a
+    /// Whether every outcome of `e` is already in the feed (see [`Echo`]). Runs under the
+    /// stream lock [`Db::insert_event`] took.
+    async fn is_echo(&self, conn: &mut AnyConnection, e: &NewEvent) -> DbResult<bool> {
+        if e.echo == Echo::Never {
+            return Ok(false);
+        }
+        for o in outcomes(e) {
+            let path = match &o {
+                Outcome::Present { path, .. } | Outcome::Absent { path } => *path,
+            };
+            let up = match e.echo {
+                Echo::Detected { .. } => ancestors(path),
+                _ => Vec::new(),
+            };
+            let (after_seq, since_ms, api_ok) = match e.echo {
+                Echo::Detected { after_seq } => (after_seq, 0, 1),
+                Echo::Api { since_ms } => (0, since_ms, 0),
+                Echo::Never => unreachable!("checked above"),
+            };
+            // $1 account, $2 after, $3 since, $4 whether API events count, $5 the path, then
+            // the folders above it.
+            let list = (0..up.len())
+                .map(|i| format!("${}", i + 6))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let above = if up.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " OR (path IN ({list}) AND (kind IN ('delete', 'rename', 'move', 'copy') \
+                     OR (kind = 'add' AND action = 'move'))) OR prev_path IN ({list})"
+                )
+            };
+            let sql = format!(
+                "SELECT kind, path, prev_path, version, size, mtime_ms FROM events \
+                 WHERE account_id = $1 AND seq > $2 AND created_ms >= $3 \
+                 AND (origin <> 'api' OR $4 = 1) \
+                 AND (path = $5 OR prev_path = $5{above}) ORDER BY seq DESC LIMIT 1"
+            );
+            let mut q = sqlx::query(&sql)
+                .bind(e.account_id)
+                .bind(after_seq)
+                .bind(since_ms)
+                .bind(api_ok)
+                .bind(path);
+            for a in &up {
+                q = q.bind(*a);
+            }
+            let Some(r) = q.fetch_optional(&mut *conn).await? else {
+                return Ok(false);
+            };
+            let kind: String = r.try_get("kind")?;
+            let at: String = r.try_get("path")?;
+            let moved_away = r
+                .try_get::<Option<String>, _>("prev_path")?
+                .is_some_and(|p| {
+                    p == path
+                        || path
+                            .strip_prefix(p.as_str())
+                            .is_some_and(|r| r.starts_with('/'))
+                })
+                && at != path;
+            let gone = kind == "delete" || moved_away;
+            let explained = match o {
+                Outcome::Absent { .. } => gone,
+                Outcome::Present { .. } if gone => false,
+                // A folder above was renamed, moved or copied into place: its contents came along.
+                Outcome::Present { .. } if at != path => true,
+                Outcome::Present {
+                    version,
+                    size,
+                    mtime_ms,
+                    ..
+                } => {
+                    let v: Option<String> = r.try_get("version")?;
+                    let s: Option<i64> = r.try_get("size")?;
+                    let m: Option<i64> = r.try_get("mtime_ms")?;
+                    match (version, v.as_deref()) {
+                        (Some(a), Some(b)) => a == b,
+                        // Folders carry no size; files compare size and time.
+                        _ if size.is_none() => s.is_none(),
+                        _ => size == s && mtime_ms.is_some() && mtime_ms == m,
+                    }
+                }
+            };
+            if !explained {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records one event in its own transaction (with its webhook outbox rows); returns its
+    /// number, `None` when nothing was recorded (collection off, an echo, or a
     /// duplicate of `dedupe_key`). Waits for the replica to show it, like every write that
     /// answers a client, so the client's next read of the feed sees it.
     pub async fn record_event(&self, e: &NewEvent, now: i64) -> DbResult<Option<i64>> {

@@ -37,6 +37,7 @@ impl Answer for Option<AnyRow> {
 
 pub mod admin;
 mod claims;
+mod detect;
 mod events;
 mod network;
 mod steering;
@@ -44,8 +45,9 @@ pub mod topology;
 mod transfers;
 mod webhooks;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
+pub use detect::DetectorLease;
 pub(crate) use events::Inserted;
-pub use events::{EventRecord, NewEvent, PreviousObject, StreamPosition};
+pub use events::{Echo, EventRecord, NewEvent, PreviousObject, StreamPosition};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{Held, Lease, NewTransfer, TransferRecord};
@@ -695,6 +697,19 @@ impl Db {
     }
 
     /// An account, only if it belongs to `app_id`.
+    /// An account by id alone (background work: the primary).
+    pub async fn get_account_any(&self, id: i64) -> DbResult<Option<AccountRecord>> {
+        sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.w())
+        .await?
+        .as_ref()
+        .map(account_from)
+        .transpose()
+    }
+
     pub async fn get_account(&self, app_id: i64, id: i64) -> DbResult<Option<AccountRecord>> {
         read!(self, pool => sqlx::query(&format!(
             "SELECT {ACCOUNT_COLS} FROM accounts WHERE id = $1 AND app_id = $2"

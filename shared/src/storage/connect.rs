@@ -175,6 +175,7 @@ impl Connector {
                 )))
             }
         };
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (op, publish_op) = if cfg.name() == "fs" {
             (op.clone(), op)
         } else {
@@ -183,6 +184,7 @@ impl Connector {
                 .http_client(opts.io_timeout)
                 .map_err(|e| StorageError::Other(format!("cannot build the HTTP client: {e}")))?;
             let transport = GuardedTransport {
+                requests: requests.clone(),
                 egress: opts.egress.clone(),
                 inner: opendal_http_transport_reqwest::ReqwestTransport::new(http),
             };
@@ -214,6 +216,7 @@ impl Connector {
             tagging: super::etag::Tagging::for_service(cfg),
             endpoint_host,
             egress: opts.egress.clone(),
+            requests,
         })
     }
 }
@@ -222,6 +225,8 @@ impl Connector {
 /// an IP literal (names are checked by the client's resolver), including a redirect target
 /// OpenDAL reuses. The reqwest client underneath follows no redirects.
 struct GuardedTransport {
+    /// Counts the requests sent (detectors report their cost per poll).
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
     egress: EgressPolicy,
     inner: opendal_http_transport_reqwest::ReqwestTransport,
 }
@@ -246,6 +251,8 @@ impl opendal::HttpTransport for GuardedTransport {
                     .set_source(e)
             })?;
         }
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.fetch(req).await
     }
 }

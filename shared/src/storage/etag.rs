@@ -44,6 +44,11 @@ pub(crate) struct Tagging {
 }
 
 impl Tagging {
+    /// Whether the provider's ETag changes with every write.
+    pub(crate) fn provider(&self) -> bool {
+        self.provider
+    }
+
     pub(crate) fn for_service(cfg: &super::ServiceConfig) -> Self {
         use super::ServiceConfig as S;
         let settings = serde_json::to_vec(cfg).unwrap_or_default();

@@ -275,6 +275,8 @@ pub struct Connector {
     endpoint_host: Option<String>,
     /// The SSRF policy its clients follow (side clients such as S3 multipart use it too).
     egress: crate::egress::EgressPolicy,
+    /// HTTP requests sent through OpenDAL (0 on `fs` and SFTP).
+    requests: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -344,6 +346,42 @@ impl Connector {
     /// The egress policy (SSRF guard) this connector's clients follow.
     pub fn egress(&self) -> &crate::egress::EgressPolicy {
         &self.egress
+    }
+
+    /// HTTP requests this connector (and its clones) sent through OpenDAL so far.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the provider's ETag changes with every write (S3, Azure Blob, GCS), so it
+    /// tells versions apart on its own.
+    pub fn strong_etags(&self) -> bool {
+        self.tagging.provider()
+    }
+
+    /// Whether the service lists every object below the root in one flat, key-ordered
+    /// listing (object stores), rather than folder by folder.
+    pub fn lists_flat(&self) -> bool {
+        matches!(self.service, "s3" | "azblob" | "gcs")
+    }
+
+    /// Every object below the root in the provider's key order (object stores list flat,
+    /// in byte order of the key), page by page as the provider sends them: never held whole.
+    /// Each item is the listed key (folders with a trailing `/`) and the entry; reserved
+    /// names and names that are not valid paths are skipped.
+    pub async fn list_flat(
+        &self,
+    ) -> Result<
+        impl Stream<Item = Result<(String, Entry), StorageError>> + Send + Unpin + 'static,
+        StorageError,
+    > {
+        let lister = self.op.lister_with("/").recursive(true).await?;
+        Ok(lister.map_err(StorageError::from).try_filter_map(|e| {
+            let out = listed_path(e.path())
+                .filter(|p| !p.as_str().split('/').any(path::is_reserved))
+                .map(|p| (e.path().to_owned(), entry_from(p, e.metadata())));
+            futures::future::ready(Ok(out))
+        }))
     }
 
     /// The API service name (`fs`, `s3`, ...).

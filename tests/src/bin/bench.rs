@@ -13,6 +13,9 @@
 //!   same region's hub with only the remote primary and the primary's own region's hub, and
 //!   write-then-read against one RTT plus the replication lag (`bench_regions`).
 //!
+//! - `detect`: a detector poll of an unchanged S3 bucket (moto) at two sizes against `rclone
+//!   lsjson -R` (`bench_detect`).
+//!
 //! Run: `cargo build --release -p hub -p spoke -p e2e && target/release/bench all` (as root, on a quiet
 //! machine). The hub runs as its own process (`hub dev`), from the same directory as this binary.
 
@@ -41,6 +44,16 @@ fn main() -> anyhow::Result<()> {
         }
         Some("webhooks") => tokio::runtime::Runtime::new()?
             .block_on(e2e::bench_webhooks::run(args.get(2).map_or(Ok(ROUNDS), |n| n.parse())?)),
+        Some("detect") => {
+            let sizes = args
+                .get(2)
+                .map_or("10000,100000", String::as_str)
+                .split(',')
+                .map(str::parse)
+                .collect::<Result<Vec<usize>, _>>()
+                .context("sizes: N1,N2,... (objects)")?;
+            tokio::runtime::Runtime::new()?.block_on(e2e::bench_detect::run(&sizes))
+        }
         Some("dns") => {
             tokio::runtime::Runtime::new()?.block_on(e2e::bench_dns::run(&sibling("hub")?))
         }
@@ -67,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }

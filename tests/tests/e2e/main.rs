@@ -5,6 +5,7 @@ mod cli;
 mod connectors;
 mod database;
 mod dataplane;
+mod detect;
 mod direct;
 mod docs;
 mod egress;

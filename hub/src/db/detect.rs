@@ -1,0 +1,313 @@
+//! Queries of the detectors of outside changes (`detectors`, `detect_snapshots`; see
+//! migration `0011_detect.sql`): the per-account lease (taken over with one conditional
+//! UPDATE that bumps the epoch, renewed in one UPDATE per holder), the snapshot read page by
+//! page in sort-key order, and the holder's writes, each fenced by holder and epoch.
+
+use super::{Db, DbResult};
+use crate::detect::listing::Seen;
+use sqlx::{AnyConnection, Row};
+
+/// A hub process's hold on one account's detector, with what the last poll left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectorLease {
+    pub account_id: i64,
+    pub holder: String,
+    pub epoch: i64,
+    /// A complete listing is stored (the first poll records no events).
+    pub baseline: bool,
+    /// The stream position read before the last complete poll started listing.
+    pub polled_seq: i64,
+    /// The delta API's cursor.
+    pub cursor: Option<String>,
+}
+
+/// Rows one snapshot upsert statement writes at most (bounds its parameters).
+const PUT_BATCH: usize = 400;
+
+fn seen_from(r: &sqlx::any::AnyRow) -> DbResult<Seen> {
+    Ok(Seen {
+        key: r.try_get("sort_key")?,
+        path: r.try_get("path")?,
+        folder: r.try_get::<i64, _>("folder")? != 0,
+        version: r.try_get("version")?,
+        size: r.try_get("size")?,
+        mtime_ms: r.try_get("mtime_ms")?,
+        ident: r.try_get("ident")?,
+    })
+}
+
+impl Db {
+    /// Creates the detector rows of accounts whose application collects events and that
+    /// have none yet (any hub may; a row another hub inserted first is kept).
+    pub async fn ensure_detectors(&self, now: i64) -> DbResult<u64> {
+        let r = sqlx::query(
+            "INSERT INTO detectors (account_id, created_ms) \
+             SELECT c.id, $1 FROM accounts c JOIN applications a ON a.id = c.app_id \
+             WHERE a.collect_events = 1 AND c.active = 1 \
+             AND NOT EXISTS (SELECT 1 FROM detectors d WHERE d.account_id = c.id) \
+             ON CONFLICT (account_id) DO NOTHING",
+        )
+        .bind(now)
+        .execute(&self.w())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Takes over up to `limit` detectors whose lease ran out before `now` (or that have no
+    /// holder) and whose account's application collects events, for `holder` until `until`.
+    /// Each is one conditional UPDATE that bumps the epoch: of hubs trying at once, exactly
+    /// one gets a detector.
+    pub async fn take_detectors(
+        &self,
+        holder: &str,
+        now: i64,
+        until: i64,
+        limit: i64,
+    ) -> DbResult<Vec<DetectorLease>> {
+        let ids = sqlx::query(
+            "SELECT d.account_id AS account_id FROM detectors d \
+             JOIN accounts c ON c.id = d.account_id JOIN applications a ON a.id = c.app_id \
+             WHERE a.collect_events = 1 AND c.active = 1 \
+             AND (d.lease_until IS NULL OR d.lease_until < $1) ORDER BY d.account_id LIMIT $2",
+        )
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.w())
+        .await?;
+        let mut out = Vec::new();
+        for r in ids {
+            let id: i64 = r.try_get("account_id")?;
+            let row = sqlx::query(
+                "UPDATE detectors SET lease_holder = $1, lease_until = $2, \
+                 lease_epoch = lease_epoch + 1 \
+                 WHERE account_id = $3 AND (lease_until IS NULL OR lease_until < $4) \
+                 RETURNING lease_epoch, baseline, polled_seq, cursor",
+            )
+            .bind(holder)
+            .bind(until)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.w())
+            .await?;
+            if let Some(r) = row {
+                out.push(DetectorLease {
+                    account_id: id,
+                    holder: holder.to_owned(),
+                    epoch: r.try_get("lease_epoch")?,
+                    baseline: r.try_get::<i64, _>("baseline")? != 0,
+                    polled_seq: r.try_get("polled_seq")?,
+                    cursor: r.try_get("cursor")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Renews every detector lease `holder` has whose account still collects events; returns
+    /// the accounts with their epochs. One missing from the answer is no longer this
+    /// holder's (taken over, or collection turned off: then the lease is dropped too).
+    pub async fn renew_detectors(&self, holder: &str, until: i64) -> DbResult<Vec<(i64, i64)>> {
+        sqlx::query(
+            "UPDATE detectors SET lease_holder = NULL, lease_until = NULL \
+             WHERE lease_holder = $1 AND account_id NOT IN (SELECT c.id FROM accounts c \
+               JOIN applications a ON a.id = c.app_id WHERE a.collect_events = 1 AND c.active = 1)",
+        )
+        .bind(holder)
+        .execute(&self.w())
+        .await?;
+        let rows = sqlx::query(
+            "UPDATE detectors SET lease_until = $1 WHERE lease_holder = $2 \
+             RETURNING account_id, lease_epoch",
+        )
+        .bind(until)
+        .bind(holder)
+        .fetch_all(&self.w())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("account_id")?, r.try_get("lease_epoch")?)))
+            .collect()
+    }
+
+    /// Gives up `lease` (a hub shutting down): another hub may take the detector at once.
+    pub async fn release_detector(&self, lease: &DetectorLease) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE detectors SET lease_holder = NULL, lease_until = NULL \
+             WHERE account_id = $1 AND lease_holder = $2 AND lease_epoch = $3",
+        )
+        .bind(lease.account_id)
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .execute(&self.w())
+        .await?;
+        Ok(())
+    }
+
+    /// Who holds the account's detector (if anyone) and when its last complete poll ended
+    /// (tests wait on it; `None` when the account has no detector).
+    pub async fn detector_state(
+        &self,
+        account_id: i64,
+    ) -> DbResult<Option<(Option<String>, Option<i64>)>> {
+        let r =
+            sqlx::query("SELECT lease_holder, last_poll_ms FROM detectors WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_optional(&self.w())
+                .await?;
+        r.map(|r| Ok((r.try_get("lease_holder")?, r.try_get("last_poll_ms")?)))
+            .transpose()
+    }
+
+    /// Up to `limit` snapshot rows of the account after `after` (a sort key), in sort-key
+    /// order (primary: the holder reads what it wrote).
+    pub async fn snapshot_page(
+        &self,
+        account_id: i64,
+        after: Option<&str>,
+        limit: i64,
+    ) -> DbResult<Vec<Seen>> {
+        let rows = sqlx::query(
+            "SELECT sort_key, path, folder, version, size, mtime_ms, ident \
+             FROM detect_snapshots WHERE account_id = $1 AND sort_key > $2 \
+             ORDER BY sort_key LIMIT $3",
+        )
+        .bind(account_id)
+        .bind(after.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.w())
+        .await?;
+        rows.iter().map(seen_from).collect()
+    }
+
+    /// The snapshot row at `key`, if any.
+    pub async fn snapshot_get(&self, account_id: i64, key: &str) -> DbResult<Option<Seen>> {
+        let r = sqlx::query(
+            "SELECT sort_key, path, folder, version, size, mtime_ms, ident \
+             FROM detect_snapshots WHERE account_id = $1 AND sort_key = $2",
+        )
+        .bind(account_id)
+        .bind(key)
+        .fetch_optional(&self.w())
+        .await?;
+        r.as_ref().map(seen_from).transpose()
+    }
+
+    /// Whether `lease` still holds its detector; locks the row until the caller's
+    /// transaction ends, so a takeover waits for (or fences) the holder's write.
+    async fn fence(conn: &mut AnyConnection, lease: &DetectorLease) -> DbResult<bool> {
+        let r = sqlx::query(
+            "UPDATE detectors SET lease_epoch = lease_epoch WHERE account_id = $1 \
+             AND lease_holder = $2 AND lease_epoch = $3",
+        )
+        .bind(lease.account_id)
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .execute(&mut *conn)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Writes `put` into and removes `delete` (sort keys) from the snapshot, fenced by the
+    /// lease; false when the lease is lost (nothing written).
+    pub async fn snapshot_write(
+        &self,
+        lease: &DetectorLease,
+        put: &[Seen],
+        delete: &[String],
+    ) -> DbResult<bool> {
+        let mut tx = self.w().begin().await?;
+        if !Self::fence(&mut tx, lease).await? {
+            return Ok(false);
+        }
+        for chunk in delete.chunks(PUT_BATCH) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "DELETE FROM detect_snapshots WHERE account_id = $1 AND sort_key IN ({list})"
+            );
+            let mut q = sqlx::query(&sql).bind(lease.account_id);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in put.chunks(PUT_BATCH) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 8;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO detect_snapshots (account_id, sort_key, path, folder, version, \
+                 size, mtime_ms, ident) VALUES {values} ON CONFLICT (account_id, sort_key) DO \
+                 UPDATE SET path = excluded.path, folder = excluded.folder, \
+                 version = excluded.version, size = excluded.size, \
+                 mtime_ms = excluded.mtime_ms, ident = excluded.ident"
+            );
+            let mut q = sqlx::query(&sql);
+            for s in chunk {
+                q = q
+                    .bind(lease.account_id)
+                    .bind(&s.key)
+                    .bind(&s.path)
+                    .bind(i64::from(s.folder))
+                    .bind(&s.version)
+                    .bind(s.size)
+                    .bind(s.mtime_ms)
+                    .bind(&s.ident);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Ends a complete poll: the stream position read before it listed, the baseline flag,
+    /// the delta cursor; fenced by the lease (false when lost).
+    pub async fn finish_poll(
+        &self,
+        lease: &DetectorLease,
+        polled_seq: i64,
+        cursor: Option<&str>,
+        now: i64,
+    ) -> DbResult<bool> {
+        let r = sqlx::query(
+            "UPDATE detectors SET polled_seq = $1, baseline = 1, cursor = $2, last_poll_ms = $3 \
+             WHERE account_id = $4 AND lease_holder = $5 AND lease_epoch = $6",
+        )
+        .bind(polled_seq)
+        .bind(cursor)
+        .bind(now)
+        .bind(lease.account_id)
+        .bind(&lease.holder)
+        .bind(lease.epoch)
+        .execute(&self.w())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// The newest event number of the account's stream (primary).
+    pub async fn stream_head(&self, account_id: i64) -> DbResult<i64> {
+        let r = sqlx::query("SELECT last_seq FROM event_streams WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_optional(&self.w())
+            .await?;
+        Ok(match r {
+            Some(r) => r.try_get("last_seq")?,
+            None => 0,
+        })
+    }
+}

@@ -1,0 +1,501 @@
+//! Detection of changes made outside the API (`hub::detect`), against real servers: files
+//! created, changed, renamed and deleted directly in an `fs` root, in an S3 bucket (moto,
+//! through the S3 API), on WebDAV (rclone) and on SFTP (OpenSSH) each give the right events
+//! within a few polls (and on Azure Blob through Azurite); a change made through the API gives exactly one event; an account of
+//! an application that does not collect gets no detector; two hubs on one PostgreSQL run one
+//! detector per account, and the second takes it over when the first is stopped.
+
+use e2e::servers::{AzuriteServer, Postgres, S3Server, SftpServer, WebDavServer};
+use e2e::{HubOptions, TestHub};
+use reqwest::Method;
+use serde_json::{json, Value};
+use shared::storage::{ConnectOptions, Connector, EntryKind, ServiceConfig, StoragePath};
+use std::time::{Duration, Instant};
+
+/// Polls every 200 ms; leases of 3 s so a takeover is quick.
+const YAML: &str =
+    "events:\n  detect:\n    interval_ms: 200\n    lease_ms: 3000\n    fs_settle_ms: 50\n";
+
+async fn hub(pg: Option<&Postgres>) -> TestHub {
+    TestHub::start_with(HubOptions {
+        database_url: pg.map(|p| p.url()),
+        yaml: Some(YAML.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub")
+}
+
+async fn outside(service: &str, creds: Value, scratch: &std::path::Path) -> Connector {
+    let cfg = ServiceConfig::from_parts(service, creds).expect("settings");
+    Connector::connect(
+        &cfg,
+        &ConnectOptions {
+            scratch_dir: scratch.to_owned(),
+            egress: e2e::loopback_egress(),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("connector")
+}
+
+fn p(s: &str) -> StoragePath {
+    StoragePath::parse(s).expect("path")
+}
+
+/// An upload body.
+type Body = std::pin::Pin<
+    Box<futures::stream::Iter<std::vec::IntoIter<Result<bytes::Bytes, std::io::Error>>>>,
+>;
+
+fn body(text: &str) -> Body {
+    Box::pin(futures::stream::iter(vec![Ok(bytes::Bytes::from(
+        text.to_owned(),
+    ))]))
+}
+
+/// When the account's detector last finished a poll (ms), waiting at most 30 s for one after
+/// `after`.
+async fn polled_after(hub: &TestHub, acc: i64, after: i64) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = hub.state.db.detector_state(acc).await.expect("state");
+        if let Some((_, Some(t))) = st {
+            if t > after {
+                return t;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no detector poll of {acc} after {after} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn now_ms() -> i64 {
+    hub::state::now_ms()
+}
+
+/// Every event of `acc` after position `cursor` (`None`: all), and the new cursor.
+async fn events_after(hub: &TestHub, acc: i64, cursor: Option<&str>) -> (Vec<Value>, String) {
+    events_as(hub, &hub.apikey(), acc, cursor).await
+}
+
+/// [`events_after`] with the API key `auth` (another hub's application).
+async fn events_as(
+    hub: &TestHub,
+    auth: &str,
+    acc: i64,
+    cursor: Option<&str>,
+) -> (Vec<Value>, String) {
+    let mut out = Vec::new();
+    let mut cursor = cursor.map(str::to_owned);
+    for _ in 0..100 {
+        let mut url = hub.url(&format!("/v1/accounts/{acc}/events?page_size=1000"));
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let r = hub
+            .http
+            .get(&url)
+            .header("Authorization", auth)
+            .send()
+            .await
+            .expect("events");
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.expect("json");
+        let objects = v["objects"].as_array().expect("objects").clone();
+        cursor = v["cursor"].as_str().map(str::to_owned);
+        if objects.is_empty() {
+            return (out, cursor.unwrap_or_default());
+        }
+        out.extend(objects);
+    }
+    panic!("feed did not end");
+}
+
+/// `type path` (and `<- previous name` for renames) of each event.
+fn summary(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| {
+            let mut s = format!(
+                "{} {}",
+                e["type"].as_str().unwrap_or("?"),
+                e["metadata"]["path"].as_str().unwrap_or("?")
+            );
+            if let Some(prev) = e["previous"]["name"].as_str() {
+                s.push_str(&format!(" <- {prev}"));
+            }
+            s
+        })
+        .collect()
+}
+
+/// Waits (bounded: 30 s) until the feed after `cursor` holds `want` (in any order), then
+/// lets two more polls pass and checks nothing else arrived. Every detected event has no
+/// client address and the action `detected`. Returns the new cursor.
+async fn expect_events(hub: &TestHub, acc: i64, cursor: &str, want: &[&str]) -> String {
+    expect_events_as(hub, &hub.apikey(), acc, cursor, want).await
+}
+
+async fn expect_events_as(
+    hub: &TestHub,
+    auth: &str,
+    acc: i64,
+    cursor: &str,
+    want: &[&str],
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    loop {
+        let (events, _) = events_as(hub, auth, acc, Some(cursor)).await;
+        let mut got = summary(&events);
+        got.sort();
+        if got.len() >= want.len() {
+            let t = now_ms();
+            let t = polled_after(hub, acc, t).await;
+            polled_after(hub, acc, t).await;
+            let (events, next) = events_as(hub, auth, acc, Some(cursor)).await;
+            let mut got = summary(&events);
+            got.sort();
+            assert_eq!(got, want, "events: {events:#?}");
+            for e in &events {
+                if e["action"] == "detected" {
+                    assert!(e["ip"].is_null() && e["user_id"].is_null(), "{e}");
+                }
+            }
+            return next;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {want:?} within 30 s, have {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connect(hub: &TestHub, service: &str, creds: Value) -> i64 {
+    hub.connect(service, creds).await.expect("connect")["id"]
+        .as_i64()
+        .expect("id")
+}
+
+async fn api_upload(hub: &TestHub, acc: i64, name: &str, text: &str) -> Value {
+    let meta = json!({ "name": name, "parent_id": "root" }).to_string();
+    let r = hub
+        .req(
+            Method::POST,
+            &hub.url(&format!("/v1/accounts/{acc}/storage/files?overwrite=true")),
+        )
+        .header("X-Kloudless-Metadata", meta)
+        .body(text.to_owned())
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(r.status(), 201);
+    r.json().await.expect("json")
+}
+
+/// The changes every service goes through: made with `c` (the provider's own protocol),
+/// then one through the API. `renames`: whether the service gives renames (else they are a
+/// delete and an add); `folders`: whether folders are objects of their own.
+async fn scenario(hub: &TestHub, acc: i64, c: &Connector, renames: bool, folders: bool) {
+    let (_, cursor) = events_after(hub, acc, None).await;
+    // The first poll stores the snapshot and records nothing.
+    c.write(&p("before.txt"), body("there before"))
+        .await
+        .expect("write");
+    let t = polled_after(hub, acc, 0).await;
+    polled_after(hub, acc, t).await;
+
+    c.write(&p("a.txt"), body("one")).await.expect("write");
+    c.create_folder(&p("d")).await.expect("folder");
+    c.write(&p("d/b.txt"), body("bee")).await.expect("write");
+    let mut want = vec!["add /a.txt", "add /d/b.txt"];
+    if folders {
+        want.push("add /d");
+    }
+    let cursor = expect_events(hub, acc, &cursor, &want).await;
+
+    c.write(&p("a.txt"), body("one, changed"))
+        .await
+        .expect("write");
+    let cursor = expect_events(hub, acc, &cursor, &["update /a.txt"]).await;
+
+    c.rename(&p("a.txt"), &p("c.txt"), EntryKind::File)
+        .await
+        .expect("rename");
+    let want: &[&str] = if renames {
+        &["rename /c.txt <- a.txt"]
+    } else {
+        &["delete /a.txt", "add /c.txt"]
+    };
+    let cursor = expect_events(hub, acc, &cursor, want).await;
+
+    c.rename(&p("c.txt"), &p("d/c.txt"), EntryKind::File)
+        .await
+        .expect("move");
+    let want: &[&str] = if renames {
+        &["move /d/c.txt <- c.txt"]
+    } else {
+        &["delete /c.txt", "add /d/c.txt"]
+    };
+    let cursor = expect_events(hub, acc, &cursor, want).await;
+
+    c.delete_file(&p("d/b.txt")).await.expect("delete");
+    let cursor = expect_events(hub, acc, &cursor, &["delete /d/b.txt"]).await;
+
+    // Through the API: exactly one event, the API's own (with the client's address), however
+    // many polls see the file afterwards; then a replace of it through the API too.
+    api_upload(hub, acc, "api.txt", "from the api").await;
+    let cursor = expect_events(hub, acc, &cursor, &["add /api.txt"]).await;
+    let (all, _) = events_after(hub, acc, None).await;
+    let api: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["metadata"]["path"] == "/api.txt")
+        .collect();
+    assert_eq!(api.len(), 1, "{all:#?}");
+    assert_ne!(api[0]["action"], "detected", "{:#}", api[0]);
+    api_upload(hub, acc, "api.txt", "from the api, again and longer").await;
+    expect_events(hub, acc, &cursor, &["update /api.txt"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outside_changes() {
+    let s3 = S3Server::start().await.expect("moto");
+    s3.create_bucket("detect").await.expect("bucket");
+    let creds = json!({"bucket": "detect", "endpoint": s3.endpoint(), "region": "us-east-1",
+        "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()});
+    let hub = hub(None).await;
+    let acc = connect(&hub, "s3", creds.clone()).await;
+    let scratch = tempfile::tempdir().expect("tmp");
+    let c = outside("s3", creds, scratch.path()).await;
+    scenario(&hub, acc, &c, true, true).await;
+}
+
+/// Azure Blob: a copy gets a new ETag, so a rename is a delete and an add.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azblob_outside_changes() {
+    let az = AzuriteServer::start().await.expect("azurite");
+    az.create_container("detect").await.expect("container");
+    let creds = json!({"container": "detect", "endpoint": az.endpoint(),
+        "account_name": az.account_name(), "account_key": az.account_key()});
+    let hub = hub(None).await;
+    let acc = connect(&hub, "azblob", creds.clone()).await;
+    let scratch = tempfile::tempdir().expect("tmp");
+    let c = outside("azblob", creds, scratch.path()).await;
+    scenario(&hub, acc, &c, false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_outside_changes() {
+    let hub = hub(None).await;
+    let root = hub.new_fs_root("detect").expect("root");
+    let acc = connect(&hub, "fs", json!({ "root": root })).await;
+    let c = outside("fs", json!({ "root": root }), &root).await;
+    scenario(&hub, acc, &c, true, true).await;
+    // Straight on the disk, as any program would: a burst of writes is a few polls, and a
+    // renamed folder is one rename (its contents move with it).
+    let (_, cursor) = events_after(&hub, acc, None).await;
+    for i in 0..50 {
+        std::fs::write(root.join(format!("burst-{i}.txt")), format!("{i}")).expect("write");
+    }
+    std::fs::rename(root.join("d"), root.join("e")).expect("rename folder");
+    let mut want: Vec<String> = (0..50).map(|i| format!("add /burst-{i}.txt")).collect();
+    want.push("rename /e <- d".into());
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    expect_events(&hub, acc, &cursor, &want).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webdav_outside_changes() {
+    let dav = WebDavServer::start().await.expect("rclone webdav");
+    let creds =
+        json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()});
+    let hub = hub(None).await;
+    let acc = connect(&hub, "webdav", creds.clone()).await;
+    let scratch = tempfile::tempdir().expect("tmp");
+    let c = outside("webdav", creds, scratch.path()).await;
+    scenario(&hub, acc, &c, false, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_outside_changes() {
+    let sftp = SftpServer::start().await.expect("sshd");
+    let creds = json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
+        "root": sftp.dir()});
+    let hub = hub(None).await;
+    let acc = connect(&hub, "sftp", creds.clone()).await;
+    let scratch = tempfile::tempdir().expect("tmp");
+    let c = outside("sftp", creds, scratch.path()).await;
+    scenario(&hub, acc, &c, false, true).await;
+}
+
+/// An application that does not collect events gets no detector and no events; turning
+/// collection on starts one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_detector_without_collection() {
+    let hub = hub(None).await;
+    let meta = hub.meta();
+    let app: Value = hub
+        .http
+        .post(hub.url("/v1/meta/applications"))
+        .header("Authorization", &meta)
+        .json(&json!({"name": "quiet"}))
+        .send()
+        .await
+        .expect("app")
+        .json()
+        .await
+        .expect("json");
+    let app_id = app["id"].as_i64().expect("id");
+    let key: Value = hub
+        .http
+        .post(hub.url(&format!("/v1/meta/applications/{app_id}/apikeys")))
+        .header("Authorization", &meta)
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    let other = format!("APIKey {}", key["key"].as_str().expect("key"));
+    let root = hub.fs_root_of(app_id, "quiet").expect("root");
+    let acc: Value = hub
+        .http
+        .post(hub.url("/v1/accounts"))
+        .header("Authorization", &other)
+        .json(&json!({"service": "fs", "account": "quiet", "credentials": {"root": root}}))
+        .send()
+        .await
+        .expect("connect")
+        .json()
+        .await
+        .expect("json");
+    let qid = acc["id"].as_i64().expect("id");
+    std::fs::write(root.join("outside.txt"), "x").expect("write");
+    // The dev account's detector polls twice meanwhile: the manager ran several rounds.
+    let dev = hub.creds.account_id;
+    let t = polled_after(&hub, dev, 0).await;
+    let t = polled_after(&hub, dev, t).await;
+    polled_after(&hub, dev, t).await;
+    assert_eq!(hub.state.db.detector_state(qid).await.expect("state"), None);
+    let r: Value = hub
+        .http
+        .get(hub.url(&format!("/v1/accounts/{qid}/events")))
+        .header("Authorization", &other)
+        .send()
+        .await
+        .expect("events")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["objects"], json!([]), "{r}");
+    // Collection on: a detector starts (its first poll is the baseline).
+    let s = hub
+        .http
+        .patch(hub.url(&format!("/v1/meta/applications/{app_id}")))
+        .header("Authorization", &meta)
+        .json(&json!({"collect_events": true}))
+        .send()
+        .await
+        .expect("patch")
+        .status();
+    assert_eq!(s, 200);
+    polled_after(&hub, qid, 0).await;
+}
+
+/// Two hubs on one PostgreSQL: one detector per account (a single holder, and each outside
+/// change recorded once); the holder stopped, the other hub takes over within the lease and
+/// records the next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_detector_across_hubs_and_takeover() {
+    let pg = Postgres::start().await.expect("postgres");
+    let dir = tempfile::tempdir().expect("tmp");
+    let a = TestHub::start_with(HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(dir.path().join("a")),
+        yaml: Some(YAML.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub a");
+    // Hub B shares A's master key (it opens A's accounts) and allows A's `fs` roots.
+    let b_dir = dir.path().join("b");
+    std::fs::create_dir_all(b_dir.join("data")).expect("b dir");
+    std::fs::copy(a.data_dir.join("master.key"), b_dir.join("data/master.key")).expect("key");
+    let b = TestHub::start_with(HubOptions {
+        database_url: Some(pg.url()),
+        dir: Some(b_dir),
+        yaml: Some(format!(
+            "{YAML}storage:\n  fs:\n    allowed_roots:\n      - {}\n",
+            a.fs_allowed_root().display()
+        )),
+        ..Default::default()
+    })
+    .await
+    .expect("hub b");
+    let root = a.new_fs_root("shared").expect("root");
+    let acc = connect(&a, "fs", json!({ "root": root })).await;
+    let t = polled_after(&a, acc, 0).await;
+    polled_after(&a, acc, t).await;
+    let (holder, _) = a
+        .state
+        .db
+        .detector_state(acc)
+        .await
+        .expect("state")
+        .expect("row");
+    let holder = holder.expect("held");
+    let (_, cursor) = events_after(&a, acc, None).await;
+    for i in 0..5 {
+        std::fs::write(root.join(format!("f{i}.txt")), "x").expect("write");
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("add /f{i}.txt")).collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    let cursor = expect_events(&a, acc, &cursor, &want).await;
+    // The same holder all along.
+    let (now_holder, _) = a
+        .state
+        .db
+        .detector_state(acc)
+        .await
+        .expect("s")
+        .expect("row");
+    assert_eq!(now_holder.as_deref(), Some(holder.as_str()));
+
+    // Stop the holder's hub (its tasks end with it); the other takes over.
+    let auth = a.apikey();
+    let (stopped, survivor) = if holder.contains(&a.base_url.replace("http://", "")) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let stopped_at = now_ms();
+    stopped.stop().await.expect("stop");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (h, _) = survivor
+            .state
+            .db
+            .detector_state(acc)
+            .await
+            .expect("s")
+            .expect("row");
+        if h.as_deref().is_some_and(|h| h != holder) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no takeover within 20 s (lease 3 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    polled_after(&survivor, acc, stopped_at).await;
+    std::fs::write(root.join("after.txt"), "x").expect("write");
+    expect_events_as(&survivor, &auth, acc, &cursor, &["add /after.txt"]).await;
+}

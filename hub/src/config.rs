@@ -535,7 +535,8 @@ impl Default for EventsConfig {
 }
 
 /// `events.detect`: detectors of outside changes, one per account of an application that
-/// collects events, run by whichever hub holds the account's detector lease.
+/// collects events, polled at intervals by whichever hub of the region takes the poll from the
+/// work queue.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectConfig {
@@ -549,13 +550,17 @@ pub struct DetectConfig {
     /// Per service (`s3`, `webdav`, `sftp`, `azblob`, `fs`, ...): `{interval_ms: N}`.
     #[serde(default)]
     pub services: std::collections::BTreeMap<String, DetectServiceConfig>,
-    /// How long a hub holds an account's detector without renewing (ms, 1000 to 600000;
-    /// default 30000): a dead hub's detectors move to another hub after this.
+    /// How long a poll's lease lasts without renewal (ms, 1000 to 600000; default 30000; the
+    /// poll renews it every third): a dead hub's poll is redone by another hub after this.
     #[serde(default = "default_detect_lease_ms")]
     pub lease_ms: u64,
-    /// Most detectors one hub runs (default 1000).
-    #[serde(default = "default_detect_max_accounts")]
-    pub max_accounts: u32,
+    /// Hand due polls to the work queue from this hub (default true). Off, the hub only runs
+    /// polls other hubs hand it (with `redis.url`), e.g. a hub placed near the storage.
+    #[serde(default = "default_true")]
+    pub schedule: bool,
+    /// Polls one hub runs at once, taken from the region's work queue (1 to 256, default 4).
+    #[serde(default = "default_detect_concurrency")]
+    pub concurrency: u32,
     /// `fs`: how long to wait after an inotify event for the burst to settle before the
     /// poll (ms, 0 to 10000; default 200).
     #[serde(default = "default_detect_settle_ms")]
@@ -576,7 +581,8 @@ impl Default for DetectConfig {
             interval_ms: default_detect_interval_ms(),
             services: Default::default(),
             lease_ms: default_detect_lease_ms(),
-            max_accounts: default_detect_max_accounts(),
+            schedule: true,
+            concurrency: default_detect_concurrency(),
             fs_settle_ms: default_detect_settle_ms(),
         }
     }
@@ -630,10 +636,10 @@ impl DetectConfig {
                 "must be between 1000 and 600000".into(),
             ));
         }
-        if self.max_accounts == 0 {
+        if !(1..=256).contains(&self.concurrency) {
             return Err((
-                "events.detect.max_accounts".into(),
-                "must be at least 1".into(),
+                "events.detect.concurrency".into(),
+                "must be between 1 and 256".into(),
             ));
         }
         if self.fs_settle_ms > 10_000 {
@@ -654,8 +660,8 @@ fn default_detect_lease_ms() -> u64 {
     30_000
 }
 
-fn default_detect_max_accounts() -> u32 {
-    1000
+fn default_detect_concurrency() -> u32 {
+    4
 }
 
 fn default_detect_settle_ms() -> u64 {
@@ -1554,6 +1560,11 @@ mod tests {
                 "events:\n  detect:\n    lease_ms: 10\n",
                 "events.detect.lease_ms",
             ),
+            (
+                "events:\n  detect:\n    concurrency: 0\n",
+                "events.detect.concurrency",
+            ),
+            ("events:\n  detect:\n    max_accounts: 10\n", "max_accounts"),
         ] {
             let e = Config::from_yaml(yaml, env(&[]))
                 .expect_err(yaml)

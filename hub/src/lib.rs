@@ -72,7 +72,7 @@ pub struct Background {
     /// Webhook deliveries: the outbox reconciler and the work queue's consumer.
     webhooks: webhooks::Tasks,
     /// Runs the detectors of outside changes this hub holds (see [`detect`]).
-    detectors: tokio::task::JoinHandle<()>,
+    detectors: detect::Tasks,
     revocations: tokio::task::JoinHandle<()>,
     state: AppState,
 }
@@ -100,7 +100,7 @@ impl Background {
             sweeper: claims::spawn_sweeper(state.clone()),
             event_sweeper: events::spawn_sweeper(state.clone()),
             webhooks: webhooks::spawn(state.clone()).await?,
-            detectors: detect::spawn(state.clone()),
+            detectors: detect::spawn(state.clone()).await?,
             revocations: revocation::spawn(state.clone()),
             state: state.clone(),
         })

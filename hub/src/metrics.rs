@@ -80,8 +80,10 @@ pub struct Metrics {
     pub detect_duration: Family<ServiceLabels, Histogram, fn() -> Histogram>,
     /// Changes detectors recorded (the echoes of API changes excluded).
     pub detect_changes: Family<ServiceLabels, Counter>,
-    /// Detectors this hub holds.
-    pub detectors_held: Gauge,
+    /// Detector polls running on this hub.
+    pub detect_running: Gauge,
+    /// The detector work queue (polls handed, failed hand-overs, entries taken over).
+    pub detect_queue: crate::workqueue::QueueStats,
 }
 
 /// A webhook attempt's result.
@@ -200,7 +202,8 @@ impl Default for Metrics {
                 latency_histogram,
             );
         let detect_changes = Family::<ServiceLabels, Counter>::default();
-        let detectors_held = Gauge::default();
+        let detect_running = Gauge::default();
+        let detect_queue = crate::workqueue::QueueStats::default();
         registry.register(
             "detect_polls",
             "Polls of detectors of outside changes, by service and outcome",
@@ -227,9 +230,24 @@ impl Default for Metrics {
             detect_changes.clone(),
         );
         registry.register(
-            "detectors_held",
-            "Detectors of outside changes this hub runs",
-            detectors_held.clone(),
+            "detect_polls_running",
+            "Detector polls running on this hub",
+            detect_running.clone(),
+        );
+        registry.register(
+            "detect_queue_pushed",
+            "Detector polls handed to the work queue",
+            detect_queue.pushed.clone(),
+        );
+        registry.register(
+            "detect_queue_push_failures",
+            "Detector polls the work queue did not take (handed again after the lease)",
+            detect_queue.push_failures.clone(),
+        );
+        registry.register(
+            "detect_queue_claimed_over",
+            "Detector queue entries taken over from a hub that left them unacknowledged",
+            detect_queue.claimed_over.clone(),
         );
         Self {
             webhook_attempts,
@@ -240,7 +258,8 @@ impl Default for Metrics {
             detect_objects,
             detect_duration,
             detect_changes,
-            detectors_held,
+            detect_running,
+            detect_queue,
             events_recorded,
             event_record_failures,
             tls_not_after,

@@ -100,26 +100,7 @@ impl Tasks {
 /// Starts the reconciler and the queue consumer of this hub. With `redis.url`, fails when
 /// Redis cannot be reached at start-up.
 pub async fn spawn(state: AppState) -> anyhow::Result<Tasks> {
-    let queue = match &state.config.redis.url {
-        Some(url) => {
-            let prefix = state
-                .config
-                .redis
-                .key_prefix
-                .clone()
-                .unwrap_or_else(|| "switchyard".into());
-            WorkQueue::redis(
-                url,
-                &prefix,
-                &state.config.region,
-                "webhooks",
-                &crate::workqueue::consumer_name(),
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("redis.url: cannot reach Redis ({:?})", e.kind()))?
-        }
-        None => WorkQueue::local(),
-    };
+    let queue = crate::workqueue::open(&state.config, "webhooks").await?;
     let client = http_client(&state)?;
     let engine = Engine {
         state: state.clone(),

@@ -157,6 +157,9 @@ impl WorkQueue {
         let me = self.clone();
         tokio::spawn(async move {
             let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+            // Owned by this task: aborting the consumer (a hub stopping) aborts the handlers
+            // still running too; their work is handed again (see the module comment).
+            let mut running = tokio::task::JoinSet::new();
             match &*me.inner {
                 Inner::Local { rx, .. } => {
                     let Some(mut rx) = rx.lock().await.take() else {
@@ -167,14 +170,18 @@ impl WorkQueue {
                         let Ok(permit) = permits.clone().acquire_owned().await else {
                             return;
                         };
+                        while running.try_join_next().is_some() {}
                         let h = handler.clone();
-                        tokio::spawn(async move {
+                        running.spawn(async move {
                             h(p).await;
                             drop(permit);
                         });
                     }
                 }
-                Inner::Redis(q) => q.run(concurrency.max(1), permits, stats, handler).await,
+                Inner::Redis(q) => {
+                    q.run(concurrency.max(1), permits, &mut running, stats, handler)
+                        .await
+                }
             }
         })
     }
@@ -185,6 +192,7 @@ impl RedisQueue {
         &self,
         batch: usize,
         permits: Arc<Semaphore>,
+        running: &mut tokio::task::JoinSet<()>,
         stats: QueueStats,
         handler: Handler,
     ) {
@@ -257,7 +265,8 @@ impl RedisQueue {
                 let h = handler.clone();
                 let mut ack = self.conn.clone();
                 let key = self.key.clone();
-                tokio::spawn(async move {
+                while running.try_join_next().is_some() {}
+                running.spawn(async move {
                     if !payload.is_empty() {
                         h(payload).await;
                     }
@@ -335,6 +344,20 @@ fn redact(e: &redis::RedisError) -> String {
     match e.code() {
         Some(code) => format!("{code}: {}", e.detail().unwrap_or_default()),
         None => format!("{:?}", e.kind()),
+    }
+}
+
+/// The queue `name` of this hub's region: on the Redis of `redis.url` (failing when it cannot
+/// be reached at start-up), or in-process without it.
+pub async fn open(config: &crate::config::Config, name: &str) -> anyhow::Result<WorkQueue> {
+    match &config.redis.url {
+        Some(url) => {
+            let prefix = config.redis.key_prefix.as_deref().unwrap_or("switchyard");
+            WorkQueue::redis(url, prefix, &config.region, name, &consumer_name())
+                .await
+                .map_err(|e| anyhow::anyhow!("redis.url: cannot reach Redis ({:?})", e.kind()))
+        }
+        None => Ok(WorkQueue::local()),
     }
 }
 

@@ -2,16 +2,22 @@
 --
 -- `detectors`: one row per account whose application collects events, created by the first
 -- hub that looks at it. Its lease (`lease_holder`, `lease_until`, `lease_epoch`, the same
--- scheme as transfers' leases in 0007) makes exactly one hub process run the account's
--- detector; a hub takes over a detector whose lease ran out with one conditional UPDATE that
--- bumps the epoch, and every write of the holder (snapshot rows, `cursor`, `polled_seq`) is
--- fenced by holder and epoch.
+-- scheme as transfers' leases in 0007) makes exactly one hub process poll the account at a
+-- time; a hub takes the lease of a poll with one conditional UPDATE that bumps the epoch (a
+-- dead hub's lease once it ran out), and every write of the holder (snapshot rows, `cursor`,
+-- `polled_seq`) is fenced by holder and epoch.
 -- * `baseline`: 1 once a complete listing was stored (the first one records no events).
 -- * `polled_seq`: the account's stream position read before the last complete poll started
 --   listing. An event with a higher number may explain a difference the next poll finds (the
 --   API made it; its own event says so); an older one cannot, since that poll's listing
 --   already saw its change. See ARCHITECTURE.md ("A change appears once in the feed").
 -- * `cursor`: the delta API's cursor (Dropbox, Google Drive, OneDrive).
+-- Polls are scheduled here and run through the region's work queue (`hub::workqueue`): a hub's
+-- scheduler hands the detectors whose `next_poll_ms` has come to the queue, marking them
+-- `queued_until` (not handed again before then, unless the poll ran); whichever hub takes one
+-- from the queue holds the lease for that one poll (renewing it while the poll runs), then
+-- sets the next `next_poll_ms` and lets the lease go. `wake`: an `fs` root changed while a poll
+-- ran (poll again at once). `last_holder`: who ran the last poll.
 CREATE TABLE detectors (
     account_id   BIGINT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
     lease_holder TEXT,
@@ -21,6 +27,10 @@ CREATE TABLE detectors (
     polled_seq   BIGINT NOT NULL DEFAULT 0,
     cursor       TEXT,
     last_poll_ms BIGINT,
+    next_poll_ms BIGINT NOT NULL DEFAULT 0,
+    queued_until BIGINT,
+    wake         BIGINT NOT NULL DEFAULT 0,
+    last_holder  TEXT,
     created_ms   BIGINT NOT NULL
 );
 
@@ -42,6 +52,9 @@ CREATE TABLE detect_snapshots (
     ident      TEXT,
     PRIMARY KEY (account_id, sort_key)
 );
+
+-- Schedulers look for due polls.
+CREATE INDEX detectors_due ON detectors(next_poll_ms);
 
 -- Detectors look up the latest event that moved an object away from a path.
 CREATE INDEX events_prev_path ON events(account_id, prev_path) WHERE prev_path IS NOT NULL;

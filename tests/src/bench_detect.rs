@@ -144,10 +144,8 @@ pub async fn run(sizes: &[usize]) -> anyhow::Result<()> {
     state.db.ensure_detectors(now).await?;
     let lease = state
         .db
-        .take_detectors("bench#1", now, now + 86_400_000, 100)
+        .start_poll(acc, "bench#1", now, now + 86_400_000)
         .await?
-        .into_iter()
-        .find(|l| l.account_id == acc)
         .context("the bench account's detector lease")?;
     let record = state.db.get_account_any(acc).await?.context("account")?;
     let account = state

@@ -1,13 +1,14 @@
 //! Queries of the detectors of outside changes (`detectors`, `detect_snapshots`; see
-//! migration `0011_detect.sql`): the per-account lease (taken over with one conditional
-//! UPDATE that bumps the epoch, renewed in one UPDATE per holder), the snapshot read page by
-//! page in sort-key order, and the holder's writes, each fenced by holder and epoch.
+//! migration `0011_detect.sql`): the schedule (due detectors handed to the work queue once),
+//! the per-poll lease (taken with one conditional UPDATE that bumps the epoch, renewed while
+//! the poll runs), the snapshot read page by page in sort-key order, and the holder's writes,
+//! each fenced by holder and epoch.
 
 use super::{Db, DbResult};
 use crate::detect::listing::Seen;
 use sqlx::{AnyConnection, Row};
 
-/// A hub process's hold on one account's detector, with what the last poll left.
+/// A hub process's hold on one poll of an account, with what the last poll left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DetectorLease {
     pub account_id: i64,
@@ -19,6 +20,14 @@ pub struct DetectorLease {
     pub polled_seq: i64,
     /// The delta API's cursor.
     pub cursor: Option<String>,
+}
+
+/// A detector row: who polls now, who polled last, when the last complete poll ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectorState {
+    pub holder: Option<String>,
+    pub last_holder: Option<String>,
+    pub last_poll_ms: Option<i64>,
 }
 
 /// Rows one snapshot upsert statement writes at most (bounds its parameters).
@@ -53,108 +62,162 @@ impl Db {
         Ok(r.rows_affected())
     }
 
-    /// Takes over up to `limit` detectors whose lease ran out before `now` (or that have no
-    /// holder) and whose account's application collects events, for `holder` until `until`.
-    /// Each is one conditional UPDATE that bumps the epoch: of hubs trying at once, exactly
-    /// one gets a detector.
-    pub async fn take_detectors(
+    /// Marks up to `limit` due detectors as handed to the work queue until `queued_until` and
+    /// returns their accounts. Due: the account's application collects events, no poll runs
+    /// (or the one that ran lost its lease: its hub died), `next_poll_ms` has come or the dead
+    /// poll must be redone, and no hand-over is outstanding. One UPDATE re-checked row by row:
+    /// of schedulers on several hubs, one hands each detector.
+    pub async fn queue_due_detectors(
         &self,
-        holder: &str,
         now: i64,
-        until: i64,
+        queued_until: i64,
         limit: i64,
-    ) -> DbResult<Vec<DetectorLease>> {
-        let ids = sqlx::query(
-            "SELECT d.account_id AS account_id FROM detectors d \
-             JOIN accounts c ON c.id = d.account_id JOIN applications a ON a.id = c.app_id \
-             WHERE a.collect_events = 1 AND c.active = 1 \
-             AND (d.lease_until IS NULL OR d.lease_until < $1) ORDER BY d.account_id LIMIT $2",
-        )
+    ) -> DbResult<Vec<i64>> {
+        let due = "(d.next_poll_ms <= $1 OR d.lease_holder IS NOT NULL) \
+             AND (d.lease_until IS NULL OR d.lease_until < $1) \
+             AND (d.queued_until IS NULL OR d.queued_until < $1)";
+        let rows = sqlx::query(&format!(
+            "UPDATE detectors SET queued_until = $2 WHERE account_id IN (\
+               SELECT d.account_id FROM detectors d \
+               JOIN accounts c ON c.id = d.account_id JOIN applications a ON a.id = c.app_id \
+               WHERE a.collect_events = 1 AND c.active = 1 AND {due} \
+               ORDER BY d.next_poll_ms LIMIT $3) \
+             AND {} RETURNING account_id",
+            due.replace("d.", "")
+        ))
         .bind(now)
+        .bind(queued_until)
         .bind(limit)
         .fetch_all(&self.w())
         .await?;
-        let mut out = Vec::new();
-        for r in ids {
-            let id: i64 = r.try_get("account_id")?;
-            let row = sqlx::query(
-                "UPDATE detectors SET lease_holder = $1, lease_until = $2, \
-                 lease_epoch = lease_epoch + 1 \
-                 WHERE account_id = $3 AND (lease_until IS NULL OR lease_until < $4) \
-                 RETURNING lease_epoch, baseline, polled_seq, cursor",
-            )
-            .bind(holder)
-            .bind(until)
-            .bind(id)
-            .bind(now)
-            .fetch_optional(&self.w())
-            .await?;
-            if let Some(r) = row {
-                out.push(DetectorLease {
-                    account_id: id,
-                    holder: holder.to_owned(),
-                    epoch: r.try_get("lease_epoch")?,
-                    baseline: r.try_get::<i64, _>("baseline")? != 0,
-                    polled_seq: r.try_get("polled_seq")?,
-                    cursor: r.try_get("cursor")?,
-                });
-            }
-        }
-        Ok(out)
+        rows.iter().map(|r| r.try_get("account_id")).collect()
     }
 
-    /// Renews every detector lease `holder` has whose account still collects events; returns
-    /// the accounts with their epochs. One missing from the answer is no longer this
-    /// holder's (taken over, or collection turned off: then the lease is dropped too).
-    pub async fn renew_detectors(&self, holder: &str, until: i64) -> DbResult<Vec<(i64, i64)>> {
-        sqlx::query(
-            "UPDATE detectors SET lease_holder = NULL, lease_until = NULL \
-             WHERE lease_holder = $1 AND account_id NOT IN (SELECT c.id FROM accounts c \
-               JOIN applications a ON a.id = c.app_id WHERE a.collect_events = 1 AND c.active = 1)",
+    /// When the next detector comes due (`None` without detectors); a scheduler sleeps until
+    /// then at most.
+    pub async fn next_detector_due(&self) -> DbResult<Option<i64>> {
+        // A running poll's detector is due when its lease runs out at the earliest; a handed
+        // one when its hand-over does. Accounts that do not collect are never due.
+        let r = sqlx::query(
+            "SELECT MIN(CASE \
+               WHEN d.lease_until IS NOT NULL AND d.lease_until > d.next_poll_ms \
+                 THEN d.lease_until \
+               WHEN d.queued_until IS NOT NULL AND d.queued_until > d.next_poll_ms \
+                 THEN d.queued_until \
+               ELSE d.next_poll_ms END) AS due \
+             FROM detectors d JOIN accounts c ON c.id = d.account_id \
+             JOIN applications a ON a.id = c.app_id \
+             WHERE a.collect_events = 1 AND c.active = 1",
+        )
+        .fetch_one(&self.w())
+        .await?;
+        r.try_get::<Option<i64>, _>("due")
+    }
+
+    /// Takes the account's detector lease for one poll, for `holder` until `until`: one
+    /// conditional UPDATE that bumps the epoch, so of two hubs handed the same account (the
+    /// queue delivers at least once) one polls. `None` when the poll is not due any more (it
+    /// ran meanwhile), another poll runs, or the account stopped collecting.
+    pub async fn start_poll(
+        &self,
+        account_id: i64,
+        holder: &str,
+        now: i64,
+        until: i64,
+    ) -> DbResult<Option<DetectorLease>> {
+        let row = sqlx::query(
+            "UPDATE detectors SET lease_holder = $1, lease_until = $2, \
+             lease_epoch = lease_epoch + 1, wake = 0 \
+             WHERE account_id = $3 AND (lease_until IS NULL OR lease_until < $4) \
+             AND (next_poll_ms <= $4 OR lease_holder IS NOT NULL) \
+             AND account_id IN (SELECT c.id FROM accounts c \
+               JOIN applications a ON a.id = c.app_id WHERE a.collect_events = 1 AND c.active = 1) \
+             RETURNING lease_epoch, baseline, polled_seq, cursor",
         )
         .bind(holder)
-        .execute(&self.w())
+        .bind(until)
+        .bind(account_id)
+        .bind(now)
+        .fetch_optional(&self.w())
         .await?;
-        let rows = sqlx::query(
-            "UPDATE detectors SET lease_until = $1 WHERE lease_holder = $2 \
-             RETURNING account_id, lease_epoch",
+        row.map(|r| {
+            Ok(DetectorLease {
+                account_id,
+                holder: holder.to_owned(),
+                epoch: r.try_get("lease_epoch")?,
+                baseline: r.try_get::<i64, _>("baseline")? != 0,
+                polled_seq: r.try_get("polled_seq")?,
+                cursor: r.try_get("cursor")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Extends a running poll's lease to `until`; false when it was lost.
+    pub async fn renew_poll(&self, lease: &DetectorLease, until: i64) -> DbResult<bool> {
+        let r = sqlx::query(
+            "UPDATE detectors SET lease_until = $1 \
+             WHERE account_id = $2 AND lease_holder = $3 AND lease_epoch = $4",
         )
         .bind(until)
-        .bind(holder)
-        .fetch_all(&self.w())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("account_id")?, r.try_get("lease_epoch")?)))
-            .collect()
-    }
-
-    /// Gives up `lease` (a hub shutting down): another hub may take the detector at once.
-    pub async fn release_detector(&self, lease: &DetectorLease) -> DbResult<()> {
-        sqlx::query(
-            "UPDATE detectors SET lease_holder = NULL, lease_until = NULL \
-             WHERE account_id = $1 AND lease_holder = $2 AND lease_epoch = $3",
-        )
         .bind(lease.account_id)
         .bind(&lease.holder)
+        .bind(lease.epoch)
+        .execute(&self.w())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Ends a poll (complete or not): lets the lease go, records who ran it, and schedules the
+    /// next one at `next_ms`, or at once when the account was woken while it ran
+    /// ([`Db::poll_soon`]).
+    pub async fn end_poll(&self, lease: &DetectorLease, now: i64, next_ms: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE detectors SET lease_holder = NULL, lease_until = NULL, queued_until = NULL, \
+             last_holder = $1, next_poll_ms = CASE WHEN wake = 1 THEN $2 ELSE $3 END, wake = 0 \
+             WHERE account_id = $4 AND lease_holder = $1 AND lease_epoch = $5",
+        )
+        .bind(&lease.holder)
+        .bind(now)
+        .bind(next_ms)
+        .bind(lease.account_id)
         .bind(lease.epoch)
         .execute(&self.w())
         .await?;
         Ok(())
     }
 
-    /// Who holds the account's detector (if anyone) and when its last complete poll ended
-    /// (tests wait on it; `None` when the account has no detector).
-    pub async fn detector_state(
-        &self,
-        account_id: i64,
-    ) -> DbResult<Option<(Option<String>, Option<i64>)>> {
-        let r =
-            sqlx::query("SELECT lease_holder, last_poll_ms FROM detectors WHERE account_id = $1")
-                .bind(account_id)
-                .fetch_optional(&self.w())
-                .await?;
-        r.map(|r| Ok((r.try_get("lease_holder")?, r.try_get("last_poll_ms")?)))
-            .transpose()
+    /// Asks for a poll of the account as soon as possible (an `fs` root's inotify saw a
+    /// change): due now, and again right after a poll that is running now.
+    pub async fn poll_soon(&self, account_id: i64, now: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE detectors SET wake = 1, \
+             next_poll_ms = CASE WHEN next_poll_ms > $2 THEN $2 ELSE next_poll_ms END \
+             WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .bind(now)
+        .execute(&self.w())
+        .await?;
+        Ok(())
+    }
+
+    /// The account's detector row as operators and tests see it (`None`: no detector).
+    pub async fn detector_state(&self, account_id: i64) -> DbResult<Option<DetectorState>> {
+        let r = sqlx::query(
+            "SELECT lease_holder, last_holder, last_poll_ms FROM detectors WHERE account_id = $1",
+        )
+        .bind(account_id)
+        .fetch_optional(&self.w())
+        .await?;
+        r.map(|r| {
+            Ok(DetectorState {
+                holder: r.try_get("lease_holder")?,
+                last_holder: r.try_get("last_holder")?,
+                last_poll_ms: r.try_get("last_poll_ms")?,
+            })
+        })
+        .transpose()
     }
 
     /// Up to `limit` snapshot rows of the account after `after` (a sort key), in sort-key

@@ -45,7 +45,7 @@ pub mod topology;
 mod transfers;
 mod webhooks;
 pub use claims::{upload_claim_key, ClaimKind, ClaimRecord};
-pub use detect::DetectorLease;
+pub use detect::{DetectorLease, DetectorState};
 pub(crate) use events::Inserted;
 pub use events::{Echo, EventRecord, NewEvent, PreviousObject, StreamPosition};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};

@@ -169,20 +169,15 @@ pub fn watch(root: &Path, settle: Duration) -> Option<Watch> {
 }
 
 impl Watch {
-    /// Waits until something changed below the root (and the burst settled), or `interval`
-    /// passed (the poll that catches anything inotify missed, e.g. an overflowed queue).
-    pub async fn wait(&mut self, interval: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            got = self.rx.recv() => {
-                if got.is_some() {
-                    // Coalesce: more changes of the same burst arrive within the settle time.
-                    tokio::time::sleep(self.settle).await;
-                    while self.rx.try_recv().is_ok() {}
-                } else {
-                    tokio::time::sleep(interval).await;
-                }
-            }
+    /// Waits for a change below the root and for its burst to settle; false once the watch
+    /// has ended.
+    pub async fn changed(&mut self) -> bool {
+        if self.rx.recv().await.is_none() {
+            return false;
         }
+        // Coalesce: more changes of the same burst arrive within the settle time.
+        tokio::time::sleep(self.settle).await;
+        while self.rx.try_recv().is_ok() {}
+        true
     }
 }

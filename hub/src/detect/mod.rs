@@ -1,5 +1,14 @@
 //! Detection of changes made outside the API: one detector per account of an application
-//! that collects events, run by the one hub process holding the account's detector lease.
+//! that collects events, polled at intervals by whichever hub of the region takes the poll
+//! from the work queue, one poll of an account at a time (a lease in the database).
+//!
+//! Scheduling: every hub's scheduler hands the detectors that are due (`next_poll_ms`) to the
+//! region's `detect` queue ([`crate::workqueue`]: Redis Streams with `redis.url`, in-process
+//! without), marking them handed so that no other scheduler hands them too; a consumer on any
+//! hub takes the poll's lease (one conditional UPDATE: a duplicate delivery or a poll running
+//! elsewhere is skipped), polls, and sets the next due time. A hub that dies mid-poll leaves a
+//! lease that runs out; the poll is then due again and another hub redoes it. An `fs` root
+//! also has an inotify watch on the hubs that polled it lately, which makes it due at once.
 //!
 //! A detector polls the account's storage at `events.detect` intervals and merges the
 //! listing with the snapshot it stored in the database (`listing`): object stores are listed
@@ -73,116 +82,245 @@ impl From<listing::DiffError<PollError>> for PollError {
     }
 }
 
-/// Starts this hub's detector manager (when `events.detect.enabled`): every third of the
-/// lease it creates missing detector rows, renews its leases (stopping the detectors it
-/// lost), and takes over detectors whose lease ran out, up to `events.detect.max_accounts`.
-pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if !state.config.events.detect.enabled {
-            return;
+/// Polls handed to the queue per scheduler round trip.
+const HAND_BATCH: i64 = 200;
+/// The longest a scheduler sleeps between two looks at the schedule.
+const TICK: Duration = Duration::from_secs(1);
+/// Most `fs` roots one hub watches with inotify.
+const MAX_WATCHES: usize = 1024;
+
+/// This hub's detector tasks: the scheduler and the consumer of the `detect` queue.
+#[derive(Debug)]
+pub struct Tasks {
+    scheduler: tokio::task::JoinHandle<()>,
+    consumer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Tasks {
+    /// Stops both (and the polls running: their leases run out and another hub redoes them).
+    pub fn abort(&self) {
+        self.scheduler.abort();
+        if let Some(c) = &self.consumer {
+            c.abort();
         }
-        // Owned here: aborting the manager (a hub stopping) drops the set, which aborts
-        // every detector it runs.
-        let mut running = Running::default();
-        let every = state.config.events.detect.lease() / 3;
-        loop {
-            if let Err(e) = manage(&state, &mut running).await {
-                tracing::warn!(error = %e, "detector leases: a round failed");
-            }
-            state.metrics.detectors_held.set(running.held.len() as i64);
-            tokio::time::sleep(every).await;
-        }
+    }
+}
+
+/// Starts this hub's detector scheduler and its consumer of the region's `detect` work queue
+/// (when `events.detect.enabled`). The scheduler creates missing detector rows and hands due
+/// polls to the queue; the consumer runs the polls it is handed, at most
+/// `events.detect.concurrency` at once. With `redis.url`, every hub of the region takes polls
+/// from one Redis stream; fails when Redis cannot be reached at start-up.
+pub async fn spawn(state: AppState) -> anyhow::Result<Tasks> {
+    if !state.config.events.detect.enabled {
+        return Ok(Tasks {
+            scheduler: tokio::spawn(async {}),
+            consumer: None,
+        });
+    }
+    let queue = crate::workqueue::open(&state.config, "detect").await?;
+    let runner = Runner {
+        holder: crate::transfers::holder(&state),
+        state: state.clone(),
+        queue,
+        wake: Arc::new(tokio::sync::Notify::new()),
+        watches: Arc::default(),
+    };
+    let r = runner.clone();
+    let handler: crate::workqueue::Handler = Arc::new(move |payload: String| {
+        let r = r.clone();
+        Box::pin(async move { r.handle(&payload).await })
+    });
+    let consumer = runner.queue.consume(
+        state.config.events.detect.concurrency as usize,
+        state.metrics.detect_queue.clone(),
+        handler,
+    );
+    let scheduler = if state.config.events.detect.schedule {
+        tokio::spawn(runner.schedule())
+    } else {
+        tokio::spawn(async {})
+    };
+    Ok(Tasks {
+        scheduler,
+        consumer: Some(consumer),
     })
 }
 
-/// The detectors this hub runs.
-#[derive(Default)]
-struct Running {
-    tasks: tokio::task::JoinSet<()>,
-    held: HashMap<i64, tokio::task::AbortHandle>,
+/// The scheduler and the poll handler of one hub.
+#[derive(Clone)]
+struct Runner {
+    state: AppState,
+    holder: Arc<str>,
+    queue: crate::workqueue::WorkQueue,
+    /// Wakes the scheduler: an `fs` root changed, or a poll ended that must run again.
+    wake: Arc<tokio::sync::Notify>,
+    /// The inotify watches of `fs` roots this hub polled or saw change lately.
+    watches: Arc<std::sync::Mutex<HashMap<i64, Watching>>>,
 }
 
-/// One round of the manager.
-async fn manage(state: &AppState, running: &mut Running) -> Result<(), sqlx::Error> {
-    while running.tasks.try_join_next().is_some() {}
-    let holder = crate::transfers::holder(state);
-    let cfg = &state.config.events.detect;
-    let now = now_ms();
-    let until = now + cfg.lease_ms as i64;
-    let held: HashMap<i64, i64> = state
-        .db
-        .renew_detectors(&holder, until)
-        .await?
-        .into_iter()
-        .collect();
-    running.held.retain(|account, task| {
-        let keep = held.contains_key(account) && !task.is_finished();
-        if !keep {
-            task.abort();
-        }
-        keep
-    });
-    state.db.ensure_detectors(now).await?;
-    let room = (cfg.max_accounts as usize).saturating_sub(running.held.len()) as i64;
-    if room > 0 {
-        for lease in state.db.take_detectors(&holder, now, until, room).await? {
-            let account = lease.account_id;
-            tracing::debug!(account, epoch = lease.epoch, "took an account's detector");
-            let task = running.tasks.spawn(run(state.clone(), lease));
-            running.held.insert(account, task);
+/// An inotify watch kept for an account; dropping it stops the watch.
+struct Watching {
+    task: Option<tokio::task::AbortHandle>,
+    last_used: Instant,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
         }
     }
-    Ok(())
 }
 
-/// Runs one account's detector until its lease is lost (the manager aborts it then).
-async fn run(state: AppState, mut lease: DetectorLease) {
-    let account = match load_account(&state, &lease).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(account = lease.account_id, error = %e,
-                "detector: cannot open the account; giving its detector up");
-            let _ = state.db.release_detector(&lease).await;
+impl Runner {
+    /// Hands due polls to the queue: when the next one comes due, when woken, at least every
+    /// [`TICK`]. Every third of the lease it also creates the rows of accounts that started
+    /// collecting, and drops watches of `fs` roots nobody polled here lately.
+    async fn schedule(self) {
+        let cfg = &self.state.config.events.detect;
+        let lease = cfg.lease_ms as i64;
+        let mut housekeeping: Option<Instant> = None;
+        loop {
+            if housekeeping.is_none_or(|t| t.elapsed() >= cfg.lease() / 3) {
+                housekeeping = Some(Instant::now());
+                if let Err(e) = self.state.db.ensure_detectors(now_ms()).await {
+                    tracing::warn!(error = %e, "detectors: creating the rows of new accounts failed");
+                }
+                let keep = cfg.interval("fs") * 2 + cfg.lease();
+                lock(&self.watches).retain(|_, w| w.last_used.elapsed() < keep);
+            }
+            loop {
+                let now = now_ms();
+                match self
+                    .state
+                    .db
+                    .queue_due_detectors(now, now + lease, HAND_BATCH)
+                    .await
+                {
+                    Ok(due) => {
+                        for account in &due {
+                            // A failed push leaves the detector handed: it is handed again
+                            // once `queued_until` (a lease from now) has passed.
+                            let _ = self
+                                .queue
+                                .push(&account.to_string(), &self.state.metrics.detect_queue)
+                                .await;
+                        }
+                        if (due.len() as i64) < HAND_BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "detectors: handing due polls to the queue failed");
+                        break;
+                    }
+                }
+            }
+            let wait = match self.state.db.next_detector_due().await {
+                Ok(Some(t)) => Duration::from_millis((t - now_ms()).clamp(10, 1000) as u64),
+                _ => TICK,
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Runs the poll the queue handed (`payload`: the account id), if it is still due and no
+    /// other hub polls the account; then schedules the next.
+    async fn handle(&self, payload: &str) {
+        let Ok(account) = payload.parse::<i64>() else {
+            tracing::warn!(payload, "detect queue: not an account id; dropped");
             return;
+        };
+        let cfg = &self.state.config.events.detect;
+        let now = now_ms();
+        let lease = match self
+            .state
+            .db
+            .start_poll(account, &self.holder, now, now + cfg.lease_ms as i64)
+            .await
+        {
+            Ok(Some(l)) => l,
+            // Polled meanwhile (a duplicate), polled elsewhere right now, or not collecting.
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(account, error = %e, "detector: cannot take the poll's lease");
+                return;
+            }
+        };
+        let m = &self.state.metrics;
+        m.detect_running.inc();
+        let next = self.poll(&lease).await;
+        m.detect_running.dec();
+        if let Err(e) = self.state.db.end_poll(&lease, now_ms(), next).await {
+            // The lease runs out and the poll is redone.
+            tracing::warn!(account, error = %e, "detector: cannot end the poll");
         }
-    };
-    let service = account.connector.service();
-    if delta::is_delta_service(service) {
-        // Their delta APIs need a provider to talk to; the parsers and cursors are in
-        // `delta.rs`, the polling loop over them is not wired up yet.
-        tracing::debug!(
-            account = lease.account_id,
-            service,
-            "no detector for this service yet"
-        );
-        return;
+        // An `fs` root that changed while the poll ran is due at once.
+        self.wake.notify_one();
     }
-    let interval = state.config.events.detect.interval(service);
-    let mut wake = match &account.settings {
-        shared::storage::ServiceConfig::Fs(s) => fs::watch(
-            std::path::Path::new(&s.root),
-            Duration::from_millis(state.config.events.detect.fs_settle_ms),
-        ),
-        _ => None,
-    };
-    loop {
+
+    /// One poll under `lease`, renewed every third of its length while it runs; returns when
+    /// the next poll of the account is due.
+    async fn poll(&self, lease: &DetectorLease) -> i64 {
+        let cfg = &self.state.config.events.detect;
+        let account = match load_account(&self.state, lease).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(account = lease.account_id, error = %e,
+                    "detector: cannot open the account; trying again at the next interval");
+                return now_ms() + cfg.interval_ms as i64;
+            }
+        };
+        let service = account.connector.service();
+        let interval = cfg.interval(service);
+        let next = || now_ms() + interval.as_millis() as i64;
+        if delta::is_delta_service(service) {
+            // Their delta APIs need a provider to talk to; the parsers and cursors are in
+            // `delta.rs`, the polling over them is not wired up yet.
+            tracing::debug!(
+                account = lease.account_id,
+                service,
+                "no detector for this service yet"
+            );
+            return next();
+        }
+        if let shared::storage::ServiceConfig::Fs(s) = &account.settings {
+            self.watch(lease.account_id, std::path::Path::new(&s.root));
+        }
+        let renew = async {
+            loop {
+                tokio::time::sleep(cfg.lease() / 3).await;
+                match self
+                    .state
+                    .db
+                    .renew_poll(lease, now_ms() + cfg.lease_ms as i64)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(account = lease.account_id, error = %e,
+                        "detector: renewing the poll's lease failed"),
+                }
+            }
+        };
         let started = Instant::now();
+        let outcome = tokio::select! {
+            r = poll_once(&self.state, &account, lease) => r,
+            () = renew => Err(PollError::LeaseLost),
+        };
         let labels = ServiceLabels {
             service: service.to_owned(),
         };
-        let outcome = poll_once(&state, &account, &lease).await;
-        let m = &state.metrics;
+        let m = &self.state.metrics;
         m.detect_duration
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok((stats, polled_seq)) => {
-                m.detect_polls
-                    .get_or_create(&PollLabels {
-                        service: service.to_owned(),
-                        outcome: "ok",
-                    })
-                    .inc();
+        let result = match &outcome {
+            Ok((stats, _)) => {
                 m.detect_requests
                     .get_or_create(&labels)
                     .observe(stats.requests as f64);
@@ -192,26 +330,67 @@ async fn run(state: AppState, mut lease: DetectorLease) {
                 m.detect_changes
                     .get_or_create(&labels)
                     .inc_by(stats.recorded);
-                lease.baseline = true;
-                lease.polled_seq = polled_seq;
+                "ok"
             }
-            Err(PollError::LeaseLost) => return,
             Err(e) => {
-                m.detect_polls
-                    .get_or_create(&PollLabels {
-                        service: service.to_owned(),
-                        outcome: "error",
-                    })
-                    .inc();
                 tracing::warn!(account = lease.account_id, service, error = %e,
                     "detector: the poll failed; trying again at the next interval");
+                "error"
             }
-        }
-        match wake.as_mut() {
-            Some(w) => w.wait(interval).await,
-            None => tokio::time::sleep(interval).await,
-        }
+        };
+        m.detect_polls
+            .get_or_create(&PollLabels {
+                service: service.to_owned(),
+                outcome: result,
+            })
+            .inc();
+        next()
     }
+
+    /// Keeps an inotify watch on the `fs` root of `account`: a change below it makes the
+    /// account due at once (on whichever hub then takes the poll).
+    fn watch(&self, account: i64, root: &std::path::Path) {
+        let mut watches = lock(&self.watches);
+        if let Some(w) = watches.get_mut(&account) {
+            w.last_used = Instant::now();
+            return;
+        }
+        if watches.len() >= MAX_WATCHES {
+            return;
+        }
+        let settle = Duration::from_millis(self.state.config.events.detect.fs_settle_ms);
+        // `None`: inotify is unavailable (logged); remembered so that it is not tried per poll.
+        let task = fs::watch(root, settle).map(|mut w| {
+            let db = self.state.db.clone();
+            let wake = self.wake.clone();
+            let watches = Arc::downgrade(&self.watches);
+            tokio::spawn(async move {
+                while w.changed().await {
+                    if let Some(all) = watches.upgrade() {
+                        if let Some(me) = lock(&all).get_mut(&account) {
+                            me.last_used = Instant::now();
+                        }
+                    }
+                    if let Err(e) = db.poll_soon(account, now_ms()).await {
+                        tracing::warn!(account, error = %e, "detector: cannot mark an fs account due");
+                    }
+                    wake.notify_one();
+                }
+            })
+            .abort_handle()
+        });
+        watches.insert(
+            account,
+            Watching {
+                task,
+                last_used: Instant::now(),
+            },
+        );
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn load_account(state: &AppState, lease: &DetectorLease) -> Result<Account, PollError> {

@@ -2,17 +2,18 @@
 //! created, changed, renamed and deleted directly in an `fs` root, in an S3 bucket (moto,
 //! through the S3 API), on WebDAV (rclone) and on SFTP (OpenSSH) each give the right events
 //! within a few polls (and on Azure Blob through Azurite); a change made through the API gives exactly one event; an account of
-//! an application that does not collect gets no detector; two hubs on one PostgreSQL run one
-//! detector per account, and the second takes it over when the first is stopped.
+//! an application that does not collect gets no detector; two hubs on one PostgreSQL and one
+//! Redis share the polls and each change is recorded once, also after one hub stopped; a poll
+//! left by a dead hub is redone once its lease has run out.
 
-use e2e::servers::{AzuriteServer, Postgres, S3Server, SftpServer, WebDavServer};
+use e2e::servers::{AzuriteServer, Postgres, RedisServer, S3Server, SftpServer, WebDavServer};
 use e2e::{HubOptions, TestHub};
 use reqwest::Method;
 use serde_json::{json, Value};
 use shared::storage::{ConnectOptions, Connector, EntryKind, ServiceConfig, StoragePath};
 use std::time::{Duration, Instant};
 
-/// Polls every 200 ms; leases of 3 s so a takeover is quick.
+/// Polls every 200 ms; leases of 3 s so that a dead hub's poll is redone quickly.
 const YAML: &str =
     "events:\n  detect:\n    interval_ms: 200\n    lease_ms: 3000\n    fs_settle_ms: 50\n";
 
@@ -61,7 +62,7 @@ async fn polled_after(hub: &TestHub, acc: i64, after: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = hub.state.db.detector_state(acc).await.expect("state");
-        if let Some((_, Some(t))) = st {
+        if let Some(t) = st.and_then(|s| s.last_poll_ms) {
             if t > after {
                 return t;
             }
@@ -409,17 +410,19 @@ async fn no_detector_without_collection() {
     polled_after(&hub, qid, 0).await;
 }
 
-/// Two hubs on one PostgreSQL: one detector per account (a single holder, and each outside
-/// change recorded once); the holder stopped, the other hub takes over within the lease and
-/// records the next change.
+/// Two hubs on one PostgreSQL and one Redis, B without a scheduler: the polls A hands to the
+/// Redis stream are run by both hubs; each outside change is recorded once; with one
+/// hub stopped the other polls every account and records the next changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_detector_across_hubs_and_takeover() {
+async fn polls_spread_over_hubs_through_redis() {
+    let redis = RedisServer::start().await.expect("redis");
     let pg = Postgres::start().await.expect("postgres");
     let dir = tempfile::tempdir().expect("tmp");
+    let with_redis = format!("{YAML}redis:\n  url: \"{}\"\n", redis.url());
     let a = TestHub::start_with(HubOptions {
         database_url: Some(pg.url()),
         dir: Some(dir.path().join("a")),
-        yaml: Some(YAML.into()),
+        yaml: Some(with_redis.clone()),
         ..Default::default()
     })
     .await
@@ -431,71 +434,132 @@ async fn one_detector_across_hubs_and_takeover() {
     let b = TestHub::start_with(HubOptions {
         database_url: Some(pg.url()),
         dir: Some(b_dir),
+        // B hands nothing to the queue: every poll it runs came from A through Redis.
         yaml: Some(format!(
-            "{YAML}storage:\n  fs:\n    allowed_roots:\n      - {}\n",
+            "{}    schedule: false\n{}storage:\n  fs:\n    allowed_roots:\n      - {}\n",
+            YAML,
+            with_redis.trim_start_matches(YAML),
             a.fs_allowed_root().display()
         )),
         ..Default::default()
     })
     .await
     .expect("hub b");
-    let root = a.new_fs_root("shared").expect("root");
-    let acc = connect(&a, "fs", json!({ "root": root })).await;
-    let t = polled_after(&a, acc, 0).await;
-    polled_after(&a, acc, t).await;
-    let (holder, _) = a
+    let mut accs = Vec::new();
+    for i in 0..8 {
+        let root = a.new_fs_root(&format!("spread{i}")).expect("root");
+        let acc = connect(&a, "fs", json!({ "root": root })).await;
+        accs.push((acc, root));
+    }
+    let mut cursors = Vec::new();
+    for (acc, _) in &accs {
+        let t = polled_after(&a, *acc, 0).await;
+        polled_after(&a, *acc, t).await;
+        cursors.push(events_after(&a, *acc, None).await.1);
+    }
+    // Who ran the polls, sampled for a few seconds: both hubs.
+    let mut holders = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holders.len() < 2 && Instant::now() < deadline {
+        for (acc, _) in &accs {
+            let st = a
+                .state
+                .db
+                .detector_state(*acc)
+                .await
+                .expect("s")
+                .expect("row");
+            holders.extend(st.last_holder);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(holders.len(), 2, "polls ran on {holders:?} only");
+    let pushed = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("switchyard_hub_detect_queue_pushed_total "))
+            .map(|v| v.parse::<f64>().expect("number"))
+    };
+    assert!(pushed(&a.state.metrics.render()).is_some_and(|n| n > 0.0));
+    assert_eq!(pushed(&b.state.metrics.render()), Some(0.0));
+
+    for (acc, root) in &accs {
+        std::fs::write(root.join(format!("f{acc}.txt")), "x").expect("write");
+    }
+    for ((acc, _), cursor) in accs.iter().zip(cursors.iter_mut()) {
+        *cursor = expect_events(&a, *acc, cursor, &[&format!("add /f{acc}.txt")]).await;
+    }
+
+    // B stops (its polls running are aborted; their leases run out): A polls every account.
+    let auth = a.apikey();
+    let b_holder = hub::transfers::holder(&b.state).to_string();
+    b.stop().await.expect("stop");
+    let stopped_at = now_ms();
+    for (acc, root) in &accs {
+        std::fs::write(root.join("after.txt"), "x").expect("write");
+        polled_after(&a, *acc, stopped_at).await;
+    }
+    for ((acc, _), cursor) in accs.iter().zip(cursors.iter()) {
+        expect_events_as(&a, &auth, *acc, cursor, &["add /after.txt"]).await;
+        let st = a
+            .state
+            .db
+            .detector_state(*acc)
+            .await
+            .expect("s")
+            .expect("row");
+        assert_ne!(st.last_holder.as_deref(), Some(b_holder.as_str()));
+    }
+}
+
+/// A hub that took a poll and died holds the account's lease until it runs out: no other hub
+/// polls meanwhile, and then one redoes the poll and records the change it finds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_left_by_a_dead_hub_is_redone_after_its_lease() {
+    let hub = hub(None).await;
+    let root = hub.new_fs_root("dead").expect("root");
+    let acc = connect(&hub, "fs", json!({ "root": root })).await;
+    let t = polled_after(&hub, acc, 0).await;
+    polled_after(&hub, acc, t).await;
+    let (_, cursor) = events_after(&hub, acc, None).await;
+    // Take the next poll as a hub that then dies: a lease of 2 s, never renewed or ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let until = loop {
+        let now = now_ms();
+        let until = now + 2000;
+        if hub
+            .state
+            .db
+            .start_poll(acc, "dead-hub#1", now, until)
+            .await
+            .expect("start")
+            .is_some()
+        {
+            break until;
+        }
+        assert!(Instant::now() < deadline, "the poll never came due");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let before = hub
         .state
         .db
         .detector_state(acc)
         .await
-        .expect("state")
-        .expect("row");
-    let holder = holder.expect("held");
-    let (_, cursor) = events_after(&a, acc, None).await;
-    for i in 0..5 {
-        std::fs::write(root.join(format!("f{i}.txt")), "x").expect("write");
-    }
-    let want: Vec<String> = (0..5).map(|i| format!("add /f{i}.txt")).collect();
-    let want: Vec<&str> = want.iter().map(String::as_str).collect();
-    let cursor = expect_events(&a, acc, &cursor, &want).await;
-    // The same holder all along.
-    let (now_holder, _) = a
+        .expect("s")
+        .and_then(|s| s.last_poll_ms)
+        .expect("polled");
+    std::fs::write(root.join("late.txt"), "x").expect("write");
+    let t = polled_after(&hub, acc, before).await;
+    assert!(
+        t >= until,
+        "a poll ended at {t} while the dead hub's lease ran until {until}"
+    );
+    expect_events(&hub, acc, &cursor, &["add /late.txt"]).await;
+    let st = hub
         .state
         .db
         .detector_state(acc)
         .await
         .expect("s")
         .expect("row");
-    assert_eq!(now_holder.as_deref(), Some(holder.as_str()));
-
-    // Stop the holder's hub (its tasks end with it); the other takes over.
-    let auth = a.apikey();
-    let (stopped, survivor) = if holder.contains(&a.base_url.replace("http://", "")) {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    let stopped_at = now_ms();
-    stopped.stop().await.expect("stop");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (h, _) = survivor
-            .state
-            .db
-            .detector_state(acc)
-            .await
-            .expect("s")
-            .expect("row");
-        if h.as_deref().is_some_and(|h| h != holder) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no takeover within 20 s (lease 3 s)"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    polled_after(&survivor, acc, stopped_at).await;
-    std::fs::write(root.join("after.txt"), "x").expect("write");
-    expect_events_as(&survivor, &auth, acc, &cursor, &["add /after.txt"]).await;
+    assert_ne!(st.last_holder.as_deref(), Some("dead-hub#1"));
 }

@@ -52,8 +52,11 @@ pub enum Echo {
     /// A detected change: not recorded when an event numbered above `after_seq` (the stream
     /// position before the previous complete listing) already leads to this outcome: the
     /// same path with the same version, a delete or a move away of it or of a folder above
-    /// it, or a folder above it renamed, moved or copied into place.
-    Detected { after_seq: i64 },
+    /// it, or a folder above it renamed, moved or copied into place. Of the events up to
+    /// `listed_seq` (the position read before this listing started, so its listing saw them)
+    /// the latest counts; of those after it, any: the listing may have seen the state one of
+    /// them left before the next one changed it again (a rename the API then deleted).
+    Detected { after_seq: i64, listed_seq: i64 },
 }
 
 /// What an event leaves at a path, for [`Echo`] checks.
@@ -252,9 +255,21 @@ impl Db {
     /// Whether every outcome of `e` is already in the feed (see [`Echo`]). Runs under the
     /// stream lock [`Db::insert_event`] took.
     async fn is_echo(&self, conn: &mut AnyConnection, e: &NewEvent) -> DbResult<bool> {
-        if e.echo == Echo::Never {
-            return Ok(false);
-        }
+        // Two windows of stream numbers: the latest row of the first must explain the outcome,
+        // or any row of the second; API events count for detected changes only.
+        let (latest, any, since_ms, api_ok) = match e.echo {
+            Echo::Never => return Ok(false),
+            Echo::Api { since_ms } => ((0, i64::MAX), None, since_ms, 0),
+            Echo::Detected {
+                after_seq,
+                listed_seq,
+            } => (
+                (after_seq, listed_seq.max(after_seq)),
+                Some((listed_seq.max(after_seq), i64::MAX)),
+                0,
+                1,
+            ),
+        };
         for o in outcomes(e) {
             let path = match &o {
                 Outcome::Present { path, .. } | Outcome::Absent { path } => *path,
@@ -263,77 +278,25 @@ impl Db {
                 Echo::Detected { .. } => ancestors(path),
                 _ => Vec::new(),
             };
-            let (after_seq, since_ms, api_ok) = match e.echo {
-                Echo::Detected { after_seq } => (after_seq, 0, 1),
-                Echo::Api { since_ms } => (0, since_ms, 0),
-                Echo::Never => unreachable!("checked above"),
-            };
-            // $1 account, $2 after, $3 since, $4 whether API events count, $5 the path, then
-            // the folders above it.
-            let list = (0..up.len())
-                .map(|i| format!("${}", i + 6))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let above = if up.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " OR (path IN ({list}) AND (kind IN ('delete', 'rename', 'move', 'copy') \
-                     OR (kind = 'add' AND action = 'move'))) OR prev_path IN ({list})"
-                )
-            };
-            let sql = format!(
-                "SELECT kind, path, prev_path, version, size, mtime_ms FROM events \
-                 WHERE account_id = $1 AND seq > $2 AND created_ms >= $3 \
-                 AND (origin <> 'api' OR $4 = 1) \
-                 AND (path = $5 OR prev_path = $5{above}) ORDER BY seq DESC LIMIT 1"
-            );
-            let mut q = sqlx::query(&sql)
-                .bind(e.account_id)
-                .bind(after_seq)
-                .bind(since_ms)
-                .bind(api_ok)
-                .bind(path);
-            for a in &up {
-                q = q.bind(*a);
+            let mut explained = false;
+            let rows =
+                echo_candidates(conn, e.account_id, path, &up, latest, since_ms, api_ok, 1).await?;
+            if let Some(r) = rows.first() {
+                explained = explains(r, &o, path)?;
             }
-            let Some(r) = q.fetch_optional(&mut *conn).await? else {
-                return Ok(false);
-            };
-            let kind: String = r.try_get("kind")?;
-            let at: String = r.try_get("path")?;
-            let moved_away = r
-                .try_get::<Option<String>, _>("prev_path")?
-                .is_some_and(|p| {
-                    p == path
-                        || path
-                            .strip_prefix(p.as_str())
-                            .is_some_and(|r| r.starts_with('/'))
-                })
-                && at != path;
-            let gone = kind == "delete" || moved_away;
-            let explained = match o {
-                Outcome::Absent { .. } => gone,
-                Outcome::Present { .. } if gone => false,
-                // A folder above was renamed, moved or copied into place: its contents came along.
-                Outcome::Present { .. } if at != path => true,
-                Outcome::Present {
-                    version,
-                    size,
-                    mtime_ms,
-                    ..
-                } => {
-                    let v: Option<String> = r.try_get("version")?;
-                    let s: Option<i64> = r.try_get("size")?;
-                    let m: Option<i64> = r.try_get("mtime_ms")?;
-                    match (version, v.as_deref()) {
-                        (Some(a), Some(b)) => a == b,
-                        // Folders carry no size; files compare size and time.
-                        _ if size.is_none() => s.is_none(),
-                        _ => size == s && mtime_ms.is_some() && mtime_ms == m,
+            if !explained {
+                if let Some(w) = any {
+                    for r in
+                        echo_candidates(conn, e.account_id, path, &up, w, since_ms, api_ok, 100)
+                            .await?
+                    {
+                        if explains(&r, &o, path)? {
+                            explained = true;
+                            break;
+                        }
                     }
                 }
-            };
+            }
             if !explained {
                 return Ok(false);
             }
@@ -460,4 +423,89 @@ impl Db {
             .await?;
         Ok(())
     }
+}
+
+/// The events of `account` numbered in `(lo, hi]`, recorded at or after `since_ms`, that may
+/// explain an outcome at `path` (`up`: the folders above it), newest first, at most `limit`.
+#[allow(clippy::too_many_arguments)]
+async fn echo_candidates(
+    conn: &mut AnyConnection,
+    account_id: i64,
+    path: &str,
+    up: &[&str],
+    (lo, hi): (i64, i64),
+    since_ms: i64,
+    api_ok: i64,
+    limit: i64,
+) -> DbResult<Vec<AnyRow>> {
+    // $1 account, $2 after, $3 up to, $4 since, $5 whether API events count, $6 the path,
+    // $7 the limit, then the folders above it.
+    let list = (0..up.len())
+        .map(|i| format!("${}", i + 8))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let above = if up.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " OR (path IN ({list}) AND (kind IN ('delete', 'rename', 'move', 'copy') \
+             OR (kind = 'add' AND action = 'move'))) OR prev_path IN ({list})"
+        )
+    };
+    let sql = format!(
+        "SELECT kind, path, prev_path, version, size, mtime_ms FROM events \
+         WHERE account_id = $1 AND seq > $2 AND seq <= $3 AND created_ms >= $4 \
+         AND (origin <> 'api' OR $5 = 1) \
+         AND (path = $6 OR prev_path = $6{above}) ORDER BY seq DESC LIMIT $7"
+    );
+    let mut q = sqlx::query(&sql)
+        .bind(account_id)
+        .bind(lo)
+        .bind(hi)
+        .bind(since_ms)
+        .bind(api_ok)
+        .bind(path)
+        .bind(limit);
+    for a in up {
+        q = q.bind(*a);
+    }
+    q.fetch_all(&mut *conn).await
+}
+
+/// Whether the event `r` leaves outcome `o` at `path`.
+fn explains(r: &AnyRow, o: &Outcome<'_>, path: &str) -> DbResult<bool> {
+    let kind: String = r.try_get("kind")?;
+    let at: String = r.try_get("path")?;
+    let moved_away = r
+        .try_get::<Option<String>, _>("prev_path")?
+        .is_some_and(|p| {
+            p == path
+                || path
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        })
+        && at != path;
+    let gone = kind == "delete" || moved_away;
+    Ok(match o {
+        Outcome::Absent { .. } => gone,
+        Outcome::Present { .. } if gone => false,
+        // A folder above was renamed, moved or copied into place: its contents came along.
+        Outcome::Present { .. } if at != path => true,
+        Outcome::Present {
+            version,
+            size,
+            mtime_ms,
+            ..
+        } => {
+            let v: Option<String> = r.try_get("version")?;
+            let s: Option<i64> = r.try_get("size")?;
+            let m: Option<i64> = r.try_get("mtime_ms")?;
+            match (version, v.as_deref()) {
+                (Some(a), Some(b)) => *a == b,
+                // Folders carry no size; files compare size and time.
+                _ if size.is_none() => s.is_none(),
+                _ => *size == s && mtime_ms.is_some() && *mtime_ms == m,
+            }
+        }
+    })
 }

@@ -420,7 +420,7 @@ pub async fn poll_once(
     let head = state.db.stream_head(lease.account_id).await?;
     let strong = c.strong_etags();
     let mut stats = PollStats::default();
-    let mut rec = Recorder::new(state, account, lease);
+    let mut rec = Recorder::new(state, account, lease, head);
     let snapshot = snapshot_stream(state, lease.account_id);
     if let shared::storage::ServiceConfig::Fs(s) = &account.settings {
         let (listing, folders) = fs::walk(std::path::PathBuf::from(&s.root));
@@ -546,6 +546,8 @@ struct Recorder<'a> {
     state: &'a AppState,
     account: &'a Account,
     lease: &'a DetectorLease,
+    /// The stream position read before this poll's listing started.
+    listed_seq: i64,
     pairing: Pairing,
     put: Vec<Seen>,
     delete: Vec<String>,
@@ -559,11 +561,17 @@ impl listing::DiffSink<PollError> for Recorder<'_> {
 }
 
 impl<'a> Recorder<'a> {
-    fn new(state: &'a AppState, account: &'a Account, lease: &'a DetectorLease) -> Self {
+    fn new(
+        state: &'a AppState,
+        account: &'a Account,
+        lease: &'a DetectorLease,
+        listed_seq: i64,
+    ) -> Self {
         Self {
             state,
             account,
             lease,
+            listed_seq,
             pairing: Pairing::default(),
             put: Vec::new(),
             delete: Vec::new(),
@@ -664,6 +672,7 @@ impl<'a> Recorder<'a> {
         e.user_id = None;
         e.echo = Echo::Detected {
             after_seq: self.lease.polled_seq,
+            listed_seq: self.listed_seq,
         };
         if events::record_event(self.state, &e).await {
             self.recorded += 1;

@@ -9,6 +9,10 @@ use shared::proto::{
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Batches of published-upload reports one spoke session holds for recording in order; past
+/// this, a batch is recorded on its own.
+const UPLOADED_BACKLOG: usize = 64;
+
 /// How long a new connection may take to open its stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -283,6 +287,21 @@ async fn control(
     tracing::info!(spoke_id = spoke.id, name = %spoke.name, region = %spoke.region,
                    remote = %conn.remote_address(), "spoke connected");
     crate::transfers::spoke_ready(&state, spoke.id, &hello.running);
+    // The spoke's reports of published uploads, recorded off the control loop (each is a
+    // database transaction) by one task per session, in the order the spoke sent them: the
+    // feed shows an upload and its overwrite in the order they happened. Dropping the sender
+    // at the end of the session lets it finish what it holds.
+    let (uploaded_tx, mut uploaded_rx) =
+        mpsc::channel::<Vec<shared::proto::UploadDone>>(UPLOADED_BACKLOG);
+    {
+        let state = state.clone();
+        let spoke_id = spoke.id;
+        tokio::spawn(async move {
+            while let Some(batch) = uploaded_rx.recv().await {
+                crate::events::record_direct_uploads(&state, spoke_id, batch).await;
+            }
+        });
+    }
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -291,11 +310,20 @@ async fn control(
                         crate::claims::touch_spoke_uploads(&state, spoke.id, &hb.uploads).await;
                         let uploaded = std::mem::take(&mut hb.uploaded);
                         if !uploaded.is_empty() {
-                            // Off the control loop: each is a database transaction.
-                            let state = state.clone();
-                            tokio::spawn(async move {
-                                crate::events::record_direct_uploads(&state, spoke.id, uploaded).await;
-                            });
+                            if let Err(e) = uploaded_tx.try_send(uploaded) {
+                                // A database slower than the spoke: record this batch on its
+                                // own rather than stall the control loop (order may suffer).
+                                let uploaded = match e {
+                                    mpsc::error::TrySendError::Full(b)
+                                    | mpsc::error::TrySendError::Closed(b) => b,
+                                };
+                                let state = state.clone();
+                                let spoke_id = spoke.id;
+                                tokio::spawn(async move {
+                                    crate::events::record_direct_uploads(&state, spoke_id, uploaded)
+                                        .await;
+                                });
+                            }
                         }
                         state.network.registry.heartbeat(spoke.id, hb);
                     }

@@ -201,6 +201,33 @@ async fn api_upload(hub: &TestHub, acc: i64, name: &str, text: &str) -> Value {
     r.json().await.expect("json")
 }
 
+/// Runs `f` while no poll of `acc` runs: takes the next poll's lease as the test, then gives
+/// it back due at once.
+async fn between_polls<T>(hub: &TestHub, acc: i64, f: impl std::future::Future<Output = T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lease = loop {
+        let now = now_ms();
+        if let Some(l) = hub
+            .state
+            .db
+            .start_poll(acc, "test#1", now, now + 10_000)
+            .await
+            .expect("start")
+        {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "no poll of {acc} came due");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let out = f.await;
+    hub.state
+        .db
+        .end_poll(&lease, now_ms(), now_ms())
+        .await
+        .expect("end");
+    out
+}
+
 /// The changes every service goes through: made with `c` (the provider's own protocol),
 /// then one through the API. `renames`: whether the service gives renames (else they are a
 /// delete and an add); `folders`: whether folders are objects of their own.
@@ -227,9 +254,15 @@ async fn scenario(hub: &TestHub, acc: i64, c: &Connector, renames: bool, folders
         .expect("write");
     let cursor = expect_events(hub, acc, &cursor, &["update /a.txt"]).await;
 
-    c.rename(&p("a.txt"), &p("c.txt"), EntryKind::File)
-        .await
-        .expect("rename");
+    // Object stores rename by copy + delete: a listing between the two would see an add and
+    // then a delete. The test holds the detector's lease while it renames.
+    between_polls(
+        hub,
+        acc,
+        c.rename(&p("a.txt"), &p("c.txt"), EntryKind::File),
+    )
+    .await
+    .expect("rename");
     let want: &[&str] = if renames {
         &["rename /c.txt <- a.txt"]
     } else {
@@ -237,9 +270,13 @@ async fn scenario(hub: &TestHub, acc: i64, c: &Connector, renames: bool, folders
     };
     let cursor = expect_events(hub, acc, &cursor, want).await;
 
-    c.rename(&p("c.txt"), &p("d/c.txt"), EntryKind::File)
-        .await
-        .expect("move");
+    between_polls(
+        hub,
+        acc,
+        c.rename(&p("c.txt"), &p("d/c.txt"), EntryKind::File),
+    )
+    .await
+    .expect("move");
     let want: &[&str] = if renames {
         &["move /d/c.txt <- c.txt"]
     } else {
@@ -562,4 +599,97 @@ async fn a_poll_left_by_a_dead_hub_is_redone_after_its_lease() {
         .expect("s")
         .expect("row");
     assert_ne!(st.last_holder.as_deref(), Some("dead-hub#1"));
+}
+
+/// A poll lists while the API renames a folder and then deletes it: its listing saw the
+/// rename's result, but its record comes after the delete committed. The listing's state is
+/// the one the API's rename left (the latest event before the listing started), so nothing is
+/// recorded; a listing that started after the delete and still sees the folder (made again
+/// from outside) records it.
+#[tokio::test]
+async fn a_state_the_api_left_before_changing_it_again_is_an_echo() {
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some("events:\n  detect:\n    enabled: false\n".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let acc = hub.creds.account_id;
+    let head = || hub.state.db.stream_head(acc);
+    let call = |method: Method, path: String, body: Option<Value>| {
+        let r = hub.req(method, &hub.url(&path));
+        async move {
+            let r = match body {
+                Some(b) => r.json(&b),
+                None => r,
+            };
+            let r = r.send().await.expect("call");
+            let s = r.status().as_u16();
+            (s, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let h0 = head().await.expect("head");
+    let (s, docs) = call(
+        Method::POST,
+        format!("/v1/accounts/{acc}/storage/folders"),
+        Some(json!({"parent_id": "root", "name": "docs"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{docs}");
+    let id = docs["id"].as_str().expect("id");
+    let (s, docs2) = call(
+        Method::PATCH,
+        format!("/v1/accounts/{acc}/storage/folders/{id}"),
+        Some(json!({"name": "docs2"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{docs2}");
+    let listed = head().await.expect("head");
+    let id2 = docs2["id"].as_str().expect("id");
+    let (s, _) = call(
+        Method::DELETE,
+        format!("/v1/accounts/{acc}/storage/folders/{id2}?recursive=true"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (from, to) = (p("docs"), p("docs2"));
+    let entry = shared::storage::Entry {
+        path: to.clone(),
+        kind: EntryKind::Folder,
+        size: 0,
+        modified: None,
+        etag: None,
+        content_type: None,
+    };
+    let detected = |listed_seq: i64| {
+        let mut e = hub::events::new_event(
+            &hub.state.ids,
+            &hub::events::Change {
+                account: acc,
+                kind: hub::events::rename_or_move(&from, &to),
+                action: "detected",
+                entry: &entry,
+                from: Some(&from),
+                dedupe_key: None,
+            },
+        );
+        e.origin = "detect";
+        e.ip = None;
+        e.user_id = None;
+        e.echo = hub::db::Echo::Detected {
+            after_seq: h0,
+            listed_seq,
+        };
+        e
+    };
+    assert!(
+        !hub::events::record_event(&hub.state, &detected(listed)).await,
+        "the rename the API made was recorded again"
+    );
+    let after_delete = head().await.expect("head");
+    assert!(
+        hub::events::record_event(&hub.state, &detected(after_delete)).await,
+        "a state seen after the API's delete is a change of its own"
+    );
 }

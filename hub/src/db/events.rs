@@ -46,8 +46,9 @@ pub enum Echo {
     /// Always recorded.
     #[default]
     Never,
-    /// An API change: not recorded when a detector already recorded the same outcome for its
-    /// path at or after `since_ms` (the request's start).
+    /// An API change: not recorded when a detected event recorded at or after `since_ms` (the
+    /// request's start) left the same outcome at its path (any of them: the detector may have
+    /// seen the API's change and then another).
     Api { since_ms: i64 },
     /// A detected change: not recorded when an event numbered above `after_seq` (the stream
     /// position before the previous complete listing) already leads to this outcome: the
@@ -259,7 +260,9 @@ impl Db {
         // or any row of the second; API events count for detected changes only.
         let (latest, any, since_ms, api_ok) = match e.echo {
             Echo::Never => return Ok(false),
-            Echo::Api { since_ms } => ((0, i64::MAX), None, since_ms, 0),
+            // Any detected event since the request started: the detector may have changed the
+            // path again after it recorded the API's outcome.
+            Echo::Api { since_ms } => ((0, 0), Some((0, i64::MAX)), since_ms, 0),
             Echo::Detected {
                 after_seq,
                 listed_seq,
@@ -279,10 +282,13 @@ impl Db {
                 _ => Vec::new(),
             };
             let mut explained = false;
-            let rows =
-                echo_candidates(conn, e.account_id, path, &up, latest, since_ms, api_ok, 1).await?;
-            if let Some(r) = rows.first() {
-                explained = explains(r, &o, path)?;
+            if latest.0 < latest.1 {
+                let rows =
+                    echo_candidates(conn, e.account_id, path, &up, latest, since_ms, api_ok, 1)
+                        .await?;
+                if let Some(r) = rows.first() {
+                    explained = explains(r, &o, path)?;
+                }
             }
             if !explained {
                 if let Some(w) = any {

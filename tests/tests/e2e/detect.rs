@@ -75,6 +75,18 @@ async fn polled_after(hub: &TestHub, acc: i64, after: i64) -> i64 {
     }
 }
 
+/// Writes a file into an `fs` root the way editors save: written beside the root, then
+/// renamed into it, so that a listing sees it whole or not at all (a plain write is seen
+/// empty by a listing that comes between its create and its write: an add, then an update).
+fn put_file(root: &std::path::Path, name: &str, text: impl AsRef<[u8]>) {
+    let tmp = root
+        .parent()
+        .expect("a root has a parent")
+        .join(format!(".put-{}-{name}", std::process::id()));
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, root.join(name)).expect("rename into the root");
+}
+
 fn now_ms() -> i64 {
     hub::state::now_ms()
 }
@@ -340,7 +352,7 @@ async fn fs_outside_changes() {
     // renamed folder is one rename (its contents move with it).
     let (_, cursor) = events_after(&hub, acc, None).await;
     for i in 0..50 {
-        std::fs::write(root.join(format!("burst-{i}.txt")), format!("{i}")).expect("write");
+        put_file(&root, &format!("burst-{i}.txt"), format!("{i}"));
     }
     std::fs::rename(root.join("d"), root.join("e")).expect("rename folder");
     let mut want: Vec<String> = (0..50).map(|i| format!("add /burst-{i}.txt")).collect();
@@ -415,7 +427,7 @@ async fn no_detector_without_collection() {
         .await
         .expect("json");
     let qid = acc["id"].as_i64().expect("id");
-    std::fs::write(root.join("outside.txt"), "x").expect("write");
+    put_file(&root, "outside.txt", "x");
     // The dev account's detector polls twice meanwhile: the manager ran several rounds.
     let dev = hub.creds.account_id;
     let t = polled_after(&hub, dev, 0).await;
@@ -520,7 +532,7 @@ async fn polls_spread_over_hubs_through_redis() {
     assert_eq!(pushed(&b.state.metrics.render()), Some(0.0));
 
     for (acc, root) in &accs {
-        std::fs::write(root.join(format!("f{acc}.txt")), "x").expect("write");
+        put_file(root, &format!("f{acc}.txt"), "x");
     }
     for ((acc, _), cursor) in accs.iter().zip(cursors.iter_mut()) {
         *cursor = expect_events(&a, *acc, cursor, &[&format!("add /f{acc}.txt")]).await;
@@ -532,7 +544,7 @@ async fn polls_spread_over_hubs_through_redis() {
     b.stop().await.expect("stop");
     let stopped_at = now_ms();
     for (acc, root) in &accs {
-        std::fs::write(root.join("after.txt"), "x").expect("write");
+        put_file(root, "after.txt", "x");
         polled_after(&a, *acc, stopped_at).await;
     }
     for ((acc, _), cursor) in accs.iter().zip(cursors.iter()) {
@@ -584,7 +596,7 @@ async fn a_poll_left_by_a_dead_hub_is_redone_after_its_lease() {
         .expect("s")
         .and_then(|s| s.last_poll_ms)
         .expect("polled");
-    std::fs::write(root.join("late.txt"), "x").expect("write");
+    put_file(&root, "late.txt", "x");
     let t = polled_after(&hub, acc, before).await;
     assert!(
         t >= until,

@@ -278,6 +278,32 @@ impl TestHub {
         Ok(p.canonicalize()?)
     }
 
+    /// A second hub on the database at `database_url` (this hub's) in `dir`: it shares this
+    /// hub's master key (it opens this hub's accounts and keys) and allows its `fs` roots;
+    /// `yaml` comes before that `storage` section.
+    pub async fn start_peer(
+        &self,
+        database_url: String,
+        dir: PathBuf,
+        yaml: &str,
+    ) -> anyhow::Result<TestHub> {
+        std::fs::create_dir_all(dir.join("data"))?;
+        std::fs::copy(
+            self.data_dir.join("master.key"),
+            dir.join("data/master.key"),
+        )?;
+        TestHub::start_with(HubOptions {
+            database_url: Some(database_url),
+            dir: Some(dir),
+            yaml: Some(format!(
+                "{yaml}storage:\n  fs:\n    allowed_roots:\n      - {}\n",
+                self.fs_allowed_root().display()
+            )),
+            ..Default::default()
+        })
+        .await
+    }
+
     /// The allowed `fs` root `roots` (canonical), where each application owns `app-<id>`.
     pub fn fs_allowed_root(&self) -> PathBuf {
         self._dir
@@ -407,4 +433,28 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// `(status, JSON body)` of a request to `hub` with `auth` (`Null` when the body is not JSON).
+pub async fn call(
+    hub: &TestHub,
+    method: reqwest::Method,
+    auth: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut r = hub
+        .http
+        .request(method, hub.url(path))
+        .header("Authorization", auth);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }

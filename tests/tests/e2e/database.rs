@@ -260,20 +260,10 @@ async fn revocation_reaches_every_hub_within_a_second() {
     .await
     .expect("hub a");
     // Hub B shares A's master key (it opens A's accounts) and allows A's `fs` roots.
-    let b_dir = dir.path().join("b");
-    std::fs::create_dir_all(b_dir.join("data")).expect("b dir");
-    std::fs::copy(a.data_dir.join("master.key"), b_dir.join("data/master.key")).expect("key");
-    let b = TestHub::start_with(HubOptions {
-        database_url: Some(pg.url()),
-        dir: Some(b_dir),
-        yaml: Some(format!(
-            "storage:\n  fs:\n    allowed_roots:\n      - {}\n",
-            a.fs_allowed_root().display()
-        )),
-        ..Default::default()
-    })
-    .await
-    .expect("hub b");
+    let b = a
+        .start_peer(pg.url(), dir.path().join("b"), "")
+        .await
+        .expect("hub b");
     let app = a.creds.application_id;
     let feed_live = |hub: &TestHub| hub.state.freshness.live(Instant::now());
     e2e::assert_eventually!(

@@ -476,24 +476,17 @@ async fn polls_spread_over_hubs_through_redis() {
     })
     .await
     .expect("hub a");
-    // Hub B shares A's master key (it opens A's accounts) and allows A's `fs` roots.
-    let b_dir = dir.path().join("b");
-    std::fs::create_dir_all(b_dir.join("data")).expect("b dir");
-    std::fs::copy(a.data_dir.join("master.key"), b_dir.join("data/master.key")).expect("key");
-    let b = TestHub::start_with(HubOptions {
-        database_url: Some(pg.url()),
-        dir: Some(b_dir),
-        // B hands nothing to the queue: every poll it runs came from A through Redis.
-        yaml: Some(format!(
-            "{}    schedule: false\n{}storage:\n  fs:\n    allowed_roots:\n      - {}\n",
-            YAML,
-            with_redis.trim_start_matches(YAML),
-            a.fs_allowed_root().display()
-        )),
-        ..Default::default()
-    })
-    .await
-    .expect("hub b");
+    // Hub B shares A's master key (it opens A's accounts) and allows A's `fs` roots. It hands
+    // nothing to the queue: every poll it runs came from A through Redis.
+    let b_yaml = format!(
+        "{YAML}    schedule: false
+{}",
+        with_redis.trim_start_matches(YAML)
+    );
+    let b = a
+        .start_peer(pg.url(), dir.path().join("b"), &b_yaml)
+        .await
+        .expect("hub b");
     let mut accs = Vec::new();
     for i in 0..8 {
         let root = a.new_fs_root(&format!("spread{i}")).expect("root");

@@ -5,6 +5,7 @@
 //! `cursor_expired`, applications that do not collect, tenant isolation, forged cursors, and
 //! 200 concurrent uploads read while they land.
 
+use e2e::call;
 use e2e::servers::Postgres;
 use e2e::{HubOptions, TestHub};
 use reqwest::Method;
@@ -25,27 +26,6 @@ async fn hub_on(postgres: bool) -> (TestHub, Option<Postgres>) {
     .await
     .expect("hub on postgres");
     (hub, Some(pg))
-}
-
-/// `(status, JSON body)` of a request.
-async fn call(
-    hub: &TestHub,
-    method: Method,
-    auth: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = hub
-        .http
-        .request(method, hub.url(path))
-        .header("Authorization", auth);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// One page of `acc`'s feed.

@@ -4,6 +4,7 @@
 //! keeps every event; 410 and failing for too long disabling; manual retry; Redis SIGKILLed
 //! and restarted empty with deliveries pending; two hubs sharing Redis notifying once.
 
+use e2e::call;
 use e2e::servers::{Postgres, RedisServer};
 use e2e::webhook_receiver::{Answer, Received, Receiver};
 use e2e::{HubOptions, TestHub};
@@ -15,26 +16,6 @@ use std::time::{Duration, Instant};
 /// Short timings so retries and disabling happen within a test.
 const FAST: &str = "webhooks:\n  timeout: 2s\n  retry_schedule: [0ms, 200ms, 400ms, 800ms]\n  \
                     reconcile_every: 100ms\n  requeue_after: 3s\n";
-
-async fn call(
-    hub: &TestHub,
-    method: Method,
-    auth: &str,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = hub
-        .http
-        .request(method, hub.url(path))
-        .header("Authorization", auth);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 /// Adds a webhook for the hub's dev application; returns its JSON (with the secret).
 async fn add_webhook(hub: &TestHub, url: &str) -> (u16, Value) {
@@ -738,20 +719,10 @@ async fn two_hubs_sharing_redis_notify_each_change_once() {
     .await
     .expect("hub a");
     // B shares A's master key (it opens A's accounts and keys) and allows A's `fs` roots.
-    let b_dir = dir.path().join("b");
-    std::fs::create_dir_all(b_dir.join("data")).expect("b dir");
-    std::fs::copy(a.data_dir.join("master.key"), b_dir.join("data/master.key")).expect("key");
-    let b = TestHub::start_with(HubOptions {
-        database_url: Some(pg.url()),
-        dir: Some(b_dir),
-        yaml: Some(yaml(&format!(
-            "storage:\n  fs:\n    allowed_roots:\n      - {}\n",
-            a.fs_allowed_root().display()
-        ))),
-        ..Default::default()
-    })
-    .await
-    .expect("hub b");
+    let b = a
+        .start_peer(pg.url(), dir.path().join("b"), &yaml(""))
+        .await
+        .expect("hub b");
     let app = a.creds.application_id;
     let rx = Receiver::start(app).await;
     let (s, _) = add_webhook(&a, &rx.url()).await;

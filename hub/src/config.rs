@@ -547,7 +547,9 @@ pub struct DetectConfig {
     /// service has its own under `services`.
     #[serde(default = "default_detect_interval_ms")]
     pub interval_ms: u64,
-    /// Per service (`s3`, `webdav`, `sftp`, `azblob`, `fs`, ...): `{interval_ms: N}`.
+    /// Per service (`s3`, `webdav`, `sftp`, `azblob`, `fs`, `dropbox`, ...): `{interval_ms:
+    /// N}`; the delta-API services also take `api_url` and `token_url` (their defaults are the
+    /// providers' own: see [`DetectConfig::delta_endpoints`]), e.g. to go through a proxy.
     #[serde(default)]
     pub services: std::collections::BTreeMap<String, DetectServiceConfig>,
     /// How long a poll's lease lasts without renewal (ms, 1000 to 600000; default 30000; the
@@ -571,7 +573,24 @@ pub struct DetectConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectServiceConfig {
-    pub interval_ms: u64,
+    /// Time between two polls (ms); the global `interval_ms` when absent.
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    /// Dropbox, Google Drive, OneDrive: the API's base URL.
+    #[serde(default)]
+    pub api_url: Option<String>,
+    /// Dropbox, Google Drive, OneDrive: where access tokens are refreshed.
+    #[serde(default)]
+    pub token_url: Option<String>,
+}
+
+/// Where a delta-API detector talks to its provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaEndpoints {
+    /// The API's base URL, without a trailing slash (`https://api.dropboxapi.com/2`).
+    pub api: reqwest::Url,
+    /// The OAuth token endpoint (refresh grants).
+    pub token: reqwest::Url,
 }
 
 impl Default for DetectConfig {
@@ -594,8 +613,36 @@ impl DetectConfig {
         let ms = self
             .services
             .get(service)
-            .map_or(self.interval_ms, |s| s.interval_ms);
+            .and_then(|s| s.interval_ms)
+            .unwrap_or(self.interval_ms);
         std::time::Duration::from_millis(ms)
+    }
+
+    /// The API and token endpoints of a delta-API service (`dropbox`, `gdrive`, `onedrive`):
+    /// the providers' own unless `services.<name>` says otherwise; `None` for other services.
+    pub fn delta_endpoints(&self, service: &str) -> Option<DeltaEndpoints> {
+        let (api, token) = match service {
+            "dropbox" => (
+                "https://api.dropboxapi.com/2",
+                "https://api.dropboxapi.com/oauth2/token",
+            ),
+            "gdrive" => (
+                "https://www.googleapis.com/drive/v3",
+                "https://oauth2.googleapis.com/token",
+            ),
+            "onedrive" => (
+                "https://graph.microsoft.com/v1.0",
+                "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+            ),
+            _ => return None,
+        };
+        let s = self.services.get(service);
+        let api = s.and_then(|s| s.api_url.as_deref()).unwrap_or(api);
+        let token = s.and_then(|s| s.token_url.as_deref()).unwrap_or(token);
+        Some(DeltaEndpoints {
+            api: reqwest::Url::parse(api.trim_end_matches('/')).ok()?,
+            token: reqwest::Url::parse(token).ok()?,
+        })
     }
 
     /// The detector lease's length.
@@ -625,10 +672,36 @@ impl DetectConfig {
                     ),
                 ));
             }
-            interval(
-                format!("events.detect.services.{name}.interval_ms"),
-                s.interval_ms,
-            )?;
+            if let Some(ms) = s.interval_ms {
+                interval(format!("events.detect.services.{name}.interval_ms"), ms)?;
+            }
+            for (key, url) in [("api_url", &s.api_url), ("token_url", &s.token_url)] {
+                let Some(url) = url else { continue };
+                let key = format!("events.detect.services.{name}.{key}");
+                if !crate::detect::delta::is_delta_service(name) {
+                    return Err((
+                        key,
+                        "only Dropbox, Google Drive and OneDrive (dropbox, gdrive, onedrive) \
+                         detectors talk to an API of their own"
+                            .into(),
+                    ));
+                }
+                match reqwest::Url::parse(url) {
+                    Ok(u)
+                        if matches!(u.scheme(), "http" | "https")
+                            && u.host_str().is_some()
+                            && u.username().is_empty()
+                            && u.password().is_none()
+                            && u.query().is_none() => {}
+                    _ => {
+                        return Err((
+                            key,
+                            "must be an http(s) URL with a host and no credentials or query"
+                                .into(),
+                        ))
+                    }
+                }
+            }
         }
         if !(1000..=600_000).contains(&self.lease_ms) {
             return Err((
@@ -1543,6 +1616,24 @@ mod tests {
         .expect("detect");
         assert_eq!(c.events.detect.interval("s3").as_millis(), 200);
         assert_eq!(c.events.detect.interval("webdav").as_millis(), 5000);
+        assert_eq!(
+            c.events
+                .detect
+                .delta_endpoints("dropbox")
+                .expect("dropbox")
+                .api
+                .as_str(),
+            "https://api.dropboxapi.com/2"
+        );
+        assert_eq!(c.events.detect.delta_endpoints("s3"), None);
+        let c = Config::from_yaml(
+            "events:\n  detect:\n    services:\n      onedrive:\n        api_url: http://127.0.0.1:9/v1.0/\n",
+            env(&[]),
+        )
+        .expect("onedrive endpoint");
+        let e = c.events.detect.delta_endpoints("onedrive").expect("onedrive");
+        assert_eq!(e.api.as_str(), "http://127.0.0.1:9/v1.0");
+        assert_eq!(c.events.detect.interval("onedrive").as_millis(), 60_000);
         for (yaml, key) in [
             (
                 "events:\n  detect:\n    interval_ms: 5\n",
@@ -1565,6 +1656,18 @@ mod tests {
                 "events.detect.concurrency",
             ),
             ("events:\n  detect:\n    max_accounts: 10\n", "max_accounts"),
+            (
+                "events:\n  detect:\n    services:\n      s3:\n        api_url: http://x\n",
+                "events.detect.services.s3.api_url",
+            ),
+            (
+                "events:\n  detect:\n    services:\n      dropbox:\n        token_url: ftp://x/t\n",
+                "events.detect.services.dropbox.token_url",
+            ),
+            (
+                "events:\n  detect:\n    services:\n      gdrive:\n        api_url: https://u:p@x/v3\n",
+                "events.detect.services.gdrive.api_url",
+            ),
         ] {
             let e = Config::from_yaml(yaml, env(&[]))
                 .expect_err(yaml)

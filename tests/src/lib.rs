@@ -13,6 +13,7 @@ pub mod linkemu;
 pub mod linkemu_cli;
 pub mod netns;
 pub mod regions_lab;
+pub mod replay;
 pub mod scripted_dns;
 pub mod servers;
 pub mod terraform_lab;

@@ -5,8 +5,10 @@
 //! each fenced by holder and epoch.
 
 use super::{Db, DbResult};
+use crate::detect::delta::SnapOp;
 use crate::detect::listing::Seen;
 use sqlx::{AnyConnection, Row};
+use std::collections::HashMap;
 
 /// A hub process's hold on one poll of an account, with what the last poll left.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,61 +283,175 @@ impl Db {
         if !Self::fence(&mut tx, lease).await? {
             return Ok(false);
         }
-        for chunk in delete.chunks(PUT_BATCH) {
-            let list = (0..chunk.len())
-                .map(|i| format!("${}", i + 2))
-                .collect::<Vec<_>>()
-                .join(", ");
+        delete_rows(&mut tx, lease.account_id, delete).await?;
+        put_rows(&mut tx, lease.account_id, put, None).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The snapshot rows at `keys` (sort keys) and those with `idents`, in one or two round
+    /// trips per [`PUT_BATCH`] of each.
+    pub async fn snapshot_lookup(
+        &self,
+        account_id: i64,
+        keys: &[String],
+        idents: &[String],
+    ) -> DbResult<(HashMap<String, Seen>, HashMap<String, Seen>)> {
+        let mut by_key = HashMap::new();
+        let mut by_ident = HashMap::new();
+        for (column, wanted) in [("sort_key", keys), ("ident", idents)] {
+            for chunk in wanted.chunks(PUT_BATCH) {
+                let sql = format!(
+                    "SELECT sort_key, path, folder, version, size, mtime_ms, ident \
+                     FROM detect_snapshots WHERE account_id = $1 AND {column} IN ({})",
+                    placeholders(2, chunk.len())
+                );
+                let mut q = sqlx::query(&sql).bind(account_id);
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                for r in q.fetch_all(&self.w()).await? {
+                    let s = seen_from(&r)?;
+                    if column == "sort_key" {
+                        by_key.insert(s.key.clone(), s);
+                    } else if let Some(i) = s.ident.clone() {
+                        by_ident.insert(i, s);
+                    }
+                }
+            }
+        }
+        Ok((by_key, by_ident))
+    }
+
+    /// Applies a delta page's snapshot writes in order and stamps the rows at `seen` (sort
+    /// keys) with the poll's epoch (a full listing's mark), in one transaction fenced by the
+    /// lease; false when the lease is lost (nothing written).
+    pub async fn snapshot_apply(
+        &self,
+        lease: &DetectorLease,
+        ops: &[SnapOp],
+        seen: &[String],
+    ) -> DbResult<bool> {
+        let mut tx = self.w().begin().await?;
+        if !Self::fence(&mut tx, lease).await? {
+            return Ok(false);
+        }
+        let account = lease.account_id;
+        let mut i = 0;
+        while i < ops.len() {
+            // Runs of puts and of deletes go in batches; tree operations one by one.
+            let run = ops[i..]
+                .iter()
+                .take_while(|o| std::mem::discriminant(*o) == std::mem::discriminant(&ops[i]))
+                .count();
+            match &ops[i] {
+                SnapOp::Put(_) => {
+                    let rows: Vec<Seen> = ops[i..i + run]
+                        .iter()
+                        .filter_map(|o| match o {
+                            SnapOp::Put(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    put_rows(&mut tx, account, &rows, Some(lease.epoch)).await?;
+                }
+                SnapOp::Delete(_) => {
+                    let keys: Vec<String> = ops[i..i + run]
+                        .iter()
+                        .filter_map(|o| match o {
+                            SnapOp::Delete(k) => Some(k.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    delete_rows(&mut tx, account, &keys).await?;
+                }
+                SnapOp::DeleteTree(key) => {
+                    sqlx::query(
+                        "DELETE FROM detect_snapshots WHERE account_id = $1 \
+                         AND sort_key >= $2 AND sort_key < $3",
+                    )
+                    .bind(account)
+                    .bind(format!("{key}\u{1}"))
+                    .bind(format!("{key}\u{2}"))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                SnapOp::MoveTree {
+                    from_key,
+                    to_key,
+                    from_path,
+                    to_path,
+                } => {
+                    let (lo, hi) = (format!("{from_key}\u{1}"), format!("{from_key}\u{2}"));
+                    let (to_lo, to_hi) = (format!("{to_key}\u{1}"), format!("{to_key}\u{2}"));
+                    // Whatever the snapshot held under the new path was replaced; unless the
+                    // two subtrees overlap (a folder moved up over its parent's old name).
+                    if !(lo.starts_with(&to_lo) || to_lo.starts_with(&lo)) {
+                        sqlx::query(
+                            "DELETE FROM detect_snapshots WHERE account_id = $1 \
+                             AND sort_key >= $2 AND sort_key < $3",
+                        )
+                        .bind(account)
+                        .bind(&to_lo)
+                        .bind(&to_hi)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    sqlx::query(
+                        "UPDATE detect_snapshots SET \
+                         sort_key = $1 || substr(sort_key, $2), path = $3 || substr(path, $4) \
+                         WHERE account_id = $5 AND sort_key >= $6 AND sort_key < $7",
+                    )
+                    .bind(to_key)
+                    .bind(from_key.chars().count() as i64 + 1)
+                    .bind(to_path)
+                    .bind(from_path.chars().count() as i64 + 1)
+                    .bind(account)
+                    .bind(&lo)
+                    .bind(&hi)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            i += run.max(1);
+        }
+        for chunk in seen.chunks(PUT_BATCH) {
             let sql = format!(
-                "DELETE FROM detect_snapshots WHERE account_id = $1 AND sort_key IN ({list})"
+                "UPDATE detect_snapshots SET mark = $1 WHERE account_id = $2 \
+                 AND sort_key IN ({})",
+                placeholders(3, chunk.len())
             );
-            let mut q = sqlx::query(&sql).bind(lease.account_id);
+            let mut q = sqlx::query(&sql).bind(lease.epoch).bind(account);
             for k in chunk {
                 q = q.bind(k);
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in put.chunks(PUT_BATCH) {
-            let values = (0..chunk.len())
-                .map(|i| {
-                    let b = i * 8;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "INSERT INTO detect_snapshots (account_id, sort_key, path, folder, version, \
-                 size, mtime_ms, ident) VALUES {values} ON CONFLICT (account_id, sort_key) DO \
-                 UPDATE SET path = excluded.path, folder = excluded.folder, \
-                 version = excluded.version, size = excluded.size, \
-                 mtime_ms = excluded.mtime_ms, ident = excluded.ident"
-            );
-            let mut q = sqlx::query(&sql);
-            for s in chunk {
-                q = q
-                    .bind(lease.account_id)
-                    .bind(&s.key)
-                    .bind(&s.path)
-                    .bind(i64::from(s.folder))
-                    .bind(&s.version)
-                    .bind(s.size)
-                    .bind(s.mtime_ms)
-                    .bind(&s.ident);
-            }
-            q.execute(&mut *tx).await?;
-        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// After a full listing: the next rows (in sort-key order, after `after`) it did not
+    /// stamp with `epoch`, i.e. what disappeared.
+    pub async fn snapshot_unmarked(
+        &self,
+        account_id: i64,
+        epoch: i64,
+        after: &str,
+        limit: i64,
+    ) -> DbResult<Vec<Seen>> {
+        let rows = sqlx::query(
+            "SELECT sort_key, path, folder, version, size, mtime_ms, ident \
+             FROM detect_snapshots WHERE account_id = $1 AND sort_key > $2 \
+             AND (mark IS NULL OR mark <> $3) ORDER BY sort_key LIMIT $4",
+        )
+        .bind(account_id)
+        .bind(after)
+        .bind(epoch)
+        .bind(limit)
+        .fetch_all(&self.w())
+        .await?;
+        rows.iter().map(seen_from).collect()
     }
 
     /// Ends a complete poll: the stream position read before it listed, the baseline flag,
@@ -373,4 +489,65 @@ impl Db {
             None => 0,
         })
     }
+}
+
+/// `$first, $first+1, ...` for `n` parameters.
+fn placeholders(first: usize, n: usize) -> String {
+    (0..n)
+        .map(|i| format!("${}", first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn delete_rows(conn: &mut AnyConnection, account_id: i64, keys: &[String]) -> DbResult<()> {
+    for chunk in keys.chunks(PUT_BATCH) {
+        let sql = format!(
+            "DELETE FROM detect_snapshots WHERE account_id = $1 AND sort_key IN ({})",
+            placeholders(2, chunk.len())
+        );
+        let mut q = sqlx::query(&sql).bind(account_id);
+        for k in chunk {
+            q = q.bind(k);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Upserts `rows`, stamped with `mark` (a full listing's epoch) when given.
+async fn put_rows(
+    conn: &mut AnyConnection,
+    account_id: i64,
+    rows: &[Seen],
+    mark: Option<i64>,
+) -> DbResult<()> {
+    const COLS: usize = 9;
+    for chunk in rows.chunks(PUT_BATCH) {
+        let values = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * COLS + 1, COLS)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO detect_snapshots (account_id, sort_key, path, folder, version, \
+             size, mtime_ms, ident, mark) VALUES {values} ON CONFLICT (account_id, sort_key) DO \
+             UPDATE SET path = excluded.path, folder = excluded.folder, \
+             version = excluded.version, size = excluded.size, \
+             mtime_ms = excluded.mtime_ms, ident = excluded.ident, mark = excluded.mark"
+        );
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            q = q
+                .bind(account_id)
+                .bind(&s.key)
+                .bind(&s.path)
+                .bind(i64::from(s.folder))
+                .bind(&s.version)
+                .bind(s.size)
+                .bind(s.mtime_ms)
+                .bind(&s.ident)
+                .bind(mark);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }

@@ -283,18 +283,24 @@ impl Db {
             };
             let mut explained = false;
             if latest.0 < latest.1 {
-                let rows =
-                    echo_candidates(conn, e.account_id, path, &up, latest, since_ms, api_ok, 1)
-                        .await?;
+                let rows = echo_candidates(
+                    conn, e.account_id, path, &up, latest, since_ms, api_ok, 1, 1,
+                )
+                .await?;
                 if let Some(r) = rows.first() {
                     explained = explains(r, &o, path)?;
                 }
             }
             if !explained {
                 if let Some(w) = any {
-                    for r in
-                        echo_candidates(conn, e.account_id, path, &up, w, since_ms, api_ok, 100)
-                            .await?
+                    // A detected change is not explained by what its own poll recorded (the
+                    // only detected events past the stream head it read): a delta page's folder
+                    // rename must not swallow the change of a file inside it that follows.
+                    let detect_ok = i64::from(!matches!(e.echo, Echo::Detected { .. }));
+                    for r in echo_candidates(
+                        conn, e.account_id, path, &up, w, since_ms, api_ok, 100, detect_ok,
+                    )
+                    .await?
                     {
                         if explains(&r, &o, path)? {
                             explained = true;
@@ -443,11 +449,12 @@ async fn echo_candidates(
     since_ms: i64,
     api_ok: i64,
     limit: i64,
+    detect_ok: i64,
 ) -> DbResult<Vec<AnyRow>> {
     // $1 account, $2 after, $3 up to, $4 since, $5 whether API events count, $6 the path,
-    // $7 the limit, then the folders above it.
+    // $7 the limit, $8 whether detected events count, then the folders above it.
     let list = (0..up.len())
-        .map(|i| format!("${}", i + 8))
+        .map(|i| format!("${}", i + 9))
         .collect::<Vec<_>>()
         .join(", ");
     let above = if up.is_empty() {
@@ -461,7 +468,7 @@ async fn echo_candidates(
     let sql = format!(
         "SELECT kind, path, prev_path, version, size, mtime_ms FROM events \
          WHERE account_id = $1 AND seq > $2 AND seq <= $3 AND created_ms >= $4 \
-         AND (origin <> 'api' OR $5 = 1) \
+         AND (origin <> 'api' OR $5 = 1) AND (origin <> 'detect' OR $8 = 1) \
          AND (path = $6 OR prev_path = $6{above}) ORDER BY seq DESC LIMIT $7"
     );
     let mut q = sqlx::query(&sql)
@@ -471,7 +478,8 @@ async fn echo_candidates(
         .bind(since_ms)
         .bind(api_ok)
         .bind(path)
-        .bind(limit);
+        .bind(limit)
+        .bind(detect_ok);
     for a in up {
         q = q.bind(*a);
     }

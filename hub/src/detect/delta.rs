@@ -1,9 +1,9 @@
 //! Delta APIs of Dropbox (`files/list_folder/continue`), Google Drive (`changes.list` with
-//! page tokens) and OneDrive (`/delta`): parsers from their JSON answers to our items, the
-//! cursor each keeps between polls, and the step that turns items into changes against what
-//! the detector knew (by path on Dropbox, by the provider's id on Drive and OneDrive, which
-//! is how their renames and moves are recognised). Sans IO; the polling loop that calls the
-//! providers is not wired up (no provider is reachable from here).
+//! page tokens) and OneDrive (`/delta`), sans IO: parsers from their JSON answers to our items,
+//! the cursor each keeps between polls, and the step that turns a page of items into changes
+//! and snapshot writes against what the detector knew (by path on Dropbox, by the provider's
+//! id on Drive and OneDrive, which is how their renames and moves are recognised). The polling
+//! loop that calls the providers is `provider.rs`.
 
 use super::listing::{walk_key, Change, Seen};
 use serde::Deserialize;
@@ -225,21 +225,7 @@ pub fn gdrive(status: u16, body: &str) -> Result<Page, DeltaError> {
             .clone()
             .or_else(|| c.file.as_ref().map(|f| f.id.clone()));
         match c.file {
-            Some(f) if !c.removed && !f.trashed => {
-                let folder = f.mime_type == "application/vnd.google-apps.folder";
-                items.push(Item {
-                    id: Some(f.id),
-                    path: None,
-                    name: f.name,
-                    parent_id: f.parents.first().cloned(),
-                    state: State::Present {
-                        folder,
-                        size: f.size.and_then(|s| s.parse().ok()),
-                        mtime_ms: rfc3339_ms(f.modified_time.as_deref()),
-                        version: f.md5_checksum.or(f.version),
-                    },
-                });
-            }
+            Some(f) if !c.removed && !f.trashed => items.push(drive_item(f)),
             f => items.push(Item {
                 id,
                 path: None,
@@ -255,6 +241,55 @@ pub fn gdrive(status: u16, body: &str) -> Result<Page, DeltaError> {
         (None, None) => return Err(malformed(S, "neither nextPageToken nor newStartPageToken")),
     };
     Ok(Page { items, next })
+}
+
+/// A Drive file as an item.
+fn drive_item(f: DriveFile) -> Item {
+    let folder = f.mime_type == DRIVE_FOLDER;
+    Item {
+        id: Some(f.id),
+        path: None,
+        name: f.name,
+        parent_id: f.parents.first().cloned(),
+        // Folders compare by being folders (their times change with their contents).
+        state: State::Present {
+            folder,
+            size: f.size.and_then(|s| s.parse().ok()).filter(|_| !folder),
+            mtime_ms: rfc3339_ms(f.modified_time.as_deref()).filter(|_| !folder),
+            version: f.md5_checksum.or(f.version).filter(|_| !folder),
+        },
+    }
+}
+
+/// The MIME type of Drive folders.
+pub const DRIVE_FOLDER: &str = "application/vnd.google-apps.folder";
+
+/// The fields a Drive detector asks for on files (`files.list`, and in `changes.list`).
+pub const DRIVE_FILE_FIELDS: &str =
+    "id,name,mimeType,parents,trashed,modifiedTime,size,md5Checksum,version";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DriveFiles {
+    next_page_token: Option<String>,
+    files: Vec<DriveFile>,
+}
+
+/// A `files.list` answer (one folder's children, for a full listing of a Drive account):
+/// its items and the next page's token.
+pub fn gdrive_files(status: u16, body: &str) -> Result<(Vec<Item>, Option<String>), DeltaError> {
+    const S: &str = "gdrive";
+    if status != 200 {
+        return Err(malformed(S, format!("files.list answered {status}")));
+    }
+    let p: DriveFiles = serde_json::from_str(body).map_err(|e| malformed(S, e))?;
+    let items = p
+        .files
+        .into_iter()
+        .filter(|f| !f.trashed)
+        .map(drive_item)
+        .collect();
+    Ok((items, p.next_page_token))
 }
 
 // ---- OneDrive ----
@@ -333,86 +368,344 @@ pub fn onedrive(status: u16, body: &str) -> Result<Page, DeltaError> {
     Ok(Page { items, next })
 }
 
-/// Turns a page's items into changes against what the detector knew: `known_path` looks up
-/// the snapshot by path (Dropbox), `known_id` by provider id (Drive, OneDrive: `Seen::ident`).
-/// `root_id` is the id of the account root on id-based services. Items whose parent is
-/// unknown (outside the account root) are skipped. A known id under a new path is a rename or
-/// a move; the page's own folders are known to the items after them (providers send parents
-/// first).
-pub fn changes(
-    items: Vec<Item>,
-    root_id: Option<&str>,
-    mut known_path: impl FnMut(&str) -> Option<Seen>,
-    mut known_id: impl FnMut(&str) -> Option<Seen>,
-) -> Vec<Change> {
-    let mut page_paths: HashMap<String, String> = HashMap::new();
-    let mut out = Vec::new();
-    for it in items {
-        let before = match (&it.path, &it.id) {
-            (Some(p), _) => known_path(p),
-            (None, Some(id)) => page_paths
-                .get(id)
-                .map(|p| Seen {
-                    key: walk_key(p),
-                    path: p.clone(),
-                    folder: true,
-                    version: None,
-                    size: None,
-                    mtime_ms: None,
-                    ident: Some(id.clone()),
-                })
-                .or_else(|| known_id(id)),
-            (None, None) => None,
-        };
-        let path = match (&it.path, &it.parent_id) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(parent)) if Some(parent.as_str()) == root_id => Some(it.name.clone()),
-            (None, Some(parent)) => page_paths
-                .get(parent)
-                .cloned()
-                .or_else(|| known_id(parent).map(|s| s.path))
-                .map(|pp| format!("{pp}/{}", it.name)),
-            (None, None) => None,
-        };
-        match it.state {
-            State::Deleted => {
-                if let Some(b) = before {
-                    out.push(Change::Removed(b));
+/// One write to a delta detector's snapshot, applied in order ([`crate::db::Db::snapshot_apply`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SnapOp {
+    Put(Seen),
+    Delete(String),
+    /// Everything below a removed folder (its sort key).
+    DeleteTree(String),
+    /// Everything below a renamed folder, to below its new path.
+    MoveTree {
+        from_key: String,
+        to_key: String,
+        from_path: String,
+        to_path: String,
+    },
+}
+
+/// `path` relative to folder `dir`, when it lies below it.
+fn below<'a>(path: &'a str, dir: &str) -> Option<&'a str> {
+    path.strip_prefix(dir).and_then(|r| r.strip_prefix('/'))
+}
+
+/// What the detector knows while it takes a page: the snapshot rows the page names (looked up
+/// by sort key and by ident before the page), and what the page's own changes did to them, so
+/// an item sees the items before it (a folder renamed earlier in the page moved its children;
+/// a folder added earlier is the parent of the next items).
+#[derive(Debug, Default)]
+pub struct Known {
+    by_key: HashMap<String, Seen>,
+    by_ident: HashMap<String, Seen>,
+    /// Folders renamed by this page, in order.
+    moves: Vec<(String, String)>,
+    /// Folders removed by this page.
+    removed: Vec<String>,
+    at_path: HashMap<String, Option<Seen>>,
+    with_ident: HashMap<String, Option<Seen>>,
+}
+
+impl Known {
+    pub fn new(by_key: HashMap<String, Seen>, by_ident: HashMap<String, Seen>) -> Self {
+        Self {
+            by_key,
+            by_ident,
+            ..Default::default()
+        }
+    }
+
+    /// The snapshot keys and idents a page's items name: what [`Known::new`] needs.
+    pub fn wanted(items: &[Item]) -> (Vec<String>, Vec<String>) {
+        let mut keys = Vec::new();
+        let mut idents = Vec::new();
+        for it in items {
+            if let Some(p) = &it.path {
+                keys.push(walk_key(p));
+            }
+            idents.extend(it.id.iter().chain(&it.parent_id).cloned());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        idents.sort_unstable();
+        idents.dedup();
+        (keys, idents)
+    }
+
+    /// The sort keys of the paths where a page's id-named items land, as far as the rows
+    /// looked up by ident tell (their parents): a second lookup, so that an item put where the
+    /// snapshot knew another object replaces it visibly.
+    pub fn landing_keys(
+        items: &[Item],
+        root_id: Option<&str>,
+        by_ident: &HashMap<String, Seen>,
+    ) -> Vec<String> {
+        let mut keys: Vec<String> = items
+            .iter()
+            .filter(|it| it.path.is_none() && it.state != State::Deleted)
+            .filter_map(|it| {
+                let parent = it.parent_id.as_deref()?;
+                if Some(parent) == root_id {
+                    return Some(walk_key(&it.name));
+                }
+                let p = by_ident.get(parent).filter(|s| s.folder)?;
+                Some(walk_key(&format!("{}/{}", p.path, it.name)))
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    /// Adds rows found by sort key (the second lookup).
+    pub fn add_keys(&mut self, rows: HashMap<String, Seen>) {
+        self.by_key.extend(rows);
+    }
+
+    /// A row as it is after this page's folder renames and removals (`None`: removed).
+    fn current(&self, mut s: Seen) -> Option<Seen> {
+        for (from, to) in &self.moves {
+            if let Some(rest) = below(&s.path, from) {
+                s.path = format!("{to}/{rest}");
+                s.key = walk_key(&s.path);
+            }
+        }
+        if self.removed.iter().any(|r| below(&s.path, r).is_some()) {
+            return None;
+        }
+        Some(s)
+    }
+
+    /// What is at `path` now.
+    pub fn at_path(&self, path: &str) -> Option<Seen> {
+        if let Some(v) = self.at_path.get(path) {
+            return v.clone();
+        }
+        let s = self.current(self.by_key.get(&walk_key(path))?.clone())?;
+        // Moved away with its folder, or itself renamed by this page.
+        if s.path != path {
+            return None;
+        }
+        if let Some(i) = &s.ident {
+            if let Some(now) = self.with_ident.get(i) {
+                return now.clone().filter(|n| n.path == path);
+            }
+        }
+        Some(s)
+    }
+
+    /// The object with the provider's id `ident`, where it is now.
+    pub fn with_ident(&self, ident: &str) -> Option<Seen> {
+        if let Some(v) = self.with_ident.get(ident) {
+            return v.clone();
+        }
+        let s = self.current(self.by_ident.get(ident)?.clone())?;
+        match self.at_path.get(&s.path) {
+            // Its path was taken or emptied by this page: it is not there any more.
+            Some(now) if now.as_ref().and_then(|n| n.ident.as_deref()) != Some(ident) => None,
+            _ => Some(s),
+        }
+    }
+
+    fn note(&mut self, c: &Change) {
+        match c {
+            Change::Added(s) | Change::Updated { new: s, .. } => self.put(s),
+            Change::Removed(s) => {
+                self.gone(s);
+                if s.folder {
+                    self.removed.push(s.path.clone());
                 }
             }
-            State::Present {
-                folder,
-                size,
-                mtime_ms,
-                version,
-            } => {
-                let Some(path) = path else { continue };
-                let now = Seen {
-                    key: walk_key(&path),
-                    path: path.clone(),
-                    folder,
-                    version,
-                    size,
-                    mtime_ms,
-                    ident: it.id.clone(),
-                };
-                if folder {
-                    if let Some(id) = &it.id {
-                        page_paths.insert(id.clone(), path.clone());
-                    }
-                }
-                match before {
-                    None => out.push(Change::Added(now)),
-                    Some(b) if b.path != now.path => out.push(Change::Renamed { from: b, to: now }),
-                    Some(b) if !b.same_as(&now) && !folder => {
-                        out.push(Change::Updated { old: b, new: now })
-                    }
-                    Some(_) => {}
+            Change::Renamed { from, to } => {
+                self.gone(from);
+                self.put(to);
+                if from.folder {
+                    self.moves.push((from.path.clone(), to.path.clone()));
                 }
             }
         }
     }
+
+    fn put(&mut self, s: &Seen) {
+        self.at_path.insert(s.path.clone(), Some(s.clone()));
+        if let Some(i) = &s.ident {
+            self.with_ident.insert(i.clone(), Some(s.clone()));
+        }
+    }
+
+    fn gone(&mut self, s: &Seen) {
+        self.at_path.insert(s.path.clone(), None);
+        if let Some(i) = &s.ident {
+            self.with_ident.insert(i.clone(), None);
+        }
+    }
+}
+
+/// What a page did: the changes to record (in order), the snapshot writes, and the sort keys
+/// of every object the page showed present (a full listing stamps them).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub changes: Vec<Change>,
+    pub ops: Vec<SnapOp>,
+    pub present: Vec<String>,
+}
+
+/// Turns a page's items into changes against what the detector knew (`known`): by path on
+/// Dropbox (then by id, which is how its renames are recognised), by the provider's id on
+/// Drive and OneDrive, whose items name their parent (`root_id`: the account root's id). A
+/// known id under a new path is a rename or a move; a renamed or removed folder takes its
+/// subtree along (one event, like the API's). Items whose parent is unknown (outside the
+/// account root) are skipped; providers send parents before their children.
+pub fn changes(items: Vec<Item>, root_id: Option<&str>, known: &mut Known) -> Applied {
+    let mut out = Applied::default();
+    // Deletions wait for the end of the page: a rename may come as the old path's deletion
+    // followed by the object (same id) at its new path, which is then one rename. A deletion
+    // of a path something on the page is put at or below goes first, as the provider ordered.
+    let mut deletions: Vec<Item> = Vec::new();
+    for it in items {
+        if it.state == State::Deleted {
+            deletions.push(it);
+            continue;
+        }
+        if let Some(p) = item_path(&it, root_id, known) {
+            let mut i = 0;
+            while i < deletions.len() {
+                let d = deletion_path(&deletions[i], known);
+                if d.is_some_and(|d| d == p || below(&p, &d).is_some()) {
+                    let d = deletions.remove(i);
+                    take(d, root_id, known, &mut out);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        take(it, root_id, known, &mut out);
+    }
+    for d in deletions {
+        take(d, root_id, known, &mut out);
+    }
     out
+}
+
+/// Where a present item is, from the account root (`None`: outside it, or its parent unknown).
+fn item_path(it: &Item, root_id: Option<&str>, known: &Known) -> Option<String> {
+    let path = match (&it.path, &it.parent_id) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(parent)) if Some(parent.as_str()) == root_id => Some(it.name.clone()),
+        (None, Some(parent)) => known
+            .with_ident(parent)
+            .filter(|s| s.folder)
+            .map(|s| format!("{}/{}", s.path, it.name)),
+        (None, None) => None,
+    };
+    path.filter(|p| !p.is_empty())
+}
+
+/// The path a deletion removes, as known now.
+fn deletion_path(it: &Item, known: &Known) -> Option<String> {
+    match (&it.path, &it.id) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(id)) => known.with_ident(id).map(|s| s.path),
+        (None, None) => None,
+    }
+}
+
+/// Takes one item: what it changes against `known`, into `out`.
+fn take(it: Item, root_id: Option<&str>, known: &mut Known, out: &mut Applied) {
+    let before = match (&it.path, &it.id) {
+        (Some(p), id) => known
+            .at_path(p)
+            .or_else(|| id.as_deref().and_then(|i| known.with_ident(i))),
+        (None, Some(id)) => known.with_ident(id),
+        (None, None) => None,
+    };
+    let change = match it.state {
+        State::Deleted => before.map(Change::Removed),
+        State::Present {
+            folder,
+            size,
+            mtime_ms,
+            ref version,
+        } => {
+            let version = version.clone();
+            let Some(path) = item_path(&it, root_id, known) else {
+                // Moved out of the account root (its new parent is not below it).
+                if let Some(b) = before {
+                    push(out, known, Change::Removed(b));
+                }
+                return;
+            };
+            let now = Seen {
+                key: walk_key(&path),
+                path,
+                folder,
+                version,
+                size,
+                mtime_ms,
+                ident: it.id.clone(),
+            };
+            out.present.push(now.key.clone());
+            // Drive and OneDrive name objects by id: another object the snapshot knew at this
+            // path was replaced (Drive also allows two files of one name in a folder; the
+            // later one wins the path).
+            if it.path.is_none() {
+                if let Some(occupant) = known.at_path(&now.path) {
+                    if occupant.ident != now.ident
+                        && before.as_ref().is_none_or(|b| b.key != occupant.key)
+                    {
+                        push(out, known, Change::Removed(occupant));
+                    }
+                }
+            }
+            match before {
+                None => Some(Change::Added(now)),
+                Some(b) if b.folder != now.folder => {
+                    push(out, known, Change::Removed(b));
+                    Some(Change::Added(now))
+                }
+                Some(b) if b.path != now.path => Some(Change::Renamed { from: b, to: now }),
+                Some(b) if !folder && !b.same_as(&now) => Some(Change::Updated { old: b, new: now }),
+                Some(b) => {
+                    // The same version; keep what the provider says now (its id may be new if
+                    // the object was replaced by an identical one).
+                    if b != now {
+                        known.put(&now);
+                        out.ops.push(SnapOp::Put(now));
+                    }
+                    None
+                }
+            }
+        }
+    };
+    if let Some(c) = change {
+        push(out, known, c);
+    }
+}
+
+/// Records `c` in `out` with its snapshot writes, and in `known` for the items after it.
+fn push(out: &mut Applied, known: &mut Known, c: Change) {
+    match &c {
+        Change::Added(s) | Change::Updated { new: s, .. } => out.ops.push(SnapOp::Put(s.clone())),
+        Change::Removed(s) => {
+            out.ops.push(SnapOp::Delete(s.key.clone()));
+            if s.folder {
+                out.ops.push(SnapOp::DeleteTree(s.key.clone()));
+            }
+        }
+        Change::Renamed { from, to } => {
+            out.ops.push(SnapOp::Delete(from.key.clone()));
+            out.ops.push(SnapOp::Put(to.clone()));
+            if from.folder {
+                out.ops.push(SnapOp::MoveTree {
+                    from_key: from.key.clone(),
+                    to_key: to.key.clone(),
+                    from_path: from.path.clone(),
+                    to_path: to.path.clone(),
+                });
+            }
+        }
+    }
+    known.note(&c);
+    out.changes.push(c);
 }
 
 #[cfg(test)]
@@ -437,6 +730,61 @@ mod tests {
             ident: ident.map(str::to_owned),
         }
     }
+
+    /// A snapshot holding `rows`, as a page's lookups would find it.
+    fn knowing(rows: Vec<Seen>) -> Known {
+        let by_key = rows.iter().map(|s| (s.key.clone(), s.clone())).collect();
+        let by_ident = rows
+            .iter()
+            .filter_map(|s| Some((s.ident.clone()?, s.clone())))
+            .collect();
+        Known::new(by_key, by_ident)
+    }
+
+    fn item(id: &str, path: Option<&str>, name: &str, parent: Option<&str>, state: State) -> Item {
+        Item {
+            id: Some(id.into()),
+            path: path.map(str::to_owned),
+            name: name.into(),
+            parent_id: parent.map(str::to_owned),
+            state,
+        }
+    }
+
+    fn file(version: &str) -> State {
+        State::Present {
+            folder: false,
+            size: Some(1),
+            mtime_ms: None,
+            version: Some(version.into()),
+        }
+    }
+
+    impl State {
+        fn with_size(self, n: i64) -> State {
+            match self {
+                State::Present {
+                    folder,
+                    mtime_ms,
+                    version,
+                    ..
+                } => State::Present {
+                    folder,
+                    size: Some(n),
+                    mtime_ms,
+                    version,
+                },
+                s => s,
+            }
+        }
+    }
+
+    const FOLDER: State = State::Present {
+        folder: true,
+        size: None,
+        mtime_ms: None,
+        version: None,
+    };
 
     fn names(c: &[Change]) -> Vec<String> {
         c.iter()
@@ -470,12 +818,11 @@ mod tests {
         let last = dropbox(200, DROPBOX_LAST).expect("last");
         assert!(matches!(last.next, Next::Done(_)));
         // Known before: the notes file (now changed) and the one deleted; the rest is new.
-        let known = |p: &str| match p {
-            "Homework/math/Prime_Numbers.txt" => Some(seen(p, false, Some("old-rev"), None)),
-            "Homework/old notes.txt" => Some(seen(p, false, Some("x"), None)),
-            _ => None,
-        };
-        let c = changes(p.items, None, known, |_| None);
+        let mut known = knowing(vec![
+            seen("Homework/math/Prime_Numbers.txt", false, Some("old-rev"), None),
+            seen("Homework/old notes.txt", false, Some("x"), None),
+        ]);
+        let c = changes(p.items, None, &mut known).changes;
         assert_eq!(
             names(&c),
             vec![
@@ -509,19 +856,18 @@ mod tests {
         assert_eq!(last.next, Next::Done("8362".into()));
         assert!(last.items.is_empty());
         // The report was known as "Q1/report.pdf" (id 1Rep); the draft was known and is gone.
-        let known = |id: &str| match id {
-            "1Rep" => Some(seen(
+        let mut known = knowing(vec![
+            seen(
                 "Q1/report.pdf",
                 false,
                 Some("5d41402abc4b2a76b9719d911017c592"),
                 Some("1Rep"),
-            )),
-            "1Q1" => Some(seen("Q1", true, None, Some("1Q1"))),
-            "1Draft" => Some(seen("draft.txt", false, Some("d"), Some("1Draft"))),
-            "1Trash" => Some(seen("trashed.txt", false, Some("t"), Some("1Trash"))),
-            _ => None,
-        };
-        let c = changes(p.items, Some("0AROOT"), |_| None, known);
+            ),
+            seen("Q1", true, None, Some("1Q1")),
+            seen("draft.txt", false, Some("d"), Some("1Draft")),
+            seen("trashed.txt", false, Some("t"), Some("1Trash")),
+        ]);
+        let c = changes(p.items, Some("0AROOT"), &mut known).changes;
         assert_eq!(
             names(&c),
             vec![
@@ -541,18 +887,17 @@ mod tests {
         assert!(matches!(&p.next, Next::More(l) if l.contains("$skiptoken")));
         let last = onedrive(200, ONEDRIVE_LAST).expect("last");
         assert!(matches!(&last.next, Next::Done(l) if l.contains("token=")));
-        let known = |id: &str| match id {
-            "01DOCS" => Some(seen("Documents", true, None, Some("01DOCS"))),
-            "01BUDGET" => Some(seen(
+        let mut known = knowing(vec![
+            seen("Documents", true, None, Some("01DOCS")),
+            seen(
                 "Documents/budget.xlsx",
                 false,
                 Some("\"c:{B1},1\""),
                 Some("01BUDGET"),
-            )),
-            "01OLD" => Some(seen("Documents/old.txt", false, Some("o"), Some("01OLD"))),
-            _ => None,
-        };
-        let c = changes(p.items, Some("01ROOT"), |_| None, known);
+            ),
+            seen("Documents/old.txt", false, Some("o"), Some("01OLD")),
+        ]);
+        let c = changes(p.items, Some("01ROOT"), &mut known).changes;
         assert_eq!(
             names(&c),
             vec![
@@ -563,5 +908,143 @@ mod tests {
             ]
         );
         assert_eq!(onedrive(410, ""), Err(DeltaError::Reset("onedrive")));
+    }
+
+    #[test]
+    fn a_renamed_folder_takes_its_subtree_in_one_event() {
+        // Dropbox: the old folder deleted (no id), the folder and its file at the new path
+        // (ids kept); then the file is changed on a later page.
+        let mut known = knowing(vec![
+            seen("Homework", true, None, Some("id:h")),
+            seen("Homework/a.txt", false, Some("r1"), Some("id:a")),
+        ]);
+        let deleted = Item {
+            id: None,
+            ..item("", Some("Homework"), "Homework", None, State::Deleted)
+        };
+        let page = vec![
+            deleted,
+            item("id:h", Some("Work"), "Work", None, FOLDER),
+            item("id:a", Some("Work/a.txt"), "a.txt", None, file("r1")),
+        ];
+        let a = changes(page, None, &mut known);
+        assert_eq!(names(&a.changes), vec!["rename Homework -> Work"]);
+        assert_eq!(
+            a.ops.last(),
+            Some(&SnapOp::MoveTree {
+                from_key: walk_key("Homework"),
+                to_key: walk_key("Work"),
+                from_path: "Homework".into(),
+                to_path: "Work".into(),
+            })
+        );
+        assert_eq!(a.present, vec![walk_key("Work"), walk_key("Work/a.txt")]);
+        // The deletion may also come after the new entries.
+        let mut known = knowing(vec![
+            seen("Homework", true, None, Some("id:h")),
+            seen("Homework/a.txt", false, Some("r1"), Some("id:a")),
+        ]);
+        let page = vec![
+            item("id:h", Some("Work"), "Work", None, FOLDER),
+            item("id:a", Some("Work/a.txt"), "a.txt", None, file("r2")),
+            Item {
+                id: None,
+                ..item("", Some("Homework"), "Homework", None, State::Deleted)
+            },
+        ];
+        let a = changes(page, None, &mut known);
+        assert_eq!(
+            names(&a.changes),
+            vec!["rename Homework -> Work", "update Work/a.txt"]
+        );
+    }
+
+    #[test]
+    fn id_services_follow_folder_renames_moves_out_and_type_changes() {
+        // Drive/OneDrive name only the renamed folder; its child's later change is found by
+        // id under the new path. A file whose new parent is outside the root is gone; a file
+        // replaced by a folder of the same name is a removal and an addition.
+        let mut known = knowing(vec![
+            seen("Q1", true, None, Some("F1")),
+            seen("Q1/r.pdf", false, Some("v1"), Some("R")),
+            seen("x.txt", false, Some("v1"), Some("X")),
+            seen("y", false, Some("v1"), Some("Y")),
+        ]);
+        let page = vec![
+            item("F1", None, "Q2", Some("ROOT"), FOLDER),
+            item("R", None, "r.pdf", Some("F1"), file("v2")),
+            item("X", None, "x.txt", Some("ELSEWHERE"), file("v1")),
+            item("Y2", None, "y", Some("ROOT"), FOLDER),
+        ];
+        let a = changes(page, Some("ROOT"), &mut known);
+        assert_eq!(
+            names(&a.changes),
+            vec![
+                "rename Q1 -> Q2",
+                "update Q2/r.pdf",
+                "delete x.txt",
+                "delete y",
+                "add y"
+            ]
+        );
+        // Deleting a known folder deletes its subtree with it: one event, one tree removal;
+        // a later item of the subtree finds nothing.
+        let mut known = knowing(vec![
+            seen("Q1", true, None, Some("F1")),
+            seen("Q1/r.pdf", false, Some("v1"), Some("R")),
+        ]);
+        let page = vec![
+            item("F1", None, "", None, State::Deleted),
+            item("R", None, "", None, State::Deleted),
+        ];
+        let a = changes(page, Some("ROOT"), &mut known);
+        assert_eq!(names(&a.changes), vec!["delete Q1"]);
+        assert!(a.ops.contains(&SnapOp::DeleteTree(walk_key("Q1"))));
+        // Items outside the root that were never known are skipped.
+        let a = changes(
+            vec![item("Z", None, "z", Some("ELSEWHERE"), file("v"))],
+            Some("ROOT"),
+            &mut Known::default(),
+        );
+        assert_eq!(a, Applied::default());
+    }
+
+    #[test]
+    fn gdrive_files_list_for_full_listings() {
+        let body = r#"{"nextPageToken": "p2", "files": [
+            {"id": "F", "name": "docs", "mimeType": "application/vnd.google-apps.folder",
+             "parents": ["ROOT"], "modifiedTime": "2026-01-02T03:04:05.678Z"},
+            {"id": "A", "name": "a.txt", "mimeType": "text/plain", "parents": ["ROOT"],
+             "size": "12", "md5Checksum": "abc", "version": "7"},
+            {"id": "T", "name": "t.txt", "mimeType": "text/plain", "parents": ["ROOT"],
+             "trashed": true}]}"#;
+        let (items, next) = gdrive_files(200, body).expect("files");
+        assert_eq!(next.as_deref(), Some("p2"));
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].state, FOLDER);
+        assert_eq!(items[1].state, file("abc").with_size(12));
+        assert!(matches!(
+            gdrive_files(403, "{}"),
+            Err(DeltaError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn an_id_item_put_over_another_object_replaces_it() {
+        // The folder "y" (id Y2) arrives where the file "y" (id Y) was; the file's own
+        // deletion comes on a later page and finds nothing more to record.
+        let rows = vec![seen("y", false, Some("v1"), Some("Y"))];
+        let items = vec![item("Y2", None, "y", Some("ROOT"), FOLDER)];
+        assert_eq!(Known::landing_keys(&items, Some("ROOT"), &HashMap::new()), vec!["y"]);
+        let mut known = knowing(rows);
+        let a = changes(items, Some("ROOT"), &mut known);
+        assert_eq!(names(&a.changes), vec!["delete y", "add y"]);
+        let mut known = knowing(vec![seen("y", true, None, Some("Y2"))]);
+        let a = changes(
+            vec![item("Y", None, "", None, State::Deleted)],
+            Some("ROOT"),
+            &mut known,
+        );
+        assert!(a.changes.is_empty());
     }
 }

@@ -15,7 +15,8 @@
 //! flat in key order, page by page; `fs`, WebDAV and SFTP are walked folder by folder in the
 //! same order (`fs` reads the disk itself and polls as soon as inotify reports a change,
 //! `fs.rs`). Neither the listing nor the snapshot is ever held whole. Dropbox, Google Drive
-//! and OneDrive have delta APIs instead (`delta.rs`: their parsers and cursors).
+//! and OneDrive have delta APIs instead: a poll continues from the cursor the last one stored
+//! (`provider.rs`: the HTTP calls and the loop; `delta.rs`: parsers and the diff, sans IO).
 //!
 //! Every difference is recorded through [`crate::events::record_event`] (origin `detect`,
 //! action `detected`, no client address or user) before the snapshot takes it, with
@@ -30,6 +31,7 @@
 pub mod delta;
 pub mod fs;
 pub mod listing;
+pub mod provider;
 
 use crate::db::{DetectorLease, Echo};
 use crate::events::{self, kind};
@@ -71,6 +73,12 @@ pub enum PollError {
     Order(String),
     #[error("the detector lease was lost")]
     LeaseLost,
+    /// A delta API failed or answered what cannot be used.
+    #[error("{0}")]
+    Provider(String),
+    /// The delta API expired the cursor: the account is listed whole again.
+    #[error("the provider expired the cursor")]
+    Reset,
 }
 
 impl From<listing::DiffError<PollError>> for PollError {
@@ -125,6 +133,7 @@ pub async fn spawn(state: AppState) -> anyhow::Result<Tasks> {
         queue,
         wake: Arc::new(tokio::sync::Notify::new()),
         watches: Arc::default(),
+        tokens: provider::Tokens::default(),
     };
     let r = runner.clone();
     let handler: crate::workqueue::Handler = Arc::new(move |payload: String| {
@@ -157,6 +166,8 @@ struct Runner {
     wake: Arc<tokio::sync::Notify>,
     /// The inotify watches of `fs` roots this hub polled or saw change lately.
     watches: Arc<std::sync::Mutex<HashMap<i64, Watching>>>,
+    /// Access tokens of delta-API accounts refreshed by this hub.
+    tokens: provider::Tokens,
 }
 
 /// An inotify watch kept for an account; dropping it stops the watch.
@@ -278,16 +289,6 @@ impl Runner {
         let service = account.connector.service();
         let interval = cfg.interval(service);
         let next = || now_ms() + interval.as_millis() as i64;
-        if delta::is_delta_service(service) {
-            // Their delta APIs need a provider to talk to; the parsers and cursors are in
-            // `delta.rs`, the polling over them is not wired up yet.
-            tracing::debug!(
-                account = lease.account_id,
-                service,
-                "no detector for this service yet"
-            );
-            return next();
-        }
         if let shared::storage::ServiceConfig::Fs(s) = &account.settings {
             self.watch(lease.account_id, std::path::Path::new(&s.root));
         }
@@ -308,8 +309,10 @@ impl Runner {
             }
         };
         let started = Instant::now();
+        let delta = delta::is_delta_service(service);
         let outcome = tokio::select! {
-            r = poll_once(&self.state, &account, lease) => r,
+            r = poll_once(&self.state, &account, lease), if !delta => r,
+            r = provider::poll(&self.state, &account, lease, &self.tokens), if delta => r,
             () = renew => Err(PollError::LeaseLost),
         };
         let labels = ServiceLabels {
@@ -431,12 +434,13 @@ pub async fn poll_once(
             r.map(|(raw, e)| seen(listing::object_key(&raw), &e, strong))
                 .map_err(PollError::from)
         });
-        stats.scanned = listing::merge(snapshot, Box::pin(listing), &mut rec).await?;
+        let listing = read_ahead(listing);
+        stats.scanned = listing::merge(snapshot, listing, &mut rec).await?;
         stats.requests = c.requests_sent() - before;
     } else {
         let folders = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let listing = walk(c.clone(), strong, folders.clone());
-        stats.scanned = listing::merge(snapshot, Box::pin(listing), &mut rec).await?;
+        let listing = read_ahead(walk(c.clone(), strong, folders.clone()));
+        stats.scanned = listing::merge(snapshot, listing, &mut rec).await?;
         stats.requests =
             (c.requests_sent() - before).max(folders.load(std::sync::atomic::Ordering::Relaxed));
     }
@@ -449,6 +453,41 @@ pub async fn poll_once(
         return Err(PollError::LeaseLost);
     }
     Ok((stats, head))
+}
+
+/// Entries a listing reads ahead of the merge: about two provider pages, so the next page's
+/// request is in flight while the merge compares the current one with the snapshot.
+const READ_AHEAD: usize = 2000;
+
+/// `listing` driven by a task of its own, [`READ_AHEAD`] entries ahead of its reader (bounded
+/// memory); the task stops when the returned stream is dropped.
+fn read_ahead<S>(listing: S) -> futures::stream::BoxStream<'static, S::Item>
+where
+    S: Stream + Send + 'static,
+    S::Item: Send + 'static,
+{
+    struct Reader<T> {
+        rx: tokio::sync::mpsc::Receiver<T>,
+        task: tokio::task::JoinHandle<()>,
+    }
+    impl<T> Drop for Reader<T> {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let task = tokio::spawn(async move {
+        let mut listing = std::pin::pin!(listing);
+        while let Some(item) = listing.next().await {
+            if tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    Box::pin(futures::stream::unfold(
+        Reader { rx, task },
+        |mut r| async move { r.rx.recv().await.map(|item| (item, r)) },
+    ))
 }
 
 /// The snapshot of `account`, page by page in sort-key order.
@@ -645,39 +684,51 @@ impl<'a> Recorder<'a> {
 
     /// Records one change through the feed's one path (see the module comment).
     async fn record(&mut self, c: &Change) {
-        let account = self.account.id();
-        let (k, entry, from) = match c {
-            Change::Added(s) => (kind::ADD, entry_of(s), None),
-            Change::Updated { new, .. } => (kind::UPDATE, entry_of(new), None),
-            Change::Removed(s) => {
-                let e = entry_of(s);
-                (kind::DELETE, events::gone(&e.path, e.kind), None)
-            }
-            Change::Renamed { from, to } => {
-                let (f, t) = (entry_of(from), entry_of(to));
-                (events::rename_or_move(&f.path, &t.path), t, Some(f.path))
-            }
-        };
-        let change = events::Change {
-            account,
-            kind: k,
-            action: "detected",
-            entry: &entry,
-            from: from.as_ref(),
-            dedupe_key: None,
-        };
-        let mut e = events::new_event(&self.state.ids, &change);
-        e.origin = "detect";
-        e.ip = None;
-        e.user_id = None;
-        e.echo = Echo::Detected {
-            after_seq: self.lease.polled_seq,
-            listed_seq: self.listed_seq,
-        };
-        if events::record_event(self.state, &e).await {
+        if record_change(self.state, self.account, self.lease, self.listed_seq, c).await {
             self.recorded += 1;
         }
     }
+}
+
+/// Records one change a detector found, as origin `detect` with action `detected` (no client
+/// address or user), unless an event already explains it ([`Echo::Detected`]: `listed_seq` is
+/// the stream position read before the listing started). True when an event was recorded.
+pub(crate) async fn record_change(
+    state: &AppState,
+    account: &Account,
+    lease: &DetectorLease,
+    listed_seq: i64,
+    c: &Change,
+) -> bool {
+    let (k, entry, from) = match c {
+        Change::Added(s) => (kind::ADD, entry_of(s), None),
+        Change::Updated { new, .. } => (kind::UPDATE, entry_of(new), None),
+        Change::Removed(s) => {
+            let e = entry_of(s);
+            (kind::DELETE, events::gone(&e.path, e.kind), None)
+        }
+        Change::Renamed { from, to } => {
+            let (f, t) = (entry_of(from), entry_of(to));
+            (events::rename_or_move(&f.path, &t.path), t, Some(f.path))
+        }
+    };
+    let change = events::Change {
+        account: account.id(),
+        kind: k,
+        action: "detected",
+        entry: &entry,
+        from: from.as_ref(),
+        dedupe_key: None,
+    };
+    let mut e = events::new_event(&state.ids, &change);
+    e.origin = "detect";
+    e.ip = None;
+    e.user_id = None;
+    e.echo = Echo::Detected {
+        after_seq: lease.polled_seq,
+        listed_seq,
+    };
+    events::record_event(state, &e).await
 }
 
 /// The API's view of a snapshot row.

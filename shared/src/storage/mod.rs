@@ -31,7 +31,7 @@ pub use path::{
     is_reserved, normalize_name, validate_name, PathError, StoragePath, RESERVED_PREFIX,
 };
 pub use publish::{numbered, Publish, StagingKey, STAGING_DIR};
-pub use service::{ServiceConfig, SettingsError, SERVICES};
+pub use service::{OAuthSettings, ServiceConfig, SettingsError, SERVICES};
 
 /// Most entries one folder listing or recursive walk collects; larger folders are truncated
 /// (and flagged) rather than exhausting memory.

@@ -58,7 +58,7 @@ fn body(text: &str) -> Body {
 
 /// When the account's detector last finished a poll (ms), waiting at most 30 s for one after
 /// `after`.
-async fn polled_after(hub: &TestHub, acc: i64, after: i64) -> i64 {
+pub(crate) async fn polled_after(hub: &TestHub, acc: i64, after: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let st = hub.state.db.detector_state(acc).await.expect("state");
@@ -92,7 +92,7 @@ fn now_ms() -> i64 {
 }
 
 /// Every event of `acc` after position `cursor` (`None`: all), and the new cursor.
-async fn events_after(hub: &TestHub, acc: i64, cursor: Option<&str>) -> (Vec<Value>, String) {
+pub(crate) async fn events_after(hub: &TestHub, acc: i64, cursor: Option<&str>) -> (Vec<Value>, String) {
     events_as(hub, &hub.apikey(), acc, cursor).await
 }
 
@@ -150,7 +150,7 @@ fn summary(events: &[Value]) -> Vec<String> {
 /// Waits (bounded: 30 s) until the feed after `cursor` holds `want` (in any order), then
 /// lets two more polls pass and checks nothing else arrived. Every detected event has no
 /// client address and the action `detected`. Returns the new cursor.
-async fn expect_events(hub: &TestHub, acc: i64, cursor: &str, want: &[&str]) -> String {
+pub(crate) async fn expect_events(hub: &TestHub, acc: i64, cursor: &str, want: &[&str]) -> String {
     expect_events_as(hub, &hub.apikey(), acc, cursor, want).await
 }
 

@@ -6,6 +6,7 @@ mod connectors;
 mod database;
 mod dataplane;
 mod detect;
+mod detect_delta;
 mod direct;
 mod docs;
 mod egress;

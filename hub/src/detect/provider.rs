@@ -1,0 +1,773 @@
+//! The polling loop of the delta-API detectors (Dropbox `files/list_folder(/continue)`, Google
+//! Drive `changes.list`, OneDrive `/delta`): the HTTP calls, with the account's OAuth token
+//! (refreshed on a 401 when the account has a refresh token), page by page through
+//! [`delta::changes`] into events and snapshot writes.
+//!
+//! A poll continues from the stored cursor. Without one (the first poll), or when the provider
+//! expired it ([`DeltaError::Reset`]), it lists the whole account root instead (Dropbox:
+//! `list_folder` recursive; Drive: the folders walked with `files.list`, after taking a start
+//! page token; OneDrive: `/delta` without a token), stamps every snapshot row it sees with the
+//! poll's epoch and, at the end, sweeps the rows left unstamped as deletions. The first poll
+//! records nothing (a baseline).
+//!
+//! Hostile providers: every request goes through the egress guard (its resolver, and a check
+//! of the URL itself); the links OneDrive hands back must stay on the configured API origin;
+//! an answer over [`MAX_ANSWER`] stops the poll; a folder walk stops at [`MAX_FOLDERS`]
+//! pending folders. Tokens are sent only as `Authorization` headers and never logged.
+
+use super::delta::{self, DeltaError, Item, Known, Next, Page};
+use super::listing::Change;
+use super::{PollError, PollStats};
+use crate::config::DeltaEndpoints;
+use crate::db::DetectorLease;
+use crate::state::{now_ms, Account, AppState};
+use reqwest::{Method, Url};
+use shared::storage::{OAuthSettings, ServiceConfig};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The largest provider answer read (one page).
+pub const MAX_ANSWER: usize = 16 << 20;
+/// The most folders a Drive full listing keeps waiting to be listed.
+pub const MAX_FOLDERS: usize = 1_000_000;
+/// Items asked for per page.
+const PAGE_SIZE: u32 = 1000;
+/// Snapshot rows swept per round trip after a full listing.
+const SWEEP_PAGE: i64 = 1000;
+/// The longest one provider request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Access tokens refreshed by this hub, per account (they are not written back to the
+/// account's sealed settings; a refresh token gets a new one after a restart).
+#[derive(Debug, Default, Clone)]
+pub struct Tokens(Arc<Mutex<HashMap<i64, String>>>);
+
+impl Tokens {
+    fn get(&self, account: i64) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&account)
+            .cloned()
+    }
+
+    fn set(&self, account: i64, token: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(account, token);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Dropbox,
+    Gdrive,
+    Onedrive,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Dropbox => "dropbox",
+            Service::Gdrive => "gdrive",
+            Service::Onedrive => "onedrive",
+        }
+    }
+}
+
+/// Where the listing goes next.
+enum Step {
+    /// Continue from a cursor (Dropbox cursor, Drive page token, OneDrive link).
+    Delta(String),
+    /// The first page of a full listing.
+    Full,
+    /// Dropbox's full listing, continued.
+    DropboxMore(String),
+    /// OneDrive's full listing, continued (a `nextLink`).
+    OnedriveMore(String),
+    /// Drive's full listing: the folders left to list, the page of the current one, and the
+    /// start page token taken before the walk began (the cursor once it is done).
+    DriveWalk {
+        folders: Vec<String>,
+        page: Option<String>,
+        start: String,
+    },
+}
+
+/// One account's provider API.
+struct Api<'a> {
+    service: Service,
+    http: reqwest::Client,
+    state: &'a AppState,
+    endpoints: DeltaEndpoints,
+    settings: &'a OAuthSettings,
+    account: i64,
+    tokens: &'a Tokens,
+    requests: u64,
+}
+
+impl Api<'_> {
+    fn url(&self, rest: &str) -> Result<Url, PollError> {
+        let base = self.endpoints.api.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}/{rest}"))
+            .map_err(|e| PollError::Provider(format!("bad API URL: {e}")))
+    }
+
+    /// One request with the account's token; on a 401 the token is refreshed once (when the
+    /// account has a refresh token) and the request sent again. Returns the status and body.
+    async fn send(
+        &mut self,
+        method: Method,
+        url: Url,
+        json: Option<&serde_json::Value>,
+    ) -> Result<(u16, String), PollError> {
+        let api = &self.endpoints.api;
+        if url.origin() != api.origin() {
+            return Err(PollError::Provider(format!(
+                "the {} API handed a link to another origin ({}); refused",
+                self.service.name(),
+                url.origin().ascii_serialization()
+            )));
+        }
+        self.state
+            .connect_options
+            .egress
+            .check_url(&url)
+            .map_err(|e| PollError::Provider(e.to_string()))?;
+        let mut refreshed = false;
+        loop {
+            let token = match self
+                .tokens
+                .get(self.account)
+                .or_else(|| self.settings.access_token.clone())
+            {
+                Some(t) => t,
+                None => {
+                    refreshed = true;
+                    self.refresh().await?
+                }
+            };
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .bearer_auth(&token);
+            if let Some(j) = json {
+                req = req.json(j);
+            }
+            self.requests += 1;
+            let resp = req.send().await.map_err(|e| {
+                PollError::Provider(format!(
+                    "{} API: {}",
+                    self.service.name(),
+                    e.without_url()
+                ))
+            })?;
+            let status = resp.status().as_u16();
+            if status == 401 && !refreshed && self.can_refresh() {
+                refreshed = true;
+                self.refresh().await?;
+                continue;
+            }
+            if status == 401 {
+                return Err(PollError::Provider(format!(
+                    "the {} API refused the account's access token (401); reconnect the account",
+                    self.service.name()
+                )));
+            }
+            if status == 429 || status >= 500 {
+                return Err(PollError::Provider(format!(
+                    "the {} API answered {status}; the poll is tried again at the next interval",
+                    self.service.name()
+                )));
+            }
+            let body = read_capped(resp).await?;
+            return Ok((status, body));
+        }
+    }
+
+    fn can_refresh(&self) -> bool {
+        let s = self.settings;
+        s.refresh_token.is_some() && s.client_id.is_some() && s.client_secret.is_some()
+    }
+
+    /// A new access token from the refresh token (OAuth 2 `refresh_token` grant).
+    async fn refresh(&mut self) -> Result<String, PollError> {
+        let s = self.settings;
+        let (Some(refresh), Some(id), Some(secret)) = (
+            s.refresh_token.as_deref(),
+            s.client_id.as_deref(),
+            s.client_secret.as_deref(),
+        ) else {
+            return Err(PollError::Provider(
+                "the account has no access token and no refresh token with client id and secret"
+                    .into(),
+            ));
+        };
+        let url = self.endpoints.token.clone();
+        self.state
+            .connect_options
+            .egress
+            .check_url(&url)
+            .map_err(|e| PollError::Provider(e.to_string()))?;
+        self.requests += 1;
+        let resp = self
+            .http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh),
+                ("client_id", id),
+                ("client_secret", secret),
+            ]))
+            .send()
+            .await
+            .map_err(|e| PollError::Provider(format!("token refresh: {}", e.without_url())))?;
+        let status = resp.status().as_u16();
+        let body = read_capped(resp).await?;
+        #[derive(serde::Deserialize)]
+        struct Grant {
+            access_token: String,
+        }
+        match serde_json::from_str::<Grant>(&body) {
+            Ok(g) if status == 200 && !g.access_token.is_empty() => {
+                self.tokens.set(self.account, g.access_token.clone());
+                Ok(g.access_token)
+            }
+            // The answer is not quoted: it may hold what the provider thinks of the secret.
+            _ => Err(PollError::Provider(format!(
+                "refreshing the {} access token failed ({status}); reconnect the account",
+                self.service.name()
+            ))),
+        }
+    }
+
+    /// The account root's id on Drive and OneDrive (`settings.root`, `/` when absent).
+    async fn root_id(&mut self) -> Result<Option<String>, PollError> {
+        let root = self.settings.root.as_deref().unwrap_or("/").trim_matches('/');
+        match self.service {
+            Service::Dropbox => Ok(None),
+            Service::Onedrive => {
+                let mut url = self.url("me/drive")?;
+                {
+                    let mut seg = url
+                        .path_segments_mut()
+                        .map_err(|()| PollError::Provider("bad API URL".into()))?;
+                    if root.is_empty() {
+                        seg.push("root");
+                    } else {
+                        // `root:/a/b:` addresses a folder by path.
+                        seg.push("root:");
+                        let comps: Vec<&str> = root.split('/').collect();
+                        for (i, c) in comps.iter().enumerate() {
+                            if i + 1 == comps.len() {
+                                seg.push(&format!("{c}:"));
+                            } else {
+                                seg.push(c);
+                            }
+                        }
+                    }
+                }
+                url.query_pairs_mut().append_pair("$select", "id");
+                let (status, body) = self.send(Method::GET, url, None).await?;
+                Ok(Some(id_of(self.service, status, &body, "id")?))
+            }
+            Service::Gdrive => {
+                let mut url = self.url("files/root")?;
+                url.query_pairs_mut().append_pair("fields", "id");
+                let (status, body) = self.send(Method::GET, url, None).await?;
+                let mut id = id_of(self.service, status, &body, "id")?;
+                for name in root.split('/').filter(|c| !c.is_empty()) {
+                    let mut url = self.url("files")?;
+                    url.query_pairs_mut()
+                        .append_pair(
+                            "q",
+                            &format!(
+                                "name = '{}' and '{}' in parents and mimeType = '{}' and trashed = false",
+                                drive_quote(name),
+                                drive_quote(&id),
+                                delta::DRIVE_FOLDER
+                            ),
+                        )
+                        .append_pair("fields", "files(id)")
+                        .append_pair("pageSize", "2");
+                    let (status, body) = self.send(Method::GET, url, None).await?;
+                    let v: serde_json::Value = parse(self.service, status, &body)?;
+                    id = match v["files"].as_array().map(Vec::as_slice) {
+                        Some([one]) => one["id"].as_str().unwrap_or_default().to_owned(),
+                        Some([]) => {
+                            return Err(PollError::Provider(format!(
+                                "the account root folder {name:?} is not on the drive"
+                            )))
+                        }
+                        _ => {
+                            return Err(PollError::Provider(format!(
+                                "the account root folder {name:?} is ambiguous on the drive"
+                            )))
+                        }
+                    };
+                }
+                Ok(Some(id))
+            }
+        }
+    }
+
+    /// The next page of the listing at `step`, and the step after it (`None`: caught up,
+    /// with the cursor to store).
+    async fn page(
+        &mut self,
+        step: Step,
+        root_id: Option<&str>,
+    ) -> Result<(Vec<Item>, Result<Step, String>), PollError> {
+        let s = self.service;
+        let unusable = |e: DeltaError| match e {
+            DeltaError::Reset(_) => PollError::Reset,
+            other => PollError::Provider(other.to_string()),
+        };
+        match (s, step) {
+            (Service::Dropbox, Step::Full) => {
+                let root = self.settings.root.as_deref().unwrap_or("").trim_matches('/');
+                let body = serde_json::json!({
+                    "path": if root.is_empty() { String::new() } else { format!("/{root}") },
+                    "recursive": true,
+                    "include_deleted": false,
+                    "limit": PAGE_SIZE,
+                });
+                let (status, text) = self
+                    .send(Method::POST, self.url("files/list_folder")?, Some(&body))
+                    .await?;
+                let page = delta::dropbox(status, &text).map_err(unusable)?;
+                Ok(self.dropbox_page(page, true))
+            }
+            (Service::Dropbox, Step::Delta(c) | Step::DropboxMore(c)) => {
+                let body = serde_json::json!({ "cursor": c });
+                let (status, text) = self
+                    .send(
+                        Method::POST,
+                        self.url("files/list_folder/continue")?,
+                        Some(&body),
+                    )
+                    .await?;
+                let page = delta::dropbox(status, &text).map_err(unusable)?;
+                Ok(self.dropbox_page(page, false))
+            }
+            (Service::Gdrive, Step::Full) => {
+                let mut url = self.url("changes/startPageToken")?;
+                url.query_pairs_mut().append_pair("fields", "startPageToken");
+                let (status, body) = self.send(Method::GET, url, None).await?;
+                let start = id_of(s, status, &body, "startPageToken")?;
+                let root = root_id.unwrap_or_default().to_owned();
+                Ok((
+                    Vec::new(),
+                    Ok(Step::DriveWalk {
+                        folders: vec![root],
+                        page: None,
+                        start,
+                    }),
+                ))
+            }
+            (
+                Service::Gdrive,
+                Step::DriveWalk {
+                    mut folders,
+                    page,
+                    start,
+                },
+            ) => {
+                let Some(folder) = folders.last().cloned() else {
+                    return Ok((Vec::new(), Err(start)));
+                };
+                let mut url = self.url("files")?;
+                {
+                    let mut q = url.query_pairs_mut();
+                    q.append_pair(
+                        "q",
+                        &format!("'{}' in parents and trashed = false", drive_quote(&folder)),
+                    )
+                    .append_pair(
+                        "fields",
+                        &format!("nextPageToken,files({})", delta::DRIVE_FILE_FIELDS),
+                    )
+                    .append_pair("pageSize", &PAGE_SIZE.to_string())
+                    .append_pair("orderBy", "folder,name");
+                    if let Some(p) = &page {
+                        q.append_pair("pageToken", p);
+                    }
+                }
+                let (status, body) = self.send(Method::GET, url, None).await?;
+                let (items, next) = delta::gdrive_files(status, &body).map_err(unusable)?;
+                let page = match next {
+                    Some(n) => Some(n),
+                    None => {
+                        folders.pop();
+                        None
+                    }
+                };
+                for it in &items {
+                    if matches!(it.state, delta::State::Present { folder: true, .. }) {
+                        if folders.len() >= MAX_FOLDERS {
+                            return Err(PollError::Provider(format!(
+                                "more than {MAX_FOLDERS} folders wait to be listed"
+                            )));
+                        }
+                        // Listed after the current folder's last page: they go below it.
+                        let at = if page.is_some() {
+                            folders.len() - 1
+                        } else {
+                            folders.len()
+                        };
+                        folders.insert(at, it.id.clone().unwrap_or_default());
+                    }
+                }
+                let next = if folders.is_empty() {
+                    Err(start)
+                } else {
+                    Ok(Step::DriveWalk {
+                        folders,
+                        page,
+                        start,
+                    })
+                };
+                Ok((items, next))
+            }
+            (Service::Gdrive, Step::Delta(token)) => {
+                let mut url = self.url("changes")?;
+                url.query_pairs_mut()
+                    .append_pair("pageToken", &token)
+                    .append_pair("pageSize", &PAGE_SIZE.to_string())
+                    .append_pair("includeRemoved", "true")
+                    .append_pair("spaces", "drive")
+                    .append_pair(
+                        "fields",
+                        &format!(
+                            "nextPageToken,newStartPageToken,changes(changeType,removed,fileId,file({}))",
+                            delta::DRIVE_FILE_FIELDS
+                        ),
+                    );
+                let (status, body) = self.send(Method::GET, url, None).await?;
+                let page = delta::gdrive(status, &body).map_err(unusable)?;
+                Ok(next_of(page, Step::Delta))
+            }
+            (Service::Onedrive, Step::Full) => {
+                let url = self.url("me/drive/root/delta")?;
+                let (status, body) = self.send(Method::GET, url, None).await?;
+                let page = delta::onedrive(status, &body).map_err(unusable)?;
+                Ok(next_of(page, Step::OnedriveMore))
+            }
+            (Service::Onedrive, Step::Delta(link) | Step::OnedriveMore(link)) => {
+                let url = Url::parse(&link).map_err(|e| {
+                    PollError::Provider(format!("the OneDrive link is not a URL: {e}"))
+                })?;
+                let (status, body) = self.send(Method::GET, url, None).await?;
+                let page = delta::onedrive(status, &body).map_err(unusable)?;
+                Ok(next_of(page, Step::Delta))
+            }
+            _ => Err(PollError::Provider(
+                "a listing step of another service".into(),
+            )),
+        }
+    }
+
+    /// A Dropbox page with its paths made relative to the account root (entries outside it,
+    /// and the root itself, dropped).
+    fn dropbox_page(&self, page: Page, full: bool) -> (Vec<Item>, Result<Step, String>) {
+        let root = self
+            .settings
+            .root
+            .as_deref()
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_lowercase();
+        let items = page
+            .items
+            .into_iter()
+            .filter_map(|mut it| {
+                let p = it.path.take()?;
+                let rel = if root.is_empty() {
+                    p
+                } else {
+                    // Dropbox paths are case-insensitive.
+                    let lower = p.to_lowercase();
+                    let rest = lower.strip_prefix(&root)?.strip_prefix('/')?;
+                    p[p.len() - rest.len()..].to_owned()
+                };
+                (!rel.is_empty()).then(|| Item {
+                    path: Some(rel),
+                    ..it
+                })
+            })
+            .collect();
+        let next = match page.next {
+            Next::More(c) if full => Ok(Step::DropboxMore(c)),
+            Next::More(c) => Ok(Step::Delta(c)),
+            Next::Done(c) => Err(c),
+        };
+        (items, next)
+    }
+}
+
+fn next_of(page: Page, more: fn(String) -> Step) -> (Vec<Item>, Result<Step, String>) {
+    let next = match page.next {
+        Next::More(c) => Ok(more(c)),
+        Next::Done(c) => Err(c),
+    };
+    (page.items, next)
+}
+
+/// An `application/x-www-form-urlencoded` body.
+fn form(pairs: &[(&str, &str)]) -> String {
+    let mut u = Url::parse("form:").expect("a URL");
+    u.query_pairs_mut().extend_pairs(pairs);
+    u.query().unwrap_or_default().to_owned()
+}
+
+/// `s` inside a Drive query's single quotes.
+fn drive_quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
+fn parse(service: Service, status: u16, body: &str) -> Result<serde_json::Value, PollError> {
+    if status != 200 {
+        return Err(PollError::Provider(format!(
+            "the {} API answered {status}",
+            service.name()
+        )));
+    }
+    serde_json::from_str(body).map_err(|e| {
+        PollError::Provider(format!(
+            "the {} API's answer is not JSON: {e}",
+            service.name()
+        ))
+    })
+}
+
+fn id_of(service: Service, status: u16, body: &str, field: &str) -> Result<String, PollError> {
+    let v = parse(service, status, body)?;
+    match v[field].as_str() {
+        Some(s) if !s.is_empty() => Ok(s.to_owned()),
+        _ => Err(PollError::Provider(format!(
+            "the {} API's answer has no {field}",
+            service.name()
+        ))),
+    }
+}
+
+/// The body of `resp`, at most [`MAX_ANSWER`] bytes, read as it comes.
+async fn read_capped(mut resp: reqwest::Response) -> Result<String, PollError> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| PollError::Provider(format!("reading the answer: {}", e.without_url())))?
+    {
+        if buf.len() + chunk.len() > MAX_ANSWER {
+            return Err(PollError::Provider(format!(
+                "the provider's answer is over {} MiB",
+                MAX_ANSWER >> 20
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| PollError::Provider("the answer is not UTF-8".into()))
+}
+
+/// One poll of a delta-API account under `lease` (see the module comment). Returns its cost
+/// and the stream position read before it listed.
+pub async fn poll(
+    state: &AppState,
+    account: &Account,
+    lease: &DetectorLease,
+    tokens: &Tokens,
+) -> Result<(PollStats, i64), PollError> {
+    let (service, settings) = match &account.settings {
+        ServiceConfig::Dropbox(s) => (Service::Dropbox, s),
+        ServiceConfig::Gdrive(s) => (Service::Gdrive, s),
+        ServiceConfig::Onedrive(s) => (Service::Onedrive, s),
+        other => {
+            return Err(PollError::Provider(format!(
+                "{} has no delta API",
+                other.name()
+            )))
+        }
+    };
+    let endpoints = state
+        .config
+        .events
+        .detect
+        .delta_endpoints(service.name())
+        .ok_or_else(|| PollError::Provider("no API endpoints".into()))?;
+    let http = state
+        .connect_options
+        .egress
+        .http_builder(Duration::from_secs(10))
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("Switchyard-Detect/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| PollError::Provider(format!("cannot build the HTTP client: {e}")))?;
+    let mut api = Api {
+        service,
+        http,
+        state,
+        endpoints,
+        settings,
+        account: lease.account_id,
+        tokens,
+        requests: 0,
+    };
+    let head = state.db.stream_head(lease.account_id).await?;
+    let record = lease.baseline;
+    let cursor = lease
+        .cursor
+        .as_deref()
+        .and_then(|c| delta::load_cursor(service.name(), c))
+        .filter(|_| lease.baseline);
+    let mut full = cursor.is_none();
+    let mut step = match cursor {
+        Some(c) => Step::Delta(c.to_owned()),
+        None => Step::Full,
+    };
+    let root_id = api.root_id().await?;
+    let mut stats = PollStats::default();
+    let recorder = Recorder {
+        state,
+        account,
+        lease,
+        listed_seq: head,
+    };
+    let cursor = loop {
+        let (items, next) = match api.page(step, root_id.as_deref()).await {
+            Ok(p) => p,
+            Err(PollError::Reset) if !full => {
+                tracing::info!(
+                    account = lease.account_id,
+                    service = service.name(),
+                    "detector: the provider expired the cursor; listing everything again"
+                );
+                full = true;
+                step = Step::Full;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        stats.scanned += items.len() as u64;
+        let (keys, idents) = Known::wanted(&items);
+        let (by_key, by_ident) = state
+            .db
+            .snapshot_lookup(lease.account_id, &keys, &idents)
+            .await?;
+        let landing = Known::landing_keys(&items, root_id.as_deref(), &by_ident);
+        let mut known = Known::new(by_key, by_ident);
+        if !landing.is_empty() {
+            let (more, _) = state
+                .db
+                .snapshot_lookup(lease.account_id, &landing, &[])
+                .await?;
+            known.add_keys(more);
+        }
+        let applied = delta::changes(items, root_id.as_deref(), &mut known);
+        if record {
+            for c in &applied.changes {
+                stats.recorded += u64::from(recorder.record(c).await);
+            }
+        }
+        let stamp: &[String] = if full { &applied.present } else { &[] };
+        if !state.db.snapshot_apply(lease, &applied.ops, stamp).await? {
+            return Err(PollError::LeaseLost);
+        }
+        match next {
+            Ok(s) => step = s,
+            Err(cursor) => break cursor,
+        }
+    };
+    if full {
+        stats.recorded += sweep(state, lease, &recorder, record).await?;
+    }
+    stats.requests = api.requests;
+    let stored = delta::store_cursor(service.name(), &cursor);
+    if !state
+        .db
+        .finish_poll(lease, head, Some(&stored), now_ms())
+        .await?
+    {
+        return Err(PollError::LeaseLost);
+    }
+    Ok((stats, head))
+}
+
+/// After a full listing: removes the snapshot rows it did not see, recording each as a
+/// deletion (a folder's subtree goes with it, in one event).
+async fn sweep(
+    state: &AppState,
+    lease: &DetectorLease,
+    recorder: &Recorder<'_>,
+    record: bool,
+) -> Result<u64, PollError> {
+    let mut after = String::new();
+    let mut folder: Option<String> = None;
+    let mut recorded = 0;
+    loop {
+        let rows = state
+            .db
+            .snapshot_unmarked(lease.account_id, lease.epoch, &after, SWEEP_PAGE)
+            .await?;
+        let Some(last) = rows.last() else {
+            return Ok(recorded);
+        };
+        after = last.key.clone();
+        let mut delete = Vec::with_capacity(rows.len());
+        for s in rows {
+            let inside = folder
+                .as_deref()
+                .is_some_and(|f| s.key.starts_with(&format!("{f}\u{1}")));
+            if !inside {
+                if s.folder {
+                    folder = Some(s.key.clone());
+                }
+                if record {
+                    recorded += u64::from(recorder.record(&Change::Removed(s.clone())).await);
+                }
+            }
+            delete.push(delta::SnapOp::Delete(s.key));
+        }
+        if !state.db.snapshot_apply(lease, &delete, &[]).await? {
+            return Err(PollError::LeaseLost);
+        }
+    }
+}
+
+/// Records a delta poll's changes through the feed's one path.
+struct Recorder<'a> {
+    state: &'a AppState,
+    account: &'a Account,
+    lease: &'a DetectorLease,
+    listed_seq: i64,
+}
+
+impl Recorder<'_> {
+    async fn record(&self, c: &Change) -> bool {
+        super::record_change(self.state, self.account, self.lease, self.listed_seq, c).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_grants_are_form_encoded() {
+        assert_eq!(
+            form(&[("grant_type", "refresh_token"), ("refresh_token", "a b&c=d")]),
+            "grant_type=refresh_token&refresh_token=a+b%26c%3Dd"
+        );
+    }
+
+    #[test]
+    fn drive_queries_quote_names() {
+        assert_eq!(drive_quote(r"it's a\b"), r"it\'s a\\b");
+    }
+}

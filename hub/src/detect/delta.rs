@@ -586,8 +586,13 @@ pub fn changes(items: Vec<Item>, root_id: Option<&str>, known: &mut Known) -> Ap
     out
 }
 
-/// Where a present item is, from the account root (`None`: outside it, or its parent unknown).
+/// Where a present item is, from the account root (`None`: outside it, its parent unknown, or
+/// a name the API could not serve: `..`, a `/` inside a name, control characters — what a
+/// hostile provider might send).
 fn item_path(it: &Item, root_id: Option<&str>, known: &Known) -> Option<String> {
+    if it.path.is_none() && shared::storage::validate_name(&it.name).is_err() {
+        return None;
+    }
     let path = match (&it.path, &it.parent_id) {
         (Some(p), _) => Some(p.clone()),
         (None, Some(parent)) if Some(parent.as_str()) == root_id => Some(it.name.clone()),
@@ -597,7 +602,7 @@ fn item_path(it: &Item, root_id: Option<&str>, known: &Known) -> Option<String> 
             .map(|s| format!("{}/{}", s.path, it.name)),
         (None, None) => None,
     };
-    path.filter(|p| !p.is_empty())
+    path.filter(|p| !p.is_empty() && shared::storage::StoragePath::parse(p).is_ok())
 }
 
 /// The path a deletion removes, as known now.
@@ -1046,5 +1051,23 @@ mod tests {
             &mut known,
         );
         assert!(a.changes.is_empty());
+    }
+
+    #[test]
+    fn names_the_api_cannot_serve_are_skipped() {
+        for name in ["..", "a/b", "bad\u{0}name", "."] {
+            let a = changes(
+                vec![item("Z", None, name, Some("ROOT"), file("v"))],
+                Some("ROOT"),
+                &mut Known::default(),
+            );
+            assert_eq!(a, Applied::default(), "{name:?}");
+        }
+        let a = changes(
+            vec![item("Z", Some("ok/../../etc"), "etc", None, file("v"))],
+            None,
+            &mut Known::default(),
+        );
+        assert_eq!(a, Applied::default());
     }
 }

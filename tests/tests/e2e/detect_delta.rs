@@ -407,7 +407,7 @@ fn graph_folder(id: &str, name: &str, parent: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn onedrive_delta_and_a_link_to_elsewhere() {
+async fn onedrive_delta_and_hostile_answers() {
     let api = Replay::start().await.expect("replay");
     let elsewhere = Replay::start().await.expect("replay");
     let hub = hub_for(&api).await;
@@ -487,18 +487,24 @@ async fn onedrive_delta_and_a_link_to_elsewhere() {
     )
     .await;
 
-    // A hostile answer: the next page "is" on another origin. The poll stops without asking
-    // it, records nothing and keeps its cursor; the next poll continues from it.
-    api.script([Answer::new(
-        Method::GET,
-        DELTA,
-        200,
-        graph_page(
-            json!([]),
-            Some(&format!("{}{DELTA}?token=steal", elsewhere.base())),
-            None,
+    // Hostile answers: the next page "is" on another origin; a page of 17 MiB. Each poll
+    // stops without asking the other origin or reading past 16 MiB, records nothing and keeps
+    // its cursor; the next poll continues from it.
+    let huge = json!({"value": [], "padding": "x".repeat(17 << 20)}).to_string();
+    api.script([
+        Answer::new(
+            Method::GET,
+            DELTA,
+            200,
+            graph_page(
+                json!([]),
+                Some(&format!("{}{DELTA}?token=steal", elsewhere.base())),
+                None,
+            ),
         ),
-    )]);
+        root.clone(),
+        Answer::new(Method::GET, DELTA, 200, huge),
+    ]);
     let asked = |token: &str| {
         api.got()
             .iter()
@@ -507,7 +513,7 @@ async fn onedrive_delta_and_a_link_to_elsewhere() {
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let seen = asked("d2");
-    while api.pending() > 0 || asked("d2") < seen + 2 {
+    while api.pending() > 0 || asked("d2") < seen + 3 {
         assert!(std::time::Instant::now() < deadline, "no poll after the hostile page");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

@@ -696,8 +696,7 @@ impl DetectConfig {
                     _ => {
                         return Err((
                             key,
-                            "must be an http(s) URL with a host and no credentials or query"
-                                .into(),
+                            "must be an http(s) URL with a host and no credentials or query".into(),
                         ))
                     }
                 }
@@ -1631,7 +1630,11 @@ mod tests {
             env(&[]),
         )
         .expect("onedrive endpoint");
-        let e = c.events.detect.delta_endpoints("onedrive").expect("onedrive");
+        let e = c
+            .events
+            .detect
+            .delta_endpoints("onedrive")
+            .expect("onedrive");
         assert_eq!(e.api.as_str(), "http://127.0.0.1:9/v1.0");
         assert_eq!(c.events.detect.interval("onedrive").as_millis(), 60_000);
         for (yaml, key) in [

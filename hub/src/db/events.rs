@@ -284,7 +284,15 @@ impl Db {
             let mut explained = false;
             if latest.0 < latest.1 {
                 let rows = echo_candidates(
-                    conn, e.account_id, path, &up, latest, since_ms, api_ok, 1, 1,
+                    conn,
+                    e.account_id,
+                    path,
+                    &up,
+                    latest,
+                    since_ms,
+                    api_ok,
+                    1,
+                    1,
                 )
                 .await?;
                 if let Some(r) = rows.first() {
@@ -298,7 +306,15 @@ impl Db {
                     // rename must not swallow the change of a file inside it that follows.
                     let detect_ok = i64::from(!matches!(e.echo, Echo::Detected { .. }));
                     for r in echo_candidates(
-                        conn, e.account_id, path, &up, w, since_ms, api_ok, 100, detect_ok,
+                        conn,
+                        e.account_id,
+                        path,
+                        &up,
+                        w,
+                        since_ms,
+                        api_ok,
+                        100,
+                        detect_ok,
                     )
                     .await?
                     {

@@ -668,7 +668,9 @@ fn take(it: Item, root_id: Option<&str>, known: &mut Known, out: &mut Applied) {
                     Some(Change::Added(now))
                 }
                 Some(b) if b.path != now.path => Some(Change::Renamed { from: b, to: now }),
-                Some(b) if !folder && !b.same_as(&now) => Some(Change::Updated { old: b, new: now }),
+                Some(b) if !folder && !b.same_as(&now) => {
+                    Some(Change::Updated { old: b, new: now })
+                }
                 Some(b) => {
                     // The same version; keep what the provider says now (its id may be new if
                     // the object was replaced by an identical one).
@@ -824,7 +826,12 @@ mod tests {
         assert!(matches!(last.next, Next::Done(_)));
         // Known before: the notes file (now changed) and the one deleted; the rest is new.
         let mut known = knowing(vec![
-            seen("Homework/math/Prime_Numbers.txt", false, Some("old-rev"), None),
+            seen(
+                "Homework/math/Prime_Numbers.txt",
+                false,
+                Some("old-rev"),
+                None,
+            ),
             seen("Homework/old notes.txt", false, Some("x"), None),
         ]);
         let c = changes(p.items, None, &mut known).changes;
@@ -1040,7 +1047,10 @@ mod tests {
         // deletion comes on a later page and finds nothing more to record.
         let rows = vec![seen("y", false, Some("v1"), Some("Y"))];
         let items = vec![item("Y2", None, "y", Some("ROOT"), FOLDER)];
-        assert_eq!(Known::landing_keys(&items, Some("ROOT"), &HashMap::new()), vec!["y"]);
+        assert_eq!(
+            Known::landing_keys(&items, Some("ROOT"), &HashMap::new()),
+            vec!["y"]
+        );
         let mut known = knowing(rows);
         let a = changes(items, Some("ROOT"), &mut known);
         assert_eq!(names(&a.changes), vec!["delete y", "add y"]);

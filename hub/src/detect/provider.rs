@@ -158,11 +158,7 @@ impl Api<'_> {
             }
             self.requests += 1;
             let resp = req.send().await.map_err(|e| {
-                PollError::Provider(format!(
-                    "{} API: {}",
-                    self.service.name(),
-                    e.without_url()
-                ))
+                PollError::Provider(format!("{} API: {}", self.service.name(), e.without_url()))
             })?;
             let status = resp.status().as_u16();
             if status == 401 && !refreshed && self.can_refresh() {
@@ -249,7 +245,12 @@ impl Api<'_> {
 
     /// The account root's id on Drive and OneDrive (`settings.root`, `/` when absent).
     async fn root_id(&mut self) -> Result<Option<String>, PollError> {
-        let root = self.settings.root.as_deref().unwrap_or("/").trim_matches('/');
+        let root = self
+            .settings
+            .root
+            .as_deref()
+            .unwrap_or("/")
+            .trim_matches('/');
         match self.service {
             Service::Dropbox => Ok(None),
             Service::Onedrive => {
@@ -331,7 +332,12 @@ impl Api<'_> {
         };
         match (s, step) {
             (Service::Dropbox, Step::Full) => {
-                let root = self.settings.root.as_deref().unwrap_or("").trim_matches('/');
+                let root = self
+                    .settings
+                    .root
+                    .as_deref()
+                    .unwrap_or("")
+                    .trim_matches('/');
                 let body = serde_json::json!({
                     "path": if root.is_empty() { String::new() } else { format!("/{root}") },
                     "recursive": true,
@@ -358,7 +364,8 @@ impl Api<'_> {
             }
             (Service::Gdrive, Step::Full) => {
                 let mut url = self.url("changes/startPageToken")?;
-                url.query_pairs_mut().append_pair("fields", "startPageToken");
+                url.query_pairs_mut()
+                    .append_pair("fields", "startPageToken");
                 let (status, body) = self.send(Method::GET, url, None).await?;
                 let start = id_of(s, status, &body, "startPageToken")?;
                 let root = root_id.unwrap_or_default().to_owned();
@@ -496,7 +503,7 @@ impl Api<'_> {
                     let rest = lower.strip_prefix(&root)?.strip_prefix('/')?;
                     p[p.len() - rest.len()..].to_owned()
                 };
-                (!rel.is_empty()).then(|| Item {
+                (!rel.is_empty()).then_some(Item {
                     path: Some(rel),
                     ..it
                 })
@@ -761,7 +768,10 @@ mod tests {
     #[test]
     fn refresh_grants_are_form_encoded() {
         assert_eq!(
-            form(&[("grant_type", "refresh_token"), ("refresh_token", "a b&c=d")]),
+            form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "a b&c=d")
+            ]),
             "grant_type=refresh_token&refresh_token=a+b%26c%3Dd"
         );
     }

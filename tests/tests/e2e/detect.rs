@@ -92,7 +92,11 @@ fn now_ms() -> i64 {
 }
 
 /// Every event of `acc` after position `cursor` (`None`: all), and the new cursor.
-pub(crate) async fn events_after(hub: &TestHub, acc: i64, cursor: Option<&str>) -> (Vec<Value>, String) {
+pub(crate) async fn events_after(
+    hub: &TestHub,
+    acc: i64,
+    cursor: Option<&str>,
+) -> (Vec<Value>, String) {
     events_as(hub, &hub.apikey(), acc, cursor).await
 }
 

@@ -103,8 +103,10 @@ async fn dropbox_list_folder_continue() {
             LIST,
             200,
             dropbox_page(
-                json!([dbx_folder("/Apps/sy/Homework", "id:h"),
-                    dbx_file("/Apps/sy/Homework/a.txt", "id:a", "r1")]),
+                json!([
+                    dbx_folder("/Apps/sy/Homework", "id:h"),
+                    dbx_file("/Apps/sy/Homework/a.txt", "id:a", "r1")
+                ]),
                 "c1",
                 true,
             ),
@@ -113,7 +115,11 @@ async fn dropbox_list_folder_continue() {
             Method::POST,
             CONTINUE,
             200,
-            dropbox_page(json!([dbx_file("/Apps/sy/b.txt", "id:b", "r1")]), "c2", false),
+            dropbox_page(
+                json!([dbx_file("/Apps/sy/b.txt", "id:b", "r1")]),
+                "c2",
+                false,
+            ),
         ),
     ]);
     api.idle([Answer::new(
@@ -135,7 +141,10 @@ async fn dropbox_list_folder_continue() {
     assert!(events.is_empty(), "a baseline records nothing: {events:#?}");
     let got = api.got();
     let grant = "grant_type=refresh_token&refresh_token=rt&client_id=cid&client_secret=cs";
-    assert_eq!((got[0].path.as_str(), got[0].body.as_str()), ("/oauth2/token", grant));
+    assert_eq!(
+        (got[0].path.as_str(), got[0].body.as_str()),
+        ("/oauth2/token", grant)
+    );
     assert_eq!(got[1].path, LIST);
     assert_eq!(got[1].authorization.as_deref(), Some("Bearer t1"));
     let first = json_of(&got[1].body);
@@ -181,7 +190,11 @@ async fn dropbox_list_folder_continue() {
         &hub,
         acc,
         &cursor,
-        &["rename /c.txt <- b.txt", "rename /Work <- Homework", "add /d.txt"],
+        &[
+            "rename /c.txt <- b.txt",
+            "rename /Work <- Homework",
+            "add /d.txt",
+        ],
     )
     .await;
     let got = api.got();
@@ -210,9 +223,11 @@ async fn dropbox_list_folder_continue() {
             LIST,
             200,
             dropbox_page(
-                json!([dbx_folder("/Apps/sy/Work", "id:h"),
+                json!([
+                    dbx_folder("/Apps/sy/Work", "id:h"),
                     dbx_file("/Apps/sy/Work/a.txt", "id:a", "r2"),
-                    dbx_file("/Apps/sy/d.txt", "id:d", "r1")]),
+                    dbx_file("/Apps/sy/d.txt", "id:d", "r1")
+                ]),
                 "c4",
                 false,
             ),
@@ -224,13 +239,7 @@ async fn dropbox_list_folder_continue() {
         200,
         dropbox_page(json!([]), "c4", false),
     )]);
-    expect_events(
-        &hub,
-        acc,
-        &cursor,
-        &["update /Work/a.txt", "delete /c.txt"],
-    )
-    .await;
+    expect_events(&hub, acc, &cursor, &["update /Work/a.txt", "delete /c.txt"]).await;
     assert_eq!(api.pending(), 0);
     let last = api.got().last().cloned().expect("a request");
     assert_eq!(json_of(&last.body)["cursor"], "c4");
@@ -259,7 +268,12 @@ async fn google_drive_changes_list() {
     const FILES: &str = "/drive/v3/files";
     const CHANGES: &str = "/drive/v3/changes";
     const START: &str = "/drive/v3/changes/startPageToken";
-    let root = Answer::new(Method::GET, "/drive/v3/files/root", 200, r#"{"id": "0AROOT"}"#);
+    let root = Answer::new(
+        Method::GET,
+        "/drive/v3/files/root",
+        200,
+        r#"{"id": "0AROOT"}"#,
+    );
     let idle = |token: &str| {
         [
             root.clone(),
@@ -307,7 +321,10 @@ async fn google_drive_changes_list() {
         walk[2].param("q").as_deref(),
         Some("'F1' in parents and trashed = false")
     );
-    let next = got.iter().rfind(|g| g.path == CHANGES).expect("a changes.list");
+    let next = got
+        .iter()
+        .rfind(|g| g.path == CHANGES)
+        .expect("a changes.list");
     assert_eq!(next.param("pageToken").as_deref(), Some("100"));
     assert_eq!(next.param("includeRemoved").as_deref(), Some("true"));
     assert_eq!(next.authorization.as_deref(), Some("Bearer tok"));
@@ -380,7 +397,11 @@ async fn google_drive_changes_list() {
     api.idle(idle("200"));
     expect_events(&hub, acc, &cursor, &["add /late.txt", "delete /n.txt"]).await;
     assert_eq!(api.pending(), 0);
-    let last = api.got().into_iter().rfind(|g| g.path == CHANGES).expect("changes");
+    let last = api
+        .got()
+        .into_iter()
+        .rfind(|g| g.path == CHANGES)
+        .expect("changes");
     assert_eq!(last.param("pageToken").as_deref(), Some("200"));
     let unscripted: Vec<_> = api.got().into_iter().filter(|g| g.unscripted).collect();
     assert!(unscripted.is_empty(), "{unscripted:#?}");
@@ -412,7 +433,12 @@ async fn onedrive_delta_and_hostile_answers() {
     let elsewhere = Replay::start().await.expect("replay");
     let hub = hub_for(&api).await;
     const DELTA: &str = "/v1.0/me/drive/root/delta";
-    let root = Answer::new(Method::GET, "/v1.0/me/drive/root", 200, r#"{"id": "01ROOT"}"#);
+    let root = Answer::new(
+        Method::GET,
+        "/v1.0/me/drive/root",
+        200,
+        r#"{"id": "01ROOT"}"#,
+    );
     let idle = |token: &str| {
         [
             root.clone(),
@@ -483,7 +509,11 @@ async fn onedrive_delta_and_hostile_answers() {
         &hub,
         acc,
         &cursor,
-        &["rename /Papers <- Docs", "update /Papers/a.txt", "delete /b.txt"],
+        &[
+            "rename /Papers <- Docs",
+            "update /Papers/a.txt",
+            "delete /b.txt",
+        ],
     )
     .await;
 
@@ -514,7 +544,10 @@ async fn onedrive_delta_and_hostile_answers() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let seen = asked("d2");
     while api.pending() > 0 || asked("d2") < seen + 3 {
-        assert!(std::time::Instant::now() < deadline, "no poll after the hostile page");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no poll after the hostile page"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(elsewhere.got().is_empty(), "{:#?}", elsewhere.got());

@@ -124,6 +124,16 @@ impl Replay {
     pub fn got(&self) -> Vec<Got> {
         self.lock().got.clone()
     }
+
+    /// The requests that matched neither the script nor an idle answer.
+    pub fn unscripted(&self) -> Vec<Got> {
+        self.lock()
+            .got
+            .iter()
+            .filter(|g| g.unscripted)
+            .cloned()
+            .collect()
+    }
 }
 
 async fn answer(

@@ -279,14 +279,12 @@ impl Db {
         put: &[Seen],
         delete: &[String],
     ) -> DbResult<bool> {
-        let mut tx = self.w().begin().await?;
-        if !Self::fence(&mut tx, lease).await? {
-            return Ok(false);
-        }
-        delete_rows(&mut tx, lease.account_id, delete).await?;
-        put_rows(&mut tx, lease.account_id, put, None).await?;
-        tx.commit().await?;
-        Ok(true)
+        let ops: Vec<SnapOp> = delete
+            .iter()
+            .map(|k| SnapOp::Delete(k.clone()))
+            .chain(put.iter().map(|s| SnapOp::Put(s.clone())))
+            .collect();
+        self.snapshot_apply(lease, &ops, &[]).await
     }
 
     /// The snapshot rows at `keys` (sort keys) and those with `idents`, in one or two round
@@ -337,65 +335,37 @@ impl Db {
             return Ok(false);
         }
         let account = lease.account_id;
-        let mut i = 0;
-        while i < ops.len() {
-            // Runs of puts and of deletes go in batches; tree operations one by one.
-            let run = ops[i..]
-                .iter()
-                .take_while(|o| std::mem::discriminant(*o) == std::mem::discriminant(&ops[i]))
-                .count();
-            match &ops[i] {
-                SnapOp::Put(_) => {
-                    let rows: Vec<Seen> = ops[i..i + run]
-                        .iter()
-                        .filter_map(|o| match o {
-                            SnapOp::Put(s) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    put_rows(&mut tx, account, &rows, Some(lease.epoch)).await?;
-                }
-                SnapOp::Delete(_) => {
-                    let keys: Vec<String> = ops[i..i + run]
-                        .iter()
-                        .filter_map(|o| match o {
-                            SnapOp::Delete(k) => Some(k.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    delete_rows(&mut tx, account, &keys).await?;
-                }
-                SnapOp::DeleteTree(key) => {
-                    sqlx::query(
-                        "DELETE FROM detect_snapshots WHERE account_id = $1 \
-                         AND sort_key >= $2 AND sort_key < $3",
-                    )
-                    .bind(account)
-                    .bind(format!("{key}\u{1}"))
-                    .bind(format!("{key}\u{2}"))
-                    .execute(&mut *tx)
-                    .await?;
-                }
+        // Runs of puts and of deletes are written in batches, in order with the tree writes.
+        let (mut puts, mut deletes): (Vec<Seen>, Vec<String>) = (Vec::new(), Vec::new());
+        for op in ops {
+            if !matches!(op, SnapOp::Put(_)) && !puts.is_empty() {
+                put_rows(
+                    &mut tx,
+                    account,
+                    &std::mem::take(&mut puts),
+                    Some(lease.epoch),
+                )
+                .await?;
+            }
+            if !matches!(op, SnapOp::Delete(_)) && !deletes.is_empty() {
+                delete_rows(&mut tx, account, &std::mem::take(&mut deletes)).await?;
+            }
+            match op {
+                SnapOp::Put(row) => puts.push(row.clone()),
+                SnapOp::Delete(key) => deletes.push(key.clone()),
+                SnapOp::DeleteTree(key) => delete_tree(&mut tx, account, key).await?,
                 SnapOp::MoveTree {
                     from_key,
                     to_key,
                     from_path,
                     to_path,
                 } => {
-                    let (lo, hi) = (format!("{from_key}\u{1}"), format!("{from_key}\u{2}"));
-                    let (to_lo, to_hi) = (format!("{to_key}\u{1}"), format!("{to_key}\u{2}"));
                     // Whatever the snapshot held under the new path was replaced; unless the
                     // two subtrees overlap (a folder moved up over its parent's old name).
-                    if !(lo.starts_with(&to_lo) || to_lo.starts_with(&lo)) {
-                        sqlx::query(
-                            "DELETE FROM detect_snapshots WHERE account_id = $1 \
-                             AND sort_key >= $2 AND sort_key < $3",
-                        )
-                        .bind(account)
-                        .bind(&to_lo)
-                        .bind(&to_hi)
-                        .execute(&mut *tx)
-                        .await?;
+                    let (from_tree, to_tree) =
+                        (format!("{from_key}\u{1}"), format!("{to_key}\u{1}"));
+                    if !(from_tree.starts_with(&to_tree) || to_tree.starts_with(&from_tree)) {
+                        delete_tree(&mut tx, account, to_key).await?;
                     }
                     sqlx::query(
                         "UPDATE detect_snapshots SET \
@@ -407,14 +377,15 @@ impl Db {
                     .bind(to_path)
                     .bind(from_path.chars().count() as i64 + 1)
                     .bind(account)
-                    .bind(&lo)
-                    .bind(&hi)
+                    .bind(from_tree)
+                    .bind(format!("{from_key}\u{2}"))
                     .execute(&mut *tx)
                     .await?;
                 }
             }
-            i += run.max(1);
         }
+        put_rows(&mut tx, account, &puts, Some(lease.epoch)).await?;
+        delete_rows(&mut tx, account, &deletes).await?;
         for chunk in seen.chunks(PUT_BATCH) {
             let sql = format!(
                 "UPDATE detect_snapshots SET mark = $1 WHERE account_id = $2 \
@@ -497,6 +468,19 @@ fn placeholders(first: usize, n: usize) -> String {
         .map(|i| format!("${}", first + i))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Removes everything below the folder whose sort key is `key`.
+async fn delete_tree(conn: &mut AnyConnection, account_id: i64, key: &str) -> DbResult<()> {
+    sqlx::query(
+        "DELETE FROM detect_snapshots WHERE account_id = $1 AND sort_key >= $2 AND sort_key < $3",
+    )
+    .bind(account_id)
+    .bind(format!("{key}\u{1}"))
+    .bind(format!("{key}\u{2}"))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 async fn delete_rows(conn: &mut AnyConnection, account_id: i64, keys: &[String]) -> DbResult<()> {

@@ -133,7 +133,7 @@ pub async fn spawn(state: AppState) -> anyhow::Result<Tasks> {
         queue,
         wake: Arc::new(tokio::sync::Notify::new()),
         watches: Arc::default(),
-        tokens: provider::Tokens::default(),
+        delta: provider::Delta::new(&state)?,
     };
     let r = runner.clone();
     let handler: crate::workqueue::Handler = Arc::new(move |payload: String| {
@@ -166,8 +166,8 @@ struct Runner {
     wake: Arc<tokio::sync::Notify>,
     /// The inotify watches of `fs` roots this hub polled or saw change lately.
     watches: Arc<std::sync::Mutex<HashMap<i64, Watching>>>,
-    /// Access tokens of delta-API accounts refreshed by this hub.
-    tokens: provider::Tokens,
+    /// The HTTP client and what is kept between polls of delta-API accounts.
+    delta: provider::Delta,
 }
 
 /// An inotify watch kept for an account; dropping it stops the watch.
@@ -312,7 +312,7 @@ impl Runner {
         let delta = delta::is_delta_service(service);
         let outcome = tokio::select! {
             r = poll_once(&self.state, &account, lease), if !delta => r,
-            r = provider::poll(&self.state, &account, lease, &self.tokens), if delta => r,
+            r = provider::poll(&self.state, &account, lease, &self.delta), if delta => r,
             () = renew => Err(PollError::LeaseLost),
         };
         let labels = ServiceLabels {

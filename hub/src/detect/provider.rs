@@ -38,26 +38,82 @@ const SWEEP_PAGE: i64 = 1000;
 /// The longest one provider request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Access tokens refreshed by this hub, per account (they are not written back to the
-/// account's sealed settings; a refresh token gets a new one after a restart).
-#[derive(Debug, Default, Clone)]
-pub struct Tokens(Arc<Mutex<HashMap<i64, String>>>);
+/// What a hub keeps for its delta polls: one HTTP client for all of them, and per account the
+/// access token it refreshed and the account root's id, both tied to the settings they came
+/// from (new credentials or a new root start afresh). Refreshed tokens are not written back to
+/// the account's sealed settings: after a restart the refresh token gets a new one.
+#[derive(Clone)]
+pub struct Delta {
+    http: reqwest::Client,
+    accounts: Arc<Mutex<HashMap<i64, Cached>>>,
+}
 
-impl Tokens {
-    fn get(&self, account: i64) -> Option<String> {
-        self.0
+#[derive(Default, Clone)]
+struct Cached {
+    /// A digest of the settings the rest came from (kept in memory only).
+    settings: u64,
+    token: Option<String>,
+    root_id: Option<String>,
+}
+
+impl Delta {
+    /// The client goes through the egress guard's resolver, follows no redirects, and gives
+    /// each request [`REQUEST_TIMEOUT`].
+    pub fn new(state: &AppState) -> anyhow::Result<Self> {
+        let http = state
+            .connect_options
+            .egress
+            .http_builder(Duration::from_secs(10))
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("Switchyard-Detect/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            accounts: Arc::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Cached>> {
+        self.accounts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What is kept for `account` with settings digest `settings` (nothing if they changed).
+    fn cached(&self, account: i64, settings: u64) -> Cached {
+        self.lock()
             .get(&account)
+            .filter(|c| c.settings == settings)
             .cloned()
+            .unwrap_or_default()
     }
 
-    fn set(&self, account: i64, token: String) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(account, token);
+    fn update(&self, account: i64, settings: u64, f: impl FnOnce(&mut Cached)) {
+        let mut all = self.lock();
+        let c = all.entry(account).or_default();
+        if c.settings != settings {
+            *c = Cached {
+                settings,
+                ..Cached::default()
+            };
+        }
+        f(c);
     }
+}
+
+/// The digest [`Delta`] ties what it keeps to.
+fn digest(s: &OAuthSettings) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &s.access_token,
+        &s.refresh_token,
+        &s.client_id,
+        &s.client_secret,
+        &s.root,
+    )
+        .hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +159,9 @@ struct Api<'a> {
     state: &'a AppState,
     endpoints: DeltaEndpoints,
     settings: &'a OAuthSettings,
+    digest: u64,
     account: i64,
-    tokens: &'a Tokens,
+    delta: &'a Delta,
     requests: u64,
 }
 
@@ -139,8 +196,9 @@ impl Api<'_> {
         let mut refreshed = false;
         loop {
             let token = match self
-                .tokens
-                .get(self.account)
+                .delta
+                .cached(self.account, self.digest)
+                .token
                 .or_else(|| self.settings.access_token.clone())
             {
                 Some(t) => t,
@@ -232,7 +290,9 @@ impl Api<'_> {
         }
         match serde_json::from_str::<Grant>(&body) {
             Ok(g) if status == 200 && !g.access_token.is_empty() => {
-                self.tokens.set(self.account, g.access_token.clone());
+                let token = g.access_token.clone();
+                self.delta
+                    .update(self.account, self.digest, |c| c.token = Some(token));
                 Ok(g.access_token)
             }
             // The answer is not quoted: it may hold what the provider thinks of the secret.
@@ -243,7 +303,16 @@ impl Api<'_> {
         }
     }
 
-    /// The account root's id on Drive and OneDrive (`settings.root`, `/` when absent).
+    /// Looks up the account root's id on Drive and OneDrive (`settings.root`, `/` when
+    /// absent) and keeps it for the next polls.
+    async fn resolve_root(&mut self) -> Result<Option<String>, PollError> {
+        let id = self.root_id().await?;
+        let kept = id.clone();
+        self.delta
+            .update(self.account, self.digest, |c| c.root_id = kept);
+        Ok(id)
+    }
+
     async fn root_id(&mut self) -> Result<Option<String>, PollError> {
         let root = self
             .settings
@@ -589,7 +658,7 @@ pub async fn poll(
     state: &AppState,
     account: &Account,
     lease: &DetectorLease,
-    tokens: &Tokens,
+    delta: &Delta,
 ) -> Result<(PollStats, i64), PollError> {
     let (service, settings) = match &account.settings {
         ServiceConfig::Dropbox(s) => (Service::Dropbox, s),
@@ -608,22 +677,15 @@ pub async fn poll(
         .detect
         .delta_endpoints(service.name())
         .ok_or_else(|| PollError::Provider("no API endpoints".into()))?;
-    let http = state
-        .connect_options
-        .egress
-        .http_builder(Duration::from_secs(10))
-        .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("Switchyard-Detect/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| PollError::Provider(format!("cannot build the HTTP client: {e}")))?;
     let mut api = Api {
         service,
-        http,
+        http: delta.http.clone(),
         state,
         endpoints,
         settings,
+        digest: digest(settings),
         account: lease.account_id,
-        tokens,
+        delta,
         requests: 0,
     };
     let head = state.db.stream_head(lease.account_id).await?;
@@ -638,14 +700,12 @@ pub async fn poll(
         Some(c) => Step::Delta(c.to_owned()),
         None => Step::Full,
     };
-    let root_id = api.root_id().await?;
-    let mut stats = PollStats::default();
-    let recorder = Recorder {
-        state,
-        account,
-        lease,
-        listed_seq: head,
+    // The root's id is looked up again for every full listing, else kept from the last poll.
+    let mut root_id = match api.delta.cached(api.account, api.digest).root_id {
+        Some(id) if !full => Some(id),
+        _ => api.resolve_root().await?,
     };
+    let mut stats = PollStats::default();
     let cursor = loop {
         let (items, next) = match api.page(step, root_id.as_deref()).await {
             Ok(p) => p,
@@ -657,11 +717,20 @@ pub async fn poll(
                 );
                 full = true;
                 step = Step::Full;
+                root_id = api.resolve_root().await?;
                 continue;
             }
             Err(e) => return Err(e),
         };
         stats.scanned += items.len() as u64;
+        if items.is_empty() {
+            // Nothing to look up or write (an idle poll's page, a walk's first step).
+            match next {
+                Ok(s) => step = s,
+                Err(cursor) => break cursor,
+            }
+            continue;
+        }
         let (keys, idents) = Known::wanted(&items);
         let (by_key, by_ident) = state
             .db
@@ -679,7 +748,8 @@ pub async fn poll(
         let applied = delta::changes(items, root_id.as_deref(), &mut known);
         if record {
             for c in &applied.changes {
-                stats.recorded += u64::from(recorder.record(c).await);
+                stats.recorded +=
+                    u64::from(super::record_change(state, account, lease, head, c).await);
             }
         }
         let stamp: &[String] = if full { &applied.present } else { &[] };
@@ -692,7 +762,7 @@ pub async fn poll(
         }
     };
     if full {
-        stats.recorded += sweep(state, lease, &recorder, record).await?;
+        stats.recorded += sweep(state, account, lease, record.then_some(head)).await?;
     }
     stats.requests = api.requests;
     let stored = delta::store_cursor(service.name(), &cursor);
@@ -707,12 +777,13 @@ pub async fn poll(
 }
 
 /// After a full listing: removes the snapshot rows it did not see, recording each as a
-/// deletion (a folder's subtree goes with it, in one event).
+/// deletion (unless on a baseline; `listed_seq`: the head the poll read); a folder's subtree
+/// goes with it, in one event.
 async fn sweep(
     state: &AppState,
+    account: &Account,
     lease: &DetectorLease,
-    recorder: &Recorder<'_>,
-    record: bool,
+    listed_seq: Option<i64>,
 ) -> Result<u64, PollError> {
     let mut after = String::new();
     let mut folder: Option<String> = None;
@@ -735,8 +806,10 @@ async fn sweep(
                 if s.folder {
                     folder = Some(s.key.clone());
                 }
-                if record {
-                    recorded += u64::from(recorder.record(&Change::Removed(s.clone())).await);
+                if let Some(head) = listed_seq {
+                    let gone = Change::Removed(s.clone());
+                    recorded +=
+                        u64::from(super::record_change(state, account, lease, head, &gone).await);
                 }
             }
             delete.push(delta::SnapOp::Delete(s.key));
@@ -744,20 +817,6 @@ async fn sweep(
         if !state.db.snapshot_apply(lease, &delete, &[]).await? {
             return Err(PollError::LeaseLost);
         }
-    }
-}
-
-/// Records a delta poll's changes through the feed's one path.
-struct Recorder<'a> {
-    state: &'a AppState,
-    account: &'a Account,
-    lease: &'a DetectorLease,
-    listed_seq: i64,
-}
-
-impl Recorder<'_> {
-    async fn record(&self, c: &Change) -> bool {
-        super::record_change(self.state, self.account, self.lease, self.listed_seq, c).await
     }
 }
 

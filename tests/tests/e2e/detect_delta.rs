@@ -51,6 +51,16 @@ async fn account(hub: &TestHub, service: &str, creds: Value) -> i64 {
         .id
 }
 
+/// Waits for the first poll (the baseline) and one more, checks they recorded nothing, and
+/// returns the feed's cursor.
+async fn after_baseline(hub: &TestHub, acc: i64) -> String {
+    let t = polled_after(hub, acc, 0).await;
+    polled_after(hub, acc, t).await;
+    let (events, cursor) = events_after(hub, acc, None).await;
+    assert!(events.is_empty(), "a baseline records nothing: {events:#?}");
+    cursor
+}
+
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).expect("a JSON body")
 }
@@ -64,6 +74,16 @@ const CONTINUE: &str = "/2/files/list_folder/continue";
 
 fn dropbox_page(entries: Value, cursor: &str, more: bool) -> String {
     json!({"entries": entries, "cursor": cursor, "has_more": more}).to_string()
+}
+
+/// Dropbox with nothing new since `cursor`.
+fn dropbox_idle(cursor: &str) -> [Answer; 1] {
+    [Answer::new(
+        Method::POST,
+        CONTINUE,
+        200,
+        dropbox_page(json!([]), cursor, false),
+    )]
 }
 
 fn dbx_file(path: &str, id: &str, rev: &str) -> Value {
@@ -122,12 +142,7 @@ async fn dropbox_list_folder_continue() {
             ),
         ),
     ]);
-    api.idle([Answer::new(
-        Method::POST,
-        CONTINUE,
-        200,
-        dropbox_page(json!([]), "c2", false),
-    )]);
+    api.idle(dropbox_idle("c2"));
     let acc = account(
         &hub,
         "dropbox",
@@ -135,10 +150,7 @@ async fn dropbox_list_folder_continue() {
             "root": "/Apps/sy"}),
     )
     .await;
-    let t = polled_after(&hub, acc, 0).await;
-    polled_after(&hub, acc, t).await;
-    let (events, cursor) = events_after(&hub, acc, None).await;
-    assert!(events.is_empty(), "a baseline records nothing: {events:#?}");
+    let cursor = after_baseline(&hub, acc).await;
     let got = api.got();
     let grant = "grant_type=refresh_token&refresh_token=rt&client_id=cid&client_secret=cs";
     assert_eq!(
@@ -180,12 +192,7 @@ async fn dropbox_list_folder_continue() {
             ),
         ),
     ]);
-    api.idle([Answer::new(
-        Method::POST,
-        CONTINUE,
-        200,
-        dropbox_page(json!([]), "c3", false),
-    )]);
+    api.idle(dropbox_idle("c3"));
     let cursor = expect_events(
         &hub,
         acc,
@@ -233,18 +240,12 @@ async fn dropbox_list_folder_continue() {
             ),
         ),
     ]);
-    api.idle([Answer::new(
-        Method::POST,
-        CONTINUE,
-        200,
-        dropbox_page(json!([]), "c4", false),
-    )]);
+    api.idle(dropbox_idle("c4"));
     expect_events(&hub, acc, &cursor, &["update /Work/a.txt", "delete /c.txt"]).await;
     assert_eq!(api.pending(), 0);
     let last = api.got().last().cloned().expect("a request");
     assert_eq!(json_of(&last.body)["cursor"], "c4");
-    let unscripted: Vec<_> = api.got().into_iter().filter(|g| g.unscripted).collect();
-    assert!(unscripted.is_empty(), "{unscripted:#?}");
+    assert!(api.unscripted().is_empty(), "{:#?}", api.unscripted());
 }
 
 fn drive_file(id: &str, name: &str, parent: &str, md5: &str) -> Value {
@@ -307,8 +308,7 @@ async fn google_drive_changes_list() {
     ]);
     api.idle(idle("100"));
     let acc = account(&hub, "gdrive", json!({"access_token": "tok"})).await;
-    let t = polled_after(&hub, acc, 0).await;
-    polled_after(&hub, acc, t).await;
+    let cursor = after_baseline(&hub, acc).await;
     assert_eq!(api.pending(), 0);
     let got = api.got();
     let walk: Vec<_> = got.iter().filter(|g| g.path == FILES).collect();
@@ -328,8 +328,6 @@ async fn google_drive_changes_list() {
     assert_eq!(next.param("pageToken").as_deref(), Some("100"));
     assert_eq!(next.param("includeRemoved").as_deref(), Some("true"));
     assert_eq!(next.authorization.as_deref(), Some("Bearer tok"));
-    let (events, cursor) = events_after(&hub, acc, None).await;
-    assert!(events.is_empty(), "a baseline records nothing: {events:#?}");
 
     // The folder renamed (only it is named), its file changed, x.txt moved into it; a shared
     // drive's change is not the account's.
@@ -403,8 +401,7 @@ async fn google_drive_changes_list() {
         .rfind(|g| g.path == CHANGES)
         .expect("changes");
     assert_eq!(last.param("pageToken").as_deref(), Some("200"));
-    let unscripted: Vec<_> = api.got().into_iter().filter(|g| g.unscripted).collect();
-    assert!(unscripted.is_empty(), "{unscripted:#?}");
+    assert!(api.unscripted().is_empty(), "{:#?}", api.unscripted());
 }
 
 fn graph_page(value: Value, next: Option<&str>, delta: Option<&str>) -> String {
@@ -481,15 +478,12 @@ async fn onedrive_delta_and_hostile_answers() {
     ]);
     api.idle(idle("d1"));
     let acc = account(&hub, "onedrive", json!({"access_token": "tok"})).await;
-    let t = polled_after(&hub, acc, 0).await;
-    polled_after(&hub, acc, t).await;
+    let cursor = after_baseline(&hub, acc).await;
     assert_eq!(api.pending(), 0);
     let deltas: Vec<_> = api.got().into_iter().filter(|g| g.path == DELTA).collect();
     assert_eq!(deltas[0].query, "");
     assert_eq!(deltas[1].param("token").as_deref(), Some("n1"));
     assert_eq!(deltas[2].param("token").as_deref(), Some("d1"));
-    let (events, cursor) = events_after(&hub, acc, None).await;
-    assert!(events.is_empty(), "a baseline records nothing: {events:#?}");
 
     // The folder renamed, its file changed, a file deleted.
     api.script([Answer::new(
@@ -532,7 +526,6 @@ async fn onedrive_delta_and_hostile_answers() {
                 None,
             ),
         ),
-        root.clone(),
         Answer::new(Method::GET, DELTA, 200, huge),
     ]);
     let asked = |token: &str| {
@@ -552,6 +545,5 @@ async fn onedrive_delta_and_hostile_answers() {
     }
     assert!(elsewhere.got().is_empty(), "{:#?}", elsewhere.got());
     expect_events(&hub, acc, &cursor, &[]).await;
-    let unscripted: Vec<_> = api.got().into_iter().filter(|g| g.unscripted).collect();
-    assert!(unscripted.is_empty(), "{unscripted:#?}");
+    assert!(api.unscripted().is_empty(), "{:#?}", api.unscripted());
 }

@@ -825,6 +825,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_is_kept_goes_with_the_settings_it_came_from() {
+        let delta = Delta {
+            http: reqwest::Client::new(),
+            accounts: Arc::default(),
+        };
+        let mut settings = OAuthSettings {
+            access_token: None,
+            refresh_token: Some("rt-1".into()),
+            client_id: Some("cid".into()),
+            client_secret: Some("cs".into()),
+            root: None,
+        };
+        let first = digest(&settings);
+        delta.update(7, first, |c| c.token = Some("t1".into()));
+        delta.update(7, first, |c| c.root_id = Some("ROOT".into()));
+        let kept = delta.cached(7, first);
+        assert_eq!(
+            (kept.token.as_deref(), kept.root_id.as_deref()),
+            (Some("t1"), Some("ROOT"))
+        );
+        assert!(delta.cached(8, first).token.is_none(), "another account");
+        // The account was connected again with another refresh token (maybe another user's
+        // drive): nothing kept for the old one is used.
+        settings.refresh_token = Some("rt-2".into());
+        let second = digest(&settings);
+        assert_ne!(first, second);
+        let kept = delta.cached(7, second);
+        assert!(kept.token.is_none() && kept.root_id.is_none());
+        delta.update(7, second, |c| c.token = Some("t2".into()));
+        assert!(delta.cached(7, first).token.is_none());
+    }
+
+    #[test]
     fn refresh_grants_are_form_encoded() {
         assert_eq!(
             form(&[

@@ -242,3 +242,17 @@ mod tests {
         assert_eq!(http_date(T).as_deref(), Some(same));
     }
 }
+
+/// The preconditions a change of a file takes (for the OpenAPI document; they are read from
+/// the headers by the handlers).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct ChangePreconditions {
+    /// ETags (strong comparison) or `*`: 412 unless one matches.
+    #[param(rename = "If-Match")]
+    if_match: Option<String>,
+    /// HTTP-date: 412 when modified since (ignored with `If-Match`).
+    #[param(rename = "If-Unmodified-Since")]
+    if_unmodified_since: Option<String>,
+}

@@ -22,6 +22,8 @@ pub fn request_id() -> String {
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// The HTTP status, repeated (kloudless-js and the Ruby SDK read it from the body).
+    pub status_code: u16,
     /// Machine-readable code such as `invalid_parameters` or `not_found`.
     pub error_code: String,
     /// Human-readable explanation.
@@ -127,6 +129,7 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
+            status_code: self.status.as_u16(),
             error_code: self.code.to_owned(),
             message: self.message,
             id: request_id(),

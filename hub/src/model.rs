@@ -125,9 +125,9 @@ pub struct AccountView {
     pub apis: Vec<&'static str>,
     pub created: String,
     pub modified: String,
-    /// With `retrieve_full=true`.
+    /// With `retrieve_full=true`: `{"capabilities": {name: {"value": ...}}}`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<serde_json::Value>,
+    pub properties: Option<serde_json::Value>,
     /// Present only in the response that connected the account: the account's bearer token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bearer_token: Option<BearerToken>,

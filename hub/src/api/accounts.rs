@@ -14,7 +14,7 @@ use axum::Json;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use shared::auth::{generate_token, hash_token};
-use shared::storage::{Connector, ServiceConfig, SettingsError};
+use shared::storage::{Capabilities, Connector, ServiceConfig, SettingsError};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -38,9 +38,63 @@ fn view(r: &AccountRecord) -> AccountView {
         apis: vec!["storage"],
         created: rfc3339(r.created_ms),
         modified: rfc3339(r.modified_ms),
-        capabilities: None,
+        properties: None,
         bearer_token: None,
     }
+}
+
+/// `properties.capabilities` of `retrieve_full`, in the Kloudless shape (`{name: {"value":
+/// bool}}`, the names the Kloudless SDKs test for), then our own facts and limits under the
+/// same shape.
+fn properties(c: &Capabilities, max_upload_bytes: u64) -> serde_json::Value {
+    let mut caps = serde_json::Map::new();
+    let mut put = |name: &str, value: serde_json::Value| {
+        caps.insert(name.to_owned(), serde_json::json!({ "value": value }));
+    };
+    // What the unified API does on every service (a rename without native support is a copy
+    // and a delete; search walks the account).
+    for name in [
+        "can_upload_file",
+        "can_update_file_content",
+        "can_rename_file",
+        "can_move_file",
+        "can_copy_file",
+        "can_delete_file",
+        "can_delete_file_permanently",
+        "can_search_file_name",
+        "can_create_folder",
+        "can_rename_folder",
+        "can_move_folder",
+        "can_copy_folder",
+        "can_delete_folder",
+    ] {
+        put(name, true.into());
+    }
+    put(
+        "multipart_uploads_supported_for_files",
+        crate::api::storage::SESSIONS_SUPPORTED.into(),
+    );
+    // Not part of this API.
+    for name in [
+        "permissions_supported_for_files",
+        "properties_supported_for_files",
+        "can_list_properties",
+        "can_delete_all_properties",
+    ] {
+        put(name, false.into());
+    }
+    // Ours.
+    put("server_side_copy", c.server_side_copy.into());
+    put("native_rename", c.native_rename.into());
+    put("range_reads", c.range_reads.into());
+    put("folders_are_objects", c.folders_are_objects.into());
+    put("conditional_writes", c.conditional_writes.into());
+    put("multipart_min_part_size", c.parts.min.into());
+    put("multipart_max_part_size", c.parts.max.into());
+    put("multipart_max_parts", c.parts.max_parts.into());
+    // 0: no limit of our own on a single upload.
+    put("max_single_upload_size", max_upload_bytes.into());
+    serde_json::json!({ "capabilities": caps })
 }
 
 fn settings_error(e: SettingsError) -> ApiError {
@@ -98,7 +152,7 @@ fn seal(state: &AppState, settings: &ServiceConfig, id: i64) -> Vec<u8> {
 #[into_params(parameter_in = Query)]
 struct RetrieveOptions {
     /// Include per-account `capabilities`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::query_bool")]
     retrieve_full: Option<bool>,
 }
 
@@ -191,7 +245,10 @@ async fn get_account(
     let account = state.account(caller.app_id, id).await?;
     let mut v = view(&account.record);
     if opts.retrieve_full == Some(true) {
-        v.capabilities = serde_json::to_value(account.connector.capabilities()).ok();
+        v.properties = Some(properties(
+            &account.connector.capabilities(),
+            state.config.limits.max_upload_bytes,
+        ));
     }
     Ok(Json(v))
 }

@@ -112,14 +112,53 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
     let json_limit = state.config.limits.max_json_body_bytes;
-    api.merge(ops::routes(doc))
+    let routed = api
+        .merge(ops::routes(doc))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             request_context,
         ))
         .layer(DefaultBodyLimit::max(json_limit))
-        .with_state(state)
+        .with_state(state);
+    // Outside the routing (a router's own layers run after it has picked a route): every
+    // route also answers with a trailing slash, as kloudless-js and the file picker send.
+    Router::new()
+        .fallback_service(routed)
+        .layer(axum::middleware::map_request(trim_trailing_slash))
+}
+
+/// `/v1/accounts/1/` → `/v1/accounts/1` (the query kept); `/` stays.
+async fn trim_trailing_slash(mut req: Request) -> Request {
+    let path = req.uri().path();
+    if path.len() > 1 && path.ends_with('/') && !path.ends_with("//") {
+        let trimmed = &path[..path.len() - 1];
+        let p_and_q = match req.uri().query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_owned(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = p_and_q.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+/// A query-string boolean as every Kloudless SDK sends it: `true`/`false` in any case
+/// (Python's `requests` sends `True`), or `1`/`0`. For `#[serde(default, deserialize_with)]`.
+pub(crate) fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.trim() {
+        t if t.eq_ignore_ascii_case("true") || t == "1" => Ok(Some(true)),
+        t if t.eq_ignore_ascii_case("false") || t == "0" => Ok(Some(false)),
+        other => Err(serde::de::Error::custom(format!(
+            "`{other}` is not a boolean (true, false, 1 or 0)"
+        ))),
+    }
 }
 
 /// Per request: a request id (task-local, echoed in `X-Request-Id`), metrics, and a JSON body

@@ -300,16 +300,64 @@ impl std::fmt::Debug for Connector {
     }
 }
 
-/// Feature flags of an account, as `retrieve_full=true` reports them.
+/// What an account's connector can do, from OpenDAL's capability model of its service and
+/// what this crate builds on it (the API shows it with `retrieve_full=true`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Capabilities {
-    pub copy: bool,
-    pub rename: bool,
+    /// The provider copies without the bytes passing through us.
     pub server_side_copy: bool,
-    pub multipart: bool,
+    /// The provider renames natively (otherwise a rename is a copy and a delete).
+    pub native_rename: bool,
+    /// Ranged reads (resumed downloads, `Range`).
     pub range_reads: bool,
-    pub folders: bool,
+    /// Folders are objects of their own (otherwise they exist through what is in them).
+    pub folders_are_objects: bool,
+    /// Writes conditional on the current version, checked by the provider.
+    pub conditional_writes: bool,
+    /// The parts of an upload session on this service.
+    pub parts: PartLimits,
 }
+
+/// The parts an upload session may have on a service.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct PartLimits {
+    /// Smallest part but the last, in bytes.
+    pub min: u64,
+    /// Largest part, in bytes.
+    pub max: u64,
+    /// Most parts of one upload.
+    pub max_parts: u32,
+}
+
+impl PartLimits {
+    /// The part size for an upload of `size` bytes (unknown: `None`): `preferred` within the
+    /// limits, grown to a whole MiB so that the parts fit in `max_parts`; `None` when even the
+    /// largest parts cannot hold it.
+    pub fn part_size(&self, size: Option<u64>, preferred: u64) -> Option<u64> {
+        const MIB: u64 = 1024 * 1024;
+        let mut part = preferred.clamp(self.min.max(1), self.max);
+        if let Some(size) = size {
+            let needed = size.div_ceil(u64::from(self.max_parts));
+            if needed > part {
+                part = needed.div_ceil(MIB) * MIB;
+            }
+        }
+        (part <= self.max).then_some(part)
+    }
+}
+
+/// S3's multipart limits (also Google Cloud Storage's XML API).
+pub const S3_PARTS: PartLimits = PartLimits {
+    min: 5 * 1024 * 1024,
+    max: 5 * 1024 * 1024 * 1024,
+    max_parts: 10_000,
+};
+/// Parts kept as objects or at offsets of a staging file (any size; the count is the API's).
+pub const STAGED_PARTS: PartLimits = PartLimits {
+    min: 1,
+    max: 5 * 1024 * 1024 * 1024,
+    max_parts: 10_000,
+};
 
 fn entry_from(path: StoragePath, meta: &Metadata) -> Entry {
     Entry {
@@ -411,12 +459,15 @@ impl Connector {
     pub fn capabilities(&self) -> Capabilities {
         let cap = self.op.info().capability();
         Capabilities {
-            copy: true,
-            rename: true,
             server_side_copy: cap.copy,
-            multipart: cap.write_can_multi,
+            native_rename: cap.rename,
             range_reads: cap.read,
-            folders: cap.create_dir,
+            folders_are_objects: cap.create_dir,
+            conditional_writes: cap.write_with_if_match,
+            parts: match self.service {
+                "s3" => S3_PARTS,
+                _ => STAGED_PARTS,
+            },
         }
     }
 

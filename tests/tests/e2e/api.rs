@@ -559,7 +559,7 @@ async fn accounts_crud_and_credentials_hidden() {
         .expect("get"),
     )
     .await;
-    assert!(full["capabilities"].is_object(), "{full}");
+    assert!(full["properties"]["capabilities"].is_object(), "{full}");
     assert!(
         !full.to_string().contains(root.to_str().expect("utf8")),
         "no credentials in responses"

@@ -22,6 +22,7 @@ mod offload;
 mod regions;
 mod relay;
 mod reports;
+mod sdk_compat;
 mod spokes;
 mod steering;
 mod steering_lab;

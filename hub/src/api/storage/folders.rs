@@ -24,7 +24,7 @@ use utoipa::IntoParams;
 #[into_params(parameter_in = Query)]
 pub(super) struct CreateFolderOptions {
     /// Answer 409 if the folder already exists (otherwise the existing folder is returned).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::query_bool")]
     conflict_if_exists: Option<bool>,
 }
 
@@ -200,7 +200,7 @@ pub(super) async fn patch_folder(
 #[into_params(parameter_in = Query)]
 pub(super) struct DeleteFolderOptions {
     /// Delete a non-empty folder with everything in it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::query_bool")]
     recursive: Option<bool>,
 }
 

@@ -142,6 +142,9 @@ pub(super) async fn stat_folder(
         .map_err(not_found_as(what))
 }
 
+/// Whether upload sessions (`storage/multipart`) are served (on every service).
+pub(crate) const SESSIONS_SUPPORTED: bool = false;
+
 /// Auto-rename tries for `overwrite=false` before giving up.
 const MAX_RENAME_TRIES: u32 = 1000;
 

@@ -29,7 +29,7 @@ use utoipa::IntoParams;
 pub(super) struct UploadOptions {
     /// Replace an existing file of the same name; when false (the default) the upload is
     /// renamed `name (1).ext`, `name (2).ext`, ...
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::query_bool")]
     overwrite: Option<bool>,
 }
 

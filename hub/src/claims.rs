@@ -283,11 +283,19 @@ async fn clear(state: &AppState, c: &ClaimRecord) -> Result<Cleared, String> {
     {
         return Ok(Cleared::Deferred);
     }
-    let keep = state
+    let mut keep = state
         .db
         .unfinished_upload_ids(c.account_id)
         .await
         .map_err(|e| e.to_string())?;
+    // And the uploads of open upload sessions (their parts arrive over hours).
+    keep.extend(
+        state
+            .db
+            .session_upload_ids(c.account_id)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
     let target = S3Multipart::for_settings(s3, &path, account.connector.egress())
         .map_err(|e| e.to_string())?;
     let aborted = target
@@ -313,6 +321,11 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
         loop {
             if let Err(e) = sweep(&state).await {
                 tracing::warn!(error = %e, "staging sweep failed");
+            }
+            match crate::sessions::sweep(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(sessions = n, "swept expired upload sessions"),
+                Err(e) => tracing::warn!(error = %e, "upload session sweep failed"),
             }
             tokio::time::sleep(every).await;
         }

@@ -938,6 +938,22 @@ pub struct StorageConfig {
     /// swept. Live uploads refresh theirs every quarter of this, however long they run.
     #[serde(default = "default_staging_grace")]
     pub staging_grace_secs: u64,
+    /// Seconds an upload session (`storage/multipart`) stays open; then the parts it holds at
+    /// the provider are deleted (default 24 hours).
+    #[serde(default = "default_upload_session_ttl")]
+    pub upload_session_ttl_secs: u64,
+    /// The part size upload sessions ask for (default 16 MiB), within each service's limits
+    /// (at least 5 MiB on S3) and grown for files that would need more than 10,000 parts.
+    #[serde(default = "default_upload_part_size")]
+    pub upload_part_size_bytes: u64,
+}
+
+fn default_upload_part_size() -> u64 {
+    crate::sessions::PREFERRED_PART_SIZE
+}
+
+fn default_upload_session_ttl() -> u64 {
+    24 * 3600
 }
 
 fn default_staging_grace() -> u64 {
@@ -948,6 +964,11 @@ impl StorageConfig {
     /// [`StorageConfig::staging_grace_secs`] as a duration (at least one second).
     pub fn staging_grace(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.staging_grace_secs.max(1))
+    }
+
+    /// [`StorageConfig::upload_session_ttl_secs`] as a duration (at least one second).
+    pub fn upload_session_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.upload_session_ttl_secs.max(1))
     }
 }
 
@@ -960,6 +981,8 @@ impl Default for StorageConfig {
             nameserver: None,
             io_timeout_secs: default_io_timeout(),
             staging_grace_secs: default_staging_grace(),
+            upload_session_ttl_secs: default_upload_session_ttl(),
+            upload_part_size_bytes: default_upload_part_size(),
         }
     }
 }

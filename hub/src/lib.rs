@@ -24,6 +24,7 @@ mod metrics;
 pub mod model;
 pub mod network;
 pub mod revocation;
+pub mod sessions;
 pub mod state;
 pub mod steering;
 pub mod tls;

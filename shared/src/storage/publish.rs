@@ -208,6 +208,31 @@ impl Connector {
         self.stat_file(path).await
     }
 
+    /// A new staging key on any service, even one that publishes in place: the parts of an
+    /// upload session are kept as staging objects of their own until it completes.
+    pub fn new_part_key(&self) -> StagingKey {
+        StagingKey::random()
+    }
+
+    /// Writes `body` as the staging object `key` (one part of an upload session), streamed;
+    /// nothing appears under a user's name. A failed write leaves the caller to discard it.
+    pub async fn stage_part<S, E>(&self, key: &StagingKey, body: S) -> Result<(), StorageError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        self.stage(key, body).await
+    }
+
+    /// Streams the staging object `key` whole.
+    pub async fn read_staging(
+        &self,
+        key: &StagingKey,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, StorageError>
+    {
+        self.read(key.path(), None).await
+    }
+
     /// Deletes a staging object (of a finished, failed or abandoned upload); a missing one is
     /// fine.
     pub async fn discard_staging(&self, key: &StagingKey) -> Result<(), StorageError> {

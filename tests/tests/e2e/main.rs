@@ -23,6 +23,7 @@ mod regions;
 mod relay;
 mod reports;
 mod sdk_compat;
+mod sessions;
 mod spokes;
 mod steering;
 mod steering_lab;

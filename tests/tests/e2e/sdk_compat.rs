@@ -223,7 +223,11 @@ async fn answers_are_shaped_for_every_sdk() {
     let hub = TestHub::start().await.expect("hub");
     let acc = hub.creds.account_id;
     for (method, url, status) in [
-        (Method::GET, hub.url("/v1/accounts/987654321/storage/folders/root"), 404u16),
+        (
+            Method::GET,
+            hub.url("/v1/accounts/987654321/storage/folders/root"),
+            404u16,
+        ),
         (Method::GET, hub.url("/v1/nothing-here"), 404),
         (Method::PUT, hub.acc("/storage/search"), 405),
         (Method::GET, hub.acc("/storage/search"), 400),

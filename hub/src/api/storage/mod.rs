@@ -8,9 +8,11 @@ mod download;
 mod files;
 mod folders;
 mod search;
+mod sessions;
 mod upload;
 
 pub(crate) use files::transferred_object;
+pub(crate) use upload::{upload_error, write_upload};
 
 use super::{page_of, Paging};
 use crate::auth::Caller;
@@ -50,6 +52,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(files::copy_file))
         .routes(routes!(search::search))
         .routes(routes!(search::recent))
+        .routes(routes!(sessions::create_session))
+        .routes(routes!(
+            sessions::get_session,
+            sessions::put_part,
+            sessions::abort_session
+        ))
+        .routes(routes!(sessions::complete_session))
 }
 
 /// `{acc}` of a storage route.
@@ -58,7 +67,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 pub(super) struct AccountPath {
     /// Account id or `me`.
     #[param(pattern = r"^([0-9]{1,18}|me)$")]
-    acc: String,
+    pub(super) acc: String,
 }
 
 impl AccountPath {
@@ -143,10 +152,10 @@ pub(super) async fn stat_folder(
 }
 
 /// Whether upload sessions (`storage/multipart`) are served (on every service).
-pub(crate) const SESSIONS_SUPPORTED: bool = false;
+pub(crate) const SESSIONS_SUPPORTED: bool = true;
 
 /// Auto-rename tries for `overwrite=false` before giving up.
-const MAX_RENAME_TRIES: u32 = 1000;
+pub(crate) const MAX_RENAME_TRIES: u32 = 1000;
 
 /// Renders an entry as the API's object.
 pub(crate) fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {

@@ -126,7 +126,7 @@ pub(super) async fn upload_file(
 /// staging object claimed in the database, so a crash leaves nothing the sweep cannot find),
 /// or, on services that write in place and must not replace, under a name reserved in the
 /// database first (concurrent uploads of one name each get their own).
-pub(super) async fn write_upload<S, E>(
+pub(crate) async fn write_upload<S, E>(
     state: &AppState,
     a: &Arc<Account>,
     target: &StoragePath,
@@ -194,7 +194,7 @@ where
 
 /// A failed upload: from the provider, or from our own bookkeeping.
 #[derive(Debug)]
-pub(super) enum UploadError {
+pub(crate) enum UploadError {
     Storage(StorageError),
     Api(ApiError),
 }
@@ -227,7 +227,7 @@ fn upload_metadata(headers: &HeaderMap) -> ApiResult<UploadMetadata> {
 
 /// An upload error: exceeding the size limit is a 413; a parent folder deleted during the
 /// upload is a 404 naming it; every candidate name taken is a 409.
-pub(super) fn upload_error(e: UploadError) -> ApiError {
+pub(crate) fn upload_error(e: UploadError) -> ApiError {
     let e = match e {
         UploadError::Api(e) => return e,
         UploadError::Storage(e) => e,

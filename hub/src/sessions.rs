@@ -1,0 +1,605 @@
+//! Upload sessions (`storage/multipart`): a file sent in numbered parts, to any hub of the
+//! region, completed into the account in one step.
+//!
+//! The session and its parts are rows in the database (`db::sessions`); the bytes land on the
+//! provider as each part arrives, never in a hub's memory or disk, so any hub takes any part
+//! and a restart loses nothing. Where the parts go (the session's `store`):
+//!
+//! - `s3`: a native multipart upload of the final key (`shared::storage::multipart`), each
+//!   part's ETag recorded; completing is one request, the bytes do not move again. Without
+//!   overwrite the name is reserved (a name claim) from creation to completion.
+//! - `objects` (every other service): each part is a staging object of its own in the
+//!   account's staging folder, claimed in `storage_claims` until the session expires (a part
+//!   written by a hub that died before recording it is swept); completing streams the parts in
+//!   order through the write path (staged and published atomically, a taken name moving on to
+//!   `name (1).ext` without overwrite), then deletes them.
+//!
+//! Each part is checked as it streams: its exact length (every part but the last is
+//! `part_size`) and its `Content-MD5` when sent. A part that fails either is not recorded.
+//! Abandoned sessions expire (`storage.upload_session_ttl_secs`): [`sweep`] aborts the
+//! provider's upload or deletes the staged parts, then the rows.
+
+use crate::db::{ClaimKind, NewSession, PartRecord, SessionRecord};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{now_ms, Account, AppState};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use md5::{Digest, Md5};
+use shared::storage::multipart::S3Multipart;
+use shared::storage::{numbered, ServiceConfig, StagingKey, StorageError, StoragePath};
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// The part size asked by default (`storage.upload_part_size_bytes`).
+pub const PREFERRED_PART_SIZE: u64 = 16 * 1024 * 1024;
+/// A completion not finished after this long (its hub died) may be taken over.
+const COMPLETION_STALE_MS: i64 = 10 * 60 * 1000;
+/// Expired sessions one sweep round handles.
+const SWEEP_BATCH: i64 = 100;
+
+/// The number of parts a session of `size` bytes has (a 0-byte file is one empty part).
+pub fn part_count(size: u64, part_size: u64) -> u64 {
+    size.div_ceil(part_size).max(1)
+}
+
+/// The length part `n` must have, when the session's size is known.
+pub fn expected_len(size: u64, part_size: u64, n: u64) -> u64 {
+    let count = part_count(size, part_size);
+    if n < count {
+        part_size
+    } else {
+        size - (count - 1) * part_size
+    }
+}
+
+fn s3_target(a: &Account, path: &StoragePath) -> ApiResult<Option<S3Multipart>> {
+    match &a.settings {
+        ServiceConfig::S3(s3) => Ok(Some(S3Multipart::for_settings(
+            s3,
+            path,
+            a.connector.egress(),
+        )?)),
+        _ => Ok(None),
+    }
+}
+
+/// Opens a session for `name` in folder `parent` (which the caller checked).
+pub async fn create(
+    state: &AppState,
+    a: &Arc<Account>,
+    parent: &StoragePath,
+    name: &str,
+    overwrite: bool,
+    size: Option<u64>,
+) -> ApiResult<SessionRecord> {
+    let max = state.config.limits.max_upload_bytes;
+    if let Some(n) = size.filter(|n| max > 0 && *n > max) {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("the file is {n} bytes; the limit is {max}"),
+        ));
+    }
+    let limits = a.connector.capabilities().parts;
+    let part_size = limits
+        .part_size(size, state.config.storage.upload_part_size_bytes)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "a file of {} bytes does not fit in {} parts of at most {} bytes",
+                size.unwrap_or(0),
+                limits.max_parts,
+                limits.max
+            ))
+        })?;
+    let target = parent.join(name)?;
+    if let Ok(e) = a.connector.stat(&target).await {
+        if e.kind == shared::storage::EntryKind::Folder {
+            return Err(ApiError::conflict(
+                "conflict",
+                "a folder with that name exists",
+            ));
+        }
+    }
+    let now = now_ms();
+    let expires_ms = now + state.config.storage.upload_session_ttl().as_millis() as i64;
+    let (mut path, mut upload_id, mut name_claim) = (target.clone(), None, None);
+    if s3_target(a, &target)?.is_some() {
+        // The upload is of one key: without overwrite, a free name is reserved until the
+        // session completes or expires (other writers that must not replace skip it).
+        if !overwrite {
+            let mut found = None;
+            for n in 0..=crate::api::storage::MAX_RENAME_TRIES {
+                let Ok(candidate) = numbered(&target, n) else {
+                    break;
+                };
+                if a.connector.exists(&candidate).await? {
+                    continue;
+                }
+                if !state
+                    .db
+                    .take_claim(
+                        a.record.app_id,
+                        a.id(),
+                        candidate.as_str(),
+                        ClaimKind::Name,
+                        expires_ms,
+                    )
+                    .await?
+                {
+                    continue;
+                }
+                if a.connector.exists(&candidate).await? {
+                    state.db.release_claim(a.id(), candidate.as_str()).await?;
+                    continue;
+                }
+                found = Some(candidate);
+                break;
+            }
+            path = found
+                .ok_or_else(|| ApiError::conflict("conflict", "too many files with that name"))?;
+            name_claim = Some(path.as_str().to_owned());
+        }
+        let mp = s3_target(a, &path)?.ok_or_else(|| ApiError::internal("not S3"))?;
+        match mp.create().await {
+            Ok(id) => upload_id = Some(id),
+            Err(e) => {
+                if let Some(k) = &name_claim {
+                    state.db.release_claim(a.id(), k).await?;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    let store = if upload_id.is_some() { "s3" } else { "objects" };
+    let id = state
+        .db
+        .create_session(&NewSession {
+            app_id: a.record.app_id,
+            account_id: a.id(),
+            path: path.as_str(),
+            overwrite,
+            size: size.map(|n| n as i64),
+            part_size: part_size as i64,
+            store,
+            upload_id: upload_id.as_deref(),
+            name_claim: name_claim.as_deref(),
+            now,
+            expires_ms,
+        })
+        .await?;
+    state
+        .db
+        .session(a.id(), id)
+        .await?
+        .ok_or_else(|| ApiError::internal("session vanished"))
+}
+
+/// The open session `id` of account `a`: 404 when there is none (or it expired), 409 when it
+/// is being completed or done.
+pub async fn open_session(state: &AppState, a: &Account, id: i64) -> ApiResult<SessionRecord> {
+    let s = state
+        .db
+        .session(a.id(), id)
+        .await?
+        .filter(|s| s.expires_ms > now_ms() && s.state != "aborted")
+        .ok_or_else(|| ApiError::not_found("upload session"))?;
+    match s.state.as_str() {
+        "open" => Ok(s),
+        "done" => Err(ApiError::conflict(
+            "conflict",
+            "the upload session is already complete",
+        )),
+        _ => Err(ApiError::conflict(
+            "conflict",
+            "the upload session is being completed",
+        )),
+    }
+}
+
+/// A part's body as it streams: fails when it runs past `len` bytes, ends short of them, or
+/// (with `md5`) ends with another digest, so a bad part never completes at the provider.
+fn checked_body<S, E>(
+    body: S,
+    len: u64,
+    md5: Option<[u8; 16]>,
+) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    let mut seen = 0u64;
+    let mut hasher = md5.map(|_| Md5::new());
+    let mut body = body;
+    let mut ended = false;
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        if ended {
+            return std::task::Poll::Ready(None);
+        }
+        match body.poll_next_unpin(cx) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Some(Err(e))) => {
+                ended = true;
+                std::task::Poll::Ready(Some(Err(e.to_string())))
+            }
+            std::task::Poll::Ready(Some(Ok(chunk))) => {
+                seen += chunk.len() as u64;
+                if seen > len {
+                    ended = true;
+                    return std::task::Poll::Ready(Some(Err(format!(
+                        "{PART_LENGTH}: more than the {len} bytes declared"
+                    ))));
+                }
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&chunk);
+                }
+                // The last bytes are held back until the digest is known to match.
+                if seen == len {
+                    if let (Some(h), Some(want)) = (hasher.take(), md5) {
+                        if h.finalize().as_slice() != want {
+                            ended = true;
+                            return std::task::Poll::Ready(Some(Err(PART_DIGEST.to_owned())));
+                        }
+                    }
+                }
+                std::task::Poll::Ready(Some(Ok(chunk)))
+            }
+            std::task::Poll::Ready(None) => {
+                ended = true;
+                if seen < len {
+                    return std::task::Poll::Ready(Some(Err(format!(
+                        "{PART_LENGTH}: {seen} of the {len} bytes declared arrived"
+                    ))));
+                }
+                std::task::Poll::Ready(None)
+            }
+        }
+    }))
+}
+
+const PART_LENGTH: &str = "part length mismatch";
+const PART_DIGEST: &str = "Content-MD5 mismatch";
+
+/// What a failed part write answers: the client's mistakes are 400s.
+fn part_error(e: StorageError) -> ApiError {
+    let text = e.to_string();
+    if text.contains(PART_DIGEST) {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameters",
+            "the part's Content-MD5 does not match its bytes; the part was not kept",
+        )
+    } else if text.contains(PART_LENGTH) {
+        ApiError::bad_request(format!(
+            "the part's length does not match Content-Length; the part was not kept ({text})"
+        ))
+    } else {
+        e.into()
+    }
+}
+
+/// Writes part `n` (`len` bytes, `md5` when the client sent one) of session `s` and records
+/// it; a part of the same number sent before is replaced.
+pub async fn put_part<S, E>(
+    state: &AppState,
+    a: &Arc<Account>,
+    s: &SessionRecord,
+    n: u64,
+    len: u64,
+    md5: Option<[u8; 16]>,
+    body: S,
+) -> ApiResult<()>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display + Send + Sync + 'static,
+{
+    let part_size = s.part_size as u64;
+    match s.size {
+        Some(size) => {
+            let count = part_count(size as u64, part_size);
+            if n > count {
+                return Err(ApiError::bad_request(format!(
+                    "`part_number` must be between 1 and {count} for this session"
+                )));
+            }
+            let want = expected_len(size as u64, part_size, n);
+            if len != want {
+                return Err(ApiError::bad_request(format!(
+                    "part {n} must be {want} bytes (Content-Length is {len})"
+                )));
+            }
+        }
+        None if len > part_size => {
+            return Err(ApiError::bad_request(format!(
+                "parts are at most {part_size} bytes (Content-Length is {len})"
+            )))
+        }
+        None => {}
+    }
+    let body = checked_body(body, len, md5);
+    let now = now_ms();
+    let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
+    if let (Some(upload_id), Some(mp)) = (&s.upload_id, s3_target(a, &path)?) {
+        let body = body.map_err(StorageError::Interrupted);
+        let etag = mp
+            .upload_part(upload_id, n as u16, len, body)
+            .await
+            .map_err(part_error)?;
+        let part = PartRecord {
+            number: n as i64,
+            size: len as i64,
+            etag: Some(etag),
+            staging: None,
+        };
+        let (recorded, _) = state.db.put_session_part(s.id, &part, now).await?;
+        if !recorded {
+            return Err(ApiError::conflict(
+                "conflict",
+                "the upload session was completed or aborted meanwhile",
+            ));
+        }
+        return Ok(());
+    }
+    let key = a.connector.new_part_key();
+    // Claimed until the session expires: a hub that dies before recording the part leaves it
+    // to the sweep.
+    if !state
+        .db
+        .take_claim(
+            a.record.app_id,
+            a.id(),
+            key.as_str(),
+            ClaimKind::Staging,
+            s.expires_ms,
+        )
+        .await?
+    {
+        return Err(ApiError::internal("claim key collision"));
+    }
+    if let Err(e) = a.connector.stage_part(&key, body).await {
+        discard_part(state, a, key.as_str()).await;
+        return Err(part_error(e));
+    }
+    let part = PartRecord {
+        number: n as i64,
+        size: len as i64,
+        etag: None,
+        staging: Some(key.as_str().to_owned()),
+    };
+    match state.db.put_session_part(s.id, &part, now).await {
+        Ok((true, old)) => {
+            if let Some(old) = old.and_then(|o| o.staging) {
+                discard_part(state, a, &old).await;
+            }
+            Ok(())
+        }
+        Ok((false, _)) => {
+            discard_part(state, a, key.as_str()).await;
+            Err(ApiError::conflict(
+                "conflict",
+                "the upload session was completed or aborted meanwhile",
+            ))
+        }
+        Err(e) => {
+            discard_part(state, a, key.as_str()).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Deletes a staged part and its claim (kept for the sweep when the provider refuses).
+async fn discard_part(state: &AppState, a: &Account, key: &str) {
+    let Some(k) = StagingKey::parse(key) else {
+        return;
+    };
+    match a.connector.discard_staging(&k).await {
+        Ok(()) => {
+            if let Err(e) = state.db.release_claim(a.id(), key).await {
+                tracing::warn!(error = %e, "could not release a part's claim");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not delete a staged part; the sweep will"),
+    }
+}
+
+/// Why the parts received cannot make the file (the client can still send what is missing).
+fn missing(s: &SessionRecord, parts: &[PartRecord]) -> Option<String> {
+    let part_size = s.part_size;
+    let count = match s.size {
+        Some(size) => part_count(size as u64, part_size as u64) as i64,
+        None => match parts.last() {
+            Some(p) => p.number,
+            None => return Some("no part has been received".into()),
+        },
+    };
+    let mut next = 1;
+    for p in parts {
+        if p.number != next {
+            return Some(format!("part {next} is missing"));
+        }
+        if p.number < count && p.size != part_size {
+            return Some(format!(
+                "part {} is {} bytes; every part but the last must be {part_size}",
+                p.number, p.size
+            ));
+        }
+        next += 1;
+    }
+    if next <= count {
+        return Some(format!("part {next} is missing"));
+    }
+    None
+}
+
+/// Completes session `s`: the file appears in the account (under the session's name, or
+/// without overwrite the next free one). Returns the file and whether it replaced one.
+pub async fn complete(
+    state: &AppState,
+    a: &Arc<Account>,
+    s: &SessionRecord,
+) -> ApiResult<(shared::storage::Entry, bool)> {
+    let now = now_ms();
+    if !state
+        .db
+        .start_completing(s.id, now, now - COMPLETION_STALE_MS)
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "conflict",
+            "the upload session is being completed by another request",
+        ));
+    }
+    let res = finish(state, a, s).await;
+    match &res {
+        Ok((e, _)) => {
+            state
+                .db
+                .finish_session(s.id, e.path.as_str(), now_ms())
+                .await?
+        }
+        Err(_) => state.db.reopen_session(s.id, now_ms()).await?,
+    }
+    res
+}
+
+async fn finish(
+    state: &AppState,
+    a: &Arc<Account>,
+    s: &SessionRecord,
+) -> ApiResult<(shared::storage::Entry, bool)> {
+    let parts = state.db.session_parts(s.id).await?;
+    if let Some(why) = missing(s, &parts) {
+        return Err(ApiError::bad_request(format!(
+            "the upload session is not complete: {why}"
+        )));
+    }
+    let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
+    let taken = a.connector.exists(&path).await?;
+    if let (Some(upload_id), Some(mp)) = (&s.upload_id, s3_target(a, &path)?) {
+        let list: Vec<(u16, String)> = parts
+            .iter()
+            .map(|p| (p.number as u16, p.etag.clone().unwrap_or_default()))
+            .collect();
+        mp.complete(upload_id, &list).await?;
+        if let Some(k) = &s.name_claim {
+            state.db.release_claim(a.id(), k).await?;
+        }
+        let e = a.connector.stat_file(&path).await?;
+        return Ok((e, taken && s.overwrite));
+    }
+    let keys: Vec<StagingKey> = parts
+        .iter()
+        .map(|p| {
+            p.staging
+                .as_deref()
+                .and_then(StagingKey::parse)
+                .ok_or_else(|| ApiError::internal(format_args!("part {} has no staging", p.number)))
+        })
+        .collect::<ApiResult<_>>()?;
+    let connector = a.connector.clone();
+    let body: Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>> = Box::pin(
+        futures::stream::iter(keys.clone())
+            .then(move |k| {
+                let c = connector.clone();
+                async move {
+                    c.read_staging(&k)
+                        .await
+                        .map_err(|e| std::io::Error::other(e.to_string()))
+                }
+            })
+            .try_flatten(),
+    );
+    let publish = if s.overwrite {
+        shared::storage::Publish::Replace
+    } else {
+        shared::storage::Publish::NoReplace {
+            alternatives: crate::api::storage::MAX_RENAME_TRIES,
+        }
+    };
+    let e = crate::api::storage::write_upload(state, a, &path, body, publish)
+        .await
+        .map_err(crate::api::storage::upload_error)?;
+    for k in keys {
+        discard_part(state, a, k.as_str()).await;
+    }
+    Ok((e.clone(), taken && s.overwrite && e.path == path))
+}
+
+/// Aborts session `s`: the provider's upload or the staged parts go, then the rows.
+pub async fn abort(state: &AppState, a: &Arc<Account>, s: &SessionRecord) -> ApiResult<()> {
+    let now = now_ms();
+    if !state
+        .db
+        .abort_session(s.id, now, now - COMPLETION_STALE_MS)
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "conflict",
+            "the upload session is being completed",
+        ));
+    }
+    discard(state, a, s).await?;
+    state.db.delete_session(s.id).await?;
+    Ok(())
+}
+
+/// What a session holds at the provider, deleted.
+async fn discard(state: &AppState, a: &Arc<Account>, s: &SessionRecord) -> ApiResult<()> {
+    if let Some(upload_id) = &s.upload_id {
+        let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
+        if let Some(mp) = s3_target(a, &path)? {
+            match mp.abort(upload_id).await {
+                Ok(()) | Err(StorageError::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    for p in state.db.session_parts(s.id).await? {
+        if let Some(k) = p.staging {
+            discard_part(state, a, &k).await;
+        }
+    }
+    if let Some(k) = &s.name_claim {
+        state.db.release_claim(a.id(), k).await?;
+    }
+    Ok(())
+}
+
+/// Deletes expired and aborted sessions with what they hold at the provider; returns how
+/// many went.
+pub async fn sweep(state: &AppState) -> ApiResult<usize> {
+    let mut gone = 0;
+    for s in state.db.expired_sessions(now_ms(), SWEEP_BATCH).await? {
+        if s.state != "done" {
+            match state.account(s.app_id, s.account_id).await {
+                Ok(a) => {
+                    if let Err(e) = discard(state, &a, &s).await {
+                        tracing::warn!(session = s.id, error = %e, "could not clean up an expired upload session");
+                        continue;
+                    }
+                }
+                Err(e) if e.status() == StatusCode::NOT_FOUND => {}
+                Err(e) => return Err(e),
+            }
+        }
+        state.db.delete_session(s.id).await?;
+        gone += 1;
+    }
+    Ok(gone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_of_a_known_size() {
+        assert_eq!(part_count(0, 10), 1);
+        assert_eq!(part_count(10, 10), 1);
+        assert_eq!(part_count(11, 10), 2);
+        assert_eq!(expected_len(25, 10, 1), 10);
+        assert_eq!(expected_len(25, 10, 3), 5);
+        assert_eq!(expected_len(20, 10, 2), 10);
+        assert_eq!(expected_len(0, 10, 1), 0);
+    }
+}

@@ -1,0 +1,382 @@
+//! Upload sessions (`storage/multipart`) on real services: parts out of order, a part sent
+//! again, the checks of each part, completion with a part missing, abort, expiry, and a hub
+//! restarted between parts.
+
+use e2e::servers::{S3Server, WebDavServer};
+use e2e::{pattern, sha256_hex, HubOptions, TestHub};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// The part size the test hubs ask for: S3's smallest.
+const PART: usize = 5 * 1024 * 1024;
+
+fn options() -> HubOptions {
+    HubOptions {
+        yaml: Some(format!(
+            "storage:\n  upload_part_size_bytes: {PART}\n  upload_session_ttl_secs: 3600\n"
+        )),
+        ..HubOptions::default()
+    }
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    r.json().await.expect("json")
+}
+
+fn url(hub: &TestHub, acc: i64, rest: &str) -> String {
+    hub.url(&format!("/v1/accounts/{acc}/storage/multipart{rest}"))
+}
+
+async fn open(hub: &TestHub, acc: i64, name: &str, size: Option<usize>, overwrite: &str) -> Value {
+    let mut body = json!({"parent_id": "root", "name": name});
+    if let Some(n) = size {
+        body["size"] = n.into();
+    }
+    let r = hub
+        .req(
+            Method::POST,
+            &url(hub, acc, &format!("?overwrite={overwrite}")),
+        )
+        .json(&body)
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(r.status(), 201);
+    let v = json_of(r).await;
+    assert!(
+        v["id"]
+            .as_i64()
+            .is_some_and(|id| id > 0 && id < i64::from(i32::MAX)),
+        "{v}"
+    );
+    assert!(v.get("type").is_none(), "{v}");
+    v
+}
+
+async fn put(hub: &TestHub, acc: i64, id: i64, n: usize, bytes: &[u8]) -> reqwest::Response {
+    hub.req(
+        Method::PUT,
+        &url(hub, acc, &format!("/{id}?part_number={n}")),
+    )
+    .header("Content-Type", "application/octet-stream")
+    .body(bytes.to_vec())
+    .send()
+    .await
+    .expect("part")
+}
+
+fn part(data: &[u8], n: usize) -> &[u8] {
+    let start = (n - 1) * PART;
+    &data[start..(start + PART).min(data.len())]
+}
+
+async fn download(hub: &TestHub, acc: i64, id: &str) -> Vec<u8> {
+    let r = hub
+        .req(
+            Method::GET,
+            &hub.url(&format!("/v1/accounts/{acc}/storage/files/{id}/contents")),
+        )
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status(), 200);
+    r.bytes().await.expect("bytes").to_vec()
+}
+
+/// The whole life of a session on one service: what every service must do alike.
+async fn lifecycle(hub: &TestHub, acc: i64) {
+    let data = pattern(2 * PART + 1000, 7);
+    let s = open(hub, acc, "big.bin", Some(data.len()), "false").await;
+    let id = s["id"].as_i64().expect("id");
+    assert_eq!(s["part_size"], PART);
+    assert_eq!(s["parallel_uploads"], true);
+    assert_eq!(s["parts_received"], json!([]));
+
+    // Out of order, one of them twice (the first time with the wrong bytes): the last wins.
+    for (n, bytes) in [
+        (3, part(&data, 3).to_vec()),
+        (1, vec![0u8; PART]),
+        (1, part(&data, 1).to_vec()),
+    ] {
+        let r = put(hub, acc, id, n, &bytes).await;
+        assert_eq!(r.status(), 200, "part {n}");
+        assert_eq!(json_of(r).await["id"], id);
+    }
+    // The wrong number, the wrong length, a digest that does not match.
+    let r = put(hub, acc, id, 4, part(&data, 3)).await;
+    assert_eq!(r.status(), 400);
+    let r = put(hub, acc, id, 2, &part(&data, 2)[..100]).await;
+    assert_eq!(r.status(), 400);
+    assert!(json_of(r).await["message"]
+        .as_str()
+        .expect("m")
+        .contains(&PART.to_string()));
+    let r = hub
+        .req(Method::PUT, &url(hub, acc, &format!("/{id}?part_number=2")))
+        .header("Content-MD5", "AAAAAAAAAAAAAAAAAAAAAA==")
+        .body(part(&data, 2).to_vec())
+        .send()
+        .await
+        .expect("md5");
+    assert_eq!(r.status(), 400);
+    let got = json_of(
+        hub.req(Method::GET, &url(hub, acc, &format!("/{id}/")))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(got["parts_received"], json!([1, 3]), "{got}");
+
+    // Completing without part 2 names it, and the session stays open.
+    let r = hub
+        .req(Method::POST, &url(hub, acc, &format!("/{id}/complete")))
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 400);
+    let v = json_of(r).await;
+    assert!(v["message"].as_str().expect("m").contains("part 2"), "{v}");
+
+    // Part 2 with its right digest, then complete with an empty JSON body (the Java SDK).
+    use base64::Engine;
+    use md5::Digest;
+    let digest = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(part(&data, 2)));
+    let r = hub
+        .req(Method::PUT, &url(hub, acc, &format!("/{id}?part_number=2")))
+        .header("Content-MD5", digest)
+        .body(part(&data, 2).to_vec())
+        .send()
+        .await
+        .expect("part 2");
+    assert_eq!(r.status(), 200);
+    let r = hub
+        .req(Method::POST, &url(hub, acc, &format!("/{id}/complete")))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 200);
+    let f = json_of(r).await;
+    assert_eq!(f["type"], "file");
+    assert_eq!(f["name"], "big.bin");
+    assert_eq!(f["size"], data.len());
+    let got = download(hub, acc, f["id"].as_str().expect("id")).await;
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+    // Done: no more parts, no second completion.
+    assert_eq!(put(hub, acc, id, 1, part(&data, 1)).await.status(), 409);
+
+    // Without overwrite a second session of the name lands beside it; with overwrite it
+    // replaces. Sizes unknown: the last part may be short.
+    for (overwrite, want) in [("False", "big (1).bin"), ("True", "big.bin")] {
+        let s = open(hub, acc, "big.bin", None, overwrite).await;
+        let id = s["id"].as_i64().expect("id");
+        assert_eq!(put(hub, acc, id, 1, b"small").await.status(), 200);
+        let r = hub
+            .req(Method::POST, &url(hub, acc, &format!("/{id}/complete/")))
+            .send()
+            .await
+            .expect("complete");
+        assert_eq!(r.status(), 200);
+        let f = json_of(r).await;
+        assert_eq!(f["name"], want, "{f}");
+        assert_eq!(
+            download(hub, acc, f["id"].as_str().expect("id")).await,
+            b"small"
+        );
+    }
+
+    // Abort: 204, and the session is gone.
+    let s = open(hub, acc, "gone.bin", Some(PART + 1), "false").await;
+    let id = s["id"].as_i64().expect("id");
+    assert_eq!(put(hub, acc, id, 1, part(&data, 1)).await.status(), 200);
+    let r = hub
+        .req(Method::DELETE, &url(hub, acc, &format!("/{id}")))
+        .send()
+        .await
+        .expect("abort");
+    assert_eq!(r.status(), 204);
+    let r = hub
+        .req(Method::GET, &url(hub, acc, &format!("/{id}")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+}
+
+/// What is left in the account's staging folder (an `fs` root).
+fn staged(root: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(root.join(".switchyard-partial"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_fs() {
+    let hub = TestHub::start_with(options()).await.expect("hub");
+    let acc = hub.creds.account_id;
+    lifecycle(&hub, acc).await;
+    // Nothing staged is left once every session completed or was aborted.
+    let acc_root = fs_root(&hub).await;
+    assert_eq!(staged(&acc_root), Vec::<String>::new());
+    // Another application's key cannot see or feed the dev application's session.
+    let s = open(&hub, acc, "mine.bin", None, "false").await;
+    let id = s["id"].as_i64().expect("id");
+    let r = hub
+        .http
+        .get(url(&hub, acc, &format!("/{id}")))
+        .header("Authorization", format!("APIKey {}", other_key(&hub).await))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+}
+
+/// The root folder of the dev account.
+async fn fs_root(hub: &TestHub) -> std::path::PathBuf {
+    let a = hub
+        .state
+        .account(hub.creds.application_id, hub.creds.account_id)
+        .await
+        .expect("account");
+    match &a.settings {
+        shared::storage::ServiceConfig::Fs(fs) => fs.root.clone().into(),
+        _ => panic!("the dev account is fs"),
+    }
+}
+
+/// An API key of a second application.
+async fn other_key(hub: &TestHub) -> String {
+    let app: Value = hub
+        .http
+        .post(hub.url("/v1/meta/applications"))
+        .header("Authorization", format!("Bearer {}", hub.creds.meta_token))
+        .json(&json!({"name": "other"}))
+        .send()
+        .await
+        .expect("app")
+        .json()
+        .await
+        .expect("json");
+    let key: Value = hub
+        .http
+        .post(hub.url(&format!(
+            "/v1/meta/applications/{}/apikeys",
+            app["id"].as_i64().expect("id")
+        )))
+        .header("Authorization", format!("Bearer {}", hub.creds.meta_token))
+        .send()
+        .await
+        .expect("key")
+        .json()
+        .await
+        .expect("json");
+    key["key"].as_str().expect("key").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_s3_are_native_multipart_uploads() {
+    let s3 = S3Server::start().await.expect("moto");
+    s3.create_bucket("sessions").await.expect("bucket");
+    let hub = TestHub::start_with(options()).await.expect("hub");
+    let acc = hub
+        .connect(
+            "s3",
+            json!({"bucket": "sessions", "endpoint": s3.endpoint(), "region": "us-east-1",
+                   "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()}),
+        )
+        .await
+        .expect("connect")["id"]
+        .as_i64()
+        .expect("id");
+    lifecycle(&hub, acc).await;
+    // Nothing staged at the provider: the parts went to S3's own multipart uploads, and none
+    // is left open.
+    let listing = reqwest::get(format!("{}/sessions?uploads", s3.endpoint()))
+        .await
+        .expect("list uploads")
+        .text()
+        .await
+        .expect("text");
+    assert!(!listing.contains("<UploadId>"), "{listing}");
+    let objects = reqwest::get(format!("{}/sessions?list-type=2", s3.endpoint()))
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("text");
+    assert!(!objects.contains(".switchyard-partial"), "{objects}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_webdav() {
+    let dav = WebDavServer::start().await.expect("rclone webdav");
+    let hub = TestHub::start_with(options()).await.expect("hub");
+    let acc = hub
+        .connect(
+            "webdav",
+            json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()}),
+        )
+        .await
+        .expect("connect")["id"]
+        .as_i64()
+        .expect("id");
+    lifecycle(&hub, acc).await;
+}
+
+/// A session outlives its hub: parts sent to one hub, the rest and the completion to the next
+/// one on the same database. An expired session's parts are swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_hub_restart_and_expires() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let opts = || HubOptions {
+        dir: Some(dir.path().join("hub")),
+        ..options()
+    };
+    let data = pattern(2 * PART + 10, 3);
+    let hub = TestHub::start_with(opts()).await.expect("hub");
+    let acc = hub.creds.account_id;
+    let s = open(&hub, acc, "restart.bin", Some(data.len()), "false").await;
+    let id = s["id"].as_i64().expect("id");
+    assert_eq!(put(&hub, acc, id, 2, part(&data, 2)).await.status(), 200);
+    hub.stop().await.expect("stop");
+
+    let hub = TestHub::start_with(opts()).await.expect("second hub");
+    for n in [1, 3] {
+        assert_eq!(put(&hub, acc, id, n, part(&data, n)).await.status(), 200);
+    }
+    let f = json_of(
+        hub.req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+            .send()
+            .await
+            .expect("complete"),
+    )
+    .await;
+    let got = download(&hub, acc, f["id"].as_str().expect("id")).await;
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+
+    // Expiry: a session left with a part is swept with its part once its time is up.
+    let root = fs_root(&hub).await;
+    let s = open(&hub, acc, "left.bin", None, "false").await;
+    let id = s["id"].as_i64().expect("id");
+    assert_eq!(put(&hub, acc, id, 1, b"left behind").await.status(), 200);
+    assert_eq!(staged(&root).len(), 1);
+    hub.state
+        .db
+        .backdate_session(id, 1)
+        .await
+        .expect("backdate");
+    assert_eq!(hub::sessions::sweep(&hub.state).await.expect("sweep"), 1);
+    assert_eq!(staged(&root), Vec::<String>::new());
+    let r = hub
+        .req(Method::GET, &url(&hub, acc, &format!("/{id}")))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+}

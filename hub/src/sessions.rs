@@ -186,6 +186,8 @@ pub async fn open_session(state: &AppState, a: &Account, id: i64) -> ApiResult<S
         .ok_or_else(|| ApiError::not_found("upload session"))?;
     match s.state.as_str() {
         "open" => Ok(s),
+        // A completion whose hub died: the next request may take it over.
+        "completing" if s.state_ms < now_ms() - COMPLETION_STALE_MS => Ok(s),
         "done" => Err(ApiError::conflict(
             "conflict",
             "the upload session is already complete",
@@ -315,6 +317,15 @@ where
             )))
         }
         None => {}
+    }
+    let max = state.config.limits.max_upload_bytes;
+    let end = (n - 1) * part_size + len;
+    if max > 0 && end > max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("part {n} would take the file to {end} bytes; the limit is {max}"),
+        ));
     }
     let body = checked_body(body, len, md5);
     let now = now_ms();

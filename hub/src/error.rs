@@ -83,6 +83,12 @@ impl ApiError {
         )
     }
 
+    /// The same error with a `Retry-After` of `secs` seconds.
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
     /// A failed `If-Match` / `If-Unmodified-Since`: nothing was changed.
     pub fn precondition_failed() -> Self {
         Self::new(

@@ -280,21 +280,9 @@ fn part_error(e: StorageError) -> ApiError {
     }
 }
 
-/// Writes part `n` (`len` bytes, `md5` when the client sent one) of session `s` and records
-/// it; a part of the same number sent before is replaced.
-pub async fn put_part<S, E>(
-    state: &AppState,
-    a: &Arc<Account>,
-    s: &SessionRecord,
-    n: u64,
-    len: u64,
-    md5: Option<[u8; 16]>,
-    body: S,
-) -> ApiResult<()>
-where
-    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
-    E: std::fmt::Display + Send + Sync + 'static,
-{
+/// Whether part `n` of `len` bytes fits session `s` (its number, its exact length when the
+/// size is known, the upload limit), before any of it is read.
+pub fn check_part(state: &AppState, s: &SessionRecord, n: u64, len: u64) -> ApiResult<()> {
     let part_size = s.part_size as u64;
     match s.size {
         Some(size) => {
@@ -327,6 +315,25 @@ where
             format!("part {n} would take the file to {end} bytes; the limit is {max}"),
         ));
     }
+    Ok(())
+}
+
+/// Writes part `n` (`len` bytes, `md5` when the client sent one) of session `s` and records
+/// it; a part of the same number sent before is replaced.
+pub async fn put_part<S, E>(
+    state: &AppState,
+    a: &Arc<Account>,
+    s: &SessionRecord,
+    n: u64,
+    len: u64,
+    md5: Option<[u8; 16]>,
+    body: S,
+) -> ApiResult<()>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display + Send + Sync + 'static,
+{
+    check_part(state, s, n, len)?;
     let body = checked_body(body, len, md5);
     let now = now_ms();
     let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
@@ -452,7 +459,7 @@ pub async fn complete(
     let now = now_ms();
     if !state
         .db
-        .start_completing(s.id, now, now - COMPLETION_STALE_MS)
+        .take_session(s.id, "completing", now, now - COMPLETION_STALE_MS)
         .await?
     {
         return Err(ApiError::conflict(
@@ -487,10 +494,24 @@ async fn finish(
     let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
     let taken = a.connector.exists(&path).await?;
     if let (Some(upload_id), Some(mp)) = (&s.upload_id, s3_target(a, &path)?) {
-        let list: Vec<(u16, String)> = parts
-            .iter()
-            .map(|p| (p.number as u16, p.etag.clone().unwrap_or_default()))
-            .collect();
+        // S3's own list is the truth: of two concurrent sends of one part number, the database
+        // and S3 may each have kept a different one last. Its size must be the one recorded.
+        let held = mp.list_parts(upload_id).await?;
+        let mut list = Vec::with_capacity(parts.len());
+        for p in &parts {
+            let Some((n, etag, size)) = held.iter().find(|h| i64::from(h.0) == p.number) else {
+                return Err(ApiError::bad_request(format!(
+                    "the upload session is not complete: part {} is missing",
+                    p.number
+                )));
+            };
+            if *size as i64 != p.size {
+                return Err(ApiError::bad_request(format!(
+                    "part {n} changed while the session was completed; send it again"
+                )));
+            }
+            list.push((*n, etag.clone()));
+        }
         mp.complete(upload_id, &list).await?;
         if let Some(k) = &s.name_claim {
             state.db.release_claim(a.id(), k).await?;
@@ -541,7 +562,7 @@ pub async fn abort(state: &AppState, a: &Arc<Account>, s: &SessionRecord) -> Api
     let now = now_ms();
     if !state
         .db
-        .abort_session(s.id, now, now - COMPLETION_STALE_MS)
+        .take_session(s.id, "aborted", now, now - COMPLETION_STALE_MS)
         .await?
     {
         return Err(ApiError::conflict(

@@ -55,6 +55,8 @@ pub struct HubState {
     pub cursors: crate::events::CursorCodec,
     /// Tags the receipts of client-direct upload grants (see `crate::events::receipt`).
     pub receipts: Tagger,
+    /// Tags of sharing links' URLs.
+    pub links: Tagger,
     pub metrics: Metrics,
     pub connect_options: ConnectOptions,
     /// Canonical forms of `storage.fs.allowed_roots` (each application owns `app-<id>` in each).
@@ -120,6 +122,7 @@ impl HubState {
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),
             cursors: crate::events::CursorCodec::new(Tagger::new(master.derive("event-cursors"))),
             receipts: Tagger::new(master.derive("upload-receipts")),
+            links: Tagger::new(master.derive("share-links")),
             metrics,
             fs_roots,
             freshness: crate::revocation::Freshness::default(),

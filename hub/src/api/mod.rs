@@ -301,11 +301,11 @@ fn headers_too_large(h: &axum::http::HeaderMap) -> Option<String> {
 
 /// Gives framework-made error responses (405, 413, 404 from extractors) our JSON error shape.
 async fn ensure_json_error(resp: Response) -> Response {
-    let is_json = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
+    // JSON errors are ours; HTML is a page meant for a browser (a link's password form).
+    let is_ours = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+    });
+    if is_ours {
         return resp;
     }
     let status = resp.status();

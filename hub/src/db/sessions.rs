@@ -190,16 +190,24 @@ impl Db {
         Ok((true, old))
     }
 
-    /// Takes the completion of session `id`: true when this caller may complete it (it was
-    /// open, or a completion that started before `stale_before` never finished).
-    pub async fn start_completing(&self, id: i64, now: i64, stale_before: i64) -> DbResult<bool> {
+    /// Moves session `id` to `to` (`completing` or `aborted`) when it is open, or held by a
+    /// completion that started before `stale_before` and never finished (its hub died); true
+    /// when this call moved it (so exactly one of concurrent callers goes on).
+    pub async fn take_session(
+        &self,
+        id: i64,
+        to: &str,
+        now: i64,
+        stale_before: i64,
+    ) -> DbResult<bool> {
         let r = sqlx::query(
-            "UPDATE upload_sessions SET state = 'completing', state_ms = $2 WHERE id = $1 AND \
+            "UPDATE upload_sessions SET state = $4, state_ms = $2 WHERE id = $1 AND \
              (state = 'open' OR (state = 'completing' AND state_ms < $3))",
         )
         .bind(id)
         .bind(now)
         .bind(stale_before)
+        .bind(to)
         .execute(&self.w())
         .await?;
         Ok(r.rows_affected() == 1)
@@ -251,20 +259,6 @@ impl Db {
             .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Marks session `id` aborted unless a completion holds it; true when this call did.
-    pub async fn abort_session(&self, id: i64, now: i64, stale_before: i64) -> DbResult<bool> {
-        let r = sqlx::query(
-            "UPDATE upload_sessions SET state = 'aborted', state_ms = $2 WHERE id = $1 AND \
-             (state = 'open' OR (state = 'completing' AND state_ms < $3))",
-        )
-        .bind(id)
-        .bind(now)
-        .bind(stale_before)
-        .execute(&self.w())
-        .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     /// Sessions past their expiry (or aborted), oldest first, at most `limit`.

@@ -153,7 +153,7 @@ pub(crate) fn egress_error(e: crate::egress::EgressError) -> StorageError {
 
 /// A failed HTTP exchange with `host` as [`StorageError::Unreachable`] (or the egress refusal
 /// that caused it), naming the cause without the URL.
-pub(crate) fn unreachable(host: &str, e: &(dyn std::error::Error + 'static)) -> StorageError {
+pub fn unreachable(host: &str, e: &(dyn std::error::Error + 'static)) -> StorageError {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut causes: Vec<String> = Vec::new();
     while let Some(err) = cur {

@@ -2,7 +2,7 @@
 //! again, the checks of each part, completion with a part missing, abort, expiry, and a hub
 //! restarted between parts.
 
-use e2e::servers::{S3Server, WebDavServer};
+use e2e::servers::{AzuriteServer, S3Server, SftpServer, WebDavServer};
 use e2e::{pattern, sha256_hex, HubOptions, TestHub};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -326,6 +326,41 @@ async fn sessions_on_webdav() {
         .expect("connect")["id"]
         .as_i64()
         .expect("id");
+    lifecycle(&hub, acc).await;
+}
+
+async fn connected(hub: &TestHub, service: &str, credentials: Value) -> i64 {
+    hub.connect(service, credentials).await.expect("connect")["id"]
+        .as_i64()
+        .expect("id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_sftp() {
+    let sftp = SftpServer::start().await.expect("sshd");
+    let hub = TestHub::start_with(options()).await.expect("hub");
+    let acc = connected(
+        &hub,
+        "sftp",
+        json!({"endpoint": sftp.endpoint(), "user": sftp.user(), "key": sftp.private_key(),
+               "root": sftp.dir()}),
+    )
+    .await;
+    lifecycle(&hub, acc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_azure_blob() {
+    let az = AzuriteServer::start().await.expect("azurite");
+    az.create_container("sessions").await.expect("container");
+    let hub = TestHub::start_with(options()).await.expect("hub");
+    let acc = connected(
+        &hub,
+        "azblob",
+        json!({"container": "sessions", "endpoint": az.endpoint(),
+               "account_name": az.account_name(), "account_key": az.account_key()}),
+    )
+    .await;
     lifecycle(&hub, acc).await;
 }
 

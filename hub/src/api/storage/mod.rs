@@ -7,6 +7,8 @@ mod direct;
 mod download;
 mod files;
 mod folders;
+mod from_url;
+mod links;
 mod search;
 mod sessions;
 mod upload;
@@ -59,6 +61,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
             sessions::abort_session
         ))
         .routes(routes!(sessions::complete_session))
+        .routes(routes!(links::create_link, links::list_links))
+        .routes(routes!(
+            links::get_link,
+            links::patch_link,
+            links::delete_link
+        ))
+        .routes(routes!(links::open_link, links::unlock_link))
 }
 
 /// `{acc}` of a storage route.

@@ -163,25 +163,55 @@ pub(super) async fn put_part(
     ApiQuery(q): ApiQuery<PartQuery>,
     req: Request,
 ) -> ApiResult<Json<SessionView>> {
-    let n = q
-        .part_number
-        .filter(|n| (1..=10_000).contains(n))
-        .ok_or_else(|| ApiError::bad_request("`part_number` must be between 1 and 10000"))?;
-    let len = content_length(req.headers())?;
-    let md5 = content_md5(req.headers())?;
-    let a = p.resolve(&state, &caller).await?;
-    let s = sessions::open_session(&state, &a, p.id).await?;
-    sessions::put_part(
-        &state,
-        &a,
-        &s,
-        n,
-        len,
-        md5,
-        req.into_body().into_data_stream(),
-    )
-    .await?;
+    // Read from the headers first: the request itself is not held across the awaits below.
+    let headers = (content_length(req.headers()), content_md5(req.headers()));
+    let checked = async {
+        let n = q
+            .part_number
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("`part_number` must be between 1 and 10000"))?;
+        let len = headers.0?;
+        let md5 = headers.1?;
+        let a = p.resolve(&state, &caller).await?;
+        let s = sessions::open_session(&state, &a, p.id).await?;
+        sessions::check_part(&state, &s, n, len)?;
+        Ok::<_, ApiError>((n, len, md5, a, s))
+    }
+    .await;
+    let (n, len, md5, a, s) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            // Refused before reading: a part of a sensible size is read and dropped first, so
+            // the client (still sending) gets this answer, not a broken connection.
+            drain(req).await;
+            return Err(e);
+        }
+    };
+    let body = req.into_body().into_data_stream();
+    sessions::put_part(&state, &a, &s, n, len, md5, body).await?;
     Ok(Json(view(&state, &s).await?))
+}
+
+/// Most bytes of a refused part read and dropped before answering.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Reads and drops a refused request's body when it is at most [`DRAIN_LIMIT`] bytes and
+/// arrives within a few seconds; a larger or slower one is cut (the connection closes).
+async fn drain(req: Request) {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_none_or(|n| n > DRAIN_LIMIT) {
+        return;
+    }
+    let mut body = req.into_body().into_data_stream();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use futures::StreamExt;
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
 }
 
 fn content_length(h: &HeaderMap) -> ApiResult<u64> {

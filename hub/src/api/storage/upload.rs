@@ -35,10 +35,14 @@ pub(super) struct UploadOptions {
 
 /// Upload a file: the raw body is the content, `X-Kloudless-Metadata: {"name","parent_id"}`
 /// names it. The body streams to the provider; an interrupted upload leaves no file behind.
+/// With `Content-Type: application/json` and `{"url","parent_id","name"}` the hub fetches
+/// the URL instead (http/https, internal addresses refused, at most 5 redirects, each checked).
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files", tag = "storage",
     params(AccountPath, UploadOptions,
            ("X-Kloudless-Metadata" = String, Header, description = "JSON: {\"name\": ..., \"parent_id\": ...}")),
-    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    request_body(content(
+        (Vec<u8> = "application/octet-stream"),
+        (super::from_url::UrlUpload = "application/json"))),
     responses((status = 201, body = StorageObject),
               (status = 307, description = "Large upload (Content-Length ≥ `offload.threshold`): repeat the request at `Location`, a spoke near the storage"),
               (status = 413, body = crate::error::ErrorBody), CommonErrors))]
@@ -50,6 +54,10 @@ pub(super) async fn upload_file(
     req: Request,
 ) -> ApiResult<Response> {
     let a = p.resolve(&state, &caller).await?;
+    if super::from_url::is_url_upload(&req) {
+        let overwrite = opts.overwrite == Some(true);
+        return super::from_url::upload_from_url(&state, &a, overwrite, req).await;
+    }
     let meta = upload_metadata(req.headers())?;
     let parent = folder_path(&state, &a, &meta.parent_id)?;
     let mut target = parent.join(&meta.name)?;

@@ -13,6 +13,10 @@
 //!   same region's hub with only the remote primary and the primary's own region's hub, and
 //!   write-then-read against one RTT plus the replication lag (`bench_regions`).
 //!
+//! - `uploads`: a 2 GiB file sent through an upload session (4 parts at a time) into S3
+//!   (`s3s-fs`) against `rclone copyto` of the same file to the same server, and the same file
+//!   uploaded from a URL (nginx on loopback) against `rclone copyurl`, with the hub's peak RSS.
+//!
 //! - `detect`: a detector poll of an unchanged S3 bucket (moto) at two sizes against `rclone
 //!   lsjson -R` (`bench_detect`).
 //!
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?
                 .block_on(e2e::bench_tunnel::soak(&sibling("tunnel")?, minutes))
         }
+        Some("uploads") => tokio::runtime::Runtime::new()?.block_on(uploads()),
         Some(which @ ("metadata" | "transfer" | "offload" | "all")) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
@@ -80,7 +85,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|uploads|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }
@@ -701,5 +706,187 @@ async fn offload() -> anyhow::Result<()> {
         idle_rss / 1024
     );
     drop(spoke);
+    Ok(())
+}
+
+/// Sends `path` through an upload session with `parallel` parts at a time; returns the file.
+async fn session_upload(
+    http: &reqwest::Client,
+    hub: &DevHub,
+    account: i64,
+    path: &Path,
+    name: &str,
+    parallel: usize,
+) -> anyhow::Result<serde_json::Value> {
+    use futures::StreamExt as _;
+    let size = std::fs::metadata(path)?.len();
+    let auth = format!("APIKey {}", hub.key);
+    let base = format!("{}/v1/accounts/{account}/storage/multipart", hub.base);
+    let s: serde_json::Value = http
+        .post(format!("{base}?overwrite=true"))
+        .header("Authorization", &auth)
+        .json(&serde_json::json!({"parent_id": "root", "name": name, "size": size}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = s["id"].as_i64().context("session id")?;
+    let part = s["part_size"].as_u64().context("part size")?;
+    let parts = size.div_ceil(part);
+    let results = futures::stream::iter(1..=parts)
+        .map(|n| {
+            let (http, auth, base, path) = (http.clone(), auth.clone(), base.clone(), path.to_owned());
+            async move {
+                use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+                let start = (n - 1) * part;
+                let len = part.min(size - start);
+                let mut f = tokio::fs::File::open(&path).await?;
+                f.seek(std::io::SeekFrom::Start(start)).await?;
+                let body = tokio_util_body(f.take(len));
+                let r = http
+                    .put(format!("{base}/{id}?part_number={n}"))
+                    .header("Authorization", &auth)
+                    .header("Content-Length", len)
+                    .body(body)
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status() == 200, "part {n}: {}", r.status());
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect::<Vec<_>>()
+        .await;
+    for r in results {
+        r?;
+    }
+    let r = http
+        .post(format!("{base}/{id}/complete"))
+        .header("Authorization", &auth)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status() == 200, "complete: {}", r.status());
+    Ok(r.json().await?)
+}
+
+/// A reader as a streamed request body (1 MiB reads).
+fn tokio_util_body(r: impl tokio::io::AsyncRead + Send + Unpin + 'static) -> reqwest::Body {
+    let s = futures::stream::unfold(r, |mut r| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 1 << 20];
+        match r.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), r))
+            }
+            Err(e) => Some((Err(e), r)),
+        }
+    });
+    reqwest::Body::wrap_stream(s)
+}
+
+async fn uploads() -> anyhow::Result<()> {
+    const SIZE: u64 = 2 << 30;
+    const MIB: u64 = 1 << 20;
+    let tmp = tempfile::Builder::new()
+        .prefix("switchyard-bench-")
+        .tempdir_in("/var/tmp")?;
+    let src_dir = tmp.path().join("www");
+    std::fs::create_dir_all(&src_dir)?;
+    let src = src_dir.join("big.bin");
+    {
+        use std::io::Write as _;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src)?);
+        for i in 0..SIZE / MIB {
+            f.write_all(&e2e::pattern(MIB as usize, i))?;
+        }
+        f.flush()?;
+    }
+    let s3 = S3Fs::start(tmp.path().join("s3")).await?;
+    std::fs::create_dir_all(s3.root.join("dst"))?;
+    let nginx = e2e::servers::NginxServer::start(&format!(
+        "location / {{ root {}; }}",
+        src_dir.display()
+    ))
+    .await?;
+    let hub = start_hub(&tmp.path().join("hub"), None).await?;
+    let http = reqwest::Client::new();
+    let auth = format!("APIKey {}", hub.key);
+    let v: serde_json::Value = http
+        .post(format!("{}/v1/accounts", hub.base))
+        .header("Authorization", &auth)
+        .json(&serde_json::json!({"service": "s3", "account": "bench", "credentials": {
+            "bucket": "dst", "endpoint": s3.endpoint(), "region": "us-east-1",
+            "access_key_id": "bench", "secret_access_key": "bench-secret"}}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let account = v["id"].as_i64().context("account id")?;
+    let rclone = |args: &[&str]| -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let st = Command::new("rclone")
+            .args(args)
+            .args(["--config", "/dev/null"])
+            .env("RCLONE_CONFIG_B_TYPE", "s3")
+            .env("RCLONE_CONFIG_B_PROVIDER", "Other")
+            .env("RCLONE_CONFIG_B_ENDPOINT", s3.endpoint())
+            .env("RCLONE_CONFIG_B_ACCESS_KEY_ID", "bench")
+            .env("RCLONE_CONFIG_B_SECRET_ACCESS_KEY", "bench-secret")
+            .env("RCLONE_CONFIG_B_REGION", "us-east-1")
+            .env_remove("AWS_CA_BUNDLE")
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "rclone {args:?} failed");
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let gib = SIZE as f64 / (1u64 << 30) as f64;
+    let landed = |name: &str| -> anyhow::Result<()> {
+        let n = std::fs::metadata(s3.root.join("dst").join(name))?.len();
+        anyhow::ensure!(n == SIZE, "{name}: {n} bytes");
+        std::fs::remove_file(s3.root.join("dst").join(name))?;
+        Ok(())
+    };
+    let src_url = format!("{}/big.bin", nginx.endpoint());
+    let (mut sess, mut copyto, mut url, mut copyurl) = (vec![], vec![], vec![], vec![]);
+    for round in 0..ROUNDS {
+        let t0 = Instant::now();
+        let f = session_upload(&http, &hub, account, &src, "session.bin", 4).await?;
+        sess.push(gib / t0.elapsed().as_secs_f64());
+        anyhow::ensure!(f["size"] == SIZE, "session: {f}");
+        landed("session.bin")?;
+        copyto.push(gib / rclone(&["copyto", &src.display().to_string(), "b:dst/rclone.bin"])?);
+        landed("rclone.bin")?;
+
+        let t0 = Instant::now();
+        let r = http
+            .post(format!(
+                "{}/v1/accounts/{account}/storage/files?overwrite=true",
+                hub.base
+            ))
+            .header("Authorization", &auth)
+            .json(&serde_json::json!({"url": src_url, "parent_id": "root", "name": "url.bin"}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "url upload: {}", r.status());
+        url.push(gib / t0.elapsed().as_secs_f64());
+        landed("url.bin")?;
+        copyurl.push(gib / rclone(&["copyurl", &src_url, "b:dst/rclone-url.bin"])?);
+        landed("rclone-url.bin")?;
+        println!(
+            "round {round}: session {:.3} GiB/s, rclone copyto {:.3} GiB/s | url {:.3} GiB/s, rclone copyurl {:.3} GiB/s",
+            sess[round], copyto[round], url[round], copyurl[round]
+        );
+    }
+    let peak = status_kib(hub.proc.0.id(), "VmHWM:");
+    let (s, c, u, cu) = (median(sess), median(copyto), median(url), median(copyurl));
+    println!(
+        "uploads (median of {ROUNDS}, 2 GiB into s3s-fs): session (4 parts at a time) {s:.3} GiB/s vs rclone copyto {c:.3} GiB/s = {:.2}x | \
+         from a URL {u:.3} GiB/s vs rclone copyurl {cu:.3} GiB/s = {:.2}x | hub peak RSS {} MiB",
+        s / c,
+        u / cu,
+        peak / 1024
+    );
     Ok(())
 }

@@ -12,6 +12,7 @@ pub use meta::create_api_key;
 pub(crate) use meta::{app_view, is_bidi_control, key_view, validate_app_name};
 pub(crate) mod network;
 mod ops;
+mod raw;
 pub(crate) mod storage;
 pub(crate) mod transfers;
 
@@ -108,6 +109,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::routes())
         .merge(network::routes())
         .merge(transfers::routes())
+        .merge(raw::routes())
         .merge(ops::documented_routes())
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
@@ -236,7 +238,10 @@ async fn request_context(
                             None => {}
                         }
                         let resp = next.run(req).await;
-                        if resp.status().is_client_error() || resp.status().is_server_error() {
+                        let passed = resp.extensions().get::<raw::PassThrough>().is_some();
+                        if !passed
+                            && (resp.status().is_client_error() || resp.status().is_server_error())
+                        {
                             ensure_json_error(resp).await
                         } else {
                             resp

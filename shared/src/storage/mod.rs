@@ -15,6 +15,7 @@ mod nofollow;
 pub mod path;
 mod publish;
 pub mod service;
+pub mod sign;
 pub mod transfer;
 mod webdav;
 

@@ -735,7 +735,8 @@ async fn session_upload(
     let parts = size.div_ceil(part);
     let results = futures::stream::iter(1..=parts)
         .map(|n| {
-            let (http, auth, base, path) = (http.clone(), auth.clone(), base.clone(), path.to_owned());
+            let (http, auth, base, path) =
+                (http.clone(), auth.clone(), base.clone(), path.to_owned());
             async move {
                 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
                 let start = (n - 1) * part;
@@ -805,20 +806,20 @@ async fn uploads() -> anyhow::Result<()> {
     }
     let s3 = S3Fs::start(tmp.path().join("s3")).await?;
     std::fs::create_dir_all(s3.root.join("dst"))?;
-    let nginx = e2e::servers::NginxServer::start(&format!(
-        "location / {{ root {}; }}",
-        src_dir.display()
-    ))
-    .await?;
+    let nginx =
+        e2e::servers::NginxServer::start(&format!("location / {{ root {}; }}", src_dir.display()))
+            .await?;
     let hub = start_hub(&tmp.path().join("hub"), None).await?;
     let http = reqwest::Client::new();
     let auth = format!("APIKey {}", hub.key);
     let v: serde_json::Value = http
         .post(format!("{}/v1/accounts", hub.base))
         .header("Authorization", &auth)
-        .json(&serde_json::json!({"service": "s3", "account": "bench", "credentials": {
+        .json(
+            &serde_json::json!({"service": "s3", "account": "bench", "credentials": {
             "bucket": "dst", "endpoint": s3.endpoint(), "region": "us-east-1",
-            "access_key_id": "bench", "secret_access_key": "bench-secret"}}))
+            "access_key_id": "bench", "secret_access_key": "bench-secret"}}),
+        )
         .send()
         .await?
         .json()

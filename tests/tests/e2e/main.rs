@@ -20,6 +20,7 @@ mod links;
 mod network;
 mod observability;
 mod offload;
+mod raw;
 mod regions;
 mod relay;
 mod reports;

@@ -79,8 +79,9 @@ pub struct Change<'a> {
 
 /// The event row for `c`; `metadata` is the object exactly as the API returns it.
 pub fn new_event(ids: &IdCodec, c: &Change<'_>) -> NewEvent {
-    let mut metadata = serde_json::to_value(crate::api::storage::object(ids, c.account, c.entry))
-        .unwrap_or(serde_json::Value::Null);
+    let mut metadata =
+        serde_json::to_value(crate::api::storage::object_of(ids, c.account, c.entry))
+            .unwrap_or(serde_json::Value::Null);
     // A deleted object's size and time are not known without an extra provider call.
     if c.kind == kind::DELETE {
         if let Some(m) = metadata.as_object_mut() {

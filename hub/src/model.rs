@@ -62,6 +62,11 @@ pub struct StorageObject {
     /// Folders only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub can_upload_files: Option<bool>,
+    /// With `X-Kloudless-Raw-Data: true`: the provider's metadata of the object, in its own
+    /// field names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub raw: Option<serde_json::Value>,
 }
 
 /// An application.

@@ -237,7 +237,8 @@ async fn request_context(
                             Some(Ok(p)) => db.await_position(p).await,
                             None => {}
                         }
-                        let resp = next.run(req).await;
+                        let raw = storage::raw_data::asked(req.headers());
+                        let resp = storage::raw_data::RAW_DATA.scope(raw, next.run(req)).await;
                         let passed = resp.extensions().get::<raw::PassThrough>().is_some();
                         if !passed
                             && (resp.status().is_client_error() || resp.status().is_server_error())

@@ -58,6 +58,54 @@ async fn raw_requests_to_s3() {
     hub.upload(acc, "root", "a b.txt", b"raw bytes".to_vec())
         .await
         .expect("upload");
+    // `X-Kloudless-Raw-Data: true` adds S3's own view of the object; without it, nothing.
+    let f = hub
+        .upload(acc, "root", "meta.txt", b"meta".to_vec())
+        .await
+        .expect("upload");
+    let url = hub.url(&format!(
+        "/v1/accounts/{acc}/storage/files/{}",
+        f["id"].as_str().expect("id")
+    ));
+    let with: Value = hub
+        .req(Method::GET, &url)
+        .header("X-Kloudless-Raw-Data", "true")
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(with["raw"]["Key"], "meta.txt", "{with}");
+    assert_eq!(with["raw"]["Size"], 4);
+    assert!(with["raw"]["ETag"].is_string(), "{with}");
+    let listing: Value = hub
+        .req(
+            Method::GET,
+            &hub.url(&format!("/v1/accounts/{acc}/storage/folders/root/contents")),
+        )
+        .header("X-Kloudless-Raw-Data", "True")
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert!(listing["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .all(|o| o["raw"]["Key"].is_string()));
+    let without: Value = hub
+        .req(Method::GET, &url)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert!(without.get("raw").is_none(), "{without}");
+
     let (s, _, body) = raw(&hub, acc, "get", "/?list-type=2", None, None).await;
     assert_eq!(s, 200, "{body}");
     assert!(body.contains("<Key>a b.txt</Key>"), "{body}");

@@ -48,7 +48,7 @@ pub(super) async fn get_file(
     if d != Decision::Proceed {
         return Ok(conditional::answer(d, Some(&etag), e.modified));
     }
-    let mut r = Json(object(&state.ids, a.id(), &e)).into_response();
+    let mut r = Json(object(&state.ids, &a, &e)).into_response();
     conditional::set_validators(&mut r, Some(&etag), e.modified);
     Ok(r)
 }
@@ -140,7 +140,7 @@ pub(super) async fn replace_file(
             Some(format!("\"{}\"", hex::encode(digest.finalize())))
         }
     };
-    let mut r = Json(object(&state.ids, a.id(), &e)).into_response();
+    let mut r = Json(object(&state.ids, &a, &e)).into_response();
     conditional::set_validators(&mut r, etag.as_deref(), e.modified);
     Ok(r)
 }
@@ -166,14 +166,14 @@ pub(super) async fn patch_file(
         Ok(m) => m,
         Err(answer) => return Ok(answer),
     };
-    let (account_id, e) = moved_file(&state, &caller, &a, &path, &body).await?;
+    let (landed, e) = moved_file(&state, &caller, &a, &path, &body).await?;
     // A move keeps the content: a hash we computed still holds; provider ETags are re-read.
-    let etag = if a.connector.provider_etags() || account_id != a.id() {
+    let etag = if a.connector.provider_etags() || landed.id() != a.id() {
         None
     } else {
         matched
     };
-    let mut r = Json(object(&state.ids, account_id, &e)).into_response();
+    let mut r = Json(object(&state.ids, &landed, &e)).into_response();
     conditional::set_validators(&mut r, etag.as_deref(), e.modified);
     Ok(r)
 }
@@ -185,7 +185,7 @@ async fn moved_file(
     a: &Arc<Account>,
     path: &StoragePath,
     body: &ObjectChanges,
-) -> ApiResult<(i64, Entry)> {
+) -> ApiResult<(Arc<Account>, Entry)> {
     let dst = target_account(state, caller, a, body.account.as_ref()).await?;
     if Arc::ptr_eq(a, &dst) {
         let target = destination(
@@ -197,7 +197,7 @@ async fn moved_file(
         )
         .await?;
         if target == *path {
-            return Ok((a.id(), a.connector.stat_file(path).await?));
+            return Ok((a.clone(), a.connector.stat_file(path).await?));
         }
         // Object stores cannot rename without replace on every server (moto ignores
         // `If-None-Match` on copies): the name is claimed like an upload's.
@@ -218,7 +218,7 @@ async fn moved_file(
         }
         let e = renamed?;
         record_moved(state, a.id(), path, &e).await;
-        return Ok((a.id(), e));
+        return Ok((a.clone(), e));
     }
     let parent = match body.parent_id.as_deref() {
         Some(p) => folder_path(state, &dst, p)?,
@@ -241,7 +241,7 @@ async fn moved_file(
     a.connector.delete_file(path).await?;
     let gone = events::gone(path, EntryKind::File);
     events::record(state, change(a.id(), kind::DELETE, "move", &gone)).await;
-    Ok((dst.id(), e))
+    Ok((dst, e))
 }
 
 /// Delete a file. `If-Match` / `If-Unmodified-Since` make it conditional on the file being
@@ -377,7 +377,7 @@ pub(super) async fn copy_file(
             .await?
     };
     events::record(&state, change(dst.id(), kind::COPY, "copy", &e)).await;
-    Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))).into_response())
+    Ok((StatusCode::CREATED, Json(object(&state.ids, &dst, &e))).into_response())
 }
 
 /// The destination file of a finished transfer, as a storage object.
@@ -389,5 +389,5 @@ pub(crate) async fn transferred_object(
     let path = StoragePath::parse(&t.dst_path)
         .map_err(|e| ApiError::internal(format_args!("stored path {:?}: {e}", t.dst_path)))?;
     let e = stat_file(&dst, &path).await?;
-    Ok(object(&state.ids, dst.id(), &e))
+    Ok(object(&state.ids, &dst, &e))
 }

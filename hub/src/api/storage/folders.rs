@@ -47,7 +47,7 @@ pub(super) async fn create_folder(
     stat_folder(&a, &parent, "parent folder").await?;
     let conflict = opts.conflict_if_exists == Some(true);
     if let Some(existing) = existing_folder(&a, &path, conflict).await? {
-        return Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))));
+        return Ok((StatusCode::OK, Json(object(&state.ids, &a, &existing))));
     }
     // Where the provider has no exclusive mkdir, concurrent creators of one name queue on a
     // claim in the database (shared by every hub); the others see the winner's folder.
@@ -70,7 +70,7 @@ pub(super) async fn create_folder(
             other => {
                 c.done().await;
                 let existing = other?.ok_or_else(|| ApiError::internal("folder vanished"))?;
-                return Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))));
+                return Ok((StatusCode::OK, Json(object(&state.ids, &a, &existing))));
             }
         }
         Some(c)
@@ -82,14 +82,14 @@ pub(super) async fn create_folder(
     match created {
         Ok(e) => {
             events::record(&state, change(a.id(), kind::ADD, "create_folder", &e)).await;
-            Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))))
+            Ok((StatusCode::CREATED, Json(object(&state.ids, &a, &e))))
         }
         // Another request made it first.
         Err(StorageError::AlreadyExists) => {
             let existing = existing_folder(&a, &path, conflict).await?.ok_or_else(|| {
                 ApiError::conflict("conflict", "an object with that name already exists")
             })?;
-            Ok((StatusCode::OK, Json(object(&state.ids, a.id(), &existing))))
+            Ok((StatusCode::OK, Json(object(&state.ids, &a, &existing))))
         }
         Err(StorageError::NotFound) => Err(ApiError::not_found("parent folder")),
         Err(e) => Err(e.into()),
@@ -130,7 +130,7 @@ pub(super) async fn get_folder(
 ) -> ApiResult<Json<StorageObject>> {
     let (a, path) = p.resolve(&state, &caller).await?;
     let e = stat_folder(&a, &path, "folder").await?;
-    Ok(Json(object(&state.ids, a.id(), &e)))
+    Ok(Json(object(&state.ids, &a, &e)))
 }
 
 /// List a folder's contents, sorted by name.
@@ -147,7 +147,7 @@ pub(super) async fn folder_contents(
     let (a, path) = p.resolve(&state, &caller).await?;
     stat_folder(&a, &path, "folder").await?;
     let (entries, _) = a.connector.list(&path).await?;
-    Ok(Json(entries_page(&state.ids, a.id(), &entries, page, size)))
+    Ok(Json(entries_page(&state.ids, &a, &entries, page, size)))
 }
 
 /// Rename (`name`) or move (`parent_id`) a folder.
@@ -184,7 +184,7 @@ pub(super) async fn patch_folder(
     if target == path {
         return Ok(Json(object(
             &state.ids,
-            a.id(),
+            &a,
             &a.connector.stat(&path).await?,
         )));
     }
@@ -193,7 +193,7 @@ pub(super) async fn patch_folder(
         .rename(&path, &target, EntryKind::Folder)
         .await?;
     record_moved(&state, a.id(), &path, &e).await;
-    Ok(Json(object(&state.ids, a.id(), &e)))
+    Ok(Json(object(&state.ids, &a, &e)))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -265,5 +265,5 @@ pub(super) async fn copy_folder(
         .copy_folder_from(&a.connector, &path, &target)
         .await?;
     events::record(&state, change(dst.id(), kind::COPY, "copy", &e)).await;
-    Ok((StatusCode::CREATED, Json(object(&state.ids, dst.id(), &e))))
+    Ok((StatusCode::CREATED, Json(object(&state.ids, &dst, &e))))
 }

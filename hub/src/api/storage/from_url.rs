@@ -128,7 +128,7 @@ pub(super) async fn upload_from_url(
         kind::ADD
     };
     events::record(state, change(a.id(), k, "upload", &e)).await;
-    Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))).into_response())
+    Ok((StatusCode::CREATED, Json(object(&state.ids, a, &e))).into_response())
 }
 
 const URL_TOO_LARGE: &str = "the URL's file exceeds";

@@ -9,6 +9,7 @@ mod files;
 mod folders;
 mod from_url;
 mod links;
+pub(crate) mod raw_data;
 mod search;
 mod sessions;
 mod upload;
@@ -166,8 +167,18 @@ pub(crate) const SESSIONS_SUPPORTED: bool = true;
 /// Auto-rename tries for `overwrite=false` before giving up.
 pub(crate) const MAX_RENAME_TRIES: u32 = 1000;
 
-/// Renders an entry as the API's object.
-pub(crate) fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
+/// Renders an entry of account `a` as the API's object, with the provider's own metadata
+/// (`raw`) when the request asked for it (`X-Kloudless-Raw-Data: true`).
+pub(crate) fn object(ids: &IdCodec, a: &Account, e: &Entry) -> StorageObject {
+    let mut o = object_of(ids, a.id(), e);
+    if raw_data::requested() {
+        o.raw = Some(raw_data::raw(&a.settings, e));
+    }
+    o
+}
+
+/// Renders an entry as the API's object, without `raw` (the event feed's metadata).
+pub(crate) fn object_of(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
     let name = if e.path.is_root() {
         "root".to_owned()
     } else {
@@ -199,13 +210,14 @@ pub(crate) fn object(ids: &IdCodec, account: i64, e: &Entry) -> StorageObject {
         api: "storage",
         can_create_folders: is_folder.then_some(true),
         can_upload_files: is_folder.then_some(true),
+        raw: None,
     }
 }
 
 /// One page of `entries` as API objects.
 fn entries_page(
     ids: &IdCodec,
-    account: i64,
+    account: &Account,
     entries: &[Entry],
     page: u32,
     size: u32,

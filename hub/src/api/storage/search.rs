@@ -72,7 +72,7 @@ pub(super) async fn search(
     }
     hits.sort_by(|x, y| x.path.cmp(&y.path));
     hits.dedup_by(|x, y| x.path == y.path);
-    Ok(Json(entries_page(&state.ids, a.id(), &hits, page, size)))
+    Ok(Json(entries_page(&state.ids, &a, &hits, page, size)))
 }
 
 /// Recently modified files, newest first.
@@ -97,5 +97,5 @@ pub(super) async fn recent(
             .cmp(&x.modified)
             .then_with(|| x.path.cmp(&y.path))
     });
-    Ok(Json(entries_page(&state.ids, a.id(), &files, page, size)))
+    Ok(Json(entries_page(&state.ids, &a, &files, page, size)))
 }

@@ -254,7 +254,7 @@ pub(super) async fn complete_session(
     let (e, replaced) = sessions::complete(&state, &a, &s).await?;
     let k = if replaced { kind::UPDATE } else { kind::ADD };
     events::record(&state, change(a.id(), k, "upload", &e)).await;
-    Ok(Json(object(&state.ids, a.id(), &e)))
+    Ok(Json(object(&state.ids, &a, &e)))
 }
 
 /// Abort an upload session: the parts received are deleted.

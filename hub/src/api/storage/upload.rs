@@ -127,7 +127,7 @@ pub(super) async fn upload_file(
         kind::ADD
     };
     events::record(&state, change(a.id(), k, "upload", &e)).await;
-    Ok((StatusCode::CREATED, Json(object(&state.ids, a.id(), &e))).into_response())
+    Ok((StatusCode::CREATED, Json(object(&state.ids, &a, &e))).into_response())
 }
 
 /// Writes an upload through the write path: staged and published by the connector (with its

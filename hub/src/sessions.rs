@@ -496,7 +496,24 @@ async fn finish(
     if let (Some(upload_id), Some(mp)) = (&s.upload_id, s3_target(a, &path)?) {
         // S3's own list is the truth: of two concurrent sends of one part number, the database
         // and S3 may each have kept a different one last. Its size must be the one recorded.
-        let held = mp.list_parts(upload_id).await?;
+        // Some S3-compatible servers (s3s-fs) list parts without their ETags: then the ETags
+        // recorded as the parts arrived are used.
+        let held = match mp.list_parts(upload_id).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, "ListParts unreadable; completing with the recorded ETags");
+                parts
+                    .iter()
+                    .map(|p| {
+                        (
+                            p.number as u16,
+                            p.etag.clone().unwrap_or_default(),
+                            p.size as u64,
+                        )
+                    })
+                    .collect()
+            }
+        };
         let mut list = Vec::with_capacity(parts.len());
         for p in &parts {
             let Some((n, etag, size)) = held.iter().find(|h| i64::from(h.0) == p.number) else {

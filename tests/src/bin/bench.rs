@@ -850,10 +850,33 @@ async fn uploads() -> anyhow::Result<()> {
         Ok(())
     };
     let src_url = format!("{}/big.bin", nginx.endpoint());
+    let pid = hub.proc.0.id();
+    let idle = status_kib(pid, "VmRSS:");
+    // The hub's RSS sampled every 20 ms while `f` runs: the peak of each kind of upload.
+    let sampled = |peak: std::sync::Arc<std::sync::atomic::AtomicU64>| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let t = std::thread::spawn(move || {
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(
+                    status_kib(pid, "VmRSS:"),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        (stop, t)
+    };
+    let sess_peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let url_peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (mut sess, mut copyto, mut url, mut copyurl) = (vec![], vec![], vec![], vec![]);
     for round in 0..ROUNDS {
         let t0 = Instant::now();
-        let f = session_upload(&http, &hub, account, &src, "session.bin", 4).await?;
+        let (stop, t) = sampled(sess_peak.clone());
+        let f = session_upload(&http, &hub, account, &src, "session.bin", 4).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = t.join();
+        let f = f?;
         sess.push(gib / t0.elapsed().as_secs_f64());
         anyhow::ensure!(f["size"] == SIZE, "session: {f}");
         landed("session.bin")?;
@@ -861,6 +884,7 @@ async fn uploads() -> anyhow::Result<()> {
         landed("rclone.bin")?;
 
         let t0 = Instant::now();
+        let (stop, t) = sampled(url_peak.clone());
         let r = http
             .post(format!(
                 "{}/v1/accounts/{account}/storage/files?overwrite=true",
@@ -869,7 +893,10 @@ async fn uploads() -> anyhow::Result<()> {
             .header("Authorization", &auth)
             .json(&serde_json::json!({"url": src_url, "parent_id": "root", "name": "url.bin"}))
             .send()
-            .await?;
+            .await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = t.join();
+        let r = r?;
         anyhow::ensure!(r.status() == 201, "url upload: {}", r.status());
         url.push(gib / t0.elapsed().as_secs_f64());
         landed("url.bin")?;
@@ -880,14 +907,16 @@ async fn uploads() -> anyhow::Result<()> {
             sess[round], copyto[round], url[round], copyurl[round]
         );
     }
-    let peak = status_kib(hub.proc.0.id(), "VmHWM:");
     let (s, c, u, cu) = (median(sess), median(copyto), median(url), median(copyurl));
+    let load = std::sync::atomic::Ordering::Relaxed;
     println!(
         "uploads (median of {ROUNDS}, 2 GiB into s3s-fs): session (4 parts at a time) {s:.3} GiB/s vs rclone copyto {c:.3} GiB/s = {:.2}x | \
-         from a URL {u:.3} GiB/s vs rclone copyurl {cu:.3} GiB/s = {:.2}x | hub peak RSS {} MiB",
+         from a URL {u:.3} GiB/s vs rclone copyurl {cu:.3} GiB/s = {:.2}x | hub RSS idle {} MiB, peak during sessions {} MiB, during URL uploads {} MiB",
         s / c,
         u / cu,
-        peak / 1024
+        idle / 1024,
+        sess_peak.load(load) / 1024,
+        url_peak.load(load) / 1024
     );
     Ok(())
 }

@@ -380,6 +380,30 @@ impl TestHub {
         Ok(r.bytes().await?)
     }
 
+    /// An API key of a new application called `name`: another tenant of this hub.
+    pub async fn other_app_key(&self, name: &str) -> anyhow::Result<String> {
+        let meta = format!("Bearer {}", self.creds.meta_token);
+        let app: serde_json::Value = self
+            .http
+            .post(self.url("/v1/meta/applications"))
+            .header("Authorization", &meta)
+            .json(&serde_json::json!({ "name": name }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = app["id"].as_i64().context("application id")?;
+        let key: serde_json::Value = self
+            .http
+            .post(self.url(&format!("/v1/meta/applications/{id}/apikeys")))
+            .header("Authorization", &meta)
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(key["key"].as_str().context("key")?.to_owned())
+    }
+
     /// Connects an account of the dev application; returns its JSON (with `bearer_token`).
     pub async fn connect(
         &self,

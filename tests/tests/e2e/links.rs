@@ -306,31 +306,7 @@ async fn links_belong_to_their_application() {
         .expect("upload");
     let (_, link) = create(&hub, json!({"file_id": f["id"]})).await;
     let id = link["id"].as_i64().expect("id");
-    let app: Value = hub
-        .http
-        .post(hub.url("/v1/meta/applications"))
-        .header("Authorization", format!("Bearer {}", hub.creds.meta_token))
-        .json(&json!({"name": "other"}))
-        .send()
-        .await
-        .expect("app")
-        .json()
-        .await
-        .expect("json");
-    let key: Value = hub
-        .http
-        .post(hub.url(&format!(
-            "/v1/meta/applications/{}/apikeys",
-            app["id"].as_i64().expect("id")
-        )))
-        .header("Authorization", format!("Bearer {}", hub.creds.meta_token))
-        .send()
-        .await
-        .expect("key")
-        .json()
-        .await
-        .expect("json");
-    let other = format!("APIKey {}", key["key"].as_str().expect("key"));
+    let other = format!("APIKey {}", hub.other_app_key("other").await.expect("key"));
     for (method, path, body) in [
         (
             Method::GET,

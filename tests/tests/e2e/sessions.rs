@@ -230,7 +230,10 @@ async fn sessions_on_fs() {
     let r = hub
         .http
         .get(url(&hub, acc, &format!("/{id}")))
-        .header("Authorization", format!("APIKey {}", other_key(&hub).await))
+        .header(
+            "Authorization",
+            format!("APIKey {}", hub.other_app_key("other").await.expect("key")),
+        )
         .send()
         .await
         .expect("get");
@@ -248,35 +251,6 @@ async fn fs_root(hub: &TestHub) -> std::path::PathBuf {
         shared::storage::ServiceConfig::Fs(fs) => fs.root.clone().into(),
         _ => panic!("the dev account is fs"),
     }
-}
-
-/// An API key of a second application.
-async fn other_key(hub: &TestHub) -> String {
-    let app: Value = hub
-        .http
-        .post(hub.url("/v1/meta/applications"))
-        .header("Authorization", format!("Bearer {}", hub.creds.meta_token))
-        .json(&json!({"name": "other"}))
-        .send()
-        .await
-        .expect("app")
-        .json()
-        .await
-        .expect("json");
-    let key: Value = hub
-        .http
-        .post(hub.url(&format!(
-            "/v1/meta/applications/{}/apikeys",
-            app["id"].as_i64().expect("id")
-        )))
-        .header("Authorization", format!("Bearer {}", hub.creds.meta_token))
-        .send()
-        .await
-        .expect("key")
-        .json()
-        .await
-        .expect("json");
-    key["key"].as_str().expect("key").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

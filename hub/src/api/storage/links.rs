@@ -405,7 +405,7 @@ async fn live(state: &AppState, token: &str) -> ApiResult<LinkRecord> {
 #[utoipa::path(get, path = "/v1/links/{token}", tag = "storage", security(()),
     params(TokenPath, OpenQuery),
     responses((status = 200, description = "The file, or a page"), (status = 307, description = "Large file: at a spoke"),
-              (status = 404, body = crate::error::ErrorBody)))]
+              (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(super) async fn open_link(
     State(state): State<AppState>,
     ApiPath(p): ApiPath<TokenPath>,
@@ -424,13 +424,19 @@ pub(super) async fn open_link(
 /// Send a link's password (the form's POST): the file when it is right.
 #[utoipa::path(post, path = "/v1/links/{token}", tag = "storage", security(()),
     params(TokenPath), request_body(content = PasswordForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 200, description = "The file"), (status = 403, description = "Wrong password: the form again"),
+    responses((status = 200, description = "The file"), (status = 400, body = crate::error::ErrorBody),
+              (status = 403, description = "Wrong password: the form again"),
               (status = 429, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(super) async fn unlock_link(
     State(state): State<AppState>,
     ApiPath(p): ApiPath<TokenPath>,
-    Form(form): Form<PasswordForm>,
+    form: Result<Form<PasswordForm>, axum::extract::rejection::FormRejection>,
 ) -> ApiResult<Response> {
+    let Ok(Form(form)) = form else {
+        return Err(ApiError::bad_request(
+            "the body must be a form (application/x-www-form-urlencoded) with a `password`",
+        ));
+    };
     let l = live(&state, &p.token).await?;
     let Some(phc) = &l.password_hash else {
         return send_file(&state, &l).await;

@@ -934,3 +934,29 @@ const READ_CHUNK: usize = 4 * 1024 * 1024;
 const WRITE_CHUNK: usize = 8 * 1024 * 1024;
 /// Parts in flight per upload; with [`WRITE_CHUNK`] this bounds an upload's buffers.
 const WRITE_CONCURRENCY: usize = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn part_sizes_fit_the_service() {
+        // The preferred size, raised to S3's minimum.
+        assert_eq!(S3_PARTS.part_size(None, MIB), Some(5 * MIB));
+        assert_eq!(S3_PARTS.part_size(Some(100), 16 * MIB), Some(16 * MIB));
+        // Grown (to a whole MiB) when 10,000 parts of it would not hold the file.
+        assert_eq!(
+            S3_PARTS.part_size(Some(1024 * 1024 * MIB), 16 * MIB),
+            Some(105 * MIB)
+        );
+        // Past 10,000 parts of the largest size: none fits.
+        assert_eq!(
+            S3_PARTS.part_size(Some(10_000 * 5 * 1024 * MIB + 1), 16 * MIB),
+            None
+        );
+        assert_eq!(STAGED_PARTS.part_size(None, 1), Some(1));
+        assert_eq!(STAGED_PARTS.part_size(Some(0), 16 * MIB), Some(16 * MIB));
+    }
+}

@@ -558,13 +558,7 @@ async fn finish(
             })
             .try_flatten(),
     );
-    let publish = if s.overwrite {
-        shared::storage::Publish::Replace
-    } else {
-        shared::storage::Publish::NoReplace {
-            alternatives: crate::api::storage::MAX_RENAME_TRIES,
-        }
-    };
+    let publish = crate::api::storage::publish_for(s.overwrite);
     let e = crate::api::storage::write_upload(state, a, &path, body, publish)
         .await
         .map_err(crate::api::storage::upload_error)?;

@@ -195,11 +195,7 @@ async fn raw(
     ApiPath(acc): ApiPath<String>,
     req: Request,
 ) -> ApiResult<Response> {
-    let id = caller.account_id(&acc)?;
-    let a = state.account(caller.app_id, id).await?;
-    if !a.record.active {
-        return Err(ApiError::forbidden("account is inactive"));
-    }
+    let a = super::storage::account(&state, &caller, &acc).await?;
     let h = req.headers();
     let uri = h
         .get("x-kloudless-raw-uri")

@@ -8,11 +8,11 @@
 //! streams (never whole in memory), held to `limits.max_upload_bytes`, with a limit on each
 //! wait for data and on the whole fetch.
 
-use super::upload::{upload_error, write_upload};
-use super::{change, object, stat_folder, MAX_RENAME_TRIES};
+use super::upload::{file_taken, publish_for, upload_error, upload_kind, write_upload};
+use super::{change, object, stat_folder};
 use crate::api::ApiJson;
 use crate::error::{ApiError, ApiResult};
-use crate::events::{self, kind};
+use crate::events;
 use crate::state::{Account, AppState};
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, StatusCode};
@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
 use serde::Deserialize;
-use shared::storage::{EntryKind, Publish, StorageError};
+use shared::storage::StorageError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,17 +60,7 @@ pub(super) async fn upload_from_url(
     let parent = super::folder_path(state, a, &body.parent_id)?;
     let target = parent.join(&body.name)?;
     stat_folder(a, &parent, "parent folder").await?;
-    let taken = match a.connector.stat(&target).await {
-        Ok(e) if e.kind == EntryKind::Folder => {
-            return Err(ApiError::conflict(
-                "conflict",
-                "a folder with that name exists",
-            ))
-        }
-        Ok(_) => true,
-        Err(StorageError::NotFound) => false,
-        Err(e) => return Err(e.into()),
-    };
+    let taken = file_taken(a, &target).await?;
     let source = open(state, &body.url).await?;
     let max = state.config.limits.max_upload_bytes;
     if let Some(n) = source.content_length().filter(|n| max > 0 && *n > max) {
@@ -88,13 +78,7 @@ pub(super) async fn upload_from_url(
         }
         Ok(chunk)
     });
-    let publish = if overwrite {
-        Publish::Replace
-    } else {
-        Publish::NoReplace {
-            alternatives: MAX_RENAME_TRIES,
-        }
-    };
+    let publish = publish_for(overwrite);
     let written = tokio::time::timeout(
         TOTAL,
         write_upload(state, a, &target, Box::pin(stream), publish),
@@ -122,11 +106,7 @@ pub(super) async fn upload_from_url(
         }
         other => upload_error(other),
     })?;
-    let k = if overwrite && taken && e.path == target {
-        kind::UPDATE
-    } else {
-        kind::ADD
-    };
+    let k = upload_kind(overwrite, taken, &target, &e);
     events::record(state, change(a.id(), k, "upload", &e)).await;
     Ok((StatusCode::CREATED, Json(object(&state.ids, a, &e))).into_response())
 }

@@ -15,7 +15,7 @@ mod sessions;
 mod upload;
 
 pub(crate) use files::transferred_object;
-pub(crate) use upload::{upload_error, write_upload};
+pub(crate) use upload::{publish_for, upload_error, write_upload};
 
 use super::{page_of, Paging};
 use crate::auth::Caller;
@@ -244,7 +244,11 @@ fn mime_type(e: &Entry) -> String {
 }
 
 /// The account named by `{acc}`, if this caller may reach it and it is active.
-async fn account(state: &AppState, caller: &Caller, acc: &str) -> ApiResult<Arc<Account>> {
+pub(crate) async fn account(
+    state: &AppState,
+    caller: &Caller,
+    acc: &str,
+) -> ApiResult<Arc<Account>> {
     let id = caller.account_id(acc)?;
     let a = state.account(caller.app_id, id).await?;
     if !a.record.active {

@@ -63,17 +63,7 @@ pub(super) async fn upload_file(
     let mut target = parent.join(&meta.name)?;
     stat_folder(&a, &parent, "parent folder").await?;
     let overwrite = opts.overwrite == Some(true);
-    let taken = match a.connector.stat(&target).await {
-        Ok(e) if e.kind == EntryKind::Folder => {
-            return Err(ApiError::conflict(
-                "conflict",
-                "a folder with that name exists",
-            ))
-        }
-        Ok(_) => true,
-        Err(StorageError::NotFound) => false,
-        Err(e) => return Err(e.into()),
-    };
+    let taken = file_taken(&a, &target).await?;
     // A large upload goes straight to a spoke near the storage: the client repeats the
     // request there (307 keeps the method and body), and the bytes never pass through a hub.
     let declared = req
@@ -109,25 +99,54 @@ pub(super) async fn upload_file(
             return Ok(r);
         }
     }
-    let publish = if overwrite {
-        Publish::Replace
-    } else {
-        Publish::NoReplace {
-            alternatives: MAX_RENAME_TRIES,
-        }
-    };
+    let publish = publish_for(overwrite);
     let body = limited_body(req.into_body(), max);
     let e = write_upload(&state, &a, &target, body, publish)
         .await
         .map_err(upload_error)?;
     // Replacing is an update of the file; a new name (free or numbered) is an addition.
-    let k = if overwrite && taken && e.path == target {
+    let k = upload_kind(overwrite, taken, &target, &e);
+    events::record(&state, change(a.id(), k, "upload", &e)).await;
+    Ok((StatusCode::CREATED, Json(object(&state.ids, &a, &e))).into_response())
+}
+
+/// Whether a file already has the name `target` (a folder there is a 409).
+pub(super) async fn file_taken(a: &Account, target: &StoragePath) -> ApiResult<bool> {
+    match a.connector.stat(target).await {
+        Ok(e) if e.kind == EntryKind::Folder => Err(ApiError::conflict(
+            "conflict",
+            "a folder with that name exists",
+        )),
+        Ok(_) => Ok(true),
+        Err(StorageError::NotFound) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How an upload takes its name: replacing with `overwrite`, else the next free one.
+pub(crate) fn publish_for(overwrite: bool) -> Publish {
+    if overwrite {
+        Publish::Replace
+    } else {
+        Publish::NoReplace {
+            alternatives: MAX_RENAME_TRIES,
+        }
+    }
+}
+
+/// The feed's kind of an upload that landed as `e`: replacing the file that was at `target`
+/// is an update; a new name (free or numbered) is an addition.
+pub(super) fn upload_kind(
+    overwrite: bool,
+    taken: bool,
+    target: &StoragePath,
+    e: &Entry,
+) -> &'static str {
+    if overwrite && taken && e.path == *target {
         kind::UPDATE
     } else {
         kind::ADD
-    };
-    events::record(&state, change(a.id(), k, "upload", &e)).await;
-    Ok((StatusCode::CREATED, Json(object(&state.ids, &a, &e))).into_response())
+    }
 }
 
 /// Writes an upload through the write path: staged and published by the connector (with its

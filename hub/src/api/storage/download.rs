@@ -2,7 +2,7 @@
 //! files redirected to a spoke.
 
 use super::direct::{direct_url, Direct};
-use super::{insert, mime_type, not_found_as, stat_file, FilePath};
+use super::{attachment, insert, mime_type, not_found_as, stat_file, FilePath};
 use crate::api::conditional::{self, Decision};
 use crate::api::{ApiPath, CommonErrors};
 use crate::auth::Caller;
@@ -110,13 +110,10 @@ pub(super) async fn download_file(
     insert(&mut r, header::CONTENT_LENGTH, &len.to_string());
     conditional::set_validators(&mut r, etag.as_deref(), e.modified);
     insert(&mut r, header::ACCEPT_RANGES, "bytes");
-    let encoded: String =
-        percent_encoding::utf8_percent_encode(e.path.name(), percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
     insert(
         &mut r,
         header::CONTENT_DISPOSITION,
-        &format!("attachment; filename*=UTF-8''{encoded}"),
+        &attachment(e.path.name()),
     );
     if let Some((start, end)) = read_range.map(|r| (r.start, r.start + len - 1)) {
         insert(

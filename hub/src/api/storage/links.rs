@@ -8,7 +8,7 @@
 //! guessed from the id and is never stored.
 
 use super::direct::{direct_url, Direct};
-use super::{mime_type, stat_file, AccountPath};
+use super::{attachment, mime_type, stat_file, AccountPath};
 use crate::api::{page_of, ApiJson, ApiPath, ApiQuery, CommonErrors, Paging};
 use crate::auth::Caller;
 use crate::db::{LinkChanges, LinkRecord};
@@ -493,16 +493,7 @@ async fn send_file(state: &AppState, l: &LinkRecord) -> ApiResult<Response> {
     for (k, v) in [
         (header::CONTENT_TYPE, mime_type(&e)),
         (header::CONTENT_LENGTH, e.size.to_string()),
-        (
-            header::CONTENT_DISPOSITION,
-            format!(
-                "attachment; filename*=UTF-8''{}",
-                percent_encoding::utf8_percent_encode(
-                    e.path.name(),
-                    percent_encoding::NON_ALPHANUMERIC
-                )
-            ),
-        ),
+        (header::CONTENT_DISPOSITION, attachment(e.path.name())),
         (header::CACHE_CONTROL, "private, no-store".to_owned()),
     ] {
         if let Ok(v) = HeaderValue::from_str(&v) {

@@ -352,6 +352,12 @@ async fn free_name(a: &Account, parent: &StoragePath, name: &str) -> ApiResult<S
     ))
 }
 
+/// `Content-Disposition` of a download of the file `name` (RFC 6266, UTF-8).
+fn attachment(name: &str) -> String {
+    let encoded = percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC);
+    format!("attachment; filename*=UTF-8''{encoded}")
+}
+
 fn insert(r: &mut Response, name: header::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         r.headers_mut().insert(name, v);

@@ -297,7 +297,8 @@ async fn clear(state: &AppState, c: &ClaimRecord) -> Result<Cleared, String> {
             .map_err(|e| e.to_string())?,
     );
     let target = S3Multipart::for_settings(s3, &path, account.connector.egress())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_budget(account.connector.budget().clone());
     let aborted = target
         .abort_uploads_before(now, &keep)
         .await

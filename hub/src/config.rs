@@ -2,6 +2,7 @@
 //! command-line flags, validated once at start-up with errors that name the offending key.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -44,6 +45,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     #[serde(default)]
     pub redis: RedisConfig,
+    #[serde(default)]
+    pub budgets: BudgetsConfig,
     #[serde(default)]
     pub dns: DnsConfig,
     #[serde(default)]
@@ -823,6 +826,119 @@ fn default_coalesce() -> HumanDuration {
     HumanDuration(std::time::Duration::from_millis(100))
 }
 
+/// Provider request budgets (`shared::budget`): a token bucket per (service, endpoint or
+/// account), shared by every hub and spoke through Redis when `redis.url` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    /// Per service: `{rate: requests per second (fractions allowed; 0 = unlimited), burst}`.
+    /// Services not named keep their defaults (`shared::budget::BudgetSettings::default`).
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceBudget>,
+    /// The longest an API request waits for a provider slot before `429 rate_limited`.
+    #[serde(default = "default_api_wait")]
+    pub api_max_wait: HumanDuration,
+    /// The longest background work (transfers, detectors, spokes) waits for one slot.
+    #[serde(default = "default_background_wait")]
+    pub background_max_wait: HumanDuration,
+    /// Cool-down after a provider's `429` without `Retry-After`.
+    #[serde(default = "default_cool_down")]
+    pub default_cool_down: HumanDuration,
+    /// The longest cool-down a provider's `Retry-After` may impose on the cluster.
+    #[serde(default = "default_max_cool_down")]
+    pub max_cool_down: HumanDuration,
+}
+
+/// One service's budget.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceBudget {
+    /// Requests per second on average; 0 is unlimited (only cool-downs apply).
+    pub rate: f64,
+    /// Requests at once after a quiet spell (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl Default for BudgetsConfig {
+    fn default() -> Self {
+        Self {
+            services: BTreeMap::new(),
+            api_max_wait: default_api_wait(),
+            background_max_wait: default_background_wait(),
+            default_cool_down: default_cool_down(),
+            max_cool_down: default_max_cool_down(),
+        }
+    }
+}
+
+fn default_api_wait() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(2))
+}
+fn default_background_wait() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+fn default_cool_down() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
+}
+fn default_max_cool_down() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(600))
+}
+
+impl BudgetsConfig {
+    /// The settings every process of the cluster applies (hubs hand them to spokes).
+    pub fn settings(&self) -> shared::budget::BudgetSettings {
+        let mut s = shared::budget::BudgetSettings::default();
+        for (name, b) in &self.services {
+            let burst = b.burst.unwrap_or(b.rate.ceil().max(1.0) as u32);
+            s.services.insert(
+                name.clone(),
+                shared::budget::Limit::per_second(b.rate, burst),
+            );
+        }
+        let ms = |d: &HumanDuration| d.0.as_millis() as u64;
+        s.api_max_wait_ms = ms(&self.api_max_wait);
+        s.background_max_wait_ms = ms(&self.background_max_wait);
+        s.default_cool_down_ms = ms(&self.default_cool_down);
+        s.max_cool_down_ms = ms(&self.max_cool_down);
+        s
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (name, b) in &self.services {
+            let key = format!("budgets.services.{name}");
+            if !shared::storage::service::SERVICES.contains(&name.as_str()) {
+                return Err((key, "is not a service".into()));
+            }
+            if matches!(name.as_str(), "fs" | "sftp") {
+                return Err((key, "is not paced (no HTTP requests to budget)".into()));
+            }
+            if !b.rate.is_finite() || b.rate < 0.0 || b.rate > 1_000_000.0 {
+                return Err((
+                    format!("{key}.rate"),
+                    "must be between 0 (unlimited) and 1000000 requests per second".into(),
+                ));
+            }
+            if b.burst.is_some_and(|n| n == 0 || n > 1_000_000) {
+                return Err((
+                    format!("{key}.burst"),
+                    "must be between 1 and 1000000".into(),
+                ));
+            }
+        }
+        if self.max_cool_down.0 > std::time::Duration::from_secs(86_400) {
+            return Err(("budgets.max_cool_down".into(), "must be at most a day".into()));
+        }
+        if self.api_max_wait.0 > std::time::Duration::from_secs(60) {
+            return Err((
+                "budgets.api_max_wait".into(),
+                "must be at most 60 s (clients are waiting)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Redis: how the hubs of a region share work (webhook deliveries). Without `url`, each hub
 /// runs an in-process queue; the database stays the record either way.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1387,6 +1503,7 @@ impl Config {
             .detect
             .validate()
             .map_err(|(k, m)| invalid(&k, m))?;
+        self.budgets.validate().map_err(|(k, m)| invalid(&k, m))?;
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         self.validate_tls()?;
         Ok(())

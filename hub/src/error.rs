@@ -202,6 +202,20 @@ impl From<StorageError> for ApiError {
                 err.retry_after = Some(retry_after.map(|d| d.as_secs().max(1)).unwrap_or(5));
                 err
             }
+            StorageError::BudgetSpent(s) => {
+                let mut err = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    if s.cooling {
+                        "the storage provider asked for a pause in requests; retry later"
+                    } else {
+                        "requests to this storage provider are paced to its budget; retry later"
+                    },
+                );
+                // Whole seconds, rounded up: a client retrying then finds a slot.
+                err.retry_after = Some(s.retry_after.as_millis().div_ceil(1000).max(1) as u64);
+                err
+            }
             StorageError::Unavailable(m) => {
                 tracing::warn!(request_id = %request_id(), error = %m, "provider unavailable");
                 Self::new(

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod budgets;
 mod cache;
 pub mod claims;
 pub mod cli;

@@ -55,11 +55,10 @@ pub fn expected_len(size: u64, part_size: u64, n: u64) -> u64 {
 
 fn s3_target(a: &Account, path: &StoragePath) -> ApiResult<Option<S3Multipart>> {
     match &a.settings {
-        ServiceConfig::S3(s3) => Ok(Some(S3Multipart::for_settings(
-            s3,
-            path,
-            a.connector.egress(),
-        )?)),
+        ServiceConfig::S3(s3) => Ok(Some(
+            S3Multipart::for_settings(s3, path, a.connector.egress())?
+                .with_budget(a.connector.budget().clone()),
+        )),
         _ => Ok(None),
     }
 }

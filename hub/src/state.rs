@@ -117,6 +117,7 @@ impl HubState {
                 scratch_dir,
                 io_timeout: Duration::from_secs(config.storage.io_timeout_secs),
                 egress: config.storage.egress_policy()?,
+                budgets: crate::budgets::from_config(&config)?,
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),

@@ -304,11 +304,10 @@ fn path(p: &str) -> ApiResult<StoragePath> {
 /// Its client follows the account connector's egress policy (the SSRF guard).
 fn multipart_target(dst: &Account, path: &StoragePath) -> ApiResult<Option<S3Multipart>> {
     match &dst.settings {
-        ServiceConfig::S3(s) => Ok(Some(S3Multipart::for_settings(
-            s,
-            path,
-            dst.connector.egress(),
-        )?)),
+        ServiceConfig::S3(s) => Ok(Some(
+            S3Multipart::for_settings(s, path, dst.connector.egress())?
+                .with_budget(dst.connector.budget().clone()),
+        )),
         _ => Ok(None),
     }
 }

@@ -322,6 +322,9 @@ pub struct SpokeSettings {
     /// The hub's SSRF policy: spokes connect to providers under the same rules.
     #[serde(default)]
     pub egress: EgressSettings,
+    /// The cluster's provider budgets: spokes draw from them through their hub.
+    #[serde(default)]
+    pub budgets: crate::budget::BudgetSettings,
 }
 
 /// Which internal addresses provider connections may reach (see `crate::egress`).
@@ -344,6 +347,7 @@ impl Default for SpokeSettings {
             rate_limit: None,
             congestion: crate::quic::Congestion::default(),
             egress: EgressSettings::default(),
+            budgets: crate::budget::BudgetSettings::default(),
         }
     }
 }
@@ -498,6 +502,48 @@ pub struct RelayRequest {
 pub enum RelayReply {
     Ok,
     Refused { code: String, message: String },
+}
+
+/// A spoke's question about a provider budget, the one frame of a bidirectional stream it opens
+/// on its control connection (after the hello); the hub answers one [`BudgetAnswer`] frame and
+/// finishes the stream. The hub applies its own limits: the spoke names only the service and
+/// the bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BudgetAsk {
+    /// A slot of `key`'s bucket, waiting at most `max_wait_ms`.
+    Take {
+        service: String,
+        key: String,
+        max_wait_ms: u64,
+    },
+    /// The provider asked for a pause of `ms` on `key`.
+    Cool { key: String, ms: u64 },
+}
+
+/// The hub's answer to a [`BudgetAsk`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BudgetAnswer {
+    Take { take: crate::budget::Take },
+    Cooled,
+    Refused { message: String },
+}
+
+/// Largest frame of a budget stream.
+pub const MAX_BUDGET_FRAME: usize = 4096;
+
+/// Reads one length-prefixed frame of at most `max` bytes from a QUIC stream.
+pub async fn read_frame<M: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max: usize,
+) -> Result<M, ProtoError> {
+    let garbled = |e: quinn::ReadExactError| ProtoError::Garbled(e.to_string());
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.map_err(garbled)?;
+    let mut body = vec![0u8; frame_len(prefix, max)?];
+    recv.read_exact(&mut body).await.map_err(garbled)?;
+    decode_body(&body)
 }
 
 /// The length of the frame whose 4-byte prefix is `prefix`, or an error beyond `max`.

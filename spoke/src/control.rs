@@ -154,6 +154,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let ident = Arc::new(Identity::load(&opts.data_dir)?);
     let local = crate::config::LocalConfig::load(&opts.data_dir)?;
     let fs_roots = crate::fsroots::FsRoots::new(local.storage.fs_roots.clone());
+    // The budgets handed at enrollment, until a hub's welcome brings the current ones.
+    crate::budget::global().set_settings(ident.config.settings.budgets.clone());
     let jobs = Arc::new(Jobs::new(
         ident.config.settings.max_jobs,
         opts.data_dir.join("scratch"),
@@ -330,6 +332,8 @@ async fn session(
             Err(e) => return Err(closed_reason(&conn).unwrap_or(e)),
         };
         tracing::info!(hub = %hub.quic, region = %welcome.hub_region, "connected to hub");
+        crate::budget::global().set_settings(welcome.settings.budgets.clone());
+        let budget_link = BudgetLink(crate::budget::hubs().add(conn.clone()));
         if let Some(k) = &welcome.data_key {
             grants.set_key(&k.0);
         }
@@ -393,11 +397,21 @@ async fn session(
         };
         // This hub's transfers stop with its session; it resumes them from durable parts.
         session_jobs.cancel();
+        drop(budget_link);
         r
     }
     .await;
     endpoint.close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"bye");
     result
+}
+
+/// A session's connection among those budget questions may take; out again when dropped.
+struct BudgetLink(u64);
+
+impl Drop for BudgetLink {
+    fn drop(&mut self) {
+        crate::budget::hubs().remove(self.0);
+    }
 }
 
 /// Handles one message (or receive error) from the hub on a session; an error ends it.

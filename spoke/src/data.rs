@@ -395,6 +395,7 @@ async fn answer(
     let opts = ConnectOptions {
         scratch_dir: st.scratch.clone(),
         egress: st.egress.clone(),
+        budgets: crate::budget::global(),
         ..ConnectOptions::default()
     };
     if download {

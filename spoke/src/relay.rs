@@ -236,6 +236,7 @@ impl Server {
         let opts = ConnectOptions {
             scratch_dir: self.scratch.clone(),
             egress: self.egress.clone(),
+            budgets: crate::budget::global(),
             ..ConnectOptions::default()
         };
         let source = Connector::connect(&grant.location.service, &opts)

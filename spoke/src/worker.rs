@@ -193,6 +193,7 @@ impl Jobs {
                         e,
                         StorageError::Unavailable(_)
                             | StorageError::RateLimited { .. }
+                            | StorageError::BudgetSpent(_)
                             | StorageError::Interrupted(_)
                             | StorageError::Other(_)
                     ) || crate::fsroots::is_refusal(&e);
@@ -222,6 +223,7 @@ async fn run(
     let opts = ConnectOptions {
         scratch_dir: jobs.scratch.clone(),
         egress: shared::egress::EgressPolicy::from_settings(&settings.egress),
+        budgets: crate::budget::global(),
         ..ConnectOptions::default()
     };
     let src = Connector::connect(&a.source.service, &opts).await?;
@@ -244,7 +246,8 @@ async fn run(
     ));
     let result = match (&a.upload_id, &a.dest.service) {
         (Some(upload_id), ServiceConfig::S3(s3)) => {
-            let mp = S3Multipart::for_settings(s3, &dst_path, &opts.egress)?;
+            let mp = S3Multipart::for_settings(s3, &dst_path, &opts.egress)?
+                .with_budget(opts.budgets.budget("s3", a.dest.service.budget_key()));
             // The source is read from the provider, or through a spoke near it.
             let mut relayed = None;
             let source: Arc<dyn RangeSource> = match &a.relay {

@@ -209,6 +209,8 @@ async fn request_context(
         .map(|v| v.to_str().unwrap_or("").parse::<Position>());
     let scope = Arc::new(RequestScope::default());
     let db = state.db.clone();
+    // Provider requests made for this request wait at most this long for their budget.
+    let wait = state.config.budgets.api_max_wait.0;
     let mut resp = REQUEST_ID
         .scope(
             id.clone(),
@@ -238,7 +240,14 @@ async fn request_context(
                             None => {}
                         }
                         let raw = storage::raw_data::asked(req.headers());
-                        let resp = storage::raw_data::RAW_DATA.scope(raw, next.run(req)).await;
+                        let (mut resp, admission) = shared::budget::scope(
+                            wait,
+                            storage::raw_data::RAW_DATA.scope(raw, next.run(req)),
+                        )
+                        .await;
+                        if let Some(a) = admission {
+                            budget_headers(resp.headers_mut(), &a);
+                        }
                         let passed = resp.extensions().get::<raw::PassThrough>().is_some();
                         if !passed
                             && (resp.status().is_client_error() || resp.status().is_server_error())
@@ -283,6 +292,31 @@ async fn request_context(
             counter: bytes_out,
         })
     })
+}
+
+/// The budget of the account a request used, as the common rate-limit headers: the average
+/// rate per second, the requests that could go at once now, and seconds until the bucket is
+/// full again.
+fn budget_headers(h: &mut axum::http::HeaderMap, a: &shared::budget::Admission) {
+    if a.limit.is_unlimited() {
+        return;
+    }
+    let rate = a.limit.rate();
+    let rate = if rate.fract() == 0.0 {
+        format!("{rate:.0}")
+    } else {
+        format!("{rate}")
+    };
+    let reset = a.full_in.as_millis().div_ceil(1000).to_string();
+    for (name, value) in [
+        ("x-ratelimit-limit", rate),
+        ("x-ratelimit-remaining", a.remaining.to_string()),
+        ("x-ratelimit-reset", reset),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
 }
 
 /// Most header fields a request may carry (hyper's own default, kept; hyper itself is set to

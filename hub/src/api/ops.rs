@@ -22,6 +22,11 @@ pub struct Health {
     /// The database's parts, on PostgreSQL with a replica.
     #[serde(skip_serializing_if = "Option::is_none")]
     database: Option<DatabaseHealth>,
+    /// Where provider budgets are kept: `shared` (Redis), `local` (no Redis configured) or
+    /// `local_fallback` (Redis configured but unreachable: this hub paces alone meanwhile,
+    /// and stays ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    budgets: Option<&'static str>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -44,6 +49,7 @@ async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok",
         database: None,
+        budgets: None,
     })
 }
 
@@ -87,11 +93,13 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
             }
         });
     let replica_ok = database.as_ref().is_some_and(|d| d.replica == "ok");
+    let budgets = Some(state.connect_options.budgets.mode().label());
     if primary_ok {
         let degraded = database.as_ref().is_some_and(|d| d.replica != "ok");
         return Ok(Json(Health {
             status: if degraded { "degraded" } else { "ok" },
             database,
+            budgets,
         }));
     }
     if replica_ok {
@@ -99,6 +107,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
         return Ok(Json(Health {
             status: "degraded",
             database,
+            budgets,
         }));
     }
     match ping {

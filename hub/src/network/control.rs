@@ -266,6 +266,12 @@ async fn control(
             fingerprints: state.db.revoked_fingerprints().await?,
         })
         .await?;
+    // Budget questions arrive on streams of their own, answered while the connection lives.
+    tokio::spawn(crate::budgets::serve_spoke(
+        state.clone(),
+        conn.clone(),
+        spoke.id,
+    ));
     let (tx, mut rx) = mpsc::unbounded_channel::<HubMsg>();
     let session = state.network.registry.insert(
         spoke.id,

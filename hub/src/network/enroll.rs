@@ -200,6 +200,7 @@ pub fn spoke_settings(state: &AppState) -> SpokeSettings {
             allow_private: state.config.storage.allow_private_endpoints,
             allowed: state.config.storage.allowed_private_endpoints.clone(),
         },
+        budgets: state.config.budgets.settings(),
     }
 }
 

@@ -5,6 +5,7 @@
 
 use super::service::ServiceConfig;
 use super::{webdav, Connector, Staging, StorageError};
+use crate::budget::{Budget, Budgets};
 use crate::egress::EgressPolicy;
 use opendal::layers::{RetryLayer, TimeoutLayer};
 use opendal::{HttpTransporter, OperationContext, Operator};
@@ -20,6 +21,8 @@ pub struct ConnectOptions {
     pub io_timeout: Duration,
     /// Where provider connections may go (the SSRF guard).
     pub egress: EgressPolicy,
+    /// The provider request budgets every request draws from (see [`crate::budget`]).
+    pub budgets: Budgets,
 }
 
 impl Default for ConnectOptions {
@@ -29,6 +32,7 @@ impl Default for ConnectOptions {
             scratch_dir: std::env::temp_dir().join("switchyard-scratch"),
             io_timeout: Duration::from_secs(60),
             egress: EgressPolicy::default(),
+            budgets: Budgets::default(),
         }
     }
 }
@@ -114,7 +118,8 @@ impl Connector {
                 if let Some(r) = &s.root {
                     b = b.root(r);
                 }
-                let client = webdav::Client::new(s, opts.io_timeout, &opts.egress)?;
+                let budget = opts.budgets.budget(cfg.name(), cfg.budget_key());
+                let client = webdav::Client::new(s, opts.io_timeout, &opts.egress, budget)?;
                 (Operator::new(b).map_err(bad)?, Staging::Webdav(client))
             }
             #[cfg(feature = "sftp")]
@@ -176,6 +181,7 @@ impl Connector {
             }
         };
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let budget = opts.budgets.budget(cfg.name(), cfg.budget_key());
         let (op, publish_op) = if cfg.name() == "fs" {
             (op.clone(), op)
         } else {
@@ -185,6 +191,7 @@ impl Connector {
                 .map_err(|e| StorageError::Other(format!("cannot build the HTTP client: {e}")))?;
             let transport = GuardedTransport {
                 requests: requests.clone(),
+                budget: budget.clone(),
                 egress: opts.egress.clone(),
                 inner: opendal_http_transport_reqwest::ReqwestTransport::new(http),
             };
@@ -217,16 +224,19 @@ impl Connector {
             endpoint_host,
             egress: opts.egress.clone(),
             requests,
+            budget,
         })
     }
 }
 
 /// OpenDAL's HTTP transport with the egress check on every request: the URL's host when it is
 /// an IP literal (names are checked by the client's resolver), including a redirect target
-/// OpenDAL reuses. The reqwest client underneath follows no redirects.
+/// OpenDAL reuses. The reqwest client underneath follows no redirects. Each request waits for
+/// the account's budget first, and a `429`/`503` answer cools the budget down cluster-wide.
 struct GuardedTransport {
     /// Counts the requests sent (detectors report their cost per poll).
     requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    budget: Budget,
     egress: EgressPolicy,
     inner: opendal_http_transport_reqwest::ReqwestTransport,
 }
@@ -251,9 +261,19 @@ impl opendal::HttpTransport for GuardedTransport {
                     .set_source(e)
             })?;
         }
+        self.budget.admit().await.map_err(|e| {
+            // Permanent: the retry layer must not wait again what the budget refused.
+            opendal::Error::new(opendal::ErrorKind::RateLimited, "provider budget spent")
+                .with_operation("budget::admit")
+                .set_source(e)
+        })?;
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inner.fetch(req).await
+        let resp = self.inner.fetch(req).await?;
+        self.budget
+            .observe(resp.status().as_u16(), resp.headers())
+            .await;
+        Ok(resp)
     }
 }
 

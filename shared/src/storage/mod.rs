@@ -74,6 +74,10 @@ pub enum StorageError {
     InvalidSettings(String),
     #[error("the provider is rate limiting requests")]
     RateLimited { retry_after: Option<Duration> },
+    /// Our own pacing: the account's provider budget has no slot within the caller's wait
+    /// (or the provider asked the whole cluster to stay away that long).
+    #[error("the provider's request budget is spent")]
+    BudgetSpent(#[from] crate::budget::BudgetSpent),
     #[error("the provider is unavailable: {0}")]
     Unavailable(String),
     /// The provider could not be reached at all (DNS, refused, TLS, timeout).
@@ -101,6 +105,9 @@ impl From<opendal::Error> for StorageError {
         if let Some(denied) = egress_denial(&e) {
             return denied;
         }
+        if let Some(spent) = budget_spent(&e) {
+            return Self::BudgetSpent(spent);
+        }
         match e.kind() {
             ErrorKind::NotFound => Self::NotFound,
             ErrorKind::AlreadyExists | ErrorKind::ConditionNotMatch => Self::AlreadyExists,
@@ -123,6 +130,18 @@ impl From<opendal::Error> for StorageError {
             _ => Self::Other(describe_error(&e)),
         }
     }
+}
+
+/// The budget's refusal, when it is what failed a request (the transport's error's source).
+fn budget_spent(e: &opendal::Error) -> Option<crate::budget::BudgetSpent> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(s) = err.downcast_ref::<crate::budget::BudgetSpent>() {
+            return Some(*s);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// The egress policy's refusal, when it is what failed a request (it travels as the source of
@@ -278,6 +297,8 @@ pub struct Connector {
     egress: crate::egress::EgressPolicy,
     /// HTTP requests sent through OpenDAL (0 on `fs` and SFTP).
     requests: Arc<std::sync::atomic::AtomicU64>,
+    /// The provider budget its requests draw from (side clients draw from it too).
+    budget: crate::budget::Budget,
 }
 
 #[derive(Clone)]
@@ -395,6 +416,12 @@ impl Connector {
     /// The egress policy (SSRF guard) this connector's clients follow.
     pub fn egress(&self) -> &crate::egress::EgressPolicy {
         &self.egress
+    }
+
+    /// The provider budget of this account: side clients (S3 multipart, the WebDAV writer, the
+    /// pass-through) draw from it for each request too.
+    pub fn budget(&self) -> &crate::budget::Budget {
+        &self.budget
     }
 
     /// HTTP requests this connector (and its clones) sent through OpenDAL so far.

@@ -50,6 +50,8 @@ pub struct S3Multipart {
     bucket: Bucket,
     credentials: Credentials,
     key: String,
+    /// The account's provider budget: each request waits for its slot.
+    budget: crate::budget::Budget,
 }
 
 impl fmt::Debug for S3Multipart {
@@ -112,7 +114,14 @@ impl S3Multipart {
             bucket,
             credentials: Credentials::new(&settings.access_key_id, &settings.secret_access_key),
             key,
+            budget: crate::budget::Budget::none(),
         })
+    }
+
+    /// Draws every request from `budget` (the account connector's, [`super::Connector::budget`]).
+    pub fn with_budget(mut self, budget: crate::budget::Budget) -> Self {
+        self.budget = budget;
+        self
     }
 
     /// The object key in the bucket (root included).
@@ -138,10 +147,14 @@ impl S3Multipart {
             .http
             .get(url)
             .header(header::RANGE, format!("bytes={offset}-{end}"));
+        self.budget.admit().await?;
         let resp = tokio::time::timeout(self.io_timeout, req.send())
             .await
             .map_err(|_| self.silent("GetObject"))?
             .map_err(|e| send_error("GetObject", e))?;
+        self.budget
+            .observe(resp.status().as_u16(), resp.headers())
+            .await;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {}
             StatusCode::OK if offset == 0 => {}
@@ -207,6 +220,7 @@ impl S3Multipart {
             inner: Box::pin(body),
             waiting_since: stall.clone(),
         };
+        self.budget.admit().await?;
         // With an explicit length hyper sends a plain body rather than chunked encoding, which
         // S3 refuses on presigned part uploads.
         let send = self
@@ -232,6 +246,9 @@ impl S3Multipart {
                 }
             }
         };
+        self.budget
+            .observe(resp.status().as_u16(), resp.headers())
+            .await;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.failure("UploadPart", resp).await);
@@ -413,10 +430,14 @@ impl S3Multipart {
 
     /// Sends a request whose answer is a small document; returns the document on success.
     async fn send(&self, op: &str, req: reqwest::RequestBuilder) -> Result<String, StorageError> {
+        self.budget.admit().await?;
         let resp = tokio::time::timeout(self.io_timeout, req.send())
             .await
             .map_err(|_| self.silent(op))?
             .map_err(|e| send_error(op, e))?;
+        self.budget
+            .observe(resp.status().as_u16(), resp.headers())
+            .await;
         if !resp.status().is_success() {
             return Err(self.failure(op, resp).await);
         }

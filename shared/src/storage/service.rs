@@ -220,6 +220,55 @@ impl ServiceConfig {
 }
 
 impl ServiceConfig {
+    /// The provider budget this account draws from (see [`crate::budget`]): the endpoint and
+    /// bucket for object stores and WebDAV (their limits are per server or per bucket), the
+    /// user for OAuth services (theirs are per user: a digest of the token, never the token).
+    /// `None` for `fs` and SFTP, which are not paced.
+    pub fn budget_key(&self) -> Option<String> {
+        use sha2::{Digest, Sha256};
+        let origin = |endpoint: &str| {
+            reqwest::Url::parse(endpoint)
+                .ok()
+                .and_then(|u| {
+                    let host = u.host_str()?.to_ascii_lowercase();
+                    Some(format!("{host}:{}", u.port_or_known_default().unwrap_or(0)))
+                })
+                .unwrap_or_else(|| endpoint.to_ascii_lowercase())
+        };
+        let key = match self {
+            Self::Fs(_) | Self::Sftp(_) => return None,
+            Self::S3(s) => {
+                let region = s.region.as_deref().unwrap_or("us-east-1");
+                let host = match &s.endpoint {
+                    Some(e) => origin(e),
+                    None => format!("s3.{region}.amazonaws.com:443"),
+                };
+                format!("{host}/{}", s.bucket)
+            }
+            Self::Webdav(s) => origin(&s.endpoint),
+            Self::Azblob(s) => format!("{}/{}", origin(&s.endpoint), s.container),
+            Self::Gcs(s) => {
+                let host = s
+                    .endpoint
+                    .as_deref()
+                    .map(origin)
+                    .unwrap_or_else(|| "storage.googleapis.com:443".to_owned());
+                format!("{host}/{}", s.bucket)
+            }
+            Self::Dropbox(s) | Self::Gdrive(s) | Self::Onedrive(s) => {
+                let mut h = Sha256::new();
+                h.update(s.client_id.as_deref().unwrap_or("").as_bytes());
+                h.update([0]);
+                let who = s.refresh_token.as_deref().or(s.access_token.as_deref());
+                h.update(who.unwrap_or("").as_bytes());
+                format!("user-{}", hex::encode(&h.finalize()[..12]))
+            }
+        };
+        Some(format!("{}:{key}", self.name()))
+    }
+}
+
+impl ServiceConfig {
     /// Host and port of the user-supplied endpoint (`None` for services without one). URL
     /// endpoints must be http(s); SFTP endpoints are `host[:port]` or `ssh://host[:port]`.
     pub fn endpoint_addr(&self) -> Result<Option<(String, u16)>, String> {

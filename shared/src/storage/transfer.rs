@@ -295,7 +295,10 @@ pub fn range_source(
     path: &StoragePath,
 ) -> Result<Arc<dyn RangeSource>, StorageError> {
     Ok(match service {
-        ServiceConfig::S3(s3) => Arc::new(S3Multipart::for_settings(s3, path, connector.egress())?),
+        ServiceConfig::S3(s3) => Arc::new(
+            S3Multipart::for_settings(s3, path, connector.egress())?
+                .with_budget(connector.budget().clone()),
+        ),
         _ => Arc::new(ConnectorRanges {
             connector: connector.clone(),
             path: path.clone(),
@@ -513,6 +516,7 @@ impl AttemptError {
                 | Self::Storage(
                     StorageError::Unavailable(_)
                         | StorageError::RateLimited { .. }
+                        | StorageError::BudgetSpent(_)
                         | StorageError::Interrupted(_)
                 )
         )
@@ -571,6 +575,9 @@ fn retry_delay(failures: u32, e: &AttemptError) -> Duration {
     }) = e
     {
         return (*d).min(MAX_RETRY_DELAY);
+    }
+    if let AttemptError::Storage(StorageError::BudgetSpent(s)) = e {
+        return s.retry_after.min(MAX_RETRY_DELAY);
     }
     let ms = 250u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
     Duration::from_millis(ms).min(MAX_RETRY_DELAY)

@@ -22,6 +22,8 @@ pub(crate) struct Client {
     base: String,
     username: Option<String>,
     password: Option<String>,
+    /// The account's provider budget: each request waits for its slot.
+    budget: crate::budget::Budget,
 }
 
 impl Client {
@@ -29,6 +31,7 @@ impl Client {
         s: &WebdavSettings,
         timeout: Duration,
         egress: &EgressPolicy,
+        budget: crate::budget::Budget,
     ) -> Result<Self, StorageError> {
         let mut base = s.endpoint.trim_end_matches('/').to_owned();
         if let Some(root) = s.root.as_deref().map(|r| r.trim_matches('/')) {
@@ -51,6 +54,7 @@ impl Client {
             base,
             username: s.username.clone(),
             password: s.password.clone(),
+            budget,
         })
     }
 
@@ -65,7 +69,7 @@ impl Client {
         let req = self
             .request(reqwest::Method::PUT, self.url(key)?)
             .body(reqwest::Body::wrap_stream(body));
-        let resp = req.send().await.map_err(|e| {
+        let resp = self.budget.send(req).await?.map_err(|e| {
             if e.is_body() || e.is_request() {
                 StorageError::Interrupted(e.to_string())
             } else {
@@ -87,12 +91,14 @@ impl Client {
         let (source, destination) = (self.url(from)?, self.url(to)?);
         let mut pause = std::time::Duration::from_millis(5);
         for _ in 0..MAX_LOCKED_TRIES {
-            let resp = self
+            let req = self
                 .request(dav_method(b"MOVE"), source.clone())
                 .header("Destination", destination.as_str())
-                .header("Overwrite", if overwrite { "T" } else { "F" })
-                .send()
-                .await
+                .header("Overwrite", if overwrite { "T" } else { "F" });
+            let resp = self
+                .budget
+                .send(req)
+                .await?
                 .map_err(|e| StorageError::Unavailable(e.to_string()))?;
             match resp.status().as_u16() {
                 412 => return Err(StorageError::AlreadyExists),
@@ -115,10 +121,11 @@ impl Client {
     /// `MKCOL` of `key` (a folder key ending in `/`): an existing resource is
     /// [`StorageError::AlreadyExists`] (405), a missing parent [`StorageError::NotFound`] (409).
     pub(crate) async fn mkcol(&self, key: &str) -> Result<(), StorageError> {
+        let req = self.request(dav_method(b"MKCOL"), self.url(key)?);
         let resp = self
-            .request(dav_method(b"MKCOL"), self.url(key)?)
-            .send()
-            .await
+            .budget
+            .send(req)
+            .await?
             .map_err(|e| StorageError::Unavailable(e.to_string()))?;
         // 423: another request is creating (and so holds) that very folder.
         if matches!(resp.status().as_u16(), 405 | 423) {
@@ -196,7 +203,11 @@ impl Client {
             .body(
                 r#"<?xml version="1.0" encoding="utf-8"?><D:propfind xmlns:D="DAV:"><D:prop><D:resourcetype/></D:prop></D:propfind>"#,
             );
-        let mut resp = req.send().await.map_err(|e| super::unreachable(host, &e))?;
+        let mut resp = self
+            .budget
+            .send(req)
+            .await?
+            .map_err(|e| super::unreachable(host, &e))?;
         let status = resp.status();
         match status.as_u16() {
             207 => {}
@@ -216,8 +227,10 @@ impl Client {
                     let req = self
                         .request(dav_method(b"PROPFIND"), bare)
                         .header("Depth", "0");
-                    if req.send().await.is_ok_and(|r| r.status().as_u16() == 207) {
-                        what = "the WebDAV root is not a folder";
+                    if let Ok(Ok(r)) = self.budget.send(req).await {
+                        if r.status().as_u16() == 207 {
+                            what = "the WebDAV root is not a folder";
+                        }
                     }
                 }
                 return Err(StorageError::InvalidSettings(what.into()));

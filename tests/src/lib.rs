@@ -17,6 +17,7 @@ pub mod replay;
 pub mod scripted_dns;
 pub mod servers;
 pub mod terraform_lab;
+pub mod throttle;
 pub mod tunnel_lab;
 pub mod webhook_receiver;
 

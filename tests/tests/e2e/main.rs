@@ -1,6 +1,7 @@
 //! End-to-end tests: one test binary, one module per area.
 
 mod api;
+mod budgets;
 mod cli;
 mod connectors;
 mod database;

@@ -153,6 +153,59 @@ pub fn from_config(config: &crate::config::Config) -> anyhow::Result<shared::bud
     Ok(budgets)
 }
 
+/// The budgets' counters and mode for `/metrics`, read at each scrape.
+#[derive(Debug)]
+pub struct BudgetMetrics(pub shared::budget::Budgets);
+
+impl prometheus_client::collector::Collector for BudgetMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = self.0.stats();
+        for (name, help, value) in [
+            (
+                "budget_waits",
+                "Provider requests that waited for their budget slot or a cool-down",
+                s.waited.load(Relaxed),
+            ),
+            (
+                "budget_refusals",
+                "Provider requests refused because their slot was further than the caller may wait",
+                s.refused.load(Relaxed),
+            ),
+            (
+                "budget_cool_downs",
+                "Cool-downs started by a provider's 429 or 503 with Retry-After",
+                s.cool_downs.load(Relaxed),
+            ),
+            (
+                "budget_shared_failures",
+                "Calls to the shared budget store (Redis) that failed",
+                s.shared_failures.load(Relaxed),
+            ),
+        ] {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        let shared = ConstGauge::new(i64::from(matches!(
+            self.0.mode(),
+            shared::budget::Mode::Shared(_)
+        )));
+        shared.encode(encoder.encode_descriptor(
+            "budget_shared",
+            "1 while provider budgets are shared through Redis, 0 while this hub paces alone",
+            None,
+            shared.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 /// A spoke's stream on its control connection.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 

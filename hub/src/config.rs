@@ -1945,6 +1945,37 @@ mod tests {
     }
 
     #[test]
+    fn budgets_override_defaults_and_are_checked() {
+        let c = Config::from_yaml(
+            "budgets:\n  services:\n    webdav: {rate: 2.5}\n    dropbox: {rate: 0}\n  api_max_wait: 500ms\n",
+            env(&[]),
+        )
+        .expect("valid");
+        let s = c.budgets.settings();
+        assert_eq!(s.limit("webdav"), shared::budget::Limit::per_second(2.5, 3));
+        assert!(s.limit("dropbox").is_unlimited());
+        assert_eq!(s.limit("s3"), shared::budget::BudgetSettings::default().limit("s3"));
+        assert_eq!(s.api_max_wait_ms, 500);
+        for (yaml, key) in [
+            ("budgets:\n  services:\n    nope: {rate: 1}\n", "budgets.services.nope"),
+            ("budgets:\n  services:\n    fs: {rate: 1}\n", "budgets.services.fs"),
+            (
+                "budgets:\n  services:\n    s3: {rate: -1}\n",
+                "budgets.services.s3.rate",
+            ),
+            (
+                "budgets:\n  services:\n    s3: {rate: 1, burst: 0}\n",
+                "budgets.services.s3.burst",
+            ),
+            ("budgets:\n  api_max_wait: 5m\n", "budgets.api_max_wait"),
+            ("budgets:\n  max_cool_down: 2d\n", "budgets.max_cool_down"),
+        ] {
+            let e = Config::from_yaml(yaml, env(&[])).expect_err(yaml);
+            assert!(e.to_string().contains(key), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
     fn webhook_and_redis_settings_are_checked() {
         let c = Config::from_yaml("", env(&[])).expect("defaults");
         let secs: Vec<u64> = c

@@ -298,6 +298,12 @@ impl Metrics {
         );
     }
 
+    /// The provider budgets' counters (read at each scrape).
+    pub fn register_budgets(&mut self, budgets: &shared::budget::Budgets) {
+        self.registry
+            .register_collector(Box::new(crate::budgets::BudgetMetrics(budgets.clone())));
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -110,6 +110,8 @@ impl HubState {
         if let Some(t) = db.topology() {
             metrics.register_db(&t.stats);
         }
+        let budgets = crate::budgets::from_config(&config)?;
+        metrics.register_budgets(&budgets);
         let tls = crate::tls::Tls::from_config(&config, &metrics)?;
         Ok(Self {
             tls,
@@ -117,7 +119,7 @@ impl HubState {
                 scratch_dir,
                 io_timeout: Duration::from_secs(config.storage.io_timeout_secs),
                 egress: config.storage.egress_policy()?,
-                budgets: crate::budgets::from_config(&config)?,
+                budgets,
             },
             sealer: Sealer::new(&master.derive("credentials")),
             ids: IdCodec::new(Tagger::new(master.derive("object-ids"))),

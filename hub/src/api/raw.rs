@@ -306,9 +306,13 @@ async fn raw(
         let body = req.into_body().into_data_stream();
         rb = rb.body(reqwest::Body::wrap_stream(body));
     }
-    let resp = rb
-        .send()
+    // The account's budget applies: a pass-through request is one more provider request.
+    let resp = a
+        .connector
+        .budget()
+        .send(rb)
         .await
+        .map_err(|e| ApiError::from(shared::storage::StorageError::from(e)))?
         .map_err(|e| ApiError::from(shared::storage::unreachable(&host, &e)))?;
     let mut out = Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers() {

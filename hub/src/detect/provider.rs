@@ -163,6 +163,8 @@ struct Api<'a> {
     account: i64,
     delta: &'a Delta,
     requests: u64,
+    /// The account's provider budget (shared with its connector and the cluster).
+    budget: shared::budget::Budget,
 }
 
 impl Api<'_> {
@@ -215,9 +217,18 @@ impl Api<'_> {
                 req = req.json(j);
             }
             self.requests += 1;
-            let resp = req.send().await.map_err(|e| {
-                PollError::Provider(format!("{} API: {}", self.service.name(), e.without_url()))
-            })?;
+            let resp = self
+                .budget
+                .send(req)
+                .await
+                .map_err(|e| spent(self.service, e))?
+                .map_err(|e| {
+                    PollError::Provider(format!(
+                        "{} API: {}",
+                        self.service.name(),
+                        e.without_url()
+                    ))
+                })?;
             let status = resp.status().as_u16();
             if status == 401 && !refreshed && self.can_refresh() {
                 refreshed = true;
@@ -266,7 +277,7 @@ impl Api<'_> {
             .check_url(&url)
             .map_err(|e| PollError::Provider(e.to_string()))?;
         self.requests += 1;
-        let resp = self
+        let req = self
             .http
             .post(url)
             .header(
@@ -278,9 +289,12 @@ impl Api<'_> {
                 ("refresh_token", refresh),
                 ("client_id", id),
                 ("client_secret", secret),
-            ]))
-            .send()
+            ]));
+        let resp = self
+            .budget
+            .send(req)
             .await
+            .map_err(|e| spent(self.service, e))?
             .map_err(|e| PollError::Provider(format!("token refresh: {}", e.without_url())))?;
         let status = resp.status().as_u16();
         let body = read_capped(resp).await?;
@@ -652,6 +666,16 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<String, PollError> {
     String::from_utf8(buf).map_err(|_| PollError::Provider("the answer is not UTF-8".into()))
 }
 
+/// The account's budget had no slot within the background bound: the poll fails and is tried
+/// again at the next interval.
+fn spent(service: Service, e: shared::budget::BudgetSpent) -> PollError {
+    PollError::Provider(format!(
+        "the {} API budget is spent for {} s; the poll is tried again at the next interval",
+        service.name(),
+        e.retry_after.as_secs()
+    ))
+}
+
 /// One poll of a delta-API account under `lease` (see the module comment). Returns its cost
 /// and the stream position read before it listed.
 pub async fn poll(
@@ -687,6 +711,7 @@ pub async fn poll(
         account: lease.account_id,
         delta,
         requests: 0,
+        budget: account.connector.budget().clone(),
     };
     let head = state.db.stream_head(lease.account_id).await?;
     let record = lease.baseline;

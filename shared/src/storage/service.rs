@@ -327,6 +327,41 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn budget_keys_name_the_endpoint_or_a_digest_of_the_user() {
+        let s3 = ServiceConfig::from_parts(
+            "s3",
+            json!({"bucket": "b", "endpoint": "http://Minio.local:9000/", "access_key_id": "k",
+                   "secret_access_key": "s"}),
+        )
+        .expect("s3");
+        assert_eq!(s3.budget_key().as_deref(), Some("s3:minio.local:9000/b"));
+        let aws = ServiceConfig::from_parts(
+            "s3",
+            json!({"bucket": "b", "region": "eu-west-1", "access_key_id": "k",
+                   "secret_access_key": "s"}),
+        )
+        .expect("s3");
+        assert_eq!(
+            aws.budget_key().as_deref(),
+            Some("s3:s3.eu-west-1.amazonaws.com:443/b")
+        );
+        let dav = ServiceConfig::from_parts("webdav", json!({"endpoint": "https://dav.example/x"}))
+            .expect("webdav");
+        assert_eq!(dav.budget_key().as_deref(), Some("webdav:dav.example:443"));
+        let user = |token: &str| {
+            ServiceConfig::from_parts("dropbox", json!({"refresh_token": token, "client_id": "c"}))
+                .expect("dropbox")
+                .budget_key()
+                .expect("a key")
+        };
+        assert_eq!(user("secret-one"), user("secret-one"));
+        assert_ne!(user("secret-one"), user("secret-two"));
+        assert!(!user("secret-one").contains("secret"), "never the token itself");
+        let fs = ServiceConfig::from_parts("fs", json!({"root": "/srv"})).expect("fs");
+        assert_eq!(fs.budget_key(), None);
+    }
+
+    #[test]
     fn parses_and_refuses() {
         let s3 = ServiceConfig::from_parts(
             "s3",

@@ -420,7 +420,9 @@ async fn api_over_s3_and_webdav() {
 }
 
 /// A provider that rate limits (nginx in front of WebDAV answering 429 with `Retry-After`, as
-/// cloud front ends do): the client gets a 429 with `Retry-After`, never a 500.
+/// cloud front ends do): the client gets a 429 with `Retry-After`, never a 500; the account's
+/// budget cools down for that long (no request reaches the provider meanwhile), then the
+/// account works again.
 #[tokio::test]
 async fn provider_rate_limit_is_a_429_with_retry_after() {
     let hub = TestHub::start().await.expect("hub");
@@ -428,7 +430,7 @@ async fn provider_rate_limit_is_a_429_with_retry_after() {
     std::fs::create_dir(dav.dir().join("limited")).expect("mkdir");
     std::fs::write(dav.dir().join("limited/a.txt"), b"hello").expect("file");
     let front = NginxServer::start(&format!(
-        "location /limited {{ add_header Retry-After 7 always; return 429; }}\n\
+        "location /limited {{ add_header Retry-After 2 always; return 429; }}\n\
          location / {{ proxy_pass {}; proxy_set_header Host $http_host; }}",
         dav.endpoint()
     ))
@@ -490,8 +492,11 @@ async fn provider_rate_limit_is_a_429_with_retry_after() {
         .send()
         .await
         .expect("list");
-    assert_eq!(check(r).await, 7, "the provider's own Retry-After");
-    // A write into the limited folder is refused the same way.
+    assert_eq!(check(r).await, 2, "the provider's own Retry-After");
+    // Meanwhile the whole provider is cooling down: a request elsewhere waits up to the API's
+    // bound (2 s) for the pause to end and then goes through, instead of hitting the provider
+    // again at once.
+    let started = std::time::Instant::now();
     let r = hub
         .req(
             reqwest::Method::POST,
@@ -506,6 +511,11 @@ async fn provider_rate_limit_is_a_429_with_retry_after() {
         .await
         .expect("upload");
     assert_eq!(r.status(), 201, "the rest of the account still works");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1_000),
+        "the upload waited out the provider's pause ({:?})",
+        started.elapsed()
+    );
     let f: serde_json::Value = r.json().await.expect("json");
     let r = hub
         .req(
@@ -519,7 +529,7 @@ async fn provider_rate_limit_is_a_429_with_retry_after() {
         .send()
         .await
         .expect("move");
-    assert_eq!(check(r).await, 7);
+    assert_eq!(check(r).await, 2);
 }
 
 /// A request on file `id` of account `acc` with the API key.

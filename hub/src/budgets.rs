@@ -216,7 +216,8 @@ pub async fn serve_spoke(state: AppState, conn: quinn::Connection, spoke_id: i64
     while let Ok((send, recv)) = conn.accept_bi().await {
         let state = state.clone();
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(ASK_TIMEOUT, answer(&state, send, recv)).await
+            if let Err(e) = tokio::time::timeout(ASK_TIMEOUT, answer(&state, send, recv))
+                .await
                 .unwrap_or_else(|_| Err("the spoke's question did not arrive in time".into()))
             {
                 tracing::debug!(spoke_id, error = %e, "budget stream failed");
@@ -275,8 +276,7 @@ fn check(ask: &BudgetAsk) -> Result<(), String> {
         BudgetAsk::Cool { key, .. } => key,
     };
     let service = key.split(':').next().unwrap_or_default();
-    if !shared::storage::service::SERVICES.contains(&service) || matches!(service, "fs" | "sftp")
-    {
+    if !shared::storage::service::SERVICES.contains(&service) || matches!(service, "fs" | "sftp") {
         return Err("no such paced service".into());
     }
     if key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {

@@ -927,7 +927,10 @@ impl BudgetsConfig {
             }
         }
         if self.max_cool_down.0 > std::time::Duration::from_secs(86_400) {
-            return Err(("budgets.max_cool_down".into(), "must be at most a day".into()));
+            return Err((
+                "budgets.max_cool_down".into(),
+                "must be at most a day".into(),
+            ));
         }
         if self.api_max_wait.0 > std::time::Duration::from_secs(60) {
             return Err((
@@ -1954,11 +1957,20 @@ mod tests {
         let s = c.budgets.settings();
         assert_eq!(s.limit("webdav"), shared::budget::Limit::per_second(2.5, 3));
         assert!(s.limit("dropbox").is_unlimited());
-        assert_eq!(s.limit("s3"), shared::budget::BudgetSettings::default().limit("s3"));
+        assert_eq!(
+            s.limit("s3"),
+            shared::budget::BudgetSettings::default().limit("s3")
+        );
         assert_eq!(s.api_max_wait_ms, 500);
         for (yaml, key) in [
-            ("budgets:\n  services:\n    nope: {rate: 1}\n", "budgets.services.nope"),
-            ("budgets:\n  services:\n    fs: {rate: 1}\n", "budgets.services.fs"),
+            (
+                "budgets:\n  services:\n    nope: {rate: 1}\n",
+                "budgets.services.nope",
+            ),
+            (
+                "budgets:\n  services:\n    fs: {rate: 1}\n",
+                "budgets.services.fs",
+            ),
             (
                 "budgets:\n  services:\n    s3: {rate: -1}\n",
                 "budgets.services.s3.rate",

@@ -146,7 +146,12 @@ pub enum Take {
 /// GCRA, sans IO. `tat_us` is the bucket's state (the theoretical arrival time of the next
 /// request, in microseconds on the caller's clock; `None` for a new bucket); returns the
 /// decision and the new state. The Redis script in `hub::budgets` is the same computation.
-pub fn gcra(tat_us: Option<u64>, now_us: u64, limit: Limit, max_wait_us: u64) -> (Take, Option<u64>) {
+pub fn gcra(
+    tat_us: Option<u64>,
+    now_us: u64,
+    limit: Limit,
+    max_wait_us: u64,
+) -> (Take, Option<u64>) {
     if limit.is_unlimited() {
         return (
             Take::Granted {
@@ -464,20 +469,32 @@ pub struct Admission {
     pub full_in: Duration,
 }
 
-tokio::task_local! {
-    /// The longest a request of this task waits for its budget (the API sets its own bound).
-    static MAX_WAIT: Duration;
-    /// The last admission of this task (the API reports it in headers).
-    static LAST: Arc<Mutex<Option<Admission>>>;
+/// What one scope (an API request) has waited and been granted.
+#[derive(Debug)]
+struct Scope {
+    /// The longest its provider requests may wait in total.
+    bound: Duration,
+    waited: Duration,
+    /// The last admission (the API reports it in headers).
+    last: Option<Admission>,
 }
 
-/// Runs `fut` with its provider requests waiting at most `max_wait` for their budget; returns
-/// its output and the last admission one of them got.
+tokio::task_local! {
+    static SCOPE: Arc<Mutex<Scope>>;
+}
+
+/// Runs `fut` with its provider requests waiting at most `max_wait` for their budgets, in
+/// total (an API request that calls its provider three times waits at most that long, not
+/// three times as long); returns its output and the last admission one of them got.
 pub async fn scope<F: Future>(max_wait: Duration, fut: F) -> (F::Output, Option<Admission>) {
-    let last = Arc::new(Mutex::new(None));
-    let out = MAX_WAIT.scope(max_wait, LAST.scope(last.clone(), fut)).await;
-    let seen = *lock(&last);
-    (out, seen)
+    let s = Arc::new(Mutex::new(Scope {
+        bound: max_wait,
+        waited: Duration::ZERO,
+        last: None,
+    }));
+    let out = SCOPE.scope(s.clone(), fut).await;
+    let last = lock(&s).last;
+    (out, last)
 }
 
 impl Budget {
@@ -500,10 +517,29 @@ impl Budget {
         let Some(b) = &self.budgets else {
             return Ok(());
         };
-        let bound = MAX_WAIT.try_with(|d| *d).unwrap_or_else(|_| {
-            Duration::from_millis(read(&b.inner.settings).background_max_wait_ms)
-        });
-        let deadline = Instant::now() + bound;
+        // What is left of the scope's total (an API request), else the background bound.
+        let scope = SCOPE.try_with(Arc::clone).ok();
+        let bound = match &scope {
+            Some(s) => {
+                let s = lock(s);
+                s.bound.saturating_sub(s.waited)
+            }
+            None => Duration::from_millis(read(&b.inner.settings).background_max_wait_ms),
+        };
+        let began = Instant::now();
+        let deadline = began + bound;
+        let result = self.admit_until(b, deadline).await;
+        if let Some(s) = &scope {
+            let mut s = lock(s);
+            s.waited += began.elapsed();
+            if let Ok(a) = result {
+                s.last = Some(a);
+            }
+        }
+        result.map(|_| ())
+    }
+
+    async fn admit_until(&self, b: &Budgets, deadline: Instant) -> Result<Admission, BudgetSpent> {
         let mut slept = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -522,14 +558,11 @@ impl Budget {
                         b.inner.stats.waited.fetch_add(1, Ordering::Relaxed);
                     }
                     let limit = read(&b.inner.settings).limit(self.service);
-                    let _ = LAST.try_with(|l| {
-                        *lock(l) = Some(Admission {
-                            limit,
-                            remaining,
-                            full_in: Duration::from_micros(full_in_us),
-                        })
+                    return Ok(Admission {
+                        limit,
+                        remaining,
+                        full_in: Duration::from_micros(full_in_us),
                     });
-                    return Ok(());
                 }
                 Take::Refused { wait_us } => {
                     b.inner.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -576,15 +609,23 @@ impl Budget {
         };
         let cool_down = cool_down_for(status, headers, &read(&b.inner.settings));
         if let Some(d) = cool_down {
-            tracing::info!(service = self.service, status, cool_down_ms = d.as_millis() as u64,
-                           "the provider asked us to slow down; every process waits");
+            tracing::info!(
+                service = self.service,
+                status,
+                cool_down_ms = d.as_millis() as u64,
+                "the provider asked us to slow down; every process waits"
+            );
             b.cool(&self.key, d).await;
         }
     }
 }
 
 /// How long a provider's answer asks everyone to stay away, if at all.
-pub fn cool_down_for(status: u16, headers: &http::HeaderMap, s: &BudgetSettings) -> Option<Duration> {
+pub fn cool_down_for(
+    status: u16,
+    headers: &http::HeaderMap,
+    s: &BudgetSettings,
+) -> Option<Duration> {
     let asked = retry_after(headers);
     let d = match (status, asked) {
         (429 | 503, Some(d)) => d,
@@ -596,7 +637,11 @@ pub fn cool_down_for(status: u16, headers: &http::HeaderMap, s: &BudgetSettings)
 
 /// `Retry-After` as seconds or an HTTP date (relative to now; a past date is zero).
 pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let v = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
@@ -695,7 +740,10 @@ mod tests {
             .expect("date");
         h.insert(http::header::RETRY_AFTER, date.parse().expect("header"));
         let d = retry_after(&h).expect("a date");
-        assert!(d > Duration::from_secs(25) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(25) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         h.insert(http::header::RETRY_AFTER, "soon".parse().expect("header"));
         assert_eq!(retry_after(&h), None);
     }
@@ -731,6 +779,23 @@ mod tests {
         assert!(r.is_ok(), "another endpoint is not cooling");
         assert!(seen.is_some(), "the admission is reported to the scope");
         assert_eq!(budgets.stats().cool_downs.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_scope_bounds_the_total_wait_of_its_requests() {
+        let mut s = BudgetSettings::default();
+        s.services
+            .insert("webdav".into(), Limit::per_second(1.0, 1));
+        let b = Budgets::new(s).budget("webdav", Some("webdav:h:80".into()));
+        let (r, _) = scope(Duration::from_millis(1_500), async {
+            b.admit().await.expect("the first goes at once");
+            b.admit().await.expect("the second waits a second");
+            b.admit().await
+        })
+        .await;
+        let e = r.expect_err("a third would make the request wait 2 s in all");
+        assert!(!e.cooling);
+        assert!(e.retry_after > Duration::from_millis(500), "{e:?}");
     }
 
     #[tokio::test]

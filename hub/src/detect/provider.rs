@@ -223,11 +223,7 @@ impl Api<'_> {
                 .await
                 .map_err(|e| spent(self.service, e))?
                 .map_err(|e| {
-                    PollError::Provider(format!(
-                        "{} API: {}",
-                        self.service.name(),
-                        e.without_url()
-                    ))
+                    PollError::Provider(format!("{} API: {}", self.service.name(), e.without_url()))
                 })?;
             let status = resp.status().as_u16();
             if status == 401 && !refreshed && self.can_refresh() {

@@ -356,7 +356,10 @@ mod tests {
         };
         assert_eq!(user("secret-one"), user("secret-one"));
         assert_ne!(user("secret-one"), user("secret-two"));
-        assert!(!user("secret-one").contains("secret"), "never the token itself");
+        assert!(
+            !user("secret-one").contains("secret"),
+            "never the token itself"
+        );
         let fs = ServiceConfig::from_parts("fs", json!({"root": "/srv"})).expect("fs");
         assert_eq!(fs.budget_key(), None);
     }

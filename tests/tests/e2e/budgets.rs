@@ -117,10 +117,7 @@ async fn hammer(c: &Cluster, file: &str, loops: usize, until: Instant) -> Vec<An
     let mut tasks = tokio::task::JoinSet::new();
     for (name, hub) in [('a', &c.a), ('b', &c.b)] {
         for _ in 0..loops {
-            let url = hub.url(&format!(
-                "/v1/accounts/{}/storage/files/{file}",
-                c.account
-            ));
+            let url = hub.url(&format!("/v1/accounts/{}/storage/files/{file}", c.account));
             let http = hub.http.clone();
             let key = c.a.apikey();
             tasks.spawn(async move {
@@ -204,9 +201,8 @@ async fn one_retry_after_keeps_every_process_away() {
     let spoke = SpokeProc::start(&c.a, spokes.path(), "near-dav").await;
     wait_healthy(&c.a, spoke.id).await;
     let (big, small) = (c.file_id("big.bin").await, c.file_id("small.txt").await);
-    let r = c
-        .a
-        .req(
+    let r =
+        c.a.req(
             reqwest::Method::POST,
             &c.a.url(&format!(
                 "/v1/accounts/{}/storage/files/{big}/copy",
@@ -222,9 +218,13 @@ async fn one_retry_after_keeps_every_process_away() {
     let id = r.json::<Value>().await.expect("task")["transfer"]
         .as_i64()
         .expect("transfer id");
-    until(&c.a, id, Duration::from_secs(30), "the spoke's first part", |t| {
-        t["spoke"].is_number() && t["parts_done"].as_u64().unwrap_or(0) >= 1
-    })
+    until(
+        &c.a,
+        id,
+        Duration::from_secs(30),
+        "the spoke's first part",
+        |t| t["spoke"].is_number() && t["parts_done"].as_u64().unwrap_or(0) >= 1,
+    )
     .await;
 
     let started = Instant::now();
@@ -309,12 +309,7 @@ async fn one_retry_after_keeps_every_process_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_budget_of_20_per_second_holds_across_two_hubs() {
     let redis = RedisServer::start().await.expect("redis");
-    let c = cluster(
-        redis,
-        "  services:\n    webdav: {rate: 20, burst: 1}\n",
-        "",
-    )
-    .await;
+    let c = cluster(redis, "  services:\n    webdav: {rate: 20, burst: 1}\n", "").await;
     std::fs::write(c.dav.dir().join("f.txt"), b"hello").expect("write");
     let file = c.file_id("f.txt").await;
     c.provider.limit(25.0, 5.0);
@@ -398,5 +393,98 @@ async fn redis_down_means_local_pacing_and_no_error() {
         assert!(Instant::now() < deadline, "budgets never shared again");
     }
     let keys = c.redis.command("KEYS *budget*").await.expect("keys");
-    assert!(keys.contains("webdav:"), "the buckets are in Redis again: {keys}");
+    assert!(
+        keys.contains("webdav:"),
+        "the buckets are in Redis again: {keys}"
+    );
+}
+
+/// One request per second (no Redis: this hub's own buckets): of five pass-through requests
+/// at once (one provider request each), the first goes at once, the next two wait their slots
+/// (within the API's 2 s), the last two get `429 rate_limited` at once with `Retry-After`
+/// (whole seconds, rounded up) and nothing reserved; the served answers carry the budget
+/// headers.
+#[tokio::test]
+async fn a_request_past_its_wait_gets_429_with_retry_after() {
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some("budgets:\n  services:\n    webdav: {rate: 1, burst: 1}\n".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let dav = WebDavServer::start().await.expect("webdav");
+    std::fs::write(dav.dir().join("f.txt"), b"hello").expect("write");
+    let provider = Throttle::start(&dav.endpoint()).await.expect("provider");
+    let acc = hub
+        .connect(
+            "webdav",
+            json!({"endpoint": provider.endpoint(), "username": dav.username(),
+                   "password": dav.password()}),
+        )
+        .await
+        .expect("account")["id"]
+        .as_i64()
+        .expect("id");
+    // Connecting took the bucket's slot; a quiet second refills it.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    provider.clear();
+    let started = Instant::now();
+    let url = hub.url(&format!("/v1/accounts/{acc}/raw"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let r = hub
+            .req(reqwest::Method::POST, &url)
+            .header("X-Kloudless-Raw-URI", "/f.txt")
+            .header("X-Kloudless-Raw-Method", "PROPFIND")
+            .header("X-Kloudless-Raw-Headers", r#"{"Depth": "0"}"#);
+        tasks.spawn(async move {
+            let r = r.send().await.expect("request");
+            let h = |n: &str| {
+                r.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let (ra, limit, remaining) = (
+                h("retry-after"),
+                h("x-ratelimit-limit"),
+                h("x-ratelimit-remaining"),
+            );
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap_or_default();
+            (started.elapsed(), status, ra, limit, remaining, text)
+        });
+    }
+    let mut got = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        got.push(r.expect("task"));
+    }
+    got.sort_by_key(|g| g.0);
+    let served: Vec<_> = got.iter().filter(|g| g.1 == 207).collect();
+    let refused: Vec<_> = got.iter().filter(|g| g.1 == 429).collect();
+    assert_eq!((served.len(), refused.len()), (3, 2), "{got:?}");
+    for r in &refused {
+        assert!(r.0 < Duration::from_millis(900), "refused at once: {r:?}");
+        let v: Value = serde_json::from_str(&r.5).expect("a JSON error");
+        assert_eq!(v["error_code"], "rate_limited", "{r:?}");
+        let ra: u64 =
+            r.2.as_deref()
+                .expect("Retry-After")
+                .parse()
+                .expect("seconds");
+        assert!((2..=3).contains(&ra), "Retry-After {ra}");
+    }
+    // Paced one second apart.
+    assert!(served[1].0 >= Duration::from_millis(900), "{served:?}");
+    assert!(served[2].0 >= Duration::from_millis(1_900), "{served:?}");
+    for s in &served {
+        assert_eq!(s.3.as_deref(), Some("1"), "X-RateLimit-Limit");
+        assert_eq!(s.4.as_deref(), Some("0"), "X-RateLimit-Remaining");
+    }
+    let seen = provider.seen();
+    assert_eq!(
+        seen.len(),
+        3,
+        "only the served requests reached the provider: {seen:?}"
+    );
 }

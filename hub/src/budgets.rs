@@ -1,7 +1,8 @@
 //! The hub's side of provider budgets (`shared::budget`): the buckets in Redis, shared by every
 //! hub of the cluster (one Lua script per decision, on Redis's own clock, so hubs' clocks need
 //! not agree), and the answers to spokes, which draw from the same buckets through their hub
-//! (spokes never get the Redis URL: a spoke that turned hostile could read the work queue).
+//! (`crate::network::asks`; spokes never get the Redis URL: a spoke that turned hostile could
+//! read the work queue).
 //!
 //! Keys: `<prefix>:budget:<bucket>:tat` (the bucket's next arrival time, microseconds, expiring
 //! once the bucket is full again) and `<prefix>:budget:<bucket>:cool` (a cool-down, expiring
@@ -10,7 +11,7 @@
 use crate::state::AppState;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use shared::budget::{Limit, SharedStore, Take, MAX_KEY_LEN};
-use shared::proto::{self, BudgetAnswer, BudgetAsk};
+use shared::proto::{SideAnswer, SideAsk};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -206,77 +207,59 @@ impl prometheus_client::collector::Collector for BudgetMetrics {
     }
 }
 
-/// A spoke's stream on its control connection.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Answers the budget streams a spoke opens on its control connection until it closes. Each
-/// stream carries one question; the hub's own limits apply (the spoke names only the service
-/// and the bucket, and may wait at most the background bound).
-pub async fn serve_spoke(state: AppState, conn: quinn::Connection, spoke_id: i64) {
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(ASK_TIMEOUT, answer(&state, send, recv))
-                .await
-                .unwrap_or_else(|_| Err("the spoke's question did not arrive in time".into()))
-            {
-                tracing::debug!(spoke_id, error = %e, "budget stream failed");
-            }
-        });
+/// The hub's answer to a spoke's budget question ([`SideAsk::Take`] or [`SideAsk::Cool`]):
+/// the hub's own limits apply (the spoke names only the service and the bucket, and may wait
+/// at most the background bound).
+pub async fn answer(state: &AppState, ask: SideAsk) -> SideAnswer {
+    if let Err(message) = check(&ask) {
+        return SideAnswer::Refused {
+            message,
+            status: None,
+            code: None,
+        };
     }
-}
-
-async fn answer(
-    state: &AppState,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) -> Result<(), String> {
-    let ask: BudgetAsk = proto::read_frame(&mut recv, proto::MAX_BUDGET_FRAME)
-        .await
-        .map_err(|e| e.to_string())?;
     let budgets = &state.connect_options.budgets;
-    let answer = match check(&ask) {
-        Err(message) => BudgetAnswer::Refused { message },
-        Ok(()) => match ask {
-            BudgetAsk::Take {
-                service,
-                key,
-                max_wait_ms,
-            } => {
-                let bound = Duration::from_millis(
-                    max_wait_ms.min(budgets.settings().background_max_wait_ms),
-                );
-                BudgetAnswer::Take {
-                    take: budgets.take(&service, &key, bound).await,
-                }
+    match ask {
+        SideAsk::Take {
+            service,
+            key,
+            max_wait_ms,
+        } => {
+            let bound =
+                Duration::from_millis(max_wait_ms.min(budgets.settings().background_max_wait_ms));
+            SideAnswer::Take {
+                take: budgets.take(&service, &key, bound).await,
             }
-            BudgetAsk::Cool { key, ms } => {
-                budgets.cool(&key, Duration::from_millis(ms)).await;
-                BudgetAnswer::Cooled
-            }
+        }
+        SideAsk::Cool { key, ms } => {
+            budgets.cool(&key, Duration::from_millis(ms)).await;
+            SideAnswer::Cooled
+        }
+        SideAsk::Part(_) => SideAnswer::Refused {
+            message: "not a budget question".into(),
+            status: None,
+            code: None,
         },
-    };
-    let frame = proto::encode(&answer).map_err(|e| e.to_string())?;
-    send.write_all(&frame).await.map_err(|e| e.to_string())?;
-    send.finish().map_err(|e| e.to_string())?;
-    Ok(())
+    }
 }
 
 /// A spoke's bucket names a service it could hold an account of, in the form our connectors
 /// make (`<service>:<printable ASCII>`), and is short: a spoke cannot fill Redis with junk or
 /// reach another key space.
-fn check(ask: &BudgetAsk) -> Result<(), String> {
+fn check(ask: &SideAsk) -> Result<(), String> {
     let key = match ask {
-        BudgetAsk::Take { service, key, .. } => {
+        SideAsk::Take { service, key, .. } => {
             if !key.starts_with(&format!("{service}:")) {
                 return Err("the bucket does not belong to the service".into());
             }
             key
         }
-        BudgetAsk::Cool { key, .. } => key,
+        SideAsk::Cool { key, .. } => key,
+        SideAsk::Part(_) => return Err("not a budget question".into()),
     };
     let service = key.split(':').next().unwrap_or_default();
-    if !shared::storage::service::SERVICES.contains(&service) || matches!(service, "fs" | "sftp") {
+    if !shared::storage::service::SERVICES.contains(&service) || matches!(service, "fs" | "sftp")
+    {
         return Err("no such paced service".into());
     }
     if key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
@@ -291,7 +274,7 @@ mod tests {
 
     #[test]
     fn spokes_name_only_real_paced_buckets() {
-        let take = |service: &str, key: &str| BudgetAsk::Take {
+        let take = |service: &str, key: &str| SideAsk::Take {
             service: service.into(),
             key: key.into(),
             max_wait_ms: 10,
@@ -302,12 +285,12 @@ mod tests {
         assert!(check(&take("nope", "nope:x")).is_err());
         assert!(check(&take("s3", &format!("s3:{}", "x".repeat(600)))).is_err());
         assert!(check(&take("s3", "s3:a b")).is_err());
-        assert!(check(&BudgetAsk::Cool {
+        assert!(check(&SideAsk::Cool {
             key: "dropbox:user-00".into(),
             ms: 5
         })
         .is_ok());
-        assert!(check(&BudgetAsk::Cool {
+        assert!(check(&SideAsk::Cool {
             key: "x:y".into(),
             ms: 5
         })

@@ -116,6 +116,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The `error_code` clients get.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
 }
 
 impl std::fmt::Display for ApiError {

@@ -25,7 +25,7 @@ use crate::state::{now_ms, Account, AppState};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use md5::{Digest, Md5};
+use shared::storage::checked::{checked_part, PART_DIGEST, PART_LENGTH};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::{numbered, ServiceConfig, StagingKey, StorageError, StoragePath};
 use std::pin::Pin;
@@ -198,69 +198,6 @@ pub async fn open_session(state: &AppState, a: &Account, id: i64) -> ApiResult<S
     }
 }
 
-/// A part's body as it streams: fails when it runs past `len` bytes, ends short of them, or
-/// (with `md5`) ends with another digest, so a bad part never completes at the provider.
-fn checked_body<S, E>(
-    body: S,
-    len: u64,
-    md5: Option<[u8; 16]>,
-) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin + 'static
-where
-    S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
-    E: std::fmt::Display,
-{
-    let mut seen = 0u64;
-    let mut hasher = md5.map(|_| Md5::new());
-    let mut body = body;
-    let mut ended = false;
-    Box::pin(futures::stream::poll_fn(move |cx| {
-        if ended {
-            return std::task::Poll::Ready(None);
-        }
-        match body.poll_next_unpin(cx) {
-            std::task::Poll::Pending => std::task::Poll::Pending,
-            std::task::Poll::Ready(Some(Err(e))) => {
-                ended = true;
-                std::task::Poll::Ready(Some(Err(e.to_string())))
-            }
-            std::task::Poll::Ready(Some(Ok(chunk))) => {
-                seen += chunk.len() as u64;
-                if seen > len {
-                    ended = true;
-                    return std::task::Poll::Ready(Some(Err(format!(
-                        "{PART_LENGTH}: more than the {len} bytes declared"
-                    ))));
-                }
-                if let Some(h) = hasher.as_mut() {
-                    h.update(&chunk);
-                }
-                // The last bytes are held back until the digest is known to match.
-                if seen == len {
-                    if let (Some(h), Some(want)) = (hasher.take(), md5) {
-                        if h.finalize().as_slice() != want {
-                            ended = true;
-                            return std::task::Poll::Ready(Some(Err(PART_DIGEST.to_owned())));
-                        }
-                    }
-                }
-                std::task::Poll::Ready(Some(Ok(chunk)))
-            }
-            std::task::Poll::Ready(None) => {
-                ended = true;
-                if seen < len {
-                    return std::task::Poll::Ready(Some(Err(format!(
-                        "{PART_LENGTH}: {seen} of the {len} bytes declared arrived"
-                    ))));
-                }
-                std::task::Poll::Ready(None)
-            }
-        }
-    }))
-}
-
-const PART_LENGTH: &str = "part length mismatch";
-const PART_DIGEST: &str = "Content-MD5 mismatch";
-
 /// What a failed part write answers: the client's mistakes are 400s.
 fn part_error(e: StorageError) -> ApiError {
     let text = e.to_string();
@@ -333,7 +270,7 @@ where
     E: std::fmt::Display + Send + Sync + 'static,
 {
     check_part(state, s, n, len)?;
-    let body = checked_body(body, len, md5);
+    let body = checked_part(body, len, md5);
     let now = now_ms();
     let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
     if let (Some(upload_id), Some(mp)) = (&s.upload_id, s3_target(a, &path)?) {
@@ -348,14 +285,7 @@ where
             etag: Some(etag),
             staging: None,
         };
-        let (recorded, _) = state.db.put_session_part(s.id, &part, now).await?;
-        if !recorded {
-            return Err(ApiError::conflict(
-                "conflict",
-                "the upload session was completed or aborted meanwhile",
-            ));
-        }
-        return Ok(());
+        return record(state, a, s, part, now).await;
     }
     let key = a.connector.new_part_key();
     // Claimed until the session expires: a hub that dies before recording the part leaves it
@@ -383,25 +313,165 @@ where
         etag: None,
         staging: Some(key.as_str().to_owned()),
     };
+    record(state, a, s, part, now).await
+}
+
+/// Records a part that is at the provider. A part of the same number recorded before is
+/// replaced (its staging object deleted); when the session was completed or aborted
+/// meanwhile, or the record fails, the new part's staging object is deleted.
+async fn record(
+    state: &AppState,
+    a: &Account,
+    s: &SessionRecord,
+    part: PartRecord,
+    now: i64,
+) -> ApiResult<()> {
+    let staged = part.staging.clone();
+    let discard_new = || async {
+        if let Some(k) = &staged {
+            discard_part(state, a, k).await;
+        }
+    };
     match state.db.put_session_part(s.id, &part, now).await {
         Ok((true, old)) => {
-            if let Some(old) = old.and_then(|o| o.staging) {
+            if let Some(old) = old
+                .and_then(|o| o.staging)
+                .filter(|o| Some(o) != staged.as_ref())
+            {
                 discard_part(state, a, &old).await;
             }
             Ok(())
         }
         Ok((false, _)) => {
-            discard_part(state, a, key.as_str()).await;
+            discard_new().await;
             Err(ApiError::conflict(
                 "conflict",
                 "the upload session was completed or aborted meanwhile",
             ))
         }
         Err(e) => {
-            discard_part(state, a, key.as_str()).await;
+            discard_new().await;
             Err(e.into())
         }
     }
+}
+
+/// The tag a part grant carries (see `shared::proto::PartGrant`): over the grant, account,
+/// session, part number, length and where the part goes.
+pub fn part_tag(
+    state: &AppState,
+    grant_id: &str,
+    account: i64,
+    len: u64,
+    p: &PartGrantFields,
+) -> String {
+    hex::encode(state.receipts.tag(&[
+        b"session-part",
+        grant_id.as_bytes(),
+        &account.to_be_bytes(),
+        &p.session.to_be_bytes(),
+        &p.number.to_be_bytes(),
+        &len.to_be_bytes(),
+        p.upload_id.as_deref().unwrap_or("").as_bytes(),
+        p.staging.as_deref().unwrap_or("").as_bytes(),
+    ]))
+}
+
+/// What a part grant names besides its tag.
+#[derive(Debug, Clone)]
+pub struct PartGrantFields {
+    pub session: i64,
+    pub number: u16,
+    pub upload_id: Option<String>,
+    pub staging: Option<String>,
+}
+
+/// Where part `n` of session `s` goes when a spoke writes it: the S3 upload, or a new staging
+/// object claimed until the session expires (a spoke that dies mid-part leaves it to the
+/// sweep). Release the claim with [`release_part`] if no grant is issued.
+pub async fn part_target(
+    state: &AppState,
+    a: &Account,
+    s: &SessionRecord,
+    n: u64,
+) -> ApiResult<PartGrantFields> {
+    let (upload_id, staging) = match &s.upload_id {
+        Some(id) => (Some(id.clone()), None),
+        None => {
+            let key = a.connector.new_part_key();
+            if !state
+                .db
+                .take_claim(
+                    a.record.app_id,
+                    a.id(),
+                    key.as_str(),
+                    ClaimKind::Staging,
+                    s.expires_ms,
+                )
+                .await?
+            {
+                return Err(ApiError::internal("claim key collision"));
+            }
+            (None, Some(key.as_str().to_owned()))
+        }
+    };
+    Ok(PartGrantFields {
+        session: s.id,
+        number: n as u16,
+        upload_id,
+        staging,
+    })
+}
+
+/// Gives back a part target's claim when no grant was issued for it.
+pub async fn release_part(state: &AppState, a: &Account, p: &PartGrantFields) -> ApiResult<()> {
+    if let Some(k) = &p.staging {
+        state.db.release_claim(a.id(), k).await?;
+    }
+    Ok(())
+}
+
+/// Records a part a spoke wrote for a part grant (`SideAsk::Part`): the report must carry the
+/// tag a hub of this network made for exactly this grant, account, session, number, length and
+/// place; the session must still take parts. Returns the session as the API shows it.
+pub async fn record_spoke_part(
+    state: &AppState,
+    r: &shared::proto::PartReport,
+) -> ApiResult<serde_json::Value> {
+    let p = &r.part;
+    let fields = PartGrantFields {
+        session: p.session,
+        number: p.number,
+        upload_id: p.upload_id.clone(),
+        staging: p.staging.clone(),
+    };
+    let want = part_tag(state, &r.grant_id, r.account, r.size, &fields);
+    let offered = hex::decode(&p.tag).unwrap_or_default();
+    if !shared::auth::ct_eq(&offered, &hex::decode(&want).unwrap_or_default()) {
+        tracing::warn!(
+            account = r.account,
+            session = p.session,
+            "a spoke reported a session part no hub granted; refused"
+        );
+        return Err(ApiError::forbidden("this part was not granted as reported"));
+    }
+    let s = state
+        .db
+        .session(r.account, p.session)
+        .await?
+        .ok_or_else(|| ApiError::not_found("upload session"))?;
+    let a = state.account(s.app_id, s.account_id).await?;
+    let s = open_session(state, &a, s.id).await?;
+    check_part(state, &s, u64::from(p.number), r.size)?;
+    let part = PartRecord {
+        number: i64::from(p.number),
+        size: r.size as i64,
+        etag: r.etag.clone(),
+        staging: p.staging.clone(),
+    };
+    record(state, &a, &s, part, now_ms()).await?;
+    serde_json::to_value(crate::api::storage::session_view(state, &s).await?)
+        .map_err(ApiError::internal)
 }
 
 /// Deletes a staged part and its claim (kept for the sweep when the provider refuses).

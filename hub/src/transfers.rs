@@ -633,6 +633,7 @@ fn relay_grant(
         staging: None,
         claim: None,
         receipt: None,
+        part: None,
     };
     let (grant_id, expires) = (g.grant_id.clone(), g.expires);
     let signature = crate::network::grant(state, relay, g)?;

@@ -240,6 +240,10 @@ pub struct Grant {
     /// ([`UploadDone`]); absent from hubs without an event feed.
     #[serde(default)]
     pub receipt: Option<UploadReceipt>,
+    /// Method `PART`: the upload-session part this grant takes (a spoke that does not know
+    /// the method refuses the grant rather than publishing the part as a file).
+    #[serde(default)]
+    pub part: Option<PartGrant>,
 }
 
 /// What a published client-direct upload is in the account's event feed (`add` or
@@ -504,34 +508,79 @@ pub enum RelayReply {
     Refused { code: String, message: String },
 }
 
-/// A spoke's question about a provider budget, the one frame of a bidirectional stream it opens
-/// on its control connection (after the hello); the hub answers one [`BudgetAnswer`] frame and
-/// finishes the stream. The hub applies its own limits: the spoke names only the service and
-/// the bucket.
+/// A spoke's question to a hub, the one frame of a bidirectional stream it opens on its control
+/// connection (after the hello); the hub answers one [`SideAnswer`] frame and finishes the
+/// stream. Questions wait for their answer without holding up the control stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum BudgetAsk {
-    /// A slot of `key`'s bucket, waiting at most `max_wait_ms`.
+pub enum SideAsk {
+    /// A slot of provider budget `key`, waiting at most `max_wait_ms`. The hub applies its own
+    /// limits: the spoke names only the service and the bucket.
     Take {
         service: String,
         key: String,
         max_wait_ms: u64,
     },
-    /// The provider asked for a pause of `ms` on `key`.
+    /// The provider asked for a pause of `ms` on budget `key`.
     Cool { key: String, ms: u64 },
+    /// An upload-session part a [`PartGrant`] sent here is at the provider: record it.
+    Part(PartReport),
 }
 
-/// The hub's answer to a [`BudgetAsk`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The hub's answer to a [`SideAsk`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum BudgetAnswer {
-    Take { take: crate::budget::Take },
+pub enum SideAnswer {
+    Take {
+        take: crate::budget::Take,
+    },
     Cooled,
-    Refused { message: String },
+    /// The part is recorded; `session` is what the API answers for the part (the session).
+    Recorded {
+        session: serde_json::Value,
+    },
+    /// `status` and `code` are what the client gets.
+    Refused {
+        message: String,
+        #[serde(default)]
+        status: Option<u16>,
+        #[serde(default)]
+        code: Option<String>,
+    },
 }
 
-/// Largest frame of a budget stream.
-pub const MAX_BUDGET_FRAME: usize = 4096;
+/// Largest frame of a side stream (an answer names up to 10,000 received parts).
+pub const MAX_SIDE_FRAME: usize = 256 * 1024;
+
+/// An upload-session part a grant (method `PART`) uploads: the spoke writes it where the hub
+/// says, exactly `declared_len` bytes, then asks the hub to record it ([`SideAsk::Part`])
+/// before it answers the client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartGrant {
+    pub session: i64,
+    pub number: u16,
+    /// S3 sessions: the multipart upload the part joins (`UploadPart`).
+    #[serde(default)]
+    pub upload_id: Option<String>,
+    /// Other services: the staging object the part is kept as.
+    #[serde(default)]
+    pub staging: Option<String>,
+    /// The hub's tag over the grant, the account, the session, the number, the length and
+    /// where the part goes: a spoke reports only the part it was granted.
+    pub tag: String,
+}
+
+/// What a spoke reports of a part it wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartReport {
+    pub grant_id: String,
+    pub account: i64,
+    pub part: PartGrant,
+    pub size: u64,
+    /// S3: the part's ETag.
+    #[serde(default)]
+    pub etag: Option<String>,
+}
 
 /// Reads one length-prefixed frame of at most `max` bytes from a QUIC stream.
 pub async fn read_frame<M: DeserializeOwned>(

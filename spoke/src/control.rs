@@ -333,7 +333,8 @@ async fn session(
         };
         tracing::info!(hub = %hub.quic, region = %welcome.hub_region, "connected to hub");
         crate::budget::global().set_settings(welcome.settings.budgets.clone());
-        let budget_link = BudgetLink(crate::budget::hubs().add(conn.clone()));
+        // Side questions (budgets, part reports) may go over this connection while it lives.
+        let side_link = crate::asks::hubs().add(conn.clone());
         if let Some(k) = &welcome.data_key {
             grants.set_key(&k.0);
         }
@@ -397,21 +398,12 @@ async fn session(
         };
         // This hub's transfers stop with its session; it resumes them from durable parts.
         session_jobs.cancel();
-        drop(budget_link);
+        drop(side_link);
         r
     }
     .await;
     endpoint.close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"bye");
     result
-}
-
-/// A session's connection among those budget questions may take; out again when dropped.
-struct BudgetLink(u64);
-
-impl Drop for BudgetLink {
-    fn drop(&mut self) {
-        crate::budget::hubs().remove(self.0);
-    }
 }
 
 /// Handles one message (or receive error) from the hub on a session; an error ends it.

@@ -21,8 +21,13 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use shared::auth::{verify_data, DataClaims, Tagger};
-use shared::proto::{EndpointHealth, Grant, UploadClaim, UploadDone};
-use shared::storage::{ConnectOptions, Connector, Publish, StagingKey, StorageError, StoragePath};
+use shared::proto::{
+    EndpointHealth, Grant, PartReport, SideAnswer, SideAsk, UploadClaim, UploadDone,
+};
+use shared::storage::multipart::S3Multipart;
+use shared::storage::{
+    ConnectOptions, Connector, Publish, ServiceConfig, StagingKey, StorageError, StoragePath,
+};
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -378,15 +383,16 @@ async fn answer(
         return forbidden(&e.to_string());
     }
     // Exactly what the grant names, checked for each kind: anything else changes nothing.
-    let download = match (grant.method.as_str(), &method) {
-        ("GET", &Method::GET | &Method::HEAD) => true,
-        ("PUT", &Method::PUT | &Method::POST) => false,
+    let (download, part) = match (grant.method.as_str(), &method) {
+        ("GET", &Method::GET | &Method::HEAD) => (true, false),
+        ("PUT", &Method::PUT | &Method::POST) => (false, false),
+        ("PART", &Method::PUT | &Method::POST) => (false, true),
         ("RELAY", _) => {
             return forbidden(
                 "a relay grant is served only on the relay endpoint, to network peers",
             )
         }
-        ("GET" | "PUT", _) => return forbidden("this signed URL is for another method"),
+        ("GET" | "PUT" | "PART", _) => return forbidden("this signed URL is for another method"),
         _ => return forbidden("this spoke does not serve this kind of grant"),
     };
     if let Err(e) = st.grants.fs_roots().check(&grant.location.service) {
@@ -403,7 +409,172 @@ async fn answer(
             .await
             .unwrap_or_else(storage_refusal);
     }
+    if part {
+        return upload_part(&st, &grant, &opts, &headers, body).await;
+    }
     upload(&st, &grant, &opts, &headers, body).await
+}
+
+/// A part of an upload session (a `PART` grant): exactly the length the client declared to
+/// the hub, its `Content-MD5` checked when sent, written where the grant says (the session's
+/// S3 multipart upload, or the staging object the hub claimed), then recorded by a hub before
+/// the client hears `200` with the session, as the hub itself answers. The grant is spent when
+/// the request starts.
+async fn upload_part(
+    st: &DataState,
+    grant: &Grant,
+    opts: &ConnectOptions,
+    headers: &HeaderMap,
+    body: &mut Option<Body>,
+) -> Response {
+    let (Some(part), Some(len)) = (&grant.part, grant.declared_len) else {
+        return refuse_unread(StatusCode::FORBIDDEN, "forbidden", "an incomplete part grant");
+    };
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length != Some(len) {
+        return refuse_unread(
+            StatusCode::BAD_REQUEST,
+            "content_length_mismatch",
+            &format!("this part was declared as {len} bytes: send it with `Content-Length: {len}`"),
+        );
+    }
+    let md5 = match headers.get("content-md5") {
+        None => None,
+        Some(v) => {
+            use base64::Engine as _;
+            match base64::engine::general_purpose::STANDARD
+                .decode(v.as_bytes().trim_ascii())
+                .ok()
+                .and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
+            {
+                Some(d) => Some(d),
+                None => {
+                    return refuse_unread(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        "Content-MD5 must be the base64 of 16 bytes",
+                    )
+                }
+            }
+        }
+    };
+    if !st.grants.consume(&grant.grant_id) {
+        return refuse_unread(
+            StatusCode::GONE,
+            "url_used",
+            "this part URL was already used; send the part to the hub again for a new one",
+        );
+    }
+    let Some(body) = body.take() else {
+        return refuse(StatusCode::BAD_REQUEST, "bad_request", "no request body");
+    };
+    let stream = bounded_body(body, Some(len), Some(len), st.body_idle);
+    let checked = shared::storage::checked::checked_part(stream, len, md5);
+    let staging = part.staging.as_deref().and_then(StagingKey::parse);
+    let connector = match Connector::connect(&grant.location.service, opts).await {
+        Ok(c) => c,
+        Err(e) => return storage_refusal(e),
+    };
+    let written: Result<Option<String>, StorageError> = async {
+        match (&part.upload_id, &grant.location.service, &staging) {
+            (Some(id), ServiceConfig::S3(s3), _) => {
+                let path = StoragePath::parse(&grant.location.path)?;
+                let mp = S3Multipart::for_settings(s3, &path, &opts.egress)?
+                    .with_budget(connector.budget().clone());
+                let body = futures::TryStreamExt::map_err(checked, StorageError::Interrupted);
+                Ok(Some(mp.upload_part(id, part.number, len, body).await?))
+            }
+            (None, _, Some(key)) => {
+                connector.stage_part(key, checked).await?;
+                Ok(None)
+            }
+            _ => Err(StorageError::Other("the part grant names no place".into())),
+        }
+    }
+    .await;
+    let discard = || async {
+        if let Some(k) = &staging {
+            // Best effort: the hub's claim on it has the sweep delete it otherwise.
+            let _ = connector.discard_staging(k).await;
+        }
+    };
+    let etag = match written {
+        Ok(e) => e,
+        Err(e) => {
+            discard().await;
+            return part_refusal(e);
+        }
+    };
+    let report = SideAsk::Part(PartReport {
+        grant_id: grant.grant_id.clone(),
+        account: grant.account,
+        part: part.clone(),
+        size: len,
+        etag,
+    });
+    match crate::asks::hubs().ask(&report).await {
+        Ok(SideAnswer::Recorded { session }) => (StatusCode::OK, Json(session)).into_response(),
+        Ok(SideAnswer::Refused {
+            message,
+            status,
+            code,
+        }) => {
+            // The hub deleted the staged part when it refused it (or it was never ours).
+            let status = status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::CONFLICT);
+            refuse(status, code.as_deref().unwrap_or("conflict"), &message)
+        }
+        Ok(other) => refuse(
+            StatusCode::BAD_GATEWAY,
+            "service_unavailable",
+            &format!("unexpected answer from the hub: {other:?}"),
+        ),
+        Err(e) => {
+            discard().await;
+            refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                &format!("the part could not be recorded ({e}); send it to the hub again"),
+            )
+        }
+    }
+}
+
+/// What a failed part write answers: the client's mistakes are 4xx, nothing was kept.
+fn part_refusal(e: StorageError) -> Response {
+    use shared::storage::checked::{PART_DIGEST, PART_LENGTH};
+    let text = e.to_string();
+    if text.contains(PART_DIGEST) {
+        refuse_unread(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameters",
+            "the part's Content-MD5 does not match its bytes; the part was not kept",
+        )
+    } else if text.contains(PART_LENGTH) || text.contains(TOO_SHORT) {
+        refuse_unread(
+            StatusCode::BAD_REQUEST,
+            "content_length_mismatch",
+            "the part's length does not match Content-Length; the part was not kept",
+        )
+    } else if text.contains(TOO_LARGE) {
+        refuse_unread(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            "the part is larger than declared; the part was not kept",
+        )
+    } else if text.contains(IDLE) {
+        refuse_unread(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the part sent no bytes for too long; the part was not kept",
+        )
+    } else {
+        storage_refusal(e)
+    }
 }
 
 async fn serve_download(

@@ -5,6 +5,7 @@
 //! directly ([`data`], HTTPS) and relays source bytes to other spokes ([`relay`], QUIC). It
 //! acts on `fs` storage only inside the folders its operator declared ([`fsroots`]).
 
+pub mod asks;
 pub mod budget;
 pub mod cli;
 pub mod config;

@@ -266,8 +266,9 @@ async fn control(
             fingerprints: state.db.revoked_fingerprints().await?,
         })
         .await?;
-    // Budget questions arrive on streams of their own, answered while the connection lives.
-    tokio::spawn(crate::budgets::serve_spoke(
+    // Budget questions and part reports arrive on streams of their own, answered while the
+    // connection lives.
+    tokio::spawn(super::asks::serve(
         state.clone(),
         conn.clone(),
         spoke.id,

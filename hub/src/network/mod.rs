@@ -4,6 +4,7 @@
 //! [`Network::load`] runs at hub start (the CA is shared by all hubs through the database);
 //! [`start`] binds the QUIC endpoint and spawns the accept loop.
 
+pub mod asks;
 mod control;
 pub mod enroll;
 pub mod registry;

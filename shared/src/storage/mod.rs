@@ -9,6 +9,7 @@
 
 mod connect;
 mod etag;
+pub mod checked;
 pub mod multipart;
 #[cfg(feature = "fs")]
 mod nofollow;

@@ -720,7 +720,7 @@ fn bad_response(op: &str, e: impl fmt::Display) -> StorageError {
 }
 
 /// An error and its sources, `: `-separated (reqwest's own display stops at the outermost).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

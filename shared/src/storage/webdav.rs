@@ -70,10 +70,13 @@ impl Client {
             .request(reqwest::Method::PUT, self.url(key)?)
             .body(reqwest::Body::wrap_stream(body));
         let resp = self.budget.send(req).await?.map_err(|e| {
-            if e.is_body() || e.is_request() {
-                StorageError::Interrupted(e.to_string())
+            // With its sources: the body's own error (a part's digest, its length) is in there.
+            let interrupted = e.is_body() || e.is_request();
+            let text = super::multipart::error_chain(&e.without_url());
+            if interrupted {
+                StorageError::Interrupted(text)
             } else {
-                StorageError::Unavailable(e.to_string())
+                StorageError::Unavailable(text)
             }
         })?;
         status_error("PUT", resp)

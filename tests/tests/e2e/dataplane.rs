@@ -141,6 +141,7 @@ fn grant(method: &str, account: i64, service: ServiceConfig, path: &str) -> Gran
         staging: None,
         claim: None,
         receipt: None,
+        part: None,
     }
 }
 

@@ -389,3 +389,180 @@ async fn a_session_survives_a_hub_restart_and_expires() {
         .expect("get");
     assert_eq!(r.status(), 404);
 }
+
+/// Sessions at or above `offload.threshold` keep their bytes off the hubs: each part PUT to a
+/// hub answers 307 to a signed URL on a data spoke, which writes the part (S3: into the
+/// session's multipart upload; WebDAV: as a staging object) and has a hub record it before it
+/// answers 200 with the session. A part URL is good once; a part failing its Content-MD5 is
+/// not kept; the session completes on the hub as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_sessions_send_their_parts_to_a_spoke() {
+    use crate::spokes::{wait_healthy, SpokeProc};
+    use base64::Engine as _;
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some(format!(
+            "storage:\n  upload_part_size_bytes: {PART}\n  upload_session_ttl_secs: 3600\n\
+             offload:\n  threshold: {}\nnetwork:\n  heartbeat_ms: 250\n",
+            2 * PART
+        )),
+        ..HubOptions::default()
+    })
+    .await
+    .expect("hub");
+    let root = tempfile::tempdir().expect("tmp");
+    let port = e2e::servers::free_port();
+    let advertise = format!("127.0.0.1:{port}");
+    let spoke =
+        SpokeProc::start_full(&hub, root.path(), "edge", &["--advertise", &advertise], &[]).await;
+    wait_healthy(&hub, spoke.id).await;
+    e2e::assert_eventually!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok(),
+        std::time::Duration::from_secs(10),
+        "the data endpoint to listen"
+    );
+    let ca = std::fs::read(spoke.dir.join("ca.crt")).expect("ca");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let follow = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .build()
+        .expect("client");
+    let s3 = S3Server::start().await.expect("moto");
+    s3.create_bucket("big").await.expect("bucket");
+    let dav = WebDavServer::start().await.expect("webdav");
+    let accounts = [
+        connected(
+            &hub,
+            "s3",
+            json!({"bucket": "big", "endpoint": s3.endpoint(), "region": "us-east-1",
+                   "access_key_id": s3.access_key_id(), "secret_access_key": s3.secret_access_key()}),
+        )
+        .await,
+        connected(
+            &hub,
+            "webdav",
+            json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()}),
+        )
+        .await,
+    ];
+    let md5 = |b: &[u8]| {
+        use md5::Digest;
+        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(b))
+    };
+    for acc in accounts {
+        let data = pattern(2 * PART + 4096, acc as u64);
+        let s = open(&hub, acc, "large.bin", Some(data.len()), "false").await;
+        let id = s["id"].as_i64().expect("id");
+        // The hub redirects (it does not read the part), the spoke takes it.
+        let redirect = |n: usize| {
+            let bytes = part(&data, n).to_vec();
+            client
+                .put(url(&hub, acc, &format!("/{id}?part_number={n}")))
+                .header("Authorization", hub.apikey())
+                .header("Content-MD5", md5(&bytes))
+                .body(bytes)
+                .send()
+        };
+        let location = |r: &reqwest::Response| {
+            r.headers()
+                .get("location")
+                .expect("Location")
+                .to_str()
+                .expect("ascii")
+                .to_owned()
+        };
+        let mut first_url = String::new();
+        for n in [3, 1, 2] {
+            let r = redirect(n).await.expect("part to the hub");
+            assert_eq!(r.status(), 307, "part {n} of account {acc}");
+            let to = location(&r);
+            assert!(to.starts_with(&format!("https://{advertise}/v1/data/")), "{to}");
+            let bytes = part(&data, n).to_vec();
+            let r = client
+                .put(&to)
+                .header("Content-MD5", md5(&bytes))
+                .body(bytes)
+                .send()
+                .await
+                .expect("part to the spoke");
+            assert_eq!(r.status(), 200, "account {acc} part {n}");
+            let v = json_of(r).await;
+            assert_eq!(v["id"], id, "{v}");
+            assert!(
+                v["parts_received"]
+                    .as_array()
+                    .expect("parts")
+                    .contains(&json!(n)),
+                "{v}"
+            );
+            if n == 3 {
+                first_url = to;
+            }
+        }
+        // A part URL is good once.
+        let r = client
+            .put(&first_url)
+            .body(part(&data, 3).to_vec())
+            .send()
+            .await
+            .expect("again");
+        assert_eq!(r.status(), 410);
+        // Part 1 again, with bytes that do not match their Content-MD5: refused, not kept (the
+        // first part 1 stays).
+        let r = redirect(1).await.expect("part to the hub");
+        let to = location(&r);
+        let mut wrong = part(&data, 1).to_vec();
+        wrong[10] ^= 0xff;
+        let r = client
+            .put(&to)
+            .header("Content-MD5", md5(part(&data, 1)))
+            .body(wrong)
+            .send()
+            .await
+            .expect("bad part");
+        let status = r.status();
+        let v = json_of(r).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["error_code"], "invalid_parameters");
+        // A part of the wrong length is refused before anything is written.
+        let r = redirect(2).await.expect("part to the hub");
+        let r = client
+            .put(location(&r))
+            .body(vec![0u8; 10])
+            .send()
+            .await
+            .expect("short part");
+        assert_eq!(r.status(), 400);
+        let r = hub
+            .req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+            .send()
+            .await
+            .expect("complete");
+        assert_eq!(r.status(), 200);
+        let f = json_of(r).await;
+        // A large file downloads from the spoke too (307 followed, the network CA trusted).
+        let r = follow
+            .get(hub.url(&format!(
+                "/v1/accounts/{acc}/storage/files/{}/contents",
+                f["id"].as_str().expect("id")
+            )))
+            .header("Authorization", hub.apikey())
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(r.status(), 200);
+        let got = r.bytes().await.expect("bytes");
+        assert_eq!(sha256_hex(&got), sha256_hex(&data), "account {acc}");
+    }
+    // Nothing left staged on WebDAV.
+    let staged = dav.dir().join(".switchyard-partial");
+    let left: Vec<_> = std::fs::read_dir(&staged)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -37,7 +37,7 @@ pub(super) struct UploadUrl {
 }
 
 /// What a client-direct URL is for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) enum Direct {
     Download,
     /// An upload: replacing a file of the same name or never, held to the `Content-Length`
@@ -47,6 +47,12 @@ pub(super) enum Direct {
         declared_len: Option<u64>,
         /// The event kind the published upload is (`add` or `update`).
         event: &'static str,
+    },
+    /// A part of an upload session, exactly `len` bytes, to where `target` says (the spoke
+    /// has it recorded before it answers).
+    Part {
+        len: u64,
+        target: crate::sessions::PartGrantFields,
     },
 }
 
@@ -73,13 +79,14 @@ pub(super) async fn direct_url(
         return Ok(None);
     };
     let expires = crate::state::now_ms() / 1000 + ttl_secs as i64;
-    let (method, replace, declared_len, event) = match direct {
+    let (method, replace, declared_len, event) = match &direct {
         Direct::Download => ("GET", false, None, None),
         Direct::Upload {
             replace,
             declared_len,
             event,
-        } => ("PUT", replace, declared_len, Some(event)),
+        } => ("PUT", *replace, *declared_len, Some(*event)),
+        Direct::Part { len, .. } => ("PART", false, Some(*len), None),
     };
     let (mut staging, mut claim) = (None, None);
     if method == "PUT" {
@@ -102,6 +109,16 @@ pub(super) async fn direct_url(
     }
     let grant_id = crate::network::new_grant_id();
     let receipt = event.map(|kind| events::receipt(state, &grant_id, a.id(), path.as_str(), kind));
+    let part = match direct {
+        Direct::Part { len, target } => Some(shared::proto::PartGrant {
+            tag: crate::sessions::part_tag(state, &grant_id, a.id(), len, &target),
+            session: target.session,
+            number: target.number,
+            upload_id: target.upload_id,
+            staging: target.staging,
+        }),
+        _ => None,
+    };
     let g = shared::proto::Grant {
         grant_id,
         method: method.to_owned(),
@@ -112,12 +129,16 @@ pub(super) async fn direct_url(
         },
         file_id: state.ids.encode(a.id(), EntryKind::File, path),
         expires,
-        max_bytes: state.config.limits.max_upload_bytes,
+        max_bytes: match declared_len {
+            Some(n) if method == "PART" => n,
+            _ => state.config.limits.max_upload_bytes,
+        },
         replace,
         declared_len,
         staging,
         claim: claim.clone(),
         receipt,
+        part,
     };
     let grant_id = g.grant_id.clone();
     let Some(sig) = crate::network::grant(state, spoke, g) else {

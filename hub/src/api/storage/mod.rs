@@ -15,6 +15,7 @@ mod sessions;
 mod upload;
 
 pub(crate) use files::transferred_object;
+pub(crate) use sessions::session_view;
 pub(crate) use upload::{publish_for, upload_error, write_upload};
 
 use super::{page_of, Paging};

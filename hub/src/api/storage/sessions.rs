@@ -2,6 +2,7 @@
 //! arrived, send a part, complete, abort. The work is in [`crate::sessions`]; the shapes are
 //! what the Kloudless SDKs read (a numeric `id`, no `type`, a part answered 200 with JSON).
 
+use super::direct::{direct_url, Direct};
 use super::{change, object, stat_folder, AccountPath};
 use crate::api::{ApiJson, ApiPath, ApiQuery, CommonErrors};
 use crate::auth::Caller;
@@ -12,6 +13,7 @@ use crate::sessions;
 use crate::state::{Account, AppState};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -72,7 +74,7 @@ impl SessionPath {
 
 /// An upload session.
 #[derive(Debug, Serialize, ToSchema)]
-pub(super) struct SessionView {
+pub(crate) struct SessionView {
     id: i64,
     account: i64,
     parent_id: String,
@@ -86,6 +88,14 @@ pub(super) struct SessionView {
     expires: String,
     /// The numbers of the parts received so far (resume from here).
     parts_received: Vec<i64>,
+}
+
+/// The session as the API shows it (also what a spoke answers for a part it took).
+pub(crate) async fn session_view(
+    state: &AppState,
+    s: &crate::db::SessionRecord,
+) -> ApiResult<SessionView> {
+    view(state, s).await
 }
 
 async fn view(state: &AppState, s: &crate::db::SessionRecord) -> ApiResult<SessionView> {
@@ -149,12 +159,16 @@ pub(super) async fn get_session(
 }
 
 /// Send part `part_number` (raw bytes; `Content-Length` required, `Content-MD5` checked when
-/// sent). A part sent again replaces the earlier one. Answers 200 with the session.
+/// sent). A part sent again replaces the earlier one. Answers 200 with the session. Parts of
+/// sessions at or above `offload.threshold` are redirected (307) to a spoke near the storage:
+/// repeat the request there (with its `Content-MD5`); it answers the same.
 #[utoipa::path(put, path = "/v1/accounts/{acc}/storage/multipart/{id}", tag = "storage",
     params(SessionPath, PartQuery,
            ("Content-MD5" = Option<String>, Header, description = "Base64 MD5 of the part: a part that does not match is not kept")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
-    responses((status = 200, body = SessionView), (status = 411, body = crate::error::ErrorBody),
+    responses((status = 200, body = SessionView),
+              (status = 307, description = "A large session's part: send it to the spoke at `Location`"),
+              (status = 411, body = crate::error::ErrorBody),
               (status = 409, body = crate::error::ErrorBody), CommonErrors))]
 pub(super) async fn put_part(
     caller: Caller,
@@ -162,7 +176,7 @@ pub(super) async fn put_part(
     ApiPath(p): ApiPath<SessionPath>,
     ApiQuery(q): ApiQuery<PartQuery>,
     req: Request,
-) -> ApiResult<Json<SessionView>> {
+) -> ApiResult<Response> {
     // Read from the headers first: the request itself is not held across the awaits below.
     let headers = (content_length(req.headers()), content_md5(req.headers()));
     let checked = async {
@@ -187,9 +201,45 @@ pub(super) async fn put_part(
             return Err(e);
         }
     };
+    // A large session's bytes stay off the hubs: the part goes to a spoke near the storage,
+    // which writes it and has it recorded before it answers.
+    if s.size.is_some_and(|z| z as u64 >= state.config.offload.threshold) {
+        if let Some(url) = redirect_part(&state, &a, &s, n, len).await? {
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = header::HeaderValue::from_str(&url) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            return Ok(r);
+        }
+    }
     let body = req.into_body().into_data_stream();
     sessions::put_part(&state, &a, &s, n, len, md5, body).await?;
-    Ok(Json(view(&state, &s).await?))
+    Ok(Json(view(&state, &s).await?).into_response())
+}
+
+/// A signed URL on a data spoke for part `n` (`len` bytes) of `s`, or `None` when no data
+/// spoke is healthy (the hub takes the part itself).
+async fn redirect_part(
+    state: &AppState,
+    a: &Account,
+    s: &crate::db::SessionRecord,
+    n: u64,
+    len: u64,
+) -> ApiResult<Option<String>> {
+    let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
+    let target = sessions::part_target(state, a, s, n).await?;
+    let direct = Direct::Part {
+        len,
+        target: target.clone(),
+    };
+    let ttl = 600.min(((s.expires_ms - crate::state::now_ms()) / 1000).max(1) as u64);
+    match direct_url(state, a, &path, direct, ttl).await? {
+        Some((url, _)) => Ok(Some(url)),
+        None => {
+            sessions::release_part(state, a, &target).await?;
+            Ok(None)
+        }
+    }
 }
 
 /// Most bytes of a refused part read and dropped before answering.

@@ -258,8 +258,7 @@ fn check(ask: &SideAsk) -> Result<(), String> {
         SideAsk::Part(_) => return Err("not a budget question".into()),
     };
     let service = key.split(':').next().unwrap_or_default();
-    if !shared::storage::service::SERVICES.contains(&service) || matches!(service, "fs" | "sftp")
-    {
+    if !shared::storage::service::SERVICES.contains(&service) || matches!(service, "fs" | "sftp") {
         return Err("no such paced service".into());
     }
     if key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {

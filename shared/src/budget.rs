@@ -89,13 +89,14 @@ pub struct BudgetSettings {
 }
 
 impl Default for BudgetSettings {
-    /// Conservative defaults near the providers' published per-user or per-prefix limits.
+    /// Conservative defaults near the cloud providers' published per-user or per-prefix
+    /// limits. WebDAV servers are the operator's own (Nextcloud, a NAS): unlimited unless
+    /// configured, their `429`s still cool the cluster down.
     fn default() -> Self {
         let services = [
             ("s3", Limit::per_second(3000.0, 3000)),
             ("gcs", Limit::per_second(1000.0, 1000)),
             ("azblob", Limit::per_second(2000.0, 2000)),
-            ("webdav", Limit::per_second(50.0, 50)),
             ("dropbox", Limit::per_second(10.0, 20)),
             ("gdrive", Limit::per_second(10.0, 20)),
             ("onedrive", Limit::per_second(10.0, 20)),

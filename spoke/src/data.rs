@@ -428,7 +428,11 @@ async fn upload_part(
     body: &mut Option<Body>,
 ) -> Response {
     let (Some(part), Some(len)) = (&grant.part, grant.declared_len) else {
-        return refuse_unread(StatusCode::FORBIDDEN, "forbidden", "an incomplete part grant");
+        return refuse_unread(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "an incomplete part grant",
+        );
     };
     let length = headers
         .get(header::CONTENT_LENGTH)

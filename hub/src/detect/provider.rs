@@ -14,6 +14,9 @@
 //! of the URL itself); the links OneDrive hands back must stay on the configured API origin;
 //! an answer over [`MAX_ANSWER`] stops the poll; a folder walk stops at [`MAX_FOLDERS`]
 //! pending folders. Tokens are sent only as `Authorization` headers and never logged.
+//!
+//! The access tokens polls refresh are kept per process ([`Bearer`]), for the pass-through API
+//! (`crate::api::raw`) too: a token either of them refreshed is the other's as well.
 
 use super::delta::{self, DeltaError, Item, Known, Next, Page};
 use super::listing::Change;
@@ -24,7 +27,7 @@ use crate::state::{now_ms, Account, AppState};
 use reqwest::{Method, Url};
 use shared::storage::{OAuthSettings, ServiceConfig};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The largest provider answer read (one page).
@@ -45,8 +48,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Delta {
     http: reqwest::Client,
-    accounts: Arc<Mutex<HashMap<i64, Cached>>>,
+    accounts: Kept,
 }
+
+/// What is kept per account and token endpoint. One per process ([`Kept::process`]): the
+/// detectors and the pass-through API ([`Bearer`]) send, and refresh, the same access token.
+/// (Hubs sharing a process, as tests run them, keep apart by their token endpoints.)
+#[derive(Clone, Default)]
+struct Kept(Arc<Mutex<HashMap<(i64, String), Cached>>>);
 
 #[derive(Default, Clone)]
 struct Cached {
@@ -54,6 +63,41 @@ struct Cached {
     settings: u64,
     token: Option<String>,
     root_id: Option<String>,
+}
+
+impl Kept {
+    fn process() -> Self {
+        static KEPT: OnceLock<Kept> = OnceLock::new();
+        KEPT.get_or_init(Kept::default).clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(i64, String), Cached>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What is kept for `account`, refreshed at `token`, with settings digest `settings`
+    /// (nothing if they changed).
+    fn cached(&self, account: i64, token: &Url, settings: u64) -> Cached {
+        self.lock()
+            .get(&(account, token.as_str().to_owned()))
+            .filter(|c| c.settings == settings)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn update(&self, account: i64, token: &Url, settings: u64, f: impl FnOnce(&mut Cached)) {
+        let mut all = self.lock();
+        let c = all.entry((account, token.as_str().to_owned())).or_default();
+        if c.settings != settings {
+            *c = Cached {
+                settings,
+                ..Cached::default()
+            };
+        }
+        f(c);
+    }
 }
 
 impl Delta {
@@ -69,35 +113,16 @@ impl Delta {
             .build()?;
         Ok(Self {
             http,
-            accounts: Arc::default(),
+            accounts: Kept::process(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Cached>> {
-        self.accounts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn cached(&self, account: i64, token: &Url, settings: u64) -> Cached {
+        self.accounts.cached(account, token, settings)
     }
 
-    /// What is kept for `account` with settings digest `settings` (nothing if they changed).
-    fn cached(&self, account: i64, settings: u64) -> Cached {
-        self.lock()
-            .get(&account)
-            .filter(|c| c.settings == settings)
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    fn update(&self, account: i64, settings: u64, f: impl FnOnce(&mut Cached)) {
-        let mut all = self.lock();
-        let c = all.entry(account).or_default();
-        if c.settings != settings {
-            *c = Cached {
-                settings,
-                ..Cached::default()
-            };
-        }
-        f(c);
+    fn update(&self, account: i64, token: &Url, settings: u64, f: impl FnOnce(&mut Cached)) {
+        self.accounts.update(account, token, settings, f);
     }
 }
 
@@ -114,6 +139,130 @@ fn digest(s: &OAuthSettings) -> u64 {
     )
         .hash(&mut h);
     h.finish()
+}
+
+/// Why an access token could not be refreshed. No variant holds a token, a secret, or the
+/// token endpoint's answer (which may quote them).
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("the account has no refresh token with client id and secret")]
+    NotRefreshable,
+    /// The egress guard refused the token endpoint.
+    #[error("{0}")]
+    EgressDenied(String),
+    #[error(transparent)]
+    Spent(#[from] shared::budget::BudgetSpent),
+    /// The token endpoint could not be reached (the error holds no URL).
+    #[error("token refresh: {0}")]
+    Unreachable(reqwest::Error),
+    /// The token endpoint refused the grant, or answered without a token.
+    #[error("the token endpoint answered {0} without an access token")]
+    Refused(u16),
+    /// The answer could not be read.
+    #[error("token refresh: {0}")]
+    Answer(String),
+}
+
+/// An OAuth account's access token, as the delta polls and the pass-through API send it: the
+/// one last refreshed for these settings, else the one the account was connected with;
+/// refreshed into the process's [`Kept`] cache, so a token one of them refreshed is the
+/// other's too.
+pub struct Bearer<'a> {
+    kept: Kept,
+    account: i64,
+    settings: &'a OAuthSettings,
+    digest: u64,
+    token_url: Url,
+}
+
+impl<'a> Bearer<'a> {
+    /// Account `account`'s token, refreshed at `endpoints.token`.
+    pub fn new(account: i64, settings: &'a OAuthSettings, endpoints: &DeltaEndpoints) -> Self {
+        Self {
+            kept: Kept::process(),
+            account,
+            settings,
+            digest: digest(settings),
+            token_url: endpoints.token.clone(),
+        }
+    }
+
+    /// The token to send, if the account has one.
+    pub fn token(&self) -> Option<String> {
+        self.kept
+            .cached(self.account, &self.token_url, self.digest)
+            .token
+            .or_else(|| self.settings.access_token.clone())
+    }
+
+    /// Where [`Bearer::refresh`] gets a new token.
+    pub fn token_url(&self) -> &Url {
+        &self.token_url
+    }
+
+    /// Whether [`Bearer::refresh`] can get a new token.
+    pub fn can_refresh(&self) -> bool {
+        let s = self.settings;
+        s.refresh_token.is_some() && s.client_id.is_some() && s.client_secret.is_some()
+    }
+
+    /// A new access token from the refresh token (OAuth 2 `refresh_token` grant, form-encoded,
+    /// within the account's `budget`), kept for the next requests. `http` must be the egress
+    /// guard's client.
+    pub async fn refresh(
+        &self,
+        http: &reqwest::Client,
+        egress: &shared::egress::EgressPolicy,
+        budget: &shared::budget::Budget,
+    ) -> Result<String, RefreshError> {
+        let s = self.settings;
+        let (Some(refresh), Some(id), Some(secret)) = (
+            s.refresh_token.as_deref(),
+            s.client_id.as_deref(),
+            s.client_secret.as_deref(),
+        ) else {
+            return Err(RefreshError::NotRefreshable);
+        };
+        let url = self.token_url.clone();
+        egress
+            .check_url(&url)
+            .map_err(|e| RefreshError::EgressDenied(e.to_string()))?;
+        let req = http
+            .post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh),
+                ("client_id", id),
+                ("client_secret", secret),
+            ]));
+        let resp = budget
+            .send(req)
+            .await?
+            .map_err(|e| RefreshError::Unreachable(e.without_url()))?;
+        let status = resp.status().as_u16();
+        let body = read_capped(resp)
+            .await
+            .map_err(|e| RefreshError::Answer(e.to_string()))?;
+        #[derive(serde::Deserialize)]
+        struct Grant {
+            access_token: String,
+        }
+        match serde_json::from_str::<Grant>(&body) {
+            Ok(g) if status == 200 && !g.access_token.is_empty() => {
+                let token = g.access_token.clone();
+                self.kept
+                    .update(self.account, &self.token_url, self.digest, |c| {
+                        c.token = Some(token)
+                    });
+                Ok(g.access_token)
+            }
+            _ => Err(RefreshError::Refused(status)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,12 +346,7 @@ impl Api<'_> {
             .map_err(|e| PollError::Provider(e.to_string()))?;
         let mut refreshed = false;
         loop {
-            let token = match self
-                .delta
-                .cached(self.account, self.digest)
-                .token
-                .or_else(|| self.settings.access_token.clone())
-            {
+            let token = match self.bearer().token() {
                 Some(t) => t,
                 None => {
                     refreshed = true;
@@ -248,69 +392,43 @@ impl Api<'_> {
         }
     }
 
+    /// The account's token, kept in this poller's cache.
+    fn bearer(&self) -> Bearer<'_> {
+        Bearer {
+            kept: self.delta.accounts.clone(),
+            account: self.account,
+            settings: self.settings,
+            digest: self.digest,
+            token_url: self.endpoints.token.clone(),
+        }
+    }
+
     fn can_refresh(&self) -> bool {
-        let s = self.settings;
-        s.refresh_token.is_some() && s.client_id.is_some() && s.client_secret.is_some()
+        self.bearer().can_refresh()
     }
 
     /// A new access token from the refresh token (OAuth 2 `refresh_token` grant).
     async fn refresh(&mut self) -> Result<String, PollError> {
-        let s = self.settings;
-        let (Some(refresh), Some(id), Some(secret)) = (
-            s.refresh_token.as_deref(),
-            s.client_id.as_deref(),
-            s.client_secret.as_deref(),
-        ) else {
-            return Err(PollError::Provider(
-                "the account has no access token and no refresh token with client id and secret"
-                    .into(),
-            ));
-        };
-        let url = self.endpoints.token.clone();
-        self.state
-            .connect_options
-            .egress
-            .check_url(&url)
-            .map_err(|e| PollError::Provider(e.to_string()))?;
         self.requests += 1;
-        let req = self
-            .http
-            .post(url)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .body(form(&[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh),
-                ("client_id", id),
-                ("client_secret", secret),
-            ]));
-        let resp = self
-            .budget
-            .send(req)
+        let service = self.service;
+        let egress = &self.state.connect_options.egress;
+        self.bearer()
+            .refresh(&self.http, egress, &self.budget)
             .await
-            .map_err(|e| spent(self.service, e))?
-            .map_err(|e| PollError::Provider(format!("token refresh: {}", e.without_url())))?;
-        let status = resp.status().as_u16();
-        let body = read_capped(resp).await?;
-        #[derive(serde::Deserialize)]
-        struct Grant {
-            access_token: String,
-        }
-        match serde_json::from_str::<Grant>(&body) {
-            Ok(g) if status == 200 && !g.access_token.is_empty() => {
-                let token = g.access_token.clone();
-                self.delta
-                    .update(self.account, self.digest, |c| c.token = Some(token));
-                Ok(g.access_token)
-            }
-            // The answer is not quoted: it may hold what the provider thinks of the secret.
-            _ => Err(PollError::Provider(format!(
-                "refreshing the {} access token failed ({status}); reconnect the account",
-                self.service.name()
-            ))),
-        }
+            .map_err(|e| match e {
+                RefreshError::NotRefreshable => PollError::Provider(
+                    "the account has no access token and no refresh token with client id and \
+                     secret"
+                        .into(),
+                ),
+                RefreshError::Spent(e) => spent(service, e),
+                // The answer is not quoted: it may hold what the provider thinks of the secret.
+                RefreshError::Refused(status) => PollError::Provider(format!(
+                    "refreshing the {} access token failed ({status}); reconnect the account",
+                    service.name()
+                )),
+                other => PollError::Provider(other.to_string()),
+            })
     }
 
     /// Looks up the account root's id on Drive and OneDrive (`settings.root`, `/` when
@@ -319,7 +437,9 @@ impl Api<'_> {
         let id = self.root_id().await?;
         let kept = id.clone();
         self.delta
-            .update(self.account, self.digest, |c| c.root_id = kept);
+            .update(self.account, &self.endpoints.token, self.digest, |c| {
+                c.root_id = kept
+            });
         Ok(id)
     }
 
@@ -722,7 +842,11 @@ pub async fn poll(
         None => Step::Full,
     };
     // The root's id is looked up again for every full listing, else kept from the last poll.
-    let mut root_id = match api.delta.cached(api.account, api.digest).root_id {
+    let mut root_id = match api
+        .delta
+        .cached(api.account, &api.endpoints.token, api.digest)
+        .root_id
+    {
         Some(id) if !full => Some(id),
         _ => api.resolve_root().await?,
     };
@@ -849,8 +973,9 @@ mod tests {
     fn what_is_kept_goes_with_the_settings_it_came_from() {
         let delta = Delta {
             http: reqwest::Client::new(),
-            accounts: Arc::default(),
+            accounts: Kept::default(),
         };
+        let token_url = Url::parse("https://token.example/oauth2/token").expect("a URL");
         let mut settings = OAuthSettings {
             access_token: None,
             refresh_token: Some("rt-1".into()),
@@ -859,23 +984,53 @@ mod tests {
             root: None,
         };
         let first = digest(&settings);
-        delta.update(7, first, |c| c.token = Some("t1".into()));
-        delta.update(7, first, |c| c.root_id = Some("ROOT".into()));
-        let kept = delta.cached(7, first);
+        delta.update(7, &token_url, first, |c| c.token = Some("t1".into()));
+        delta.update(7, &token_url, first, |c| c.root_id = Some("ROOT".into()));
+        let kept = delta.cached(7, &token_url, first);
         assert_eq!(
             (kept.token.as_deref(), kept.root_id.as_deref()),
             (Some("t1"), Some("ROOT"))
         );
-        assert!(delta.cached(8, first).token.is_none(), "another account");
+        assert!(
+            delta.cached(8, &token_url, first).token.is_none(),
+            "another account"
+        );
+        // Another token endpoint (another hub of the process): not its token.
+        let elsewhere = Url::parse("https://other.example/token").expect("a URL");
+        assert!(delta.cached(7, &elsewhere, first).token.is_none());
         // The account was connected again with another refresh token (maybe another user's
         // drive): nothing kept for the old one is used.
         settings.refresh_token = Some("rt-2".into());
         let second = digest(&settings);
         assert_ne!(first, second);
-        let kept = delta.cached(7, second);
+        let kept = delta.cached(7, &token_url, second);
         assert!(kept.token.is_none() && kept.root_id.is_none());
-        delta.update(7, second, |c| c.token = Some("t2".into()));
-        assert!(delta.cached(7, first).token.is_none());
+        delta.update(7, &token_url, second, |c| c.token = Some("t2".into()));
+        assert!(delta.cached(7, &token_url, first).token.is_none());
+    }
+
+    #[test]
+    fn the_pass_through_sends_the_token_the_detector_refreshed() {
+        let endpoints = DeltaEndpoints {
+            api: Url::parse("https://api.example/2").expect("a URL"),
+            token: Url::parse("https://api.example/oauth2/token").expect("a URL"),
+        };
+        let settings = OAuthSettings {
+            access_token: Some("connected".into()),
+            refresh_token: Some("rt".into()),
+            client_id: Some("cid".into()),
+            client_secret: None,
+            root: None,
+        };
+        // An account id no other test of this process uses: the cache is the process's.
+        let account = i64::MIN + 7;
+        let bearer = Bearer::new(account, &settings, &endpoints);
+        assert_eq!(bearer.token().as_deref(), Some("connected"));
+        assert!(!bearer.can_refresh(), "no client secret");
+        Kept::process().update(account, &endpoints.token, digest(&settings), |c| {
+            c.token = Some("refreshed".into())
+        });
+        assert_eq!(bearer.token().as_deref(), Some("refreshed"));
     }
 
     #[test]

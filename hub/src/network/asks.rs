@@ -50,9 +50,13 @@ async fn answer(
                 Ok(Ok(session)) => SideAnswer::Recorded { session },
                 Ok(Err(e)) => {
                     let status = e.status().as_u16();
-                    tracing::info!(spoke_id, account = report.account,
-                                   session = report.part.session, status,
-                                   "a spoke's session part was not recorded");
+                    tracing::info!(
+                        spoke_id,
+                        account = report.account,
+                        session = report.part.session,
+                        status,
+                        "a spoke's session part was not recorded"
+                    );
                     SideAnswer::Refused {
                         message: e.message().to_owned(),
                         status: Some(status),

@@ -268,11 +268,7 @@ async fn control(
         .await?;
     // Budget questions and part reports arrive on streams of their own, answered while the
     // connection lives.
-    tokio::spawn(super::asks::serve(
-        state.clone(),
-        conn.clone(),
-        spoke.id,
-    ));
+    tokio::spawn(super::asks::serve(state.clone(), conn.clone(), spoke.id));
     let (tx, mut rx) = mpsc::unbounded_channel::<HubMsg>();
     let session = state.network.registry.insert(
         spoke.id,

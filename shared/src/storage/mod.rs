@@ -7,9 +7,9 @@
 //! partial file visible (atomic write, or a staging name plus rename), streaming range reads, and
 //! errors mapped onto the few kinds the API distinguishes ([`StorageError`]).
 
+pub mod checked;
 mod connect;
 mod etag;
-pub mod checked;
 pub mod multipart;
 #[cfg(feature = "fs")]
 mod nofollow;

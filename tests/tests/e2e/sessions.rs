@@ -481,7 +481,10 @@ async fn large_sessions_send_their_parts_to_a_spoke() {
             let r = redirect(n).await.expect("part to the hub");
             assert_eq!(r.status(), 307, "part {n} of account {acc}");
             let to = location(&r);
-            assert!(to.starts_with(&format!("https://{advertise}/v1/data/")), "{to}");
+            assert!(
+                to.starts_with(&format!("https://{advertise}/v1/data/")),
+                "{to}"
+            );
             let bytes = part(&data, n).to_vec();
             let r = client
                 .put(&to)
@@ -565,4 +568,87 @@ async fn large_sessions_send_their_parts_to_a_spoke() {
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// 200 clients at once feed one session (every part once, 40 of them twice, all concurrently),
+/// then two clients complete it at the same moment: every part is recorded, a part sent twice
+/// leaves one staged object, exactly one completion makes the file (the other is told the
+/// session is being or was completed), the file is byte-identical and nothing stays staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_parts_and_two_concurrent_completions() {
+    const SMALL: usize = 64 * 1024;
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some(format!(
+            "storage:\n  upload_part_size_bytes: {SMALL}\n  upload_session_ttl_secs: 3600\n"
+        )),
+        ..HubOptions::default()
+    })
+    .await
+    .expect("hub");
+    let acc = hub.creds.account_id;
+    let data = std::sync::Arc::new(pattern(200 * SMALL - 100, 9));
+    let s = open(&hub, acc, "crowd.bin", Some(data.len()), "false").await;
+    let id = s["id"].as_i64().expect("id");
+    assert_eq!(s["part_size"], SMALL);
+    let mut sends: Vec<usize> = (1..=200).collect();
+    sends.extend((1..=200).step_by(5));
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in sends {
+        let (data, http, to, key) = (
+            data.clone(),
+            hub.http.clone(),
+            url(&hub, acc, &format!("/{id}?part_number={n}")),
+            hub.apikey(),
+        );
+        tasks.spawn(async move {
+            let start = (n - 1) * SMALL;
+            let bytes = data[start..(start + SMALL).min(data.len())].to_vec();
+            let r = http
+                .put(to)
+                .header("Authorization", key)
+                .body(bytes)
+                .send()
+                .await
+                .expect("part");
+            (n, r.status().as_u16())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let (n, status) = r.expect("task");
+        assert_eq!(status, 200, "part {n}");
+    }
+    let v = json_of(
+        hub.req(Method::GET, &url(&hub, acc, &format!("/{id}")))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    let got: Vec<i64> = v["parts_received"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .filter_map(Value::as_i64)
+        .collect();
+    assert_eq!(got, (1..=200).collect::<Vec<i64>>());
+    // One staged object per part: the copies of a part sent twice were deleted.
+    let root = fs_root(&hub).await;
+    assert_eq!(staged(&root).len(), 200, "{:?}", staged(&root).len());
+    let complete = || {
+        hub.req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+            .send()
+    };
+    let (a, b) = tokio::join!(complete(), complete());
+    let mut statuses = [
+        a.expect("complete").status().as_u16(),
+        b.expect("complete").status().as_u16(),
+    ];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "one completion makes the file");
+    assert_eq!(
+        std::fs::read(root.join("crowd.bin")).expect("the file"),
+        *data
+    );
+    assert!(!root.join("crowd (1).bin").exists(), "one file, not two");
+    assert_eq!(staged(&root), Vec::<String>::new(), "nothing stays staged");
 }

@@ -203,7 +203,9 @@ pub(super) async fn put_part(
     };
     // A large session's bytes stay off the hubs: the part goes to a spoke near the storage,
     // which writes it and has it recorded before it answers.
-    if s.size.is_some_and(|z| z as u64 >= state.config.offload.threshold) {
+    if s.size
+        .is_some_and(|z| z as u64 >= state.config.offload.threshold)
+    {
         if let Some(url) = redirect_part(&state, &a, &s, n, len).await? {
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
             if let Ok(v) = header::HeaderValue::from_str(&url) {

@@ -287,22 +287,7 @@ where
         };
         return record(state, a, s, part, now).await;
     }
-    let key = a.connector.new_part_key();
-    // Claimed until the session expires: a hub that dies before recording the part leaves it
-    // to the sweep.
-    if !state
-        .db
-        .take_claim(
-            a.record.app_id,
-            a.id(),
-            key.as_str(),
-            ClaimKind::Staging,
-            s.expires_ms,
-        )
-        .await?
-    {
-        return Err(ApiError::internal("claim key collision"));
-    }
+    let key = claim_part_key(state, a, s).await?;
     if let Err(e) = a.connector.stage_part(&key, body).await {
         discard_part(state, a, key.as_str()).await;
         return Err(part_error(e));
@@ -398,20 +383,7 @@ pub async fn part_target(
     let (upload_id, staging) = match &s.upload_id {
         Some(id) => (Some(id.clone()), None),
         None => {
-            let key = a.connector.new_part_key();
-            if !state
-                .db
-                .take_claim(
-                    a.record.app_id,
-                    a.id(),
-                    key.as_str(),
-                    ClaimKind::Staging,
-                    s.expires_ms,
-                )
-                .await?
-            {
-                return Err(ApiError::internal("claim key collision"));
-            }
+            let key = claim_part_key(state, a, s).await?;
             (None, Some(key.as_str().to_owned()))
         }
     };
@@ -421,6 +393,26 @@ pub async fn part_target(
         upload_id,
         staging,
     })
+}
+
+/// A new staging key for a part of `s`, claimed until the session expires: a hub or spoke
+/// that dies before the part is recorded leaves it to the sweep.
+async fn claim_part_key(state: &AppState, a: &Account, s: &SessionRecord) -> ApiResult<StagingKey> {
+    let key = a.connector.new_part_key();
+    if !state
+        .db
+        .take_claim(
+            a.record.app_id,
+            a.id(),
+            key.as_str(),
+            ClaimKind::Staging,
+            s.expires_ms,
+        )
+        .await?
+    {
+        return Err(ApiError::internal("claim key collision"));
+    }
+    Ok(key)
 }
 
 /// Gives back a part target's claim when no grant was issued for it.

@@ -381,6 +381,31 @@ impl TestHub {
         Ok(r.bytes().await?)
     }
 
+    /// Stores an account of the dev application for `service` with `creds` in the database
+    /// directly, sealed as the API seals them: without the provider check that connecting
+    /// through the API makes (OAuth providers' real servers are unreachable from tests).
+    pub async fn store_account(
+        &self,
+        service: &str,
+        creds: serde_json::Value,
+    ) -> anyhow::Result<i64> {
+        let settings = shared::storage::ServiceConfig::from_parts(service, creds)?;
+        let plain = serde_json::to_vec(&settings)?;
+        let sealer = &self.state.sealer;
+        Ok(self
+            .state
+            .db
+            .create_account(
+                self.creds.application_id,
+                service,
+                &format!("{service} account"),
+                |id| sealer.seal(&plain, hub::state::account_aad(id).as_bytes()),
+                hub::state::now_ms(),
+            )
+            .await?
+            .id)
+    }
+
     /// An API key of a new application called `name`: another tenant of this hub.
     pub async fn other_app_key(&self, name: &str) -> anyhow::Result<String> {
         let meta = format!("Bearer {}", self.creds.meta_token);

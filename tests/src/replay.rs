@@ -99,6 +99,19 @@ impl Replay {
         format!("http://{}", self.addr)
     }
 
+    /// Hub YAML sending Dropbox, Google Drive and OneDrive requests (the delta detectors', the
+    /// pass-through's) and token refreshes to this server; detectors polling every 200 ms when
+    /// `detect`.
+    pub fn oauth_yaml(&self, detect: bool) -> String {
+        let base = self.base();
+        format!(
+            "events:\n  detect:\n    enabled: {detect}\n    interval_ms: 200\n    lease_ms: 3000\n    services:\n\
+             \x20     dropbox:\n        api_url: {base}/2\n        token_url: {base}/oauth2/token\n\
+             \x20     gdrive:\n        api_url: {base}/drive/v3\n        token_url: {base}/token\n\
+             \x20     onedrive:\n        api_url: {base}/v1.0\n        token_url: {base}/oauth2/v2.0/token\n"
+        )
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner
             .lock()

@@ -14,41 +14,19 @@ use e2e::replay::{Answer, Replay};
 use e2e::{HubOptions, TestHub};
 use reqwest::Method;
 use serde_json::{json, Value};
-use shared::storage::ServiceConfig;
 
 async fn hub_for(api: &Replay) -> TestHub {
-    let base = api.base();
-    let yaml = format!(
-        "events:\n  detect:\n    interval_ms: 200\n    lease_ms: 3000\n    services:\n\
-         \x20     dropbox:\n        api_url: {base}/2\n        token_url: {base}/oauth2/token\n\
-         \x20     gdrive:\n        api_url: {base}/drive/v3\n        token_url: {base}/token\n\
-         \x20     onedrive:\n        api_url: {base}/v1.0\n        token_url: {base}/oauth2/v2.0/token\n"
-    );
     TestHub::start_with(HubOptions {
-        yaml: Some(yaml),
+        yaml: Some(api.oauth_yaml(true)),
         ..Default::default()
     })
     .await
     .expect("hub")
 }
 
-/// Stores an account of `service` with `creds` (sealed like the API seals them).
+/// Stores an account of `service` with `creds` (the API would check them with the provider).
 async fn account(hub: &TestHub, service: &str, creds: Value) -> i64 {
-    let settings = ServiceConfig::from_parts(service, creds).expect("settings");
-    let plain = serde_json::to_vec(&settings).expect("json");
-    let sealer = &hub.state.sealer;
-    hub.state
-        .db
-        .create_account(
-            hub.creds.application_id,
-            service,
-            &format!("{service} account"),
-            |id| sealer.seal(&plain, hub::state::account_aad(id).as_bytes()),
-            hub::state::now_ms(),
-        )
-        .await
-        .expect("account")
-        .id
+    hub.store_account(service, creds).await.expect("account")
 }
 
 /// Waits for the first poll (the baseline) and one more, checks they recorded nothing, and

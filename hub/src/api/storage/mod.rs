@@ -364,3 +364,40 @@ fn insert(r: &mut Response, name: header::HeaderName, value: &str) {
         r.headers_mut().insert(name, v);
     }
 }
+
+/// Most bytes of an unread request body (a refused or redirected part) read and dropped
+/// before answering.
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+
+/// Reads and drops an unread request's body when it is at most [`DRAIN_LIMIT`] bytes and
+/// arrives within a few seconds; a larger or slower one is cut (the connection closes).
+pub(super) async fn drain(req: axum::extract::Request) {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_none_or(|n| n > DRAIN_LIMIT) {
+        return;
+    }
+    let mut body = req.into_body().into_data_stream();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use futures::StreamExt;
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+}
+
+/// Before a redirect: a client that sent `Expect: 100-continue` has not sent the body (and
+/// never will here); any other is sending it now, so read and drop it (within
+/// [`DRAIN_LIMIT`]) and the client reads the redirect rather than a broken pipe.
+pub(super) async fn drain_unless_continue(req: axum::extract::Request) {
+    let waits = req
+        .headers()
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"));
+    if !waits {
+        drain(req).await;
+    }
+}

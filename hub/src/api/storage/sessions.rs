@@ -197,7 +197,7 @@ pub(super) async fn put_part(
         Err(e) => {
             // Refused before reading: a part of a sensible size is read and dropped first, so
             // the client (still sending) gets this answer, not a broken connection.
-            drain(req).await;
+            super::drain(req).await;
             return Err(e);
         }
     };
@@ -207,6 +207,7 @@ pub(super) async fn put_part(
         .is_some_and(|z| z as u64 >= state.config.offload.threshold)
     {
         if let Some(url) = redirect_part(&state, &a, &s, n, len).await? {
+            super::drain_unless_continue(req).await;
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
             if let Ok(v) = header::HeaderValue::from_str(&url) {
                 r.headers_mut().insert(header::LOCATION, v);
@@ -242,28 +243,6 @@ async fn redirect_part(
             Ok(None)
         }
     }
-}
-
-/// Most bytes of a refused part read and dropped before answering.
-const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
-
-/// Reads and drops a refused request's body when it is at most [`DRAIN_LIMIT`] bytes and
-/// arrives within a few seconds; a larger or slower one is cut (the connection closes).
-async fn drain(req: Request) {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_none_or(|n| n > DRAIN_LIMIT) {
-        return;
-    }
-    let mut body = req.into_body().into_data_stream();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        use futures::StreamExt;
-        while let Some(Ok(_)) = body.next().await {}
-    })
-    .await;
 }
 
 fn content_length(h: &HeaderMap) -> ApiResult<u64> {

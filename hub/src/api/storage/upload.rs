@@ -94,6 +94,7 @@ pub(super) async fn upload_file(
             },
         };
         if let Some((url, _)) = direct_url(&state, &a, &target, direct, 600).await? {
+            super::drain_unless_continue(req).await;
             let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
             insert(&mut r, header::LOCATION, &url);
             return Ok(r);

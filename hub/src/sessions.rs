@@ -8,6 +8,16 @@
 //! - `s3`: a native multipart upload of the final key (`shared::storage::multipart`), each
 //!   part's ETag recorded; completing is one request, the bytes do not move again. Without
 //!   overwrite the name is reserved (a name claim) from creation to completion.
+//! - `azure` (Azure Blob): each part is a block of the final blob
+//!   (`shared::storage::azure_blocks`; its id made of the session id and the part number, so a
+//!   part sent again replaces its block), invisible until committed; completing is one
+//!   `Put Block List` of the parts in order, the bytes do not move again. Without overwrite
+//!   the name is reserved (a name claim) from creation to completion, and the block list is
+//!   committed only if no blob of the name exists (`If-None-Match: *`): a blob written there
+//!   meanwhile by someone else is never replaced, the completion is a 409. Azure drops
+//!   uncommitted blocks by itself after a week: an aborted or expired session leaves nothing
+//!   to delete. Parts a spoke takes (see below) are staging objects, turned into blocks at
+//!   completion (through the completing hub).
 //! - `objects` (every other service): each part is a staging object of its own in the
 //!   account's staging folder, claimed in `storage_claims` until the session expires (a part
 //!   written by a hub that died before recording it is swept); completing streams the parts in
@@ -25,6 +35,7 @@ use crate::state::{now_ms, Account, AppState};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use shared::storage::azure_blocks::{block_id, AzureBlocks, Block};
 use shared::storage::checked::{checked_part, PART_DIGEST, PART_LENGTH};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::{numbered, ServiceConfig, StagingKey, StorageError, StoragePath};
@@ -37,6 +48,11 @@ pub const PREFERRED_PART_SIZE: u64 = 16 * 1024 * 1024;
 const COMPLETION_STALE_MS: i64 = 10 * 60 * 1000;
 /// Expired sessions one sweep round handles.
 const SWEEP_BATCH: i64 = 100;
+
+/// Where a session's parts are (its `store`): see the module documentation.
+const STORE_S3: &str = "s3";
+const STORE_AZURE: &str = "azure";
+const STORE_OBJECTS: &str = "objects";
 
 /// The number of parts a session of `size` bytes has (a 0-byte file is one empty part).
 pub fn part_count(size: u64, part_size: u64) -> u64 {
@@ -61,6 +77,72 @@ fn s3_target(a: &Account, path: &StoragePath) -> ApiResult<Option<S3Multipart>> 
         )),
         _ => Ok(None),
     }
+}
+
+fn azure_target(a: &Account, path: &StoragePath) -> ApiResult<Option<AzureBlocks>> {
+    match &a.settings {
+        ServiceConfig::Azblob(az) => Ok(Some(
+            AzureBlocks::for_settings(az, path, a.connector.egress())?
+                .with_budget(a.connector.budget().clone()),
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The blocks of session `s` (an `azure` session) at the provider.
+fn blocks_of(a: &Account, s: &SessionRecord) -> ApiResult<AzureBlocks> {
+    let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
+    azure_target(a, &path)?
+        .ok_or_else(|| ApiError::internal("an Azure Blob session on another service"))
+}
+
+/// Where the parts of a new session on the service of `settings` go.
+fn store_for(settings: &ServiceConfig) -> &'static str {
+    match settings {
+        ServiceConfig::S3(_) => STORE_S3,
+        ServiceConfig::Azblob(_) => STORE_AZURE,
+        _ => STORE_OBJECTS,
+    }
+}
+
+/// Reserves the first free name of `target`, `target (1)`, ... with a name claim until
+/// `expires_ms`: other writers that must not replace skip it.
+async fn reserve_name(
+    state: &AppState,
+    a: &Account,
+    target: &StoragePath,
+    expires_ms: i64,
+) -> ApiResult<StoragePath> {
+    for n in 0..=crate::api::storage::MAX_RENAME_TRIES {
+        let Ok(candidate) = numbered(target, n) else {
+            break;
+        };
+        if a.connector.exists(&candidate).await? {
+            continue;
+        }
+        if !state
+            .db
+            .take_claim(
+                a.record.app_id,
+                a.id(),
+                candidate.as_str(),
+                ClaimKind::Name,
+                expires_ms,
+            )
+            .await?
+        {
+            continue;
+        }
+        if a.connector.exists(&candidate).await? {
+            state.db.release_claim(a.id(), candidate.as_str()).await?;
+            continue;
+        }
+        return Ok(candidate);
+    }
+    Err(ApiError::conflict(
+        "conflict",
+        "too many files with that name",
+    ))
 }
 
 /// Opens a session for `name` in folder `parent` (which the caller checked).
@@ -102,55 +184,37 @@ pub async fn create(
     }
     let now = now_ms();
     let expires_ms = now + state.config.storage.upload_session_ttl().as_millis() as i64;
+    let store = store_for(&a.settings);
     let (mut path, mut upload_id, mut name_claim) = (target.clone(), None, None);
-    if s3_target(a, &target)?.is_some() {
-        // The upload is of one key: without overwrite, a free name is reserved until the
-        // session completes or expires (other writers that must not replace skip it).
+    if store != STORE_OBJECTS {
+        // The parts go to one key or blob: without overwrite, a free name is reserved until
+        // the session completes or expires (other writers that must not replace skip it).
         if !overwrite {
-            let mut found = None;
-            for n in 0..=crate::api::storage::MAX_RENAME_TRIES {
-                let Ok(candidate) = numbered(&target, n) else {
-                    break;
-                };
-                if a.connector.exists(&candidate).await? {
-                    continue;
-                }
-                if !state
-                    .db
-                    .take_claim(
-                        a.record.app_id,
-                        a.id(),
-                        candidate.as_str(),
-                        ClaimKind::Name,
-                        expires_ms,
-                    )
-                    .await?
-                {
-                    continue;
-                }
-                if a.connector.exists(&candidate).await? {
-                    state.db.release_claim(a.id(), candidate.as_str()).await?;
-                    continue;
-                }
-                found = Some(candidate);
-                break;
-            }
-            path = found
-                .ok_or_else(|| ApiError::conflict("conflict", "too many files with that name"))?;
+            path = reserve_name(state, a, &target, expires_ms).await?;
             name_claim = Some(path.as_str().to_owned());
         }
-        let mp = s3_target(a, &path)?.ok_or_else(|| ApiError::internal("not S3"))?;
-        match mp.create().await {
-            Ok(id) => upload_id = Some(id),
+        let started: ApiResult<Option<String>> = async {
+            if store == STORE_S3 {
+                let mp = s3_target(a, &path)?.ok_or_else(|| ApiError::internal("not S3"))?;
+                Ok(Some(mp.create().await?))
+            } else {
+                // Nothing to start on Azure Blob: blocks are put to the blob's name as the
+                // parts arrive. Its settings are checked now.
+                azure_target(a, &path)?.ok_or_else(|| ApiError::internal("not Azure Blob"))?;
+                Ok(None)
+            }
+        }
+        .await;
+        match started {
+            Ok(id) => upload_id = id,
             Err(e) => {
                 if let Some(k) = &name_claim {
                     state.db.release_claim(a.id(), k).await?;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         }
     }
-    let store = if upload_id.is_some() { "s3" } else { "objects" };
     let id = state
         .db
         .create_session(&NewSession {
@@ -287,6 +351,25 @@ where
         };
         return record(state, a, s, part, now).await;
     }
+    if s.store == STORE_AZURE {
+        let blocks = blocks_of(a, s)?;
+        put_block(
+            &blocks,
+            s.id,
+            n,
+            len,
+            body.map_err(StorageError::Interrupted),
+        )
+        .await
+        .map_err(part_error)?;
+        let part = PartRecord {
+            number: n as i64,
+            size: len as i64,
+            etag: None,
+            staging: None,
+        };
+        return record(state, a, s, part, now).await;
+    }
     let key = claim_part_key(state, a, s).await?;
     if let Err(e) = a.connector.stage_part(&key, body).await {
         discard_part(state, a, key.as_str()).await;
@@ -299,6 +382,28 @@ where
         staging: Some(key.as_str().to_owned()),
     };
     record(state, a, s, part, now).await
+}
+
+/// Puts part `n` (`len` bytes) of session `session` as its block. Azure takes no empty block:
+/// an empty part (only ever the last) is read to the end, for its checks, and only recorded.
+async fn put_block<S>(
+    blocks: &AzureBlocks,
+    session: i64,
+    n: u64,
+    len: u64,
+    body: S,
+) -> Result<(), StorageError>
+where
+    S: Stream<Item = Result<Bytes, StorageError>> + Send + Unpin + 'static,
+{
+    if len == 0 {
+        let mut body = body;
+        while body.try_next().await?.is_some() {}
+        return Ok(());
+    }
+    blocks
+        .put_block(&block_id(session, n as u16), len, body)
+        .await
 }
 
 /// Records a part that is at the provider. A part of the same number recorded before is
@@ -373,7 +478,9 @@ pub struct PartGrantFields {
 
 /// Where part `n` of session `s` goes when a spoke writes it: the S3 upload, or a new staging
 /// object claimed until the session expires (a spoke that dies mid-part leaves it to the
-/// sweep). Release the claim with [`release_part`] if no grant is issued.
+/// sweep). Spokes put no Azure blocks: an `azure` session's part is a staging object too,
+/// which completion turns into its block. Release the claim with [`release_part`] if no grant
+/// is issued.
 pub async fn part_target(
     state: &AppState,
     a: &Account,
@@ -553,6 +660,9 @@ async fn finish(
         )));
     }
     let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;
+    if s.store == STORE_AZURE {
+        return finish_blocks(state, a, s, &path, &parts).await;
+    }
     let taken = a.connector.exists(&path).await?;
     if let (Some(upload_id), Some(mp)) = (&s.upload_id, s3_target(a, &path)?) {
         // S3's own list is the truth: of two concurrent sends of one part number, the database
@@ -629,6 +739,94 @@ async fn finish(
     Ok((e.clone(), taken && s.overwrite && e.path == path))
 }
 
+/// Completes an `azure` session: its parts, every one at hand (`missing` said so), committed
+/// in order as the blob at `path`.
+async fn finish_blocks(
+    state: &AppState,
+    a: &Arc<Account>,
+    s: &SessionRecord,
+    path: &StoragePath,
+    parts: &[PartRecord],
+) -> ApiResult<(shared::storage::Entry, bool)> {
+    let blocks = blocks_of(a, s)?;
+    // Parts a spoke took are staging objects: they become their blocks now.
+    let mut staged = Vec::new();
+    for p in parts {
+        let Some(k) = p.staging.as_deref() else {
+            continue;
+        };
+        let key = StagingKey::parse(k).ok_or_else(|| {
+            ApiError::internal(format_args!("part {} has a bad staging", p.number))
+        })?;
+        let len = p.size as u64;
+        let body = a.connector.read_staging(&key).await?;
+        let body = checked_part(Box::pin(body), len, None).map_err(StorageError::Interrupted);
+        put_block(&blocks, s.id, p.number as u64, len, body).await?;
+        staged.push(key);
+    }
+    // Empty parts have no block (see `put_block`).
+    let want: Vec<(i64, Block)> = parts
+        .iter()
+        .filter(|p| p.size > 0)
+        .map(|p| {
+            let id = block_id(s.id, p.number as u16);
+            let size = p.size as u64;
+            (p.number, Block { id, size })
+        })
+        .collect();
+    let held = blocks.block_list().await?;
+    // A completion that committed and died before recording it (taken over now): the blob
+    // is the file already.
+    let committed = !want.is_empty()
+        && held.committed.len() == want.len()
+        && held.committed.iter().zip(&want).all(|(h, (_, w))| h == w);
+    let taken = a.connector.exists(path).await?;
+    let taken_meanwhile = || {
+        ApiError::conflict(
+            "conflict",
+            "a file of this name was created since the upload session opened; it was not \
+             replaced (abort the session, or open one with overwrite)",
+        )
+    };
+    if !committed {
+        if taken && !s.overwrite {
+            return Err(taken_meanwhile());
+        }
+        // Azure's list is the truth: of two concurrent sends of one part, the database and
+        // Azure may each have kept a different one last, and committing another upload to
+        // this name drops the blocks it did not name. Its size must be the one recorded.
+        for (n, w) in &want {
+            match held.uncommitted.iter().find(|h| h.id == w.id) {
+                None => {
+                    return Err(ApiError::bad_request(format!(
+                        "the upload session is not complete: part {n} is no longer at the \
+                         provider (the file was written meanwhile); send it again"
+                    )))
+                }
+                Some(h) if h.size != w.size => {
+                    return Err(ApiError::bad_request(format!(
+                        "part {n} changed while the session was completed; send it again"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        let ids: Vec<String> = want.into_iter().map(|(_, w)| w.id).collect();
+        match blocks.put_block_list(&ids, s.overwrite).await {
+            Err(StorageError::AlreadyExists) if !s.overwrite => return Err(taken_meanwhile()),
+            r => r?,
+        }
+    }
+    for k in staged {
+        discard_part(state, a, k.as_str()).await;
+    }
+    if let Some(k) = &s.name_claim {
+        state.db.release_claim(a.id(), k).await?;
+    }
+    let e = a.connector.stat_file(path).await?;
+    Ok((e, taken && s.overwrite && !committed))
+}
+
 /// Aborts session `s`: the provider's upload or the staged parts go, then the rows.
 pub async fn abort(state: &AppState, a: &Arc<Account>, s: &SessionRecord) -> ApiResult<()> {
     let now = now_ms();
@@ -647,7 +845,8 @@ pub async fn abort(state: &AppState, a: &Arc<Account>, s: &SessionRecord) -> Api
     Ok(())
 }
 
-/// What a session holds at the provider, deleted.
+/// What a session holds at the provider, deleted (Azure drops an `azure` session's blocks by
+/// itself; only the parts a spoke staged go).
 async fn discard(state: &AppState, a: &Arc<Account>, s: &SessionRecord) -> ApiResult<()> {
     if let Some(upload_id) = &s.upload_id {
         let path = StoragePath::parse(&s.path).map_err(ApiError::internal)?;

@@ -1,6 +1,7 @@
 //! The end-to-end harness: an in-process hub on a loopback port (`TestHub::start()`), real
 //! servers for the production dependencies (`servers`), and small request helpers.
 
+pub mod bench_budgets;
 pub mod bench_detect;
 pub mod bench_dns;
 pub mod bench_lab;

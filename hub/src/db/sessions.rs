@@ -19,10 +19,10 @@ pub struct SessionRecord {
     pub overwrite: bool,
     pub size: Option<i64>,
     pub part_size: i64,
-    /// `s3` or `objects`.
+    /// `s3`, `azure` or `objects`.
     pub store: String,
     pub upload_id: Option<String>,
-    /// The name claim an `s3` session without overwrite holds on `path`.
+    /// The name claim an `s3` or `azure` session without overwrite holds on `path`.
     pub name_claim: Option<String>,
     pub state: String,
     pub state_ms: i64,

@@ -7,6 +7,7 @@
 //! partial file visible (atomic write, or a staging name plus rename), streaming range reads, and
 //! errors mapped onto the few kinds the API distinguishes ([`StorageError`]).
 
+pub mod azure_blocks;
 pub mod checked;
 mod connect;
 mod etag;
@@ -495,6 +496,7 @@ impl Connector {
             conditional_writes: cap.write_with_if_match,
             parts: match self.service {
                 "s3" => S3_PARTS,
+                "azblob" => azure_blocks::BLOCK_PARTS,
                 _ => STAGED_PARTS,
             },
         }

@@ -17,6 +17,10 @@
 //!   (`s3s-fs`) against `rclone copyto` of the same file to the same server, and the same file
 //!   uploaded from a URL (nginx on loopback) against `rclone copyurl`, with the hub's peak RSS.
 //!
+//! - `budgets`: the cost of the shared provider budgets: one admission through Redis against
+//!   one in the process, and metadata GETs through a hub with and without them
+//!   (`bench_budgets`).
+//!
 //! - `detect`: a detector poll of an unchanged S3 bucket (moto) at two sizes against `rclone
 //!   lsjson -R` (`bench_detect`).
 //!
@@ -69,6 +73,7 @@ fn main() -> anyhow::Result<()> {
                 .block_on(e2e::bench_tunnel::soak(&sibling("tunnel")?, minutes))
         }
         Some("uploads") => tokio::runtime::Runtime::new()?.block_on(uploads()),
+        Some("budgets") => tokio::runtime::Runtime::new()?.block_on(e2e::bench_budgets::run()),
         Some(which @ ("metadata" | "transfer" | "offload" | "all")) => {
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
@@ -85,7 +90,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|uploads|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|uploads|budgets|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }

@@ -325,6 +325,7 @@ async fn a_budget_of_20_per_second_holds_across_two_hubs() {
         started + Duration::from_millis(6_500),
     );
     let rate = window.len() as f64 / 5.0;
+    eprintln!("{rate} requests per second reached the provider (budget 20)");
     assert!(
         (18.0..=22.0).contains(&rate),
         "{rate} requests per second reached the provider (budget 20)"

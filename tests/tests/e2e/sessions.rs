@@ -1,6 +1,7 @@
 //! Upload sessions (`storage/multipart`) on real services: parts out of order, a part sent
 //! again, the checks of each part, completion with a part missing, abort, expiry, and a hub
-//! restarted between parts.
+//! restarted between parts. S3 and Azure Blob sessions keep their parts as the provider's own
+//! multipart uploads and blocks, never as staging objects.
 
 use e2e::servers::{AzuriteServer, S3Server, SftpServer, WebDavServer};
 use e2e::{pattern, sha256_hex, HubOptions, TestHub};
@@ -323,8 +324,70 @@ async fn sessions_on_sftp() {
     lifecycle(&hub, acc).await;
 }
 
+/// A Shared Key signed request to Azurite, `rest` relative to its account (`container/blob?…`):
+/// the status and the body.
+async fn azure(az: &AzuriteServer, method: Method, rest: &str, body: &[u8]) -> (u16, String) {
+    let url = reqwest::Url::parse(&format!("{}/{rest}", az.endpoint())).expect("url");
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if method == Method::PUT {
+        headers.push(("content-length".into(), body.len().to_string()));
+        headers.push(("x-ms-blob-type".into(), "BlockBlob".into()));
+    }
+    let auth = shared::storage::sign::SharedKey {
+        account_name: az.account_name(),
+        account_key: az.account_key(),
+    }
+    .sign(
+        method.as_str(),
+        &url,
+        &headers,
+        std::time::SystemTime::now().try_into().expect("now"),
+    )
+    .expect("sign");
+    let mut req = reqwest::Client::new().request(method, url);
+    for (k, v) in headers.iter().chain(&auth) {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let r = req.body(body.to_vec()).send().await.expect("azurite");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("text"))
+}
+
+/// Whether an Azure container listing holds no staging object (the staging folder's own
+/// marker may be there).
+fn no_staged_parts(listing: &str) -> bool {
+    listing
+        .split("<Name>")
+        .skip(1)
+        .filter_map(|n| n.split_once("</Name>").map(|(name, _)| name))
+        .all(|name| !name.starts_with(".switchyard-partial/") || name == ".switchyard-partial/")
+}
+
+/// The block ids (in order) and sizes of one list (`CommittedBlocks`, `UncommittedBlocks`) of a
+/// `Get Block List` answer.
+fn blocks_in(doc: &str, list: &str) -> Vec<(String, u64)> {
+    let open = format!("<{list}>");
+    let Some(start) = doc.find(&open) else {
+        return Vec::new();
+    };
+    let rest = &doc[start + open.len()..];
+    let section = &rest[..rest.find(&format!("</{list}>")).expect("closed list")];
+    section
+        .split("<Block>")
+        .skip(1)
+        .map(|b| {
+            let text = |tag: &str| {
+                let from = b.find(&format!("<{tag}>")).expect("tag") + tag.len() + 2;
+                b[from..from + b[from..].find('<').expect("end")].to_owned()
+            };
+            (text("Name"), text("Size").parse().expect("size"))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_on_azure_blob() {
+    use shared::storage::azure_blocks::block_id;
     let az = AzuriteServer::start().await.expect("azurite");
     az.create_container("sessions").await.expect("container");
     let hub = TestHub::start_with(options()).await.expect("hub");
@@ -336,6 +399,221 @@ async fn sessions_on_azure_blob() {
     )
     .await;
     lifecycle(&hub, acc).await;
+    // The account says what blocks allow: up to 4000 MiB each (the API numbers 10,000 parts).
+    let v = json_of(
+        hub.req(
+            Method::GET,
+            &hub.url(&format!("/v1/accounts/{acc}?retrieve_full=true")),
+        )
+        .send()
+        .await
+        .expect("account"),
+    )
+    .await;
+    let caps = &v["properties"]["capabilities"];
+    assert_eq!(
+        caps["multipart_max_part_size"]["value"],
+        4000u64 * 1024 * 1024,
+        "{v}"
+    );
+    assert_eq!(caps["multipart_max_parts"]["value"], 10_000, "{v}");
+
+    // The parts are blocks of the blob itself: nothing is staged, and before completion the
+    // blob holds them uncommitted (no file is visible yet).
+    let data = pattern(PART + 10, 11);
+    let s = open(&hub, acc, "blocks.bin", Some(data.len()), "false").await;
+    let id = s["id"].as_i64().expect("id");
+    for n in [2, 1] {
+        assert_eq!(put(&hub, acc, id, n, part(&data, n)).await.status(), 200);
+    }
+    let (status, listing) = azure(
+        &az,
+        Method::GET,
+        "sessions?restype=container&comp=list&include=uncommittedblobs",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{listing}");
+    assert!(listing.contains("<Name>blocks.bin</Name>"), "{listing}");
+    assert!(no_staged_parts(&listing), "{listing}");
+    let (status, _) = azure(&az, Method::GET, "sessions/blocks.bin", b"").await;
+    assert_eq!(status, 404, "uncommitted blocks are no file");
+    let (status, doc) = azure(
+        &az,
+        Method::GET,
+        "sessions/blocks.bin?comp=blocklist&blocklisttype=all",
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{doc}");
+    let mut uncommitted = blocks_in(&doc, "UncommittedBlocks");
+    uncommitted.sort();
+    let mut want = vec![(block_id(id, 1), PART as u64), (block_id(id, 2), 10)];
+    want.sort();
+    assert_eq!(uncommitted, want, "{doc}");
+    assert_eq!(blocks_in(&doc, "CommittedBlocks"), vec![], "{doc}");
+    let r = hub
+        .req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 200);
+    let f = json_of(r).await;
+    assert_eq!(f["name"], "blocks.bin");
+    assert_eq!(f["size"], data.len());
+    let (_, doc) = azure(
+        &az,
+        Method::GET,
+        "sessions/blocks.bin?comp=blocklist&blocklisttype=all",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        blocks_in(&doc, "CommittedBlocks"),
+        vec![(block_id(id, 1), PART as u64), (block_id(id, 2), 10)],
+        "exactly the parts, in order: {doc}"
+    );
+    assert_eq!(blocks_in(&doc, "UncommittedBlocks"), vec![], "{doc}");
+    let got = download(&hub, acc, f["id"].as_str().expect("id")).await;
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+
+    // An empty file: one empty part, no block, an empty block list.
+    let s = open(&hub, acc, "empty.bin", Some(0), "false").await;
+    let id = s["id"].as_i64().expect("id");
+    let r = hub
+        .req(
+            Method::PUT,
+            &url(&hub, acc, &format!("/{id}?part_number=1")),
+        )
+        .header("Content-Length", "0")
+        .send()
+        .await
+        .expect("empty part");
+    assert_eq!(r.status(), 200);
+    let r = hub
+        .req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 200);
+    let f = json_of(r).await;
+    assert_eq!(
+        (f["name"].clone(), f["size"].clone()),
+        (json!("empty.bin"), json!(0))
+    );
+    assert!(download(&hub, acc, f["id"].as_str().expect("id"))
+        .await
+        .is_empty());
+
+    // Without overwrite, the name reserved at creation is never replaced: a blob another
+    // client of the storage account writes there meanwhile makes the completion a 409, and
+    // stays as it was. The session stays open until aborted, which gives the name back.
+    let s = open(&hub, acc, "taken.bin", None, "false").await;
+    let id = s["id"].as_i64().expect("id");
+    assert_eq!(s["name"], "taken.bin");
+    assert_eq!(put(&hub, acc, id, 1, b"mine").await.status(), 200);
+    let claimed = |claims: Vec<hub::db::ClaimRecord>| claims.iter().any(|c| c.key == "taken.bin");
+    let claims = hub
+        .state
+        .db
+        .live_claims(acc, 0, 1000)
+        .await
+        .expect("claims");
+    assert!(claimed(claims), "the name is reserved");
+    let (status, _) = azure(&az, Method::PUT, "sessions/taken.bin", b"theirs").await;
+    assert_eq!(status, 201);
+    let r = hub
+        .req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+        .send()
+        .await
+        .expect("complete");
+    let status = r.status();
+    let v = json_of(r).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(v["error_code"], "conflict", "{v}");
+    let (_, content) = azure(&az, Method::GET, "sessions/taken.bin", b"").await;
+    assert_eq!(content, "theirs");
+    let got = json_of(
+        hub.req(Method::GET, &url(&hub, acc, &format!("/{id}")))
+            .send()
+            .await
+            .expect("get"),
+    )
+    .await;
+    assert_eq!(got["parts_received"], json!([1]), "{got}");
+    let r = hub
+        .req(Method::DELETE, &url(&hub, acc, &format!("/{id}")))
+        .send()
+        .await
+        .expect("abort");
+    assert_eq!(r.status(), 204);
+    let claims = hub
+        .state
+        .db
+        .live_claims(acc, 0, 1000)
+        .await
+        .expect("claims");
+    assert!(!claimed(claims), "the name claim is released");
+
+    // The block list itself is conditional: a blob that appears between the check and the
+    // commit is not replaced either (the race the check above cannot close).
+    let a = hub
+        .state
+        .account(hub.creds.application_id, acc)
+        .await
+        .expect("account");
+    let shared::storage::ServiceConfig::Azblob(settings) = &a.settings else {
+        panic!("an Azure Blob account");
+    };
+    let path = shared::storage::StoragePath::parse("race.bin").expect("path");
+    let blocks = shared::storage::azure_blocks::AzureBlocks::for_settings(
+        settings,
+        &path,
+        a.connector.egress(),
+    )
+    .expect("blocks");
+    let (status, _) = azure(&az, Method::PUT, "sessions/race.bin", b"first").await;
+    assert_eq!(status, 201);
+    let id = block_id(1, 1);
+    let body = futures::stream::iter([Ok(bytes::Bytes::from_static(b"second"))]);
+    blocks.put_block(&id, 6, body).await.expect("put block");
+    let ids = vec![id];
+    assert!(matches!(
+        blocks.put_block_list(&ids, false).await,
+        Err(shared::storage::StorageError::AlreadyExists)
+    ));
+    let (_, content) = azure(&az, Method::GET, "sessions/race.bin", b"").await;
+    assert_eq!(content, "first");
+    blocks.put_block_list(&ids, true).await.expect("overwrite");
+    let (_, content) = azure(&az, Method::GET, "sessions/race.bin", b"").await;
+    assert_eq!(content, "second");
+
+    // Another upload committed to the name drops the session's uncommitted blocks: completion
+    // names the part to send again rather than commit a list Azure no longer holds.
+    let s = open(&hub, acc, "race.bin", None, "true").await;
+    let id = s["id"].as_i64().expect("id");
+    assert_eq!(put(&hub, acc, id, 1, b"session").await.status(), 200);
+    let other = block_id(id + 1, 1);
+    let body = futures::stream::iter([Ok(bytes::Bytes::from_static(b"other"))]);
+    blocks.put_block(&other, 5, body).await.expect("put block");
+    blocks
+        .put_block_list(&[other], true)
+        .await
+        .expect("commit another upload");
+    let complete = || {
+        hub.req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+            .send()
+    };
+    let r = complete().await.expect("complete");
+    let status = r.status();
+    let v = json_of(r).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["message"].as_str().expect("m").contains("part 1"), "{v}");
+    assert_eq!(put(&hub, acc, id, 1, b"session").await.status(), 200);
+    let r = complete().await.expect("complete");
+    assert_eq!(r.status(), 200);
+    let (_, content) = azure(&az, Method::GET, "sessions/race.bin", b"").await;
+    assert_eq!(content, "session");
 }
 
 /// A session outlives its hub: parts sent to one hub, the rest and the completion to the next
@@ -392,9 +670,10 @@ async fn a_session_survives_a_hub_restart_and_expires() {
 
 /// Sessions at or above `offload.threshold` keep their bytes off the hubs: each part PUT to a
 /// hub answers 307 to a signed URL on a data spoke, which writes the part (S3: into the
-/// session's multipart upload; WebDAV: as a staging object) and has a hub record it before it
-/// answers 200 with the session. A part URL is good once; a part failing its Content-MD5 is
-/// not kept; the session completes on the hub as usual.
+/// session's multipart upload; WebDAV and Azure Blob: as a staging object) and has a hub record
+/// it before it answers 200 with the session. A part URL is good once; a part failing its
+/// Content-MD5 is not kept; the session completes on the hub as usual (on Azure Blob, the
+/// staged parts become the blob's blocks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_sessions_send_their_parts_to_a_spoke() {
     use crate::spokes::{wait_healthy, SpokeProc};
@@ -435,6 +714,8 @@ async fn large_sessions_send_their_parts_to_a_spoke() {
     let s3 = S3Server::start().await.expect("moto");
     s3.create_bucket("big").await.expect("bucket");
     let dav = WebDavServer::start().await.expect("webdav");
+    let az = AzuriteServer::start().await.expect("azurite");
+    az.create_container("big").await.expect("container");
     let accounts = [
         connected(
             &hub,
@@ -447,6 +728,13 @@ async fn large_sessions_send_their_parts_to_a_spoke() {
             &hub,
             "webdav",
             json!({"endpoint": dav.endpoint(), "username": dav.username(), "password": dav.password()}),
+        )
+        .await,
+        connected(
+            &hub,
+            "azblob",
+            json!({"container": "big", "endpoint": az.endpoint(),
+                   "account_name": az.account_name(), "account_key": az.account_key()}),
         )
         .await,
     ];
@@ -562,12 +850,18 @@ async fn large_sessions_send_their_parts_to_a_spoke() {
         let got = r.bytes().await.expect("bytes");
         assert_eq!(sha256_hex(&got), sha256_hex(&data), "account {acc}");
     }
-    // Nothing left staged on WebDAV.
+    // Nothing left staged on WebDAV or Azure Blob, where the file is made of the blocks.
     let staged = dav.dir().join(".switchyard-partial");
     let left: Vec<_> = std::fs::read_dir(&staged)
         .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+    let (status, listing) = azure(&az, Method::GET, "big?restype=container&comp=list", b"").await;
+    assert_eq!(status, 200, "{listing}");
+    assert!(listing.contains("<Name>large.bin</Name>"), "{listing}");
+    assert!(no_staged_parts(&listing), "{listing}");
+    let (_, doc) = azure(&az, Method::GET, "big/large.bin?comp=blocklist", b"").await;
+    assert_eq!(blocks_in(&doc, "CommittedBlocks").len(), 3, "{doc}");
 }
 
 /// 200 clients at once feed one session (every part once, 40 of them twice, all concurrently),

@@ -16,6 +16,7 @@
 //! same path and root, so a committed blob is the file a [`Connector`](super::Connector) on the
 //! same account sees.
 
+use super::multipart::{lock, watch_interval, Watched};
 use super::service::AzblobSettings;
 use super::sign::SharedKey;
 use super::{PartLimits, StorageError, StoragePath};
@@ -25,9 +26,7 @@ use futures::Stream;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{header, StatusCode, Url};
 use std::fmt;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The parts of an upload session kept as blocks: Azure takes up to 50,000 blocks of up to
@@ -533,38 +532,6 @@ fn send_error(op: &str, e: reqwest::Error) -> StorageError {
         source = s.source();
     }
     StorageError::Unavailable(format!("Azure {op}: {}", super::multipart::error_chain(&e)))
-}
-
-/// A block body that notes when it waits on the server: from the moment it hands a piece over
-/// (or ends) until the HTTP client asks for the next one. While the body itself is producing
-/// (a slow client, the rate limiter) the server is not to blame.
-struct Watched {
-    inner: Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>,
-    waiting_since: Arc<Mutex<Option<Instant>>>,
-}
-
-impl Stream for Watched {
-    type Item = Result<Bytes, StorageError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        *lock(&self.waiting_since) = None;
-        let next = self.inner.as_mut().poll_next(cx);
-        if next.is_ready() {
-            *lock(&self.waiting_since) = Some(Instant::now());
-        }
-        next
-    }
-}
-
-/// How often an upload checks for a silent server: often enough to notice within a tenth of
-/// the timeout, at most once a second.
-fn watch_interval(io_timeout: Duration) -> Duration {
-    (io_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
-}
-
-/// Locks a mutex whose data (a timestamp) stays valid even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -736,10 +736,11 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// A part body that notes when it waits on the server: from the moment it hands a piece over
 /// (or ends) until the HTTP client asks for the next one. While the body itself is producing
-/// (reading the source, waiting on the rate limiter) the server is not to blame.
-struct Watched {
-    inner: Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>,
-    waiting_since: Arc<Mutex<Option<Instant>>>,
+/// (reading the source, waiting on the rate limiter) the server is not to blame. Azure block
+/// uploads (`azure_blocks`) watch theirs the same way.
+pub(crate) struct Watched {
+    pub(crate) inner: Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send>>,
+    pub(crate) waiting_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Stream for Watched {
@@ -757,12 +758,12 @@ impl Stream for Watched {
 
 /// How often an upload checks for a silent server: often enough to notice within a tenth of
 /// the timeout, at most once a second.
-fn watch_interval(io_timeout: Duration) -> Duration {
+pub(crate) fn watch_interval(io_timeout: Duration) -> Duration {
     (io_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// Locks a mutex whose data (a timestamp) stays valid even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -434,11 +434,7 @@ async fn upload_part(
             "an incomplete part grant",
         );
     };
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if length != Some(len) {
+    if declared_length(headers) != Some(len) {
         return refuse_unread(
             StatusCode::BAD_REQUEST,
             "content_length_mismatch",
@@ -447,33 +443,25 @@ async fn upload_part(
     }
     let md5 = match headers.get("content-md5") {
         None => None,
-        Some(v) => {
-            use base64::Engine as _;
-            match base64::engine::general_purpose::STANDARD
-                .decode(v.as_bytes().trim_ascii())
-                .ok()
-                .and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
-            {
-                Some(d) => Some(d),
-                None => {
-                    return refuse_unread(
-                        StatusCode::BAD_REQUEST,
-                        "bad_request",
-                        "Content-MD5 must be the base64 of 16 bytes",
-                    )
-                }
+        Some(v) => match shared::storage::checked::content_md5(v.as_bytes()) {
+            Some(d) => Some(d),
+            None => {
+                return refuse_unread(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "Content-MD5 must be the base64 of 16 bytes",
+                )
             }
-        }
+        },
     };
-    if !st.grants.consume(&grant.grant_id) {
-        return refuse_unread(
-            StatusCode::GONE,
-            "url_used",
-            "this part URL was already used; send the part to the hub again for a new one",
-        );
-    }
-    let Some(body) = body.take() else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_request", "no request body");
+    let body = match spend(
+        st,
+        grant,
+        body,
+        "this part URL was already used; send the part to the hub again for a new one",
+    ) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let stream = bounded_body(body, Some(len), Some(len), st.body_idle);
     let checked = shared::storage::checked::checked_part(stream, len, md5);
@@ -548,6 +536,29 @@ async fn upload_part(
     }
 }
 
+/// The request's `Content-Length`, when it has a valid one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Spends an upload grant's single use and takes the request body; the refusal (410 with
+/// `used`, a used URL) otherwise.
+fn spend(
+    st: &DataState,
+    grant: &Grant,
+    body: &mut Option<Body>,
+    used: &str,
+) -> Result<Body, Response> {
+    if !st.grants.consume(&grant.grant_id) {
+        return Err(refuse_unread(StatusCode::GONE, "url_used", used));
+    }
+    body.take()
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_request", "no request body"))
+}
+
 /// What a failed part write answers: the client's mistakes are 4xx, nothing was kept.
 fn part_refusal(e: StorageError) -> Response {
     use shared::storage::checked::{PART_DIGEST, PART_LENGTH};
@@ -615,10 +626,7 @@ async fn upload(
     headers: &HeaderMap,
     body: &mut Option<Body>,
 ) -> Response {
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let length = declared_length(headers);
     // Checked before the grant is spent, so a client that got it wrong can still use it.
     let limit = match grant.declared_len {
         Some(declared) => {
@@ -652,15 +660,14 @@ async fn upload(
             );
         }
     }
-    if !st.grants.consume(&grant.grant_id) {
-        return refuse_unread(
-            StatusCode::GONE,
-            "url_used",
-            "this upload URL was already used (each is good for one upload); ask for a new one",
-        );
-    }
-    let Some(body) = body.take() else {
-        return refuse(StatusCode::BAD_REQUEST, "bad_request", "no request body");
+    let body = match spend(
+        st,
+        grant,
+        body,
+        "this upload URL was already used (each is good for one upload); ask for a new one",
+    ) {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let _running = Running::start(&st.grants, grant);
     let result = async {

@@ -38,7 +38,8 @@ pub const BLOCK_PARTS: PartLimits = PartLimits {
     max_parts: 10_000,
 };
 
-/// Longest silence of the server (see [`AzureBlocks::with_io_timeout`]), unless given.
+/// Longest silence of the server: before it answers, between reads, while it leaves a block
+/// body unread.
 const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer read into memory: a block list of 10,000 parts is about 1 MiB, and other
 /// sessions' uncommitted blocks on the same name may be listed too (at most 100,000).
@@ -130,16 +131,7 @@ impl AzureBlocks {
         path: &StoragePath,
         egress: &crate::egress::EgressPolicy,
     ) -> Result<Self, StorageError> {
-        Self::with_io_timeout(settings, path, DEFAULT_IO_TIMEOUT, egress)
-    }
-
-    /// Like [`AzureBlocks::for_settings`], with the longest the server may stay silent.
-    pub fn with_io_timeout(
-        settings: &AzblobSettings,
-        path: &StoragePath,
-        io_timeout: Duration,
-        egress: &crate::egress::EgressPolicy,
-    ) -> Result<Self, StorageError> {
+        let io_timeout = DEFAULT_IO_TIMEOUT;
         if path.is_root() {
             return Err(StorageError::WrongKind { expected: "file" });
         }

@@ -67,6 +67,16 @@ where
     }))
 }
 
+/// A `Content-MD5` header's digest (base64 of 16 bytes, surrounding spaces allowed); `None`
+/// when it is not one.
+pub fn content_md5(value: &[u8]) -> Option<[u8; 16]> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.trim_ascii())
+        .ok()
+        .and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
+}
+
 /// In the error of a part whose length is not the declared one.
 pub const PART_LENGTH: &str = "part length mismatch";
 /// In the error of a part whose bytes do not match its `Content-MD5`.

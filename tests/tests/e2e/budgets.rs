@@ -230,8 +230,19 @@ async fn one_retry_after_keeps_every_process_away() {
     let started = Instant::now();
     let hammering = hammer(&c, &small, 2, started + Duration::from_secs(12));
     let provider = &c.provider;
+    // The 429 goes out once the hubs' clients are asking (polled, bounded).
     let script = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while provider
+            .seen()
+            .iter()
+            .filter(|s| s.path == "/small.txt")
+            .count()
+            < 10
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         provider.answer_next(429, Some(7));
     };
     let (answers, ()) = tokio::join!(hammering, script);

@@ -2,13 +2,17 @@
 //! client speaking `shared::proto` over QUIC (a compromised spoke) forges part reports and
 //! completions and claims 0 µs RTTs and huge capacity. Forged reports are refused and the
 //! transfer still completes byte-identical (on the hub); a forged `done` never marks a transfer
-//! whose destination is missing done; the liar holds no more transfers than the hub allows.
+//! whose destination is missing done; the liar holds no more transfers than the hub allows;
+//! on side streams, parts no hub granted and budget questions about junk buckets are refused.
 
 use crate::offload::{connector, setup_seeded, sha_of, transfer, Setup};
 use crate::spokes::{enroll, join_token, text, wait_healthy, SpokeProc};
 use e2e::{HubOptions, TestHub};
 use serde_json::{json, Value};
-use shared::proto::{Assignment, Heartbeat, Hello, HubMsg, RttSample, SpokeMsg};
+use shared::proto::{
+    Assignment, Heartbeat, Hello, HubMsg, PartGrant, PartReport, RttSample, SideAnswer, SideAsk,
+    SpokeMsg,
+};
 use shared::storage::transfer::{composite_sha256, PartDone};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -26,6 +30,7 @@ struct Forger {
     reports: mpsc::UnboundedSender<SpokeMsg>,
     cancels: Arc<Mutex<BTreeSet<i64>>>,
     task: tokio::task::JoinHandle<()>,
+    conn: quinn::Connection,
 }
 
 impl Drop for Forger {
@@ -97,6 +102,7 @@ impl Forger {
         let (reports, mut report_rx) = mpsc::unbounded_channel::<SpokeMsg>();
         let cancels = Arc::new(Mutex::new(BTreeSet::new()));
         let seen = cancels.clone();
+        let side = conn.clone();
         let task = tokio::spawn(async move {
             let _endpoint = endpoint;
             let mut tick = tokio::time::interval(Duration::from_millis(100));
@@ -129,7 +135,20 @@ impl Forger {
             reports,
             cancels,
             task,
+            conn: side,
         }
+    }
+
+    /// Asks the hub `ask` on a side stream, as a spoke asks for budgets or records parts.
+    async fn ask(&self, ask: &SideAsk) -> SideAnswer {
+        let (mut send, mut recv) = self.conn.open_bi().await.expect("side stream");
+        send.write_all(&shared::proto::encode(ask).expect("frame"))
+            .await
+            .expect("write");
+        send.finish().expect("finish");
+        shared::proto::read_frame(&mut recv, shared::proto::MAX_SIDE_FRAME)
+            .await
+            .expect("the hub's answer")
     }
 
     /// The assignment of transfer `id` (the scheduler may send an earlier one twice when its
@@ -415,4 +434,87 @@ async fn a_spoke_claiming_zero_rtt_and_huge_slots_does_not_win_every_assignment(
         .filter(|t| t["executor"] == "spoke" && t["spoke"] == honest.id)
         .count();
     assert!(by_honest >= 1, "{views:?}");
+}
+
+/// A hostile spoke on side streams: a session part no hub granted (a made-up tag, or the
+/// right shape for another session) is refused and not recorded; budget questions about
+/// buckets of services that are not paced, or of junk names, are refused.
+#[tokio::test]
+async fn forged_side_questions_are_refused() {
+    let hub = hub("").await;
+    let root = tempfile::tempdir().expect("tmp");
+    let forger = Forger::start(&hub, root.path(), "liar", 1, &[]).await;
+    wait_healthy(&hub, forger.id).await;
+    let acc = hub.creds.account_id;
+    let r = hub
+        .req(
+            reqwest::Method::POST,
+            &hub.url(&format!("/v1/accounts/{acc}/storage/multipart")),
+        )
+        .json(&json!({"parent_id": "root", "name": "s.bin", "size": 10}))
+        .send()
+        .await
+        .expect("open");
+    assert_eq!(r.status(), 201);
+    let session = r.json::<Value>().await.expect("json")["id"]
+        .as_i64()
+        .expect("id");
+    let forged = |tag: &str, session: i64| {
+        SideAsk::Part(PartReport {
+            grant_id: "made-up".into(),
+            account: acc,
+            part: PartGrant {
+                session,
+                number: 1,
+                upload_id: None,
+                staging: Some(".switchyard-partial/0123456789abcdef".into()),
+                tag: tag.into(),
+            },
+            size: 10,
+            etag: None,
+        })
+    };
+    for ask in [forged(&"00".repeat(32), session), forged("zz", session)] {
+        match forger.ask(&ask).await {
+            SideAnswer::Refused { status, .. } => assert_eq!(status, Some(403)),
+            other => panic!("a forged part was answered {other:?}"),
+        }
+    }
+    let v: Value = hub
+        .req(
+            reqwest::Method::GET,
+            &hub.url(&format!("/v1/accounts/{acc}/storage/multipart/{session}")),
+        )
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["parts_received"], json!([]), "nothing recorded: {v}");
+    let take = |service: &str, key: String| SideAsk::Take {
+        service: service.into(),
+        key,
+        max_wait_ms: 10,
+    };
+    for ask in [
+        take("fs", "fs:/etc".into()),
+        take("s3", "webdav:h:80".into()),
+        take("s3", format!("s3:{}", "x".repeat(600))),
+        take("s3", "s3:a b".into()),
+        SideAsk::Cool {
+            key: "nope:x".into(),
+            ms: 1,
+        },
+    ] {
+        assert!(
+            matches!(forger.ask(&ask).await, SideAnswer::Refused { .. }),
+            "{ask:?} was answered"
+        );
+    }
+    // A well-formed question is answered.
+    assert!(matches!(
+        forger.ask(&take("s3", "s3:h:443/b".into())).await,
+        SideAnswer::Take { .. }
+    ));
 }

@@ -15,7 +15,6 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use shared::storage::{EntryKind, StoragePath};
 use std::sync::Arc;
@@ -262,10 +261,7 @@ fn content_md5(h: &HeaderMap) -> ApiResult<Option<[u8; 16]>> {
     let Some(v) = h.get("content-md5") else {
         return Ok(None);
     };
-    base64::engine::general_purpose::STANDARD
-        .decode(v.as_bytes().trim_ascii())
-        .ok()
-        .and_then(|d| <[u8; 16]>::try_from(d.as_slice()).ok())
+    shared::storage::checked::content_md5(v.as_bytes())
         .map(Some)
         .ok_or_else(|| ApiError::bad_request("Content-MD5 must be the base64 of 16 bytes"))
 }

@@ -461,7 +461,7 @@ async fn upload_part(
         "this part URL was already used; send the part to the hub again for a new one",
     ) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let stream = bounded_body(body, Some(len), Some(len), st.body_idle);
     let checked = shared::storage::checked::checked_part(stream, len, md5);
@@ -551,12 +551,17 @@ fn spend(
     grant: &Grant,
     body: &mut Option<Body>,
     used: &str,
-) -> Result<Body, Response> {
+) -> Result<Body, Box<Response>> {
     if !st.grants.consume(&grant.grant_id) {
-        return Err(refuse_unread(StatusCode::GONE, "url_used", used));
+        return Err(Box::new(refuse_unread(StatusCode::GONE, "url_used", used)));
     }
-    body.take()
-        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "bad_request", "no request body"))
+    body.take().ok_or_else(|| {
+        Box::new(refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "no request body",
+        ))
+    })
 }
 
 /// What a failed part write answers: the client's mistakes are 4xx, nothing was kept.
@@ -667,7 +672,7 @@ async fn upload(
         "this upload URL was already used (each is good for one upload); ask for a new one",
     ) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let _running = Running::start(&st.grants, grant);
     let result = async {

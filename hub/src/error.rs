@@ -19,6 +19,10 @@ pub fn request_id() -> String {
         .unwrap_or_else(|_| "-".to_owned())
 }
 
+/// The code of a copy's source that failed for good (`StorageError::Source`: a URL that
+/// answers an error, changed, or passed the size limit): retrying does not help.
+pub const UPSTREAM_FINAL: &str = "upstream_error";
+
 /// The JSON body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -58,9 +62,11 @@ impl ApiError {
         &self.message
     }
 
-    /// Whether trying again (elsewhere, later) may succeed: provider outages and rate limits.
+    /// Whether trying again (elsewhere, later) may succeed: provider outages and rate limits,
+    /// not a copy's source that failed for good ([`UPSTREAM_FINAL`]).
     pub fn retryable(&self) -> bool {
-        self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS
+        (self.status.is_server_error() || self.status == StatusCode::TOO_MANY_REQUESTS)
+            && self.code != UPSTREAM_FINAL
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -255,6 +261,7 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Path(p) => p.into(),
             StorageError::Other(m) => Self::internal(format_args!("storage: {m}")),
+            StorageError::Source(m) => Self::new(StatusCode::BAD_GATEWAY, UPSTREAM_FINAL, m),
         }
     }
 }

@@ -22,16 +22,24 @@
 //! checks the destination object itself (size, and on S3 the multipart ETag the durable parts
 //! predict). A transfer whose spoke reported something that does not hold up is re-planned
 //! without that spoke (its unverifiable parts forgotten), on another spoke or on the hub.
+//!
+//! Uploads from a URL run as transfers too (kinds `url`, `url_replace`; [`create_url`]): the
+//! source is the URL (sealed in the row), fetched by a spoke that declared `url_sources` (or
+//! the hub) through `shared::storage::url`, every redirect checked by the fetching process's
+//! own egress guard. A source that answers ranges is copied in parts like any object (into S3
+//! multipart uploads, resumable); one that does not, or whose length is unknown, as one
+//! stream under `limits.max_upload_bytes`.
 
 use crate::db::{Lease, NewTransfer, TransferRecord};
 use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, Account, AppState};
-use shared::proto::{Assignment, HubMsg, Location, RelayFrom, SpokeMsg};
+use shared::proto::{Assignment, HubMsg, Location, Redacted, RelayFrom, SpokeMsg, UrlFetch};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
     choose_part_size, composite_sha256, copy_parts_via, copy_stream, multipart_etag, plan_parts,
     range_source, CopyEvent, CopyOptions, PartDone,
 };
+use shared::storage::url::{copy_from_url, UrlTarget};
 use shared::storage::{Entry, ServiceConfig, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -263,30 +271,128 @@ pub async fn create_copy(
 ) -> ApiResult<TransferRecord> {
     let part_size = choose_part_size(size, state.config.offload.part_size);
     let owner = owner(state);
+    create(
+        state,
+        &NewTransfer {
+            app_id,
+            kind: "copy",
+            src_account: src.record.id,
+            src_path: src_path.as_str(),
+            dst_account: dst.record.id,
+            dst_path: dst_path.as_str(),
+            size: size as i64,
+            part_size: part_size as i64,
+            owner: &owner,
+            src_url: None,
+        },
+    )
+    .await
+}
+
+/// What an upload from a URL found when the hub accepted it.
+#[derive(Debug)]
+pub struct UrlSource<'a> {
+    /// The URL the client gave.
+    pub url: &'a str,
+    /// Its origin (`scheme://host[:port]`), shown as the transfer's source.
+    pub origin: String,
+    /// Its length, when the server said.
+    pub size: Option<u64>,
+    /// The server answers byte ranges (the copy then goes in resumable parts).
+    pub ranges: bool,
+    /// The file replaces the one at the destination (the feed records an update).
+    pub replace: bool,
+}
+
+/// Creates the transfer of an upload from a URL into `dst_path` of `dst` and dispatches it.
+pub async fn create_url(
+    state: &AppState,
+    app_id: i64,
+    dst: &Account,
+    dst_path: &StoragePath,
+    src: &UrlSource<'_>,
+) -> ApiResult<TransferRecord> {
+    let part_size = match (src.ranges, src.size) {
+        (true, Some(n)) => choose_part_size(n, state.config.offload.part_size),
+        _ => 0,
+    };
+    let sealed = seal_url(state, app_id, dst.record.id, dst_path.as_str(), src.url);
+    let owner = owner(state);
+    create(
+        state,
+        &NewTransfer {
+            app_id,
+            kind: if src.replace { "url_replace" } else { "url" },
+            src_account: dst.record.id,
+            src_path: &src.origin,
+            dst_account: dst.record.id,
+            dst_path: dst_path.as_str(),
+            size: src.size.map_or(-1, |n| n as i64),
+            part_size: part_size as i64,
+            owner: &owner,
+            src_url: Some(&sealed),
+        },
+    )
+    .await
+}
+
+/// Inserts a transfer held by this hub and dispatches it.
+async fn create(state: &AppState, new: &NewTransfer<'_>) -> ApiResult<TransferRecord> {
     let me = holder(state);
     let rec = state
         .db
-        .create_transfer(
-            &NewTransfer {
-                app_id,
-                kind: "copy",
-                src_account: src.record.id,
-                src_path: src_path.as_str(),
-                dst_account: dst.record.id,
-                dst_path: dst_path.as_str(),
-                size: size as i64,
-                part_size: part_size as i64,
-                owner: &owner,
-            },
-            &me,
-            lease_until(state),
-            now_ms(),
-        )
+        .create_transfer(new, &me, lease_until(state), now_ms())
         .await?;
     state.transfers.hold(rec.id, rec.lease_epoch);
     // The dispatcher decides from the primary's view, not the replica's (see db::topology).
     crate::db::topology::detached(dispatch(state, rec.id, &[])).await;
     Ok(state.db.get_transfer(rec.id).await?.unwrap_or(rec))
+}
+
+/// What binds a sealed source URL to its transfer: a sealed URL copied into another row does
+/// not open.
+fn url_aad(app_id: i64, dst_account: i64, dst_path: &str) -> String {
+    format!("transfer-url:{app_id}:{dst_account}:{dst_path}")
+}
+
+/// Seals a source URL for the database (a presigned URL is a credential).
+fn seal_url(state: &AppState, app_id: i64, dst_account: i64, dst_path: &str, url: &str) -> Vec<u8> {
+    state.sealer.seal(
+        url.as_bytes(),
+        url_aad(app_id, dst_account, dst_path).as_bytes(),
+    )
+}
+
+/// The URL source of an upload from a URL, opened, with its limits; `None` for copies.
+fn url_fetch(state: &AppState, t: &TransferRecord) -> ApiResult<Option<UrlFetch>> {
+    let Some(sealed) = &t.src_url else {
+        return Ok(None);
+    };
+    let plain = state
+        .sealer
+        .open(
+            sealed,
+            url_aad(t.app_id, t.dst_account, &t.dst_path).as_bytes(),
+        )
+        .map_err(|_| {
+            ApiError::internal(format_args!("transfer {}: its URL does not open", t.id))
+        })?;
+    let url = String::from_utf8(plain)
+        .map_err(|_| ApiError::internal(format_args!("transfer {}: its URL is not text", t.id)))?;
+    Ok(Some(UrlFetch {
+        url: Redacted(url),
+        size: u64::try_from(t.size).ok(),
+        max_bytes: state.config.limits.max_upload_bytes,
+    }))
+}
+
+/// The transfer's parts: none for a URL source copied as one stream.
+fn planned(t: &TransferRecord) -> Vec<shared::storage::transfer::PartPlan> {
+    if t.src_url.is_some() && t.part_size <= 0 {
+        Vec::new()
+    } else {
+        plan_parts(t.size.max(0) as u64, t.part_size as u64)
+    }
 }
 
 /// Opens both accounts of a transfer.
@@ -396,9 +502,11 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
     }
     let (src, dst) = accounts(state, &t).await?;
     let dst_path = path(&t.dst_path)?;
-    // Resumable destinations get their multipart upload once, up front.
+    let fetch = url_fetch(state, &t)?;
+    // Resumable destinations get their multipart upload once, up front (a URL source only
+    // when it answers ranges).
     let mut upload_id = t.upload_id.clone();
-    if upload_id.is_none() {
+    if upload_id.is_none() && (fetch.is_none() || t.part_size > 0) {
         if let Some(mp) = multipart_target(&dst, &dst_path)? {
             let id_ = mp.create().await?;
             if state.db.set_transfer_upload_id(id, lease, &id_).await? {
@@ -410,7 +518,12 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
             }
         }
     }
-    let (src_ep, dst_ep) = (endpoint_of(&src.settings), endpoint_of(&dst.settings));
+    // A URL's host is no storage endpoint spokes measure: only the destination counts.
+    let src_ep = match fetch {
+        Some(_) => None,
+        None => endpoint_of(&src.settings),
+    };
+    let dst_ep = endpoint_of(&dst.settings);
     let near: Vec<String> = [src_ep.clone(), dst_ep.clone()]
         .into_iter()
         .flatten()
@@ -419,6 +532,9 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
     let region = Some(state.config.region.as_str());
     // `fs` accounts only go to spokes that declared a folder holding their root.
     let mut exclude = exclude.to_vec();
+    if fetch.is_some() {
+        exclude.extend(registry.without_url_sources());
+    }
     for acc in [&src, &dst] {
         if let ServiceConfig::Fs(fs) = &acc.settings {
             exclude.extend(registry.without_fs_root(std::path::Path::new(&fs.root)));
@@ -470,7 +586,7 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    let plan = plan_parts(t.size as u64, t.part_size as u64);
+    let plan = planned(&t);
     let total_parts = plan.len();
     let todo: Vec<_> = plan
         .into_iter()
@@ -493,17 +609,26 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
                 )),
                 (None, res) => res.clone(),
             };
-            let assignment = Assignment {
-                transfer_id: id,
-                source: Location {
+            // A URL source has no location: the destination's stands in (spokes that fetch
+            // URLs never read it).
+            let source = match &fetch {
+                Some(_) => Location {
+                    service: dst.settings.clone(),
+                    path: t.dst_path.clone(),
+                },
+                None => Location {
                     service: src.settings.clone(),
                     path: t.src_path.clone(),
                 },
+            };
+            let assignment = Assignment {
+                transfer_id: id,
+                source,
                 dest: Location {
                     service: dst.settings.clone(),
                     path: t.dst_path.clone(),
                 },
-                size: t.size as u64,
+                size: t.size.max(0) as u64,
                 part_size: t.part_size as u64,
                 upload_id,
                 parts: todo,
@@ -511,6 +636,7 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
                 concurrency: state.config.offload.part_concurrency,
                 rate_limit: state.config.offload.spoke_rate_limit,
                 relay: relay_from,
+                source_url: fetch,
             };
             if !state
                 .db
@@ -595,7 +721,7 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
             let lease = lease.clone();
             tokio::spawn(async move {
                 let result = run_inline(
-                    &state, id, &lease, run, src, dst, upload_id, todo, done, cancel,
+                    &state, id, &lease, run, src, dst, fetch, upload_id, todo, done, cancel,
                 )
                 .await;
                 lock(&state.transfers.inline).remove(&id);
@@ -655,6 +781,7 @@ async fn run_inline(
     run: Executor,
     src: Arc<Account>,
     dst: Arc<Account>,
+    fetch: Option<UrlFetch>,
     upload_id: Option<String>,
     todo: Vec<shared::storage::transfer::PartPlan>,
     done: Vec<PartDone>,
@@ -663,7 +790,6 @@ async fn run_inline(
     let Some(t) = state.db.get_transfer(id).await? else {
         return Ok(());
     };
-    let src_path = path(&t.src_path)?;
     let dst_path = path(&t.dst_path)?;
     let opts = CopyOptions {
         concurrency: state.config.offload.part_concurrency as usize,
@@ -701,9 +827,27 @@ async fn run_inline(
             }
         })
     };
-    let result = match (upload_id, multipart_target(&dst, &dst_path)?) {
-        (Some(upload_id), Some(mp)) => copy_parts_via(
-            range_source(&src.settings, &src.connector, &src_path)?,
+    let mp = multipart_target(&dst, &dst_path)?;
+    let result = match (fetch, upload_id, mp) {
+        (Some(fetch), upload_id, mp) => {
+            let target = match (&upload_id, &mp) {
+                (Some(upload_id), Some(mp)) => UrlTarget::Parts {
+                    upload: mp,
+                    upload_id,
+                    parts: todo,
+                },
+                _ => UrlTarget::Stream {
+                    dst: &dst.connector,
+                    path: &dst_path,
+                },
+            };
+            let egress = &state.connect_options.egress;
+            copy_from_url(&fetch, egress, target, &opts, tx, cancel)
+                .await
+                .map(|c| c.map(|c| (c.sha256, c.size)))
+        }
+        (None, Some(upload_id), Some(mp)) => copy_parts_via(
+            range_source(&src.settings, &src.connector, &path(&t.src_path)?)?,
             &mp,
             &upload_id,
             todo,
@@ -713,9 +857,9 @@ async fn run_inline(
         )
         .await
         .map(|()| None),
-        _ => copy_stream(
+        (None, ..) => copy_stream(
             &src.connector,
-            &src_path,
+            &path(&t.src_path)?,
             &dst.connector,
             &dst_path,
             &opts,
@@ -723,11 +867,11 @@ async fn run_inline(
             cancel,
         )
         .await
-        .map(|c| Some(c.sha256)),
+        .map(|c| Some((c.sha256, c.size))),
     };
     let _ = reporter.await;
-    let checksum = result?;
-    match complete(state, id, lease, run, checksum).await {
+    let reported = result?;
+    match complete(state, id, lease, run, reported).await {
         Ok(()) => Ok(()),
         Err(Incomplete::Failed(e)) => Err(e),
         // Our own run left a destination that does not match its parts (another writer, a
@@ -780,6 +924,7 @@ impl From<StorageError> for Incomplete {
 async fn verify_destination(
     state: &AppState,
     t: &TransferRecord,
+    size: u64,
     parts: &[PartDone],
 ) -> Result<Entry, Incomplete> {
     let (_, dst) = accounts(state, t).await?;
@@ -811,10 +956,10 @@ async fn verify_destination(
             Err(e) => return Err(e.into()),
         }
     };
-    if entry.size != t.size as u64 {
+    if entry.size != size {
         return Err(Incomplete::Unverified(format!(
-            "the destination object holds {} bytes, the transfer {}",
-            entry.size, t.size
+            "the destination object holds {} bytes, the transfer {size}",
+            entry.size
         )));
     }
     if t.upload_id.is_some() {
@@ -831,13 +976,15 @@ async fn verify_destination(
 }
 
 /// Completes a transfer whose parts are all durable: assembles the multipart upload if the
-/// hub runs it, checks the parts cover the object, records the checksum.
+/// hub runs it, checks the parts cover the object, records the checksum. `reported` is a
+/// stream copy's digest and length (the length counts only for a URL source of unknown
+/// length; the destination must then hold exactly that).
 async fn complete(
     state: &AppState,
     id: i64,
     lease: &Lease,
     by: Executor,
-    reported: Option<String>,
+    reported: Option<(String, u64)>,
 ) -> Result<(), Incomplete> {
     let Some(t) = state.db.get_transfer(id).await? else {
         return Ok(());
@@ -881,7 +1028,7 @@ async fn complete(
             .into());
         }
         let ours = composite_sha256(&parts);
-        if let Some(r) = &reported {
+        if let Some((r, _)) = &reported {
             if r != &ours {
                 return Err(Incomplete::Unverified(format!(
                     "the reported checksum {r} is not the durable parts' {ours}"
@@ -920,9 +1067,24 @@ async fn complete(
         }
         Some(ours)
     } else {
-        reported
+        reported.as_ref().map(|(c, _)| c.clone())
     };
-    let landed = verify_destination(state, &t, &parts).await?;
+    let Some(size) = u64::try_from(t.size)
+        .ok()
+        .or(reported.as_ref().map(|(_, n)| *n))
+    else {
+        return Err(Incomplete::Unverified(
+            "no length was reported for a source of unknown length".into(),
+        ));
+    };
+    let landed = verify_destination(state, &t, size, &parts).await?;
+    // An upload from a URL is the destination's upload (added, or updating the file it
+    // replaced); a copy is a copy.
+    let (kind, action) = match t.kind.as_str() {
+        "url" => (crate::events::kind::ADD, "upload"),
+        "url_replace" => (crate::events::kind::UPDATE, "upload"),
+        _ => (crate::events::kind::COPY, "transfer"),
+    };
     // The copy landing is the destination account's event, written in the transaction that
     // marks the transfer done: a fenced completion records none, and a recorded `done` has
     // exactly one.
@@ -930,8 +1092,8 @@ async fn complete(
         &state.ids,
         &crate::events::Change {
             account: t.dst_account,
-            kind: crate::events::kind::COPY,
-            action: "transfer",
+            kind,
+            action,
             entry: &landed,
             from: None,
             dedupe_key: None,
@@ -939,7 +1101,14 @@ async fn complete(
     );
     let finished = match state
         .db
-        .finish_transfer_done(id, lease, checksum.as_deref(), t.size, &event, now_ms())
+        .finish_transfer_done(
+            id,
+            lease,
+            checksum.as_deref(),
+            size as i64,
+            &event,
+            now_ms(),
+        )
         .await
     {
         Ok(done) => done.map(|recorded| {
@@ -958,7 +1127,7 @@ async fn complete(
                     "done",
                     checksum.as_deref(),
                     None,
-                    Some(t.size),
+                    Some(size as i64),
                     now_ms(),
                 )
                 .await?
@@ -1108,12 +1277,22 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
             bytes_per_sec,
             ..
         } => {
-            // A spoke's progress is shown, never trusted: it cannot exceed the transfer.
-            let bytes_done = bytes_done.min(t.size.max(0) as u64);
+            // A spoke's progress is shown, never trusted: it cannot exceed the transfer (or,
+            // for a source of unknown length, the largest upload).
+            let most = u64::try_from(t.size).unwrap_or(state.config.limits.max_upload_bytes);
+            let bytes_done = if most == 0 {
+                bytes_done
+            } else {
+                bytes_done.min(most)
+            };
             progress(state, id, &lease, bytes_done, bytes_per_sec).await
         }
         SpokeMsg::PartDone { part, .. } => {
-            if let Err(why) = check_part(t.size as u64, t.part_size as u64, &part) {
+            let checked = match t.upload_id {
+                Some(_) => check_part(t.size.max(0) as u64, t.part_size as u64, &part),
+                None => Err("a part report for a transfer copied as one stream".to_owned()),
+            };
+            if let Err(why) = checked {
                 state.network.registry.note_assigned(spoke_id, -1);
                 refuse_report(state, id, &lease, spoke_id, &why).await;
                 return;
@@ -1138,7 +1317,13 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
         }
         SpokeMsg::Done { checksum, size, .. } => {
             state.network.registry.note_assigned(spoke_id, -1);
-            if size != t.size as u64 {
+            let max = state.config.limits.max_upload_bytes;
+            let wrong = match u64::try_from(t.size) {
+                Ok(n) => size != n,
+                // A URL source of unknown length: anything up to the upload limit.
+                Err(_) => max > 0 && size > max,
+            };
+            if wrong {
                 let why = format!("`done` with {size} bytes for a transfer of {}", t.size);
                 refuse_report(state, id, &lease, spoke_id, &why).await;
                 return;
@@ -1149,7 +1334,8 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
             let state = state.clone();
             tokio::spawn(async move {
                 let state = &state;
-                match complete(state, id, &lease, Executor::Spoke(spoke_id), Some(checksum)).await {
+                let reported = Some((checksum, size));
+                match complete(state, id, &lease, Executor::Spoke(spoke_id), reported).await {
                     Ok(()) => {}
                     Err(Incomplete::Unverified(why)) => {
                         refuse_report(

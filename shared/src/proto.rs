@@ -371,6 +371,9 @@ pub struct Hello {
     /// hubs give it `fs` work only at or below one of them.
     #[serde(default)]
     pub fs_roots: Vec<String>,
+    /// It fetches URL sources ([`Assignment::source_url`]); older spokes do not.
+    #[serde(default)]
+    pub url_sources: bool,
 }
 
 /// The hub's answer to a hello.
@@ -472,6 +475,22 @@ pub struct Assignment {
     /// destination) instead of from the provider directly.
     #[serde(default)]
     pub relay: Option<RelayFrom>,
+    /// The source is this URL, not `source` (an upload from a URL): fetched with the egress
+    /// guard, every redirect checked. Only spokes whose hello declares `url_sources` get one.
+    #[serde(default)]
+    pub source_url: Option<UrlFetch>,
+}
+
+/// A URL to fetch as a transfer's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UrlFetch {
+    /// The URL the client gave (it may carry a signature: never logged).
+    pub url: Redacted,
+    /// Its length when the upload started; a source of another length now fails the transfer.
+    /// `None`: unknown (streamed, at most `max_bytes`).
+    pub size: Option<u64>,
+    /// The largest source accepted; 0 = no limit.
+    pub max_bytes: u64,
 }
 
 /// A spoke relaying a transfer's source bytes, and the signed grant that lets us ask it.
@@ -624,6 +643,7 @@ mod tests {
                 slots: 4,
                 running: vec![1, 2],
                 fs_roots: vec!["/srv/files".into()],
+                url_sources: true,
             }),
             SpokeMsg::Heartbeat(Heartbeat {
                 active_jobs: 1,

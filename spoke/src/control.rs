@@ -318,6 +318,7 @@ async fn session(
                 slots: ident.config.settings.max_jobs.max(1),
                 running: Vec::new(),
                 fs_roots: grants.fs_roots().declared(),
+                url_sources: true,
             }))
             .await?;
         let welcome = match stream.recv().await {

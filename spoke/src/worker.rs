@@ -5,12 +5,13 @@
 use crate::config::Identity;
 use crate::fsroots::FsRoots;
 use crate::relay::Relayed;
-use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings, UNREACHABLE};
+use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings, UrlFetch, UNREACHABLE};
 use shared::storage::multipart::S3Multipart;
 use shared::storage::transfer::{
     composite_sha256, copy_parts_via, copy_stream, range_source, CopyEvent, CopyOptions, PartDone,
     RangeSource,
 };
+use shared::storage::url::{copy_from_url, UrlTarget};
 use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -226,9 +227,12 @@ async fn run(
         budgets: crate::budget::global(),
         ..ConnectOptions::default()
     };
+    let dst_path = StoragePath::parse(&a.dest.path)?;
+    if let Some(fetch) = &a.source_url {
+        return run_url(jobs, a, fetch, settings, &opts, &dst_path, report, cancel).await;
+    }
     let src = Connector::connect(&a.source.service, &opts).await?;
     let src_path = StoragePath::parse(&a.source.path)?;
-    let dst_path = StoragePath::parse(&a.dest.path)?;
     let copy = CopyOptions {
         concurrency: a.concurrency.max(1) as usize,
         rate_limit: a.rate_limit.or(settings.rate_limit),
@@ -300,6 +304,78 @@ async fn run(
         }
     };
     Ok(result)
+}
+
+/// An upload from a URL: the URL fetched under this spoke's own egress policy (every redirect
+/// checked here again, whatever the hub saw), in parts into the destination's S3 multipart
+/// upload when the hub planned parts, else as one stream.
+#[allow(clippy::too_many_arguments)]
+async fn run_url(
+    jobs: &Arc<Jobs>,
+    a: &Assignment,
+    fetch: &UrlFetch,
+    settings: &SpokeSettings,
+    opts: &ConnectOptions,
+    dst_path: &StoragePath,
+    report: &UnboundedSender<SpokeMsg>,
+    cancel: CancellationToken,
+) -> Result<SpokeMsg, StorageError> {
+    let copy = CopyOptions {
+        concurrency: a.concurrency.max(1) as usize,
+        rate_limit: a.rate_limit.or(settings.rate_limit),
+        ..CopyOptions::default()
+    };
+    let base: u64 = a.done.iter().map(|p| p.len).sum();
+    // Progress of a source of unknown length is capped by the hub, not here.
+    let total = fetch.size.unwrap_or(u64::MAX);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let forward = tokio::spawn(forward_events(
+        a.transfer_id,
+        total,
+        base,
+        rx,
+        report.clone(),
+        jobs.clone(),
+    ));
+    let dst = Connector::connect(&a.dest.service, opts).await?;
+    let mp = match (&a.upload_id, &a.dest.service) {
+        (Some(_), ServiceConfig::S3(s3)) => Some(
+            S3Multipart::for_settings(s3, dst_path, &opts.egress)?
+                .with_budget(opts.budgets.budget("s3", a.dest.service.budget_key())),
+        ),
+        _ => None,
+    };
+    let target = match (&a.upload_id, &mp) {
+        (Some(upload_id), Some(mp)) => UrlTarget::Parts {
+            upload: mp,
+            upload_id,
+            parts: a.parts.clone(),
+        },
+        _ => UrlTarget::Stream {
+            dst: &dst,
+            path: dst_path,
+        },
+    };
+    let r = copy_from_url(fetch, &opts.egress, target, &copy, tx, cancel).await;
+    let new_parts = forward.await.unwrap_or_default();
+    Ok(match r? {
+        Some(c) => SpokeMsg::Done {
+            transfer_id: a.transfer_id,
+            size: c.size,
+            checksum: c.sha256,
+        },
+        None => {
+            let mut all: Vec<PartDone> = a.done.clone();
+            all.extend(new_parts);
+            all.sort_by_key(|p| p.index);
+            all.dedup_by_key(|p| p.index);
+            SpokeMsg::Done {
+                transfer_id: a.transfer_id,
+                size: a.size,
+                checksum: composite_sha256(&all),
+            }
+        }
+    })
 }
 
 /// Turns engine events into reports; returns the parts that completed.

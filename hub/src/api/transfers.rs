@@ -41,7 +41,8 @@ pub struct TransferView {
     pub source: TransferEnd,
     pub destination: TransferEnd,
     pub bytes_done: u64,
-    pub bytes_total: u64,
+    /// `null` while the length of a URL source is unknown.
+    pub bytes_total: Option<u64>,
     /// Bytes per second, while running.
     pub rate: u64,
     /// Seconds left at the current rate, while running.
@@ -74,12 +75,15 @@ pub async fn transfer_view(state: &AppState, t: TransferRecord) -> ApiResult<Tra
         1
     };
     let running = t.state == "running";
+    let done = t.state == "done";
+    let total = u64::try_from(t.size).ok();
     let (bytes_done, rate) = match state.transfers.live(t.id) {
-        Some((b, r)) if running => (b.max(t.bytes_done as u64).min(t.size as u64), r),
+        Some((b, r)) if running => (b.max(t.bytes_done as u64).min(total.unwrap_or(u64::MAX)), r),
         _ => (t.bytes_done as u64, 0),
     };
-    let total = t.size as u64;
-    let eta = (running && rate > 0).then(|| total.saturating_sub(bytes_done) / rate);
+    let eta = total
+        .filter(|_| running && rate > 0)
+        .map(|total| total.saturating_sub(bytes_done) / rate);
     Ok(TransferView {
         id: t.id,
         kind: "transfer",
@@ -105,7 +109,7 @@ pub async fn transfer_view(state: &AppState, t: TransferRecord) -> ApiResult<Tra
         parts_done: if t.upload_id.is_some() {
             parts_done
         } else {
-            u64::from(bytes_done >= total && t.checksum.is_some())
+            u64::from(done)
         },
         checksum: t.checksum,
         error: t.error,
@@ -200,7 +204,8 @@ pub struct TaskView {
     /// `PENDING`, `RECEIVED`, `STARTED`, `SUCCESS` or `FAILURE`.
     pub state: &'static str,
     pub bytes_done: u64,
-    pub bytes_total: u64,
+    /// `null` while the length of a URL source is unknown.
+    pub bytes_total: Option<u64>,
     /// The copied file, once `SUCCESS`.
     pub result: Option<StorageObject>,
     pub error: Option<String>,

@@ -45,6 +45,10 @@ pub struct TransferRecord {
     pub created_ms: i64,
     pub updated_ms: i64,
     pub finished_ms: Option<i64>,
+    /// An upload from a URL: the URL, sealed (`hub::transfers::seal_url`). `src_path` is
+    /// then its origin, `src_account` the destination account, `part_size` 0 when the
+    /// source answers no ranges and `size` -1 until a source of unknown length lands.
+    pub src_url: Option<Vec<u8>>,
 }
 
 /// Fields of a new transfer.
@@ -59,6 +63,8 @@ pub struct NewTransfer<'a> {
     pub size: i64,
     pub part_size: i64,
     pub owner: &'a str,
+    /// The sealed URL of an upload from a URL.
+    pub src_url: Option<&'a [u8]>,
 }
 
 /// A hub process's hold on one transfer: its holder id and the epoch its takeover (or the
@@ -74,7 +80,7 @@ pub type Held = (i64, i64);
 
 const COLS: &str = "id, app_id, kind, state, src_account, src_path, dst_account, dst_path, size, \
     part_size, upload_id, executor, spoke_id, region, bytes_done, checksum, error, note, owner, \
-    lease_holder, lease_until, lease_epoch, attempts, created_ms, updated_ms, finished_ms";
+    lease_holder, lease_until, lease_epoch, attempts, created_ms, updated_ms, finished_ms, src_url";
 
 fn from_row(r: &AnyRow) -> DbResult<TransferRecord> {
     Ok(TransferRecord {
@@ -104,6 +110,7 @@ fn from_row(r: &AnyRow) -> DbResult<TransferRecord> {
         created_ms: r.try_get("created_ms")?,
         updated_ms: r.try_get("updated_ms")?,
         finished_ms: r.try_get("finished_ms")?,
+        src_url: r.try_get("src_url")?,
     })
 }
 
@@ -119,8 +126,8 @@ impl Db {
         let r = sqlx::query(&format!(
             "INSERT INTO transfers (app_id, kind, state, src_account, src_path, dst_account, \
              dst_path, size, part_size, owner, lease_holder, lease_until, lease_epoch, \
-             created_ms, updated_ms) \
-             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12) \
+             created_ms, updated_ms, src_url) \
+             VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12, $13) \
              RETURNING {COLS}, {}",
             self.xid_col()
         ))
@@ -136,6 +143,7 @@ impl Db {
         .bind(holder)
         .bind(lease_until)
         .bind(now)
+        .bind(t.src_url.map(<[u8]>::to_vec))
         .fetch_one(&self.w())
         .await?;
         self.wrote(Some(&r)).await;
@@ -505,7 +513,8 @@ impl Db {
         let mut tx = self.w().begin().await?;
         let done = sqlx::query(
             "UPDATE transfers SET state = 'done', checksum = COALESCE($1, checksum), \
-             error = NULL, bytes_done = $2, updated_ms = $3, finished_ms = $3, \
+             error = NULL, bytes_done = $2, size = CASE WHEN size < 0 THEN $2 ELSE size END, \
+             updated_ms = $3, finished_ms = $3, \
              lease_until = NULL \
              WHERE id = $4 AND state IN ('queued', 'running') \
              AND lease_holder = $5 AND lease_epoch = $6",

@@ -285,7 +285,7 @@ async fn control(
     state
         .network
         .registry
-        .set_fs_roots(spoke.id, &hello.fs_roots);
+        .set_declared(spoke.id, &hello.fs_roots, hello.url_sources);
     let _ = state.db.touch_spoke(spoke.id, now_ms()).await;
     tracing::info!(spoke_id = spoke.id, name = %spoke.name, region = %spoke.region,
                    remote = %conn.remote_address(), "spoke connected");

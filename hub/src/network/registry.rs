@@ -26,6 +26,8 @@ struct Connected {
     asked: HashSet<String>,
     /// The folders the spoke serves `fs` accounts in (from its hello).
     fs_roots: Vec<std::path::PathBuf>,
+    /// It fetches URL sources (from its hello).
+    url_sources: bool,
 }
 
 impl Connected {
@@ -151,6 +153,7 @@ impl Registry {
                 assigned: 0,
                 asked: HashSet::new(),
                 fs_roots: Vec::new(),
+                url_sources: false,
             },
         );
         if let Some(old) = old {
@@ -162,15 +165,27 @@ impl Registry {
         session
     }
 
-    /// Records the folders a connected spoke serves `fs` accounts in (its hello's).
-    pub fn set_fs_roots(&self, spoke_id: i64, roots: &[String]) {
+    /// Records what a connected spoke's hello declared: the folders it serves `fs` accounts
+    /// in, and whether it fetches URL sources.
+    pub fn set_declared(&self, spoke_id: i64, roots: &[String], url_sources: bool) {
         if let Some(c) = self.lock().get_mut(&spoke_id) {
             c.fs_roots = roots
                 .iter()
                 .map(std::path::PathBuf::from)
                 .filter(|p| p.is_absolute())
                 .collect();
+            c.url_sources = url_sources;
         }
+    }
+
+    /// Connected spokes that do not fetch URL sources (older versions): callers exclude them
+    /// from uploads from a URL.
+    pub fn without_url_sources(&self) -> Vec<i64> {
+        self.lock()
+            .iter()
+            .filter(|(_, c)| !c.url_sources)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Connected spokes that cannot act on an `fs` account rooted at `root` (no declared root

@@ -19,6 +19,7 @@ mod publish;
 pub mod service;
 pub mod sign;
 pub mod transfer;
+pub mod url;
 mod webdav;
 
 use bytes::Bytes;
@@ -100,6 +101,10 @@ pub enum StorageError {
     Path(#[from] PathError),
     #[error("storage error: {0}")]
     Other(String),
+    /// The source of a copy failed for good: a URL that answers an error, that changed during
+    /// the copy, or whose server stopped answering ranges. Retrying does not help.
+    #[error("{0}")]
+    Source(String),
 }
 
 impl From<opendal::Error> for StorageError {

@@ -407,8 +407,6 @@ pub async fn copy_stream(
     events: UnboundedSender<CopyEvent>,
     cancel: CancellationToken,
 ) -> Result<StreamCopied, StorageError> {
-    let stop = cancel.child_token();
-    let _stop_on_exit = stop.clone().drop_guard();
     let opened = async {
         let size = src.stat_file(src_path).await?.size;
         let stream = src.read(src_path, None).await?;
@@ -419,10 +417,48 @@ pub async fn copy_stream(
         () = cancel.cancelled() => return Err(cancelled()),
         r = opened => r?,
     };
+    let source = Box::pin(stream) as ByteStream;
+    copy_stream_from(
+        source,
+        Length::Exactly(size),
+        dst,
+        dst_path,
+        opts,
+        events,
+        cancel,
+    )
+    .await
+}
+
+/// The start of the failure of a source of unknown length that went past its limit.
+pub const OVER_LIMIT: &str = "the source has more than the limit of";
+
+/// How many bytes a streamed source must yield.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// Exactly this many: fewer or more fails the copy.
+    Exactly(u64),
+    /// Any number up to this many (a source of unknown length under a size limit).
+    AtMost(u64),
+}
+
+/// Like [`copy_stream`], from any byte stream (a URL's body): `len` says how many bytes it must
+/// yield; the destination must then hold exactly what went through.
+pub async fn copy_stream_from(
+    source: ByteStream,
+    len: Length,
+    dst: &Connector,
+    dst_path: &StoragePath,
+    opts: &CopyOptions,
+    events: UnboundedSender<CopyEvent>,
+    cancel: CancellationToken,
+) -> Result<StreamCopied, StorageError> {
+    let stop = cancel.child_token();
+    let _stop_on_exit = stop.clone().drop_guard();
     let tally = Arc::new(Mutex::new(Tally::new(false)));
     let body = metered(
-        Box::pin(stream),
-        size,
+        source,
+        len,
         tally.clone(),
         Arc::new(RateLimiter::new(opts.rate_limit)),
         events,
@@ -447,6 +483,10 @@ pub async fn copy_stream(
         Err(e) => return Err(t.failure.clone().map_or(e, StorageError::Interrupted)),
     };
     // `write` stats the destination once the object is complete: this is its own account.
+    let size = match len {
+        Length::Exactly(n) => n,
+        Length::AtMost(_) => t.count,
+    };
     if t.count != size || entry.size != size {
         return Err(StorageError::Other(format!(
             "copy verification failed: the source has {size} bytes, {} were sent and the \
@@ -599,7 +639,7 @@ async fn attempt_part(ctx: &PartCtx, plan: &PartPlan) -> Result<PartDone, Attemp
     let tally = Arc::new(Mutex::new(Tally::new(true)));
     let body = metered(
         source,
-        plan.len,
+        Length::Exactly(plan.len),
         tally.clone(),
         ctx.limiter.clone(),
         ctx.events.clone(),
@@ -675,8 +715,8 @@ struct Meter {
     source: SourceStream,
     /// The rest of the current source chunk.
     pending: Bytes,
-    /// Bytes the source must yield, no more, no less.
-    expected: u64,
+    /// Bytes the source must yield (exactly, or at most).
+    expected: Length,
     tally: Arc<Mutex<Tally>>,
     limiter: Arc<RateLimiter>,
     events: UnboundedSender<CopyEvent>,
@@ -689,7 +729,7 @@ struct Meter {
 /// the source yields other than `expected` bytes, so the request carrying it fails too.
 fn metered(
     source: SourceStream,
-    expected: u64,
+    expected: Length,
     tally: Arc<Mutex<Tally>>,
     limiter: Arc<RateLimiter>,
     events: UnboundedSender<CopyEvent>,
@@ -727,11 +767,13 @@ impl Meter {
                 Some(Err(e)) => return Some(self.fail(format!("reading the source failed: {e}"))),
                 None => {
                     let count = lock(&self.tally).count;
-                    if count != self.expected {
-                        return Some(self.fail(format!(
-                            "the source ended after {count} of {} bytes",
-                            self.expected
-                        )));
+                    match self.expected {
+                        Length::Exactly(n) if count != n => {
+                            return Some(
+                                self.fail(format!("the source ended after {count} of {n} bytes")),
+                            );
+                        }
+                        _ => {}
                     }
                     self.finished = true;
                     return None;
@@ -740,11 +782,11 @@ impl Meter {
         }
         let piece = self.pending.split_to(self.pending.len().min(PROGRESS_STEP));
         let len = piece.len() as u64;
-        if lock(&self.tally).count + len > self.expected {
-            return Some(self.fail(format!(
-                "the source has more than the expected {} bytes",
-                self.expected
-            )));
+        if lock(&self.tally).count + len > self.expected.most() {
+            return Some(self.fail(match self.expected {
+                Length::Exactly(n) => format!("the source has more than the expected {n} bytes"),
+                Length::AtMost(n) => format!("{OVER_LIMIT} {n} bytes"),
+            }));
         }
         tokio::select! {
             biased;
@@ -767,6 +809,15 @@ impl Meter {
         self.finished = true;
         lock(&self.tally).failure = Some(why.clone());
         Err(StorageError::Interrupted(why))
+    }
+}
+
+impl Length {
+    /// The most bytes allowed.
+    fn most(self) -> u64 {
+        match self {
+            Length::Exactly(n) | Length::AtMost(n) => n,
+        }
     }
 }
 

@@ -696,6 +696,7 @@ async fn grants_and_assignments_reach_fs_only_inside_declared_roots() {
         concurrency: 1,
         rate_limit: None,
         relay: None,
+        source_url: None,
     };
     assert!(e
         .hub

@@ -77,6 +77,7 @@ async fn lease_suite(db: &Db) {
         size: 40 << 20,
         part_size: 8 << 20,
         owner: "hub-a",
+        src_url: None,
     };
     let now = 1_000_000;
     let t = db

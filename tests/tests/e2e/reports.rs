@@ -76,6 +76,7 @@ impl Forger {
                 slots,
                 running: Vec::new(),
                 fs_roots: Vec::new(),
+                url_sources: true,
             }))
             .await
             .expect("hello");

@@ -313,10 +313,7 @@ pub(super) async fn copy_file(
                 "`return_type` must be `task` or `object`",
             ))
         }
-    } || headers
-        .get("x-kloudless-async")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    } || super::async_requested(&headers);
     let (a, path) = p.resolve(&state, &caller).await?;
     let src = stat_file(&a, &path).await?;
     let dst = target_account(&state, &caller, &a, body.account.as_ref()).await?;

@@ -337,6 +337,14 @@ async fn destination(
 /// `name (1).ext`, `name (2).ext`, ...: the first name not taken in `parent`.
 /// This only looks: where the name must be held (a spoke's upload grant), the write itself
 /// must still refuse to replace.
+/// `X-Kloudless-Async: true` (or `1`): the client wants a task to poll, not the result.
+fn async_requested(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("x-kloudless-async")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true") || v.trim() == "1")
+}
+
 async fn free_name(a: &Account, parent: &StoragePath, name: &str) -> ApiResult<StoragePath> {
     let base = parent.join(name)?;
     for n in 1..=MAX_RENAME_TRIES {

@@ -35,15 +35,19 @@ pub(super) struct UploadOptions {
 
 /// Upload a file: the raw body is the content, `X-Kloudless-Metadata: {"name","parent_id"}`
 /// names it. The body streams to the provider; an interrupted upload leaves no file behind.
-/// With `Content-Type: application/json` and `{"url","parent_id","name"}` the hub fetches
-/// the URL instead (http/https, internal addresses refused, at most 5 redirects, each checked).
+/// With `Content-Type: application/json` and `{"url","parent_id","name"}` the file is fetched
+/// from the URL instead (http/https, internal addresses refused, at most 5 redirects, each
+/// checked): by the hub when small, else by a transfer on a spoke near the storage; with
+/// `X-Kloudless-Async: true` the answer is that transfer's task (202).
 #[utoipa::path(post, path = "/v1/accounts/{acc}/storage/files", tag = "storage",
     params(AccountPath, UploadOptions,
-           ("X-Kloudless-Metadata" = String, Header, description = "JSON: {\"name\": ..., \"parent_id\": ...}")),
+           ("X-Kloudless-Metadata" = String, Header, description = "JSON: {\"name\": ..., \"parent_id\": ...}"),
+           ("X-Kloudless-Async" = Option<bool>, Header, description = "Upload from a URL: answer the task (202) at once")),
     request_body(content(
         (Vec<u8> = "application/octet-stream"),
         (super::from_url::UrlUpload = "application/json"))),
     responses((status = 201, body = StorageObject),
+              (status = 202, body = crate::api::transfers::TaskView),
               (status = 307, description = "Large upload (Content-Length ≥ `offload.threshold`): repeat the request at `Location`, a spoke near the storage"),
               (status = 413, body = crate::error::ErrorBody), CommonErrors))]
 pub(super) async fn upload_file(
@@ -56,7 +60,16 @@ pub(super) async fn upload_file(
     let a = p.resolve(&state, &caller).await?;
     if super::from_url::is_url_upload(&req) {
         let overwrite = opts.overwrite == Some(true);
-        return super::from_url::upload_from_url(&state, &a, overwrite, req).await;
+        let as_task = super::async_requested(req.headers());
+        return super::from_url::upload_from_url(
+            &state,
+            caller.app_id,
+            &a,
+            overwrite,
+            as_task,
+            req,
+        )
+        .await;
     }
     let meta = upload_metadata(req.headers())?;
     let parent = folder_path(&state, &a, &meta.parent_id)?;

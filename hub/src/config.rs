@@ -1065,6 +1065,14 @@ pub struct StorageConfig {
     /// (at least 5 MiB on S3) and grown for files that would need more than 10,000 parts.
     #[serde(default = "default_upload_part_size")]
     pub upload_part_size_bytes: u64,
+    /// Seconds after which a session's completion that has not finished (its hub died) may be
+    /// taken over by the next completion request (default 10 minutes; at most a day).
+    #[serde(default = "default_session_completion_stale")]
+    pub session_completion_stale_secs: u64,
+}
+
+fn default_session_completion_stale() -> u64 {
+    600
 }
 
 fn default_upload_part_size() -> u64 {
@@ -1085,6 +1093,11 @@ impl StorageConfig {
         std::time::Duration::from_secs(self.staging_grace_secs.max(1))
     }
 
+    /// [`StorageConfig::session_completion_stale_secs`] in milliseconds.
+    pub fn session_completion_stale_ms(&self) -> i64 {
+        self.session_completion_stale_secs.clamp(1, 86_400) as i64 * 1000
+    }
+
     /// [`StorageConfig::upload_session_ttl_secs`] as a duration (at least one second).
     pub fn upload_session_ttl(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.upload_session_ttl_secs.max(1))
@@ -1102,6 +1115,7 @@ impl Default for StorageConfig {
             staging_grace_secs: default_staging_grace(),
             upload_session_ttl_secs: default_upload_session_ttl(),
             upload_part_size_bytes: default_upload_part_size(),
+            session_completion_stale_secs: default_session_completion_stale(),
         }
     }
 }
@@ -1373,6 +1387,12 @@ impl Config {
         }
         if self.storage.staging_grace_secs == 0 {
             return Err(invalid("storage.staging_grace_secs", "must be at least 1"));
+        }
+        if !(1..=86_400).contains(&self.storage.session_completion_stale_secs) {
+            return Err(invalid(
+                "storage.session_completion_stale_secs",
+                "must be between 1 and 86400",
+            ));
         }
         if self.limits.max_json_body_bytes < 1024 {
             return Err(invalid(

@@ -35,6 +35,7 @@ use crate::state::{now_ms, Account, AppState};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
+use sha2::Digest;
 use shared::storage::azure_blocks::{block_id, AzureBlocks, Block};
 use shared::storage::checked::{checked_part, PART_DIGEST, PART_LENGTH};
 use shared::storage::multipart::S3Multipart;
@@ -44,8 +45,6 @@ use std::sync::Arc;
 
 /// The part size asked by default (`storage.upload_part_size_bytes`).
 pub const PREFERRED_PART_SIZE: u64 = 16 * 1024 * 1024;
-/// A completion not finished after this long (its hub died) may be taken over.
-const COMPLETION_STALE_MS: i64 = 10 * 60 * 1000;
 /// Expired sessions one sweep round handles.
 const SWEEP_BATCH: i64 = 100;
 
@@ -53,6 +52,12 @@ const SWEEP_BATCH: i64 = 100;
 const STORE_S3: &str = "s3";
 const STORE_AZURE: &str = "azure";
 const STORE_OBJECTS: &str = "objects";
+
+/// How old a completion that has not finished (its hub died) must be to be taken over
+/// (`storage.session_completion_stale_secs`).
+fn stale_ms(state: &AppState) -> i64 {
+    state.config.storage.session_completion_stale_ms()
+}
 
 /// The number of parts a session of `size` bytes has (a 0-byte file is one empty part).
 pub fn part_count(size: u64, part_size: u64) -> u64 {
@@ -250,7 +255,7 @@ pub async fn open_session(state: &AppState, a: &Account, id: i64) -> ApiResult<S
     match s.state.as_str() {
         "open" => Ok(s),
         // A completion whose hub died: the next request may take it over.
-        "completing" if s.state_ms < now_ms() - COMPLETION_STALE_MS => Ok(s),
+        "completing" if s.state_ms < now_ms() - stale_ms(state) => Ok(s),
         "done" => Err(ApiError::conflict(
             "conflict",
             "the upload session is already complete",
@@ -627,7 +632,7 @@ pub async fn complete(
     let now = now_ms();
     if !state
         .db
-        .take_session(s.id, "completing", now, now - COMPLETION_STALE_MS)
+        .take_session(s.id, "completing", now, now - stale_ms(state))
         .await?
     {
         return Err(ApiError::conflict(
@@ -716,6 +721,18 @@ async fn finish(
                 .ok_or_else(|| ApiError::internal(format_args!("part {} has no staging", p.number)))
         })
         .collect::<ApiResult<_>>()?;
+    // A completion taken over from a hub that died may find the file published already (the
+    // hub died after publishing, before recording it): it is adopted, never published twice.
+    if s.state == "completing" {
+        if let Some(e) = published_already(a, &path, s.overwrite, &parts, &keys).await? {
+            tracing::info!(session = s.id, path = %e.path, "a completion that died had published the file: adopted");
+            for k in keys {
+                discard_part(state, a, k.as_str()).await;
+            }
+            let replaced = s.overwrite && e.path == path;
+            return Ok((e, replaced));
+        }
+    }
     let connector = a.connector.clone();
     let body: Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>> = Box::pin(
         futures::stream::iter(keys.clone())
@@ -737,6 +754,74 @@ async fn finish(
         discard_part(state, a, k.as_str()).await;
     }
     Ok((e.clone(), taken && s.overwrite && e.path == path))
+}
+
+/// The file an earlier completion of this session published, if it did: at the session's name
+/// (with overwrite, only there), else at the first free numbered name of that time (the names
+/// are tried up to the first missing one). Only a file holding exactly the staged parts' bytes
+/// counts (SHA-256 of both, streamed): a file someone else wrote there is never taken for it.
+async fn published_already(
+    a: &Account,
+    path: &StoragePath,
+    overwrite: bool,
+    parts: &[PartRecord],
+    keys: &[StagingKey],
+) -> ApiResult<Option<shared::storage::Entry>> {
+    let size: u64 = parts.iter().map(|p| p.size.max(0) as u64).sum();
+    let mut want: Option<[u8; 32]> = None;
+    let last = if overwrite {
+        0
+    } else {
+        crate::api::storage::MAX_RENAME_TRIES
+    };
+    for n in 0..=last {
+        let candidate = match n {
+            0 => path.clone(),
+            n => match numbered(path, n) {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let e = match a.connector.stat_file(&candidate).await {
+            Ok(e) => e,
+            Err(StorageError::NotFound) => break,
+            Err(StorageError::WrongKind { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if e.size != size {
+            continue;
+        }
+        let ours = match want {
+            Some(d) => d,
+            None => {
+                let mut h = sha2::Sha256::new();
+                for k in keys {
+                    digest_into(&mut h, a.connector.read_staging(k).await?).await?;
+                }
+                *want.insert(h.finalize().into())
+            }
+        };
+        let mut h = sha2::Sha256::new();
+        digest_into(&mut h, a.connector.read(&candidate, None).await?).await?;
+        let theirs: [u8; 32] = h.finalize().into();
+        if theirs == ours {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+/// Feeds a byte stream into `h`.
+async fn digest_into(
+    h: &mut sha2::Sha256,
+    s: impl Stream<Item = Result<Bytes, std::io::Error>>,
+) -> ApiResult<()> {
+    let mut s = std::pin::pin!(s);
+    while let Some(chunk) = s.next().await {
+        let chunk = chunk.map_err(|e| StorageError::Interrupted(e.to_string()))?;
+        h.update(&chunk);
+    }
+    Ok(())
 }
 
 /// Completes an `azure` session: its parts, every one at hand (`missing` said so), committed
@@ -832,7 +917,7 @@ pub async fn abort(state: &AppState, a: &Arc<Account>, s: &SessionRecord) -> Api
     let now = now_ms();
     if !state
         .db
-        .take_session(s.id, "aborted", now, now - COMPLETION_STALE_MS)
+        .take_session(s.id, "aborted", now, now - stale_ms(state))
         .await?
     {
         return Err(ApiError::conflict(

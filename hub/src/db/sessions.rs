@@ -287,6 +287,17 @@ impl Db {
         rows.iter().map(|r| r.try_get("upload_id")).collect()
     }
 
+    /// Puts session `id` back in `completing` since `state_ms`: what a hub that died while
+    /// completing it leaves behind (tests of the takeover).
+    pub async fn backdate_completion(&self, id: i64, state_ms: i64) -> DbResult<()> {
+        sqlx::query("UPDATE upload_sessions SET state = 'completing', state_ms = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state_ms)
+            .execute(&self.w())
+            .await?;
+        Ok(())
+    }
+
     /// Moves session `id`'s expiry to `expires_ms` (tests of the sweep).
     pub async fn backdate_session(&self, id: i64, expires_ms: i64) -> DbResult<()> {
         sqlx::query("UPDATE upload_sessions SET expires_ms = $2 WHERE id = $1")

@@ -1,12 +1,14 @@
 //! Upload sessions (`storage/multipart`) on real services: parts out of order, a part sent
 //! again, the checks of each part, completion with a part missing, abort, expiry, and a hub
-//! restarted between parts. S3 and Azure Blob sessions keep their parts as the provider's own
+//! restarted between parts; a hub killed while completing (the next completion takes over
+//! and lands one file) or after publishing (the file is adopted). S3 and Azure Blob sessions keep their parts as the provider's own
 //! multipart uploads and blocks, never as staging objects.
 
 use e2e::servers::{AzuriteServer, S3Server, SftpServer, WebDavServer};
 use e2e::{pattern, sha256_hex, HubOptions, TestHub};
 use reqwest::Method;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// The part size the test hubs ask for: S3's smallest.
 const PART: usize = 5 * 1024 * 1024;
@@ -945,4 +947,177 @@ async fn two_hundred_concurrent_parts_and_two_concurrent_completions() {
     );
     assert!(!root.join("crowd (1).bin").exists(), "one file, not two");
     assert_eq!(staged(&root), Vec::<String>::new(), "nothing stays staged");
+}
+
+/// A hub that died after publishing a session's file but before recording it leaves the
+/// session `completing`, its parts staged and recorded, and the file in place. The completion
+/// that takes it over (after `storage.session_completion_stale_secs`) finds that file holding
+/// exactly the parts' bytes and adopts it: no second file beside it; the parts are removed. A
+/// file of the same size but other bytes at the name is someone else's: the session lands
+/// beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_taken_over_adopts_the_file_its_dead_hub_published() {
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some(format!(
+            "storage:\n  upload_part_size_bytes: {PART}\n  session_completion_stale_secs: 1\n"
+        )),
+        ..HubOptions::default()
+    })
+    .await
+    .expect("hub");
+    let acc = hub.creds.account_id;
+    let root = fs_root(&hub).await;
+    let data = pattern(2 * PART + 7, 21);
+    for (name, there, adopted) in [
+        ("adopted.bin", data.clone(), true),
+        ("foreign.bin", pattern(data.len(), 22), false),
+    ] {
+        let s = open(&hub, acc, name, Some(data.len()), "false").await;
+        let id = s["id"].as_i64().expect("id");
+        for n in 1..=3 {
+            assert_eq!(put(&hub, acc, id, n, part(&data, n)).await.status(), 200);
+        }
+        // What the dead hub left: its published file, the session completing.
+        std::fs::write(root.join(name), &there).expect("the published file");
+        hub.state
+            .db
+            .backdate_completion(id, hub::state::now_ms() - 5_000)
+            .await
+            .expect("backdate");
+        let r = hub
+            .req(Method::POST, &url(&hub, acc, &format!("/{id}/complete")))
+            .send()
+            .await
+            .expect("complete");
+        assert_eq!(r.status(), 200);
+        let f = json_of(r).await;
+        let stem = name.trim_end_matches(".bin");
+        let want = if adopted {
+            name.to_owned()
+        } else {
+            format!("{stem} (1).bin")
+        };
+        assert_eq!(f["name"], want, "{f}");
+        let got = download(&hub, acc, f["id"].as_str().expect("id")).await;
+        assert_eq!(sha256_hex(&got), sha256_hex(&data));
+        assert_eq!(staged(&root), Vec::<String>::new());
+    }
+    let list = json_of(
+        hub.req(Method::GET, &hub.acc("/storage/folders/root/contents"))
+            .send()
+            .await
+            .expect("list"),
+    )
+    .await;
+    // adopted.bin, foreign.bin and foreign (1).bin.
+    assert_eq!(list["count"], 3, "{list}");
+}
+
+/// A hub killed (SIGKILL) while it writes a session's file on `fs`: after the restart, the
+/// next completion takes the stale one over and lands exactly one file with the session's
+/// bytes; the killed completion's half-written staging object is swept (its claim goes
+/// stale) and the parts are removed, so nothing stays staged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_killed_halfway_is_taken_over_after_a_restart() {
+    use crate::hubs::{dev_credentials, HubProc};
+    use e2e::HubApi;
+    const PARTS: usize = 30;
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("hub.yaml");
+    std::fs::write(
+        &base,
+        format!(
+            "storage:\n  upload_part_size_bytes: {PART}\n  session_completion_stale_secs: 1\n  \
+             staging_grace_secs: 1\n"
+        ),
+    )
+    .expect("config");
+    let data_dir = dir.path().join("data");
+    let mut hub = HubProc::start(&data_dir, &base, &dir.path().join("a.log")).await;
+    let acc = dev_credentials(&data_dir)["account_id"]
+        .as_i64()
+        .expect("account");
+    let sessions = |rest: &str| hub_url(&hub, acc, rest);
+    let data = pattern(PARTS * PART, 13);
+    let s: Value = hub
+        .req(Method::POST, &sessions("?overwrite=false"))
+        .json(&json!({"parent_id": "root", "name": "killed.bin", "size": data.len()}))
+        .send()
+        .await
+        .expect("open")
+        .json()
+        .await
+        .expect("json");
+    let id = s["id"].as_i64().expect("id");
+    for n in 1..=PARTS {
+        let r = hub
+            .req(Method::PUT, &sessions(&format!("/{id}?part_number={n}")))
+            .body(part(&data, n).to_vec())
+            .send()
+            .await
+            .expect("part");
+        assert_eq!(r.status(), 200);
+    }
+    let root = std::fs::read_dir(data_dir.join("files"))
+        .expect("files")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.join(".switchyard-partial").is_dir())
+        .expect("the account's root");
+    assert_eq!(staged(&root).len(), PARTS);
+    // Complete, and kill the hub as soon as the file's own staging object appears.
+    let completing = {
+        let req = hub
+            .req(Method::POST, &sessions(&format!("/{id}/complete")))
+            .send();
+        tokio::spawn(req)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while staged(&root).len() <= PARTS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the completion never started writing"
+        );
+        assert!(
+            !completing.is_finished(),
+            "the completion finished before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    hub.kill().await;
+    let _ = completing.await;
+    assert!(
+        !root.join("killed.bin").exists(),
+        "the killed completion published"
+    );
+
+    let hub = HubProc::start(&data_dir, &base, &dir.path().join("b.log")).await;
+    let sessions = |rest: &str| hub_url(&hub, acc, rest);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = hub
+        .req(Method::POST, &sessions(&format!("/{id}/complete")))
+        .send()
+        .await
+        .expect("complete");
+    assert_eq!(r.status(), 200);
+    let f: Value = r.json().await.expect("json");
+    assert_eq!(f["name"], "killed.bin", "{f}");
+    let got = std::fs::read(root.join("killed.bin")).expect("the file");
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
+    let names: Vec<String> = std::fs::read_dir(&root)
+        .expect("root")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != ".switchyard-partial")
+        .collect();
+    assert_eq!(names, vec!["killed.bin".to_owned()]);
+    e2e::assert_eventually!(
+        staged(&root).is_empty(),
+        Duration::from_secs(30),
+        "the killed completion's staging to be swept"
+    );
+}
+
+fn hub_url(hub: &impl e2e::HubApi, acc: i64, rest: &str) -> String {
+    hub.url(&format!("/v1/accounts/{acc}/storage/multipart{rest}"))
 }

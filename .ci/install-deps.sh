@@ -80,6 +80,7 @@ apt_deps=(
   "setpriv util-linux"
   "redis-server redis-server"
   "redis-cli redis-tools"
+  "chromium chromium"
 )
 for entry in "${apt_deps[@]}"; do
   read -r cmd pkg <<<"$entry"
@@ -110,6 +111,20 @@ if ! have azurite-blob; then
   log "installed azurite (npm)"
 fi
 
+# The browser tests' driver (tests/browser/run.mjs): Playwright and axe-core from the npm
+# registry, at the versions tests/browser/package-lock.json pins (no browser download: it
+# drives Debian's chromium, installed above).
+browser_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+if [ ! -f "$browser_dir/node_modules/playwright-core/package.json" ] ||
+  [ ! -f "$browser_dir/node_modules/axe-core/axe.min.js" ]; then
+  have npm || apt_install npm
+  npm ci --prefix "$browser_dir" --no-audit --no-fund >>"$LOG" 2>&1 || fail "npm ci --prefix tests/browser failed"
+  log "installed tests/browser/node_modules (npm ci)"
+fi
+
+# The Kloudless Python SDK, a client of the hub's Kloudless-compatible API.
+python3 -c 'import kloudless' >/dev/null 2>&1 || pip_install 'kloudless==2.0.1'
+
 # sshd's privilege-separation directory (not created in containers where sshd never ran).
 if [ ! -d /run/sshd ]; then
   $SUDO install -d -m 0755 /run/sshd
@@ -121,10 +136,12 @@ fi
 missing=()
 # terraform (with the AWS provider as a filesystem mirror) comes with the image: nothing here
 # downloads it, so its absence is reported, not repaired.
-for cmd in curl setpriv rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip pebble shellcheck checkov terraform; do
+for cmd in curl setpriv rclone sshd ssh ssh-keygen nginx wrk mold clang dig initdb pg_ctl postgres pg_isready schemathesis azurite-blob wireguard-go wg iperf3 ping ip pebble shellcheck checkov terraform chromium node npm; do
   have "$cmd" || missing+=("$cmd")
 done
 have moto_server || python3 -c 'import moto.server' >/dev/null 2>&1 || missing+=(moto_server)
+python3 -c 'import kloudless' >/dev/null 2>&1 || missing+=("kloudless (python)")
+[ -f "$browser_dir/node_modules/playwright-core/package.json" ] || missing+=(tests/browser/node_modules)
 if [ "${#missing[@]}" -ne 0 ]; then
   fail "still missing after install: ${missing[*]}"
 fi

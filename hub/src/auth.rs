@@ -62,6 +62,32 @@ fn credential(parts: &Parts) -> Result<Credential<'_>, ApiError> {
     }
 }
 
+/// The bearer token of a request's `Authorization` header (one header, `Bearer` scheme).
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values
+        .next()
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization header"))?;
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "the request has more than one Authorization header; send exactly one",
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    match value.trim().split_once(' ') {
+        Some((scheme, t))
+            if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() && t.len() <= 512 =>
+        {
+            Ok(t.trim())
+        }
+        _ => Err(ApiError::unauthorized(
+            "Authorization must be `Bearer <token>`",
+        )),
+    }
+}
+
 async fn principal(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let (hash, bearer) = match credential(parts)? {
         Credential::ApiKey(k) => (hash_token(k), false),

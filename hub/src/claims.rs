@@ -323,6 +323,11 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
             if let Err(e) = sweep(&state).await {
                 tracing::warn!(error = %e, "staging sweep failed");
             }
+            // Expired OAuth codes are useless; a used one is kept until it expires (a second
+            // presentation revokes its token).
+            if let Err(e) = state.db.sweep_codes(crate::state::now_ms()).await {
+                tracing::warn!(error = %e, "OAuth code sweep failed");
+            }
             match crate::sessions::sweep(&state).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(sessions = n, "swept expired upload sessions"),

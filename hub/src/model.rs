@@ -79,6 +79,12 @@ pub struct ApplicationView {
     /// Whether changes to its accounts are recorded in their event feeds
     /// (`/v1/accounts/{acc}/events`).
     pub collect_events: bool,
+    /// OAuth: the redirect URIs the application registered (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Origins (`scheme://host[:port]`) its browser code calls the API from (CORS).
+    pub trusted_domains: Vec<String>,
+    /// OAuth: `response_type=token` (the implicit grant) is allowed.
+    pub implicit_grant_enabled: bool,
     pub created: String,
     pub modified: String,
 }
@@ -91,6 +97,21 @@ pub struct NewApplication {
     /// Record changes to its accounts in their event feeds (default false).
     #[serde(default)]
     pub collect_events: Option<bool>,
+    #[serde(flatten)]
+    pub oauth: OAuthChanges,
+}
+
+/// An application's OAuth settings, each optional in a change.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct OAuthChanges {
+    /// Absolute `https` URLs (`http` only on loopback), at most 20, exact match.
+    #[serde(default)]
+    pub redirect_uris: Option<Vec<String>>,
+    /// Origins `scheme://host[:port]`, at most 20.
+    #[serde(default)]
+    pub trusted_domains: Option<Vec<String>>,
+    #[serde(default)]
+    pub implicit_grant_enabled: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -104,6 +125,8 @@ pub struct ApplicationChanges {
     /// Record changes to its accounts in their event feeds.
     #[serde(default)]
     pub collect_events: Option<bool>,
+    #[serde(flatten)]
+    pub oauth: OAuthChanges,
 }
 
 /// An API key. `key` is present only in the response that created it.

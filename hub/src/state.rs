@@ -57,6 +57,10 @@ pub struct HubState {
     pub receipts: Tagger,
     /// Tags of sharing links' URLs.
     pub links: Tagger,
+    /// The OAuth connect form's CSRF tokens.
+    pub oauth_forms: Tagger,
+    /// The origins applications trust (CORS), cached.
+    pub cors: crate::cors::TrustedOrigins,
     pub metrics: Metrics,
     pub connect_options: ConnectOptions,
     /// Canonical forms of `storage.fs.allowed_roots` (each application owns `app-<id>` in each).
@@ -126,6 +130,8 @@ impl HubState {
             cursors: crate::events::CursorCodec::new(Tagger::new(master.derive("event-cursors"))),
             receipts: Tagger::new(master.derive("upload-receipts")),
             links: Tagger::new(master.derive("share-links")),
+            oauth_forms: Tagger::new(master.derive("oauth-forms")),
+            cors: crate::cors::TrustedOrigins::default(),
             metrics,
             fs_roots,
             freshness: crate::revocation::Freshness::default(),
@@ -176,6 +182,7 @@ impl HubState {
             Principal::Meta => true,
         });
         self.accounts.retain(|_, a| a.record.app_id != app);
+        self.cors.forget();
     }
 
     /// Forgets every cached principal and account (the revocation feed lost track).

@@ -9,6 +9,7 @@ pub mod bench_linkemu;
 pub mod bench_regions;
 pub mod bench_tunnel;
 pub mod bench_webhooks;
+pub mod browser;
 pub mod lab;
 pub mod linkemu;
 pub mod linkemu_cli;

@@ -762,27 +762,91 @@ async fn redis_ping(port: u16) -> bool {
 // S3 (moto)
 // ---------------------------------------------------------------------------------------------
 
-/// An in-memory S3 API (moto server). Any credentials are accepted.
+/// An in-memory S3 API (moto server). Any credentials are accepted, unless it was started
+/// with [`S3Server::start_authenticated`].
 pub struct S3Server {
     proc: Proc,
     host: std::net::IpAddr,
     port: u16,
     _dir: TempDir,
+    /// The IAM user's key when requests are authenticated.
+    key: Option<(String, String)>,
 }
 
 impl S3Server {
     /// Starts `moto_server` (or `python3 -m moto.server`) on a free loopback port.
     pub async fn start() -> Result<S3Server> {
-        Self::start_at(None, std::net::Ipv4Addr::LOCALHOST.into()).await
+        Self::start_at(None, std::net::Ipv4Addr::LOCALHOST.into(), None).await
+    }
+
+    /// Starts moto checking every request's signature and permissions (its IAM emulation):
+    /// the first requests, unchecked, create an IAM user allowed everything, its access key
+    /// (then [`S3Server::access_key_id`] and [`S3Server::secret_access_key`]) and `buckets`;
+    /// any request after that with another key or a wrong secret is refused as AWS would
+    /// (`403 SignatureDoesNotMatch`, `InvalidAccessKeyId`).
+    pub async fn start_authenticated(buckets: &[&str]) -> Result<S3Server> {
+        let free = 3 + buckets.len();
+        let mut s = Self::start_at(None, std::net::Ipv4Addr::LOCALHOST.into(), Some(free)).await?;
+        let iam = |action: &str, extra: &str| {
+            format!("Action={action}&Version=2010-05-08&UserName=switchyard{extra}")
+        };
+        s.iam(&iam("CreateUser", "")).await?;
+        let key = s.iam(&iam("CreateAccessKey", "")).await?;
+        let field = |tag: &str| -> Result<String> {
+            key.split(&format!("<{tag}>"))
+                .nth(1)
+                .and_then(|r| r.split(&format!("</{tag}>")).next())
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("no {tag} in moto's CreateAccessKey answer: {key}"))
+        };
+        let (id, secret) = (field("AccessKeyId")?, field("SecretAccessKey")?);
+        let policy = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Action%22%3A%22*%22%2C%22Resource%22%3A%22*%22%7D%5D%7D";
+        s.iam(&iam(
+            "PutUserPolicy",
+            &format!("&PolicyName=all&PolicyDocument={policy}"),
+        ))
+        .await?;
+        for b in buckets {
+            s.create_bucket(b).await?;
+        }
+        s.key = Some((id, secret));
+        Ok(s)
+    }
+
+    /// An IAM query request (moto routes it by the credential scope; its signature is not
+    /// checked while unauthenticated requests are still allowed).
+    async fn iam(&self, body: &str) -> Result<String> {
+        let r = reqwest::Client::new()
+            .post(self.endpoint())
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=setup/20260101/us-east-1/iam/aws4_request, \
+                 SignedHeaders=host, Signature=00",
+            )
+            .body(body.to_owned())
+            .send()
+            .await
+            .context("an IAM request to moto")?;
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        if !status.is_success() {
+            bail!("moto IAM {body}: HTTP {status}: {text}");
+        }
+        Ok(text)
     }
 
     /// Starts moto inside network namespace `netns` (made by the caller), listening on `host`,
     /// an address of that namespace the test process can reach.
     pub async fn start_in(netns: &str, host: std::net::IpAddr) -> Result<S3Server> {
-        Self::start_at(Some(netns), host).await
+        Self::start_at(Some(netns), host, None).await
     }
 
-    async fn start_at(netns: Option<&str>, host: std::net::IpAddr) -> Result<S3Server> {
+    async fn start_at(
+        netns: Option<&str>,
+        host: std::net::IpAddr,
+        unauthenticated: Option<usize>,
+    ) -> Result<S3Server> {
         let (program, prefix) = moto_command().await?;
         let dir = tempfile::Builder::new()
             .prefix("switchyard-s3-")
@@ -804,10 +868,19 @@ impl S3Server {
                 .args(["-H", &host.to_string(), "-p", &port.to_string()])
                 .current_dir(dir.path())
                 .env("PYTHONUNBUFFERED", "1");
+            if let Some(n) = unauthenticated {
+                cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+            }
             let mut proc = Proc::spawn("moto_server", cmd, &log, dir.path(), 0)?;
             let addr = std::net::SocketAddr::new(host, port);
+            // Moto's own page is not an S3 request: it does not use up the unauthenticated ones.
+            let probe = if unauthenticated.is_some() {
+                "/moto-api/"
+            } else {
+                "/"
+            };
             match wait_ready(&mut proc, || async move {
-                matches!(http_request_to(addr, "GET", "/", "").await, Ok((200, _)))
+                matches!(http_request_to(addr, "GET", probe, "").await, Ok((200, _)))
             })
             .await
             {
@@ -817,6 +890,7 @@ impl S3Server {
                         host,
                         port,
                         _dir: dir,
+                        key: None,
                     })
                 }
                 Err(Failure::Exited(err)) => last_error = Some(err),
@@ -847,14 +921,16 @@ impl S3Server {
         Ok(())
     }
 
-    /// Access key id to sign with (moto accepts any).
+    /// Access key id to sign with (any, unless authenticated).
     pub fn access_key_id(&self) -> &str {
-        "switchyard"
+        self.key.as_ref().map_or("switchyard", |k| k.0.as_str())
     }
 
-    /// Secret access key to sign with (moto accepts any).
+    /// Secret access key to sign with (any, unless authenticated).
     pub fn secret_access_key(&self) -> &str {
-        "switchyard-secret"
+        self.key
+            .as_ref()
+            .map_or("switchyard-secret", |k| k.1.as_str())
     }
 }
 

@@ -204,6 +204,22 @@ pub async fn connect_account(
     app_id: i64,
     body: &NewAccount,
 ) -> ApiResult<(AccountRecord, ServiceConfig, String)> {
+    let (record, settings) = store_account(state, app_id, body).await?;
+    let token = generate_token("at_");
+    state
+        .db
+        .create_account_token(record.id, &hash_token(token.expose_secret()), now_ms())
+        .await?;
+    Ok((record, settings, token.expose_secret().to_owned()))
+}
+
+/// Checks (a real call to the provider) and stores a new account of `app_id`, without a token
+/// (the OAuth flow gives one when its code is exchanged).
+pub async fn store_account(
+    state: &AppState,
+    app_id: i64,
+    body: &NewAccount,
+) -> ApiResult<(AccountRecord, ServiceConfig)> {
     validate_display_name(&body.account)?;
     let settings = checked_settings(state, app_id, &body.service, body.credentials.clone()).await?;
     let now = now_ms();
@@ -217,18 +233,13 @@ pub async fn connect_account(
             now,
         )
         .await?;
-    let token = generate_token("at_");
-    state
-        .db
-        .create_account_token(record.id, &hash_token(token.expose_secret()), now)
-        .await?;
     tracing::info!(
         account = record.id,
         app = app_id,
         service = settings.name(),
         "account connected"
     );
-    Ok((record, settings, token.expose_secret().to_owned()))
+    Ok((record, settings))
 }
 
 /// Retrieve an account.

@@ -30,6 +30,9 @@ pub(crate) fn app_view(a: crate::db::Application) -> ApplicationView {
         description: a.description,
         active: a.active,
         collect_events: a.collect_events,
+        redirect_uris: a.redirect_uris,
+        trusted_domains: a.trusted_domains,
+        implicit_grant_enabled: a.implicit_grant_enabled,
         created: rfc3339(a.created_ms),
         modified: rfc3339(a.modified_ms),
     }
@@ -91,7 +94,8 @@ async fn create_app(
     ApiJson(body): ApiJson<NewApplication>,
 ) -> ApiResult<(StatusCode, Json<ApplicationView>)> {
     validate_app_name(&body.name)?;
-    let app = state
+    crate::api::oauth::validate_settings(&body.oauth)?;
+    let mut app = state
         .db
         .create_app(
             &body.name,
@@ -100,6 +104,13 @@ async fn create_app(
             now_ms(),
         )
         .await?;
+    if let Some(a) = state
+        .db
+        .set_app_oauth(app.id, &body.oauth, now_ms())
+        .await?
+    {
+        app = a;
+    }
     Ok((StatusCode::CREATED, Json(app_view(app))))
 }
 
@@ -120,7 +131,7 @@ async fn get_app(
     Ok(Json(app_view(a)))
 }
 
-/// Update an application (name, description, active, collect_events).
+/// Update an application (name, description, active, collect_events, the OAuth settings).
 #[utoipa::path(patch, path = "/v1/meta/applications/{app}", tag = "meta",
     params(("app" = i64, Path, description = "Application id")), request_body = ApplicationChanges,
     responses((status = 200, body = ApplicationView), CommonErrors))]
@@ -133,7 +144,8 @@ async fn patch_app(
     if let Some(n) = &body.name {
         validate_app_name(n)?;
     }
-    let a = state
+    crate::api::oauth::validate_settings(&body.oauth)?;
+    let mut a = state
         .db
         .update_app(
             app,
@@ -145,6 +157,9 @@ async fn patch_app(
         )
         .await?
         .ok_or_else(|| ApiError::not_found("application"))?;
+    if let Some(changed) = state.db.set_app_oauth(app, &body.oauth, now_ms()).await? {
+        a = changed;
+    }
     state.forget_app(app);
     Ok(Json(app_view(a)))
 }

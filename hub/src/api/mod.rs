@@ -7,6 +7,7 @@ mod conditional;
 mod events;
 pub use network::revoke as revoke_spoke;
 mod meta;
+pub(crate) mod oauth;
 mod webhooks;
 pub use meta::create_api_key;
 pub(crate) use meta::{app_view, is_bidi_control, key_view, validate_app_name};
@@ -110,12 +111,15 @@ pub fn router(state: AppState) -> Router {
         .merge(network::routes())
         .merge(transfers::routes())
         .merge(raw::routes())
+        .merge(oauth::routes())
         .merge(ops::documented_routes())
         .split_for_parts();
     let doc = std::sync::Arc::new(doc);
     let json_limit = state.config.limits.max_json_body_bytes;
+    let cors_state = state.clone();
     let routed = api
         .merge(ops::routes(doc))
+        .route("/ui/assets/{name}", axum::routing::get(crate::pages::asset))
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -127,6 +131,10 @@ pub fn router(state: AppState) -> Router {
     // route also answers with a trailing slash, as kloudless-js and the file picker send.
     Router::new()
         .fallback_service(routed)
+        .layer(axum::middleware::from_fn_with_state(
+            cors_state,
+            crate::cors::layer,
+        ))
         .layer(axum::middleware::map_request(trim_trailing_slash))
 }
 

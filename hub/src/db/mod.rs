@@ -41,6 +41,7 @@ mod detect;
 mod events;
 mod links;
 mod network;
+mod oauth;
 mod sessions;
 mod steering;
 pub mod topology;
@@ -52,6 +53,7 @@ pub(crate) use events::Inserted;
 pub use events::{Echo, EventRecord, NewEvent, PreviousObject, StreamPosition};
 pub use links::{LinkChanges, LinkRecord};
 pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};
+pub use oauth::{NewCode, OAuthCode, Taken, TokenInfo};
 pub use sessions::{NewSession, PartRecord, SessionRecord};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{Held, Lease, NewTransfer, TransferRecord};
@@ -100,6 +102,12 @@ pub struct Application {
     pub collect_events: bool,
     pub created_ms: i64,
     pub modified_ms: i64,
+    /// OAuth redirect URIs it registered (exact match).
+    pub redirect_uris: Vec<String>,
+    /// Origins its browser code calls the API from (CORS).
+    pub trusted_domains: Vec<String>,
+    /// `response_type=token` allowed.
+    pub implicit_grant_enabled: bool,
 }
 
 /// An API key as stored: only a hash and a short hint of the key text.
@@ -185,7 +193,16 @@ fn app_from(r: &AnyRow) -> DbResult<Application> {
         collect_events: r.try_get::<i64, _>("collect_events")? != 0,
         created_ms: r.try_get("created_ms")?,
         modified_ms: r.try_get("modified_ms")?,
+        redirect_uris: json_list(r, "redirect_uris")?,
+        trusted_domains: json_list(r, "trusted_domains")?,
+        implicit_grant_enabled: r.try_get::<i64, _>("implicit_grant_enabled")? != 0,
     })
+}
+
+/// A JSON array of strings kept in a text column.
+fn json_list(r: &AnyRow, col: &str) -> DbResult<Vec<String>> {
+    let text: String = r.try_get(col)?;
+    serde_json::from_str(&text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 fn account_from(r: &AnyRow) -> DbResult<AccountRecord> {
@@ -212,7 +229,8 @@ fn key_from(r: &AnyRow) -> DbResult<ApiKeyRecord> {
 
 const ACCOUNT_COLS: &str =
     "id, app_id, service, name, credentials, active, created_ms, modified_ms";
-const APP_COLS: &str = "id, name, description, active, collect_events, created_ms, modified_ms";
+const APP_COLS: &str = "id, name, description, active, collect_events, created_ms, modified_ms, \
+    redirect_uris, trusted_domains, implicit_grant_enabled";
 
 impl Db {
     /// Connects (creating an SQLite file if needed) without running migrations.
@@ -771,18 +789,32 @@ impl Db {
         hash: &[u8],
         now: i64,
     ) -> DbResult<()> {
+        self.create_scoped_token(account_id, hash, "all", now)
+            .await
+            .map(|_| ())
+    }
+
+    /// Stores a bearer token (its hash) of `account_id` granted `scope`; its row id.
+    pub async fn create_scoped_token(
+        &self,
+        account_id: i64,
+        hash: &[u8],
+        scope: &str,
+        now: i64,
+    ) -> DbResult<i64> {
         let r = sqlx::query(&format!(
-            "INSERT INTO account_tokens (account_id, token_hash, created_ms) VALUES ($1, $2, $3) \
-             RETURNING {}",
+            "INSERT INTO account_tokens (account_id, token_hash, created_ms, scope) \
+             VALUES ($1, $2, $3, $4) RETURNING id, {}",
             self.xid_col()
         ))
         .bind(account_id)
         .bind(hash.to_vec())
         .bind(now)
+        .bind(scope)
         .fetch_one(&self.w())
         .await?;
         self.wrote(Some(&r)).await;
-        Ok(())
+        r.try_get("id")
     }
 
     /// The (account, application) a bearer token hash belongs to, if both are active.

@@ -19,6 +19,7 @@ mod lab;
 mod leases;
 mod links;
 mod network;
+mod oauth;
 mod observability;
 mod offload;
 mod raw;

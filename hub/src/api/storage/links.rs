@@ -18,7 +18,7 @@ use crate::state::{now_ms, Account, AppState};
 use axum::body::Body;
 use axum::extract::{Form, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
 use futures::StreamExt;
@@ -515,7 +515,7 @@ async fn page(state: &AppState, l: &LinkRecord, kind: PageKind) -> ApiResult<Res
     let a = state.account(l.app_id, l.account_id).await?;
     let path = StoragePath::parse(&l.path).map_err(ApiError::internal)?;
     let e = stat_file(&a, &path).await?;
-    let name = escape(e.path.name());
+    let name = crate::pages::escape(e.path.name());
     let token = format!("{}.{}", l.id, tag(state, l));
     let body = match kind {
         PageKind::Download => format!(
@@ -536,42 +536,10 @@ async fn page(state: &AppState, l: &LinkRecord, kind: PageKind) -> ApiResult<Res
             }
         ),
     };
-    let html = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\">\
-         <meta name=\"robots\" content=\"noindex\"><title>{name}</title>\
-         <style>body{{font-family:sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem}}\
-         .button,button{{padding:.5rem 1rem}}.error{{color:#b00}}</style></head>\
-         <body>\n{body}\n</body></html>\n"
-    );
-    let mut r = Html(html).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
-        ),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-store"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    Ok(r)
-}
-
-fn escape(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '<' => "&lt;".into(),
-            '>' => "&gt;".into(),
-            '&' => "&amp;".into(),
-            '"' => "&quot;".into(),
-            '\'' => "&#39;".into(),
-            c => c.to_string(),
-        })
-        .collect()
+    Ok(crate::pages::page(
+        StatusCode::OK,
+        e.path.name(),
+        &body,
+        &[],
+    ))
 }

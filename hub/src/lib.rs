@@ -26,6 +26,7 @@ mod metrics;
 pub mod model;
 pub mod network;
 pub mod pages;
+pub mod portal;
 pub mod revocation;
 pub mod sessions;
 pub mod state;

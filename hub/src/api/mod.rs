@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router {
     let routed = api
         .merge(ops::routes(doc))
         .route("/ui/assets/{name}", axum::routing::get(crate::pages::asset))
+        .merge(crate::portal::routes())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -42,6 +42,7 @@ mod events;
 mod links;
 mod network;
 mod oauth;
+mod portal;
 mod sessions;
 mod steering;
 pub mod topology;

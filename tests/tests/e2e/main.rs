@@ -22,6 +22,7 @@ mod network;
 mod oauth;
 mod observability;
 mod offload;
+mod portal;
 mod raw;
 mod regions;
 mod relay;

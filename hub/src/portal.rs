@@ -1,0 +1,515 @@
+//! The developer portal (`/ui/`): sign in with a meta token, then applications (create,
+//! rename, settings: event collection, OAuth redirect URIs, trusted domains, the implicit
+//! grant; delete) and their API keys (created and shown once, revoked), and the accounts they
+//! connected. Server-rendered pages (`pages.rs`: no script, strict policy), every change a
+//! POST carrying the session's CSRF token, answered by a redirect (a new key is shown on the
+//! answer itself, once).
+//!
+//! The session: a random token in an HttpOnly, SameSite=Strict cookie (Secure under TLS),
+//! never in the page or in storage the page's script could read; the database keeps only its
+//! SHA-256, and it dies with the meta token it was made from, on sign-out, or after
+//! [`SESSION_TTL`].
+
+use crate::error::ApiError;
+use crate::model::OAuthChanges;
+use crate::pages::{escape, page};
+use crate::state::{now_ms, AppState};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use base64::Engine as _;
+use secrecy::ExposeSecret;
+use shared::auth::{ct_eq, generate_token, hash_token};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long a sign-in lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+const COOKIE: &str = "sy_portal";
+
+/// The portal's routes (outside the API's JSON error shaping: these answer pages).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(home))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/logout", post(logout))
+        .route("/ui/apps", get(apps).post(create_app))
+        .route("/ui/apps/{app}", get(app_page).post(save_app))
+        .route("/ui/apps/{app}/delete", post(delete_app))
+        .route("/ui/apps/{app}/keys", post(create_key))
+        .route("/ui/apps/{app}/keys/{key}/revoke", post(revoke_key))
+}
+
+type Fields = BTreeMap<String, String>;
+
+/// A signed-in request: the session token (for the CSRF tag).
+struct Session(String);
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Response> {
+    let Some(token) = cookie(headers) else {
+        return Err(to_login());
+    };
+    match state
+        .db
+        .portal_session_live(&hash_token(&token), now_ms())
+        .await
+    {
+        Ok(true) => Ok(Session(token)),
+        Ok(false) => Err(to_login()),
+        Err(e) => Err(ApiError::from(e).into_response()),
+    }
+}
+
+/// A change: signed in, and the form's CSRF token is this session's.
+async fn changing(state: &AppState, headers: &HeaderMap, f: &Fields) -> Result<Session, Response> {
+    let s = session(state, headers).await?;
+    let sent = f.get("csrf").map(String::as_str).unwrap_or("");
+    if !ct_eq(sent.as_bytes(), csrf(state, &s).as_bytes()) {
+        return Err(page(
+            StatusCode::FORBIDDEN,
+            "Please try again",
+            "<h1>Please try again</h1><p class=\"error\" role=\"alert\">This form was not sent \
+             from this page. Reload it and try again.</p>",
+            &[],
+        ));
+    }
+    Ok(s)
+}
+
+fn csrf(state: &AppState, s: &Session) -> String {
+    let tag = state.oauth_forms.tag(&[b"portal\n", s.0.as_bytes()]);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag)
+}
+
+fn see(to: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn to_login() -> Response {
+    see("/ui/login")
+}
+
+/// The page frame of a signed-in page: a header with the sign-out button.
+fn frame(state: &AppState, s: &Session, title: &str, body: &str) -> Response {
+    let nav = format!(
+        "<header class=\"bar\"><a href=\"/ui/apps\">Applications</a>\
+         <form method=\"post\" action=\"/ui/logout\">{}<button type=\"submit\" \
+         class=\"link\">Sign out</button></form></header>\n",
+        hidden_csrf(state, s)
+    );
+    page(StatusCode::OK, title, &format!("{nav}{body}"), &[])
+}
+
+fn hidden_csrf(state: &AppState, s: &Session) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        csrf(state, s)
+    )
+}
+
+async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    match session(&state, &headers).await {
+        Ok(_) => see("/ui/apps"),
+        Err(r) => r,
+    }
+}
+
+fn login_form(status: StatusCode, error: Option<&str>) -> Response {
+    let error = error
+        .map(|e| {
+            format!(
+                "<p class=\"error\" id=\"error\" role=\"alert\">{}</p>\n",
+                escape(e)
+            )
+        })
+        .unwrap_or_default();
+    page(
+        status,
+        "Sign in",
+        &format!(
+            "<h1>Switchyard developer portal</h1>\n<p class=\"lead\">Sign in with a meta \
+             token (<code>hub meta-token create</code>).</p>\n{error}\
+             <form id=\"login\" method=\"post\" action=\"/ui/login\">\n\
+             <label for=\"f-token\">Meta token</label>\n\
+             <input id=\"f-token\" name=\"token\" type=\"password\" autocomplete=\"off\" required>\n\
+             <button type=\"submit\">Sign in</button>\n</form>"
+        ),
+        &[],
+    )
+}
+
+async fn login_page() -> Response {
+    login_form(StatusCode::OK, None)
+}
+
+async fn login(State(state): State<AppState>, Form(f): Form<Fields>) -> Response {
+    let token = f.get("token").map(|t| t.trim()).unwrap_or("");
+    let id = match token {
+        "" => None,
+        t => match state.db.meta_token_id(&hash_token(t)).await {
+            Ok(id) => id,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    let Some(meta) = id else {
+        return login_form(
+            StatusCode::UNAUTHORIZED,
+            Some("That is not a meta token of this hub."),
+        );
+    };
+    let session = generate_token("ps_");
+    let now = now_ms();
+    if let Err(e) = state
+        .db
+        .create_portal_session(
+            &hash_token(session.expose_secret()),
+            meta,
+            now,
+            now + SESSION_TTL.as_millis() as i64,
+        )
+        .await
+    {
+        return ApiError::from(e).into_response();
+    }
+    let mut r = see("/ui/apps");
+    let secure = if state.tls.is_some() { "; Secure" } else { "" };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}={}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        session.expose_secret(),
+        SESSION_TTL.as_secs()
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<Fields>,
+) -> Response {
+    let s = match changing(&state, &headers, &f).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Err(e) = state
+        .db
+        .end_portal_session(&hash_token(&s.0), now_ms())
+        .await
+    {
+        return ApiError::from(e).into_response();
+    }
+    let mut r = to_login();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("sy_portal=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"),
+    );
+    r
+}
+
+async fn apps(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let (list, total) = match state.db.list_apps(0, 200).await {
+        Ok(l) => l,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut rows = String::new();
+    for a in &list {
+        rows.push_str(&format!(
+            "<tr><td><a href=\"/ui/apps/{}\">{}</a></td><td>{}</td><td>{}</td></tr>\n",
+            a.id,
+            escape(&a.name),
+            a.id,
+            if a.active { "active" } else { "inactive" }
+        ));
+    }
+    let more = if total > list.len() as i64 {
+        format!("<p class=\"lead\">The first {} of {total}.</p>", list.len())
+    } else {
+        String::new()
+    };
+    let body = format!(
+        "<h1>Applications</h1>\n<table id=\"apps\"><thead><tr><th scope=\"col\">Name</th>\
+         <th scope=\"col\">Id</th><th scope=\"col\">State</th></tr></thead>\n<tbody>\n{rows}\
+         </tbody></table>\n{more}\
+         <h2>New application</h2>\n<form id=\"new-app\" method=\"post\" action=\"/ui/apps\">{}\n\
+         <label for=\"f-name\">Name</label>\n<input id=\"f-name\" name=\"name\" maxlength=\"200\" \
+         required>\n<button type=\"submit\">Create</button>\n</form>",
+        hidden_csrf(&state, &s)
+    );
+    frame(&state, &s, "Applications", &body)
+}
+
+async fn create_app(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    let name = f.get("name").map(|n| n.trim()).unwrap_or("");
+    if let Err(e) = crate::api::validate_app_name(name) {
+        return error_page(e);
+    }
+    match state.db.create_app(name, "", false, now_ms()).await {
+        Ok(a) => see(&format!("/ui/apps/{}", a.id)),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+fn error_page(e: ApiError) -> Response {
+    page(
+        StatusCode::BAD_REQUEST,
+        "Not saved",
+        &format!(
+            "<h1>Not saved</h1>\n<p class=\"error\" role=\"alert\">{}</p>\n\
+             <p><a href=\"/ui/apps\">Back to the applications</a></p>",
+            escape(e.message())
+        ),
+        &[],
+    )
+}
+
+/// One application's page; `new_key` is a key just created, shown this once.
+async fn render_app(state: &AppState, s: &Session, app: i64, new_key: Option<&str>) -> Response {
+    let a = match state.db.get_app(app).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "<h1>No such application</h1>",
+                &[],
+            )
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let keys = match state.db.list_api_keys(app).await {
+        Ok(k) => k,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let accounts = match state.db.list_accounts(app, None, 0, 200).await {
+        Ok((l, _)) => l,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let csrf = hidden_csrf(state, s);
+    let shown = new_key
+        .map(|k| {
+            format!(
+                "<div class=\"notice\" role=\"status\"><p>The new API key, shown only now: copy \
+                 it somewhere safe.</p><p><code id=\"new-key\">{}</code></p></div>\n",
+                escape(k)
+            )
+        })
+        .unwrap_or_default();
+    let mut key_rows = String::new();
+    for k in &keys {
+        key_rows.push_str(&format!(
+            "<tr><td><code>{}…</code></td><td>{}</td><td><form method=\"post\" \
+             action=\"/ui/apps/{app}/keys/{}/revoke\">{csrf}<button type=\"submit\" \
+             class=\"danger\">Revoke</button></form></td></tr>\n",
+            escape(&k.hint),
+            crate::model::rfc3339(k.created_ms),
+            k.id
+        ));
+    }
+    let mut account_rows = String::new();
+    for c in &accounts {
+        account_rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            c.id,
+            escape(&c.service),
+            escape(&c.name)
+        ));
+    }
+    let checked = |b: bool| if b { " checked" } else { "" };
+    let body = format!(
+        "<h1 id=\"app-name\">{name}</h1>\n<p class=\"lead\">Application {app}</p>\n{shown}\
+         <h2>Settings</h2>\n<form id=\"settings\" method=\"post\" action=\"/ui/apps/{app}\">{csrf}\n\
+         <label for=\"f-name\">Name</label>\n<input id=\"f-name\" name=\"name\" maxlength=\"200\" \
+         value=\"{name}\" required>\n\
+         <label for=\"f-redirects\">OAuth redirect URIs <span class=\"hint\">(one per line)</span>\
+         </label>\n<textarea id=\"f-redirects\" name=\"redirect_uris\">{redirects}</textarea>\n\
+         <label for=\"f-trusted\">Trusted domains <span class=\"hint\">(origins allowed to call \
+         the API from a browser, one per line)</span></label>\n<textarea id=\"f-trusted\" \
+         name=\"trusted_domains\">{trusted}</textarea>\n\
+         <label class=\"check\"><input type=\"checkbox\" name=\"collect_events\" value=\"1\"{ev}> \
+         Record changes in the accounts' event feeds</label>\n\
+         <label class=\"check\"><input type=\"checkbox\" name=\"implicit_grant_enabled\" \
+         value=\"1\"{ig}> Allow the OAuth implicit grant</label>\n\
+         <button type=\"submit\">Save</button>\n</form>\n\
+         <h2>API keys</h2>\n<table id=\"keys\"><thead><tr><th scope=\"col\">Key</th>\
+         <th scope=\"col\">Created</th><th scope=\"col\"><span class=\"hint\">Action</span></th>\
+         </tr></thead>\n<tbody>\n{key_rows}</tbody></table>\n\
+         <form id=\"new-key-form\" method=\"post\" action=\"/ui/apps/{app}/keys\">{csrf}\
+         <button type=\"submit\">Create an API key</button></form>\n\
+         <h2>Connected accounts</h2>\n<table id=\"accounts\"><thead><tr><th scope=\"col\">Id</th>\
+         <th scope=\"col\">Service</th><th scope=\"col\">Name</th></tr></thead>\n<tbody>\n\
+         {account_rows}</tbody></table>\n\
+         <h2>Delete</h2>\n<form id=\"delete-app\" method=\"post\" action=\"/ui/apps/{app}/delete\">\
+         {csrf}\n<label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"1\" \
+         required> Delete this application, its keys and its accounts</label>\n\
+         <button type=\"submit\" class=\"danger\">Delete</button>\n</form>",
+        name = escape(&a.name),
+        redirects = escape(&a.redirect_uris.join("\n")),
+        trusted = escape(&a.trusted_domains.join("\n")),
+        ev = checked(a.collect_events),
+        ig = checked(a.implicit_grant_enabled),
+    );
+    let mut r = frame(state, s, &a.name, &body);
+    if new_key.is_some() {
+        // The page with the key is never kept by the browser.
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    r
+}
+
+async fn app_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<i64>,
+) -> Response {
+    match session(&state, &headers).await {
+        Ok(s) => render_app(&state, &s, app, None).await,
+        Err(r) => r,
+    }
+}
+
+fn lines(v: Option<&String>) -> Vec<String> {
+    v.map(|t| {
+        t.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn save_app(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<i64>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    let name = f
+        .get("name")
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_default();
+    if let Err(e) = crate::api::validate_app_name(&name) {
+        return error_page(e);
+    }
+    let oauth = OAuthChanges {
+        redirect_uris: Some(lines(f.get("redirect_uris"))),
+        trusted_domains: Some(lines(f.get("trusted_domains"))),
+        implicit_grant_enabled: Some(f.contains_key("implicit_grant_enabled")),
+    };
+    if let Err(e) = crate::api::oauth::validate_settings(&oauth) {
+        return error_page(e);
+    }
+    let now = now_ms();
+    let collect = Some(f.contains_key("collect_events"));
+    match state
+        .db
+        .update_app(app, Some(&name), None, None, collect, now)
+        .await
+    {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "<h1>No such application</h1>",
+                &[],
+            )
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    if let Err(e) = state.db.set_app_oauth(app, &oauth, now).await {
+        return ApiError::from(e).into_response();
+    }
+    state.forget_app(app);
+    see(&format!("/ui/apps/{app}"))
+}
+
+async fn delete_app(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<i64>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    if !f.contains_key("confirm") {
+        return error_page(ApiError::bad_request(
+            "tick the box to confirm the deletion",
+        ));
+    }
+    match state.db.delete_app(app).await {
+        Ok(_) => {
+            state.forget_app(app);
+            see("/ui/apps")
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<i64>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let s = match changing(&state, &headers, &f).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match crate::api::create_api_key(&state, app).await {
+        Ok((_, key)) => render_app(&state, &s, app, Some(&key)).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, key)): Path<(i64, i64)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    match state.db.delete_api_key(app, Some(key), &[]).await {
+        Ok(_) => {
+            state.forget_app(app);
+            see(&format!("/ui/apps/{app}"))
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}

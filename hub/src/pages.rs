@@ -11,6 +11,8 @@ use axum::response::{Html, IntoResponse, Response};
 const STYLE: &str = include_str!("../assets/style.css");
 /// The pages' icon.
 const ICON: &str = include_str!("../assets/icon.svg");
+/// The operator console's script (plain JavaScript, no build step).
+const CONSOLE: &str = include_str!("../assets/console.js");
 
 /// Text made safe for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -41,6 +43,23 @@ pub fn page(status: StatusCode, title: &str, body: &str, form_targets: &[String]
     );
     let mut r = (status, Html(html)).into_response();
     secure(&mut r, form_targets);
+    r
+}
+
+/// A page that runs the embedded script `script` (`/ui/assets/<script>`) and fetches from
+/// this origin; otherwise as [`page`].
+pub fn scripted_page(title: &str, body: &str, script: &str) -> Response {
+    let body = format!(
+        "{body}\n<script src=\"/ui/assets/{}\" defer></script>",
+        escape(script)
+    );
+    let mut r = page(StatusCode::OK, title, &body, &[]);
+    let csp = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; \
+               img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    r.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(csp),
+    );
     r
 }
 
@@ -85,6 +104,7 @@ pub async fn asset(Path(name): Path<String>) -> Response {
     let (body, kind) = match name.as_str() {
         "style.css" => (STYLE, "text/css; charset=utf-8"),
         "icon.svg" => (ICON, "image/svg+xml"),
+        "console.js" => (CONSOLE, "text/javascript; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let mut r = body.into_response();

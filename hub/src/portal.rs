@@ -40,6 +40,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/apps/{app}/delete", post(delete_app))
         .route("/ui/apps/{app}/keys", post(create_key))
         .route("/ui/apps/{app}/keys/{key}/revoke", post(revoke_key))
+        .route("/ui/network", get(console_page))
+        .route("/ui/network.json", get(console_data))
 }
 
 type Fields = BTreeMap<String, String>;
@@ -106,15 +108,25 @@ fn to_login() -> Response {
     see("/ui/login")
 }
 
-/// The page frame of a signed-in page: a header with the sign-out button.
-fn frame(state: &AppState, s: &Session, title: &str, body: &str) -> Response {
-    let nav = format!(
-        "<header class=\"bar\"><a href=\"/ui/apps\">Applications</a>\
+/// The header of a signed-in page: the sections and the sign-out button.
+fn nav_bar(state: &AppState, s: &Session) -> String {
+    format!(
+        "<header class=\"bar\"><nav><a href=\"/ui/apps\">Applications</a> \
+         <a href=\"/ui/network\">Network</a></nav>\
          <form method=\"post\" action=\"/ui/logout\">{}<button type=\"submit\" \
          class=\"link\">Sign out</button></form></header>\n",
         hidden_csrf(state, s)
-    );
-    page(StatusCode::OK, title, &format!("{nav}{body}"), &[])
+    )
+}
+
+/// The page frame of a signed-in page.
+fn frame(state: &AppState, s: &Session, title: &str, body: &str) -> Response {
+    page(
+        StatusCode::OK,
+        title,
+        &format!("{}{body}", nav_bar(state, s)),
+        &[],
+    )
 }
 
 fn hidden_csrf(state: &AppState, s: &Session) -> String {
@@ -512,4 +524,140 @@ async fn revoke_key(
         }
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// Most transfers the console shows (unfinished first).
+const CONSOLE_TRANSFERS: i64 = 1000;
+/// A hub not seen in the directory for this long is shown down.
+const HUB_STALE_MS: i64 = 30_000;
+
+/// The operator console: the page; `console.js` fills it from `/ui/network.json` every second.
+async fn console_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let nav = nav_bar(&state, &s);
+    let body = format!(
+        "{nav}<h1>Network</h1>\n<p class=\"lead\" id=\"updated\" aria-live=\"polite\">Loading…</p>\n\
+         <h2>Regions</h2>\n<svg id=\"map\" role=\"img\" aria-label=\"Regions and the measured \
+         round trips between them\" viewBox=\"0 0 600 260\"></svg>\n\
+         <h2>Hubs</h2>\n<table id=\"hubs\"><thead><tr><th scope=\"col\">API</th>\
+         <th scope=\"col\">Region</th><th scope=\"col\">Health</th><th scope=\"col\">Last seen</th>\
+         </tr></thead><tbody></tbody></table>\n\
+         <h2>Spokes</h2>\n<table id=\"spokes\"><thead><tr><th scope=\"col\">Name</th>\
+         <th scope=\"col\">Region</th><th scope=\"col\">Health</th><th scope=\"col\">Load</th>\
+         <th scope=\"col\">RTT to this hub</th><th scope=\"col\">Storage RTTs</th>\
+         <th scope=\"col\">Last heartbeat</th></tr></thead><tbody></tbody></table>\n\
+         <h2>Transfers</h2>\n<table id=\"transfers\"><thead><tr><th scope=\"col\">Id</th>\
+         <th scope=\"col\">Operation</th><th scope=\"col\">State</th>\
+         <th scope=\"col\">Progress</th><th scope=\"col\">Rate</th><th scope=\"col\">ETA</th>\
+         <th scope=\"col\">Executor</th></tr></thead><tbody></tbody></table>"
+    );
+    let mut r = crate::pages::scripted_page("Network", &body, "console.js");
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    r
+}
+
+/// What the console shows, as JSON (the portal session's, like the page).
+async fn console_data(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if session(&state, &headers).await.is_err() {
+        return ApiError::unauthorized("sign in at /ui/login").into_response();
+    }
+    match console_snapshot(&state).await {
+        Ok(v) => {
+            let mut r = axum::Json(v).into_response();
+            r.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            r
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn console_snapshot(state: &AppState) -> Result<serde_json::Value, ApiError> {
+    use serde_json::json;
+    let now = now_ms();
+    let hubs = state.db.list_hubs(0).await?;
+    let spokes = state.db.list_spokes().await?;
+    let transfers = state.db.console_transfers(CONSOLE_TRANSFERS).await?;
+    let hubs: Vec<_> = hubs
+        .iter()
+        .map(|h| {
+            json!({"api": h.api, "region": h.region, "quic": h.quic,
+                   "healthy": now - h.seen_ms < HUB_STALE_MS, "seen_ms_ago": now - h.seen_ms})
+        })
+        .collect();
+    // Links between regions: the round trips spokes measure to hubs (`hub:<region>`).
+    let mut links: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let spokes: Vec<_> = spokes
+        .iter()
+        .filter(|s| s.revoked_ms.is_none())
+        .map(|s| {
+            let live = state.network.registry.status(s.id);
+            if let Some(l) = &live {
+                for (k, us) in &l.rtts {
+                    if let Some(region) = k.strip_prefix("hub:") {
+                        let key = (s.region.clone(), region.to_owned());
+                        links
+                            .entry(key)
+                            .and_modify(|v| *v = (*v).min(*us))
+                            .or_insert(*us);
+                    }
+                }
+            }
+            let storage: BTreeMap<&str, u64> = live
+                .as_ref()
+                .map(|l| {
+                    l.rtts
+                        .iter()
+                        .filter_map(|(k, v)| k.strip_prefix("storage:").map(|h| (h, *v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "id": s.id, "name": s.name, "region": s.region,
+                "connected": live.is_some(),
+                "healthy": live.as_ref().is_some_and(|l| l.healthy),
+                "active_jobs": live.as_ref().map(|l| l.active_jobs),
+                "free_slots": live.as_ref().map(|l| l.free_slots),
+                "bytes_per_sec": live.as_ref().map(|l| l.bytes_per_sec),
+                "rtt_us": live.as_ref().map(|l| l.rtt_us),
+                "storage_rtts_us": storage,
+                "last_heartbeat_ms_ago": live.as_ref().map(|l| l.last_heartbeat_ms_ago),
+                "last_seen": s.last_seen_ms.map(crate::model::rfc3339),
+            })
+        })
+        .collect();
+    let transfers: Vec<_> = transfers
+        .into_iter()
+        .map(|t| {
+            let total = u64::try_from(t.size).ok();
+            let (done, rate) = match state.transfers.live(t.id) {
+                Some((b, r)) if t.state == "running" => {
+                    (b.max(t.bytes_done as u64).min(total.unwrap_or(u64::MAX)), r)
+                }
+                _ => (t.bytes_done as u64, 0),
+            };
+            let eta = total
+                .filter(|_| t.state == "running" && rate > 0)
+                .map(|n| n.saturating_sub(done) / rate);
+            let relayed = t.note.as_deref().is_some_and(|n| n.contains("relayed"));
+            json!({"id": t.id, "operation": t.kind, "state": t.state, "bytes_done": done,
+                   "bytes_total": total, "rate": rate, "eta": eta, "executor": t.executor,
+                   "spoke": t.spoke_id, "region": t.region, "relayed": relayed})
+        })
+        .collect();
+    let links: Vec<_> = links
+        .into_iter()
+        .map(|((from, to), us)| json!({"from": from, "to": to, "rtt_ms": us as f64 / 1000.0}))
+        .collect();
+    Ok(json!({
+        "region": state.config.region,
+        "version": env!("CARGO_PKG_VERSION"),
+        "hubs": hubs, "spokes": spokes, "transfers": transfers, "links": links,
+    }))
 }

@@ -190,6 +190,19 @@ impl Db {
         Ok((rows.iter().map(from_row).collect::<DbResult<_>>()?, count))
     }
 
+    /// The operator console's transfers, of every application: unfinished ones first, then
+    /// the newest, at most `limit`.
+    pub async fn console_transfers(&self, limit: i64) -> DbResult<Vec<TransferRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM transfers ORDER BY \
+             CASE WHEN state IN ('queued', 'running') THEN 0 ELSE 1 END, id DESC LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(&self.w())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Transfers held by `holder` in `state`.
     pub async fn held_transfers(&self, holder: &str, state: &str) -> DbResult<Vec<TransferRecord>> {
         let rows = sqlx::query(&format!(

@@ -193,7 +193,7 @@ pub(crate) async fn until(
     }
 }
 
-fn hub_yaml(rate: Option<u64>, part_mib: u64) -> String {
+pub(crate) fn hub_yaml(rate: Option<u64>, part_mib: u64) -> String {
     hub_yaml_grace(rate, part_mib, 0)
 }
 
@@ -210,7 +210,10 @@ fn hub_yaml_grace(rate: Option<u64>, part_mib: u64, grace_secs: u64) -> String {
 }
 
 /// A hub with `yaml` and one enrolled, healthy spoke called `name`.
-async fn hub_with_spoke(yaml: String, name: &str) -> (TestHub, tempfile::TempDir, SpokeProc) {
+pub(crate) async fn hub_with_spoke(
+    yaml: String,
+    name: &str,
+) -> (TestHub, tempfile::TempDir, SpokeProc) {
     let hub = TestHub::start_with(HubOptions {
         yaml: Some(yaml),
         ..Default::default()

@@ -13,6 +13,8 @@ const STYLE: &str = include_str!("../assets/style.css");
 const ICON: &str = include_str!("../assets/icon.svg");
 /// The operator console's script (plain JavaScript, no build step).
 const CONSOLE: &str = include_str!("../assets/console.js");
+/// The portal's file explorer (plain JavaScript on the public REST API).
+const EXPLORER: &str = include_str!("../assets/explorer.js");
 
 /// Text made safe for HTML element content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -105,6 +107,7 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         "style.css" => (STYLE, "text/css; charset=utf-8"),
         "icon.svg" => (ICON, "image/svg+xml"),
         "console.js" => (CONSOLE, "text/javascript; charset=utf-8"),
+        "explorer.js" => (EXPLORER, "text/javascript; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     let mut r = body.into_response();

@@ -40,6 +40,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/apps/{app}/delete", post(delete_app))
         .route("/ui/apps/{app}/keys", post(create_key))
         .route("/ui/apps/{app}/keys/{key}/revoke", post(revoke_key))
+        .route("/ui/apps/{app}/accounts/{acc}", get(explorer_page))
+        .route("/ui/apps/{app}/accounts/{acc}/token", post(explorer_token))
         .route("/ui/network", get(console_page))
         .route("/ui/network.json", get(console_data))
 }
@@ -349,9 +351,10 @@ async fn render_app(state: &AppState, s: &Session, app: i64, new_key: Option<&st
     let mut account_rows = String::new();
     for c in &accounts {
         account_rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td><a href=\"/ui/apps/{app}/accounts/{}\">{}</a></td></tr>\n",
             c.id,
             escape(&c.service),
+            c.id,
             escape(&c.name)
         ));
     }
@@ -660,4 +663,101 @@ async fn console_snapshot(state: &AppState) -> Result<serde_json::Value, ApiErro
         "version": env!("CARGO_PKG_VERSION"),
         "hubs": hubs, "spokes": spokes, "transfers": transfers, "links": links,
     }))
+}
+
+/// How long an explorer's account token lasts (the page asks for another on a 401).
+const EXPLORER_TOKEN: Duration = Duration::from_secs(15 * 60);
+
+/// The file explorer of one account: `explorer.js` works through the public REST API with a
+/// short-lived bearer token of that account, asked for with the session's CSRF token.
+async fn explorer_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, acc)): Path<(i64, i64)>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let account = match state.db.list_accounts(app, Some(acc), 0, 1).await {
+        Ok((mut l, _)) if !l.is_empty() => l.remove(0),
+        Ok(_) => {
+            return page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "<h1>No such account</h1>",
+                &[],
+            )
+        }
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let body = format!(
+        "{nav}<h1>{name}</h1>\n<p class=\"lead\"><a href=\"/ui/apps/{app}\">Application {app}</a> \
+         · account {acc} · {service}</p>\n\
+         <div id=\"explorer\" data-app=\"{app}\" data-account=\"{acc}\" data-csrf=\"{csrf}\">\n\
+         <nav id=\"crumbs\" aria-label=\"Folder\"></nav>\n\
+         <form id=\"search\" role=\"search\"><label for=\"q\">Search</label>\
+         <input id=\"q\" name=\"q\" type=\"search\"><button type=\"submit\">Search</button></form>\n\
+         <form id=\"mkdir\"><label for=\"folder-name\">New folder</label>\
+         <input id=\"folder-name\" name=\"name\" required><button type=\"submit\">Create</button></form>\n\
+         <p><label for=\"upload\">Upload a file</label> <input id=\"upload\" type=\"file\"> \
+         <progress id=\"upload-progress\" max=\"1\" value=\"0\" aria-label=\"Upload\" hidden></progress> \
+         <span id=\"upload-status\" role=\"status\"></span></p>\n\
+         <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\n\
+         <table id=\"files\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Size</th>\
+         <th scope=\"col\">Modified</th><th scope=\"col\"><span class=\"hint\">Actions</span></th></tr>\
+         </thead><tbody></tbody></table>\n<p><button id=\"more\" type=\"button\" hidden>More</button></p>\n</div>",
+        nav = nav_bar(&state, &s),
+        name = escape(&account.name),
+        service = escape(&account.service),
+        csrf = csrf(&state, &s),
+    );
+    let mut r = crate::pages::scripted_page(&account.name, &body, "explorer.js");
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    r
+}
+
+/// A short-lived bearer token of the account, for the explorer's calls to the API.
+async fn explorer_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, acc)): Path<(i64, i64)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    match state.db.list_accounts(app, Some(acc), 0, 1).await {
+        Ok((l, _)) if !l.is_empty() => {}
+        Ok(_) => return ApiError::not_found("account").into_response(),
+        Err(e) => return ApiError::from(e).into_response(),
+    }
+    let token = generate_token("at_");
+    let now = now_ms();
+    let expires = now + EXPLORER_TOKEN.as_millis() as i64;
+    if let Err(e) = state
+        .db
+        .create_expiring_token(
+            acc,
+            &hash_token(token.expose_secret()),
+            "explorer",
+            now,
+            Some(expires),
+        )
+        .await
+    {
+        return ApiError::from(e).into_response();
+    }
+    let mut r = axum::Json(serde_json::json!({
+        "access_token": token.expose_secret(),
+        "account_id": acc,
+        "expires_in": EXPLORER_TOKEN.as_secs(),
+    }))
+    .into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }

@@ -9,3 +9,7 @@ CREATE TABLE portal_sessions (
     expires_ms    BIGINT NOT NULL
 );
 CREATE INDEX portal_sessions_expiry ON portal_sessions(expires_ms);
+
+-- Short-lived account tokens: the portal's file explorer gets one per account it opens
+-- (`expires_ms`, minutes ahead); every other token has none and lives until revoked.
+ALTER TABLE account_tokens ADD COLUMN expires_ms BIGINT;

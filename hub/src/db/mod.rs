@@ -803,15 +803,29 @@ impl Db {
         scope: &str,
         now: i64,
     ) -> DbResult<i64> {
+        self.create_expiring_token(account_id, hash, scope, now, None)
+            .await
+    }
+
+    /// [`Db::create_scoped_token`] that stops working at `expires_ms` (when given).
+    pub async fn create_expiring_token(
+        &self,
+        account_id: i64,
+        hash: &[u8],
+        scope: &str,
+        now: i64,
+        expires_ms: Option<i64>,
+    ) -> DbResult<i64> {
         let r = sqlx::query(&format!(
-            "INSERT INTO account_tokens (account_id, token_hash, created_ms, scope) \
-             VALUES ($1, $2, $3, $4) RETURNING id, {}",
+            "INSERT INTO account_tokens (account_id, token_hash, created_ms, scope, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id, {}",
             self.xid_col()
         ))
         .bind(account_id)
         .bind(hash.to_vec())
         .bind(now)
         .bind(scope)
+        .bind(expires_ms)
         .fetch_one(&self.w())
         .await?;
         self.wrote(Some(&r)).await;
@@ -823,9 +837,11 @@ impl Db {
         let r = read!(self, pool => sqlx::query(
             "SELECT c.id AS account_id, c.app_id AS app_id FROM account_tokens t \
              JOIN accounts c ON c.id = t.account_id JOIN applications a ON a.id = c.app_id \
-             WHERE t.token_hash = $1 AND c.active = 1 AND a.active = 1",
+             WHERE t.token_hash = $1 AND c.active = 1 AND a.active = 1 \
+             AND (t.expires_ms IS NULL OR t.expires_ms > $2)",
         )
         .bind(hash.to_vec())
+        .bind(crate::state::now_ms())
         .fetch_optional(pool)
         .await)?;
         r.map(|r| Ok((r.try_get("account_id")?, r.try_get("app_id")?)))

@@ -181,9 +181,14 @@ impl Db {
     }
 
     /// Deletes codes expired before `before` (they are useless; used ones keep their token id
-    /// until then, for the reuse check).
+    /// until then, for the reuse check), and short-lived tokens past their time.
     pub async fn sweep_codes(&self, before: i64) -> DbResult<u64> {
         let r = sqlx::query("DELETE FROM oauth_codes WHERE expires_ms < $1")
+            .bind(before)
+            .execute(&self.w())
+            .await?;
+        // Short-lived tokens (the portal's explorer) past their time.
+        sqlx::query("DELETE FROM account_tokens WHERE expires_ms IS NOT NULL AND expires_ms < $1")
             .bind(before)
             .execute(&self.w())
             .await?;
@@ -206,9 +211,11 @@ impl Db {
             "SELECT c.id AS account_id, c.app_id AS app_id, t.scope AS scope, \
              t.created_ms AS created_ms FROM account_tokens t \
              JOIN accounts c ON c.id = t.account_id JOIN applications a ON a.id = c.app_id \
-             WHERE t.token_hash = $1 AND c.active = 1 AND a.active = 1",
+             WHERE t.token_hash = $1 AND c.active = 1 AND a.active = 1 \
+             AND (t.expires_ms IS NULL OR t.expires_ms > $2)",
         )
         .bind(hash.to_vec())
+        .bind(crate::state::now_ms())
         .fetch_optional(pool)
         .await)?;
         r.map(|r| {

@@ -313,3 +313,151 @@ async fn the_console_stays_smooth_with_1000_transfers_and_100_spokes() {
         "updates {updates:?} ms"
     );
 }
+
+/// The file explorer in Chromium, on the dev account, through the public API only: a 40 MiB
+/// file uploaded as an upload session (the progress bar takes several values on the way), its
+/// download link serving it byte-identical, a file named with markup shown as text, a folder
+/// created, a rename, a search, a delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
+    assert!(
+        e2e::browser::available(),
+        "Chromium and the browser driver are needed"
+    );
+    let hub = TestHub::start().await.expect("hub");
+    let (app, acc) = (hub.creds.application_id, hub.creds.account_id);
+    let size = 40 << 20;
+    // The same bytes in the page and here.
+    let gen = format!(
+        "(() => {{ const b = new Uint8Array({size}); let x = 7;
+           for (let i = 0; i < b.length; i++) {{ x = (Math.imul(x, 1103515245) + 12345) >>> 0; b[i] = x >>> 24; }}
+           return b; }})()"
+    );
+    let mut expect = vec![0u8; size];
+    let mut x: u32 = 7;
+    for b in expect.iter_mut() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        *b = (x >> 24) as u8;
+    }
+    let upload = |name: &str, bytes: &str| {
+        format!(
+            "new Promise((done) => {{
+               const bar = document.getElementById('upload-progress'); const seen = new Set();
+               const iv = setInterval(() => {{ if (bar.value > 0 && bar.value < bar.max) seen.add(bar.value); }}, 5);
+               const dt = new DataTransfer(); dt.items.add(new File([{bytes}], {name:?}));
+               const input = document.getElementById('upload'); input.files = dt.files;
+               input.dispatchEvent(new Event('change'));
+               const t0 = Date.now();
+               const look = () => {{
+                 const note = document.getElementById('upload-status').textContent;
+                 if (note.startsWith('Uploaded') || note.startsWith('Not') || Date.now() - t0 > 60000) {{
+                   clearInterval(iv);
+                   setTimeout(() => done({{note, seen: seen.size}}), 300);
+                 }} else setTimeout(look, 20);
+               }};
+               look();
+             }})"
+        )
+    };
+    let until_row = |name: &str| {
+        format!(
+            "new Promise((done) => {{ const t0 = Date.now(); const look = () => {{
+               const r = [...document.querySelectorAll('#files tbody tr')].find((tr) => tr.dataset.name === {name:?});
+               if (r || Date.now() - t0 > 10000) return done(r ? r.cells[0].textContent : null);
+               setTimeout(look, 20); }}; look(); }})"
+        )
+    };
+    let click_in_row = |name: &str, label: &str| {
+        format!(
+            "(() => {{ const r = [...document.querySelectorAll('#files tbody tr')].find((tr) => tr.dataset.name === {name:?});
+               const b = [...r.querySelectorAll('button')].find((b) => b.textContent === {label:?}); b.click(); return true; }})()"
+        )
+    };
+    let mut steps = sign_in(&hub);
+    steps.extend([
+        json!({"goto": hub.url(&format!("/ui/apps/{app}/accounts/{acc}"))}),
+        json!({"eval": until_row("__none__")}),
+        json!({"axe": "explorer"}),
+        json!({"eval": upload("big.bin", &gen), "timeout_ms": 70000}),
+        json!({"eval": until_row("big.bin")}),
+        json!({"eval": upload(HOSTILE, "'tiny'"), "timeout_ms": 20000}),
+        json!({"eval": until_row(HOSTILE)}),
+        json!({"fill": {"#folder-name": "reports"}}),
+        json!({"eval": "(() => { document.getElementById('mkdir').requestSubmit(); return true; })()"}),
+        json!({"eval": until_row("reports")}),
+        json!({"eval": click_in_row("big.bin", "Download")}),
+        // The link the explorer made, fetched now (before the rename and delete below): its
+        // SHA-256 in the page.
+        json!({"eval": "new Promise((d) => setTimeout(async () => {
+            const a = document.querySelector('a.download-link');
+            if (!a) return d(null);
+            const b = await (await fetch(a.href)).arrayBuffer();
+            const h = await crypto.subtle.digest('SHA-256', b);
+            d({len: b.byteLength, sha: [...new Uint8Array(h)].map((x) => x.toString(16).padStart(2, '0')).join('')});
+          }, 1500))", "timeout_ms": 30000}),
+        json!({"eval": click_in_row("big.bin", "Rename")}),
+        json!({"eval": "(() => { const f = document.querySelector('form.rename'); f.querySelector('input').value = 'renamed.bin'; f.requestSubmit(); return true; })()"}),
+        json!({"eval": until_row("renamed.bin")}),
+        json!({"fill": {"#q": "renamed"}}),
+        json!({"eval": "(() => { document.getElementById('search').requestSubmit(); return true; })()"}),
+        json!({"eval": "new Promise((d) => setTimeout(() => d([...document.querySelectorAll('#files tbody tr')].map((tr) => tr.dataset.name)), 1500))"}),
+        json!({"eval": click_in_row("renamed.bin", "Delete")}),
+        json!({"eval": click_in_row("renamed.bin", "Confirm delete")}),
+        json!({"eval": "new Promise((d) => setTimeout(() => d(document.getElementById('status').textContent), 1500))"}),
+        json!({"screenshot": "explorer"}),
+        json!({"expect_no_dialog": true}),
+    ]);
+    let shots = tempfile::tempdir().expect("tmp");
+    let run = e2e::browser::run(
+        json!({"screenshots": shots.path(), "deadline_ms": 110000, "steps": steps}),
+    )
+    .await
+    .expect("browser");
+    assert_eq!(run["ok"], true, "{run}");
+    let ev = &run["evals"];
+    assert_eq!(run["axe"]["explorer"], json!([]), "{run}");
+    assert!(
+        ev[1]["note"].as_str().unwrap_or("").starts_with("Uploaded"),
+        "{run}"
+    );
+    assert!(
+        ev[1]["seen"].as_u64().unwrap_or(0) >= 2,
+        "the bar never moved: {run}"
+    );
+    assert_eq!(ev[4], HOSTILE, "{run}");
+    assert_eq!(ev[8]["len"], expect.len(), "{run}");
+    assert_eq!(ev[8]["sha"], e2e::sha256_hex(&expect), "{run}");
+    assert_eq!(ev[13], json!(["renamed.bin"]), "{run}");
+    assert!(
+        ev[16]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Deleted renamed.bin"),
+        "{run}"
+    );
+    assert_eq!(run["dialogs"], json!([]), "{run}");
+    assert_eq!(run["csp_violations"], json!([]), "{run}");
+    // The token the page used is the account's and short-lived: the API key's view of the
+    // account shows the folder and the markup-named file, not the deleted one.
+    let list: Value = hub
+        .req(
+            reqwest::Method::GET,
+            &hub.acc("/storage/folders/root/contents"),
+        )
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let names: Vec<&str> = list["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter_map(|o| o["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"reports") && names.contains(&HOSTILE) && !names.contains(&"renamed.bin"),
+        "{list}"
+    );
+}

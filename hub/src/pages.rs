@@ -32,6 +32,28 @@ pub fn escape(s: &str) -> String {
     out
 }
 
+/// The value of cookie `name` in a request's `Cookie` headers.
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A 404 page: no such `what`.
+pub fn not_found(what: &str) -> Response {
+    page(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        &format!("<h1>No such {}</h1>", escape(what)),
+        &[],
+    )
+}
+
 /// A whole page: `title` (text) and `body` (HTML the caller escaped).
 pub fn page(status: StatusCode, title: &str, body: &str, form_targets: &[String]) -> Response {
     let html = format!(

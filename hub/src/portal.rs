@@ -41,6 +41,14 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/apps/{app}/keys", post(create_key))
         .route("/ui/apps/{app}/keys/{key}/revoke", post(revoke_key))
         .route("/ui/apps/{app}/accounts/{acc}", get(explorer_page))
+        .route("/ui/apps/{app}/accounts/{acc}/delete", post(disconnect))
+        .route("/ui/apps/{app}/webhooks", post(add_webhook))
+        .route("/ui/apps/{app}/webhooks/{id}", get(webhook_page))
+        .route("/ui/apps/{app}/webhooks/{id}/delete", post(delete_webhook))
+        .route(
+            "/ui/apps/{app}/webhooks/{id}/deliveries/{delivery}/resend",
+            post(resend_delivery),
+        )
         .route("/ui/apps/{app}/accounts/{acc}/token", post(explorer_token))
         .route("/ui/network", get(console_page))
         .route("/ui/network.json", get(console_data))
@@ -52,14 +60,7 @@ type Fields = BTreeMap<String, String>;
 struct Session(String);
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_owned())
+    crate::pages::cookie(headers, COOKIE)
 }
 
 async fn session(state: &AppState, headers: &HeaderMap) -> Result<Session, Response> {
@@ -305,18 +306,17 @@ fn error_page(e: ApiError) -> Response {
     )
 }
 
-/// One application's page; `new_key` is a key just created, shown this once.
-async fn render_app(state: &AppState, s: &Session, app: i64, new_key: Option<&str>) -> Response {
+/// A secret just made, shown once on the page that answers its creation.
+enum Shown<'a> {
+    Key(&'a str),
+    WebhookSecret(&'a str),
+}
+
+/// One application's page; `shown` is a secret just created, shown this once.
+async fn render_app(state: &AppState, s: &Session, app: i64, shown: Option<Shown<'_>>) -> Response {
     let a = match state.db.get_app(app).await {
         Ok(Some(a)) => a,
-        Ok(None) => {
-            return page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "<h1>No such application</h1>",
-                &[],
-            )
-        }
+        Ok(None) => return crate::pages::not_found("application"),
         Err(e) => return ApiError::from(e).into_response(),
     };
     let keys = match state.db.list_api_keys(app).await {
@@ -327,16 +327,61 @@ async fn render_app(state: &AppState, s: &Session, app: i64, new_key: Option<&st
         Ok((l, _)) => l,
         Err(e) => return ApiError::from(e).into_response(),
     };
+    let hooks = match state.db.list_webhooks(app).await {
+        Ok(h) => h,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
     let csrf = hidden_csrf(state, s);
-    let shown = new_key
-        .map(|k| {
+    let secret = shown.is_some();
+    let shown = match shown {
+        Some(Shown::Key(k)) => format!(
+            "<div class=\"notice\" role=\"status\"><p>The new API key, shown only now: copy \
+             it somewhere safe.</p><p><code id=\"new-key\">{}</code></p></div>\n",
+            escape(k)
+        ),
+        Some(Shown::WebhookSecret(k)) => format!(
+            "<div class=\"notice\" role=\"status\"><p>The webhook passed its test. Its signing \
+             secret, shown only now:</p><p><code id=\"new-secret\">{}</code></p></div>\n",
+            escape(k)
+        ),
+        None => String::new(),
+    };
+    let mut hook_rows = String::new();
+    for h in &hooks {
+        let state_text = match (&h.disabled_ms, &h.disabled_reason) {
+            (Some(_), reason) => format!("disabled: {}", reason.as_deref().unwrap_or("no reason")),
+            (None, _) if h.failing_since_ms.is_some() => "failing".to_owned(),
+            (None, _) => "active".to_owned(),
+        };
+        hook_rows.push_str(&format!(
+            "<tr><td><a href=\"/ui/apps/{app}/webhooks/{id}\">{url}</a></td><td>{st}</td><td>\
+             <form method=\"post\" action=\"/ui/apps/{app}/webhooks/{id}/delete\">{csrf}\
+             <button type=\"submit\" class=\"danger\">Delete</button></form></td></tr>\n",
+            id = h.id,
+            url = escape(&h.url),
+            st = escape(&state_text),
+        ));
+    }
+    let connect = match a.redirect_uris.first() {
+        Some(redirect) => {
+            let q = serde_urlencoded::to_string([
+                ("client_id", app.to_string()),
+                ("response_type", "code".to_owned()),
+                ("redirect_uri", redirect.clone()),
+                ("scope", "all".to_owned()),
+            ])
+            .unwrap_or_default();
             format!(
-                "<div class=\"notice\" role=\"status\"><p>The new API key, shown only now: copy \
-                 it somewhere safe.</p><p><code id=\"new-key\">{}</code></p></div>\n",
-                escape(k)
+                "<p><a href=\"/v1/oauth?{}\">Connect an account</a> <span class=\"hint\">(the \
+                 OAuth page; the code goes to {})</span></p>\n",
+                escape(&q),
+                escape(redirect)
             )
-        })
-        .unwrap_or_default();
+        }
+        None => "<p class=\"hint\">Register a redirect URI to connect accounts through the OAuth \
+                 page.</p>\n"
+            .to_owned(),
+    };
     let mut key_rows = String::new();
     for k in &keys {
         key_rows.push_str(&format!(
@@ -351,11 +396,14 @@ async fn render_app(state: &AppState, s: &Session, app: i64, new_key: Option<&st
     let mut account_rows = String::new();
     for c in &accounts {
         account_rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td><a href=\"/ui/apps/{app}/accounts/{}\">{}</a></td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td><a href=\"/ui/apps/{app}/accounts/{}\">{}</a></td>\
+             <td><form method=\"post\" action=\"/ui/apps/{app}/accounts/{}/delete\">{csrf}\
+             <button type=\"submit\" class=\"danger\">Disconnect</button></form></td></tr>\n",
             c.id,
             escape(&c.service),
             c.id,
-            escape(&c.name)
+            escape(&c.name),
+            c.id,
         ));
     }
     let checked = |b: bool| if b { " checked" } else { "" };
@@ -379,8 +427,16 @@ async fn render_app(state: &AppState, s: &Session, app: i64, new_key: Option<&st
          </tr></thead>\n<tbody>\n{key_rows}</tbody></table>\n\
          <form id=\"new-key-form\" method=\"post\" action=\"/ui/apps/{app}/keys\">{csrf}\
          <button type=\"submit\">Create an API key</button></form>\n\
-         <h2>Connected accounts</h2>\n<table id=\"accounts\"><thead><tr><th scope=\"col\">Id</th>\
-         <th scope=\"col\">Service</th><th scope=\"col\">Name</th></tr></thead>\n<tbody>\n\
+         <h2>Webhooks</h2>\n<table id=\"webhooks\"><thead><tr><th scope=\"col\">URL</th>\
+         <th scope=\"col\">State</th><th scope=\"col\"><span class=\"hint\">Action</span></th>\
+         </tr></thead>\n<tbody>\n{hook_rows}</tbody></table>\n\
+         <form id=\"new-webhook\" method=\"post\" action=\"/ui/apps/{app}/webhooks\">{csrf}\n\
+         <label for=\"f-hook\">Add a webhook <span class=\"hint\">(it must answer a signed test \
+         request with 200 and the application id)</span></label>\n<input id=\"f-hook\" \
+         name=\"url\" type=\"url\" required>\n<button type=\"submit\">Add</button>\n</form>\n\
+         <h2>Connected accounts</h2>\n{connect}<table id=\"accounts\"><thead><tr><th scope=\"col\">Id</th>\
+         <th scope=\"col\">Service</th><th scope=\"col\">Name</th>\
+         <th scope=\"col\"><span class=\"hint\">Action</span></th></tr></thead>\n<tbody>\n\
          {account_rows}</tbody></table>\n\
          <h2>Delete</h2>\n<form id=\"delete-app\" method=\"post\" action=\"/ui/apps/{app}/delete\">\
          {csrf}\n<label class=\"check\"><input type=\"checkbox\" name=\"confirm\" value=\"1\" \
@@ -393,7 +449,7 @@ async fn render_app(state: &AppState, s: &Session, app: i64, new_key: Option<&st
         ig = checked(a.implicit_grant_enabled),
     );
     let mut r = frame(state, s, &a.name, &body);
-    if new_key.is_some() {
+    if secret {
         // The page with the key is never kept by the browser.
         r.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -455,14 +511,7 @@ async fn save_app(
         .await
     {
         Ok(Some(_)) => {}
-        Ok(None) => {
-            return page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "<h1>No such application</h1>",
-                &[],
-            )
-        }
+        Ok(None) => return crate::pages::not_found("application"),
         Err(e) => return ApiError::from(e).into_response(),
     }
     if let Err(e) = state.db.set_app_oauth(app, &oauth, now).await {
@@ -506,7 +555,7 @@ async fn create_key(
         Err(r) => return r,
     };
     match crate::api::create_api_key(&state, app).await {
-        Ok((_, key)) => render_app(&state, &s, app, Some(&key)).await,
+        Ok((_, key)) => render_app(&state, &s, app, Some(Shown::Key(&key))).await,
         Err(e) => e.into_response(),
     }
 }
@@ -681,14 +730,7 @@ async fn explorer_page(
     };
     let account = match state.db.list_accounts(app, Some(acc), 0, 1).await {
         Ok((mut l, _)) if !l.is_empty() => l.remove(0),
-        Ok(_) => {
-            return page(
-                StatusCode::NOT_FOUND,
-                "Not found",
-                "<h1>No such account</h1>",
-                &[],
-            )
-        }
+        Ok(_) => return crate::pages::not_found("account"),
         Err(e) => return ApiError::from(e).into_response(),
     };
     let body = format!(
@@ -760,4 +802,129 @@ async fn explorer_token(
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// Disconnecting an account (its files stay where they are).
+async fn disconnect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, acc)): Path<(i64, i64)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    match state.db.delete_account(app, acc).await {
+        Ok(true) => {
+            state.forget_account(acc);
+            see(&format!("/ui/apps/{app}"))
+        }
+        Ok(false) => crate::pages::not_found("account"),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Adding a webhook: its live test first, as the Meta API does; its secret shown once.
+async fn add_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(app): Path<i64>,
+    Form(f): Form<Fields>,
+) -> Response {
+    let s = match changing(&state, &headers, &f).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let url = f.get("url").map(String::as_str).unwrap_or("");
+    match crate::api::webhooks::add(&state, app, url).await {
+        Ok((_, secret)) => render_app(&state, &s, app, Some(Shown::WebhookSecret(&secret))).await,
+        Err(e) => error_page(e),
+    }
+}
+
+async fn delete_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(i64, i64)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    match state.db.delete_webhook(app, id).await {
+        Ok(true) => see(&format!("/ui/apps/{app}")),
+        Ok(false) => crate::pages::not_found("webhook"),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A webhook's delivery log, newest first, each attempt with a resend button.
+async fn webhook_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(i64, i64)>,
+) -> Response {
+    let s = match session(&state, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let hook = match state.db.get_webhook(app, id).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return crate::pages::not_found("webhook"),
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let attempts = match state.db.list_webhook_attempts(id, 0, 100).await {
+        Ok((rows, _)) => rows,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let csrf = hidden_csrf(&state, &s);
+    let mut rows = String::new();
+    for a in &attempts {
+        rows.push_str(&format!(
+            "<tr data-ok=\"{ok}\"><td>{at}</td><td>{acc}</td><td>{n}</td><td>{status}</td>\
+             <td>{lat} ms</td><td>{err}</td><td><form method=\"post\" \
+             action=\"/ui/apps/{app}/webhooks/{id}/deliveries/{d}/resend\">{csrf}\
+             <button type=\"submit\">Resend</button></form></td></tr>\n",
+            ok = a.ok,
+            at = crate::model::rfc3339(a.at_ms),
+            acc = a.account_id,
+            n = a.attempt,
+            status = a
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "no answer".into()),
+            lat = a.latency_ms,
+            err = escape(
+                a.error
+                    .as_deref()
+                    .unwrap_or(if a.ok { "delivered" } else { "" })
+            ),
+            d = a.id,
+        ));
+    }
+    let body = format!(
+        "<h1>Webhook deliveries</h1>\n<p class=\"lead\"><a href=\"/ui/apps/{app}\">Application \
+         {app}</a> · <code>{url}</code></p>\n<table id=\"deliveries\"><thead><tr>\
+         <th scope=\"col\">When</th><th scope=\"col\">Account</th><th scope=\"col\">Attempt</th>\
+         <th scope=\"col\">Status</th><th scope=\"col\">Latency</th><th scope=\"col\">Result</th>\
+         <th scope=\"col\"><span class=\"hint\">Action</span></th></tr></thead>\n<tbody>\n{rows}\
+         </tbody></table>",
+        url = escape(&hook.url),
+    );
+    frame(&state, &s, "Webhook deliveries", &body)
+}
+
+async fn resend_delivery(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((app, id, delivery)): Path<(i64, i64, i64)>,
+    Form(f): Form<Fields>,
+) -> Response {
+    if let Err(r) = changing(&state, &headers, &f).await {
+        return r;
+    }
+    match crate::api::webhooks::resend(&state, app, id, delivery).await {
+        Ok(()) => see(&format!("/ui/apps/{app}/webhooks/{id}")),
+        Err(e) => error_page(e),
+    }
 }

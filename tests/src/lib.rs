@@ -113,6 +113,15 @@ pub fn http_client() -> reqwest::Client {
         .expect("a reqwest client")
 }
 
+/// [`http_client`] that does not follow redirects (tests that read `Location`).
+pub fn no_redirect_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a reqwest client")
+}
+
 /// The egress policy of connectors the tests build directly: the test servers are on
 /// loopback, which the default policy (only globally routable addresses) refuses.
 pub fn loopback_egress() -> shared::egress::EgressPolicy {

@@ -8,7 +8,7 @@ mod events;
 pub use network::revoke as revoke_spoke;
 mod meta;
 pub(crate) mod oauth;
-mod webhooks;
+pub(crate) mod webhooks;
 pub use meta::create_api_key;
 pub(crate) use meta::{app_view, is_bidi_control, key_view, validate_app_name};
 pub(crate) mod network;

@@ -569,14 +569,7 @@ fn connect_form(
 }
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == CSRF_COOKIE)
-        .map(|(_, v)| v.to_owned())
+    crate::pages::cookie(headers, CSRF_COOKIE)
 }
 
 /// The form's CSRF token: HMAC over the cookie and every parameter of the request.

@@ -143,8 +143,19 @@ async fn create_webhook(
     ApiPath(app): ApiPath<i64>,
     ApiJson(body): ApiJson<NewWebhook>,
 ) -> ApiResult<(StatusCode, Json<WebhookView>)> {
-    app_exists(&state, app).await?;
-    let url = crate::webhooks::check_url(&state, body.url.trim()).await?;
+    let (hook, text) = add(&state, app, &body.url).await?;
+    Ok((StatusCode::CREATED, Json(view(hook, Some(text)))))
+}
+
+/// Adds a webhook to application `app` after its live test (the Meta API and the portal);
+/// returns it with its secret (shown once).
+pub(crate) async fn add(
+    state: &AppState,
+    app: i64,
+    url: &str,
+) -> ApiResult<(crate::db::WebhookRecord, String)> {
+    app_exists(state, app).await?;
+    let url = crate::webhooks::check_url(state, url.trim()).await?;
     if state.db.list_webhooks(app).await?.len() >= MAX_WEBHOOKS {
         return Err(ApiError::conflict(
             "too_many_webhooks",
@@ -152,14 +163,14 @@ async fn create_webhook(
         ));
     }
     let (text, raw) = crate::webhooks::new_secret();
-    crate::webhooks::test_request(&state, app, url.as_str(), &raw).await?;
-    let sealed = crate::webhooks::seal_secret(&state, app, &raw);
+    crate::webhooks::test_request(state, app, url.as_str(), &raw).await?;
+    let sealed = crate::webhooks::seal_secret(state, app, &raw);
     let hook = state
         .db
         .create_webhook(app, url.as_str(), &sealed, now_ms())
         .await?;
     tracing::info!(app, webhook = hook.id, "webhook added");
-    Ok((StatusCode::CREATED, Json(view(hook, Some(text)))))
+    Ok((hook, text))
 }
 
 /// Retrieve a webhook (whether it is active, and why not).
@@ -233,6 +244,13 @@ async fn retry_delivery(
     State(state): State<AppState>,
     ApiPath((app, id, delivery)): ApiPath<(i64, i64, i64)>,
 ) -> ApiResult<StatusCode> {
+    resend(&state, app, id, delivery).await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Queues the notification of a past delivery attempt's account again, now (the Meta API and
+/// the portal).
+pub(crate) async fn resend(state: &AppState, app: i64, id: i64, delivery: i64) -> ApiResult<()> {
     let hook = state
         .db
         .get_webhook(app, id)
@@ -262,5 +280,5 @@ async fn retry_delivery(
         return Err(ApiError::not_found("account"));
     }
     state.db.outbox_wake().notify_one();
-    Ok(StatusCode::ACCEPTED)
+    Ok(())
 }

@@ -28,12 +28,9 @@ fn password_form(p: &str) -> String {
     )
 }
 
-/// A client without any credentials, that does not follow redirects.
+/// A client without credentials that does not follow redirects.
 fn anonymous() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    e2e::no_redirect_client()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

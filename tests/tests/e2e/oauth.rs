@@ -17,12 +17,9 @@ use sha2::{Digest, Sha256};
 
 const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
-/// A client that never follows redirects (the tests read `Location`).
+/// A client without credentials that does not follow redirects.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    e2e::no_redirect_client()
 }
 
 /// Registers `REDIRECT` (and `extra`) on the dev application, with `implicit` and `trusted`.

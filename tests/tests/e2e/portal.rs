@@ -11,11 +11,9 @@ use serde_json::{json, Value};
 
 const HOSTILE: &str = "<img src=x onerror=alert(1)>";
 
+/// A client without credentials that does not follow redirects.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
+    e2e::no_redirect_client()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -460,4 +458,175 @@ async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
         names.contains(&"reports") && names.contains(&HOSTILE) && !names.contains(&"renamed.bin"),
         "{list}"
     );
+}
+
+/// Signs in over HTTP; the session cookie (`name=value`).
+async fn http_sign_in(hub: &TestHub) -> String {
+    let r = client()
+        .post(hub.url("/ui/login"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([("token", hub.creds.meta_token.as_str())]).expect("form"),
+        )
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(r.status(), 303);
+    let set = r.headers()[SET_COOKIE].to_str().expect("cookie");
+    set.split(';').next().expect("pair").to_owned()
+}
+
+/// A page of the portal and the CSRF token its forms carry.
+async fn page_and_csrf(hub: &TestHub, cookie: &str, path: &str) -> (String, String) {
+    let html = client()
+        .get(hub.url(path))
+        .header("Cookie", cookie)
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    let csrf = html
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a CSRF token")
+        .to_owned();
+    (html, csrf)
+}
+
+async fn post_form(
+    hub: &TestHub,
+    cookie: &str,
+    path: &str,
+    pairs: &[(&str, &str)],
+) -> reqwest::Response {
+    client()
+        .post(hub.url(path))
+        .header("Cookie", cookie)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(serde_urlencoded::to_string(pairs).expect("form"))
+        .send()
+        .await
+        .expect("post")
+}
+
+/// Webhooks and accounts in the portal: adding a webhook runs its live test (a receiver that
+/// answers wrong is refused with the reason, nothing added); a good one shows its secret once;
+/// a change to the account is delivered and shows in the delivery log, from which it is sent
+/// again; an account is disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_adds_webhooks_shows_deliveries_resends_and_disconnects() {
+    use e2e::webhook_receiver::{Answer, Receiver};
+    let hub = TestHub::start_with(e2e::HubOptions {
+        yaml: Some(crate::webhooks::FAST.into()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let (app, acc) = (hub.creds.application_id, hub.creds.account_id);
+    let cookie = http_sign_in(&hub).await;
+    let (_, csrf) = page_and_csrf(&hub, &cookie, &format!("/ui/apps/{app}")).await;
+    let rx = Receiver::start(app).await;
+
+    rx.answer(Answer::Status(200, "not-the-app-id".into(), None));
+    let r = post_form(
+        &hub,
+        &cookie,
+        &format!("/ui/apps/{app}/webhooks"),
+        &[("url", &rx.url()), ("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    let html = r.text().await.expect("html");
+    assert!(html.contains("role=\"alert\""), "{html}");
+    assert!(hub
+        .state
+        .db
+        .list_webhooks(app)
+        .await
+        .expect("hooks")
+        .is_empty());
+
+    rx.answer(Answer::Echo);
+    let r = post_form(
+        &hub,
+        &cookie,
+        &format!("/ui/apps/{app}/webhooks"),
+        &[("url", &rx.url()), ("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let html = r.text().await.expect("html");
+    assert!(html.contains("id=\"new-secret\">whsec_"), "{html}");
+    let hook = hub.state.db.list_webhooks(app).await.expect("hooks")[0].id;
+    // The secret is not on the page reached again.
+    let (again, _) = page_and_csrf(&hub, &cookie, &format!("/ui/apps/{app}")).await;
+    assert!(!again.contains("whsec_"), "{again}");
+
+    // A change to the account is delivered and logged.
+    let before = rx.count();
+    hub.upload(acc, "root", "notify.txt", b"hello".to_vec())
+        .await
+        .expect("upload");
+    assert!(
+        rx.wait_for(std::time::Duration::from_secs(10), |g| g.len() > before)
+            .await
+    );
+    let log_path = format!("/ui/apps/{app}/webhooks/{hook}");
+    let mut delivery = None;
+    for _ in 0..50 {
+        let (log, _) = page_and_csrf(&hub, &cookie, &log_path).await;
+        delivery = log
+            .split("/deliveries/")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .map(str::to_owned);
+        if delivery.is_some() && log.contains("data-ok=\"true\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let delivery = delivery.expect("a delivery in the log");
+    let n = rx.count();
+    let r = post_form(
+        &hub,
+        &cookie,
+        &format!("{log_path}/deliveries/{delivery}/resend"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert!(
+        rx.wait_for(std::time::Duration::from_secs(10), |g| g.len() > n)
+            .await,
+        "resent"
+    );
+
+    // Disconnect the account: the API no longer knows it.
+    let r = post_form(
+        &hub,
+        &cookie,
+        &format!("/ui/apps/{app}/accounts/{acc}/delete"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let r = hub
+        .req(reqwest::Method::GET, &hub.acc(""))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    // And a forged delete of the webhook is refused.
+    let r = post_form(
+        &hub,
+        &cookie,
+        &format!("/ui/apps/{app}/webhooks/{hook}/delete"),
+        &[("csrf", "x")],
+    )
+    .await;
+    assert_eq!(r.status(), 403);
 }

@@ -472,6 +472,27 @@ async fn hub_with_spoke() -> (
     (hub, s3, creds, root, spoke)
 }
 
+/// `POST …/storage/files` of account `acc` from `url` as `name`, with `X-Kloudless-Async`
+/// when `as_task`.
+async fn upload_to(
+    hub: &TestHub,
+    acc: i64,
+    url: &str,
+    name: &str,
+    as_task: bool,
+) -> reqwest::Response {
+    let mut req = hub
+        .req(
+            Method::POST,
+            &hub.url(&format!("/v1/accounts/{acc}/storage/files")),
+        )
+        .json(&json!({"url": url, "parent_id": "root", "name": name}));
+    if as_task {
+        req = req.header("X-Kloudless-Async", "true");
+    }
+    req.send().await.expect("upload")
+}
+
 /// The newest transfer of the application.
 async fn newest_transfer(hub: &TestHub) -> Value {
     let list: Value = hub
@@ -498,16 +519,8 @@ async fn large_urls_are_fetched_by_a_spoke() {
     let port = serve(vec![("/big.bin", big.clone())]).await;
     let src = sources().await;
 
-    let r = hub
-        .req(
-            Method::POST,
-            &hub.url(&format!("/v1/accounts/{acc}/storage/files")),
-        )
-        .json(&json!({"url": format!("http://127.0.0.1:{port}/big.bin"),
-                      "parent_id": "root", "name": "big.bin"}))
-        .send()
-        .await
-        .expect("upload");
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    let r = upload_to(&hub, acc, &url, "big.bin", false).await;
     assert_eq!(r.status(), 201);
     let f: Value = r.json().await.expect("json");
     assert_eq!(f["size"], SIZE, "{f}");
@@ -533,15 +546,7 @@ async fn large_urls_are_fetched_by_a_spoke() {
         sha256_hex(&pattern(SIZE, 9))
     );
 
-    let r = hub
-        .req(
-            Method::POST,
-            &hub.url(&format!("/v1/accounts/{acc}/storage/files")),
-        )
-        .json(&json!({"url": src.url("/chunked.bin"), "parent_id": "root", "name": "chunked.bin"}))
-        .send()
-        .await
-        .expect("upload");
+    let r = upload_to(&hub, acc, &src.url("/chunked.bin"), "chunked.bin", false).await;
     assert_eq!(r.status(), 201);
     let f: Value = r.json().await.expect("json");
     assert_eq!(f["size"], CHUNKED, "{f}");
@@ -568,17 +573,8 @@ async fn a_spoke_refuses_a_hop_the_hub_never_saw() {
     flip.serve_first = 2;
     flip.then_redirect = Some(internal);
     let port = serve(vec![("/flip.bin", flip.clone())]).await;
-    let r = hub
-        .req(
-            Method::POST,
-            &hub.url(&format!("/v1/accounts/{acc}/storage/files")),
-        )
-        .header("X-Kloudless-Async", "true")
-        .json(&json!({"url": format!("http://127.0.0.1:{port}/flip.bin"),
-                      "parent_id": "root", "name": "flip.bin"}))
-        .send()
-        .await
-        .expect("upload");
+    let url = format!("http://127.0.0.1:{port}/flip.bin");
+    let r = upload_to(&hub, acc, &url, "flip.bin", true).await;
     assert_eq!(r.status(), 202);
     let t: Value = r.json().await.expect("json");
     let id = t["id"].as_i64().expect("id");

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Short timings so retries and disabling happen within a test.
-const FAST: &str = "webhooks:\n  timeout: 2s\n  retry_schedule: [0ms, 200ms, 400ms, 800ms]\n  \
+pub(crate) const FAST: &str =
+    "webhooks:\n  timeout: 2s\n  retry_schedule: [0ms, 200ms, 400ms, 800ms]\n  \
                     reconcile_every: 100ms\n  requeue_after: 3s\n";
 
 /// Adds a webhook for the hub's dev application; returns its JSON (with the secret).

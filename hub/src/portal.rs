@@ -94,6 +94,26 @@ async fn changing(state: &AppState, headers: &HeaderMap, f: &Fields) -> Result<S
     Ok(s)
 }
 
+/// A signed-in change: the session, and its form whose CSRF token is the session's (the
+/// extractor of every POST of the portal).
+struct Change {
+    session: Session,
+    form: Fields,
+}
+
+impl axum::extract::FromRequest<AppState> for Change {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &AppState) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        let Form(form) = Form::<Fields>::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let session = changing(state, &headers, &form).await?;
+        Ok(Change { session, form })
+    }
+}
+
 fn csrf(state: &AppState, s: &Session) -> String {
     let tag = state.oauth_forms.tag(&[b"portal\n", s.0.as_bytes()]);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag)
@@ -215,15 +235,7 @@ async fn login(State(state): State<AppState>, Form(f): Form<Fields>) -> Response
     r
 }
 
-async fn logout(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(f): Form<Fields>,
-) -> Response {
-    let s = match changing(&state, &headers, &f).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+async fn logout(State(state): State<AppState>, Change { session: s, .. }: Change) -> Response {
     if let Err(e) = state
         .db
         .end_portal_session(&hash_token(&s.0), now_ms())
@@ -275,14 +287,7 @@ async fn apps(State(state): State<AppState>, headers: HeaderMap) -> Response {
     frame(&state, &s, "Applications", &body)
 }
 
-async fn create_app(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(f): Form<Fields>,
-) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
+async fn create_app(State(state): State<AppState>, Change { form: f, .. }: Change) -> Response {
     let name = f.get("name").map(|n| n.trim()).unwrap_or("");
     if let Err(e) = crate::api::validate_app_name(name) {
         return error_page(e);
@@ -481,13 +486,9 @@ fn lines(v: Option<&String>) -> Vec<String> {
 
 async fn save_app(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app): Path<i64>,
-    Form(f): Form<Fields>,
+    Change { form: f, .. }: Change,
 ) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
     let name = f
         .get("name")
         .map(|n| n.trim().to_owned())
@@ -523,13 +524,9 @@ async fn save_app(
 
 async fn delete_app(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app): Path<i64>,
-    Form(f): Form<Fields>,
+    Change { form: f, .. }: Change,
 ) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
     if !f.contains_key("confirm") {
         return error_page(ApiError::bad_request(
             "tick the box to confirm the deletion",
@@ -546,14 +543,9 @@ async fn delete_app(
 
 async fn create_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app): Path<i64>,
-    Form(f): Form<Fields>,
+    Change { session: s, .. }: Change,
 ) -> Response {
-    let s = match changing(&state, &headers, &f).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     match crate::api::create_api_key(&state, app).await {
         Ok((_, key)) => render_app(&state, &s, app, Some(Shown::Key(&key))).await,
         Err(e) => e.into_response(),
@@ -562,13 +554,9 @@ async fn create_key(
 
 async fn revoke_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app, key)): Path<(i64, i64)>,
-    Form(f): Form<Fields>,
+    _: Change,
 ) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
     match state.db.delete_api_key(app, Some(key), &[]).await {
         Ok(_) => {
             state.forget_app(app);
@@ -765,13 +753,9 @@ async fn explorer_page(
 /// A short-lived bearer token of the account, for the explorer's calls to the API.
 async fn explorer_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app, acc)): Path<(i64, i64)>,
-    Form(f): Form<Fields>,
+    _: Change,
 ) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
     match state.db.list_accounts(app, Some(acc), 0, 1).await {
         Ok((l, _)) if !l.is_empty() => {}
         Ok(_) => return ApiError::not_found("account").into_response(),
@@ -807,13 +791,9 @@ async fn explorer_token(
 /// Disconnecting an account (its files stay where they are).
 async fn disconnect(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app, acc)): Path<(i64, i64)>,
-    Form(f): Form<Fields>,
+    _: Change,
 ) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
     match state.db.delete_account(app, acc).await {
         Ok(true) => {
             state.forget_account(acc);
@@ -827,14 +807,12 @@ async fn disconnect(
 /// Adding a webhook: its live test first, as the Meta API does; its secret shown once.
 async fn add_webhook(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(app): Path<i64>,
-    Form(f): Form<Fields>,
+    Change {
+        session: s,
+        form: f,
+    }: Change,
 ) -> Response {
-    let s = match changing(&state, &headers, &f).await {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
     let url = f.get("url").map(String::as_str).unwrap_or("");
     match crate::api::webhooks::add(&state, app, url).await {
         Ok((_, secret)) => render_app(&state, &s, app, Some(Shown::WebhookSecret(&secret))).await,
@@ -844,13 +822,9 @@ async fn add_webhook(
 
 async fn delete_webhook(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app, id)): Path<(i64, i64)>,
-    Form(f): Form<Fields>,
+    _: Change,
 ) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
     match state.db.delete_webhook(app, id).await {
         Ok(true) => see(&format!("/ui/apps/{app}")),
         Ok(false) => crate::pages::not_found("webhook"),
@@ -916,13 +890,9 @@ async fn webhook_page(
 
 async fn resend_delivery(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path((app, id, delivery)): Path<(i64, i64, i64)>,
-    Form(f): Form<Fields>,
+    _: Change,
 ) -> Response {
-    if let Err(r) = changing(&state, &headers, &f).await {
-        return r;
-    }
     match crate::api::webhooks::resend(&state, app, id, delivery).await {
         Ok(()) => see(&format!("/ui/apps/{app}/webhooks/{id}")),
         Err(e) => error_page(e),

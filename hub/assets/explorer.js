@@ -2,7 +2,7 @@
 // calls any app makes), with a short-lived bearer token of that account that the portal gives
 // this page (kept in memory, asked for again when it expires). Browse folders page by page,
 // upload with a progress bar (large files as an upload session, in parts), download through a
-// short-lived direct link, rename, move, delete, search, create folders. Every name is set as
+// short-lived direct link, rename, delete, search, create folders. Every name is set as
 // text, never as markup. Plain JavaScript served as it is: there is no build step.
 'use strict';
 (() => {

@@ -146,6 +146,15 @@ async fn the_portal_refuses_strangers_and_forged_forms() {
     assert!(!apps.to_string().contains("forged"), "{apps}");
 }
 
+/// A page expression that waits (polling, at most 10 s) until `cond` holds, then gives `value`.
+fn until(cond: &str, value: &str) -> String {
+    format!(
+        "new Promise((d) => {{ const t0 = Date.now(); const look = () => {{
+           if (({cond}) || Date.now() - t0 > 10000) return d({value});
+           setTimeout(look, 20); }}; look(); }})"
+    )
+}
+
 /// Signs in (the first steps of a browser run).
 fn sign_in(hub: &TestHub) -> Vec<Value> {
     let base = &hub.base_url;
@@ -350,7 +359,7 @@ async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
                  const note = document.getElementById('upload-status').textContent;
                  if (note.startsWith('Uploaded') || note.startsWith('Not') || Date.now() - t0 > 60000) {{
                    clearInterval(iv);
-                   setTimeout(() => done({{note, seen: seen.size}}), 300);
+                   done({{note, seen: seen.size}});
                  }} else setTimeout(look, 20);
                }};
                look();
@@ -386,22 +395,28 @@ async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
         json!({"eval": click_in_row("big.bin", "Download")}),
         // The link the explorer made, fetched now (before the rename and delete below): its
         // SHA-256 in the page.
-        json!({"eval": "new Promise((d) => setTimeout(async () => {
+        json!({"eval": "new Promise((d) => { const t0 = Date.now(); const look = async () => {
             const a = document.querySelector('a.download-link');
-            if (!a) return d(null);
+            if (!a) return Date.now() - t0 > 10000 ? d(null) : setTimeout(look, 20);
             const b = await (await fetch(a.href)).arrayBuffer();
             const h = await crypto.subtle.digest('SHA-256', b);
             d({len: b.byteLength, sha: [...new Uint8Array(h)].map((x) => x.toString(16).padStart(2, '0')).join('')});
-          }, 1500))", "timeout_ms": 30000}),
+          }; look(); })", "timeout_ms": 30000}),
         json!({"eval": click_in_row("big.bin", "Rename")}),
         json!({"eval": "(() => { const f = document.querySelector('form.rename'); f.querySelector('input').value = 'renamed.bin'; f.requestSubmit(); return true; })()"}),
         json!({"eval": until_row("renamed.bin")}),
         json!({"fill": {"#q": "renamed"}}),
         json!({"eval": "(() => { document.getElementById('search').requestSubmit(); return true; })()"}),
-        json!({"eval": "new Promise((d) => setTimeout(() => d([...document.querySelectorAll('#files tbody tr')].map((tr) => tr.dataset.name)), 1500))"}),
+        json!({"eval": until(
+            "document.getElementById('status').textContent.includes('found for')",
+            "[...document.querySelectorAll('#files tbody tr')].map((tr) => tr.dataset.name)",
+        )}),
         json!({"eval": click_in_row("renamed.bin", "Delete")}),
         json!({"eval": click_in_row("renamed.bin", "Confirm delete")}),
-        json!({"eval": "new Promise((d) => setTimeout(() => d(document.getElementById('status').textContent), 1500))"}),
+        json!({"eval": until(
+            "/^(Deleted|Not deleted)/.test(document.getElementById('status').textContent)",
+            "document.getElementById('status').textContent",
+        )}),
         json!({"screenshot": "explorer"}),
         json!({"expect_no_dialog": true}),
     ]);

@@ -1093,12 +1093,19 @@ async fn a_completion_killed_halfway_is_taken_over_after_a_restart() {
 
     let hub = HubProc::start(&data_dir, &base, &dir.path().join("b.log")).await;
     let sessions = |rest: &str| hub_url(&hub, acc, rest);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let r = hub
-        .req(Method::POST, &sessions(&format!("/{id}/complete")))
-        .send()
-        .await
-        .expect("complete");
+    // The killed completion holds the session until it is stale (1 s): 409 until then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = hub
+            .req(Method::POST, &sessions(&format!("/{id}/complete")))
+            .send()
+            .await
+            .expect("complete");
+        if r.status() != 409 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status(), 200);
     let f: Value = r.json().await.expect("json");
     assert_eq!(f["name"], "killed.bin", "{f}");

@@ -722,3 +722,22 @@ async fn the_python_sdk_and_chromium_run_the_whole_flow() {
     assert_eq!(done["info"]["client_id"], app_id, "{done}");
     assert_eq!(done["names"], json!(["report.pdf"]), "{done}");
 }
+
+/// Fifty exchanges of one code at the same moment: exactly one gets a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_code_exchanged_fifty_times_at_once_gives_one_token() {
+    let hub = TestHub::start().await.expect("hub");
+    register(&hub, false, &[]).await;
+    let (_s3, creds) = s3_setup().await;
+    let code = code_for(&hub, &creds, &[]).await;
+    let answers =
+        futures::future::join_all((0..50).map(|_| exchange(&hub, &code, REDIRECT, &[]))).await;
+    let granted = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(granted, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, e)| *s == 200 || e["error_code"] == "invalid_grant"),
+        "{answers:?}"
+    );
+}

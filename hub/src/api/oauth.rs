@@ -851,7 +851,15 @@ async fn token_exchange(
             now,
         )
         .await?;
-    state.db.set_code_token(code.id, token_id).await?;
+    if !state.db.set_code_token(code.id, token_id).await? {
+        // Presented again while this exchange ran: neither presenter gets a token.
+        state.db.delete_token(token_id).await?;
+        tracing::warn!(
+            app = app_id,
+            "an authorization code was presented twice during its exchange; no token given"
+        );
+        return Err(invalid());
+    }
     Ok(Json(TokenGrant {
         access_token: token.expose_secret().to_owned(),
         token_type: "Bearer",

@@ -218,6 +218,7 @@ impl Db {
         if self.is_echo(conn, e).await? {
             return Ok(Inserted::Duplicate);
         }
+        let kind = self.detected_kind(conn, e).await?;
         let prev = e.previous.as_ref();
         let row = sqlx::query(&format!(
             "INSERT INTO events (account_id, seq, kind, action, object_id, path, metadata, \
@@ -229,7 +230,7 @@ impl Db {
         ))
         .bind(e.account_id)
         .bind(seq)
-        .bind(e.kind)
+        .bind(kind)
         .bind(e.action)
         .bind(&e.object_id)
         .bind(&e.path)
@@ -251,6 +252,40 @@ impl Db {
         .await?;
         let pending = self.outbox_upsert(conn, e.account_id, seq, now).await?;
         Ok(Inserted::Row(row, pending))
+    }
+
+    /// The kind `e` is recorded as. A detected `add` of a file the feed already shows at that
+    /// path (the API added it after the detector's last complete listing, and it changed
+    /// again before the next one) is an `update`: the feed's reader saw the file added once.
+    async fn detected_kind(
+        &self,
+        conn: &mut AnyConnection,
+        e: &NewEvent,
+    ) -> DbResult<&'static str> {
+        let Echo::Detected { after_seq, .. } = e.echo else {
+            return Ok(e.kind);
+        };
+        if e.kind != "add" {
+            return Ok(e.kind);
+        }
+        let latest = sqlx::query(
+            "SELECT kind, path FROM events WHERE account_id = $1 AND seq > $2 \
+             AND (path = $3 OR prev_path = $3) ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(e.account_id)
+        .bind(after_seq)
+        .bind(&e.path)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let present = match latest {
+            Some(r) => {
+                let kind: String = r.try_get("kind")?;
+                let at: String = r.try_get("path")?;
+                kind != "delete" && at == e.path
+            }
+            None => false,
+        };
+        Ok(if present { "update" } else { e.kind })
     }
 
     /// Whether every outcome of `e` is already in the feed (see [`Echo`]). Runs under the

@@ -151,24 +151,33 @@ impl Db {
                 expires_ms: r.try_get("expires_ms")?,
             }));
         }
-        let used = sqlx::query("SELECT token_id FROM oauth_codes WHERE code_hash = $1")
-            .bind(hash.to_vec())
-            .fetch_optional(&self.w())
-            .await?;
+        // Marked reused in the same statement that reads its token: an exchange still under
+        // way then finds the mark and gives nothing (see `set_code_token`).
+        let used = sqlx::query(
+            "UPDATE oauth_codes SET reused_ms = COALESCE(reused_ms, $2) WHERE code_hash = $1 \
+             RETURNING token_id",
+        )
+        .bind(hash.to_vec())
+        .bind(now)
+        .fetch_optional(&self.w())
+        .await?;
         Ok(match used {
             Some(r) => Taken::Reused(r.try_get("token_id")?),
             None => Taken::Unknown,
         })
     }
 
-    /// Records the token a code was exchanged for.
-    pub async fn set_code_token(&self, code_id: i64, token_id: i64) -> DbResult<()> {
-        sqlx::query("UPDATE oauth_codes SET token_id = $2 WHERE id = $1")
-            .bind(code_id)
-            .bind(token_id)
-            .execute(&self.w())
-            .await?;
-        Ok(())
+    /// Records the token a code was exchanged for, unless the code was presented again
+    /// meanwhile (false: the token must not be given). Either this runs first and the second
+    /// presenter finds the token to revoke, or the second presenter's mark is here first.
+    pub async fn set_code_token(&self, code_id: i64, token_id: i64) -> DbResult<bool> {
+        let r =
+            sqlx::query("UPDATE oauth_codes SET token_id = $2 WHERE id = $1 AND reused_ms IS NULL")
+                .bind(code_id)
+                .bind(token_id)
+                .execute(&self.w())
+                .await?;
+        Ok(r.rows_affected() == 1)
     }
 
     /// Deletes a bearer token (a code presented twice revokes what it gave).

@@ -705,3 +705,82 @@ async fn a_state_the_api_left_before_changing_it_again_is_an_echo() {
         "a state seen after the API's delete is a change of its own"
     );
 }
+
+/// A file the API added, changed from outside before the detector listed it: the detector
+/// finds it missing from its snapshot, but the feed already told its readers the file was
+/// added, so the change is an `update` of it, not a second `add`.
+#[tokio::test]
+async fn an_outside_change_to_a_file_the_api_added_is_an_update() {
+    let hub = TestHub::start_with(HubOptions {
+        yaml: Some("events:\n  detect:\n    enabled: false\n".into()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let acc = hub.creds.account_id;
+    let before = hub.state.db.stream_head(acc).await.expect("head");
+    let added = api_upload(&hub, acc, "both.txt", "from the api").await;
+    let listed = hub.state.db.stream_head(acc).await.expect("head");
+    let entry = shared::storage::Entry {
+        path: p("both.txt"),
+        kind: EntryKind::File,
+        size: 30,
+        modified: Some(now_ms() + 5),
+        etag: Some("\"changed-outside\"".into()),
+        content_type: None,
+    };
+    let mut e = hub::events::new_event(
+        &hub.state.ids,
+        &hub::events::Change {
+            account: acc,
+            kind: hub::events::kind::ADD,
+            action: "detected",
+            entry: &entry,
+            from: None,
+            dedupe_key: None,
+        },
+    );
+    e.origin = "detect";
+    e.ip = None;
+    e.echo = hub::db::Echo::Detected {
+        after_seq: before,
+        listed_seq: listed,
+    };
+    assert!(hub::events::record_event(&hub.state, &e).await);
+    let (all, _) = events_after(&hub, acc, None).await;
+    let kinds: Vec<(&str, &str)> = all
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or(""),
+                e["action"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("add", "upload"), ("update", "detected")],
+        "{all:#?}"
+    );
+    assert_eq!(all[1]["id"], added["id"]);
+
+    // A file the API deleted since, made again from outside, is an addition.
+    let id = added["id"].as_str().expect("id");
+    let r = hub
+        .req(
+            Method::DELETE,
+            &hub.url(&format!("/v1/accounts/{acc}/storage/files/{id}")),
+        )
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status(), 204);
+    let mut again = e;
+    again.echo = hub::db::Echo::Detected {
+        after_seq: before,
+        listed_seq: hub.state.db.stream_head(acc).await.expect("head"),
+    };
+    assert!(hub::events::record_event(&hub.state, &again).await);
+    let (all, _) = events_after(&hub, acc, None).await;
+    assert_eq!(all.last().expect("event")["type"], "add", "{all:#?}");
+}

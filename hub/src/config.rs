@@ -51,6 +51,157 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub oauth: OAuthConfig,
+}
+
+/// `oauth`: the connect page's sign-in through the providers' own OAuth (Dropbox, Google
+/// Drive, OneDrive). A provider is offered only when it is configured here.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// Per provider (`dropbox`, `gdrive`, `onedrive`): this deployment's OAuth client, as
+    /// registered with the provider with the redirect URI `<public_url>/v1/oauth/callback`.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderClientConfig>,
+}
+
+/// `oauth.providers.<name>`. The token endpoint and the API the account is checked against
+/// are the ones the detectors and the pass-through use (`events.detect.services.<name>`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderClientConfig {
+    /// The OAuth client id the provider gave this deployment.
+    pub client_id: String,
+    /// Its client secret. Prefer `client_secret_file` (or `SWITCHYARD_OAUTH__PROVIDERS__
+    /// <NAME>__CLIENT_SECRET`).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    /// A file holding the client secret (must not be readable by group or others).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Where the user signs in; the provider's own by default.
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    /// The scopes asked for (space-separated); by default what the connector needs: none for
+    /// Dropbox (its app's permissions), `https://www.googleapis.com/auth/drive` for Google
+    /// Drive, `offline_access Files.ReadWrite.All User.Read` for OneDrive.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl std::fmt::Debug for ProviderClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClientConfig")
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_secret_file", &self.client_secret_file)
+            .field("authorize_url", &self.authorize_url)
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Refuses a secret file that group or others may read.
+fn check_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is readable by group or others; chmod 600 it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The providers whose own OAuth the connect page can go through.
+pub const OAUTH_PROVIDERS: &[&str] = &["dropbox", "gdrive", "onedrive"];
+
+impl OAuthConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        for (name, p) in &self.providers {
+            let key = |k: &str| format!("oauth.providers.{name}.{k}");
+            if !OAUTH_PROVIDERS.contains(&name.as_str()) {
+                return Err((
+                    format!("oauth.providers.{name}"),
+                    format!("unknown provider (known: {})", OAUTH_PROVIDERS.join(", ")),
+                ));
+            }
+            if p.client_id.trim().is_empty() || p.client_id.len() > 512 {
+                return Err((key("client_id"), "must be 1 to 512 characters".into()));
+            }
+            match (&p.client_secret, &p.client_secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        key("client_secret"),
+                        "give client_secret or client_secret_file, not both".into(),
+                    ))
+                }
+                (None, None) => {
+                    return Err((
+                        key("client_secret"),
+                        "is required (or client_secret_file)".into(),
+                    ))
+                }
+                (Some(s), None) if s.is_empty() => {
+                    return Err((key("client_secret"), "is empty".into()))
+                }
+                _ => {}
+            }
+            if let Some(u) = &p.authorize_url {
+                match reqwest::Url::parse(u) {
+                    Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                    _ => {
+                        return Err((
+                            key("authorize_url"),
+                            "must be an http:// or https:// URL".into(),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ProviderClientConfig {
+    /// The client secret (read from `client_secret_file` when that is where it is).
+    pub fn secret(&self) -> std::io::Result<String> {
+        match (&self.client_secret, &self.client_secret_file) {
+            (Some(s), _) => Ok(s.clone()),
+            (None, Some(f)) => {
+                check_private_file(f)?;
+                Ok(std::fs::read_to_string(f)?.trim().to_owned())
+            }
+            (None, None) => Err(std::io::Error::other("no client secret is configured")),
+        }
+    }
+
+    /// Where the user signs in.
+    pub fn authorize_url(&self, provider: &str) -> Option<reqwest::Url> {
+        let default = match provider {
+            "dropbox" => "https://www.dropbox.com/oauth2/authorize",
+            "gdrive" => "https://accounts.google.com/o/oauth2/v2/auth",
+            "onedrive" => "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+            _ => return None,
+        };
+        reqwest::Url::parse(self.authorize_url.as_deref().unwrap_or(default)).ok()
+    }
+
+    /// The scopes asked for.
+    pub fn scope(&self, provider: &str) -> String {
+        self.scope.clone().unwrap_or_else(|| {
+            match provider {
+                "gdrive" => "https://www.googleapis.com/auth/drive",
+                "onedrive" => "offline_access Files.ReadWrite.All User.Read",
+                _ => "",
+            }
+            .to_owned()
+        })
+    }
 }
 
 /// HTTPS on the REST API: a certificate from files, or one issued and renewed through ACME.
@@ -1527,6 +1678,7 @@ impl Config {
             .validate()
             .map_err(|(k, m)| invalid(&k, m))?;
         self.budgets.validate().map_err(|(k, m)| invalid(&k, m))?;
+        self.oauth.validate().map_err(|(k, m)| invalid(&k, m))?;
         crate::steering::dns::check_config(self).map_err(|(k, m)| invalid(&k, m))?;
         self.validate_tls()?;
         Ok(())

@@ -171,7 +171,9 @@ pub struct BearerToken {
 pub struct NewAccount {
     /// `fs`, `s3`, `webdav`, `sftp`, `azblob`, `gcs`, `dropbox`, `gdrive` or `onedrive`.
     pub service: String,
-    /// Display name.
+    /// Display name. Dropbox, Google Drive and OneDrive accounts may leave it out: they take
+    /// the name the provider gives (the user's email).
+    #[serde(default)]
     pub account: String,
     /// The service's settings (see the README's connector table).
     #[schema(value_type = Object)]

@@ -14,6 +14,7 @@ pub mod lab;
 pub mod linkemu;
 pub mod linkemu_cli;
 pub mod netns;
+pub mod oauth_provider;
 pub mod regions_lab;
 pub mod replay;
 pub mod scripted_dns;

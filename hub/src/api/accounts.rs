@@ -111,13 +111,15 @@ fn validate_display_name(name: &str) -> ApiResult<()> {
 }
 
 /// Parses, guards (SSRF, `fs` roots confined to application `app_id`) and live-checks account
-/// settings.
+/// settings. Dropbox, Google Drive and OneDrive are checked by asking who the token belongs to
+/// ([`crate::api::oauth::providers::identify`]), which names the account too; the others by
+/// listing the root.
 async fn checked_settings(
     state: &AppState,
     app_id: i64,
     service: &str,
     credentials: serde_json::Value,
-) -> ApiResult<ServiceConfig> {
+) -> ApiResult<(ServiceConfig, Option<String>)> {
     if !credentials.is_object() {
         return Err(ApiError::bad_request("`credentials` must be an object"));
     }
@@ -139,8 +141,11 @@ async fn checked_settings(
     }
     guard::check_endpoint(&settings, &state.connect_options.egress).await?;
     let connector = Connector::connect(&settings, &state.connect_options).await?;
-    connector.check().await?;
-    Ok(settings)
+    let who = crate::api::oauth::providers::identify(state, &settings).await?;
+    if who.is_none() {
+        connector.check().await?;
+    }
+    Ok((settings, who))
 }
 
 fn seal(state: &AppState, settings: &ServiceConfig, id: i64) -> Vec<u8> {
@@ -220,15 +225,26 @@ pub async fn store_account(
     app_id: i64,
     body: &NewAccount,
 ) -> ApiResult<(AccountRecord, ServiceConfig)> {
-    validate_display_name(&body.account)?;
-    let settings = checked_settings(state, app_id, &body.service, body.credentials.clone()).await?;
+    // Accounts of services that say who they are may leave their name to the provider.
+    let named_by_provider =
+        body.account.is_empty() && crate::config::OAUTH_PROVIDERS.contains(&body.service.as_str());
+    if !named_by_provider {
+        validate_display_name(&body.account)?;
+    }
+    let (settings, who) =
+        checked_settings(state, app_id, &body.service, body.credentials.clone()).await?;
+    let name = match who {
+        Some(who) if named_by_provider => who,
+        _ => body.account.clone(),
+    };
+    validate_display_name(&name)?;
     let now = now_ms();
     let record = state
         .db
         .create_account(
             app_id,
             settings.name(),
-            &body.account,
+            &name,
             |id| seal(state, &settings, id),
             now,
         )
@@ -287,7 +303,7 @@ async fn patch_account(
     };
     let body_had_credentials = body.credentials.is_some();
     if let Some(creds) = body.credentials {
-        let settings =
+        let (settings, _) =
             checked_settings(&state, caller.app_id, current.settings.name(), creds).await?;
         changes.credentials = Some(seal(&state, &settings, id));
     }

@@ -323,7 +323,7 @@ async fn with_bearer(
 
 /// The API's answer when the access token could not be refreshed (it never quotes the token
 /// endpoint's answer, which may quote the secrets).
-fn refresh_failed(service: &str, token_host: &str, e: RefreshError) -> ApiError {
+pub(crate) fn refresh_failed(service: &str, token_host: &str, e: RefreshError) -> ApiError {
     match e {
         RefreshError::NotRefreshable => ApiError::new(
             StatusCode::BAD_REQUEST,

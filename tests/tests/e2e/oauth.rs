@@ -8,6 +8,7 @@
 //! only; the pages' security headers.
 
 use crate::offload::s3_creds;
+use e2e::oauth_provider::FakeProvider;
 use e2e::servers::S3Server;
 use e2e::TestHub;
 use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
@@ -790,4 +791,438 @@ async fn a_code_presented_again_during_its_exchange_gives_nothing() {
             .expect("set"),
         "the first exchange recorded its token after the code was presented again"
     );
+}
+
+/// A hub whose connect page offers Dropbox, Google Drive and OneDrive through `provider`.
+async fn provider_hub(provider: &FakeProvider) -> TestHub {
+    let hub = TestHub::start_with(e2e::HubOptions {
+        yaml: Some(provider.hub_yaml()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    register(&hub, false, &[]).await;
+    hub
+}
+
+fn location(r: &reqwest::Response) -> String {
+    r.headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The cookie a response sets, as `name=value`, with its attributes.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    r.headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(|v| {
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            (pair.to_owned(), attrs.to_owned())
+        })
+}
+
+/// The provider leg for `service` up to the callback: the connect page and its button, the
+/// provider's sign-in. Returns the callback URL the provider sent the browser to and the
+/// binding cookie.
+async fn to_callback(
+    hub: &TestHub,
+    provider: &FakeProvider,
+    service: &str,
+    fields: &[(&str, &str)],
+) -> (String, String) {
+    let page = get_page(&authorize_url(hub, &[("scope", service)])).await;
+    assert_eq!(page.status, 200, "{}", page.html);
+    assert!(page.html.contains("Continue to "), "{}", page.html);
+    assert!(
+        page.csp.contains(provider.base()),
+        "the form may land on the provider: {}",
+        page.csp
+    );
+    let r = submit(hub, &page, fields, None).await;
+    assert_eq!(r.status(), 303, "{}", location(&r));
+    let to = location(&r);
+    assert!(
+        to.starts_with(&format!("{}/authorize?", provider.base())),
+        "{to}"
+    );
+    let (bind, attrs) = set_cookie(&r, "sy_oauth_cb").expect("the binding cookie");
+    for a in ["HttpOnly", "SameSite=Lax", "Path=/v1/oauth/callback"] {
+        assert!(attrs.contains(a), "{attrs}");
+    }
+    let r = client().get(&to).send().await.expect("sign-in");
+    assert_eq!(r.status(), 303);
+    let back = location(&r);
+    assert!(back.starts_with(&hub.url("/v1/oauth/callback?")), "{back}");
+    (back, bind)
+}
+
+/// Dropbox, Google Drive and OneDrive are connected through their own sign-in: the page's
+/// button goes to the provider with PKCE and the scopes a refresh token needs; the callback
+/// exchanges the code (client secret and verifier in the form), checks the token by asking who
+/// it belongs to, names the account after the answer, and the application gets its code as
+/// with any form. The stored tokens are the provider's: the pass-through API sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropbox_google_drive_and_onedrive_sign_in_at_the_provider() {
+    let provider = FakeProvider::start().await.expect("provider");
+    let hub = provider_hub(&provider).await;
+    let page = get_page(&authorize_url(&hub, &[("scope", "all")])).await;
+    for s in ["dropbox", "gdrive", "onedrive", "s3"] {
+        assert!(
+            page.html.contains(&format!("data-service=\"{s}\"")),
+            "{s} is offered: {}",
+            page.html
+        );
+    }
+    for (service, name) in [
+        ("dropbox", Some("Ada's Dropbox")),
+        ("gdrive", None),
+        ("onedrive", None),
+    ] {
+        let fields: Vec<(&str, &str)> = name.iter().map(|n| ("account", *n)).collect();
+        let (back, bind) = to_callback(&hub, &provider, service, &fields).await;
+        let r = client()
+            .get(&back)
+            .header("Cookie", &bind)
+            .send()
+            .await
+            .expect("callback");
+        assert_eq!(r.status(), 303, "{}", r.text().await.unwrap_or_default());
+        let (cleared, _) = set_cookie(&r, "sy_oauth_cb").expect("the cookie is cleared");
+        assert_eq!(cleared, "sy_oauth_cb=");
+        let to = location(&r);
+        assert!(to.starts_with(REDIRECT), "{to}");
+        let ps = params_of(&to, false);
+        assert_eq!(param(&ps, "state").as_deref(), Some("st-123"), "{to}");
+        let code = param(&ps, "code").unwrap_or_else(|| panic!("no code: {to}"));
+        let (s, grant) = exchange(&hub, &code, REDIRECT, &[]).await;
+        assert_eq!(s, 200, "{grant}");
+        let acc = grant["account_id"].as_i64().expect("account");
+
+        let r = hub
+            .req(Method::GET, &hub.url(&format!("/v1/accounts/{acc}")))
+            .send()
+            .await
+            .expect("account");
+        let view: Value = r.json().await.expect("json");
+        assert_eq!(view["service"], service, "{view}");
+        assert_eq!(
+            view["account"],
+            name.unwrap_or(e2e::oauth_provider::EMAIL),
+            "{view}"
+        );
+
+        let authorize = provider.authorizes().pop().expect("an authorize request");
+        let q = |k: &str| authorize.get(k).cloned().unwrap_or_default();
+        assert_eq!(q("client_id"), e2e::oauth_provider::CLIENT_ID);
+        assert_eq!(q("redirect_uri"), hub.url("/v1/oauth/callback"));
+        assert_eq!(q("code_challenge_method"), "S256");
+        match service {
+            "dropbox" => assert_eq!(q("token_access_type"), "offline"),
+            "gdrive" => {
+                assert_eq!(q("access_type"), "offline");
+                assert!(q("scope").contains("auth/drive"), "{authorize:?}");
+            }
+            _ => assert!(q("scope").contains("offline_access"), "{authorize:?}"),
+        }
+        // The code's exchange (secret and verifier), then a refresh: the account keeps the
+        // refresh token, and the check asks with a fresh access token.
+        let forms = provider.token_forms();
+        let grants: Vec<&str> = forms
+            .iter()
+            .rev()
+            .take(2)
+            .map(|f| f["grant_type"].as_str())
+            .collect();
+        assert_eq!(grants, ["refresh_token", "authorization_code"], "{forms:?}");
+        let form = &forms[forms.len() - 2];
+        assert_eq!(form["client_secret"], e2e::oauth_provider::CLIENT_SECRET);
+        assert!(form["code_verifier"].len() >= 43, "{form:?}");
+    }
+
+    // The stored access token is the provider's: the pass-through sends it.
+    let (_, grant_acc) = {
+        let (back, bind) = to_callback(&hub, &provider, "dropbox", &[]).await;
+        let r = client()
+            .get(&back)
+            .header("Cookie", &bind)
+            .send()
+            .await
+            .expect("callback");
+        let code = param(&params_of(&location(&r), false), "code").expect("code");
+        let (_, grant) = exchange(&hub, &code, REDIRECT, &[]).await;
+        (
+            grant.clone(),
+            grant["account_id"].as_i64().expect("account"),
+        )
+    };
+    let r = hub
+        .req(
+            Method::POST,
+            &hub.url(&format!("/v1/accounts/{grant_acc}/raw")),
+        )
+        .header("X-Kloudless-Raw-URI", "/users/get_current_account")
+        .header("X-Kloudless-Raw-Method", "POST")
+        .send()
+        .await
+        .expect("raw");
+    let status = r.status();
+    let me: Value = r.json().await.unwrap_or_default();
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["email"], e2e::oauth_provider::EMAIL);
+}
+
+/// Callbacks the hub did not send the browser to: a tampered state, a state without the
+/// browser's cookie or with another browser's, one used already — an error page each, never a
+/// redirect and never a token request. A refusal at the provider and a token endpoint that
+/// refuses go back to the application as errors, with nothing connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_provider_callbacks_are_refused() {
+    let provider = FakeProvider::start().await.expect("provider");
+    let hub = provider_hub(&provider).await;
+    let accounts = || async {
+        let r = hub
+            .req(Method::GET, &hub.url("/v1/accounts"))
+            .send()
+            .await
+            .expect("accounts");
+        r.json::<Value>().await.expect("json")["count"]
+            .as_i64()
+            .unwrap_or(-1)
+    };
+    let before = accounts().await;
+    let (back, bind) = to_callback(&hub, &provider, "dropbox", &[]).await;
+    let (_, other_bind) = to_callback(&hub, &provider, "dropbox", &[]).await;
+    let tokens_before = provider.token_forms().len();
+    let state = url::Url::parse(&back)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .expect("state");
+    let mut tampered = state.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    let with_state = |s: &str| {
+        let mut u = url::Url::parse(&back).expect("url");
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "state" {
+                    s.to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+        u.to_string()
+    };
+    for (what, url, cookie) in [
+        ("tampered", with_state(&tampered), Some(bind.as_str())),
+        ("no cookie", back.clone(), None),
+        (
+            "another browser's cookie",
+            back.clone(),
+            Some(other_bind.as_str()),
+        ),
+        (
+            "no state",
+            hub.url("/v1/oauth/callback?code=x"),
+            Some(bind.as_str()),
+        ),
+    ] {
+        let mut rb = client().get(&url);
+        if let Some(c) = cookie {
+            rb = rb.header("Cookie", c);
+        }
+        let r = rb.send().await.expect("callback");
+        assert_eq!(r.status(), 400, "{what}");
+        assert!(r.headers().get(LOCATION).is_none(), "{what}");
+        let html = r.text().await.expect("html");
+        assert!(html.contains("Please start again"), "{what}: {html}");
+    }
+    assert_eq!(
+        provider.token_forms().len(),
+        tokens_before,
+        "no code was exchanged"
+    );
+    // The real one still works once; the provider's code is spent after that.
+    let r = client()
+        .get(&back)
+        .header("Cookie", &bind)
+        .send()
+        .await
+        .expect("callback");
+    assert!(location(&r).contains("code="), "{}", location(&r));
+    let r = client()
+        .get(&back)
+        .header("Cookie", &bind)
+        .send()
+        .await
+        .expect("callback again");
+    let to = location(&r);
+    assert!(to.starts_with(REDIRECT), "{to}");
+    assert_eq!(
+        param(&params_of(&to, false), "error").as_deref(),
+        Some("server_error"),
+        "{to}"
+    );
+    assert_eq!(accounts().await, before + 1);
+
+    // The user refuses at the provider.
+    provider.deny(true);
+    let (back, bind) = to_callback(&hub, &provider, "gdrive", &[]).await;
+    let r = client()
+        .get(&back)
+        .header("Cookie", &bind)
+        .send()
+        .await
+        .expect("callback");
+    let ps = params_of(&location(&r), false);
+    assert_eq!(param(&ps, "error").as_deref(), Some("access_denied"));
+    assert_eq!(param(&ps, "state").as_deref(), Some("st-123"));
+    provider.deny(false);
+
+    // The token endpoint refuses.
+    provider.refuse_tokens(true);
+    let (back, bind) = to_callback(&hub, &provider, "onedrive", &[]).await;
+    let r = client()
+        .get(&back)
+        .header("Cookie", &bind)
+        .send()
+        .await
+        .expect("callback");
+    let ps = params_of(&location(&r), false);
+    assert_eq!(param(&ps, "error").as_deref(), Some("server_error"));
+    provider.refuse_tokens(false);
+    assert_eq!(accounts().await, before + 1, "nothing more was connected");
+}
+
+/// `POST /v1/accounts` checks a Dropbox, Google Drive or OneDrive token by asking the provider
+/// who it belongs to: a token it issued connects (named after the answer when no name is
+/// given); a token it does not know is refused with a clear error and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_services_are_checked_by_asking_who_the_token_is() {
+    let provider = FakeProvider::start().await.expect("provider");
+    let hub = provider_hub(&provider).await;
+    for service in ["dropbox", "gdrive", "onedrive"] {
+        let token = provider.issue_access_token();
+        let r = hub
+            .req(Method::POST, &hub.url("/v1/accounts"))
+            .json(&json!({"service": service, "credentials": {"access_token": token}}))
+            .send()
+            .await
+            .expect("connect");
+        assert_eq!(r.status(), 201, "{service}");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["account"], e2e::oauth_provider::EMAIL, "{v}");
+        assert_eq!(provider.bearers().last(), Some(&token));
+
+        let r = hub
+            .req(Method::POST, &hub.url("/v1/accounts"))
+            .json(&json!({"service": service, "account": "x",
+                          "credentials": {"access_token": "not-a-token"}}))
+            .send()
+            .await
+            .expect("connect");
+        assert_eq!(r.status(), 400, "{service}");
+        let e: Value = r.json().await.expect("json");
+        assert_eq!(e["error_code"], "invalid_credentials", "{e}");
+        assert!(!e.to_string().contains("not-a-token"), "{e}");
+    }
+    // A name is still required of the other services.
+    let r = hub
+        .req(Method::POST, &hub.url("/v1/accounts"))
+        .json(&json!({"service": "fs", "credentials": {"root": "x"}}))
+        .send()
+        .await
+        .expect("connect");
+    assert_eq!(r.status(), 400);
+}
+
+/// The Dropbox sign-in in Chromium: the chooser, the button, the provider, back to the
+/// application with a code — the page's `form-action` lets the submission's redirect reach the
+/// provider (a browser enforces it on redirects), and nothing is reported to the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_signs_in_at_dropbox() {
+    assert!(
+        e2e::browser::available(),
+        "Chromium and the browser driver are needed"
+    );
+    let provider = FakeProvider::start().await.expect("provider");
+    let hub = TestHub::start_with(e2e::HubOptions {
+        yaml: Some(provider.hub_yaml()),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let app = axum::Router::new()
+        .route(
+            "/favicon.ico",
+            axum::routing::get(|| async { StatusCode::NO_CONTENT }),
+        )
+        .route(
+            "/callback",
+            axum::routing::get(|| async {
+                axum::response::Html(
+                    "<!doctype html><html lang=\"en\"><title>done</title><main><h1>Connected</h1></main></html>",
+                )
+            }),
+        );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let redirect = format!(
+        "http://127.0.0.1:{}/callback",
+        l.local_addr().expect("addr").port()
+    );
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let r = hub
+        .http
+        .patch(hub.url(&format!(
+            "/v1/meta/applications/{}",
+            hub.creds.application_id
+        )))
+        .header("Authorization", hub.meta())
+        .json(&json!({"redirect_uris": [redirect]}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    let start = format!(
+        "{}/v1/oauth?client_id={}&response_type=code&redirect_uri={}&state=br-1",
+        hub.base_url,
+        hub.creds.application_id,
+        url::form_urlencoded::byte_serialize(redirect.as_bytes()).collect::<String>()
+    );
+    let shots = tempfile::tempdir().expect("tmp");
+    let run = e2e::browser::run(json!({
+        "screenshots": shots.path(),
+        "steps": [
+            {"goto": start},
+            {"click": "a[data-service=dropbox]"},
+            {"screenshot": "oauth-dropbox"},
+            {"axe": "oauth-dropbox"},
+            {"submit": "#connect"},
+            {"wait_url_prefix": redirect, "timeout_ms": 20000},
+        ]
+    }))
+    .await
+    .expect("browser");
+    e2e::browser::ensure_ok(&run).expect("the flow");
+    assert_eq!(run["csp_violations"], json!([]), "{run:#}");
+    assert_eq!(run["console_errors"], json!([]), "{run:#}");
+    let url = run["url"].as_str().expect("url");
+    let ps = params_of(url, false);
+    assert_eq!(param(&ps, "state").as_deref(), Some("br-1"), "{url}");
+    let code = param(&ps, "code").unwrap_or_else(|| panic!("no code: {url}"));
+    let (s, grant) = exchange(&hub, &code, &redirect, &[]).await;
+    assert_eq!(s, 200, "{grant}");
 }

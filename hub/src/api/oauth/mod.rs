@@ -6,11 +6,16 @@
 //! fragment); `POST /v1/oauth/token` exchanges the code for a bearer token; `GET
 //! /v1/oauth/token` tells what a bearer token is.
 //!
+//! Dropbox, Google Drive and OneDrive, when configured (`oauth.providers`), sign the user in at
+//! the provider itself instead of a form: [`providers`].
+//!
 //! Codes: only a SHA-256 is stored; single use (one conditional UPDATE; a code presented again
 //! revokes the token it gave), 10 minutes, bound to the application, the redirect URI and the
 //! PKCE challenge (`S256`) when sent. A request naming an unknown application or a redirect URI
 //! the application did not register gets an error page, never a redirect. The form's CSRF token
 //! is an HMAC over a random cookie (HttpOnly, SameSite=Strict) and the request's parameters.
+
+pub(crate) mod providers;
 
 use crate::api::accounts::store_account;
 use crate::db::{NewCode, Taken};
@@ -44,6 +49,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(authorize_page, authorize_submit))
         .routes(routes!(token_exchange, token_info))
+        .routes(routes!(providers::callback))
 }
 
 /// A storage service the connect page offers, and its form.
@@ -51,6 +57,9 @@ struct ServiceForm {
     service: &'static str,
     title: &'static str,
     fields: &'static [Field],
+    /// Signs the user in at the provider (its own OAuth) instead of a form of credentials;
+    /// offered only when `oauth.providers` configures it.
+    provider: bool,
 }
 
 struct Field {
@@ -107,6 +116,7 @@ const FORMS: &[ServiceForm] = &[
                 true,
             ),
         ],
+        provider: false,
     },
     ServiceForm {
         service: "webdav",
@@ -122,6 +132,7 @@ const FORMS: &[ServiceForm] = &[
             f("username", "User name", "", Kind::Text, false),
             f("password", "Password", "", Kind::Secret, false),
         ],
+        provider: false,
     },
     ServiceForm {
         service: "sftp",
@@ -138,6 +149,7 @@ const FORMS: &[ServiceForm] = &[
             ),
             f("password", "Password", "", Kind::Secret, false),
         ],
+        provider: false,
     },
     ServiceForm {
         service: "azblob",
@@ -154,6 +166,7 @@ const FORMS: &[ServiceForm] = &[
             f("account_name", "Storage account", "", Kind::Text, true),
             f("account_key", "Account key", "", Kind::Secret, true),
         ],
+        provider: false,
     },
     ServiceForm {
         service: "gcs",
@@ -175,6 +188,25 @@ const FORMS: &[ServiceForm] = &[
                 false,
             ),
         ],
+        provider: false,
+    },
+    ServiceForm {
+        service: "dropbox",
+        title: "Dropbox",
+        fields: &[],
+        provider: true,
+    },
+    ServiceForm {
+        service: "gdrive",
+        title: "Google Drive",
+        fields: &[],
+        provider: true,
+    },
+    ServiceForm {
+        service: "onedrive",
+        title: "OneDrive",
+        fields: &[],
+        provider: true,
     },
 ];
 
@@ -294,7 +326,8 @@ async fn check(state: &AppState, p: &AuthorizeParams) -> Result<Checked, Box<Res
         (None, Some(_)) => return fail("invalid_request", "code_challenge is missing"),
     }
     let scope = p.scope.as_deref().unwrap_or("all").trim().to_owned();
-    let services = services_for(&scope);
+    let mut services = services_for(&scope);
+    services.retain(|f| !f.provider || state.config.oauth.providers.contains_key(f.service));
     if services.is_empty() {
         return fail("invalid_scope", "the scope names no service offered here");
     }
@@ -541,11 +574,23 @@ fn connect_form(
     } else {
         String::new()
     };
+    let (lead, button) = if form.provider {
+        (
+            providers::lead(form.title),
+            format!("Continue to {}", escape(form.title)),
+        )
+    } else {
+        (
+            "The application will reach the files of this connection. The details are checked \
+             with the service before anything is saved."
+                .to_owned(),
+            "Connect".to_owned(),
+        )
+    };
     let body = format!(
-        "<h1>Connect {}</h1>\n<p class=\"lead\">The application will reach the files of this \
-         connection. The details are checked with the service before anything is saved.</p>\n\
+        "<h1>Connect {}</h1>\n<p class=\"lead\">{lead}</p>\n\
          {error}<form id=\"connect\" method=\"post\" action=\"/v1/oauth\">\n{hidden}{fields}\
-         <button type=\"submit\">Connect</button>\n</form>\n{back}",
+         <button type=\"submit\">{button}</button>\n</form>\n{back}",
         escape(form.title)
     );
     let status = if error.is_empty() {
@@ -553,12 +598,13 @@ fn connect_form(
     } else {
         StatusCode::BAD_REQUEST
     };
-    let mut r = page(
-        status,
-        "Connect your storage",
-        &body,
-        &[origin(&c.redirect)],
-    );
+    // The form lands on the application (or, for a provider, on its sign-in page): a browser
+    // holds the redirects after a submission to `form-action` too.
+    let mut lands = vec![origin(&c.redirect)];
+    if form.provider {
+        lands.extend(providers::authorize_origin(state, form.service));
+    }
+    let mut r = page(status, "Connect your storage", &body, &lands);
     let secure = if state.tls.is_some() { "; Secure" } else { "" };
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{CSRF_COOKIE}={cookie}; Path=/v1/oauth; HttpOnly; SameSite=Strict; Max-Age=3600{secure}"
@@ -639,6 +685,16 @@ async fn authorize_submit(
             p.state.as_deref(),
         );
     };
+    if form.provider {
+        let account = fields
+            .get("account")
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty());
+        return match providers::start(&state, &p, form, account) {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
     let mut credentials = serde_json::Map::new();
     for fl in form.fields {
         if let Some(v) = fields
@@ -687,14 +743,20 @@ async fn authorize_submit(
             return connect_form(&state, &headers, &p, &c, form, &keep, Some(e.message()));
         }
     };
+    finish(&state, &p, &c, record.id).await
+}
+
+/// The account `account` is connected: back to the application with a code, or with a token
+/// in the fragment for the implicit grant.
+async fn finish(state: &AppState, p: &AuthorizeParams, c: &Checked, account: i64) -> Response {
     let now = now_ms();
-    let account_id = record.id.to_string();
+    let account_id = account.to_string();
     if p.response_type == "token" {
         let token = generate_token("at_");
         let hash = hash_token(token.expose_secret());
         if let Err(e) = state
             .db
-            .create_scoped_token(record.id, &hash, &c.scope, now)
+            .create_scoped_token(account, &hash, &c.scope, now)
             .await
         {
             return ApiError::from(e).into_response();
@@ -717,7 +779,7 @@ async fn authorize_submit(
             &NewCode {
                 hash: &hash_token(code.expose_secret()),
                 app_id: c.app_id,
-                account_id: record.id,
+                account_id: account,
                 redirect_uri: &p.redirect_uri,
                 scope: &c.scope,
                 code_challenge: p.code_challenge.as_deref(),

@@ -1,5 +1,7 @@
 // The operator console (/ui/network): polls /ui/network.json every second and updates the
-// page in place. Rows are kept by id and a cell is written only when its text changes, so an
+// page in place: the regions map, hubs (health, version, database role, replica lag), spokes
+// (health, load, RTTs, last heartbeat, certificate expiry, flagged within 7 days) and
+// transfers. Rows are kept by id and a cell is written only when its text changes, so an
 // update of a thousand transfers touches only what moved. Every value is set as text
 // (textContent), never as markup. Plain JavaScript served as it is: there is no build step.
 'use strict';
@@ -73,19 +75,31 @@
     }
   }
 
+  // How long until a certificate expires: days, or hours within the last day.
+  function until(s) {
+    if (s < 0) return 'expired';
+    if (s < 86400) return 'expires in ' + Math.floor(s / 3600) + ' h';
+    const d = Math.floor(s / 86400);
+    return 'expires in ' + d + (d === 1 ? ' day' : ' days');
+  }
+
   function renderHubs(hubs) {
-    keyed(tables.hubs, caches.hubs, hubs, (h) => h.quic, () => row(4), (tr, h) => {
+    keyed(tables.hubs, caches.hubs, hubs, (h) => h.quic, () => row(7), (tr, h) => {
       const c = tr.cells;
+      setAttr(tr, 'data-hub', h.quic);
       setText(c[0], h.api);
       setText(c[1], h.region);
       setText(c[2], h.healthy ? 'healthy' : 'not seen');
       setAttr(c[2], 'class', h.healthy ? 'ok' : 'bad');
       setText(c[3], secs(Math.round(h.seen_ms_ago / 1000)) + ' ago');
+      setText(c[4], h.version || 'unknown');
+      setText(c[5], h.db_role || 'unknown');
+      setText(c[6], h.replica_lag_ms === null || h.replica_lag_ms === undefined ? '' : h.replica_lag_ms + ' ms');
     });
   }
 
   function renderSpokes(spokes) {
-    keyed(tables.spokes, caches.spokes, spokes, (s) => s.id, () => row(7), (tr, s) => {
+    keyed(tables.spokes, caches.spokes, spokes, (s) => s.id, () => row(8), (tr, s) => {
       const c = tr.cells;
       setAttr(tr, 'data-spoke', String(s.id));
       setText(c[0], s.name);
@@ -100,6 +114,10 @@
         .join(', ');
       setText(c[5], storage);
       setText(c[6], s.last_heartbeat_ms_ago === null ? s.last_seen || '' : s.last_heartbeat_ms_ago + ' ms ago');
+      // The date; within 7 days also how long is left, flagged (in words, not colour alone).
+      const cert = s.cert_not_after ? s.cert_not_after.slice(0, 10) : 'unknown';
+      setText(c[7], s.cert_expires_soon ? cert + ' (' + until(s.cert_expires_in_s) + ')' : cert);
+      setAttr(c[7], 'class', s.cert_expires_soon ? 'bad' : '');
     });
   }
 

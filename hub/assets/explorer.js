@@ -2,8 +2,9 @@
 // calls any app makes), with a short-lived bearer token of that account that the portal gives
 // this page (kept in memory, asked for again when it expires). Browse folders page by page,
 // upload with a progress bar (large files as an upload session, in parts), download through a
-// short-lived direct link, rename, delete, search, create folders. Every name is set as
-// text, never as markup. Plain JavaScript served as it is: there is no build step.
+// short-lived direct link, rename, move (a modal dialog browsing the account's folders through
+// the same API, then `PATCH {"parent_id"}`), delete, search, create folders. Every name is set
+// as text, never as markup. Plain JavaScript served as it is: there is no build step.
 'use strict';
 (() => {
   const root = document.getElementById('explorer');
@@ -118,6 +119,8 @@
     const actions = cell(tr);
     if (o.type === 'file') actions.append(button('Download', () => download(o, tr)));
     actions.append(button('Rename', () => renameForm(o, tr, actions)));
+    const mv = button('Move', () => chooser.start(o, tr, mv));
+    actions.append(mv);
     const del = button('Delete', async () => {
       if (del.dataset.armed !== '1') {
         del.dataset.armed = '1';
@@ -183,6 +186,112 @@
       say('Not downloaded: ' + e.message);
     }
   }
+
+  // The move dialog: a folder chooser over the same API (folders only, page by page, starting
+  // at the folder shown), then one PATCH with the chosen `parent_id`. A folder being moved is
+  // not offered as its own destination; the folder an item already sits in cannot be chosen.
+  const chooser = (() => {
+    const dlg = $('move');
+    const list = $('move-folders');
+    const more = $('move-more');
+    const here = $('move-here');
+    const note = $('move-status');
+    let item = null; // { o, tr, opener }
+    let at = null;
+    let path = [];
+    let next = null;
+    let seq = 0;
+
+    function place() {
+      const nav = $('move-crumbs');
+      nav.replaceChildren();
+      [...path, at].forEach((f, i, all) => {
+        if (i > 0) nav.append(' / ');
+        if (i === all.length - 1) {
+          const s = document.createElement('strong');
+          s.textContent = f.name;
+          nav.append(s);
+        } else {
+          const b = button(f.name, () => {
+            path = path.slice(0, i);
+            browse(f);
+          });
+          b.className = 'link';
+          nav.append(b);
+        }
+      });
+      const already = item.o.parent && item.o.parent.id === at.id;
+      here.textContent = 'Move into ' + at.name;
+      here.disabled = already;
+    }
+
+    async function browse(f, page = 1) {
+      at = f;
+      const mine = ++seq;
+      place();
+      if (page === 1) list.replaceChildren();
+      note.textContent = 'Listing ' + f.name + '…';
+      try {
+        const l = await call('GET', api + '/storage/folders/' + encodeURIComponent(f.id) + '/contents?page_size=' + PAGE + '&page=' + page);
+        if (mine !== seq) return;
+        for (const x of l.objects) {
+          if (x.type !== 'folder' || x.id === item.o.id) continue;
+          const li = document.createElement('li');
+          li.dataset.name = x.name;
+          const b = button(x.name + '/', () => {
+            path.push(at);
+            browse({ id: x.id, name: x.name });
+          });
+          b.className = 'link';
+          li.append(b);
+          list.append(li);
+        }
+        next = l.next_page;
+        more.hidden = !next;
+        note.textContent = list.children.length ? '' : 'No folders in ' + f.name + '.';
+        if (item.o.parent && item.o.parent.id === f.id) note.textContent += (note.textContent ? ' ' : '') + item.o.name + ' is already here.';
+      } catch (e) {
+        if (mine === seq) note.textContent = 'Not listed: ' + e.message;
+      }
+    }
+
+    function start(o, tr, opener) {
+      item = { o, tr, opener };
+      $('move-title').textContent = 'Move ' + o.name;
+      path = [...trail];
+      dlg.showModal();
+      browse(folder);
+    }
+
+    here.addEventListener('click', async () => {
+      const { o, tr } = item;
+      const to = at;
+      here.disabled = true;
+      note.textContent = 'Moving ' + o.name + '…';
+      try {
+        const kind = o.type === 'file' ? 'files/' : 'folders/';
+        const moved = await call('PATCH', api + '/storage/' + kind + encodeURIComponent(o.id), {
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ parent_id: to.id }),
+        });
+        dlg.close();
+        if (to.id === folder.id) tr.replaceWith(row(moved));
+        else tr.remove();
+        say('Moved ' + o.name + ' into ' + to.name + '.');
+      } catch (e) {
+        here.disabled = false;
+        note.textContent = 'Not moved: ' + e.message;
+      }
+    });
+    more.addEventListener('click', () => browse(at, next));
+    $('move-cancel').addEventListener('click', () => dlg.close());
+    dlg.addEventListener('close', () => {
+      seq += 1;
+      if (item && item.opener.isConnected) item.opener.focus();
+      else status.focus();
+    });
+    return { start };
+  })();
 
   function show(list, append) {
     if (!append) body.replaceChildren();

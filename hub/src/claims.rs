@@ -314,7 +314,9 @@ async fn clear(state: &AppState, c: &ClaimRecord) -> Result<Cleared, String> {
 }
 
 /// Runs [`sweep`] now and then every half grace period (at least every second, at most every
-/// five minutes).
+/// five minutes), with the other periodic clean-ups: expired OAuth codes, expired upload
+/// sessions, stale steering rows (`steering::prune`) and spent exclusions of spokes from
+/// transfers (`transfers::prune_exclusions`), each bounded per round.
 pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
     let every = (state.config.storage.staging_grace() / 2)
         .clamp(Duration::from_secs(1), Duration::from_secs(300));
@@ -332,6 +334,18 @@ pub fn spawn_sweeper(state: AppState) -> tokio::task::JoinHandle<()> {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(sessions = n, "swept expired upload sessions"),
                 Err(e) => tracing::warn!(error = %e, "upload session sweep failed"),
+            }
+            // Steering rows no reader looks at any more, and exclusions of spokes from
+            // transfers that ran out: bounded batches over indexed predicates.
+            match crate::steering::prune(&state.db, crate::state::now_ms()).await {
+                Ok(p) if p == crate::steering::Pruned::default() => {}
+                Ok(p) => tracing::debug!(rtts = p.rtts, health = p.health, "pruned steering rows"),
+                Err(e) => tracing::warn!(error = %e, "steering prune failed"),
+            }
+            match crate::transfers::prune_exclusions(&state).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(exclusions = n, "pruned spent spoke exclusions"),
+                Err(e) => tracing::warn!(error = %e, "pruning spoke exclusions failed"),
             }
             tokio::time::sleep(every).await;
         }

@@ -640,12 +640,21 @@ pub struct TransfersConfig {
     /// a silent hub's jobs before another hub takes them over.
     #[serde(default = "default_lease_ms")]
     pub lease_ms: u64,
+    /// How long a spoke that failed a transfer (it reported the failure, or was lost while
+    /// running it) is kept away from that transfer, in seconds (default 300; 0: only the
+    /// immediate retry avoids it). Recorded in the database, so every hub that dispatches the
+    /// transfer honours it; the transfer goes to another spoke, or to the hub itself when no
+    /// other spoke can take it, and its `note` says which spoke was excluded, why and until
+    /// when. At most 86400.
+    #[serde(default = "default_failed_spoke_exclusion_secs")]
+    pub failed_spoke_exclusion_secs: u64,
 }
 
 impl Default for TransfersConfig {
     fn default() -> Self {
         Self {
             lease_ms: default_lease_ms(),
+            failed_spoke_exclusion_secs: default_failed_spoke_exclusion_secs(),
         }
     }
 }
@@ -660,10 +669,18 @@ impl TransfersConfig {
     pub fn renew_every(&self) -> std::time::Duration {
         self.lease() / 3
     }
+
+    /// How long a spoke that failed a transfer is kept away from it.
+    pub fn failed_spoke_exclusion(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.failed_spoke_exclusion_secs)
+    }
 }
 
 fn default_lease_ms() -> u64 {
     10_000
+}
+fn default_failed_spoke_exclusion_secs() -> u64 {
+    300
 }
 
 /// The per-account change feed (`/v1/accounts/{acc}/events`).
@@ -1620,6 +1637,13 @@ impl Config {
                 ),
             ));
         }
+        if self.transfers.failed_spoke_exclusion_secs > 86_400 {
+            return Err(invalid(
+                "transfers.failed_spoke_exclusion_secs",
+                "must be at most 86400 (seconds a spoke that failed a transfer is kept away \
+                 from it; 0 for none)",
+            ));
+        }
         if !(1..=3650).contains(&self.events.retention_days) {
             return Err(invalid(
                 "events.retention_days",
@@ -1998,8 +2022,25 @@ mod tests {
             std::time::Duration::from_secs(30 * 86_400)
         );
         assert_eq!(c.transfers.renew_every().as_millis(), 3_333);
+        assert_eq!(
+            c.transfers.failed_spoke_exclusion(),
+            std::time::Duration::from_secs(300)
+        );
         let c = Config::from_yaml("transfers:\n  lease_ms: 6000\n", env(&[])).expect("6 s");
         assert_eq!(c.transfers.lease(), std::time::Duration::from_secs(6));
+        let c = Config::from_yaml("transfers:\n  failed_spoke_exclusion_secs: 0\n", env(&[]))
+            .expect("no exclusion");
+        assert_eq!(c.transfers.failed_spoke_exclusion_secs, 0);
+        let e = Config::from_yaml(
+            "transfers:\n  failed_spoke_exclusion_secs: 86401\n",
+            env(&[]),
+        )
+        .expect_err("a day at most");
+        assert!(
+            e.to_string()
+                .contains("transfers.failed_spoke_exclusion_secs"),
+            "{e}"
+        );
         for bad in ["0", "5000", "600001"] {
             let e = Config::from_yaml(&format!("transfers:\n  lease_ms: {bad}\n"), env(&[]))
                 .expect_err(bad);

@@ -570,6 +570,8 @@ async fn revoke_key(
 const CONSOLE_TRANSFERS: i64 = 1000;
 /// A hub not seen in the directory for this long is shown down.
 const HUB_STALE_MS: i64 = 30_000;
+/// A spoke certificate expiring within this long is flagged.
+const CERT_WARN_MS: i64 = 7 * 86_400_000;
 
 /// The operator console: the page; `console.js` fills it from `/ui/network.json` every second.
 async fn console_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
@@ -584,11 +586,13 @@ async fn console_page(State(state): State<AppState>, headers: HeaderMap) -> Resp
          round trips between them\" viewBox=\"0 0 600 260\"></svg>\n\
          <h2>Hubs</h2>\n<table id=\"hubs\"><thead><tr><th scope=\"col\">API</th>\
          <th scope=\"col\">Region</th><th scope=\"col\">Health</th><th scope=\"col\">Last seen</th>\
-         </tr></thead><tbody></tbody></table>\n\
+         <th scope=\"col\">Version</th><th scope=\"col\">Database</th>\
+         <th scope=\"col\">Replica lag</th></tr></thead><tbody></tbody></table>\n\
          <h2>Spokes</h2>\n<table id=\"spokes\"><thead><tr><th scope=\"col\">Name</th>\
          <th scope=\"col\">Region</th><th scope=\"col\">Health</th><th scope=\"col\">Load</th>\
          <th scope=\"col\">RTT to this hub</th><th scope=\"col\">Storage RTTs</th>\
-         <th scope=\"col\">Last heartbeat</th></tr></thead><tbody></tbody></table>\n\
+         <th scope=\"col\">Last heartbeat</th><th scope=\"col\">Certificate expires</th>\
+         </tr></thead><tbody></tbody></table>\n\
          <h2>Transfers</h2>\n<table id=\"transfers\"><thead><tr><th scope=\"col\">Id</th>\
          <th scope=\"col\">Operation</th><th scope=\"col\">State</th>\
          <th scope=\"col\">Progress</th><th scope=\"col\">Rate</th><th scope=\"col\">ETA</th>\
@@ -621,14 +625,18 @@ async fn console_data(State(state): State<AppState>, headers: HeaderMap) -> Resp
 async fn console_snapshot(state: &AppState) -> Result<serde_json::Value, ApiError> {
     use serde_json::json;
     let now = now_ms();
-    let hubs = state.db.list_hubs(0).await?;
+    let mut hubs = state.db.list_hubs(0).await?;
     let spokes = state.db.list_spokes().await?;
     let transfers = state.db.console_transfers(CONSOLE_TRANSFERS).await?;
+    // In a fixed order: every hub refreshes its row every few seconds.
+    hubs.sort_by(|a, b| (&a.region, &a.api, &a.quic).cmp(&(&b.region, &b.api, &b.quic)));
     let hubs: Vec<_> = hubs
         .iter()
         .map(|h| {
             json!({"api": h.api, "region": h.region, "quic": h.quic,
-                   "healthy": now - h.seen_ms < HUB_STALE_MS, "seen_ms_ago": now - h.seen_ms})
+                   "healthy": now - h.seen_ms < HUB_STALE_MS, "seen_ms_ago": now - h.seen_ms,
+                   "version": h.version, "db_role": h.db_role,
+                   "replica_lag_ms": h.replica_lag_ms})
         })
         .collect();
     // Links between regions: the round trips spokes measure to hubs (`hub:<region>`).
@@ -669,6 +677,9 @@ async fn console_snapshot(state: &AppState) -> Result<serde_json::Value, ApiErro
                 "storage_rtts_us": storage,
                 "last_heartbeat_ms_ago": live.as_ref().map(|l| l.last_heartbeat_ms_ago),
                 "last_seen": s.last_seen_ms.map(crate::model::rfc3339),
+                "cert_not_after": s.cert_not_after_ms.map(crate::model::rfc3339),
+                "cert_expires_in_s": s.cert_not_after_ms.map(|na| (na - now).div_euclid(1000)),
+                "cert_expires_soon": s.cert_not_after_ms.is_some_and(|na| na - now < CERT_WARN_MS),
             })
         })
         .collect();
@@ -733,10 +744,19 @@ async fn explorer_page(
          <p><label for=\"upload\">Upload a file</label> <input id=\"upload\" type=\"file\"> \
          <progress id=\"upload-progress\" max=\"1\" value=\"0\" aria-label=\"Upload\" hidden></progress> \
          <span id=\"upload-status\" role=\"status\"></span></p>\n\
-         <p id=\"status\" role=\"status\" aria-live=\"polite\"></p>\n\
+         <p id=\"status\" role=\"status\" aria-live=\"polite\" tabindex=\"-1\"></p>\n\
          <table id=\"files\"><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Size</th>\
          <th scope=\"col\">Modified</th><th scope=\"col\"><span class=\"hint\">Actions</span></th></tr>\
-         </thead><tbody></tbody></table>\n<p><button id=\"more\" type=\"button\" hidden>More</button></p>\n</div>",
+         </thead><tbody></tbody></table>\n<p><button id=\"more\" type=\"button\" hidden>More</button></p>\n\
+         <dialog id=\"move\" aria-labelledby=\"move-title\"><h2 id=\"move-title\">Move</h2>\n\
+         <p class=\"hint\">Choose the folder to move it into.</p>\n\
+         <nav id=\"move-crumbs\" aria-label=\"Destination folder\"></nav>\n\
+         <ul id=\"move-folders\" aria-label=\"Folders inside it\"></ul>\n\
+         <p><button id=\"move-more\" type=\"button\" class=\"link\" hidden>More folders</button></p>\n\
+         <p id=\"move-status\" role=\"status\"></p>\n\
+         <p class=\"actions\"><button id=\"move-here\" type=\"button\">Move here</button> \
+         <button id=\"move-cancel\" type=\"button\" class=\"link\">Cancel</button></p>\n\
+         </dialog>\n</div>",
         nav = nav_bar(&state, &s),
         name = escape(&account.name),
         service = escape(&account.service),

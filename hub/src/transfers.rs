@@ -23,6 +23,17 @@
 //! predict). A transfer whose spoke reported something that does not hold up is re-planned
 //! without that spoke (its unverifiable parts forgotten), on another spoke or on the hub.
 //!
+//! A spoke that failed a transfer (it reported the failure, or was lost while running it) is
+//! kept away from that transfer for `transfers.failed_spoke_exclusion_secs`: the exclusion is
+//! written with the re-queue (`transfer_exclusions`, fenced by the lease), so whichever hub
+//! dispatches the transfer next picks another spoke, or runs it itself when none is left (or
+//! waits while it may not yet), and the transfer's note names the spoke, why and until when.
+//!
+//! Progress (`bytes_done`) is the verified parts plus the current attempts of the parts in
+//! flight (`shared::storage::progress`: a retried part's failed attempt does not count on top
+//! of its retry), at most the total, and never goes back: the live figure and the stored one
+//! only grow, and the live one is written before a transfer leaves `running`.
+//!
 //! Uploads from a URL run as transfers too (kinds `url`, `url_replace`; [`create_url`]): the
 //! source is the URL (sealed in the row), fetched by a spoke that declared `url_sources` (or
 //! the hub) through `shared::storage::url`, every redirect checked by the fetching process's
@@ -35,6 +46,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::state::{now_ms, Account, AppState};
 use shared::proto::{Assignment, HubMsg, Location, Redacted, RelayFrom, SpokeMsg, UrlFetch};
 use shared::storage::multipart::S3Multipart;
+use shared::storage::progress::Progress;
 use shared::storage::transfer::{
     choose_part_size, composite_sha256, copy_parts_via, copy_stream, multipart_etag, plan_parts,
     range_source, CopyEvent, CopyOptions, PartDone,
@@ -474,7 +486,22 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
     // such reports is not failed for the attempts they wasted: it gets a second allowance, run
     // by the hub itself.
     let distrusted = state.transfers.distrusted(id);
-    let exclude: Vec<i64> = exclude.iter().chain(&distrusted).copied().collect();
+    // Spokes that failed this transfer lately (recorded with it, by whichever hub saw the
+    // failure) stay away from it until their exclusion runs out.
+    let excluded: Vec<(i64, i64, String)> = state
+        .db
+        .transfer_exclusions(id, now_ms())
+        .await?
+        .into_iter()
+        .map(|e| (e.spoke_id, e.until_ms, e.reason))
+        .collect();
+    let excluded_note = exclusion_note(state, &excluded).await;
+    let exclude: Vec<i64> = exclude
+        .iter()
+        .chain(&distrusted)
+        .chain(excluded.iter().map(|(spoke, ..)| spoke))
+        .copied()
+        .collect();
     let exclude = exclude.as_slice();
     let poisoned = !distrusted.is_empty();
     let hub_only = poisoned && t.attempts >= MAX_ATTEMPTS;
@@ -601,14 +628,15 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
     match pick {
         Some(pick) => {
             let relay_from = relay.and_then(|(rid, addr)| relay_grant(state, rid, addr, &src, &t));
-            let note = match (&relay_from, &resumed) {
-                (Some(r), res) => Some(format!(
-                    "source relayed by spoke {} (nearer the source){}",
-                    r.spoke_id,
-                    res.as_ref().map(|x| format!("; {x}")).unwrap_or_default()
-                )),
-                (None, res) => res.clone(),
-            };
+            let relayed = relay_from
+                .as_ref()
+                .map(|r| format!("source relayed by spoke {} (nearer the source)", r.spoke_id));
+            let said: Vec<&str> = [&relayed, &resumed, &excluded_note]
+                .into_iter()
+                .flatten()
+                .map(String::as_str)
+                .collect();
+            let note = (!said.is_empty()).then(|| said.join("; "));
             // A URL source has no location: the destination's stands in (spokes that fetch
             // URLs never read it).
             let source = match &fetch {
@@ -686,11 +714,16 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
                      ran this transfer itself",
                     ids.join(", ")
                 )
+            } else if let Some(x) = &excluded_note {
+                format!("{x}; no other spoke can take it: the hub ran this transfer itself")
             } else {
                 "no healthy spoke: the hub ran this transfer itself".to_owned()
             };
             if let Some(r) = &resumed {
                 note = format!("{note}; {r}");
+            }
+            if let (true, Some(x)) = (poisoned, &excluded_note) {
+                note = format!("{note}; {x}");
             }
             if !state
                 .db
@@ -726,7 +759,7 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
                 .await;
                 lock(&state.transfers.inline).remove(&id);
                 if let Err(e) = result {
-                    requeue_or_fail(&state, id, &lease, e.message(), e.retryable()).await;
+                    requeue_or_fail(&state, id, &lease, e.message(), e.retryable(), None).await;
                 }
             });
         }
@@ -797,19 +830,21 @@ async fn run_inline(
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let base: u64 = done.iter().map(|p| p.len).sum();
+    let total = u64::try_from(t.size).ok();
     let reporter = {
         let state = state.clone();
         let lease = lease.clone();
         tokio::spawn(async move {
-            let mut moved = base;
+            // Verified parts plus the current attempts of parts in flight: a retried part's
+            // failed attempt does not count on top of its retry.
+            let mut moved = Progress::new(total, base);
             let started = Instant::now();
             while let Some(ev) = rx.recv().await {
+                let bytes_done = moved.observe(&ev);
                 match ev {
-                    CopyEvent::Bytes(n) => {
-                        moved += n;
-                        let rate =
-                            (moved - base) as f64 / started.elapsed().as_secs_f64().max(0.001);
-                        progress(&state, id, &lease, moved, rate as u64).await;
+                    CopyEvent::Bytes { .. } => {
+                        let rate = moved.sent() as f64 / started.elapsed().as_secs_f64().max(0.001);
+                        progress(&state, id, &lease, bytes_done, rate as u64).await;
                     }
                     CopyEvent::PartDone(p) => {
                         if let Ok(false) =
@@ -1099,6 +1134,9 @@ async fn complete(
             dedupe_key: None,
         },
     );
+    // A view that read the row while it was still `running` and finds the live figure gone
+    // falls back to the stored one: it must be what the live one showed.
+    flush_progress(state, id, lease).await;
     let finished = match state
         .db
         .finish_transfer_done(
@@ -1149,23 +1187,24 @@ async fn complete(
 }
 
 async fn progress(state: &AppState, id: i64, lease: &Lease, bytes_done: u64, bytes_per_sec: u64) {
-    let persist = {
+    let (persist, bytes_done) = {
         let mut live = lock(&state.transfers.live);
         let e = live.entry(id).or_insert(Live {
             bytes_done,
             bytes_per_sec,
             persisted: None,
         });
-        e.bytes_done = bytes_done;
+        // Never backwards: a resumed run starts from its durable parts, which may be less
+        // than an earlier run of this transfer showed.
+        e.bytes_done = e.bytes_done.max(bytes_done);
         e.bytes_per_sec = bytes_per_sec;
-        if e.persisted
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
-        {
+        let persist = e
+            .persisted
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if persist {
             e.persisted = Some(Instant::now());
-            true
-        } else {
-            false
         }
+        (persist, e.bytes_done)
     };
     if persist {
         if let Ok(false) = state
@@ -1179,6 +1218,7 @@ async fn progress(state: &AppState, id: i64, lease: &Lease, bytes_done: u64, byt
 }
 
 /// Re-queues a failed attempt (the scheduler tick dispatches it) or fails the transfer.
+/// `failed_by`: the spoke whose run failed, kept away from the transfer for a while.
 /// Returns whether it was re-queued.
 async fn requeue_or_fail(
     state: &AppState,
@@ -1186,15 +1226,22 @@ async fn requeue_or_fail(
     lease: &Lease,
     message: &str,
     retryable: bool,
+    failed_by: Option<i64>,
 ) -> bool {
-    let now = now_ms();
     state.transfers.set_spoke(id, None);
+    flush_progress(state, id, lease).await;
+    let now = now_ms();
     if retryable {
-        if let Ok(true) = state
-            .db
-            .requeue_transfer(id, lease, &format!("retrying after: {message}"), now)
-            .await
-        {
+        let requeued = match failed_by {
+            Some(spoke) => requeue_excluding(state, id, lease, spoke, message).await,
+            None => {
+                state
+                    .db
+                    .requeue_transfer(id, lease, &format!("retrying after: {message}"), now)
+                    .await
+            }
+        };
+        if let Ok(true) = requeued {
             return true;
         }
     }
@@ -1212,7 +1259,9 @@ async fn requeue_or_fail(
     false
 }
 
-/// Like [`requeue_or_fail`], then dispatches at once away from the spoke that failed.
+/// Like [`requeue_or_fail`], then dispatches at once away from the spoke that failed. With
+/// `exclude_for_a_while`, that spoke stays away from the transfer for
+/// `transfers.failed_spoke_exclusion_secs`, whichever hub dispatches it.
 async fn fail_or_retry(
     state: &AppState,
     id: i64,
@@ -1220,11 +1269,122 @@ async fn fail_or_retry(
     spoke: i64,
     message: &str,
     retryable: bool,
+    exclude_for_a_while: bool,
 ) {
-    if requeue_or_fail(state, id, lease, message, retryable).await {
+    let failed_by = exclude_for_a_while.then_some(spoke);
+    if requeue_or_fail(state, id, lease, message, retryable, failed_by).await {
         dispatch(state, id, &[spoke]).await;
     }
 }
+
+/// The longest reason stored with an exclusion (and shown in the note).
+const MAX_REASON: usize = 300;
+
+/// Re-queues a running transfer that spoke `spoke` failed (`why`: its report, or how it was
+/// lost) and keeps that spoke away from it for `transfers.failed_spoke_exclusion_secs`: the
+/// exclusion is written with the re-queue, fenced by the lease, so whichever hub dispatches
+/// the transfer next honours it. The note says which spoke, why and until when. False when
+/// the transfer is not running under `lease`.
+async fn requeue_excluding(
+    state: &AppState,
+    id: i64,
+    lease: &Lease,
+    spoke: i64,
+    why: &str,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let why = truncate(why, MAX_REASON);
+    let ttl = state.config.transfers.failed_spoke_exclusion();
+    if ttl.is_zero() {
+        let note = format!("spoke {spoke} failed this transfer: {why}; retrying");
+        return state.db.requeue_transfer(id, lease, &note, now).await;
+    }
+    let until = now.saturating_add(ttl.as_millis() as i64);
+    let name = spoke_name(state, spoke).await;
+    let note = excluded_text(spoke, &name, why, until);
+    tracing::info!(transfer = id, spoke, until = %crate::model::rfc3339(until), reason = %why,
+                   "the spoke failed the transfer; kept away from it for a while");
+    state
+        .db
+        .requeue_transfer_excluding(id, lease, &note, spoke, why, until, now)
+        .await
+}
+
+/// How the note names an excluded spoke.
+fn excluded_text(spoke: i64, name: &str, why: &str, until: i64) -> String {
+    format!(
+        "spoke {spoke} ({name}) failed this transfer: {why}; excluded until {}",
+        crate::model::rfc3339(until)
+    )
+}
+
+/// The note's account of the spokes kept away from a transfer (spoke, until when, why);
+/// `None` when none is.
+async fn exclusion_note(state: &AppState, excluded: &[(i64, i64, String)]) -> Option<String> {
+    if excluded.is_empty() {
+        return None;
+    }
+    let mut said = Vec::with_capacity(excluded.len());
+    for (spoke, until, why) in excluded {
+        let name = spoke_name(state, *spoke).await;
+        said.push(excluded_text(*spoke, &name, why, *until));
+    }
+    Some(said.join("; "))
+}
+
+/// A spoke's name for notes (`?` when it cannot be read).
+async fn spoke_name(state: &AppState, spoke: i64) -> String {
+    match state.db.get_spoke(spoke).await {
+        Ok(Some(s)) => s.name,
+        _ => "?".to_owned(),
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Writes the progress this hub last saw of a running transfer it holds, before the
+/// transfer leaves `running` (re-queued, failed, cancelled): the stored figure is what every
+/// view shows then, and it must not fall below what the live one showed.
+async fn flush_progress(state: &AppState, id: i64, lease: &Lease) {
+    if let Some((bytes_done, _)) = state.transfers.live(id) {
+        let _ = state
+            .db
+            .set_transfer_progress(id, lease, bytes_done as i64, now_ms())
+            .await;
+    }
+}
+
+/// Deletes the exclusions of spokes from transfers that ran out (see [`requeue_excluding`]),
+/// in bounded batches; returns how many went.
+pub async fn prune_exclusions(state: &AppState) -> Result<u64, sqlx::Error> {
+    let mut total = 0;
+    for _ in 0..PRUNE_MAX_BATCHES {
+        let n = state
+            .db
+            .prune_transfer_exclusions(now_ms(), PRUNE_BATCH)
+            .await?;
+        total += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Exclusions one prune statement deletes at most.
+const PRUNE_BATCH: i64 = 1000;
+/// Statements one prune round runs at most; the next round takes the rest.
+const PRUNE_MAX_BATCHES: usize = 20;
 
 /// A report from a spoke about a transfer, on this hub's connection to it. Reports about a
 /// transfer this hub does not hold (another hub took it over), or that the spoke no longer
@@ -1350,7 +1510,8 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
                     Err(Incomplete::Failed(e)) => {
                         tracing::warn!(transfer = id, spoke = spoke_id, error = %e.message(),
                                        "completing the transfer failed; retrying");
-                        fail_or_retry(state, id, &lease, spoke_id, e.message(), true).await;
+                        // The completion is the hub's work: the spoke is not to blame.
+                        fail_or_retry(state, id, &lease, spoke_id, e.message(), true, false).await;
                     }
                 }
             });
@@ -1360,7 +1521,7 @@ pub async fn on_report(state: &AppState, spoke_id: i64, msg: SpokeMsg) {
         } => {
             state.network.registry.note_assigned(spoke_id, -1);
             tracing::warn!(transfer = id, spoke = spoke_id, %message, "transfer failed on spoke");
-            fail_or_retry(state, id, &lease, spoke_id, &message, retryable).await;
+            fail_or_retry(state, id, &lease, spoke_id, &message, retryable, true).await;
         }
         _ => {}
     }
@@ -1435,6 +1596,7 @@ async fn refuse_report(state: &AppState, id: i64, lease: &Lease, spoke_id: i64, 
         Err(e) => tracing::warn!(transfer = id, error = %e, "reading the transfer failed"),
     }
     let note = format!("a report of spoke {spoke_id} was refused ({why}); re-planned without it");
+    flush_progress(state, id, lease).await;
     match state.db.requeue_transfer(id, lease, &note, now_ms()).await {
         Ok(true) => dispatch(state, id, &[]).await,
         Ok(false) => check_lease(state, id, lease).await,
@@ -1566,16 +1728,23 @@ async fn requeue_from(state: &AppState, spoke_id: i64, why: &str) {
             .registry
             .send(spoke_id, HubMsg::Cancel { transfer_id: t.id });
         state.transfers.set_spoke(t.id, None);
-        match state
-            .db
-            .requeue_transfer(
-                t.id,
-                &lease,
-                &format!("spoke {spoke_id} lost ({why}); resumed"),
-                now_ms(),
-            )
-            .await
-        {
+        flush_progress(state, t.id, &lease).await;
+        // A spoke lost mid-run failed the transfer: it stays away from it for a while. Not
+        // when this hub is shutting down (its own spoke connections are closing).
+        let requeued = if state.transfers.is_closing() {
+            state
+                .db
+                .requeue_transfer(
+                    t.id,
+                    &lease,
+                    &format!("spoke {spoke_id} lost ({why}); resumed"),
+                    now_ms(),
+                )
+                .await
+        } else {
+            requeue_excluding(state, t.id, &lease, spoke_id, &format!("lost ({why})")).await
+        };
+        match requeued {
             Ok(true) => dispatch(state, t.id, &[spoke_id]).await,
             Ok(false) => check_lease(state, t.id, &lease).await,
             Err(_) => {}
@@ -1587,6 +1756,9 @@ async fn requeue_from(state: &AppState, spoke_id: i64, why: &str) {
 /// it, stops its run (on its spoke or inline). A holder elsewhere stops its run when its next
 /// renewal no longer finds the transfer.
 pub async fn cancel(state: &AppState, t: &TransferRecord) -> ApiResult<bool> {
+    if let Some(l) = lease(state, t.id) {
+        flush_progress(state, t.id, &l).await;
+    }
     if !state
         .db
         .cancel_transfer(t.id, "cancelled by the client", now_ms())

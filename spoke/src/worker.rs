@@ -7,6 +7,7 @@ use crate::fsroots::FsRoots;
 use crate::relay::Relayed;
 use shared::proto::{Assignment, RttSample, SpokeMsg, SpokeSettings, UrlFetch, UNREACHABLE};
 use shared::storage::multipart::S3Multipart;
+use shared::storage::progress::Progress;
 use shared::storage::transfer::{
     composite_sha256, copy_parts_via, copy_stream, range_source, CopyEvent, CopyOptions, PartDone,
     RangeSource,
@@ -242,7 +243,7 @@ async fn run(
     let (tx, rx) = mpsc::unbounded_channel();
     let forward = tokio::spawn(forward_events(
         a.transfer_id,
-        a.size,
+        Some(a.size),
         base,
         rx,
         report.clone(),
@@ -327,11 +328,10 @@ async fn run_url(
     };
     let base: u64 = a.done.iter().map(|p| p.len).sum();
     // Progress of a source of unknown length is capped by the hub, not here.
-    let total = fetch.size.unwrap_or(u64::MAX);
     let (tx, rx) = mpsc::unbounded_channel();
     let forward = tokio::spawn(forward_events(
         a.transfer_id,
-        total,
+        fetch.size,
         base,
         rx,
         report.clone(),
@@ -381,32 +381,36 @@ async fn run_url(
 /// Turns engine events into reports; returns the parts that completed.
 async fn forward_events(
     transfer_id: i64,
-    total: u64,
+    total: Option<u64>,
     base: u64,
     mut rx: mpsc::UnboundedReceiver<CopyEvent>,
     report: UnboundedSender<SpokeMsg>,
     jobs: Arc<Jobs>,
 ) -> Vec<PartDone> {
     let started = Instant::now();
-    let mut moved = 0u64;
-    let mut durable = base;
+    // Verified parts plus the current attempts of parts in flight: a retried part's failed
+    // attempt does not count on top of its retry (see `shared::storage::progress`).
+    let mut progress = Progress::new(total, base);
     let mut last = Instant::now();
     let mut parts = Vec::new();
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     loop {
         tokio::select! {
             ev = rx.recv() => match ev {
-                Some(CopyEvent::Bytes(n)) => {
-                    moved += n;
-                    jobs.moved.fetch_add(n, Ordering::Relaxed);
-                }
-                Some(CopyEvent::PartDone(p)) => {
-                    durable += p.len;
-                    let _ = report.send(SpokeMsg::PartDone { transfer_id, part: p.clone() });
-                    parts.push(p);
-                }
-                Some(CopyEvent::PartRetry { index, error }) => {
-                    tracing::warn!(transfer = transfer_id, part = index, %error, "part retried");
+                Some(ev) => {
+                    progress.observe(&ev);
+                    match ev {
+                        CopyEvent::Bytes { len, .. } => {
+                            jobs.moved.fetch_add(len, Ordering::Relaxed);
+                        }
+                        CopyEvent::PartDone(p) => {
+                            let _ = report.send(SpokeMsg::PartDone { transfer_id, part: p.clone() });
+                            parts.push(p);
+                        }
+                        CopyEvent::PartRetry { index, error } => {
+                            tracing::warn!(transfer = transfer_id, part = index, %error, "part retried");
+                        }
+                    }
                 }
                 None => break,
             },
@@ -417,10 +421,9 @@ async fn forward_events(
             let secs = started.elapsed().as_secs_f64().max(0.001);
             let _ = report.send(SpokeMsg::Progress {
                 transfer_id,
-                // Never below what is durable, never above what was sent.
-                // Retried attempts count again, so cap at what the object holds.
-                bytes_done: (base + moved).max(durable).min(total),
-                bytes_per_sec: (moved as f64 / secs) as u64,
+                bytes_done: progress.bytes_done(),
+                // The rate on the wire: every byte sent, a failed attempt's too.
+                bytes_per_sec: (progress.sent() as f64 / secs) as u64,
             });
         }
     }

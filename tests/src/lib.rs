@@ -8,8 +8,10 @@ pub mod bench_lab;
 pub mod bench_linkemu;
 pub mod bench_regions;
 pub mod bench_tunnel;
+pub mod bench_wan;
 pub mod bench_webhooks;
 pub mod browser;
+pub mod cut_proxy;
 pub mod lab;
 pub mod linkemu;
 pub mod linkemu_cli;
@@ -22,6 +24,7 @@ pub mod servers;
 pub mod terraform_lab;
 pub mod throttle;
 pub mod tunnel_lab;
+pub mod wan_lab;
 pub mod webhook_receiver;
 
 use anyhow::Context as _;

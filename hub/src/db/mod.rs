@@ -53,11 +53,13 @@ pub use detect::{DetectorLease, DetectorState};
 pub(crate) use events::Inserted;
 pub use events::{Echo, EventRecord, NewEvent, PreviousObject, StreamPosition};
 pub use links::{LinkChanges, LinkRecord};
-pub use network::{CaRecord, CaRole, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent};
+pub use network::{
+    CaRecord, CaRole, HubAnnouncement, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent,
+};
 pub use oauth::{NewCode, OAuthCode, Taken, TokenInfo};
 pub use sessions::{NewSession, PartRecord, SessionRecord};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
-pub use transfers::{Held, Lease, NewTransfer, TransferRecord};
+pub use transfers::{Exclusion, Held, Lease, NewTransfer, TransferRecord};
 pub use webhooks::{Claimed, DeliveryTarget, Settle, WebhookAttempt, WebhookRecord};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -424,6 +426,37 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// How this hub uses the database now, for the hub directory (the operator console):
+    /// `sqlite`; `postgres primary` (no replica configured); `postgres replica-reading`
+    /// (replica-eligible reads go to the region's replica); `postgres primary (replica
+    /// lagging | unreachable | promoted)` when a configured replica is not read. And the
+    /// replica's lag in ms as the topology monitor measured it last (the time its heartbeat
+    /// transaction took to show on the replica, not an estimate): `None` without a replica,
+    /// before the first measurement, and while the replica is unreachable or promoted.
+    pub fn role(&self) -> (String, Option<i64>) {
+        let Some(t) = &self.topo else {
+            return ("sqlite".into(), None);
+        };
+        if t.replica.is_none() {
+            return ("postgres primary".into(), None);
+        }
+        let r = t.replica_state();
+        let role = if t.replica_usable() {
+            "postgres replica-reading"
+        } else if !r.reachable {
+            "postgres primary (replica unreachable)"
+        } else if !r.in_recovery {
+            "postgres primary (replica promoted)"
+        } else {
+            "postgres primary (replica lagging)"
+        };
+        let lag = r
+            .lag_ms
+            .filter(|_| r.reachable && r.in_recovery)
+            .map(|ms| ms.min(i64::MAX as u64) as i64);
+        (role.into(), lag)
     }
 
     /// Applies pending migrations for this backend.

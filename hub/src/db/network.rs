@@ -89,13 +89,17 @@ pub struct SpokeRecord {
     /// The join token it enrolled with (unknown for spokes enrolled before migration 0008
     /// whose token row is gone).
     pub join_token_id: Option<String>,
+    /// When its certificate expires (ms since the epoch): recorded at issue and from the
+    /// certificate it connects with; unknown for a spoke enrolled before migration 0019 that
+    /// has not connected since.
+    pub cert_not_after_ms: Option<i64>,
 }
 
 const TOKEN_COLS: &str =
     "id, secret_hash, region, name, expires_ms, used_ms, spoke_id, created_ms, \
                           max_uses, uses, revoked_ms";
 const SPOKE_COLS: &str = "id, name, region, cert_fingerprint, advertise, enrolled_ms, revoked_ms, \
-                          last_seen_ms, join_token_id";
+                          last_seen_ms, join_token_id, cert_not_after_ms";
 
 fn token_from(r: &AnyRow) -> DbResult<JoinTokenRecord> {
     Ok(JoinTokenRecord {
@@ -124,6 +128,7 @@ fn spoke_from(r: &AnyRow) -> DbResult<SpokeRecord> {
         revoked_ms: r.try_get("revoked_ms")?,
         last_seen_ms: r.try_get("last_seen_ms")?,
         join_token_id: r.try_get("join_token_id")?,
+        cert_not_after_ms: r.try_get("cert_not_after_ms")?,
     })
 }
 
@@ -320,12 +325,36 @@ impl Db {
         Ok(())
     }
 
-    pub async fn set_spoke_fingerprint(&self, id: i64, fingerprint: &str) -> DbResult<()> {
-        sqlx::query("UPDATE spokes SET cert_fingerprint = $1 WHERE id = $2")
-            .bind(fingerprint)
-            .bind(id)
-            .execute(&self.w())
-            .await?;
+    /// Records the certificate issued to spoke `id`: its fingerprint (what the spoke is known
+    /// by from now on) and its not-after (`None` when it could not be read).
+    pub async fn set_spoke_certificate(
+        &self,
+        id: i64,
+        fingerprint: &str,
+        not_after_ms: Option<i64>,
+    ) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE spokes SET cert_fingerprint = $1, cert_not_after_ms = $2 WHERE id = $3",
+        )
+        .bind(fingerprint)
+        .bind(not_after_ms)
+        .bind(id)
+        .execute(&self.w())
+        .await?;
+        Ok(())
+    }
+
+    /// Records the not-after of the certificate spoke `id` connected with, when it differs
+    /// from the one recorded (a spoke enrolled before migration 0019 has none).
+    pub async fn set_spoke_cert_not_after(&self, id: i64, not_after_ms: i64) -> DbResult<()> {
+        sqlx::query(
+            "UPDATE spokes SET cert_not_after_ms = $1 WHERE id = $2 \
+             AND (cert_not_after_ms IS NULL OR cert_not_after_ms <> $1)",
+        )
+        .bind(not_after_ms)
+        .bind(id)
+        .execute(&self.w())
+        .await?;
         Ok(())
     }
 
@@ -389,20 +418,46 @@ pub struct HubRecord {
     pub region: String,
     pub api: String,
     pub seen_ms: i64,
+    /// What the hub runs, as it last announced (`None`: a hub older than migration 0019).
+    pub version: Option<String>,
+    /// How it uses the database (see [`Db::role`]).
+    pub db_role: Option<String>,
+    /// Its replica's lag as it last measured it (`None`: no replica, or not measured yet).
+    pub replica_lag_ms: Option<i64>,
+}
+
+/// What a hub announces of itself besides its addresses (the operator console shows it).
+#[derive(Debug, Clone, Default)]
+pub struct HubAnnouncement {
+    pub version: String,
+    pub db_role: String,
+    pub replica_lag_ms: Option<i64>,
 }
 
 impl Db {
     /// Announces (or refreshes) a hub.
-    pub async fn upsert_hub(&self, quic: &str, region: &str, api: &str, now: i64) -> DbResult<()> {
+    pub async fn upsert_hub(
+        &self,
+        quic: &str,
+        region: &str,
+        api: &str,
+        about: &HubAnnouncement,
+        now: i64,
+    ) -> DbResult<()> {
         sqlx::query(
-            "INSERT INTO hubs (quic, region, api, seen_ms) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO hubs (quic, region, api, seen_ms, version, db_role, replica_lag_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (quic) DO UPDATE SET region = excluded.region, api = excluded.api, \
-             seen_ms = excluded.seen_ms",
+             seen_ms = excluded.seen_ms, version = excluded.version, \
+             db_role = excluded.db_role, replica_lag_ms = excluded.replica_lag_ms",
         )
         .bind(quic)
         .bind(region)
         .bind(api)
         .bind(now)
+        .bind(&about.version)
+        .bind(&about.db_role)
+        .bind(about.replica_lag_ms)
         .execute(&self.w())
         .await?;
         Ok(())
@@ -411,7 +466,8 @@ impl Db {
     /// Hubs seen since `since_ms`, newest first.
     pub async fn list_hubs(&self, since_ms: i64) -> DbResult<Vec<HubRecord>> {
         let rows = sqlx::query(
-            "SELECT quic, region, api, seen_ms FROM hubs WHERE seen_ms >= $1 ORDER BY seen_ms DESC",
+            "SELECT quic, region, api, seen_ms, version, db_role, replica_lag_ms FROM hubs \
+             WHERE seen_ms >= $1 ORDER BY seen_ms DESC",
         )
         .bind(since_ms)
         .fetch_all(&self.w())
@@ -423,6 +479,9 @@ impl Db {
                     region: r.try_get("region")?,
                     api: r.try_get("api")?,
                     seen_ms: r.try_get("seen_ms")?,
+                    version: r.try_get("version")?,
+                    db_role: r.try_get("db_role")?,
+                    replica_lag_ms: r.try_get("replica_lag_ms")?,
                 })
             })
             .collect()

@@ -75,6 +75,15 @@ pub struct Lease {
     pub epoch: i64,
 }
 
+/// A spoke kept away from a transfer it failed, until `until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    pub spoke_id: i64,
+    pub until_ms: i64,
+    /// Why: what the spoke reported, or how it was lost.
+    pub reason: String,
+}
+
 /// What a renewal found still held by its holder: the transfer and its lease epoch.
 pub type Held = (i64, i64);
 
@@ -455,7 +464,9 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records progress; false when the transfer is not running under `lease`.
+    /// Records progress; false when the transfer is not running under `lease`. The stored
+    /// figure never goes back (a resumed run starts from its durable parts, which may be less
+    /// than an earlier run showed): a lower `bytes_done` leaves it as it is.
     pub async fn set_transfer_progress(
         &self,
         id: i64,
@@ -464,7 +475,8 @@ impl Db {
         now: i64,
     ) -> DbResult<bool> {
         let done = sqlx::query(
-            "UPDATE transfers SET bytes_done = $1, updated_ms = $2 WHERE id = $3 \
+            "UPDATE transfers SET bytes_done = CASE WHEN bytes_done < $1 THEN $1 \
+             ELSE bytes_done END, updated_ms = $2 WHERE id = $3 \
              AND state = 'running' AND lease_holder = $4 AND lease_epoch = $5",
         )
         .bind(bytes_done)
@@ -553,6 +565,89 @@ impl Db {
         }
         self.wrote(row.as_ref()).await;
         Ok(Some(row.is_some()))
+    }
+
+    // ---- spokes that failed a transfer ----
+
+    /// Puts a running transfer back in the queue (like [`Db::requeue_transfer`]) and keeps
+    /// `spoke_id`, which just failed it (`reason`), away from it until `until_ms`, in one
+    /// transaction fenced by `lease`: any hub that dispatches it before then skips that spoke.
+    /// False (nothing written) when the transfer is not running under `lease`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn requeue_transfer_excluding(
+        &self,
+        id: i64,
+        lease: &Lease,
+        note: &str,
+        spoke_id: i64,
+        reason: &str,
+        until_ms: i64,
+        now: i64,
+    ) -> DbResult<bool> {
+        let mut tx = self.w().begin().await?;
+        let done = sqlx::query(
+            "UPDATE transfers SET state = 'queued', spoke_id = NULL, note = $1, updated_ms = $2 \
+             WHERE id = $3 AND state = 'running' AND lease_holder = $4 AND lease_epoch = $5",
+        )
+        .bind(note)
+        .bind(now)
+        .bind(id)
+        .bind(&*lease.holder)
+        .bind(lease.epoch)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO transfer_exclusions (transfer_id, spoke_id, until_ms, reason) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (transfer_id, spoke_id) DO UPDATE SET \
+             until_ms = excluded.until_ms, reason = excluded.reason",
+        )
+        .bind(id)
+        .bind(spoke_id)
+        .bind(until_ms)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The spokes kept away from transfer `id` at `now`, soonest back first.
+    pub async fn transfer_exclusions(&self, id: i64, now: i64) -> DbResult<Vec<Exclusion>> {
+        let rows = sqlx::query(
+            "SELECT spoke_id, until_ms, reason FROM transfer_exclusions \
+             WHERE transfer_id = $1 AND until_ms > $2 ORDER BY until_ms, spoke_id",
+        )
+        .bind(id)
+        .bind(now)
+        .fetch_all(&self.w())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Exclusion {
+                    spoke_id: r.try_get("spoke_id")?,
+                    until_ms: r.try_get("until_ms")?,
+                    reason: r.try_get("reason")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes up to `limit` exclusions that ran out before `before_ms` (the oldest first,
+    /// through their `until_ms` index); returns how many went.
+    pub async fn prune_transfer_exclusions(&self, before_ms: i64, limit: i64) -> DbResult<u64> {
+        let r = sqlx::query(
+            "DELETE FROM transfer_exclusions WHERE until_ms < $1 AND (transfer_id, spoke_id) IN \
+             (SELECT transfer_id, spoke_id FROM transfer_exclusions WHERE until_ms < $1 \
+              ORDER BY until_ms LIMIT $2)",
+        )
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.w())
+        .await?;
+        Ok(r.rows_affected())
     }
 
     /// A client cancels a transfer: any hub may, whoever holds it (the holder learns of it at

@@ -99,7 +99,14 @@ async fn handle(state: AppState, conn: quinn::Connection) -> anyhow::Result<()> 
             id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|certs| certs.first().map(|c| shared::pki::fingerprint(c)));
+        .and_then(|certs| {
+            certs.first().map(|c| {
+                (
+                    shared::pki::fingerprint(c),
+                    super::cert_not_after_ms(c.as_ref()),
+                )
+            })
+        });
     let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
         .await
         .map_err(|_| anyhow::anyhow!("no control stream within {HELLO_TIMEOUT:?}"))??;
@@ -125,7 +132,7 @@ async fn handle(state: AppState, conn: quinn::Connection) -> anyhow::Result<()> 
     };
     match leaf {
         None => enroll(state, conn, stream).await,
-        Some(fp) => {
+        Some((fp, not_after)) => {
             let first = tokio::time::timeout(HELLO_TIMEOUT, stream.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("no hello within {HELLO_TIMEOUT:?}"));
@@ -145,7 +152,7 @@ async fn handle(state: AppState, conn: quinn::Connection) -> anyhow::Result<()> 
                 }
                 Err(e) => return Err(e),
             };
-            control(state, conn, stream, fp, hello).await
+            control(state, conn, stream, fp, not_after, hello).await
         }
     }
 }
@@ -229,6 +236,7 @@ async fn control(
     conn: quinn::Connection,
     mut stream: Stream,
     fingerprint: String,
+    cert_not_after_ms: Option<i64>,
     hello: proto::Hello,
 ) -> anyhow::Result<()> {
     let spoke = match state.db.spoke_by_fingerprint(&fingerprint).await? {
@@ -287,6 +295,13 @@ async fn control(
         .registry
         .set_declared(spoke.id, &hello.fs_roots, hello.url_sources);
     let _ = state.db.touch_spoke(spoke.id, now_ms()).await;
+    // The expiry of the certificate it holds, for the console (a spoke enrolled before the
+    // hub recorded expiries gets it now).
+    if let Some(na) = cert_not_after_ms.filter(|na| spoke.cert_not_after_ms != Some(*na)) {
+        if let Err(e) = state.db.set_spoke_cert_not_after(spoke.id, na).await {
+            tracing::warn!(spoke_id = spoke.id, error = %e, "could not record the spoke certificate's expiry");
+        }
+    }
     tracing::info!(spoke_id = spoke.id, name = %spoke.name, region = %spoke.region,
                    remote = %conn.remote_address(), "spoke connected");
     crate::transfers::spoke_ready(&state, spoke.id, &hello.running);

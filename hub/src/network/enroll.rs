@@ -461,9 +461,12 @@ async fn issue(
             .sign_spoke_csr(&req.csr_pem, spoke_id, advertise_host, lifetime)
             .map_err(|e| refuse("bad_request", e.to_string()))?;
         let fp = shared::pki::fingerprint_pem(&cert_pem).map_err(|e| internal(&e))?;
+        let not_after = shared::pki::certs(&cert_pem)
+            .ok()
+            .and_then(|c| c.first().and_then(|der| super::cert_not_after_ms(der)));
         state
             .db
-            .set_spoke_fingerprint(spoke_id, &fp)
+            .set_spoke_certificate(spoke_id, &fp, not_after)
             .await
             .map_err(|e| internal(&e))?;
         Ok(cert_pem)

@@ -137,6 +137,8 @@ pub struct NetworkHandle {
     endpoint: quinn::Endpoint,
     task: tokio::task::JoinHandle<()>,
     revocations: tokio::task::JoinHandle<()>,
+    /// Refreshes this hub's row of the hub directory (see [`announce`]).
+    directory: tokio::task::JoinHandle<()>,
 }
 
 impl NetworkHandle {
@@ -148,6 +150,7 @@ impl NetworkHandle {
         );
         self.task.abort();
         self.revocations.abort();
+        self.directory.abort();
     }
 
     /// Closes every spoke connection and stops accepting.
@@ -158,6 +161,7 @@ impl NetworkHandle {
         );
         self.task.abort();
         self.revocations.abort();
+        self.directory.abort();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
     }
 }
@@ -188,24 +192,60 @@ pub async fn start(state: AppState, addr: SocketAddr) -> anyhow::Result<NetworkH
         .clone()
         .unwrap_or_else(|| local_addr.to_string());
     let _ = net.advertise.set(advertise.clone());
-    state
-        .db
-        .upsert_hub(
-            &advertise,
-            &state.config.region,
-            &state.config.public_url(),
-            now_ms(),
-        )
-        .await?;
+    announce_once(&state, &advertise).await?;
     tracing::info!(%local_addr, %advertise, ca = %net.ca_fingerprint, "spoke network listening");
     let task = tokio::spawn(control::accept_loop(state.clone(), endpoint.clone()));
     let revocations = tokio::spawn(push_revocations(state.clone()));
+    let directory = tokio::spawn(announce(state.clone(), advertise));
     Ok(NetworkHandle {
         local_addr,
         endpoint,
         task,
         revocations,
+        directory,
     })
+}
+
+/// How often a hub refreshes its row of the hub directory (`hubs`): its `seen_ms` (the
+/// console shows a hub unseen for 30 s as down; spokes are handed the hubs seen in the last
+/// day), version, database role and replica lag.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// Writes this hub's row of the hub directory once.
+async fn announce_once(state: &AppState, advertise: &str) -> Result<(), sqlx::Error> {
+    let (db_role, replica_lag_ms) = state.db.role();
+    let about = crate::db::HubAnnouncement {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        db_role,
+        replica_lag_ms,
+    };
+    state
+        .db
+        .upsert_hub(
+            advertise,
+            &state.config.region,
+            &state.config.public_url(),
+            &about,
+            now_ms(),
+        )
+        .await
+}
+
+/// Refreshes this hub's directory row every [`ANNOUNCE_EVERY`] until the [`NetworkHandle`]
+/// closes (a failed write is retried at the next round).
+async fn announce(state: AppState, advertise: String) {
+    loop {
+        tokio::time::sleep(ANNOUNCE_EVERY).await;
+        if let Err(e) = announce_once(&state, &advertise).await {
+            tracing::warn!(error = %e, "could not refresh this hub in the hub directory");
+        }
+    }
+}
+
+/// A certificate's not-after in ms since the epoch, `None` when its DER does not parse.
+pub(crate) fn cert_not_after_ms(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp().saturating_mul(1000))
 }
 
 /// How often a hub looks for spokes revoked (on any hub) since its last push.

@@ -32,7 +32,7 @@ const REGISTER_EVERY: Duration = Duration::from_secs(10);
 /// Hubs not seen for this long leave the directory.
 const DIRECTORY_AGE: Duration = Duration::from_secs(300);
 /// RTT estimates older than this are ignored.
-const RTT_AGE: Duration = Duration::from_secs(7 * 86_400);
+pub const RTT_AGE: Duration = Duration::from_secs(7 * 86_400);
 /// How often the whole RTT table is read again (between, only recent rows are).
 const RTT_FULL_RELOAD: Duration = Duration::from_secs(60);
 /// Rows updated this recently are read at every reload: the flush delay and clock differences
@@ -44,6 +44,14 @@ const MAX_PREFIXES: i64 = 200_000;
 const EWMA_ALPHA: f64 = 0.3;
 /// Local estimates kept at most (oldest-updated dropped beyond).
 const MAX_LOCAL: usize = 100_000;
+/// Health observations older than this are deleted: readers look only at the last few probe
+/// intervals, so an older row is one its observer stopped writing (the observer left, or the
+/// target left the directory).
+pub const HEALTH_RETENTION: Duration = Duration::from_secs(86_400);
+/// Rows one prune statement deletes at most (bounds its transaction and lock time).
+pub const PRUNE_BATCH: i64 = 1000;
+/// Statements one prune round runs per table at most; the next round takes the rest.
+const PRUNE_MAX_BATCHES: usize = 20;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -428,6 +436,41 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// What one prune round deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub rtts: u64,
+    pub health: u64,
+}
+
+/// Deletes the steering rows no reader looks at any more: RTT estimates not updated for
+/// [`RTT_AGE`] (the snapshot ignores them) and health observations older than a day, in
+/// batches of [`PRUNE_BATCH`] through their `updated_ms` indexes (no table scan), at most
+/// `PRUNE_MAX_BATCHES` per table per round. Each row is the latest of its key (the writers
+/// upsert), so nothing a reader uses goes. Run from the hub's periodic sweep
+/// (`claims::spawn_sweeper`) with the current time as `now`; deletes are idempotent, so hubs
+/// pruning at once share the work.
+pub async fn prune(db: &crate::db::Db, now: i64) -> Result<Pruned, sqlx::Error> {
+    let rtt_before = now - RTT_AGE.as_millis() as i64;
+    let health_before = now - HEALTH_RETENTION.as_millis() as i64;
+    let mut pruned = Pruned::default();
+    for _ in 0..PRUNE_MAX_BATCHES {
+        let n = db.prune_rtts(rtt_before, PRUNE_BATCH).await?;
+        pruned.rtts += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    for _ in 0..PRUNE_MAX_BATCHES {
+        let n = db.prune_health(health_before, PRUNE_BATCH).await?;
+        pruned.health += n;
+        if n < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    Ok(pruned)
 }
 
 /// Probes every other hub's `/readyz` once and records what it saw.

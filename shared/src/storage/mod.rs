@@ -15,6 +15,7 @@ pub mod multipart;
 #[cfg(feature = "fs")]
 mod nofollow;
 pub mod path;
+pub mod progress;
 mod publish;
 pub mod service;
 pub mod sign;

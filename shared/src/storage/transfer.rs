@@ -241,13 +241,16 @@ impl Default for CopyOptions {
 /// What a running copy reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyEvent {
-    /// This many more bytes were sent (at most [`PROGRESS_STEP`] per event). Bytes of an attempt
-    /// that is later retried were counted too, so the sum can exceed the object's size when a
-    /// [`CopyEvent::PartRetry`] happened.
-    Bytes(u64),
+    /// `len` more bytes were sent (at most [`PROGRESS_STEP`] per event), for the current
+    /// attempt of part `part` (`None`: a stream copy, which has no parts). Bytes of an attempt
+    /// that is later retried were counted too, so the plain sum of `len` can exceed the
+    /// object's size when a [`CopyEvent::PartRetry`] happened; [`super::progress::Progress`]
+    /// counts only each part's current attempt.
+    Bytes { part: Option<u32>, len: u64 },
     /// A part arrived and was verified.
     PartDone(PartDone),
-    /// An attempt of a part failed; the part starts over.
+    /// An attempt of a part failed; the part starts over (the bytes its attempt sent no
+    /// longer count).
     PartRetry { index: u32, error: String },
 }
 
@@ -459,6 +462,7 @@ pub async fn copy_stream_from(
     let body = metered(
         source,
         len,
+        None,
         tally.clone(),
         Arc::new(RateLimiter::new(opts.rate_limit)),
         events,
@@ -640,6 +644,7 @@ async fn attempt_part(ctx: &PartCtx, plan: &PartPlan) -> Result<PartDone, Attemp
     let body = metered(
         source,
         Length::Exactly(plan.len),
+        Some(plan.index),
         tally.clone(),
         ctx.limiter.clone(),
         ctx.events.clone(),
@@ -717,6 +722,8 @@ struct Meter {
     pending: Bytes,
     /// Bytes the source must yield (exactly, or at most).
     expected: Length,
+    /// The part whose attempt this is (`None`: a stream copy).
+    part: Option<u32>,
     tally: Arc<Mutex<Tally>>,
     limiter: Arc<RateLimiter>,
     events: UnboundedSender<CopyEvent>,
@@ -730,6 +737,7 @@ struct Meter {
 fn metered(
     source: SourceStream,
     expected: Length,
+    part: Option<u32>,
     tally: Arc<Mutex<Tally>>,
     limiter: Arc<RateLimiter>,
     events: UnboundedSender<CopyEvent>,
@@ -739,6 +747,7 @@ fn metered(
         source,
         pending: Bytes::new(),
         expected,
+        part,
         tally,
         limiter,
         events,
@@ -801,7 +810,10 @@ impl Meter {
                 md5.update(&piece);
             }
         }
-        let _ = self.events.send(CopyEvent::Bytes(len));
+        let _ = self.events.send(CopyEvent::Bytes {
+            part: self.part,
+            len,
+        });
         Some(Ok(piece))
     }
 

@@ -73,6 +73,36 @@ fn main() -> anyhow::Result<()> {
                 .block_on(e2e::bench_tunnel::soak(&sibling("tunnel")?, minutes))
         }
         Some("uploads") => tokio::runtime::Runtime::new()?.block_on(uploads()),
+        Some("wan") => {
+            // bench wan [ROUNDS] [SIZE_MIB] [LIMIT_SECS] [CASES, e.g. 0,1,2] [CONGESTION, e.g. cubic,bbr]
+            let num = |i: usize, d: u64| args.get(i).map_or(Ok(d), |v| v.parse::<u64>());
+            let list = |i: usize, d: &str| -> Vec<String> {
+                args.get(i)
+                    .map_or(d, String::as_str)
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let b = e2e::bench_wan::WanBench {
+                rounds: num(2, 3)? as usize,
+                size: num(3, 1024)? << 20,
+                limit: std::time::Duration::from_secs(num(4, 60)?),
+                cases: list(5, "0,1,2")
+                    .iter()
+                    .map(|c| c.parse())
+                    .collect::<Result<_, _>>()
+                    .context("cases: 0,1,2")?,
+                congestion: list(6, "cubic,bbr"),
+                // e.g. "part_concurrency=8,part_size=33554432"
+                offload: list(7, "")
+                    .iter()
+                    .filter(|kv| !kv.is_empty())
+                    .map(|kv| format!("  {}\n", kv.replacen('=', ": ", 1)))
+                    .collect(),
+            };
+            tokio::runtime::Runtime::new()?
+                .block_on(e2e::bench_wan::run(&sibling("spoke")?, b))
+        }
         Some("budgets") => tokio::runtime::Runtime::new()?.block_on(e2e::bench_budgets::run()),
         Some(which @ ("metadata" | "transfer" | "offload" | "all")) => {
             let rt = tokio::runtime::Runtime::new()?;
@@ -90,7 +120,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|uploads|budgets|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|uploads|budgets|wan [ROUNDS] [SIZE_MIB] [LIMIT_SECS] [CASES] [CONGESTION]|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }

@@ -155,6 +155,108 @@ async fn suite(db: &Db) {
     );
 }
 
+/// The steering rows hubs write on every probe and flush are pruned in bounded batches: rows
+/// past their retention go, the oldest first and at most `limit` per statement; recent rows,
+/// and a row whose key was written again since, stay.
+async fn steering_prune(db: &Db) {
+    use hub::db::{HealthRecord, RttRecord};
+    use hub::steering::{prune, Pruned, HEALTH_RETENTION, RTT_AGE};
+    let now: i64 = 1_700_000_000_000;
+    let rtt_age = RTT_AGE.as_millis() as i64;
+    let health_age = HEALTH_RETENTION.as_millis() as i64;
+    let rtt = |i: u32, updated_ms: i64| RttRecord {
+        prefix: format!("203.0.{i}.0/24"),
+        region: "r1".into(),
+        rtt_us: 1000 + i64::from(i),
+        samples: 1,
+        updated_ms,
+    };
+    // Seven past the retention (the oldest first), two recent, and one old row written again.
+    let mut rows: Vec<RttRecord> = (0..7)
+        .map(|i| rtt(i, now - rtt_age - 1000 * (10 - i64::from(i))))
+        .collect();
+    rows.push(rtt(100, now - 3_600_000));
+    rows.push(rtt(101, now));
+    rows.push(rtt(102, now - 2 * rtt_age));
+    db.upsert_rtts(&rows).await.expect("rtts");
+    db.upsert_rtts(&[rtt(102, now - 60_000)])
+        .await
+        .expect("refresh");
+    let health = |observer: &str, updated_ms: i64| HealthRecord {
+        observer: observer.into(),
+        target: "https://hub-t".into(),
+        healthy: true,
+        failures: 0,
+        updated_ms,
+    };
+    for i in 0..5 {
+        db.upsert_health(&health(&format!("https://gone-{i}"), now - health_age - 1))
+            .await
+            .expect("health");
+    }
+    db.upsert_health(&health("https://live-1", now - 5_000))
+        .await
+        .expect("health");
+    db.upsert_health(&health("https://live-2", now))
+        .await
+        .expect("health");
+
+    // At most the batch size per statement, the oldest first.
+    let cutoff = now - rtt_age;
+    let prefixes = |rows: Vec<RttRecord>| {
+        let mut p: Vec<String> = rows.into_iter().map(|r| r.prefix).collect();
+        p.sort();
+        p
+    };
+    assert_eq!(db.prune_rtts(cutoff, 3).await.expect("prune"), 3);
+    let left = prefixes(db.rtts_since(0, 1000).await.expect("rtts"));
+    assert_eq!(left.len(), 7, "{left:?}");
+    for gone in ["203.0.0.0/24", "203.0.1.0/24", "203.0.2.0/24"] {
+        assert!(!left.iter().any(|p| p == gone), "{gone} kept: {left:?}");
+    }
+    assert_eq!(db.prune_rtts(cutoff, 3).await.expect("prune"), 3);
+    assert_eq!(
+        db.prune_health(now - health_age, 2).await.expect("prune"),
+        2
+    );
+    // The periodic round takes the rest, in batches.
+    assert_eq!(
+        prune(db, now).await.expect("prune"),
+        Pruned { rtts: 1, health: 3 }
+    );
+    assert_eq!(
+        prune(db, now).await.expect("prune"),
+        Pruned::default(),
+        "nothing left to prune"
+    );
+    assert_eq!(
+        prefixes(db.rtts_since(0, 1000).await.expect("rtts")),
+        vec!["203.0.100.0/24", "203.0.101.0/24", "203.0.102.0/24"]
+    );
+    let mut observers: Vec<String> = db
+        .health_since(0)
+        .await
+        .expect("health")
+        .into_iter()
+        .map(|h| h.observer)
+        .collect();
+    observers.sort();
+    assert_eq!(observers, vec!["https://live-1", "https://live-2"]);
+}
+
+#[tokio::test]
+async fn steering_rows_are_pruned_in_bounded_batches() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = Db::connect(
+        &format!("sqlite://{}", dir.path().join("t.db").display()),
+        4,
+    )
+    .await
+    .expect("sqlite");
+    db.migrate().await.expect("migrate");
+    steering_prune(&db).await;
+}
+
 #[tokio::test]
 async fn sqlite_suite() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -172,6 +274,7 @@ async fn postgres_suite_and_api() {
     let pg = Postgres::start().await.expect("postgres");
     let db = Db::connect(&pg.url(), 4).await.expect("postgres");
     suite(&db).await;
+    steering_prune(&db).await;
     db.close().await;
 
     let hub = TestHub::start_with(HubOptions {

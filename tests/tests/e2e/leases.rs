@@ -270,6 +270,87 @@ async fn lease_suite(db: &Db) {
         .await
         .expect("renew")
         .is_empty());
+
+    // Progress never goes back, and a spoke that failed a transfer is kept away from it by a
+    // write fenced like every other.
+    let third = db
+        .create_transfer(&new, "hub-a#1", now + 10_000, now)
+        .await
+        .expect("create");
+    let c = Lease {
+        holder: "hub-a#1".into(),
+        epoch: third.lease_epoch,
+    };
+    assert!(db
+        .assign_transfer(third.id, &c, "spoke", Some(7), Some("local"), None, now)
+        .await
+        .expect("assign"));
+    for (to, shown) in [(8 << 20, 8 << 20), (4 << 20, 8 << 20), (12 << 20, 12 << 20)] {
+        assert!(db
+            .set_transfer_progress(third.id, &c, to, now)
+            .await
+            .expect("progress"));
+        assert_eq!(row(db, third.id).await.bytes_done, shown, "after {to}");
+    }
+    let stale = Lease {
+        holder: "hub-z#9".into(),
+        epoch: third.lease_epoch,
+    };
+    let until = now + 300_000;
+    assert!(!db
+        .requeue_transfer_excluding(third.id, &stale, "n", 7, "boom", until, now)
+        .await
+        .expect("stale exclusion"));
+    assert!(db
+        .transfer_exclusions(third.id, now)
+        .await
+        .expect("exclusions")
+        .is_empty());
+    assert!(db
+        .requeue_transfer_excluding(third.id, &c, "spoke 7 failed", 7, "boom", until, now)
+        .await
+        .expect("exclusion"));
+    let t = row(db, third.id).await;
+    assert_eq!(
+        (t.state.as_str(), t.spoke_id, t.note.as_deref()),
+        ("queued", None, Some("spoke 7 failed"))
+    );
+    // Failed again (by the same spoke, later): one row, the later time.
+    assert!(db
+        .assign_transfer(third.id, &c, "spoke", Some(7), Some("local"), None, now)
+        .await
+        .expect("assign"));
+    assert!(db
+        .requeue_transfer_excluding(third.id, &c, "again", 7, "boom again", until + 5, now)
+        .await
+        .expect("exclusion"));
+    let ex = db
+        .transfer_exclusions(third.id, now)
+        .await
+        .expect("exclusions");
+    assert_eq!(ex.len(), 1, "{ex:?}");
+    assert_eq!(
+        (ex[0].spoke_id, ex[0].until_ms, ex[0].reason.as_str()),
+        (7, until + 5, "boom again")
+    );
+    assert!(db
+        .transfer_exclusions(third.id, until + 5)
+        .await
+        .expect("exclusions")
+        .is_empty());
+    // Spent exclusions are pruned, at most `limit` per statement.
+    assert_eq!(
+        db.prune_transfer_exclusions(until + 5, 10)
+            .await
+            .expect("prune"),
+        0
+    );
+    assert_eq!(
+        db.prune_transfer_exclusions(until + 6, 10)
+            .await
+            .expect("prune"),
+        1
+    );
 }
 
 #[tokio::test]

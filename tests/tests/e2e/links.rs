@@ -1,5 +1,6 @@
 //! Sharing links: direct, page, password (wrong, then limited), expiry, deactivation, deletion,
-//! another application's key, and a URL that cannot be guessed from the link's id.
+//! another application's key, and a URL that cannot be guessed from the link's id; and the
+//! pages people see, in Chromium (axe-core, screenshots).
 
 use e2e::{pattern, sha256_hex, TestHub};
 use reqwest::Method;
@@ -350,4 +351,162 @@ async fn links_belong_to_their_application() {
     )
     .await;
     assert_eq!(v["active"], true);
+}
+
+/// The pages a link shows people, in Chromium: the download page, the password form, the form
+/// after a wrong password, the page once too many wrong passwords were tried, and the page of
+/// an expired link and of one that never existed (pages, not JSON, for a browser; the API's
+/// JSON for anyone else). axe-core finds no serious or critical violation on any of them, the
+/// file's name (markup) shows as text, no script runs, and a screenshot of each is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_pages_are_accessible_in_chromium() {
+    assert!(
+        e2e::browser::available(),
+        "Chromium and the browser driver are needed"
+    );
+    let hub = TestHub::start().await.expect("hub");
+    let acc = hub.creds.account_id;
+    let name = "plan <img src=x onerror=alert(1)>.pdf";
+    let f = hub
+        .upload(acc, "root", name, pattern(4_000, 3))
+        .await
+        .expect("upload");
+    let file_id = f["id"].as_str().expect("id");
+    let url_of = |v: &Value| v["url"].as_str().expect("url").to_owned();
+    let (s, page_link) = create(&hub, json!({"file_id": file_id})).await;
+    assert_eq!(s, 201, "{page_link}");
+    let (s, locked) = create(&hub, json!({"file_id": file_id, "password": "open sesame"})).await;
+    assert_eq!(s, 201, "{locked}");
+    let (s, expired) = create(
+        &hub,
+        json!({"file_id": file_id, "expiration": "2020-10-12T00:00:00"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{expired}");
+    let unknown = hub.url("/v1/links/987654321.AAAAAAAAAAAAAAAAAAAAAAAA");
+
+    let wrong = [
+        json!({"fill": {"#id_password": "not it"}}),
+        json!({"submit": "form"}),
+    ];
+    let mut steps = vec![
+        json!({"goto": url_of(&page_link)}),
+        json!({"text": "p.file"}),
+        json!({"axe": "link-download"}),
+        json!({"screenshot": "link-download"}),
+        json!({"goto": url_of(&locked)}),
+        json!({"axe": "link-password"}),
+        json!({"screenshot": "link-password"}),
+    ];
+    steps.extend(wrong.clone());
+    steps.extend([
+        json!({"text": "p.error"}),
+        json!({"axe": "link-password-wrong"}),
+        json!({"screenshot": "link-password-wrong"}),
+    ]);
+    // Five more: four checked and wrong, then the sixth attempt refused unchecked (429).
+    for _ in 0..5 {
+        steps.extend(wrong.clone());
+    }
+    steps.extend([
+        json!({"text": "h1"}),
+        json!({"axe": "link-locked"}),
+        json!({"screenshot": "link-locked"}),
+        json!({"goto": url_of(&expired)}),
+        json!({"text": "main"}),
+        json!({"axe": "link-expired"}),
+        json!({"screenshot": "link-expired"}),
+        json!({"goto": unknown}),
+        json!({"axe": "link-not-found"}),
+        json!({"screenshot": "link-not-found"}),
+        json!({"expect_no_dialog": true}),
+    ]);
+    let shots = tempfile::tempdir().expect("tmp");
+    let run = e2e::browser::run(json!({"screenshots": shots.path(), "steps": steps}))
+        .await
+        .expect("browser");
+    assert_eq!(run["ok"], true, "{run}");
+    let pages = [
+        "link-download",
+        "link-password",
+        "link-password-wrong",
+        "link-locked",
+        "link-expired",
+        "link-not-found",
+    ];
+    for page in pages {
+        assert_eq!(run["axe"][page], json!([]), "{page}: {run}");
+        assert!(
+            shots.path().join(format!("{page}.png")).is_file(),
+            "{page}: no screenshot"
+        );
+    }
+    // What each navigation answered: the two pages, six password attempts (five checked and
+    // wrong, the sixth refused), the expired link and the unknown one.
+    let statuses: Vec<u64> = run["navigations"]
+        .as_array()
+        .expect("navigations")
+        .iter()
+        .filter_map(|n| n["status"].as_u64())
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 403, 403, 403, 403, 403, 429, 404, 404],
+        "{run}"
+    );
+    assert_eq!(
+        run["texts"]["p.file"],
+        format!("{name} ({} bytes)", 4_000),
+        "{run}"
+    );
+    assert_eq!(
+        run["texts"]["p.error"], "The password entered is incorrect.",
+        "{run}"
+    );
+    assert_eq!(run["texts"]["h1"], "Try again later", "{run}");
+    assert!(
+        run["texts"]["main"]
+            .as_str()
+            .unwrap_or("")
+            .contains("This link does not work"),
+        "{run}"
+    );
+    assert_eq!(run["dialogs"], json!([]), "{run}");
+    assert_eq!(run["csp_violations"], json!([]), "{run}");
+    assert_eq!(run["page_errors"], json!([]), "{run}");
+
+    // Anyone but a browser still gets the API's JSON errors.
+    let r = anonymous()
+        .get(url_of(&expired))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), 404);
+    assert_eq!(json_of(r).await["error_code"], "not_found");
+    let r = anonymous()
+        .post(url_of(&locked))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(password_form("open sesame"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(json_of(r).await["error_code"], "too_many_requests");
+    // A browser's 429 page keeps the `Retry-After`.
+    let r = anonymous()
+        .post(url_of(&locked))
+        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(password_form("open sesame"))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .starts_with("text/html"));
 }

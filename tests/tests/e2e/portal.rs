@@ -166,9 +166,26 @@ fn sign_in(hub: &TestHub) -> Vec<Value> {
     ]
 }
 
+/// The date (`YYYY-MM-DD`, UTC) a certificate file's validity ends.
+fn cert_not_after_date(path: &std::path::Path) -> String {
+    let pem = std::fs::read_to_string(path).expect("the spoke's certificate");
+    let der = shared::pki::certs(&pem).expect("pem")[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("x509");
+    let at = time::OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+        .expect("time");
+    format!(
+        "{:04}-{:02}-{:02}",
+        at.year(),
+        u8::from(at.month()),
+        at.day()
+    )
+}
+
 /// The console in Chromium: the spoke appears healthy, and a running transfer's bar moves
-/// (several values between empty and full are seen) and reaches done. axe finds nothing
-/// serious; no CSP violation (the page runs only its own script).
+/// (several values between empty and full are seen) and reaches done. The hub's row shows its
+/// version and database role; the spoke's row the expiry date of the certificate it holds
+/// (read here from its certificate file), flagged in words since it expires within 7 days.
+/// axe finds nothing serious; no CSP violation (the page runs only its own script).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_shows_a_healthy_spoke_and_a_moving_transfer() {
     use crate::offload::{hub_with_spoke, hub_yaml, setup_seeded, start_copy};
@@ -176,8 +193,10 @@ async fn the_console_shows_a_healthy_spoke_and_a_moving_transfer() {
         e2e::browser::available(),
         "Chromium and the browser driver are needed"
     );
-    // 48 MiB at 8 MiB/s: about six seconds of progress to watch.
-    let (hub, _root, spoke) = hub_with_spoke(hub_yaml(Some(8 << 20), 8), "console").await;
+    // 48 MiB at 8 MiB/s: about six seconds of progress to watch. Spoke certificates of 5 days.
+    let yaml = format!("{}  spoke_cert_days: 5\n", hub_yaml(Some(8 << 20), 8));
+    let (hub, _root, spoke) = hub_with_spoke(yaml, "console").await;
+    let cert_date = cert_not_after_date(&spoke.dir.join("spoke.crt"));
     let s = setup_seeded(&hub, 48 << 20, 5).await;
     let id = start_copy(&hub, &s).await;
     let shots = tempfile::tempdir().expect("tmp");
@@ -200,10 +219,21 @@ async fn the_console_shows_a_healthy_spoke_and_a_moving_transfer() {
          }})",
         spoke = spoke.id
     );
+    let rows = format!(
+        "(() => {{
+           const hub = document.querySelector('#hubs tbody tr');
+           const sp = document.querySelector('#spokes tr[data-spoke=\"{spoke}\"]');
+           return {{hub: hub ? [...hub.cells].map((c) => c.textContent) : null,
+                    cert: sp ? sp.cells[7].textContent : null,
+                    cert_flagged: sp ? sp.cells[7].classList.contains('bad') : null}};
+         }})()",
+        spoke = spoke.id
+    );
     let mut steps = sign_in(&hub);
     steps.extend([
         json!({"goto": hub.url("/ui/network")}),
         json!({"eval": watch, "timeout_ms": 90000}),
+        json!({"eval": rows}),
         json!({"screenshot": "console"}),
         json!({"axe": "console"}),
     ]);
@@ -217,6 +247,22 @@ async fn the_console_shows_a_healthy_spoke_and_a_moving_transfer() {
     assert_eq!(seen["healthy"], true, "{run}");
     assert!(seen["moving"].as_u64().unwrap_or(0) >= 2, "{run}");
     assert_eq!(seen["done"], true, "{run}");
+    // The hub's row: API, region, health, last seen, version, database role, replica lag
+    // (none: SQLite has no replica).
+    let cells = &run["evals"][1]["hub"];
+    assert_eq!(cells[0], hub.state.config.public_url(), "{run}");
+    assert_eq!(cells[2], "healthy", "{run}");
+    assert_eq!(cells[4], env!("CARGO_PKG_VERSION"), "{run}");
+    assert_eq!(cells[5], "sqlite", "{run}");
+    assert_eq!(cells[6], "", "{run}");
+    // The spoke's certificate: its date, and flagged (5 days, so 4 whole days left).
+    assert_eq!(
+        run["evals"][1]["cert"],
+        format!("{cert_date} (expires in 4 days)"),
+        "{run}"
+    );
+    assert_eq!(run["evals"][1]["cert_flagged"], true, "{run}");
+    assert!(shots.path().join("console.png").is_file());
     assert_eq!(run["axe"]["console"], json!([]), "{run}");
     assert_eq!(run["csp_violations"], json!([]), "{run}");
     assert_eq!(run["console_errors"], json!([]), "{run}");
@@ -234,17 +280,34 @@ async fn the_console_stays_smooth_with_1000_transfers_and_100_spokes() {
     );
     let hub = TestHub::start().await.expect("hub");
     let db = &hub.state.db;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
     for i in 0..100 {
-        db.create_spoke(
-            &format!("spoke-{i:03}"),
-            &format!("region-{}", i % 5),
-            &format!("fp-{i}"),
-            None,
-            "none",
-            1,
-        )
-        .await
-        .expect("spoke");
+        let id = db
+            .create_spoke(
+                &format!("spoke-{i:03}"),
+                &format!("region-{}", i % 5),
+                &format!("fp-{i}"),
+                None,
+                "none",
+                1,
+            )
+            .await
+            .expect("spoke")
+            .expect("a free name");
+        // Certificates: half for 30 days, a tenth for 3 (flagged), the rest unknown.
+        let days = match i % 10 {
+            1 => Some(3),
+            0 | 2 | 4 | 6 | 8 => Some(30),
+            _ => None,
+        };
+        if let Some(d) = days {
+            db.set_spoke_certificate(id, &format!("fp-{i}"), Some(now + d * 86_400_000))
+                .await
+                .expect("certificate");
+        }
     }
     for i in 0..1000i64 {
         let t = db
@@ -284,9 +347,13 @@ async fn the_console_stays_smooth_with_1000_transfers_and_100_spokes() {
           const updates = performance.getEntriesByName('console-update').map((e) => e.duration);
           const first = performance.getEntriesByName('console-first-render')[0];
           if (updates.length >= 4 || Date.now() - t0 > 20000) {
+            const certs = [...document.querySelectorAll('#spokes tbody tr')].map((tr) => tr.cells[7]).filter(Boolean);
             return done({first: first ? first.startTime : null, updates,
                          rows: document.querySelectorAll('#transfers tbody tr').length,
-                         spokes: document.querySelectorAll('#spokes tbody tr').length});
+                         spokes: document.querySelectorAll('#spokes tbody tr').length,
+                         dated: certs.filter((c) => /^\\d{4}-\\d{2}-\\d{2}$/.test(c.textContent)).length,
+                         flagged: certs.filter((c) => c.classList.contains('bad')
+                                               && / \\(expires in 2 days\\)$/.test(c.textContent)).length});
           }
           setTimeout(look, 100);
         };
@@ -304,6 +371,9 @@ async fn the_console_stays_smooth_with_1000_transfers_and_100_spokes() {
     let m = &run["evals"][0];
     assert_eq!(m["rows"], 1000, "{m}");
     assert_eq!(m["spokes"], 100, "{m}");
+    // 30-day certificates show their date; 3-day ones are flagged (2 whole days and some left).
+    assert_eq!(m["dated"], 50, "{m}");
+    assert_eq!(m["flagged"], 10, "{m}");
     let first = m["first"].as_f64().expect("first render");
     let updates: Vec<f64> = m["updates"]
         .as_array()
@@ -321,10 +391,110 @@ async fn the_console_stays_smooth_with_1000_transfers_and_100_spokes() {
     );
 }
 
+/// A hub on PostgreSQL reading a streaming replica publishes it in the hub directory: the
+/// console's JSON shows its version, `postgres replica-reading` and the replica lag it
+/// measured (a number of ms). With the replica's replay paused, the lag it publishes grows past
+/// `database.max_replica_lag_ms` and the role says it reads the primary; resumed, it reads the
+/// replica again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_reports_the_database_role_and_replica_lag_of_each_hub() {
+    use e2e::servers::Postgres;
+    use std::time::{Duration, Instant};
+    let primary = Postgres::start().await.expect("primary");
+    let replica = primary
+        .replica("console", None, None)
+        .await
+        .expect("replica");
+    let hub = TestHub::start_with(e2e::HubOptions {
+        database_url: Some(primary.url()),
+        yaml: Some(format!(
+            "database:\n  url: \"{}\"\n  replica_url: \"{}\"\n  read_your_writes_wait_ms: 300\n  \
+             max_replica_lag_ms: 800\n",
+            primary.url(),
+            replica.url()
+        )),
+        ..Default::default()
+    })
+    .await
+    .expect("hub");
+    let cookie = http_sign_in(&hub).await;
+    let me = hub
+        .state
+        .network
+        .advertise()
+        .expect("QUIC endpoint")
+        .to_owned();
+    // This hub's row of `/ui/network.json` once `want` holds (the hub refreshes it every 5 s).
+    let row_when = |what: &'static str, want: fn(&Value) -> bool| {
+        let (cookie, me) = (cookie.clone(), me.clone());
+        let url = hub.url("/ui/network.json");
+        async move {
+            let t0 = Instant::now();
+            loop {
+                let r = client()
+                    .get(&url)
+                    .header("Cookie", &cookie)
+                    .send()
+                    .await
+                    .expect("console json");
+                assert_eq!(r.status(), 200);
+                let v: Value = r.json().await.expect("json");
+                let row = v["hubs"]
+                    .as_array()
+                    .expect("hubs")
+                    .iter()
+                    .find(|h| h["quic"] == me.as_str())
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                if want(&row) {
+                    return row;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "{what} never showed: {v}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let row = row_when("the replica-reading role with a lag", |h| {
+        h["db_role"] == "postgres replica-reading" && h["replica_lag_ms"].is_i64()
+    })
+    .await;
+    eprintln!("hub row while reading the replica: {row}");
+    assert_eq!(row["version"], env!("CARGO_PKG_VERSION"), "{row}");
+    assert_eq!(row["healthy"], true, "{row}");
+    assert!(
+        (0..800).contains(&row["replica_lag_ms"].as_i64().unwrap_or(-1)),
+        "{row}"
+    );
+
+    replica
+        .sql("SELECT pg_wal_replay_pause()")
+        .await
+        .expect("pause");
+    let row = row_when("the lag of a paused replica", |h| {
+        h["db_role"] == "postgres primary (replica lagging)"
+            && h["replica_lag_ms"].as_i64().is_some_and(|ms| ms > 800)
+    })
+    .await;
+    eprintln!("hub row with replay paused: {row}");
+    replica
+        .sql("SELECT pg_wal_replay_resume()")
+        .await
+        .expect("resume");
+    row_when("the replica read again", |h| {
+        h["db_role"] == "postgres replica-reading"
+    })
+    .await;
+}
+
 /// The file explorer in Chromium, on the dev account, through the public API only: a 40 MiB
 /// file uploaded as an upload session (the progress bar takes several values on the way), its
 /// download link serving it byte-identical, a file named with markup shown as text, a folder
-/// created, a rename, a search, a delete.
+/// created, a rename, a search, a delete, and a move: the Move dialog browses the folders (axe
+/// checks it open), one is chosen, and the API then finds the file in that folder and no
+/// longer at the root.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
     assert!(
@@ -418,6 +588,29 @@ async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
             "document.getElementById('status').textContent",
         )}),
         json!({"screenshot": "explorer"}),
+        // Move: a small file into `reports`, through the Move dialog.
+        json!({"eval": upload("notes.txt", "'notes'"), "timeout_ms": 20000}),
+        json!({"eval": until_row("notes.txt")}),
+        json!({"eval": click_in_row("notes.txt", "Move")}),
+        json!({"eval": until(
+            "document.getElementById('move').open && [...document.querySelectorAll('#move-folders li')].some((li) => li.dataset.name === 'reports')",
+            "({open: document.getElementById('move').open, title: document.getElementById('move-title').textContent,
+               folders: [...document.querySelectorAll('#move-folders li')].map((li) => li.dataset.name),
+               here_disabled: document.getElementById('move-here').disabled})",
+        )}),
+        json!({"axe": "explorer-move"}),
+        json!({"screenshot": "explorer-move"}),
+        json!({"eval": "(() => { [...document.querySelectorAll('#move-folders li')].find((li) => li.dataset.name === 'reports').querySelector('button').click(); return true; })()"}),
+        json!({"eval": until(
+            "document.getElementById('move-here').textContent === 'Move into reports' && !document.getElementById('move-here').disabled",
+            "(() => { document.getElementById('move-here').click(); return document.querySelector('#move-crumbs').textContent; })()",
+        )}),
+        json!({"eval": until(
+            "/^(Moved|Not moved)/.test(document.getElementById('status').textContent) || /^Not moved/.test(document.getElementById('move-status').textContent)",
+            "({status: document.getElementById('status').textContent, dialog: document.getElementById('move-status').textContent,
+               open: document.getElementById('move').open,
+               rows: [...document.querySelectorAll('#files tbody tr')].map((tr) => tr.dataset.name)})",
+        )}),
         json!({"expect_no_dialog": true}),
     ]);
     let shots = tempfile::tempdir().expect("tmp");
@@ -448,8 +641,27 @@ async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
             .starts_with("Deleted renamed.bin"),
         "{run}"
     );
+    // The Move dialog: titled with the file, offering `reports`, not yet allowing a move
+    // into the folder the file is in; the move closed it and took the row away.
+    assert_eq!(ev[20]["open"], true, "{run}");
+    assert_eq!(ev[20]["title"], "Move notes.txt", "{run}");
+    assert_eq!(ev[20]["folders"], json!(["reports"]), "{run}");
+    assert_eq!(ev[20]["here_disabled"], true, "{run}");
+    assert_eq!(run["axe"]["explorer-move"], json!([]), "{run}");
+    assert_eq!(ev[22], "root / reports", "{run}");
+    assert_eq!(ev[23]["status"], "Moved notes.txt into reports.", "{run}");
+    assert_eq!(ev[23]["open"], false, "{run}");
+    assert!(
+        !ev[23]["rows"]
+            .as_array()
+            .expect("rows")
+            .contains(&json!("notes.txt")),
+        "{run}"
+    );
+    assert!(shots.path().join("explorer-move.png").is_file());
     assert_eq!(run["dialogs"], json!([]), "{run}");
     assert_eq!(run["csp_violations"], json!([]), "{run}");
+    assert_eq!(run["console_errors"], json!([]), "{run}");
     // The token the page used is the account's and short-lived: the API key's view of the
     // account shows the folder and the markup-named file, not the deleted one.
     let list: Value = hub
@@ -470,9 +682,39 @@ async fn the_explorer_uploads_downloads_renames_searches_and_deletes() {
         .filter_map(|o| o["name"].as_str())
         .collect();
     assert!(
-        names.contains(&"reports") && names.contains(&HOSTILE) && !names.contains(&"renamed.bin"),
+        names.contains(&"reports")
+            && names.contains(&HOSTILE)
+            && !names.contains(&"renamed.bin")
+            && !names.contains(&"notes.txt"),
         "{list}"
     );
+    // The moved file is in `reports`, with its bytes.
+    let reports = list["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["name"] == "reports")
+        .and_then(|o| o["id"].as_str())
+        .expect("the reports folder");
+    let inside: Value = hub
+        .req(
+            reqwest::Method::GET,
+            &hub.acc(&format!("/storage/folders/{reports}/contents")),
+        )
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let moved = inside["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["name"] == "notes.txt")
+        .unwrap_or_else(|| panic!("notes.txt is not in reports: {inside}"));
+    assert_eq!(moved["parent"]["name"], "reports", "{moved}");
+    assert_eq!(moved["size"], 5, "{moved}");
 }
 
 /// Signs in over HTTP; the session cookie (`name=value`).

@@ -88,7 +88,7 @@ fn tally(events: &[CopyEvent]) -> (u64, Vec<PartDone>, usize) {
     let mut retries = 0;
     for ev in events {
         match ev {
-            CopyEvent::Bytes(n) => {
+            CopyEvent::Bytes { len: n, .. } => {
                 assert!(*n <= PROGRESS_STEP as u64, "a progress step of {n} bytes");
                 bytes += n;
             }
@@ -360,7 +360,7 @@ async fn parts_copy_cancels_promptly() {
     let watcher = async {
         let mut seen = 0;
         while let Some(ev) = rx.recv().await {
-            if let CopyEvent::Bytes(n) = ev {
+            if let CopyEvent::Bytes { len: n, .. } = ev {
                 seen += n;
                 if seen >= 2 * MIB as u64 {
                     cancel.cancel();
@@ -465,7 +465,7 @@ async fn stream_copy_to_local_disk() {
     let cancel = CancellationToken::new();
     let watcher = async {
         while let Some(ev) = rx.recv().await {
-            if matches!(ev, CopyEvent::Bytes(_)) {
+            if matches!(ev, CopyEvent::Bytes { .. }) {
                 cancel.cancel();
                 break;
             }

@@ -326,8 +326,9 @@ async fn check(state: &AppState, p: &AuthorizeParams) -> Result<Checked, Box<Res
         (None, Some(_)) => return fail("invalid_request", "code_challenge is missing"),
     }
     let scope = p.scope.as_deref().unwrap_or("all").trim().to_owned();
-    let mut services = services_for(&scope);
-    services.retain(|f| !f.provider || state.config.oauth.providers.contains_key(f.service));
+    let services = services_for(&scope, |f| {
+        !f.provider || state.config.oauth.providers.contains_key(f.service)
+    });
     if services.is_empty() {
         return fail("invalid_scope", "the scope names no service offered here");
     }
@@ -343,23 +344,20 @@ async fn check(state: &AppState, p: &AuthorizeParams) -> Result<Checked, Box<Res
     })
 }
 
-/// The services a scope allows: `all`, `any`, `storage` or nothing → every one; else the
-/// named ones (`s3`, `webdav:…`).
-fn services_for(scope: &str) -> Vec<&'static ServiceForm> {
+/// The services a scope allows, of those `offered` (a provider only when configured): `all`,
+/// `any`, `storage` or nothing → every one; else the named ones (`s3`, `webdav:…`).
+fn services_for(scope: &str, offered: impl Fn(&ServiceForm) -> bool) -> Vec<&'static ServiceForm> {
     let words: Vec<&str> = scope
         .split_whitespace()
         .map(|w| w.split(':').next().unwrap_or(w))
         .collect();
-    if words.is_empty()
+    let every = words.is_empty()
         || words
             .iter()
-            .any(|w| matches!(*w, "all" | "any" | "storage"))
-    {
-        return FORMS.iter().collect();
-    }
+            .any(|w| matches!(*w, "all" | "any" | "storage"));
     FORMS
         .iter()
-        .filter(|f| words.contains(&f.service))
+        .filter(|f| offered(f) && (every || words.contains(&f.service)))
         .collect()
 }
 
@@ -1007,13 +1005,28 @@ mod tests {
 
     #[test]
     fn scopes_narrow_the_services() {
-        let names = |s: &str| -> Vec<&str> { services_for(s).iter().map(|f| f.service).collect() };
-        assert_eq!(names("all").len(), FORMS.len());
-        assert_eq!(names("").len(), FORMS.len());
-        assert_eq!(names("storage").len(), FORMS.len());
+        // Providers unconfigured (forms only), then configured.
+        let forms = FORMS.iter().filter(|f| !f.provider).count();
+        let names = |s: &str| -> Vec<&str> {
+            services_for(s, |f| !f.provider)
+                .iter()
+                .map(|f| f.service)
+                .collect()
+        };
+        assert_eq!(names("all").len(), forms);
+        assert_eq!(names("").len(), forms);
+        assert_eq!(names("storage").len(), forms);
         assert_eq!(names("s3"), ["s3"]);
         assert_eq!(names("webdav:normal.storage s3"), ["s3", "webdav"]);
         assert!(names("dropbox").is_empty());
+        let all = |s: &str| -> Vec<&str> {
+            services_for(s, |_| true)
+                .iter()
+                .map(|f| f.service)
+                .collect()
+        };
+        assert_eq!(all("all").len(), FORMS.len());
+        assert_eq!(all("dropbox onedrive"), ["dropbox", "onedrive"]);
     }
 
     #[test]

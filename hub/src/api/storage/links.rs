@@ -2,6 +2,8 @@
 //! link streams the file (a large one by redirect to a spoke near the storage); otherwise a
 //! small page with a download button. A link with a password asks for it first (kept as a
 //! scrypt hash; failed attempts are limited per link). Expired and inactive links answer 404.
+//! A browser (`Accept: text/html`) gets its errors as pages too (404, 429 with `Retry-After`),
+//! API clients the JSON error.
 //!
 //! The URL is `{public_url}/v1/links/{id}.{tag}`: the tag is an HMAC of the link's id and nonce
 //! under a key derived from the master key, checked in constant time, so the URL cannot be
@@ -408,17 +410,22 @@ async fn live(state: &AppState, token: &str) -> ApiResult<LinkRecord> {
               (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(super) async fn open_link(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(p): ApiPath<TokenPath>,
     ApiQuery(q): ApiQuery<OpenQuery>,
 ) -> ApiResult<Response> {
-    let l = live(&state, &p.token).await?;
+    for_browser(&headers, open(&state, &p, &q).await)
+}
+
+async fn open(state: &AppState, p: &TokenPath, q: &OpenQuery) -> ApiResult<Response> {
+    let l = live(state, &p.token).await?;
     if l.password_hash.is_some() {
-        return page(&state, &l, PageKind::Password(None)).await;
+        return page(state, &l, PageKind::Password(None)).await;
     }
     if l.direct || q.download == Some(true) {
-        return send_file(&state, &l).await;
+        return send_file(state, &l).await;
     }
-    page(&state, &l, PageKind::Download).await
+    page(state, &l, PageKind::Download).await
 }
 
 /// Send a link's password (the form's POST): the file when it is right.
@@ -429,7 +436,16 @@ pub(super) async fn open_link(
               (status = 429, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub(super) async fn unlock_link(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(p): ApiPath<TokenPath>,
+    form: Result<Form<PasswordForm>, axum::extract::rejection::FormRejection>,
+) -> ApiResult<Response> {
+    for_browser(&headers, unlock(&state, &p, form).await)
+}
+
+async fn unlock(
+    state: &AppState,
+    p: &TokenPath,
     form: Result<Form<PasswordForm>, axum::extract::rejection::FormRejection>,
 ) -> ApiResult<Response> {
     let Ok(Form(form)) = form else {
@@ -437,9 +453,9 @@ pub(super) async fn unlock_link(
             "the body must be a form (application/x-www-form-urlencoded) with a `password`",
         ));
     };
-    let l = live(&state, &p.token).await?;
+    let l = live(state, &p.token).await?;
     let Some(phc) = &l.password_hash else {
-        return send_file(&state, &l).await;
+        return send_file(state, &l).await;
     };
     // The attempt is counted before the password is checked (one UPDATE), so a burst of
     // concurrent guesses cannot all pass the limit; a right password gives its count back.
@@ -453,11 +469,67 @@ pub(super) async fn unlock_link(
     }
     if password_matches(phc, &form.password).await? {
         state.db.link_release_attempt(l.id).await?;
-        return send_file(&state, &l).await;
+        return send_file(state, &l).await;
     }
-    let mut r = page(&state, &l, PageKind::Password(Some(count))).await?;
+    let mut r = page(state, &l, PageKind::Password(Some(count))).await?;
     *r.status_mut() = StatusCode::FORBIDDEN;
     Ok(r)
+}
+
+/// Whether the request asks for a page (a browser's navigation sends `Accept: text/html`;
+/// API clients and SDKs do not).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|m| {
+            let m = m.split(';').next().unwrap_or("").trim();
+            m.eq_ignore_ascii_case("text/html") || m.eq_ignore_ascii_case("application/xhtml+xml")
+        })
+}
+
+/// People open links in browsers: an error answers a browser with a page (same status, same
+/// `Retry-After`), anyone else with the API's JSON error. The page says as little as the JSON:
+/// an expired, turned-off, deleted or unknown link all read alike.
+fn for_browser(headers: &HeaderMap, r: ApiResult<Response>) -> ApiResult<Response> {
+    let e = match r {
+        Err(e) if wants_html(headers) => e,
+        r => return r,
+    };
+    let status = e.status();
+    let (title, text) = match status {
+        StatusCode::NOT_FOUND => (
+            "Link not found",
+            "This link does not work: it may have expired or been turned off, or the file is \
+             no longer there. Ask whoever shared it for a new one.",
+        ),
+        StatusCode::TOO_MANY_REQUESTS => (
+            "Try again later",
+            "Too many wrong passwords were entered for this link. Try again later.",
+        ),
+        s if s.is_server_error() => (
+            "Not available",
+            "The file cannot be served right now. Try again in a moment.",
+        ),
+        _ => ("Not available", e.message()),
+    };
+    let mut page = crate::pages::page(
+        status,
+        title,
+        &format!(
+            "<h1>{}</h1>\n<p class=\"error\" role=\"alert\">{}</p>",
+            crate::pages::escape(title),
+            crate::pages::escape(text)
+        ),
+        &[],
+    );
+    let json = e.into_response();
+    if let Some(v) = json.headers().get(header::RETRY_AFTER) {
+        page.headers_mut().insert(header::RETRY_AFTER, v.clone());
+    }
+    Ok(page)
 }
 
 fn locked(ms: i64) -> ApiError {
@@ -523,14 +595,22 @@ async fn page(state: &AppState, l: &LinkRecord, kind: PageKind) -> ApiResult<Res
              <p><a class=\"button\" href=\"{token}?download=1\" download>Download</a></p>",
             e.size
         ),
+        // A wrong password: the error is announced and tied to the field.
         PageKind::Password(wrong) => format!(
             "<p class=\"file\">{name} is protected by a password.</p>\n{}\
              <form method=\"post\" action=\"{token}\">\n\
              <label for=\"id_password\">Password</label>\n\
-             <input type=\"password\" name=\"password\" id=\"id_password\" autofocus required>\n\
+             <input type=\"password\" name=\"password\" id=\"id_password\" autofocus \
+             required{}>\n\
              <button type=\"submit\" name=\"form-submit\">Download</button>\n</form>",
             if wrong.is_some() {
-                "<p class=\"error\">The password entered is incorrect.</p>\n"
+                "<p class=\"error\" id=\"password-error\" role=\"alert\">The password entered \
+                 is incorrect.</p>\n"
+            } else {
+                ""
+            },
+            if wrong.is_some() {
+                " aria-invalid=\"true\" aria-describedby=\"password-error\""
             } else {
                 ""
             }

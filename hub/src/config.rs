@@ -574,8 +574,8 @@ pub struct OffloadConfig {
     /// differ (spoke↔spoke over QUIC).
     #[serde(default = "default_true")]
     pub relay: bool,
-    /// Congestion controller of relay connections: `cubic`, `bbr` (keeps its rate under random
-    /// loss on long paths) or `new_reno`.
+    /// Congestion controller of relay connections: `bbr` (the default: keeps its rate under
+    /// random loss on long paths, where `cubic` collapses; `bench wan`), `cubic` or `new_reno`.
     #[serde(default)]
     pub congestion: shared::quic::Congestion,
 }

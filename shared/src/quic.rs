@@ -28,11 +28,14 @@ pub const UDP_BUFFER: usize = 8 << 20;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Congestion {
-    /// CUBIC (RFC 9438): the default, well understood, fair to TCP.
-    #[default]
+    /// CUBIC (RFC 9438): well understood, fair to TCP, but a loss-based controller: on a long
+    /// lossy path it collapses (`bench wan`, 100 ms with 0.1 % loss: 5-7 Mbit/s).
     Cubic,
-    /// quinn's BBR (experimental upstream): keeps its rate under random loss, where loss-based
-    /// controllers collapse on long paths.
+    /// quinn's BBR (experimental upstream), the default: it keeps its rate under random loss
+    /// (`bench wan`, 100 ms: 472 Mbit/s with 0.1 % loss, 469 clean, against cubic's 484 clean
+    /// and 5-7 lossy). The relay's links are the long paths between regions, where random loss
+    /// is what it meets.
+    #[default]
     Bbr,
     /// NewReno (RFC 9002's reference controller).
     NewReno,
@@ -130,7 +133,7 @@ mod tests {
             assert_eq!(parsed, c);
         }
         assert!(serde_json::from_value::<Congestion>(serde_json::json!("vegas")).is_err());
-        assert_eq!(Congestion::default(), Congestion::Cubic);
+        assert_eq!(Congestion::default(), Congestion::Bbr);
     }
 
     /// Bytes a client can push on one stream to a server that never reads, before flow

@@ -168,10 +168,14 @@ async fn a_failed_spoke_is_kept_away_from_the_transfer() {
     );
 
     // The retry waits for the good spoke (the hub does not step in: its grace period).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let t = transfer(&hub, t1).await;
-    assert_eq!(t["state"], "queued", "{t}");
-    assert_eq!(t["attempts"], 1, "{t}");
+    // Watched for 3 s (several scheduler ticks): it never leaves the queue meanwhile.
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < Duration::from_secs(3) {
+        let t = transfer(&hub, t1).await;
+        assert_eq!(t["state"], "queued", "{t}");
+        assert_eq!(t["attempts"], 1, "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The long copy may finish now; then the retry runs on the good spoke.
     slow.pace(1 << 40);
     let t = until(&hub, t1, Duration::from_secs(90), "the SFTP copy", |t| {

@@ -220,6 +220,48 @@ async fn with_bearer(hub: &TestHub, path: &str, token: &str) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+/// The application's redirect receiver on loopback, registered as the dev application's only
+/// redirect URI: returns its URL and the query of the last redirect it received.
+async fn app_receiver(hub: &TestHub) -> (String, std::sync::Arc<std::sync::Mutex<Option<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let app = {
+        let seen = seen.clone();
+        axum::Router::new()
+            .route("/favicon.ico", axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }))
+            .route(
+            "/callback",
+            axum::routing::get(move |uri: axum::http::Uri| {
+                let seen = seen.clone();
+                async move {
+                    *seen.lock().expect("lock") = uri.query().map(str::to_owned);
+                    axum::response::Html("<!doctype html><html lang=\"en\"><title>done</title><main><h1>Connected</h1></main></html>")
+                }
+            }),
+        )
+    };
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let redirect = format!(
+        "http://127.0.0.1:{}/callback",
+        l.local_addr().expect("addr").port()
+    );
+    tokio::spawn(async move { axum::serve(l, app).await });
+    let r = hub
+        .http
+        .patch(hub.url(&format!(
+            "/v1/meta/applications/{}",
+            hub.creds.application_id
+        )))
+        .header("Authorization", hub.meta())
+        .json(&json!({"redirect_uris": [redirect]}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), 200);
+    (redirect, seen)
+}
+
 async fn s3_setup() -> (S3Server, Value) {
     let s3 = S3Server::start().await.expect("moto");
     s3.create_bucket("oauth").await.expect("bucket");
@@ -612,43 +654,7 @@ async fn the_python_sdk_and_chromium_run_the_whole_flow() {
         "Chromium and the browser driver are needed"
     );
     let hub = TestHub::start().await.expect("hub");
-    // The app's receiver: records the query of the redirect.
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-    let app = {
-        let seen = seen.clone();
-        axum::Router::new()
-            .route("/favicon.ico", axum::routing::get(|| async { axum::http::StatusCode::NO_CONTENT }))
-            .route(
-            "/callback",
-            axum::routing::get(move |uri: axum::http::Uri| {
-                let seen = seen.clone();
-                async move {
-                    *seen.lock().expect("lock") = uri.query().map(str::to_owned);
-                    axum::response::Html("<!doctype html><html lang=\"en\"><title>done</title><main><h1>Connected</h1></main></html>")
-                }
-            }),
-        )
-    };
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let redirect = format!(
-        "http://127.0.0.1:{}/callback",
-        l.local_addr().expect("addr").port()
-    );
-    tokio::spawn(async move { axum::serve(l, app).await });
-    let r = hub
-        .http
-        .patch(hub.url(&format!(
-            "/v1/meta/applications/{}",
-            hub.creds.application_id
-        )))
-        .header("Authorization", hub.meta())
-        .json(&json!({"redirect_uris": [redirect]}))
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(r.status(), 200);
+    let (redirect, seen) = app_receiver(&hub).await;
     let (_s3, creds) = s3_setup().await;
     let c = crate::offload::connector(&creds).await;
     crate::offload::write_object(&c, "report.pdf", 1000, 3).await;
@@ -1163,39 +1169,7 @@ async fn chromium_signs_in_at_dropbox() {
     })
     .await
     .expect("hub");
-    let app = axum::Router::new()
-        .route(
-            "/favicon.ico",
-            axum::routing::get(|| async { StatusCode::NO_CONTENT }),
-        )
-        .route(
-            "/callback",
-            axum::routing::get(|| async {
-                axum::response::Html(
-                    "<!doctype html><html lang=\"en\"><title>done</title><main><h1>Connected</h1></main></html>",
-                )
-            }),
-        );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let redirect = format!(
-        "http://127.0.0.1:{}/callback",
-        l.local_addr().expect("addr").port()
-    );
-    tokio::spawn(async move { axum::serve(l, app).await });
-    let r = hub
-        .http
-        .patch(hub.url(&format!(
-            "/v1/meta/applications/{}",
-            hub.creds.application_id
-        )))
-        .header("Authorization", hub.meta())
-        .json(&json!({"redirect_uris": [redirect]}))
-        .send()
-        .await
-        .expect("patch");
-    assert_eq!(r.status(), 200);
+    let (redirect, _) = app_receiver(&hub).await;
     let start = format!(
         "{}/v1/oauth?client_id={}&response_type=code&redirect_uri={}&state=br-1",
         hub.base_url,

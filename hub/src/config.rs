@@ -578,6 +578,10 @@ pub struct OffloadConfig {
     /// random loss on long paths, where `cubic` collapses; `bench wan`), `cubic` or `new_reno`.
     #[serde(default)]
     pub congestion: shared::quic::Congestion,
+    /// QUIC connections one relayed transfer is striped over (parts go to the least busy), each
+    /// with its own congestion controller and a share of the windows (`bench wan`).
+    #[serde(default = "default_relay_connections")]
+    pub relay_connections: u32,
 }
 
 impl Default for OffloadConfig {
@@ -591,6 +595,7 @@ impl Default for OffloadConfig {
             startup_grace_secs: default_grace(),
             relay: true,
             congestion: shared::quic::Congestion::default(),
+            relay_connections: default_relay_connections(),
         }
     }
 }
@@ -623,6 +628,9 @@ fn default_part_concurrency() -> u32 {
     4
 }
 fn default_max_jobs() -> u32 {
+    4
+}
+fn default_relay_connections() -> u32 {
     4
 }
 fn default_grace() -> u64 {
@@ -1625,6 +1633,12 @@ impl Config {
                 "part_concurrency and max_jobs_per_spoke must be at least 1",
             ));
         }
+        if !(1..=16).contains(&self.offload.relay_connections) {
+            return Err(invalid(
+                "offload.relay_connections",
+                "must be between 1 and 16",
+            ));
+        }
         // The spokes' QUIC idle timeout (see `network::transport`): a lease must outlast it.
         let idle_ms = (self.network.heartbeat_ms * (u64::from(self.network.missed_heartbeats) + 2))
             .max(5_000);
@@ -2082,6 +2096,12 @@ mod tests {
         assert!(e.to_string().contains("offload.congestion"), "{e}");
         let c = Config::from_yaml("offload:\n  congestion: bbr\n", env(&[])).expect("bbr");
         assert_eq!(c.offload.congestion, shared::quic::Congestion::Bbr);
+        assert_eq!(c.offload.relay_connections, 4);
+        for bad in ["0", "17"] {
+            let e = Config::from_yaml(&format!("offload:\n  relay_connections: {bad}\n"), env(&[]))
+                .expect_err("out of range");
+            assert!(e.to_string().contains("offload.relay_connections"), "{e}");
+        }
         let c = Config::from_yaml("network:\n  quic_listen: null\n", env(&[])).expect("off");
         assert_eq!(c.quic_advertise(), None);
     }

@@ -323,12 +323,20 @@ pub struct SpokeSettings {
     /// Congestion controller of relay connections.
     #[serde(default)]
     pub congestion: crate::quic::Congestion,
+    /// QUIC connections one relayed transfer is striped over (a hub that predates striping
+    /// sends none: one).
+    #[serde(default = "one")]
+    pub relay_connections: u32,
     /// The hub's SSRF policy: spokes connect to providers under the same rules.
     #[serde(default)]
     pub egress: EgressSettings,
     /// The cluster's provider budgets: spokes draw from them through their hub.
     #[serde(default)]
     pub budgets: crate::budget::BudgetSettings,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Which internal addresses provider connections may reach (see `crate::egress`).
@@ -350,6 +358,7 @@ impl Default for SpokeSettings {
             part_concurrency: 4,
             rate_limit: None,
             congestion: crate::quic::Congestion::default(),
+            relay_connections: 1,
             egress: EgressSettings::default(),
             budgets: crate::budget::BudgetSettings::default(),
         }
@@ -632,6 +641,21 @@ pub fn decode_body<M: DeserializeOwned>(body: &[u8]) -> Result<M, ProtoError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn settings_from_a_hub_before_striping_mean_one_relay_connection() {
+        let mut v = serde_json::to_value(SpokeSettings {
+            relay_connections: 4,
+            ..SpokeSettings::default()
+        })
+        .expect("json");
+        assert_eq!(v["relay_connections"], 4);
+        v.as_object_mut()
+            .expect("object")
+            .remove("relay_connections");
+        let old: SpokeSettings = serde_json::from_value(v).expect("parse");
+        assert_eq!(old.relay_connections, 1);
+    }
 
     fn sample_msgs() -> Vec<SpokeMsg> {
         vec![

@@ -4,9 +4,11 @@
 //!
 //! quinn's defaults (1.25 MB stream window, 10 MB send window) cap one stream at ~100 Mbit/s on
 //! a 100 ms path; [`bulk_transport`] allows 16 MiB per stream and 24 MiB per connection, which
-//! keeps 1 Gbit/s in flight at 200 ms (a bandwidth-delay product of 25 MB) while a spoke stays
-//! under 64 MiB of memory (`bench wan`: with 64 MiB windows the relaying spoke peaked at 126
-//! MiB, the whole window held unacknowledged on a lossy path). The kernel clamps socket buffers to
+//! keeps 1 Gbit/s in flight at 200 ms (a bandwidth-delay product of 25 MB) and bounds what a
+//! spoke holds (`bench wan`: with 64 MiB windows the relaying spoke peaked at 126 MiB, the
+//! whole window held unacknowledged on a lossy path). A transfer striped over several
+//! connections gives each its share of these windows ([`bulk_transport`]'s `stripes`), so
+//! striping does not multiply memory. The kernel clamps socket buffers to
 //! `net.core.rmem_max`/`wmem_max`; [`bind_udp`] reports what it actually got so operators can
 //! raise those limits.
 
@@ -51,13 +53,24 @@ impl Congestion {
     }
 }
 
+/// The smallest window a striped connection gets (a part's stream must still fill its share
+/// of a long path).
+pub const MIN_STRIPE_WINDOW: u64 = 4 << 20;
+
 /// Transport settings for relay connections: big windows, the chosen controller, and
-/// keep-alives well inside the idle timeout.
-pub fn bulk_transport(congestion: Congestion, keep_alive: Duration) -> quinn::TransportConfig {
+/// keep-alives well inside the idle timeout. `stripes` is how many connections carry one
+/// transfer between the same spokes: each gets that share of the windows (at least
+/// [`MIN_STRIPE_WINDOW`]), so striping does not multiply a spoke's memory.
+pub fn bulk_transport(
+    congestion: Congestion,
+    keep_alive: Duration,
+    stripes: u32,
+) -> quinn::TransportConfig {
+    let share = |w: u64| (w / u64::from(stripes.max(1))).max(MIN_STRIPE_WINDOW);
     let mut t = quinn::TransportConfig::default();
-    t.stream_receive_window(varint(STREAM_WINDOW));
-    t.receive_window(varint(CONNECTION_WINDOW));
-    t.send_window(SEND_WINDOW);
+    t.stream_receive_window(varint(share(STREAM_WINDOW).min(share(CONNECTION_WINDOW))));
+    t.receive_window(varint(share(CONNECTION_WINDOW)));
+    t.send_window(share(SEND_WINDOW));
     t.keep_alive_interval(Some(keep_alive));
     if let Ok(idle) = quinn::IdleTimeout::try_from((keep_alive * 6).max(Duration::from_secs(10))) {
         t.max_idle_timeout(Some(idle));
@@ -215,7 +228,7 @@ mod tests {
 
     #[tokio::test]
     async fn bulk_windows_let_16_mib_fly_where_defaults_stop_near_1_mib() {
-        let ours = unread_credit(bulk_transport(Congestion::Bbr, Duration::from_secs(1))).await;
+        let ours = unread_credit(bulk_transport(Congestion::Bbr, Duration::from_secs(1), 1)).await;
         let default = unread_credit(quinn::TransportConfig::default()).await;
         assert!(
             ours >= STREAM_WINDOW - (1 << 20),
@@ -224,6 +237,22 @@ mod tests {
         assert!(
             default < 4 << 20,
             "the default transport let {default} bytes fly: the test no longer measures windows"
+        );
+    }
+
+    #[tokio::test]
+    async fn striped_connections_share_the_windows_down_to_a_floor() {
+        // Four stripes: a quarter of the stream window each (4 MiB, which is also the floor).
+        let four = unread_credit(bulk_transport(Congestion::Bbr, Duration::from_secs(1), 4)).await;
+        assert!(
+            (MIN_STRIPE_WINDOW - (1 << 20)..=MIN_STRIPE_WINDOW + (1 << 20)).contains(&four),
+            "{four} bytes flew on one of four stripes"
+        );
+        // Sixteen stripes would get 1 MiB each: the floor keeps 4 MiB.
+        let many = unread_credit(bulk_transport(Congestion::Bbr, Duration::from_secs(1), 16)).await;
+        assert!(
+            many >= MIN_STRIPE_WINDOW - (1 << 20),
+            "{many} bytes flew on one of sixteen stripes"
         );
     }
 

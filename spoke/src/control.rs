@@ -340,10 +340,13 @@ async fn session(
             grants.set_key(&k.0);
         }
         if let Some(relay) = &node.relay {
-            if welcome.settings.congestion != ident.config.settings.congestion {
+            let (now, then) = (&welcome.settings, &ident.config.settings);
+            if (now.congestion, now.relay_connections) != (then.congestion, then.relay_connections)
+            {
                 relay.set_server_config(Some(crate::relay::server_config(
                     ident,
-                    welcome.settings.congestion,
+                    now.congestion,
+                    now.relay_connections,
                 )?));
             }
         }

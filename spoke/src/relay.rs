@@ -7,7 +7,8 @@
 //! on it, each request signed by the hub (`shared::auth::DataClaims`). One bidirectional stream
 //! carries one part: preamble + [`RelayRequest`] one way, preamble + [`RelayReply`] and then
 //! exactly the requested bytes the other way. Connections use [`shared::quic::bulk_transport`]
-//! (windows sized for long paths, configurable congestion controller).
+//! (windows sized for long paths, configurable congestion controller); the writer stripes a
+//! transfer over `offload.relay_connections` of them ([`Relayed`]).
 
 use crate::config::Identity;
 use crate::data::{lock, now_secs, Grants};
@@ -52,10 +53,12 @@ struct Server {
 }
 
 /// The relay endpoint's server config: the spoke's certificate, network-CA clients only, bulk
-/// transport with `congestion` (the relaying side sends the bytes, so its controller counts).
+/// transport with `congestion` (the relaying side sends the bytes, so its controller counts)
+/// and windows shared by `stripes` connections per transfer.
 pub fn server_config(
     ident: &Identity,
     congestion: Congestion,
+    stripes: u32,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let tls = shared::pki::relay_server_config(
         &ident.ca_pem,
@@ -66,14 +69,15 @@ pub fn server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| anyhow::anyhow!("relay TLS config: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(bulk_transport(congestion, KEEP_ALIVE)));
+    server.transport_config(Arc::new(bulk_transport(congestion, KEEP_ALIVE, stripes)));
     Ok(server)
 }
 
 /// Binds the relay endpoint on `listen` (UDP) with the spoke's certificate and the congestion
 /// controller it enrolled with (a hub's welcome may change it: [`server_config`]).
 pub fn bind(ident: &Identity, listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
-    let server = server_config(ident, ident.config.settings.congestion)?;
+    let s = &ident.config.settings;
+    let server = server_config(ident, s.congestion, s.relay_connections)?;
     let endpoint = shared::quic::endpoint(listen, Some(server))
         .map_err(|e| anyhow::anyhow!("binding the relay endpoint on UDP {listen}: {e}"))?;
     tracing::info!(%listen, "relay endpoint listening (QUIC)");
@@ -130,6 +134,20 @@ pub async fn serve(
                 let server = server.clone();
                 tokio::spawn(async move { server.stream(send, recv).await });
             }
+            let s = conn.stats();
+            tracing::info!(
+                remote = %conn.remote_address(),
+                rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
+                cwnd = s.path.cwnd,
+                sent_packets = s.path.sent_packets,
+                lost_packets = s.path.lost_packets,
+                congestion_events = s.path.congestion_events,
+                sent_datagrams = s.udp_tx.datagrams,
+                send_ios = s.udp_tx.ios,
+                data_blocked = s.frame_tx.data_blocked,
+                stream_data_blocked = s.frame_tx.stream_data_blocked,
+                "relay connection served"
+            );
         });
     }
 }
@@ -290,19 +308,39 @@ async fn write_reply(send: &mut quinn::SendStream, reply: &RelayReply) -> anyhow
 // ---------------------------------------------------------------------------------------------
 // The writing side.
 
-/// A transfer's source, read through the spoke that relays it.
+/// A transfer's source, read through the spoke that relays it, over one or more QUIC
+/// connections (stripes): each has its own congestion controller, so a lost packet slows one
+/// stripe, not the transfer, and several controllers fill a long path that one leaves half
+/// empty (`bench wan`). Each range goes to the stripe with the fewest open.
 pub struct Relayed {
-    conn: quinn::Connection,
+    stripes: Vec<Stripe>,
     from: RelayFrom,
     _endpoint: quinn::Endpoint,
 }
 
+struct Stripe {
+    conn: quinn::Connection,
+    /// Ranges being read over it.
+    open: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts a range as open on its stripe until the range's stream is dropped.
+struct OpenRange(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenRange {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Relayed {
-    /// Dials the relaying spoke named in `from` with this spoke's certificate.
+    /// Dials the relaying spoke named in `from` with this spoke's certificate, `stripes`
+    /// connections at once (at least one must answer; the others are optional).
     pub async fn connect(
         ident: &Identity,
         from: &RelayFrom,
         congestion: Congestion,
+        stripes: u32,
     ) -> Result<Relayed, StorageError> {
         let unavailable =
             |e: String| StorageError::Unavailable(format!("relay spoke {}: {e}", from.spoke_id));
@@ -323,39 +361,97 @@ impl Relayed {
         .map_err(|e| StorageError::Other(format!("relay TLS config: {e}")))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| StorageError::Other(format!("relay TLS config: {e}")))?;
+        let stripes = stripes.clamp(1, 16);
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(bulk_transport(congestion, KEEP_ALIVE)));
+        client.transport_config(Arc::new(bulk_transport(congestion, KEEP_ALIVE, stripes)));
         let mut endpoint =
             shared::quic::endpoint(bind, None).map_err(|e| unavailable(e.to_string()))?;
         endpoint.set_default_client_config(client);
         let name = shared::pki::spoke_server_name(from.spoke_id);
-        let connecting = endpoint
-            .connect(target, &name)
-            .map_err(|e| unavailable(e.to_string()))?;
-        let conn = tokio::time::timeout(HEADER_TIMEOUT, connecting)
-            .await
-            .map_err(|_| unavailable(format!("no answer from {target} within {HEADER_TIMEOUT:?}")))?
-            .map_err(|e| unavailable(e.to_string()))?;
+        let dial = || async {
+            let connecting = endpoint
+                .connect(target, &name)
+                .map_err(|e| unavailable(e.to_string()))?;
+            tokio::time::timeout(HEADER_TIMEOUT, connecting)
+                .await
+                .map_err(|_| {
+                    unavailable(format!("no answer from {target} within {HEADER_TIMEOUT:?}"))
+                })?
+                .map_err(|e| unavailable(e.to_string()))
+        };
+        let dialed = futures::future::join_all((0..stripes).map(|_| dial())).await;
+        let mut conns = Vec::new();
+        let mut first_error = None;
+        for d in dialed {
+            match d {
+                Ok(c) => conns.push(Stripe {
+                    conn: c,
+                    open: Arc::default(),
+                }),
+                Err(e) => {
+                    tracing::debug!(relay = from.spoke_id, error = %e, "a relay stripe failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if conns.is_empty() {
+            return Err(first_error.unwrap_or_else(|| unavailable("no connection".into())));
+        }
         tracing::info!(relay = from.spoke_id, %target, congestion = congestion.as_str(),
-                       "reading the source through a relay spoke");
+                       stripes = conns.len(), "reading the source through a relay spoke");
         Ok(Relayed {
-            conn,
+            stripes: conns,
             from: from.clone(),
             _endpoint: endpoint,
         })
     }
 
-    /// Closes the connection.
+    /// How many connections carry the ranges.
+    pub fn stripes(&self) -> usize {
+        self.stripes.len()
+    }
+
+    /// Closes the connections, logging what the paths did (for tuning: a sender held back by
+    /// our windows says so in `*_blocked` frames).
     pub fn close(&self) {
-        self.conn
-            .close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"done");
+        for (i, st) in self.stripes.iter().enumerate() {
+            let s = st.conn.stats();
+            tracing::info!(
+                relay = self.from.spoke_id,
+                stripe = i,
+                rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
+                lost_packets = s.path.lost_packets,
+                received_bytes = s.udp_rx.bytes,
+                received_datagrams = s.udp_rx.datagrams,
+                received_ios = s.udp_rx.ios,
+                peer_data_blocked = s.frame_rx.data_blocked,
+                peer_stream_data_blocked = s.frame_rx.stream_data_blocked,
+                "relay connection closed"
+            );
+            st.conn
+                .close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"done");
+        }
+    }
+
+    /// The stripe with the fewest open ranges (the first of equals), counted open.
+    fn pick(&self) -> (&quinn::Connection, OpenRange) {
+        use std::sync::atomic::Ordering;
+        let st = self
+            .stripes
+            .iter()
+            .filter(|s| s.conn.close_reason().is_none())
+            .min_by_key(|s| s.open.load(Ordering::Relaxed))
+            .unwrap_or(&self.stripes[0]);
+        st.open.fetch_add(1, Ordering::Relaxed);
+        (&st.conn, OpenRange(st.open.clone()))
     }
 
     async fn request(&self, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
         let lost = |e: String| {
             StorageError::Interrupted(format!("relay spoke {}: {e}", self.from.spoke_id))
         };
-        let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
+        let (conn, open) = self.pick();
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
         let mut out = preamble(proto::VERSION).to_vec();
         out.extend(
             encode(&RelayRequest {
@@ -389,11 +485,11 @@ impl Relayed {
         }
         let spoke = self.from.spoke_id;
         Ok(Box::pin(futures::stream::unfold(
-            Some(recv),
+            Some((recv, open)),
             move |state| async move {
-                let mut recv = state?;
+                let (mut recv, open) = state?;
                 match recv.read_chunk(READ_CHUNK, true).await {
-                    Ok(Some(c)) => Some((Ok::<Bytes, std::io::Error>(c.bytes), Some(recv))),
+                    Ok(Some(c)) => Some((Ok::<Bytes, std::io::Error>(c.bytes), Some((recv, open)))),
                     Ok(None) => None,
                     Err(e) => Some((
                         Err(std::io::Error::other(format!("relay spoke {spoke}: {e}"))),

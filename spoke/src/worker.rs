@@ -257,8 +257,15 @@ async fn run(
             let mut relayed = None;
             let source: Arc<dyn RangeSource> = match &a.relay {
                 Some(from) => {
-                    let r =
-                        Arc::new(Relayed::connect(&jobs.ident, from, settings.congestion).await?);
+                    let r = Arc::new(
+                        Relayed::connect(
+                            &jobs.ident,
+                            from,
+                            settings.congestion,
+                            settings.relay_connections,
+                        )
+                        .await?,
+                    );
                     relayed = Some(r.clone());
                     r
                 }

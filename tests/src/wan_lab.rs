@@ -265,12 +265,30 @@ impl WanLab {
             .nth(2)
             .and_then(|s| s.parse().ok())
             .context("spoke id in the enroll output")?;
-        let mut cmd = self.lab.command(r, &bin.to_string_lossy());
+        // Experiments: a wrapper for the spoke (`BENCH_WAN_SPOKE_WRAP="heaptrack -o /tmp/h"`).
+        let mut cmd = match std::env::var("BENCH_WAN_SPOKE_WRAP") {
+            Ok(w) if !w.trim().is_empty() => {
+                let mut words = w.split_whitespace();
+                let mut c = self.lab.command(r, words.next().unwrap_or_default());
+                c.args(words.map(|a| a.replace("{region}", r)));
+                c.arg(bin);
+                c
+            }
+            _ => self.lab.command(r, &bin.to_string_lossy()),
+        };
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&dir)
             .env("SWITCHYARD_LOG", "info")
             .stdout(Stdio::null());
+        // Experiments: extra environment for the spokes, `K=V,K=V` (e.g. allocator settings).
+        if let Ok(extra) = std::env::var("BENCH_WAN_SPOKE_ENV") {
+            for kv in extra.split(',').filter(|kv| !kv.is_empty()) {
+                if let Some((k, v)) = kv.split_once('=') {
+                    cmd.env(k, v);
+                }
+            }
+        }
         let proc = self.lab.spawn(r, cmd, &dir.join("run.log"))?;
         Ok(Spoke {
             id,
@@ -506,6 +524,50 @@ pub struct RcloneRun {
     pub done: bool,
     /// The most TCP connections it had open at once across the WAN (sampled twice a second).
     pub wan_connections: usize,
+    /// Mbit/s crossing the WAN (a→b) while it did (see [`wan_phase`]).
+    pub wan_mbps: f64,
+}
+
+/// Samples the WAN's a→b delivery rate (Mbit/s) every call to [`RateSampler::tick`] that is
+/// at least 100 ms after the last sample.
+pub struct RateSampler {
+    last: (Instant, u64),
+    pub rates: Vec<f64>,
+}
+
+impl RateSampler {
+    pub fn new(wan: &WanLab) -> Self {
+        RateSampler {
+            last: (Instant::now(), wan.lab.stats(REGIONS[0], REGIONS[1]).bytes),
+            rates: Vec::new(),
+        }
+    }
+
+    pub fn tick(&mut self, wan: &WanLab) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last.0).as_secs_f64();
+        if dt < 0.1 {
+            return;
+        }
+        let bytes = wan.lab.stats(REGIONS[0], REGIONS[1]).bytes;
+        self.rates
+            .push((bytes - self.last.1) as f64 * 8.0 / dt / 1e6);
+        self.last = (now, bytes);
+    }
+}
+
+/// The mean rate from the first to the last sample that carried traffic (over 5 Mbit/s): the
+/// WAN phase of a copy, without what comes before the first byte (dispatch, connections) and
+/// after the last (the destination assembling a multipart upload: `s3s-fs` copies every part
+/// into the object, about 4 s per GiB here).
+pub fn wan_phase(rates: &[f64]) -> f64 {
+    let active = |r: &&f64| **r > 5.0;
+    let first = rates.iter().position(|r| active(&r));
+    let last = rates.iter().rposition(|r| active(&r));
+    match (first, last) {
+        (Some(f), Some(l)) => rates[f..=l].iter().sum::<f64>() / (l - f + 1) as f64,
+        _ => 0.0,
+    }
 }
 
 /// The established TCP connections in location `at` to `endpoint` (`http://host:port`).
@@ -582,7 +644,9 @@ pub fn rclone(
     };
     let mut wan_connections = 0;
     let mut sampled = Instant::now();
+    let mut rates = RateSampler::new(wan);
     let status = loop {
+        rates.tick(wan);
         if sampled.elapsed() >= Duration::from_millis(500) {
             wan_connections = wan_connections.max(connections_to(wan, at, &far));
             sampled = Instant::now();
@@ -595,9 +659,10 @@ pub fn rclone(
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     };
     let secs = t0.elapsed().as_secs_f64();
+    let wan_mbps = wan_phase(&rates.rates);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     match status {
         Some(s) if s.success() => Ok(RcloneRun {
@@ -605,6 +670,7 @@ pub fn rclone(
             bytes: size,
             done: true,
             wan_connections,
+            wan_mbps,
         }),
         Some(s) => bail!("rclone failed ({s}): {}", tail(&text)),
         None => Ok(RcloneRun {
@@ -612,6 +678,7 @@ pub fn rclone(
             bytes: last_stats_bytes(&text),
             done: false,
             wan_connections,
+            wan_mbps,
         }),
     }
 }

@@ -196,6 +196,7 @@ pub fn spoke_settings(state: &AppState) -> SpokeSettings {
         part_concurrency: state.config.offload.part_concurrency,
         rate_limit: state.config.offload.spoke_rate_limit,
         congestion: state.config.offload.congestion,
+        relay_connections: state.config.offload.relay_connections,
         egress: shared::proto::EgressSettings {
             allow_private: state.config.storage.allow_private_endpoints,
             allowed: state.config.storage.allowed_private_endpoints.clone(),

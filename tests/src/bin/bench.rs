@@ -75,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Some("uploads") => tokio::runtime::Runtime::new()?.block_on(uploads()),
         Some("wan") => {
             // bench wan [ROUNDS] [SIZE_MIB] [LIMIT_SECS] [CASES, e.g. 0,1,2] [CONGESTION, e.g. cubic,bbr]
+            //   [OFFLOAD k=v,...] [BASELINES yes|no]
             let num = |i: usize, d: u64| args.get(i).map_or(Ok(d), |v| v.parse::<u64>());
             let list = |i: usize, d: &str| -> Vec<String> {
                 args.get(i)
@@ -90,8 +91,10 @@ fn main() -> anyhow::Result<()> {
                 cases: list(5, "0,1,2")
                     .iter()
                     .map(|c| c.parse())
-                    .collect::<Result<_, _>>()
-                    .context("cases: 0,1,2")?,
+                    .collect::<Result<Vec<usize>, _>>()
+                    .ok()
+                    .filter(|c| !c.is_empty() && c.iter().all(|&i| i < e2e::bench_wan::CASES.len()))
+                    .context("cases: a list of 0 (100 ms), 1 (100 ms, 0.1 %), 2 (200 ms, 1 %), 3 (no WAN)")?,
                 congestion: list(6, "cubic,bbr"),
                 // e.g. "part_concurrency=8,part_size=33554432"
                 offload: list(7, "")
@@ -99,6 +102,7 @@ fn main() -> anyhow::Result<()> {
                     .filter(|kv| !kv.is_empty())
                     .map(|kv| format!("  {}\n", kv.replacen('=', ": ", 1)))
                     .collect(),
+                baselines: args.get(8).is_none_or(|v| v != "no"),
             };
             tokio::runtime::Runtime::new()?
                 .block_on(e2e::bench_wan::run(&sibling("spoke")?, b))
@@ -120,7 +124,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         _ => bail!(
-            "usage: bench metadata|transfer|offload|all|uploads|budgets|wan [ROUNDS] [SIZE_MIB] [LIMIT_SECS] [CASES] [CONGESTION]|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
+            "usage: bench metadata|transfer|offload|all|uploads|budgets|wan [ROUNDS] [SIZE_MIB] [LIMIT_SECS] [CASES] [CONGESTION] [OFFLOAD] [BASELINES]|detect [N1,N2]|dns|regions|webhooks [ROUNDS]|linkemu|lab [ROUNDS]|tunnel|tunnel-soak [MINUTES]"
         ),
     }
 }

@@ -228,7 +228,7 @@ async fn a_revoked_spoke_is_refused_by_the_other_spokes_relays() {
         signature: shared::proto::Redacted("AAAA".into()),
     };
     // Before the revocation the peer's requests reach the grant lookup.
-    let open = spoke::relay::Relayed::connect(&peer, &from, Default::default())
+    let open = spoke::relay::Relayed::connect(&peer, &from, Default::default(), 1)
         .await
         .expect("connects");
     assert!(relay_attempt(&open).await.is_ok());
@@ -255,7 +255,7 @@ async fn a_revoked_spoke_is_refused_by_the_other_spokes_relays() {
     assert!(refused.is_err(), "{refused:?}");
     // A new connection: refused at the handshake (or its first request, TLS 1.3 being what it
     // is), never reaching the grant lookup.
-    let outcome = match spoke::relay::Relayed::connect(&peer, &from, Default::default()).await {
+    let outcome = match spoke::relay::Relayed::connect(&peer, &from, Default::default(), 1).await {
         Ok(r) => relay_attempt(&r).await,
         Err(e) => Err(e.to_string()),
     };

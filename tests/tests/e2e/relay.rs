@@ -209,7 +209,7 @@ async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
         expires: i64::MAX,
         signature: shared::proto::Redacted("AAAA".into()),
     };
-    let relayed = spoke::relay::Relayed::connect(&ident_b, &bogus, Default::default())
+    let relayed = spoke::relay::Relayed::connect(&ident_b, &bogus, Default::default(), 1)
         .await
         .expect("a network certificate connects");
     use shared::storage::transfer::RangeSource as _;
@@ -236,13 +236,13 @@ async fn a_copy_between_regions_is_relayed_by_the_spoke_near_the_source() {
         hub_ca_pem: ident_b.hub_ca_pem.clone(),
         revoked: Default::default(),
     };
-    let outcome = match spoke::relay::Relayed::connect(&intruder, &bogus, Default::default()).await
-    {
-        // TLS 1.3: the client may believe it connected before the server checks its
-        // certificate; the first request then fails.
-        Ok(r) => r.open(0, 1024).await.err().map(|e| e.to_string()),
-        Err(e) => Some(e.to_string()),
-    };
+    let outcome =
+        match spoke::relay::Relayed::connect(&intruder, &bogus, Default::default(), 1).await {
+            // TLS 1.3: the client may believe it connected before the server checks its
+            // certificate; the first request then fails.
+            Ok(r) => r.open(0, 1024).await.err().map(|e| e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
     assert!(outcome.is_some(), "a foreign certificate was served");
     drop((spoke_a, spoke_b, hub, s3a, s3b));
     drop(regions);
@@ -294,6 +294,23 @@ async fn a_relayed_copy_crosses_a_long_lossy_wan() {
     assert_eq!(sha_of(&dst, "near.bin").await, sha);
     let stats = wan.lab.stats("a", "b");
     assert!(stats.dropped_loss > 0, "the WAN lost nothing: {stats:?}");
+    // Striped (offload.relay_connections, default 4): each of the first four parts went to a
+    // connection of its own, so four connections each carried a whole part.
+    let log = d.spokes[1].log();
+    assert!(log.contains("stripes=4"), "{log}");
+    let carried: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("relay connection closed"))
+        .filter_map(|l| {
+            let v = l.split("received_bytes=").nth(1)?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+        .collect();
+    assert_eq!(
+        carried.iter().filter(|b| **b >= 16 * MIB).count(),
+        4,
+        "bytes per connection: {carried:?}"
+    );
     eprintln!(
         "64 MiB relayed over 100 ms / 0.1 % loss in {:.1} s ({:.0} Mbit/s); WAN a->b {stats:?}",
         c.secs,

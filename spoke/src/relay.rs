@@ -134,20 +134,7 @@ pub async fn serve(
                 let server = server.clone();
                 tokio::spawn(async move { server.stream(send, recv).await });
             }
-            let s = conn.stats();
-            tracing::info!(
-                remote = %conn.remote_address(),
-                rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
-                cwnd = s.path.cwnd,
-                sent_packets = s.path.sent_packets,
-                lost_packets = s.path.lost_packets,
-                congestion_events = s.path.congestion_events,
-                sent_datagrams = s.udp_tx.datagrams,
-                send_ios = s.udp_tx.ios,
-                data_blocked = s.frame_tx.data_blocked,
-                stream_data_blocked = s.frame_tx.stream_data_blocked,
-                "relay connection served"
-            );
+            log_path(&conn, None, "relay connection served");
         });
     }
 }
@@ -268,6 +255,31 @@ impl Server {
         sources.insert(grant.grant_id.clone(), source.clone());
         Ok(source)
     }
+}
+
+/// Logs what a relay connection's path did, both directions (for tuning: `data_blocked` and
+/// `stream_data_blocked` frames mean flow-control windows held a sender back).
+fn log_path(conn: &quinn::Connection, stripe: Option<usize>, what: &str) {
+    let s = conn.stats();
+    tracing::info!(
+        remote = %conn.remote_address(),
+        stripe,
+        rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
+        cwnd = s.path.cwnd,
+        sent_packets = s.path.sent_packets,
+        lost_packets = s.path.lost_packets,
+        congestion_events = s.path.congestion_events,
+        sent_datagrams = s.udp_tx.datagrams,
+        send_ios = s.udp_tx.ios,
+        received_bytes = s.udp_rx.bytes,
+        received_datagrams = s.udp_rx.datagrams,
+        received_ios = s.udp_rx.ios,
+        data_blocked_sent = s.frame_tx.data_blocked,
+        stream_data_blocked_sent = s.frame_tx.stream_data_blocked,
+        data_blocked_received = s.frame_rx.data_blocked,
+        stream_data_blocked_received = s.frame_rx.stream_data_blocked,
+        "{what}"
+    );
 }
 
 /// A storage error as the relay's answer.
@@ -406,28 +418,11 @@ impl Relayed {
         })
     }
 
-    /// How many connections carry the ranges.
-    pub fn stripes(&self) -> usize {
-        self.stripes.len()
-    }
-
     /// Closes the connections, logging what the paths did (for tuning: a sender held back by
     /// our windows says so in `*_blocked` frames).
     pub fn close(&self) {
         for (i, st) in self.stripes.iter().enumerate() {
-            let s = st.conn.stats();
-            tracing::info!(
-                relay = self.from.spoke_id,
-                stripe = i,
-                rtt_ms = s.path.rtt.as_secs_f64() * 1e3,
-                lost_packets = s.path.lost_packets,
-                received_bytes = s.udp_rx.bytes,
-                received_datagrams = s.udp_rx.datagrams,
-                received_ios = s.udp_rx.ios,
-                peer_data_blocked = s.frame_rx.data_blocked,
-                peer_stream_data_blocked = s.frame_rx.stream_data_blocked,
-                "relay connection closed"
-            );
+            log_path(&st.conn, Some(i), "relay connection closed");
             st.conn
                 .close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"done");
         }

@@ -18,8 +18,8 @@
 //!   (rate serialization is monotone and a shortened delay never reorders), so the head of each
 //!   link is its next deadline and the loop sleeps until the earliest head. [`Link`] is the
 //!   sans-IO core: time and the loss draw are passed in, and it is unit-tested without devices.
-//! - **One wakeup per batch, not per packet.** Packets falling due within the release horizon
-//!   (default 100 µs, [`EmulatorBuilder::horizon`]) leave together: at 1 Gbit/s a packet falls
+//! - **One wakeup per batch, not per packet.** Packets falling due within [`HORIZON`] (100 µs)
+//!   leave together, and the loop makes at most one pass per horizon: at 1 Gbit/s a packet falls
 //!   due every 12 µs, and waking for each cost most of a core on these virtual machines (arming
 //!   a fine timer exits to the hypervisor), which starved the processes under test. A packet
 //!   leaves at most the horizon early; a 1 ms or longer emulated delay hardly notices.
@@ -397,20 +397,12 @@ pub struct EmulatorBuilder {
     seed: u64,
     max_buffered: usize,
     realtime: bool,
-    horizon: Duration,
 }
 
-/// Default release horizon: packets due within it leave together.
-pub const DEFAULT_HORIZON: Duration = Duration::from_micros(100);
+/// The release horizon: packets due within it of now leave in the same wakeup.
+pub const HORIZON: Duration = Duration::from_micros(100);
 
 impl EmulatorBuilder {
-    /// Packets due within `horizon` of now leave in the same wakeup (default
-    /// [`DEFAULT_HORIZON`]; zero wakes for every deadline).
-    pub fn horizon(mut self, horizon: Duration) -> Self {
-        self.horizon = horizon;
-        self
-    }
-
     /// Whether the forwarding thread runs with real-time priority (`SCHED_FIFO`, the default),
     /// so that it keeps its deadlines on a busy machine.
     pub fn realtime(mut self, on: bool) -> Self {
@@ -518,7 +510,6 @@ impl EmulatorBuilder {
             rng: rand::rngs::StdRng::seed_from_u64(self.seed),
             generation: 0,
             realtime: self.realtime,
-            horizon: self.horizon,
             shared: shared.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -559,7 +550,6 @@ impl Emulator {
             seed: 0x5eed,
             max_buffered: DEFAULT_MAX_BUFFERED,
             realtime: true,
-            horizon: DEFAULT_HORIZON,
         }
     }
 
@@ -670,7 +660,6 @@ struct Loop {
     rng: rand::rngs::StdRng,
     generation: u64,
     realtime: bool,
-    horizon: Duration,
     shared: Arc<Shared>,
 }
 
@@ -708,8 +697,8 @@ impl Loop {
             // At most one pass per horizon: what arrives meanwhile waits in the devices' queues
             // and is read in one batch (an idle emulator never sleeps here).
             let since = last_pass.elapsed();
-            if since < self.horizon {
-                std::thread::sleep(self.horizon - since);
+            if since < HORIZON {
+                std::thread::sleep(HORIZON - since);
             }
             let timeout = next_due.map(|d| {
                 nix::sys::time::TimeSpec::from_duration(d.saturating_duration_since(Instant::now()))
@@ -768,7 +757,7 @@ impl Loop {
                     // back packets already due for longer than a horizon; but stopping at the
                     // first due packet would read one batch per pass, too slow to empty the
                     // devices' queues at 1 Gbit/s (they drop what does not fit).
-                    if next_due.is_some_and(|d| d + self.horizon <= Instant::now()) {
+                    if next_due.is_some_and(|d| d + HORIZON <= Instant::now()) {
                         break 'devices;
                     }
                 }
@@ -864,7 +853,7 @@ impl Loop {
         gro: &mut GROTable,
     ) -> Option<Instant> {
         let now = Instant::now();
-        let release = now + self.horizon;
+        let release = now + HORIZON;
         let n = self.n;
         let mut next: Option<Instant> = None;
         for (to, d) in devices.iter().enumerate() {

@@ -265,17 +265,7 @@ impl WanLab {
             .nth(2)
             .and_then(|s| s.parse().ok())
             .context("spoke id in the enroll output")?;
-        // Experiments: a wrapper for the spoke (`BENCH_WAN_SPOKE_WRAP="heaptrack -o /tmp/h"`).
-        let mut cmd = match std::env::var("BENCH_WAN_SPOKE_WRAP") {
-            Ok(w) if !w.trim().is_empty() => {
-                let mut words = w.split_whitespace();
-                let mut c = self.lab.command(r, words.next().unwrap_or_default());
-                c.args(words.map(|a| a.replace("{region}", r)));
-                c.arg(bin);
-                c
-            }
-            _ => self.lab.command(r, &bin.to_string_lossy()),
-        };
+        let mut cmd = self.lab.command(r, &bin.to_string_lossy());
         cmd.arg("run")
             .arg("--data-dir")
             .arg(&dir)

@@ -627,7 +627,8 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
     });
     match pick {
         Some(pick) => {
-            let relay_from = relay.and_then(|(rid, addr)| relay_grant(state, rid, addr, &src, &t));
+            let relay_from = relay
+                .and_then(|(rid, addr)| relay_grant(state, rid, addr, pick.spoke_id, &src, &t));
             let relayed = relay_from
                 .as_ref()
                 .map(|r| format!("source relayed by spoke {} (nearer the source)", r.spoke_id));
@@ -767,12 +768,13 @@ async fn try_dispatch(state: &AppState, id: i64, lease: &Lease, exclude: &[i64])
     Ok(())
 }
 
-/// Registers a `RELAY` grant for the transfer's source on spoke `relay` and signs it for the
-/// writing spoke; `None` when the relay spoke is gone.
+/// Registers a `RELAY` grant for the transfer's source on spoke `relay`, for spoke `writer`
+/// only, and signs it for the writer; `None` when the relay spoke is gone.
 fn relay_grant(
     state: &AppState,
     relay: i64,
     addr: String,
+    writer: i64,
     src: &Account,
     t: &TransferRecord,
 ) -> Option<RelayFrom> {
@@ -793,6 +795,7 @@ fn relay_grant(
         claim: None,
         receipt: None,
         part: None,
+        reader: Some(writer),
     };
     let (grant_id, expires) = (g.grant_id.clone(), g.expires);
     let signature = crate::network::grant(state, relay, g)?;

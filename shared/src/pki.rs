@@ -243,6 +243,27 @@ pub fn spoke_server_name(spoke_id: i64) -> String {
     format!("spoke-{spoke_id}.{HUB_SERVER_NAME}")
 }
 
+/// The spoke a certificate names: the id in its [`spoke_server_name`] (the hub puts exactly one
+/// in each spoke certificate it signs, whatever the CSR asked). `None` for a certificate that
+/// does not parse or names no spoke. Only meaningful for a certificate already verified under
+/// the spoke CA.
+pub fn spoke_id_of(cert_der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let suffix = format!(".{HUB_SERVER_NAME}");
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => d
+            .strip_suffix(suffix.as_str())?
+            .strip_prefix("spoke-")?
+            .parse::<i64>()
+            .ok(),
+        _ => None,
+    });
+    let id = ids.next()?;
+    // Two spoke names in one certificate are not what a hub signs.
+    ids.next().is_none().then_some(id)
+}
+
 /// Fingerprints of revoked spoke certificates, as hubs push them to every spoke: shared by a
 /// spoke's relay verifiers (both directions) and checked at every handshake and request.
 /// Revocation is permanent, so the set only grows (bounded by the number of spokes ever
@@ -561,6 +582,12 @@ mod tests {
             .expect("signed");
         spoke_client_config(&ca.cert_pem, &cert, &spoke_key, b"x").expect("client config");
         pinned_client_config(&fp, b"x").expect("pinned config");
+        // The identity a relay checks grants against: the spoke id the hub put in, whatever
+        // the CSR asked; a hub certificate names no spoke.
+        let der = |pem: &str| certs(pem).expect("pem")[0].to_vec();
+        assert_eq!(spoke_id_of(&der(&cert)), Some(42));
+        assert_eq!(spoke_id_of(&der(&chain)), None);
+        assert_eq!(spoke_id_of(b"not a certificate"), None);
     }
 
     /// Runs a TLS handshake in memory; the error of whichever side failed.

@@ -36,6 +36,8 @@ pub const CLOSE_REVOKED: u32 = 0x5602;
 pub const CLOSE_PROTOCOL: u32 = 0x5603;
 /// QUIC application error code: orderly shutdown.
 pub const CLOSE_NORMAL: u32 = 0;
+/// QUIC application error code: the peer already holds as many connections as it may.
+pub const CLOSE_BUSY: u32 = 0x5604;
 
 /// What can go wrong turning bytes into messages.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -244,6 +246,11 @@ pub struct Grant {
     /// the method refuses the grant rather than publishing the part as a file).
     #[serde(default)]
     pub part: Option<PartGrant>,
+    /// Method `RELAY`: the spoke that may read through the grant (the transfer's writer), as
+    /// its certificate names it ([`crate::pki::spoke_id_of`]). The relaying spoke refuses
+    /// every other peer, and a grant that names none, so a leaked grant serves no other spoke.
+    #[serde(default)]
+    pub reader: Option<i64>,
 }
 
 /// What a published client-direct upload is in the account's event feed (`add` or

@@ -168,6 +168,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let probes = tokio::spawn(worker::probe_loop(jobs.clone(), shutdown.clone()));
     let grants = Arc::new(crate::data::Grants::new(fs_roots));
     let mut relay_endpoint = None;
+    let mut relay_limits = None;
     let mut data_health = None;
     let data = match &ident.config.advertise {
         Some(a) => {
@@ -191,12 +192,17 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             // The same address over UDP relays source bytes to other spokes.
             let relay = crate::relay::bind(&ident, listen)?;
             relay_endpoint = Some(relay.clone());
+            let limits = crate::relay::RelayLimits::new(&ident.config.settings);
+            relay_limits = Some(limits.clone());
             tokio::spawn(crate::relay::serve(
                 relay,
-                ident.revoked.clone(),
-                grants.clone(),
-                opts.data_dir.join("scratch"),
-                egress,
+                crate::relay::ServeOptions {
+                    revoked: ident.revoked.clone(),
+                    grants: grants.clone(),
+                    scratch: opts.data_dir.join("scratch"),
+                    egress,
+                    limits,
+                },
                 shutdown.clone(),
             ));
             let health = Arc::new(crate::data::Health::default());
@@ -219,6 +225,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
             jobs: jobs.clone(),
             grants: grants.clone(),
             relay: relay_endpoint.clone(),
+            relay_limits: relay_limits.clone(),
             data_health: data_health.clone(),
         };
         let (shutdown, opts) = (shutdown.clone(), opts.clone());
@@ -250,6 +257,8 @@ struct Node {
     grants: Arc<crate::data::Grants>,
     /// The relay endpoint, when this spoke serves one.
     relay: Option<quinn::Endpoint>,
+    /// What each peer may hold on the relay endpoint.
+    relay_limits: Option<Arc<crate::relay::RelayLimits>>,
     /// The data endpoint's state, when this spoke serves one.
     data_health: Option<Arc<crate::data::Health>>,
 }
@@ -340,15 +349,14 @@ async fn session(
             grants.set_key(&k.0);
         }
         if let Some(relay) = &node.relay {
-            let (now, then) = (&welcome.settings, &ident.config.settings);
-            if (now.congestion, now.relay_connections) != (then.congestion, then.relay_connections)
-            {
-                relay.set_server_config(Some(crate::relay::server_config(
-                    ident,
-                    now.congestion,
-                    now.relay_connections,
-                )?));
-            }
+            // The network's settings now (they may have changed since enrollment).
+            relay.set_server_config(Some(crate::relay::server_config(
+                ident,
+                &welcome.settings,
+            )?));
+        }
+        if let Some(limits) = &node.relay_limits {
+            limits.update(&welcome.settings);
         }
         let session_jobs = CancellationToken::new();
         // The runs this session's hub started, by transfer: the generation of each.

@@ -9,6 +9,11 @@
 //! exactly the requested bytes the other way. Connections use [`shared::quic::bulk_transport`]
 //! (windows sized for long paths, configurable congestion controller); the writer stripes a
 //! transfer over `offload.relay_connections` of them ([`Relayed`]).
+//!
+//! A grant serves only the spoke it names (`Grant::reader`, checked against the peer's
+//! certificate), and no peer holds more than its share of the endpoint: handshakes in flight
+//! per address and in all ([`MAX_HANDSHAKES_PER_ADDR`], [`MAX_HANDSHAKES`]), connections per
+//! spoke ([`RelayLimits`]) and streams per connection (`part_concurrency`-bound).
 
 use crate::config::Identity;
 use crate::data::{lock, now_secs, Grants};
@@ -16,7 +21,7 @@ use bytes::Bytes;
 use shared::auth::{verify_data, DataClaims, Tagger};
 use shared::proto::{
     self, check_preamble, decode_body, encode, frame_len, preamble, RelayFrom, RelayReply,
-    RelayRequest,
+    RelayRequest, SpokeSettings,
 };
 use shared::quic::{bulk_transport, Congestion};
 use shared::storage::transfer::{range_source, ByteStream, OpenFuture, RangeSource};
@@ -24,6 +29,7 @@ use shared::storage::{ConnectOptions, Connector, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -38,9 +44,93 @@ const READ_CHUNK: usize = 256 * 1024;
 const RESET_SOURCE_FAILED: u32 = 0x5701;
 /// Sources kept open for reuse (one per grant).
 const MAX_SOURCES: usize = 256;
+/// QUIC handshakes in flight from one address (before a peer has shown a certificate).
+pub const MAX_HANDSHAKES_PER_ADDR: usize = 32;
+/// QUIC handshakes in flight in all.
+pub const MAX_HANDSHAKES: usize = 256;
 
 // ---------------------------------------------------------------------------------------------
 // The relaying side.
+
+/// What one spoke may hold on this relay endpoint, from the network's settings (a hub's
+/// welcome updates them): connections per spoke, enough for `max_jobs` transfers each striped
+/// over `relay_connections`, twice over (connections closing while new ones open), within
+/// 8..=1024.
+#[derive(Debug)]
+pub struct RelayLimits {
+    connections_per_spoke: AtomicUsize,
+}
+
+impl RelayLimits {
+    pub fn new(s: &SpokeSettings) -> Arc<Self> {
+        let l = Arc::new(Self {
+            connections_per_spoke: AtomicUsize::new(0),
+        });
+        l.update(s);
+        l
+    }
+
+    pub fn update(&self, s: &SpokeSettings) {
+        let n = (s.max_jobs.max(1) as usize)
+            .saturating_mul(s.relay_connections.clamp(1, 16) as usize)
+            .saturating_mul(2)
+            .clamp(8, 1024);
+        self.connections_per_spoke.store(n, Ordering::Relaxed);
+    }
+
+    pub fn connections_per_spoke(&self) -> usize {
+        self.connections_per_spoke.load(Ordering::Relaxed)
+    }
+}
+
+/// Who holds a bounded share of the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Holder {
+    /// Handshakes in flight, all of them.
+    Handshakes,
+    /// Handshakes in flight from one address.
+    HandshakesFrom(std::net::IpAddr),
+    /// Established connections of one spoke.
+    Spoke(i64),
+}
+
+/// Live counts per [`Holder`]; a [`Slot`] holds one until dropped.
+#[derive(Debug, Default)]
+struct Counts(Mutex<HashMap<Holder, usize>>);
+
+/// One counted unit of a [`Holder`]'s share.
+struct Slot {
+    counts: Arc<Counts>,
+    holder: Holder,
+}
+
+impl Counts {
+    /// A slot of `holder`'s share when it holds fewer than `max`.
+    fn take(self: &Arc<Self>, holder: Holder, max: usize) -> Option<Slot> {
+        let mut m = lock(&self.0);
+        let n = m.entry(holder).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            counts: self.clone(),
+            holder,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = lock(&self.counts.0);
+        if let Some(n) = m.get_mut(&self.holder) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.holder);
+            }
+        }
+    }
+}
 
 /// State of a relay endpoint.
 struct Server {
@@ -52,13 +142,14 @@ struct Server {
     sources: Mutex<HashMap<String, Arc<dyn RangeSource>>>,
 }
 
-/// The relay endpoint's server config: the spoke's certificate, network-CA clients only, bulk
-/// transport with `congestion` (the relaying side sends the bytes, so its controller counts)
-/// and windows shared by `stripes` connections per transfer.
+/// The relay endpoint's server config from the network's `settings`: the spoke's certificate,
+/// network-CA clients only, bulk transport with `settings.congestion` (the relaying side sends
+/// the bytes, so its controller counts), windows shared by the `relay_connections` stripes of a
+/// transfer, and at most twice `part_concurrency` streams open per connection (a writer reads
+/// that many parts at once over all its stripes; more waits rather than fails).
 pub fn server_config(
     ident: &Identity,
-    congestion: Congestion,
-    stripes: u32,
+    settings: &SpokeSettings,
 ) -> anyhow::Result<quinn::ServerConfig> {
     let tls = shared::pki::relay_server_config(
         &ident.ca_pem,
@@ -69,36 +160,50 @@ pub fn server_config(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| anyhow::anyhow!("relay TLS config: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(bulk_transport(congestion, KEEP_ALIVE, stripes)));
+    let mut transport = bulk_transport(settings.congestion, KEEP_ALIVE, settings.relay_connections);
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(
+        settings.part_concurrency.clamp(2, 128) * 2,
+    ));
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    server.transport_config(Arc::new(transport));
     Ok(server)
 }
 
-/// Binds the relay endpoint on `listen` (UDP) with the spoke's certificate and the congestion
-/// controller it enrolled with (a hub's welcome may change it: [`server_config`]).
+/// Binds the relay endpoint on `listen` (UDP) with the spoke's certificate and the settings it
+/// enrolled with (a hub's welcome may change them: [`server_config`]).
 pub fn bind(ident: &Identity, listen: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
-    let s = &ident.config.settings;
-    let server = server_config(ident, s.congestion, s.relay_connections)?;
+    let server = server_config(ident, &ident.config.settings)?;
     let endpoint = shared::quic::endpoint(listen, Some(server))
         .map_err(|e| anyhow::anyhow!("binding the relay endpoint on UDP {listen}: {e}"))?;
     tracing::info!(%listen, "relay endpoint listening (QUIC)");
     Ok(endpoint)
 }
 
+/// What [`serve`] needs besides the endpoint.
+pub struct ServeOptions {
+    pub revoked: shared::pki::Revoked,
+    pub grants: Arc<Grants>,
+    pub scratch: PathBuf,
+    pub egress: shared::egress::EgressPolicy,
+    pub limits: Arc<RelayLimits>,
+}
+
 /// Serves relay requests until `shutdown` fires.
-pub async fn serve(
-    endpoint: quinn::Endpoint,
-    revoked: shared::pki::Revoked,
-    grants: Arc<Grants>,
-    scratch: PathBuf,
-    egress: shared::egress::EgressPolicy,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(endpoint: quinn::Endpoint, opts: ServeOptions, shutdown: CancellationToken) {
+    let ServeOptions {
+        revoked,
+        grants,
+        scratch,
+        egress,
+        limits,
+    } = opts;
     let server = Arc::new(Server {
         grants,
         scratch,
         egress,
         sources: Mutex::new(HashMap::new()),
     });
+    let counts = Arc::new(Counts::default());
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -110,7 +215,21 @@ pub async fn serve(
                 return;
             }
         };
-        let (server, revoked) = (server.clone(), revoked.clone());
+        let from = incoming.remote_address();
+        let handshake = counts
+            .take(Holder::Handshakes, MAX_HANDSHAKES)
+            .zip(counts.take(Holder::HandshakesFrom(from.ip()), MAX_HANDSHAKES_PER_ADDR));
+        let Some(handshake) = handshake else {
+            tracing::debug!(%from, "relay handshake refused: too many in flight");
+            incoming.refuse();
+            continue;
+        };
+        let (server, revoked, counts, limits) = (
+            server.clone(),
+            revoked.clone(),
+            counts.clone(),
+            limits.clone(),
+        );
         tokio::spawn(async move {
             let conn = match tokio::time::timeout(HEADER_TIMEOUT, incoming).await {
                 Ok(Ok(c)) => c,
@@ -120,7 +239,25 @@ pub async fn serve(
                 }
                 Err(_) => return,
             };
+            drop(handshake);
             let leaf = peer_leaf(&conn);
+            let Some(peer) = leaf.as_deref().and_then(shared::pki::spoke_id_of) else {
+                conn.close(
+                    quinn::VarInt::from_u32(proto::CLOSE_PROTOCOL),
+                    b"the certificate names no spoke",
+                );
+                return;
+            };
+            let max = limits.connections_per_spoke();
+            let Some(_slot) = counts.take(Holder::Spoke(peer), max) else {
+                tracing::warn!(spoke = peer, remote = %from, max,
+                               "relay connection refused: the spoke holds as many as it may");
+                conn.close(
+                    quinn::VarInt::from_u32(proto::CLOSE_BUSY),
+                    b"this spoke holds as many relay connections as it may",
+                );
+                return;
+            };
             while let Ok((send, recv)) = conn.accept_bi().await {
                 // A peer revoked after its handshake loses the connection at its next request.
                 if leaf.as_deref().is_none_or(|l| revoked.is_revoked(l)) {
@@ -132,7 +269,7 @@ pub async fn serve(
                     return;
                 }
                 let server = server.clone();
-                tokio::spawn(async move { server.stream(send, recv).await });
+                tokio::spawn(async move { server.stream(peer, send, recv).await });
             }
             log_path(&conn, None, "relay connection served");
         });
@@ -149,7 +286,8 @@ fn peer_leaf(conn: &quinn::Connection) -> Option<Vec<u8>> {
 }
 
 impl Server {
-    async fn stream(&self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    /// Serves one request of spoke `peer`.
+    async fn stream(&self, peer: i64, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let req = match tokio::time::timeout(HEADER_TIMEOUT, read_header::<RelayRequest>(&mut recv))
             .await
         {
@@ -164,7 +302,7 @@ impl Server {
                 return;
             }
         };
-        let opened = match self.authorize(&req).await {
+        let opened = match self.authorize(peer, &req).await {
             Ok(source) => source.open(req.offset, req.len).await.map_err(refusal),
             Err(r) => Err(r),
         };
@@ -201,8 +339,12 @@ impl Server {
         let _ = send.stopped().await;
     }
 
-    /// Checks the request against its grant and returns the grant's source.
-    async fn authorize(&self, req: &RelayRequest) -> Result<Arc<dyn RangeSource>, RelayReply> {
+    /// Checks spoke `peer`'s request against its grant and returns the grant's source.
+    async fn authorize(
+        &self,
+        peer: i64,
+        req: &RelayRequest,
+    ) -> Result<Arc<dyn RangeSource>, RelayReply> {
         let refused = |code: &str, message: &str| RelayReply::Refused {
             code: code.to_owned(),
             message: message.to_owned(),
@@ -225,6 +367,14 @@ impl Server {
         };
         if grant.method != "RELAY" {
             return Err(refused("forbidden", "this grant is not for relaying"));
+        }
+        if grant.reader != Some(peer) {
+            tracing::warn!(grant = %grant.grant_id, spoke = peer, reader = ?grant.reader,
+                           "relay request from a spoke the grant is not for");
+            return Err(refused(
+                "forbidden",
+                "this relay grant is for another spoke",
+            ));
         }
         if let Err(e) = verify_data(&Tagger::new(key), &claims, &req.signature.0, now_secs()) {
             return Err(refused("forbidden", &e.to_string()));
@@ -333,15 +483,15 @@ pub struct Relayed {
 struct Stripe {
     conn: quinn::Connection,
     /// Ranges being read over it.
-    open: Arc<std::sync::atomic::AtomicUsize>,
+    open: Arc<AtomicUsize>,
 }
 
 /// Counts a range as open on its stripe until the range's stream is dropped.
-struct OpenRange(Arc<std::sync::atomic::AtomicUsize>);
+struct OpenRange(Arc<AtomicUsize>);
 
 impl Drop for OpenRange {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -354,16 +504,27 @@ impl Relayed {
         congestion: Congestion,
         stripes: u32,
     ) -> Result<Relayed, StorageError> {
+        Self::connect_from(None, ident, from, congestion, stripes).await
+    }
+
+    /// [`Relayed::connect`] from a local address (`None`: the wildcard of the target's family).
+    async fn connect_from(
+        bind: Option<SocketAddr>,
+        ident: &Identity,
+        from: &RelayFrom,
+        congestion: Congestion,
+        stripes: u32,
+    ) -> Result<Relayed, StorageError> {
         let unavailable =
             |e: String| StorageError::Unavailable(format!("relay spoke {}: {e}", from.spoke_id));
         let target: SocketAddr = shared::resolve::resolve(&from.addr)
             .await
             .map_err(|e| unavailable(format!("resolving {}: {e}", from.addr)))?;
-        let bind: SocketAddr = if target.is_ipv6() {
+        let bind: SocketAddr = bind.unwrap_or(if target.is_ipv6() {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
             (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        };
+        });
         let tls = shared::pki::relay_client_config(
             &ident.ca_pem,
             &ident.cert_pem,
@@ -430,7 +591,6 @@ impl Relayed {
 
     /// The stripe with the fewest open ranges (the first of equals), counted open.
     fn pick(&self) -> (&quinn::Connection, OpenRange) {
-        use std::sync::atomic::Ordering;
         let st = self
             .stripes
             .iter()
@@ -499,5 +659,317 @@ impl Relayed {
 impl RangeSource for Relayed {
     fn open(&self, offset: u64, len: u64) -> OpenFuture<'_> {
         Box::pin(self.request(offset, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The relay endpoint against hostile enrolled peers, over real QUIC on loopback.
+    use super::*;
+    use crate::config::SpokeConfig;
+    use crate::fsroots::FsRoots;
+    use shared::proto::{Grant, Location};
+    use shared::storage::service::FsSettings;
+    use shared::storage::ServiceConfig;
+    use std::time::Instant;
+
+    const KEY: [u8; 32] = [7; 32];
+    const LEN: usize = 3 << 20;
+
+    fn identity(ca: &shared::pki::Ca, id: i64, settings: &SpokeSettings) -> Identity {
+        let (key_pem, csr) = shared::pki::new_key_and_csr("test").expect("csr");
+        let cert_pem = ca
+            .sign_spoke_csr(&csr, id, None, Duration::from_secs(3600))
+            .expect("cert");
+        Identity {
+            config: SpokeConfig {
+                spoke_id: id,
+                name: format!("s{id}"),
+                region: "r".into(),
+                hubs: Vec::new(),
+                settings: settings.clone(),
+                advertise: None,
+                listen: None,
+            },
+            cert_pem,
+            key_pem,
+            ca_pem: ca.cert_pem.clone(),
+            hub_ca_pem: ca.cert_pem.clone(),
+            revoked: Default::default(),
+        }
+    }
+
+    /// A relaying spoke (id 1) on loopback with one `RELAY` grant over a 3 MiB file, for
+    /// spoke 2; returns what a writer needs and what keeps it alive.
+    struct Lab {
+        ca: shared::pki::Ca,
+        settings: SpokeSettings,
+        from: RelayFrom,
+        data: Vec<u8>,
+        _dir: tempfile::TempDir,
+        shutdown: CancellationToken,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            self.shutdown.cancel();
+        }
+    }
+
+    async fn lab(settings: SpokeSettings) -> Lab {
+        let ca = shared::pki::Ca::generate("test", Duration::from_secs(3600)).expect("ca");
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().canonicalize().expect("canonical");
+        let data: Vec<u8> = (0..LEN).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(root.join("src.bin"), &data).expect("write");
+        let grants = Arc::new(Grants::new(FsRoots::new(vec![root.clone()])));
+        use base64::Engine as _;
+        grants.set_key(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(KEY));
+        let expires = now_secs() + 600;
+        let grant = Grant {
+            grant_id: "0123456789abcdef0123456789abcdef".into(),
+            method: "RELAY".into(),
+            account: 9,
+            location: Location {
+                service: ServiceConfig::Fs(FsSettings {
+                    root: root.display().to_string(),
+                }),
+                path: "src.bin".into(),
+            },
+            file_id: String::new(),
+            expires,
+            max_bytes: 0,
+            replace: false,
+            declared_len: None,
+            staging: None,
+            claim: None,
+            receipt: None,
+            part: None,
+            reader: Some(2),
+        };
+        let signature = shared::auth::sign_data(
+            &Tagger::new(KEY),
+            &DataClaims {
+                method: "RELAY",
+                grant: &grant.grant_id,
+                account: grant.account,
+                target: &grant.location.path,
+                expires,
+            },
+        );
+        let from = RelayFrom {
+            spoke_id: 1,
+            addr: String::new(),
+            grant_id: grant.grant_id.clone(),
+            expires,
+            signature: shared::proto::Redacted(signature),
+        };
+        grants.add(grant);
+        let relaying = identity(&ca, 1, &settings);
+        let endpoint = bind(&relaying, "127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = endpoint.local_addr().expect("addr");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(
+            endpoint,
+            ServeOptions {
+                revoked: relaying.revoked.clone(),
+                grants,
+                scratch: dir.path().join("scratch"),
+                egress: Default::default(),
+                limits: RelayLimits::new(&settings),
+            },
+            shutdown.clone(),
+        ));
+        Lab {
+            ca,
+            settings,
+            from: RelayFrom {
+                addr: addr.to_string(),
+                ..from
+            },
+            data,
+            _dir: dir,
+            shutdown,
+        }
+    }
+
+    async fn read_all(r: &Relayed, len: usize) -> Result<Vec<u8>, StorageError> {
+        use futures::TryStreamExt as _;
+        let body = r.open(0, len as u64).await?;
+        let chunks: Vec<Bytes> = body
+            .try_collect()
+            .await
+            .map_err(|e| StorageError::Interrupted(e.to_string()))?;
+        Ok(chunks.concat())
+    }
+
+    /// A grant serves the spoke it names and no other enrolled spoke, even one holding its
+    /// id and signature (a hostile peer that learned them).
+    #[tokio::test]
+    async fn a_relay_grant_serves_only_the_spoke_it_names() {
+        let lab = lab(SpokeSettings::default()).await;
+        let writer = identity(&lab.ca, 2, &lab.settings);
+        let r = Relayed::connect(&writer, &lab.from, Congestion::Bbr, 2)
+            .await
+            .expect("connect");
+        assert_eq!(read_all(&r, LEN).await.expect("served"), lab.data);
+        let other = identity(&lab.ca, 3, &lab.settings);
+        let r = Relayed::connect(&other, &lab.from, Congestion::Bbr, 1)
+            .await
+            .expect("a network certificate connects");
+        match read_all(&r, LEN).await {
+            Err(StorageError::PermissionDenied(m)) => {
+                assert!(m.contains("for another spoke"), "{m}")
+            }
+            other => panic!("spoke 3 read spoke 2's grant: {:?}", other.map(|b| b.len())),
+        }
+    }
+
+    /// How many of `r`'s connections the relay closed as over the spoke's share: each is
+    /// asked for a range, which the relay answers (here, refuses) only on a connection it kept.
+    async fn busy_stripes(r: &Relayed) -> usize {
+        let probes = r.stripes.iter().map(|s| async {
+            let asked = async {
+                let (mut send, mut recv) = s.conn.open_bi().await?;
+                let mut out = preamble(proto::VERSION).to_vec();
+                out.extend(encode(&RelayRequest {
+                    grant_id: "unknown".into(),
+                    expires: 0,
+                    signature: shared::proto::Redacted(String::new()),
+                    offset: 0,
+                    len: 1,
+                })?);
+                send.write_all(&out).await?;
+                read_header::<RelayReply>(&mut recv).await
+            };
+            let answered = tokio::time::timeout(HEADER_TIMEOUT, asked).await;
+            match (answered, s.conn.close_reason()) {
+                (Ok(Ok(_)), _) => false,
+                (_, Some(quinn::ConnectionError::ApplicationClosed(c))) => {
+                    c.error_code == quinn::VarInt::from_u32(proto::CLOSE_BUSY)
+                }
+                (other, reason) => panic!("neither answered nor busy: {other:?} {reason:?}"),
+            }
+        });
+        futures::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter(|b| *b)
+            .count()
+    }
+
+    /// A hostile enrolled spoke cannot hold more than its share of relay connections (here 8:
+    /// one job striped over one connection, twice over, at least 8); the spoke the grant is
+    /// for still connects and reads, and the share comes back when the hostile spoke closes.
+    #[tokio::test]
+    async fn an_enrolled_spoke_holds_at_most_its_share_of_relay_connections() {
+        let settings = SpokeSettings {
+            max_jobs: 1,
+            relay_connections: 1,
+            ..SpokeSettings::default()
+        };
+        let lab = lab(settings).await;
+        let hostile = identity(&lab.ca, 3, &lab.settings);
+        let mut held = Vec::new();
+        let mut busy = 0;
+        for _ in 0..2 {
+            let r = Relayed::connect(&hostile, &lab.from, Congestion::Bbr, 16)
+                .await
+                .expect("connect");
+            busy += busy_stripes(&r).await;
+            held.push(r);
+        }
+        assert_eq!(busy, 32 - 8, "spoke 3 kept {} connections", 32 - busy);
+        let writer = identity(&lab.ca, 2, &lab.settings);
+        let r = Relayed::connect(&writer, &lab.from, Congestion::Bbr, 1)
+            .await
+            .expect("the writer connects");
+        assert_eq!(read_all(&r, LEN).await.expect("served"), lab.data);
+        for r in &held {
+            r.close();
+        }
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = Relayed::connect(&hostile, &lab.from, Congestion::Bbr, 8)
+                .await
+                .expect("connect");
+            if busy_stripes(&r).await == 0 {
+                break;
+            }
+            r.close();
+            assert!(Instant::now() < deadline, "the share never came back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Handshakes that never finish (a flood of first packets from one address) take at most
+    /// [`MAX_HANDSHAKES_PER_ADDR`] slots: more from that address are refused, another address
+    /// still gets in.
+    #[tokio::test]
+    async fn stalled_handshakes_from_one_address_are_bounded() {
+        let lab = lab(SpokeSettings::default()).await;
+        let relay: SocketAddr = lab.from.addr.parse().expect("addr");
+        // Capture the first datagram (a QUIC Initial) of MAX_HANDSHAKES_PER_ADDR clients and
+        // replay each to the relay from its own socket, never answering what comes back.
+        let capture = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let fake = RelayFrom {
+            addr: capture.local_addr().expect("addr").to_string(),
+            ..lab.from.clone()
+        };
+        let writer = identity(&lab.ca, 2, &lab.settings);
+        let dialers = tokio::spawn({
+            let writer = identity(&lab.ca, 2, &lab.settings);
+            async move {
+                let mut set = Vec::new();
+                for _ in 0..MAX_HANDSHAKES_PER_ADDR {
+                    let (w, f) = (&writer, fake.clone());
+                    set.push(async move {
+                        let _ = Relayed::connect(w, &f, Congestion::Bbr, 1).await;
+                    });
+                }
+                futures::future::join_all(set).await;
+            }
+        });
+        let mut seen = std::collections::HashSet::new();
+        let mut stalled = Vec::new();
+        let mut buf = vec![0u8; 65_536];
+        while seen.len() < MAX_HANDSHAKES_PER_ADDR {
+            let (n, src) =
+                tokio::time::timeout(Duration::from_secs(10), capture.recv_from(&mut buf))
+                    .await
+                    .expect("initial packets")
+                    .expect("recv");
+            if seen.insert(src) {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+                s.send_to(&buf[..n], relay).expect("send");
+                stalled.push(s);
+            }
+        }
+        dialers.abort();
+        // Let the relay take them all in.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let refused = Relayed::connect(&writer, &lab.from, Congestion::Bbr, 1).await;
+        assert!(
+            refused
+                .as_ref()
+                .err()
+                .is_some_and(|e| e.to_string().contains("refused")),
+            "a handshake beyond the bound: {:?}",
+            refused.as_ref().err()
+        );
+        let other = Relayed::connect_from(
+            Some("127.0.0.2:0".parse().expect("addr")),
+            &writer,
+            &lab.from,
+            Congestion::Bbr,
+            1,
+        )
+        .await
+        .expect("another address connects");
+        assert_eq!(read_all(&other, LEN).await.expect("served"), lab.data);
+        drop(stalled);
     }
 }

@@ -142,6 +142,7 @@ fn grant(method: &str, account: i64, service: ServiceConfig, path: &str) -> Gran
         claim: None,
         receipt: None,
         part: None,
+        reader: None,
     }
 }
 

@@ -139,6 +139,7 @@ pub(super) async fn direct_url(
         claim: claim.clone(),
         receipt,
         part,
+        reader: None,
     };
     let grant_id = g.grant_id.clone();
     let Some(sig) = crate::network::grant(state, spoke, g) else {

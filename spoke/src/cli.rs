@@ -55,7 +55,11 @@ pub enum Command {
 
 /// Runs the CLI; errors are printed and become exit code 1.
 pub fn main(cli: Cli) -> ExitCode {
+    let tuned = crate::malloc::tune();
     init_tracing();
+    if !tuned {
+        tracing::warn!("glibc refused the malloc settings (spoke::malloc); its defaults stay");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

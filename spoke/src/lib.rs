@@ -13,5 +13,6 @@ pub mod control;
 pub mod data;
 pub mod enroll;
 pub mod fsroots;
+pub mod malloc;
 pub mod relay;
 pub mod worker;

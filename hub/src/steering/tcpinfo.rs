@@ -1,8 +1,8 @@
 //! The kernel's smoothed RTT of a TCP connection (`getsockopt(TCP_INFO)`, Linux). Right after
 //! `accept` it is the handshake's RTT: one free latency sample per API connection.
 //!
-//! This is the one place in the workspace with `unsafe`: no safe wrapper of `TCP_INFO` exists
-//! in our dependencies.
+//! One of the workspace's two places with `unsafe` (the other is `spoke::malloc`): no safe
+//! wrapper of `TCP_INFO` exists in our dependencies.
 #![allow(unsafe_code)]
 
 use std::os::fd::AsRawFd;

@@ -3,14 +3,15 @@
 //! large kernel buffers.
 //!
 //! quinn's defaults (1.25 MB stream window, 10 MB send window) cap one stream at ~100 Mbit/s on
-//! a 100 ms path; [`bulk_transport`] allows 28 MiB per stream, per connection and unacknowledged
-//! at the sender, shared by a transfer's stripes ([`bulk_transport`]'s `stripes`: 7 MiB each of
+//! a 100 ms path; [`bulk_transport`] allows 24 MiB per stream, per connection and unacknowledged
+//! at the sender, shared by a transfer's stripes ([`bulk_transport`]'s `stripes`: 6 MiB each of
 //! the default 4, so striping does not multiply memory). On a lossy path a stream's window also
-//! covers the data behind each hole until the retransmission arrives (1-2 RTTs more): `bench
-//! wan` case c (200 ms, 1 % loss) ran at 232 Mbit/s while crossing the WAN with 16/24 MiB
-//! windows (4 MiB per stream, `stream_data_blocked` 162 times), 330-344 with 28 and 360-382
-//! with 32, the relaying spoke peaking at 57-64, 61-68 MiB RSS (`spoke::malloc`); with 64 MiB
-//! it peaked at 126 MiB. 28 keeps the spokes within 64 MiB. The kernel clamps socket buffers to
+//! covers the data behind each hole until its retransmission arrives (1-2 RTTs more): `bench
+//! wan` case c (200 ms, 1 % loss) crossed the WAN at 232 Mbit/s when the stream window was
+//! 16 MiB (4 MiB per stripe; `stream_data_blocked` 162 times) and ~355 with 24 (and the parts
+//! pipelined). Larger windows buy more on lossy paths but the relaying spoke holds its whole
+//! send window: with 28 MiB it peaked at 57-79 MiB RSS (cubic the most), with 24 at 52-55; with
+//! 64 MiB at 126. The kernel clamps socket buffers to
 //! `net.core.rmem_max`/`wmem_max`; [`bind_udp`] reports what it actually got so operators can
 //! raise those limits.
 
@@ -20,11 +21,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes the peer may send on one stream before we read them.
-pub const STREAM_WINDOW: u64 = 28 << 20;
+pub const STREAM_WINDOW: u64 = 24 << 20;
 /// Bytes the peer may send on the whole connection before we read them.
-pub const CONNECTION_WINDOW: u64 = 28 << 20;
+pub const CONNECTION_WINDOW: u64 = 24 << 20;
 /// Bytes we keep in flight (unacknowledged) on the connection.
-pub const SEND_WINDOW: u64 = 28 << 20;
+pub const SEND_WINDOW: u64 = 24 << 20;
 /// UDP socket buffer size asked of the kernel.
 pub const UDP_BUFFER: usize = 8 << 20;
 
@@ -244,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn striped_connections_share_the_windows_down_to_a_floor() {
-        // Four stripes: a quarter of the stream window each (7 MiB).
+        // Four stripes: a quarter of the stream window each (6 MiB).
         let four = unread_credit(bulk_transport(Congestion::Bbr, Duration::from_secs(1), 4)).await;
         let quarter = STREAM_WINDOW / 4;
         assert!(

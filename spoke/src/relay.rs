@@ -29,7 +29,7 @@ use shared::storage::{ConnectOptions, Connector, StorageError, StoragePath};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -473,7 +473,9 @@ async fn write_reply(send: &mut quinn::SendStream, reply: &RelayReply) -> anyhow
 /// A transfer's source, read through the spoke that relays it, over one or more QUIC
 /// connections (stripes): each has its own congestion controller, so a lost packet slows one
 /// stripe, not the transfer, and several controllers fill a long path that one leaves half
-/// empty (`bench wan`). Each range goes to the stripe with the fewest open.
+/// empty (`bench wan`). Each range goes to the stripe with the fewest bytes still to come
+/// (a part about to end leaves its stripe to the next part, which the transfer engine requests
+/// ahead: `shared::storage::transfer::PIPELINE_LEAD`).
 pub struct Relayed {
     stripes: Vec<Stripe>,
     from: RelayFrom,
@@ -482,16 +484,28 @@ pub struct Relayed {
 
 struct Stripe {
     conn: quinn::Connection,
-    /// Ranges being read over it.
-    open: Arc<AtomicUsize>,
+    /// Bytes of the ranges asked over it that have not arrived yet.
+    due: Arc<AtomicU64>,
 }
 
-/// Counts a range as open on its stripe until the range's stream is dropped.
-struct OpenRange(Arc<AtomicUsize>);
+/// Counts a range's bytes as due on its stripe until they arrive or the range's stream is
+/// dropped.
+struct Due {
+    stripe: Arc<AtomicU64>,
+    left: u64,
+}
 
-impl Drop for OpenRange {
+impl Due {
+    fn arrived(&mut self, n: u64) {
+        let n = n.min(self.left);
+        self.left -= n;
+        self.stripe.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Due {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.stripe.fetch_sub(self.left, Ordering::Relaxed);
     }
 }
 
@@ -559,7 +573,7 @@ impl Relayed {
             match d {
                 Ok(c) => conns.push(Stripe {
                     conn: c,
-                    open: Arc::default(),
+                    due: Arc::default(),
                 }),
                 Err(e) => {
                     tracing::debug!(relay = from.spoke_id, error = %e, "a relay stripe failed");
@@ -589,23 +603,29 @@ impl Relayed {
         }
     }
 
-    /// The stripe with the fewest open ranges (the first of equals), counted open.
-    fn pick(&self) -> (&quinn::Connection, OpenRange) {
+    /// The open stripe with the fewest bytes due (the first of equals), with `len` more due.
+    fn pick(&self, len: u64) -> (&quinn::Connection, Due) {
         let st = self
             .stripes
             .iter()
             .filter(|s| s.conn.close_reason().is_none())
-            .min_by_key(|s| s.open.load(Ordering::Relaxed))
+            .min_by_key(|s| s.due.load(Ordering::Relaxed))
             .unwrap_or(&self.stripes[0]);
-        st.open.fetch_add(1, Ordering::Relaxed);
-        (&st.conn, OpenRange(st.open.clone()))
+        st.due.fetch_add(len, Ordering::Relaxed);
+        (
+            &st.conn,
+            Due {
+                stripe: st.due.clone(),
+                left: len,
+            },
+        )
     }
 
     async fn request(&self, offset: u64, len: u64) -> Result<ByteStream, StorageError> {
         let lost = |e: String| {
             StorageError::Interrupted(format!("relay spoke {}: {e}", self.from.spoke_id))
         };
-        let (conn, open) = self.pick();
+        let (conn, due) = self.pick(len);
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(e.to_string()))?;
         let mut out = preamble(proto::VERSION).to_vec();
         out.extend(
@@ -640,11 +660,14 @@ impl Relayed {
         }
         let spoke = self.from.spoke_id;
         Ok(Box::pin(futures::stream::unfold(
-            Some((recv, open)),
+            Some((recv, due)),
             move |state| async move {
-                let (mut recv, open) = state?;
+                let (mut recv, mut due) = state?;
                 match recv.read_chunk(READ_CHUNK, true).await {
-                    Ok(Some(c)) => Some((Ok::<Bytes, std::io::Error>(c.bytes), Some((recv, open)))),
+                    Ok(Some(c)) => {
+                        due.arrived(c.bytes.len() as u64);
+                        Some((Ok::<Bytes, std::io::Error>(c.bytes), Some((recv, due))))
+                    }
                     Ok(None) => None,
                     Err(e) => Some((
                         Err(std::io::Error::other(format!("relay spoke {spoke}: {e}"))),

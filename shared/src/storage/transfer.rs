@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 pub use tokio_util::sync::CancellationToken;
 
@@ -338,6 +339,7 @@ pub async fn copy_parts_via(
         retries: opts.part_retries,
         events,
         stop,
+        reading: Arc::new(Semaphore::new(opts.concurrency.max(1))),
     });
     tokio::select! {
         biased;
@@ -513,29 +515,69 @@ struct PartCtx {
     retries: u32,
     events: UnboundedSender<CopyEvent>,
     stop: CancellationToken,
+    /// Slots for parts reading their source (`concurrency` of them; see [`run_parts`]).
+    reading: Arc<Semaphore>,
 }
 
-/// Runs the parts as tasks (hashing uses every core), keeping `concurrency` in flight. Dropping
+/// How far from the end of its source a part hands its reading slot to the next part (at most
+/// a quarter of the part): the next part's request and first byte (a round trip on a long
+/// path, the provider's latency) overlap this part's last bytes and its upload's completion,
+/// instead of leaving the path idle between parts.
+pub const PIPELINE_LEAD: u64 = 4 << 20;
+
+/// Runs the parts as tasks (hashing uses every core). At most `concurrency` parts read their
+/// source at a time, but a part hands its slot on [`PIPELINE_LEAD`] bytes before its source
+/// ends, so up to `2 × concurrency` parts are in flight (the extra ones finishing). Dropping
 /// this future aborts the tasks.
 async fn run_parts(
     ctx: Arc<PartCtx>,
     parts: Vec<PartPlan>,
     concurrency: usize,
 ) -> Result<(), StorageError> {
-    let mut queue = parts.into_iter();
+    let mut queue = parts.into_iter().peekable();
     let mut running = JoinSet::new();
     loop {
-        while running.len() < concurrency {
-            let Some(plan) = queue.next() else { break };
-            running.spawn(copy_part(ctx.clone(), plan));
-        }
-        match running.join_next().await {
-            None => return Ok(()),
-            Some(Ok(Ok(()))) => {}
-            Some(Ok(Err(e))) => return Err(e),
-            Some(Err(e)) => return Err(StorageError::Other(format!("a part task failed: {e}"))),
+        let more = queue.peek().is_some() && running.len() < 2 * concurrency;
+        tokio::select! {
+            biased;
+            slot = ctx.reading.clone().acquire_owned(), if more => {
+                let slot = slot.map_err(|_| StorageError::Other("the part slots closed".into()))?;
+                if let Some(plan) = queue.next() {
+                    running.spawn(copy_part(ctx.clone(), plan, slot));
+                }
+            }
+            joined = running.join_next(), if !running.is_empty() => match joined {
+                None | Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => {
+                    return Err(StorageError::Other(format!("a part task failed: {e}")))
+                }
+            },
+            else => return Ok(()),
         }
     }
+}
+
+/// `source` (a part of `len` bytes), holding `slot` until at most [`PIPELINE_LEAD`] (or a
+/// quarter of `len`) is left to read, or the stream ends or fails.
+fn handing_on(source: SourceStream, len: u64, slot: OwnedSemaphorePermit) -> SourceStream {
+    let lead = PIPELINE_LEAD.min(len / 4);
+    Box::pin(futures::stream::unfold(
+        (source, len, Some(slot)),
+        move |(mut source, mut left, mut slot)| async move {
+            let item = source.next().await;
+            match &item {
+                Some(Ok(b)) => {
+                    left = left.saturating_sub(b.len() as u64);
+                    if left <= lead {
+                        slot = None;
+                    }
+                }
+                _ => slot = None,
+            }
+            item.map(|i| (i, (source, left, slot)))
+        },
+    ))
 }
 
 /// Why one attempt of a part failed.
@@ -583,11 +625,27 @@ impl AttemptError {
     }
 }
 
-/// One part, with its retries; reports it done once verified.
-async fn copy_part(ctx: Arc<PartCtx>, plan: PartPlan) -> Result<(), StorageError> {
+/// One part, with its retries; reports it done once verified. `slot` is its first attempt's
+/// reading slot; a retry waits for one.
+async fn copy_part(
+    ctx: Arc<PartCtx>,
+    plan: PartPlan,
+    slot: OwnedSemaphorePermit,
+) -> Result<(), StorageError> {
     let mut failures = 0u32;
+    let mut first = Some(slot);
     loop {
-        match attempt_part(&ctx, &plan).await {
+        let slot = match first.take() {
+            Some(s) => s,
+            None => tokio::select! {
+                biased;
+                () = ctx.stop.cancelled() => return Err(cancelled()),
+                s = ctx.reading.clone().acquire_owned() => {
+                    s.map_err(|_| StorageError::Other("the part slots closed".into()))?
+                }
+            },
+        };
+        match attempt_part(&ctx, &plan, slot).await {
             Ok(done) => {
                 tracing::trace!(part = plan.index, "part verified");
                 let _ = ctx.events.send(CopyEvent::PartDone(done));
@@ -628,7 +686,11 @@ fn retry_delay(failures: u32, e: &AttemptError) -> Duration {
 }
 
 /// Streams one part from the source into its upload and verifies what arrived.
-async fn attempt_part(ctx: &PartCtx, plan: &PartPlan) -> Result<PartDone, AttemptError> {
+async fn attempt_part(
+    ctx: &PartCtx,
+    plan: &PartPlan,
+    slot: OwnedSemaphorePermit,
+) -> Result<PartDone, AttemptError> {
     let part_number = plan.part_number().ok_or_else(|| {
         StorageError::Other(format!("part index {} is beyond S3's parts", plan.index))
     })?;
@@ -638,7 +700,11 @@ async fn attempt_part(ctx: &PartCtx, plan: &PartPlan) -> Result<PartDone, Attemp
     let source: SourceStream = if plan.len == 0 {
         Box::pin(futures::stream::empty())
     } else {
-        ctx.source.open(plan.offset, plan.len).await?
+        handing_on(
+            ctx.source.open(plan.offset, plan.len).await?,
+            plan.len,
+            slot,
+        )
     };
     let tally = Arc::new(Mutex::new(Tally::new(true)));
     let body = metered(

@@ -12,10 +12,13 @@ use sha2::Digest;
 use shared::storage::multipart::S3Multipart;
 use shared::storage::service::{FsSettings, S3Settings};
 use shared::storage::transfer::{
-    choose_part_size, composite_sha256, copy_parts, copy_stream, plan_parts, CancellationToken,
-    CopyEvent, CopyOptions, PartDone, PartPlan, PROGRESS_STEP,
+    choose_part_size, composite_sha256, copy_parts, copy_parts_via, copy_stream, plan_parts,
+    ByteStream, CancellationToken, CopyEvent, CopyOptions, OpenFuture, PartDone, PartPlan,
+    RangeSource, PROGRESS_STEP,
 };
 use shared::storage::{ConnectOptions, Connector, ServiceConfig, StorageError, StoragePath};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -337,6 +340,103 @@ async fn parts_copy_is_rate_limited() {
     mp.complete(&upload, &completion(&done))
         .await
         .expect("complete");
+}
+
+/// A source in memory that paces its chunks (256 KiB every 4 ms, a slow provider or a long
+/// path) and records, for each range opened, how many ranges had delivered all their bytes.
+struct Paced {
+    data: Bytes,
+    delivered: Arc<AtomicUsize>,
+    streaming: Arc<AtomicUsize>,
+    most_streaming: Arc<AtomicUsize>,
+    opened: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+impl RangeSource for Paced {
+    fn open(&self, offset: u64, len: u64) -> OpenFuture<'_> {
+        Box::pin(async move {
+            let delivered = self.delivered.load(Ordering::SeqCst);
+            self.opened
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push((offset, delivered));
+            let now = self.streaming.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_streaming.fetch_max(now, Ordering::SeqCst);
+            let range = self.data.slice(offset as usize..(offset + len) as usize);
+            let chunks: std::collections::VecDeque<Bytes> = (0..range.len())
+                .step_by(256 << 10)
+                .map(|i| range.slice(i..(i + (256 << 10)).min(range.len())))
+                .collect();
+            let (delivered, streaming) = (self.delivered.clone(), self.streaming.clone());
+            let s = futures::stream::unfold(chunks, move |mut chunks| {
+                let (delivered, streaming) = (delivered.clone(), streaming.clone());
+                async move {
+                    tokio::time::sleep(Duration::from_millis(4)).await;
+                    let c = chunks.pop_front()?;
+                    if chunks.is_empty() {
+                        delivered.fetch_add(1, Ordering::SeqCst);
+                        streaming.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    Some((Ok::<Bytes, std::io::Error>(c), chunks))
+                }
+            });
+            Ok(Box::pin(s) as ByteStream)
+        })
+    }
+}
+
+/// Parts are pipelined: a part hands its reading slot on before its last bytes arrive, so the
+/// next part's request overlaps them (on a long path, a round trip per part saved); never
+/// more than twice `concurrency` parts read at once, and the copy is byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parts_are_requested_before_the_previous_ones_end() {
+    let s3 = s3_with(&["pipe-b"]).await;
+    let b_settings = settings(&s3, "pipe-b", None);
+    let data = Bytes::from(pattern(30 * MIB, 9));
+    let dst = p("piped.bin");
+    let plan = plan_parts(data.len() as u64, 5 * MIB as u64);
+    assert_eq!(plan.len(), 6);
+    let mp = S3Multipart::for_settings(&b_settings, &dst, &e2e::loopback_egress()).expect("target");
+    let upload = mp.create().await.expect("create upload");
+    let source = Arc::new(Paced {
+        data: data.clone(),
+        delivered: Arc::default(),
+        streaming: Arc::default(),
+        most_streaming: Arc::default(),
+        opened: Default::default(),
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    copy_parts_via(
+        source.clone(),
+        &mp,
+        &upload,
+        plan.clone(),
+        &opts(2, None),
+        tx,
+        CancellationToken::new(),
+    )
+    .await
+    .expect("copy parts");
+    let opened = source.opened.lock().expect("lock").clone();
+    assert_eq!(opened.len(), 6, "{opened:?}");
+    // Without pipelining, part k (k >= 2) starts only once one of the two before it is done:
+    // at least k - 1 parts delivered by then.
+    for (k, (offset, delivered)) in opened.iter().enumerate().skip(2) {
+        assert!(
+            *delivered + 1 < k,
+            "part at {offset} (the {k}th opened) waited for {delivered} parts: {opened:?}"
+        );
+    }
+    let most = source.most_streaming.load(Ordering::SeqCst);
+    assert!((3..=4).contains(&most), "{most} parts read at once");
+    let (bytes, done, retries) = tally(&drain(&mut rx));
+    assert_eq!((bytes, retries), (data.len() as u64, 0));
+    check_parts(&done, &plan, &data);
+    mp.complete(&upload, &completion(&done))
+        .await
+        .expect("complete");
+    let b = connect(ServiceConfig::S3(b_settings)).await;
+    assert_eq!(sha256_hex(&read_all(&b, &dst).await), sha256_hex(&data));
 }
 
 /// Cancelling mid-copy returns promptly with an error; abort then removes the upload and

@@ -1370,24 +1370,11 @@ async fn flush_progress(state: &AppState, id: i64, lease: &Lease) {
 /// Deletes the exclusions of spokes from transfers that ran out (see [`requeue_excluding`]),
 /// in bounded batches; returns how many went.
 pub async fn prune_exclusions(state: &AppState) -> Result<u64, sqlx::Error> {
-    let mut total = 0;
-    for _ in 0..PRUNE_MAX_BATCHES {
-        let n = state
-            .db
-            .prune_transfer_exclusions(now_ms(), PRUNE_BATCH)
-            .await?;
-        total += n;
-        if n < PRUNE_BATCH as u64 {
-            break;
-        }
-    }
-    Ok(total)
+    state
+        .db
+        .prune(crate::db::TRANSFER_EXCLUSIONS, now_ms())
+        .await
 }
-
-/// Exclusions one prune statement deletes at most.
-const PRUNE_BATCH: i64 = 1000;
-/// Statements one prune round runs at most; the next round takes the rest.
-const PRUNE_MAX_BATCHES: usize = 20;
 
 /// A report from a spoke about a transfer, on this hub's connection to it. Reports about a
 /// transfer this hub does not hold (another hub took it over), or that the spoke no longer

@@ -1,6 +1,6 @@
 //! A provider whose connections break mid-body, or crawl, for the transfer tests (progress
-//! through part retries, a spoke kept busy as long as a test wants): an HTTP reverse proxy
-//! on loopback in front of a real server (moto S3) that paces the bodies of ranged GETs, cuts
+//! through part retries, a spoke kept busy as long as a test wants): a reverse proxy on
+//! loopback (`proxy`) in front of a real server (moto S3) that paces the bodies of ranged GETs, cuts
 //! one chosen ranged GET after a given number of body bytes (it closes the connection, as a
 //! failing network would: the client sees a truncated body), and keeps account of what it
 //! delivered. Everything else streams through untouched.
@@ -10,14 +10,11 @@
 //! honest progress (verified parts plus the current attempts of parts in flight) never passes
 //! that mark: bytes of a cut response count only until the cut.
 
+use crate::proxy::{lock, through, Hooks, Incoming, Proxy, Upstream};
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use std::net::SocketAddr;
-use std::pin::Pin;
+use futures::StreamExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -57,54 +54,23 @@ impl Inner {
     }
 }
 
-#[derive(Clone)]
-struct Ctx {
-    upstream: String,
-    http: reqwest::Client,
-    inner: Arc<Mutex<Inner>>,
-}
-
 /// The proxy. Stops when dropped.
 pub struct CutProxy {
-    addr: SocketAddr,
+    proxy: Proxy,
     inner: Arc<Mutex<Inner>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for CutProxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl CutProxy {
     /// A proxy to `upstream` (`http://host:port`) on a free loopback port.
     pub async fn start(upstream: &str) -> anyhow::Result<CutProxy> {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let ctx = Ctx {
-            upstream: upstream.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(120))
-                .build()?,
-            inner: inner.clone(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let app = axum::Router::new().fallback(forward).with_state(ctx);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(CutProxy { addr, inner, task })
+        let proxy = Proxy::start(upstream, Arc::new(Shaping(inner.clone()))).await?;
+        Ok(CutProxy { proxy, inner })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.proxy.endpoint()
     }
 
     /// Hands ranged GET bodies on at `bytes_per_sec` each, from their next piece on (bodies
@@ -129,19 +95,6 @@ impl CutProxy {
         lock(&self.inner).peak
     }
 }
-
-/// The first byte of a `Range: bytes=a-b` header.
-fn range_start(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get("range")?.to_str().ok()?;
-    v.strip_prefix("bytes=")?
-        .split('-')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 /// A ranged GET's body on its way back: re-cut into pieces, paced, counted, maybe cut.
 struct Relay {
@@ -198,77 +151,44 @@ impl Relay {
     }
 }
 
-async fn forward(State(ctx): State<Ctx>, req: Request<Body>) -> Response {
-    let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let (parts, body) = req.into_parts();
-    let ranged = (method == Method::GET)
-        .then(|| range_start(&parts.headers))
-        .flatten();
-    let mut headers = HeaderMap::new();
-    for (k, v) in parts.headers.iter() {
-        if k != "host" && k != "connection" {
-            headers.insert(k.clone(), v.clone());
-        }
-    }
-    let sent = ctx
-        .http
-        .request(method, format!("{}{path}", ctx.upstream))
-        .headers(headers)
-        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
-        .send()
-        .await;
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
-    let mut out = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers() {
-        if k != "transfer-encoding" && k != "connection" {
-            out = out.header(k.as_str(), v.as_bytes());
-        }
-    }
-    let body = match ranged.filter(|_| resp.status().is_success()) {
-        None => Body::from_stream(
-            resp.bytes_stream()
-                .map(|r| r.map_err(std::io::Error::other)),
-        ),
-        Some(start) => {
-            let (index, cut_after) = {
-                let mut inner = lock(&ctx.inner);
-                let cut_after = match inner.cut {
-                    Some((s, after)) if s == start => {
-                        inner.cut = None;
-                        Some(after)
-                    }
-                    _ => None,
-                };
-                inner.deliveries.push(Delivery {
-                    start,
-                    delivered: 0,
-                    cut: false,
-                });
-                (inner.deliveries.len() - 1, cut_after)
+/// The proxy's hooks (a handle on the account the relays keep).
+struct Shaping(Arc<Mutex<Inner>>);
+
+impl Hooks for Shaping {
+    /// A successful ranged GET's body is re-cut into pieces, paced, counted and maybe cut;
+    /// every other body streams through.
+    fn body(&self, req: &Incoming, status: StatusCode, upstream: Upstream) -> Body {
+        let Some(start) = req.range_start().filter(|_| status.is_success()) else {
+            return through(upstream);
+        };
+        let (index, cut_after) = {
+            let mut inner = lock(&self.0);
+            let cut_after = match inner.cut {
+                Some((s, after)) if s == start => {
+                    inner.cut = None;
+                    Some(after)
+                }
+                _ => None,
             };
-            let relay = Relay {
-                upstream: Box::pin(resp.bytes_stream()),
-                pending: Bytes::new(),
-                index,
-                cut_after,
-                sent: 0,
-                inner: ctx.inner.clone(),
-                done: false,
-            };
-            Body::from_stream(futures::stream::unfold(relay, |mut r| async move {
-                let item = r.next_piece().await?;
-                Some((item, r))
-            }))
-        }
-    };
-    out.body(body)
-        .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+            inner.deliveries.push(Delivery {
+                start,
+                delivered: 0,
+                cut: false,
+            });
+            (inner.deliveries.len() - 1, cut_after)
+        };
+        let relay = Relay {
+            upstream,
+            pending: Bytes::new(),
+            index,
+            cut_after,
+            sent: 0,
+            inner: self.0.clone(),
+            done: false,
+        };
+        Body::from_stream(futures::stream::unfold(relay, |mut r| async move {
+            let item = r.next_piece().await?;
+            Some((item, r))
+        }))
+    }
 }

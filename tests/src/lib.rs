@@ -17,6 +17,7 @@ pub mod linkemu;
 pub mod linkemu_cli;
 pub mod netns;
 pub mod oauth_provider;
+pub mod proxy;
 pub mod regions_lab;
 pub mod replay;
 pub mod scripted_dns;

@@ -1,18 +1,16 @@
-//! A rate-limited provider for the budget tests: an HTTP reverse proxy on loopback in front of
-//! a real server (the WebDAV server), which records when each request arrived, enforces a
+//! A rate-limited provider for the budget tests: a reverse proxy on loopback (`proxy`) in front
+//! of a real server (the WebDAV server), which records when each request arrived, enforces a
 //! provider-style limit of its own (a token bucket: over it, `429` with `Retry-After: 1`) and
 //! can be told to answer the next request itself (`429 Retry-After: 7`). Bodies stream through
 //! both ways.
 
+use crate::proxy::{lock, through, Hooks, Incoming, Proxy, Upstream};
 use axum::body::Body;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures::TryStreamExt;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// One request the provider got.
 #[derive(Debug, Clone)]
@@ -33,50 +31,34 @@ struct Inner {
     limit: Option<(f64, f64, f64, Instant)>,
 }
 
-#[derive(Clone)]
-struct Ctx {
-    upstream: String,
-    http: reqwest::Client,
-    inner: Arc<Mutex<Inner>>,
-}
-
-/// The proxy. Stops when dropped.
-pub struct Throttle {
-    addr: SocketAddr,
-    inner: Arc<Mutex<Inner>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Throttle {
-    fn drop(&mut self) {
-        self.task.abort();
+impl Inner {
+    fn record(&mut self, req: &Incoming, status: u16) {
+        self.seen.push(Seen {
+            at: req.at,
+            method: req.method.to_string(),
+            path: req.path.clone(),
+            status,
+        });
     }
+}
+
+/// The provider. Stops when dropped.
+pub struct Throttle {
+    proxy: Proxy,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl Throttle {
     /// A proxy to `upstream` (`http://host:port`) on a free loopback port.
     pub async fn start(upstream: &str) -> anyhow::Result<Throttle> {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let ctx = Ctx {
-            upstream: upstream.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(120))
-                .build()?,
-            inner: inner.clone(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let app = axum::Router::new().fallback(forward).with_state(ctx);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Throttle { addr, inner, task })
+        let proxy = Proxy::start(upstream, inner.clone()).await?;
+        Ok(Throttle { proxy, inner })
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.proxy.endpoint()
     }
 
     /// Enforces `rate` requests per second with `burst` at once, as a provider would: a
@@ -101,10 +83,6 @@ impl Throttle {
     }
 }
 
-fn lock(m: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn refused(status: u16, retry_after: Option<u64>) -> Response {
     let mut r = (
         StatusCode::from_u16(status).unwrap_or(StatusCode::TOO_MANY_REQUESTS),
@@ -119,16 +97,10 @@ fn refused(status: u16, retry_after: Option<u64>) -> Response {
     r
 }
 
-async fn forward(State(ctx): State<Ctx>, req: Request<Body>) -> Response {
-    let at = Instant::now();
-    let method = req.method().clone();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
-    let ours = {
-        let mut inner = lock(&ctx.inner);
+impl Hooks for Mutex<Inner> {
+    /// A scripted answer, else `429 Retry-After: 1` when over the limit.
+    fn answer(&self, req: &Incoming) -> Option<Response> {
+        let mut inner = lock(self);
         let scripted = inner.script.pop_front();
         let over = match (&scripted, &mut inner.limit) {
             (None, Some((rate, burst, tokens, last))) => {
@@ -143,56 +115,13 @@ async fn forward(State(ctx): State<Ctx>, req: Request<Body>) -> Response {
             }
             _ => false,
         };
-        let ours = scripted.or(over.then_some((429, Some(1))));
-        if let Some((status, _)) = ours {
-            inner.seen.push(Seen {
-                at,
-                method: method.to_string(),
-                path: path.clone(),
-                status,
-            });
-        }
-        ours
-    };
-    if let Some((status, retry_after)) = ours {
-        return refused(status, retry_after);
+        let (status, retry_after) = scripted.or(over.then_some((429, Some(1))))?;
+        inner.record(req, status);
+        Some(refused(status, retry_after))
     }
-    let (parts, body) = req.into_parts();
-    let mut headers = HeaderMap::new();
-    for (k, v) in parts.headers.iter() {
-        if k != "host" && k != "connection" {
-            headers.insert(k.clone(), v.clone());
-        }
+
+    fn body(&self, req: &Incoming, status: StatusCode, upstream: Upstream) -> Body {
+        lock(self).record(req, status.as_u16());
+        through(upstream)
     }
-    let body = reqwest::Body::wrap_stream(body.into_data_stream());
-    let sent = ctx
-        .http
-        .request(
-            Method::from_bytes(method.as_str().as_bytes()).unwrap_or(Method::GET),
-            format!("{}{path}", ctx.upstream),
-        )
-        .headers(headers)
-        .body(body)
-        .send()
-        .await;
-    let resp = match sent {
-        Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
-    };
-    lock(&ctx.inner).seen.push(Seen {
-        at,
-        method: method.to_string(),
-        path,
-        status: resp.status().as_u16(),
-    });
-    let mut out = Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers() {
-        if k != "transfer-encoding" && k != "connection" {
-            out = out.header(k.as_str(), v.as_bytes());
-        }
-    }
-    out.body(Body::from_stream(
-        resp.bytes_stream().map_err(std::io::Error::other),
-    ))
-    .unwrap_or_else(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }

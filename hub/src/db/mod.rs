@@ -43,6 +43,7 @@ mod links;
 mod network;
 mod oauth;
 mod portal;
+mod prune;
 mod sessions;
 mod steering;
 pub mod topology;
@@ -57,6 +58,9 @@ pub use network::{
     CaRecord, CaRole, HubAnnouncement, HubRecord, JoinTokenRecord, SpokeRecord, TokenSpent,
 };
 pub use oauth::{NewCode, OAuthCode, Taken, TokenInfo};
+pub use prune::{
+    Expiring, HUB_HEALTH, PRUNE_BATCH, PRUNE_MAX_BATCHES, STEERING_RTT, TRANSFER_EXCLUSIONS,
+};
 pub use sessions::{NewSession, PartRecord, SessionRecord};
 pub use steering::{HealthRecord, RttRecord, SteeringHubRecord};
 pub use transfers::{Exclusion, Held, Lease, NewTransfer, TransferRecord};

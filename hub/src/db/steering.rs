@@ -146,39 +146,6 @@ impl Db {
         Ok(())
     }
 
-    /// Deletes up to `limit` RTT estimates last updated before `before_ms` (the oldest first,
-    /// through the `updated_ms` index: no table scan however large the table); returns how
-    /// many went. A row refreshed meanwhile is kept (the predicate is checked again on the
-    /// row deleted).
-    pub async fn prune_rtts(&self, before_ms: i64, limit: i64) -> DbResult<u64> {
-        let r = sqlx::query(
-            "DELETE FROM steering_rtt WHERE updated_ms < $1 AND (prefix, region) IN \
-             (SELECT prefix, region FROM steering_rtt WHERE updated_ms < $1 \
-              ORDER BY updated_ms LIMIT $2)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(&self.w())
-        .await?;
-        Ok(r.rows_affected())
-    }
-
-    /// Deletes up to `limit` health observations last made before `before_ms` (their
-    /// observer stopped probing that target: it left, or the target left the directory),
-    /// the oldest first through the `updated_ms` index; returns how many went.
-    pub async fn prune_health(&self, before_ms: i64, limit: i64) -> DbResult<u64> {
-        let r = sqlx::query(
-            "DELETE FROM hub_health WHERE updated_ms < $1 AND (observer, target) IN \
-             (SELECT observer, target FROM hub_health WHERE updated_ms < $1 \
-              ORDER BY updated_ms LIMIT $2)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(&self.w())
-        .await?;
-        Ok(r.rows_affected())
-    }
-
     /// Health observations made since `since_ms`.
     pub async fn health_since(&self, since_ms: i64) -> DbResult<Vec<HealthRecord>> {
         let rows = sqlx::query(

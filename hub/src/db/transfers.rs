@@ -635,21 +635,6 @@ impl Db {
             .collect()
     }
 
-    /// Deletes up to `limit` exclusions that ran out before `before_ms` (the oldest first,
-    /// through their `until_ms` index); returns how many went.
-    pub async fn prune_transfer_exclusions(&self, before_ms: i64, limit: i64) -> DbResult<u64> {
-        let r = sqlx::query(
-            "DELETE FROM transfer_exclusions WHERE until_ms < $1 AND (transfer_id, spoke_id) IN \
-             (SELECT transfer_id, spoke_id FROM transfer_exclusions WHERE until_ms < $1 \
-              ORDER BY until_ms LIMIT $2)",
-        )
-        .bind(before_ms)
-        .bind(limit)
-        .execute(&self.w())
-        .await?;
-        Ok(r.rows_affected())
-    }
-
     /// A client cancels a transfer: any hub may, whoever holds it (the holder learns of it at
     /// its next renewal). False if it had already ended.
     pub async fn cancel_transfer(&self, id: i64, message: &str, now: i64) -> DbResult<bool> {

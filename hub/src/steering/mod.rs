@@ -48,10 +48,6 @@ const MAX_LOCAL: usize = 100_000;
 /// intervals, so an older row is one its observer stopped writing (the observer left, or the
 /// target left the directory).
 pub const HEALTH_RETENTION: Duration = Duration::from_secs(86_400);
-/// Rows one prune statement deletes at most (bounds its transaction and lock time).
-pub const PRUNE_BATCH: i64 = 1000;
-/// Statements one prune round runs per table at most; the next round takes the rest.
-const PRUNE_MAX_BATCHES: usize = 20;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -447,30 +443,21 @@ pub struct Pruned {
 
 /// Deletes the steering rows no reader looks at any more: RTT estimates not updated for
 /// [`RTT_AGE`] (the snapshot ignores them) and health observations older than a day, in
-/// batches of [`PRUNE_BATCH`] through their `updated_ms` indexes (no table scan), at most
-/// `PRUNE_MAX_BATCHES` per table per round. Each row is the latest of its key (the writers
-/// upsert), so nothing a reader uses goes. Run from the hub's periodic sweep
-/// (`claims::spawn_sweeper`) with the current time as `now`; deletes are idempotent, so hubs
-/// pruning at once share the work.
+/// bounded batches through their `updated_ms` indexes ([`crate::db::Db::prune`]). Each row is
+/// the latest of its key (the writers upsert), so nothing a reader uses goes. Run from the
+/// hub's periodic sweep (`claims::spawn_sweeper`) with the current time as `now`.
 pub async fn prune(db: &crate::db::Db, now: i64) -> Result<Pruned, sqlx::Error> {
-    let rtt_before = now - RTT_AGE.as_millis() as i64;
-    let health_before = now - HEALTH_RETENTION.as_millis() as i64;
-    let mut pruned = Pruned::default();
-    for _ in 0..PRUNE_MAX_BATCHES {
-        let n = db.prune_rtts(rtt_before, PRUNE_BATCH).await?;
-        pruned.rtts += n;
-        if n < PRUNE_BATCH as u64 {
-            break;
-        }
-    }
-    for _ in 0..PRUNE_MAX_BATCHES {
-        let n = db.prune_health(health_before, PRUNE_BATCH).await?;
-        pruned.health += n;
-        if n < PRUNE_BATCH as u64 {
-            break;
-        }
-    }
-    Ok(pruned)
+    Ok(Pruned {
+        rtts: db
+            .prune(crate::db::STEERING_RTT, now - RTT_AGE.as_millis() as i64)
+            .await?,
+        health: db
+            .prune(
+                crate::db::HUB_HEALTH,
+                now - HEALTH_RETENTION.as_millis() as i64,
+            )
+            .await?,
+    })
 }
 
 /// Probes every other hub's `/readyz` once and records what it saw.

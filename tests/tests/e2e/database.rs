@@ -208,15 +208,27 @@ async fn steering_prune(db: &Db) {
         p.sort();
         p
     };
-    assert_eq!(db.prune_rtts(cutoff, 3).await.expect("prune"), 3);
+    assert_eq!(
+        db.prune_some(hub::db::STEERING_RTT, cutoff, 3)
+            .await
+            .expect("prune"),
+        3
+    );
     let left = prefixes(db.rtts_since(0, 1000).await.expect("rtts"));
     assert_eq!(left.len(), 7, "{left:?}");
     for gone in ["203.0.0.0/24", "203.0.1.0/24", "203.0.2.0/24"] {
         assert!(!left.iter().any(|p| p == gone), "{gone} kept: {left:?}");
     }
-    assert_eq!(db.prune_rtts(cutoff, 3).await.expect("prune"), 3);
     assert_eq!(
-        db.prune_health(now - health_age, 2).await.expect("prune"),
+        db.prune_some(hub::db::STEERING_RTT, cutoff, 3)
+            .await
+            .expect("prune"),
+        3
+    );
+    assert_eq!(
+        db.prune_some(hub::db::HUB_HEALTH, now - health_age, 2)
+            .await
+            .expect("prune"),
         2
     );
     // The periodic round takes the rest, in batches.

@@ -210,7 +210,7 @@ async fn a_failed_spoke_is_kept_away_from_the_transfer() {
     assert_eq!(
         hub.state
             .db
-            .prune_transfer_exclusions(now + 301_000, 10)
+            .prune_some(hub::db::TRANSFER_EXCLUSIONS, now + 301_000, 10)
             .await
             .expect("prune"),
         1

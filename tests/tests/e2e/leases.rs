@@ -340,13 +340,13 @@ async fn lease_suite(db: &Db) {
         .is_empty());
     // Spent exclusions are pruned, at most `limit` per statement.
     assert_eq!(
-        db.prune_transfer_exclusions(until + 5, 10)
+        db.prune_some(hub::db::TRANSFER_EXCLUSIONS, until + 5, 10)
             .await
             .expect("prune"),
         0
     );
     assert_eq!(
-        db.prune_transfer_exclusions(until + 6, 10)
+        db.prune_some(hub::db::TRANSFER_EXCLUSIONS, until + 6, 10)
             .await
             .expect("prune"),
         1

@@ -656,6 +656,14 @@ pub struct TransfersConfig {
     /// when. At most 86400.
     #[serde(default = "default_failed_spoke_exclusion_secs")]
     pub failed_spoke_exclusion_secs: u64,
+    /// How often the scheduler passes over this hub's transfers, in ms (default 500, 50 to
+    /// 60000): it dispatches queued ones (those that waited for spokes to measure their
+    /// storage endpoints, or for a spoke at all), takes over leases that ran out and takes
+    /// transfers away from spokes that stopped reporting. A new transfer does not wait for it:
+    /// it is dispatched when created, and again as soon as the measurements it waited for
+    /// arrive.
+    #[serde(default = "default_scheduler_tick_ms")]
+    pub scheduler_tick_ms: u64,
 }
 
 impl Default for TransfersConfig {
@@ -663,6 +671,7 @@ impl Default for TransfersConfig {
         Self {
             lease_ms: default_lease_ms(),
             failed_spoke_exclusion_secs: default_failed_spoke_exclusion_secs(),
+            scheduler_tick_ms: default_scheduler_tick_ms(),
         }
     }
 }
@@ -682,6 +691,11 @@ impl TransfersConfig {
     pub fn failed_spoke_exclusion(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.failed_spoke_exclusion_secs)
     }
+
+    /// How often the scheduler passes over this hub's transfers.
+    pub fn scheduler_tick(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.scheduler_tick_ms)
+    }
 }
 
 fn default_lease_ms() -> u64 {
@@ -689,6 +703,9 @@ fn default_lease_ms() -> u64 {
 }
 fn default_failed_spoke_exclusion_secs() -> u64 {
     300
+}
+fn default_scheduler_tick_ms() -> u64 {
+    500
 }
 
 /// The per-account change feed (`/v1/accounts/{acc}/events`).
@@ -1658,6 +1675,12 @@ impl Config {
                  from it; 0 for none)",
             ));
         }
+        if !(50..=60_000).contains(&self.transfers.scheduler_tick_ms) {
+            return Err(invalid(
+                "transfers.scheduler_tick_ms",
+                "must be between 50 and 60000 (ms between the scheduler's passes)",
+            ));
+        }
         if !(1..=3650).contains(&self.events.retention_days) {
             return Err(invalid(
                 "events.retention_days",
@@ -2024,6 +2047,14 @@ mod tests {
                 "events:\n  detect:\n    services:\n      gdrive:\n        api_url: https://u:p@x/v3\n",
                 "events.detect.services.gdrive.api_url",
             ),
+            (
+                "transfers:\n  scheduler_tick_ms: 10\n",
+                "transfers.scheduler_tick_ms",
+            ),
+            (
+                "transfers:\n  scheduler_tick_ms: 60001\n",
+                "transfers.scheduler_tick_ms",
+            ),
         ] {
             let e = Config::from_yaml(yaml, env(&[]))
                 .expect_err(yaml)
@@ -2040,6 +2071,7 @@ mod tests {
             c.transfers.failed_spoke_exclusion(),
             std::time::Duration::from_secs(300)
         );
+        assert_eq!(c.transfers.scheduler_tick().as_millis(), 500);
         let c = Config::from_yaml("transfers:\n  lease_ms: 6000\n", env(&[])).expect("6 s");
         assert_eq!(c.transfers.lease(), std::time::Duration::from_secs(6));
         let c = Config::from_yaml("transfers:\n  failed_spoke_exclusion_secs: 0\n", env(&[]))

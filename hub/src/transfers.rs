@@ -60,8 +60,6 @@ use tokio_util::sync::CancellationToken;
 
 /// A transfer is failed after this many executor attempts.
 const MAX_ATTEMPTS: i64 = 6;
-/// How often the scheduler looks at queued and running transfers.
-const TICK: Duration = Duration::from_millis(500);
 /// How long a new transfer waits for spokes to measure storage endpoints they have not seen.
 const PROBE_WAIT: Duration = Duration::from_secs(4);
 /// Extra attempts at the destination check before a completion fails for a provider error.
@@ -86,6 +84,8 @@ pub struct TransferBook {
     closing: std::sync::atomic::AtomicBool,
     /// Wakes waiters when any transfer ends.
     pub changed: tokio::sync::Notify,
+    /// Wakes the scheduler before its tick (see [`TransferBook::kick`]).
+    kicked: tokio::sync::Notify,
     /// This process's lease holder id, fixed at first use (see [`holder`]).
     holder: OnceLock<Arc<str>>,
     /// Random per process: a restarted hub is a new holder.
@@ -119,6 +119,7 @@ impl Default for TransferBook {
             started: Instant::now(),
             closing: std::sync::atomic::AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
+            kicked: tokio::sync::Notify::new(),
             holder: OnceLock::new(),
             nonce: format!("{:016x}", rand::random::<u64>()),
             held: Mutex::new(HashMap::new()),
@@ -127,6 +128,13 @@ impl Default for TransferBook {
 }
 
 impl TransferBook {
+    /// Runs the scheduler's pass now rather than at its next tick: something a queued
+    /// transfer waited for (a spoke's measurement of its storage endpoints) has arrived. Kicks
+    /// while a pass runs coalesce into one more pass.
+    pub fn kick(&self) {
+        self.kicked.notify_one();
+    }
+
     /// The hub is shutting down: dispatch nothing more and stop the transfers it runs itself
     /// (they stay `running` in the database; the next hub start re-queues them).
     pub fn close(&self) {
@@ -1922,10 +1930,13 @@ pub fn spawn_scheduler(state: AppState) -> tokio::task::JoinHandle<()> {
                 }
             }
         }));
-        let mut tick = tokio::time::interval(TICK);
+        let mut tick = tokio::time::interval(state.config.transfers.scheduler_tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = state.transfers.kicked.notified() => {}
+            }
             disconnect_revoked(&state).await;
             let me = holder(&state);
             take_over_expired(&state).await;

@@ -365,12 +365,15 @@ async fn session(
         let mut tick = tokio::time::interval(Duration::from_millis(welcome.settings.heartbeat_ms.max(50)));
         // Published uploads this session reported, by their number in `grants`.
         let mut reported_done = 0u64;
+        let mut measured = jobs.first_measured();
         let r: anyhow::Result<()> = loop {
             // A heartbeat goes out on the tick, and at once when an upload was published (its
-            // event should not wait for the tick).
+            // event should not wait for the tick) or a storage endpoint was measured for the
+            // first time (the hub may hold a new transfer until it knows).
             tokio::select! {
                 _ = tick.tick() => {}
                 () = grants.done_added.notified() => {}
+                Ok(()) = measured.changed() => {}
                 msg = stream.recv() => {
                     match on_hub_msg(msg, node, &welcome, &mut started, &tx, &session_jobs, &conn) {
                         Ok(()) => continue,

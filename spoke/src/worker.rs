@@ -47,6 +47,9 @@ pub struct Jobs {
     probes: Mutex<HashMap<String, Option<u64>>>,
     /// Wakes the probe loop for endpoints just added.
     probe_now: tokio::sync::Notify,
+    /// Counts probe rounds that measured an endpoint for the first time: each hub session
+    /// sends a heartbeat at once when it moves (a hub may hold a transfer until it knows).
+    first_measured: tokio::sync::watch::Sender<u64>,
     scratch: PathBuf,
     /// This spoke's certificate, for dialing relay spokes.
     ident: Arc<Identity>,
@@ -64,6 +67,7 @@ impl Jobs {
             rate: Mutex::new((Instant::now(), 0, 0)),
             probes: Mutex::new(HashMap::new()),
             probe_now: tokio::sync::Notify::new(),
+            first_measured: tokio::sync::watch::Sender::new(0),
             scratch,
             ident,
             fs_roots,
@@ -115,6 +119,11 @@ impl Jobs {
         }
         drop(probes);
         self.probe_now.notify_one();
+    }
+
+    /// Changes whenever a probe round measured an endpoint for the first time.
+    pub fn first_measured(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.first_measured.subscribe()
     }
 
     /// Whether run `generation` of transfer `id` is still going.
@@ -465,8 +474,13 @@ pub async fn probe_loop(jobs: Arc<Jobs>, shutdown: CancellationToken) {
         }))
         .await;
         let mut probes = lock(&jobs.probes);
+        let mut first = false;
         for (t, rtt) in measured {
-            probes.insert(t, Some(rtt));
+            first |= probes.insert(t, Some(rtt)).is_some_and(|was| was.is_none());
+        }
+        drop(probes);
+        if first {
+            jobs.first_measured.send_modify(|n| *n += 1);
         }
     }
 }

@@ -21,5 +21,10 @@ if [ ! -s "$dir/spoke.yaml" ]; then
   printf '%s\n' "$join" | runuser -u switchyard-spoke -- "$BIN/spoke" enroll --join-file - \
     --data-dir "$dir" --advertise "$ip:$ARG_port" --name "$name" --timeout 60
 fi
+# The relay asks for 32 MiB UDP buffers (shared::quic::UDP_BUFFER): the spoke runs without
+# CAP_NET_ADMIN, so the kernel's limits must allow them.
+printf 'net.core.rmem_max = 33554432\nnet.core.wmem_max = 33554432\n' \
+  >/etc/sysctl.d/60-switchyard-spoke.conf
+sysctl -q -p /etc/sysctl.d/60-switchyard-spoke.conf
 install_units switchyard-spoke.service
 systemctl enable --now switchyard-spoke.service

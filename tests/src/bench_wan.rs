@@ -91,28 +91,39 @@ async fn ours_round(
 ) -> Result<Ours> {
     let cpu0: Vec<f64> = d.spokes.iter().map(|s| s.cpu_secs()).collect();
     let link0 = wan.lab.stats(REGIONS[0], REGIONS[1]);
+    let overflow0: Vec<u64> = d.spokes.iter().map(|s| s.udp_rcvbuf_errors()).collect();
     let name = format!("ours-{round}.bin");
     // The WAN's delivery rate over time (100 ms samples).
     let finished = std::sync::atomic::AtomicBool::new(false);
     let sample = async {
         let mut rates = RateSampler::new(wan);
+        let mut drops = Vec::new();
+        let mut last = d.spokes[1].udp_rcvbuf_errors();
         while !finished.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             rates.tick(wan);
+            let now = d.spokes[1].udp_rcvbuf_errors();
+            drops.push(now.saturating_sub(last));
+            last = now;
         }
-        rates.rates
+        (rates.rates, drops)
     };
     let copy = async {
         let c = d.copy(file, &name, limit).await;
         finished.store(true, std::sync::atomic::Ordering::Relaxed);
         c
     };
-    let (c, rates) = tokio::join!(copy, sample);
+    let (c, (rates, drops)) = tokio::join!(copy, sample);
     let c = c?;
     if std::env::var_os("BENCH_WAN_SERIES").is_some() {
         let series: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
         println!(
             "    WAN a→b series (Mbit/s per 100 ms): {}",
+            series.join(" ")
+        );
+        let series: Vec<String> = drops.iter().map(|r| r.to_string()).collect();
+        println!(
+            "    region b's full-UDP-buffer drops per 100 ms: {}",
             series.join(" ")
         );
     }
@@ -131,6 +142,16 @@ async fn ours_round(
         l.dropped_loss,
         l.dropped_queue,
         l.late_quantile(0.99)
+    );
+    let overflows: Vec<u64> = d
+        .spokes
+        .iter()
+        .zip(&overflow0)
+        .map(|(s, o0)| s.udp_rcvbuf_errors().saturating_sub(*o0))
+        .collect();
+    println!(
+        "    datagrams dropped for a full UDP receive buffer: region a {}, region b {}",
+        overflows[0], overflows[1]
     );
     // What the QUIC path did (each spoke logs it when the relay connection ends).
     for s in &d.spokes {

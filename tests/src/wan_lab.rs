@@ -347,6 +347,28 @@ impl Spoke {
     pub fn peak_rss(&self) -> u64 {
         status_kib(self.proc.id(), "VmHWM:") * 1024
     }
+
+    /// Datagrams the kernel dropped so far in the spoke's region because a UDP socket's
+    /// receive buffer was full (`RcvbufErrors` of its namespace): the relay's receiver falling
+    /// behind, which QUIC then counts as loss.
+    pub fn udp_rcvbuf_errors(&self) -> u64 {
+        udp_rcvbuf_errors(self.proc.id())
+    }
+}
+
+/// `Udp: RcvbufErrors` of the network namespace process `pid` is in (`/proc/PID/net/snmp`).
+pub fn udp_rcvbuf_errors(pid: u32) -> u64 {
+    let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).unwrap_or_default();
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "RcvbufErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// User + system CPU seconds of process `pid` (`/proc/PID/stat`).

@@ -343,7 +343,10 @@ async fn control(
                                 });
                             }
                         }
-                        state.network.registry.heartbeat(spoke.id, hb);
+                        if state.network.registry.heartbeat(spoke.id, hb) {
+                            // A transfer may be waiting for exactly this measurement.
+                            state.transfers.kick();
+                        }
                     }
                     Ok(SpokeMsg::Hello(_)) | Ok(SpokeMsg::Enroll(_)) => {
                         anyhow::bail!("unexpected hello/enroll on an open control stream");

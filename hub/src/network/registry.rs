@@ -37,9 +37,14 @@ impl Connected {
         self.load
             .rtts
             .iter()
-            .find(|s| s.target.strip_prefix("storage:") == Some(endpoint))
+            .find(|s| is_storage(s, endpoint))
             .map(|s| s.rtt_us)
     }
+}
+
+/// Whether a heartbeat's sample is the RTT to storage endpoint `endpoint` (`host:port`).
+fn is_storage(s: &shared::proto::RttSample, endpoint: &str) -> bool {
+    s.target.strip_prefix("storage:") == Some(endpoint)
 }
 
 /// The RTT a spoke reports for a storage endpoint it cannot connect to.
@@ -215,11 +220,22 @@ impl Registry {
     }
 
     /// Records a heartbeat.
-    pub fn heartbeat(&self, spoke_id: i64, hb: Heartbeat) {
-        if let Some(c) = self.lock().get_mut(&spoke_id) {
-            c.last_heartbeat = Instant::now();
-            c.load = hb;
-        }
+    /// Records a spoke's heartbeat. True when it brings the first measurement of a storage
+    /// endpoint this hub asked it to measure: transfers waiting for that can be dispatched now.
+    /// (Only endpoints the hub asked for count, each once per session, so a spoke cannot make
+    /// the hub rescan its queue at will.)
+    pub fn heartbeat(&self, spoke_id: i64, hb: Heartbeat) -> bool {
+        let mut map = self.lock();
+        let Some(c) = map.get_mut(&spoke_id) else {
+            return false;
+        };
+        let answered = c
+            .asked
+            .iter()
+            .any(|e| c.storage_rtt(e).is_none() && hb.rtts.iter().any(|s| is_storage(s, e)));
+        c.last_heartbeat = Instant::now();
+        c.load = hb;
+        answered
     }
 
     /// Closes a spoke's connection at once (revocation).

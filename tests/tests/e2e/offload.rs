@@ -541,3 +541,49 @@ async fn silent_spoke_gets_no_work() {
     assert_eq!(t["executor"], "spoke", "{t}");
     assert_eq!(t["spoke"], spoke.id, "{t}");
 }
+
+/// A copy to storage no spoke has measured yet waits for that measurement only: the spoke
+/// reports it as soon as it has it and the hub dispatches at once, not at the next heartbeat or
+/// scheduler pass (both 30 s apart here; without either, the copy would sit queued that long).
+#[tokio::test]
+async fn copy_to_new_storage_starts_once_the_spoke_measured_it() {
+    let yaml = format!(
+        "offload:\n  part_size: {}\n  startup_grace_secs: 0\n\
+         transfers:\n  scheduler_tick_ms: 30000\n  lease_ms: 200000\n\
+         network:\n  heartbeat_ms: 30000\n  missed_heartbeats: 2\n",
+        8 * MIB
+    );
+    let (hub, _root, spoke) = hub_with_spoke(yaml, "prober").await;
+    // A new S3 server: an endpoint the spoke has never measured.
+    let s = setup(&hub, 16 * MIB).await;
+    let started = Instant::now();
+    let id = start_copy(&hub, &s).await;
+    let t = until(
+        &hub,
+        id,
+        Duration::from_secs(12),
+        "the copy's dispatch",
+        |t| t["state"] == "running" || t["state"] == "done",
+    )
+    .await;
+    assert_eq!(t["executor"], "spoke", "{t}");
+    assert_eq!(t["spoke"], spoke.id, "{t}");
+    let t = until(&hub, id, Duration::from_secs(60), "the copy", |t| {
+        t["state"] == "done"
+    })
+    .await;
+    assert_eq!(t["bytes_done"], 16 * MIB, "{t}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{t}");
+    assert_eq!(
+        sha_of(&connector(&s.dst_creds).await, "big.bin").await,
+        s.sha
+    );
+    // The hub heard the measurement before the next heartbeat was due.
+    let view = crate::spokes::spoke_view(&hub, spoke.id).await;
+    let endpoint = s.s3.endpoint();
+    let host_port = endpoint.trim_start_matches("http://");
+    assert!(
+        view.to_string().contains(host_port),
+        "the spoke's view lacks its RTT to {host_port}: {view}"
+    );
+}

@@ -24,6 +24,8 @@ struct Connected {
     assigned: usize,
     /// Storage endpoints this hub asked the spoke to measure.
     asked: HashSet<String>,
+    /// Those of `asked` it has answered (each wakes the scheduler once).
+    answered: HashSet<String>,
     /// The folders the spoke serves `fs` accounts in (from its hello).
     fs_roots: Vec<std::path::PathBuf>,
     /// It fetches URL sources (from its hello).
@@ -40,6 +42,22 @@ impl Connected {
             .find(|s| is_storage(s, endpoint))
             .map(|s| s.rtt_us)
     }
+}
+
+/// Whether `rtts` answer an endpoint of `asked` not yet in `answered` (which then records it).
+fn first_answers(
+    asked: &HashSet<String>,
+    answered: &mut HashSet<String>,
+    rtts: &[shared::proto::RttSample],
+) -> bool {
+    let mut first = false;
+    for e in asked {
+        if !answered.contains(e) && rtts.iter().any(|s| is_storage(s, e)) {
+            answered.insert(e.clone());
+            first = true;
+        }
+    }
+    first
 }
 
 /// Whether a heartbeat's sample is the RTT to storage endpoint `endpoint` (`host:port`).
@@ -157,6 +175,7 @@ impl Registry {
                 slots,
                 assigned: 0,
                 asked: HashSet::new(),
+                answered: HashSet::new(),
                 fs_roots: Vec::new(),
                 url_sources: false,
             },
@@ -229,13 +248,10 @@ impl Registry {
         let Some(c) = map.get_mut(&spoke_id) else {
             return false;
         };
-        let answered = c
-            .asked
-            .iter()
-            .any(|e| c.storage_rtt(e).is_none() && hb.rtts.iter().any(|s| is_storage(s, e)));
+        let first = first_answers(&c.asked, &mut c.answered, &hb.rtts);
         c.last_heartbeat = Instant::now();
         c.load = hb;
-        answered
+        first
     }
 
     /// Closes a spoke's connection at once (revocation).
@@ -456,6 +472,39 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_first_answer_to_a_probe_wakes_the_scheduler() {
+        let sample = |t: &str| shared::proto::RttSample {
+            target: t.into(),
+            rtt_us: 1_000,
+        };
+        let asked: HashSet<String> = ["s3.a:9000".to_owned()].into();
+        let mut answered = HashSet::new();
+        // Endpoints nobody asked for, and other kinds of samples, do not count.
+        assert!(!first_answers(
+            &asked,
+            &mut answered,
+            &[sample("storage:other:1"), sample("hub:local")]
+        ));
+        assert!(first_answers(
+            &asked,
+            &mut answered,
+            &[sample("storage:s3.a:9000")]
+        ));
+        // Again, or after a heartbeat without it (a spoke playing games): never again.
+        assert!(!first_answers(
+            &asked,
+            &mut answered,
+            &[sample("storage:s3.a:9000")]
+        ));
+        assert!(!first_answers(&asked, &mut answered, &[]));
+        assert!(!first_answers(
+            &asked,
+            &mut answered,
+            &[sample("storage:s3.a:9000")]
+        ));
+    }
 
     #[test]
     fn claims_below_the_triangle_floor_are_raised() {

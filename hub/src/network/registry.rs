@@ -238,7 +238,6 @@ impl Registry {
         false
     }
 
-    /// Records a heartbeat.
     /// Records a spoke's heartbeat. True when it brings the first measurement of a storage
     /// endpoint this hub asked it to measure: transfers waiting for that can be dispatched now.
     /// (Only endpoints the hub asked for count, each once per session, so a spoke cannot make

@@ -20,10 +20,10 @@ use crate::data::{lock, now_secs, Grants};
 use bytes::Bytes;
 use shared::auth::{verify_data, DataClaims, Tagger};
 use shared::proto::{
-    self, check_preamble, decode_body, encode, frame_len, preamble, RelayFrom, RelayReply,
+    self, check_preamble, decode_body, encode, frame_len, preamble, Grant, RelayFrom, RelayReply,
     RelayRequest, SpokeSettings,
 };
-use shared::quic::{bulk_transport, Congestion};
+use shared::quic::{bulk_transport, Congestion, SEND_WINDOW};
 use shared::storage::transfer::{range_source, ByteStream, OpenFuture, RangeSource};
 use shared::storage::{ConnectOptions, Connector, StorageError, StoragePath};
 use std::collections::HashMap;
@@ -42,6 +42,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 256 * 1024;
 /// Application error code: the relaying spoke failed part-way through a part.
 const RESET_SOURCE_FAILED: u32 = 0x5701;
+/// How often the relay counts the connections its endpoint holds (draining ones give their
+/// part of the send window back only when they are gone).
+const CENSUS: Duration = Duration::from_millis(250);
 /// Sources kept open for reuse (one per grant).
 const MAX_SOURCES: usize = 256;
 /// QUIC handshakes in flight from one address (before a peer has shown a certificate).
@@ -56,18 +59,94 @@ pub const MAX_HANDSHAKES: usize = 256;
 /// welcome updates them): connections per spoke, enough for `max_jobs` transfers each striped
 /// over `relay_connections`, twice over (connections closing while new ones open), within
 /// 8..=1024.
+///
+/// And what all of them hold together: quinn keeps each byte a connection sent until the
+/// writer acknowledges it, up to the connection's send window, so the relay shares one
+/// [`SEND_WINDOW`] among every connection it serves (each gets an equal part, at least
+/// [`MIN_SEND_SHARE`]) instead of giving each its own: a transfer's stripes, transfers that
+/// overlap (a cancelled one's connections still draining while the next one's fill) and a peer
+/// that opens all the connections it may and reads slowly all fit the same memory.
 #[derive(Debug)]
 pub struct RelayLimits {
     connections_per_spoke: AtomicUsize,
+    /// The connections this relay serves, by `stable_id`, whose send windows share
+    /// [`SEND_WINDOW`].
+    serving: Mutex<HashMap<usize, quinn::Connection>>,
+    /// Connections the endpoint still holds, served or not: a closed connection keeps its
+    /// unacknowledged bytes for three probe timeouts (draining; over a second on a long lossy
+    /// path), so it keeps its part until it is gone.
+    open: AtomicUsize,
+}
+
+/// The least send window a served connection gets however many share [`SEND_WINDOW`]: a
+/// quarter of a megabyte still carries ~20 Mbit/s over 100 ms, and the relay's memory grows
+/// past the shared window only beyond 96 connections (each peer holds at most
+/// [`RelayLimits::connections_per_spoke`]).
+pub const MIN_SEND_SHARE: u64 = 256 << 10;
+
+/// Each served connection's send window when `n` share [`SEND_WINDOW`].
+pub fn send_share(n: usize) -> u64 {
+    (SEND_WINDOW / n.max(1) as u64).max(MIN_SEND_SHARE)
+}
+
+/// A served connection's part of the shared send window; the others get its part back when
+/// this drops.
+struct Serving {
+    limits: Arc<RelayLimits>,
+    id: usize,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let mut serving = lock(&self.limits.serving);
+        serving.remove(&self.id);
+        self.limits.share_out(&serving);
+    }
 }
 
 impl RelayLimits {
     pub fn new(s: &SpokeSettings) -> Arc<Self> {
         let l = Arc::new(Self {
             connections_per_spoke: AtomicUsize::new(0),
+            serving: Mutex::new(HashMap::new()),
+            open: AtomicUsize::new(0),
         });
         l.update(s);
         l
+    }
+
+    /// Counts `conn` among the served connections until the guard drops, and sets every
+    /// one's send window to its share of `open` (the connections the endpoint holds now).
+    fn join(self: &Arc<Self>, conn: &quinn::Connection, open: usize) -> Serving {
+        let id = conn.stable_id();
+        self.open.store(open, Ordering::Relaxed);
+        let mut serving = lock(&self.serving);
+        serving.insert(id, conn.clone());
+        self.share_out(&serving);
+        Serving {
+            limits: self.clone(),
+            id,
+        }
+    }
+
+    /// Notes how many connections the endpoint holds (draining ones too) and shares the
+    /// window out again when that changed.
+    fn endpoint_holds(&self, open: usize) {
+        if self.open.swap(open, Ordering::Relaxed) != open {
+            self.share_out(&lock(&self.serving));
+        }
+    }
+
+    fn share_out(&self, serving: &HashMap<usize, quinn::Connection>) {
+        let window = send_share(serving.len().max(self.open.load(Ordering::Relaxed)));
+        for conn in serving.values() {
+            conn.set_send_window(window);
+        }
+    }
+
+    /// Connections being served now.
+    pub fn serving(&self) -> usize {
+        lock(&self.serving).len()
     }
 
     pub fn update(&self, s: &SpokeSettings) {
@@ -138,14 +217,21 @@ struct Server {
     scratch: PathBuf,
     /// The hub's SSRF policy for provider connections.
     egress: shared::egress::EgressPolicy,
-    /// Sources by grant id, so the parts of one transfer share an HTTP client.
-    sources: Mutex<HashMap<String, Arc<dyn RangeSource>>>,
+    /// Sources by grant id, so the parts of one transfer share an HTTP client: the first
+    /// request opens it and requests arriving meanwhile (one per stripe) wait for that one.
+    sources: Mutex<HashMap<String, Arc<SourceCell>>>,
+    /// Sources opened (each a provider client and its TLS roots).
+    opened: AtomicU64,
 }
+
+/// A grant's source, once its first request opened it (empty again after a failed open, so
+/// the next request tries again).
+type SourceCell = tokio::sync::OnceCell<Arc<dyn RangeSource>>;
 
 /// The relay endpoint's server config from the network's `settings`: the spoke's certificate,
 /// network-CA clients only, bulk transport with `settings.congestion` (the relaying side sends
 /// the bytes, so its controller counts), windows shared by the `relay_connections` stripes of a
-/// transfer, and at most twice `part_concurrency` streams open per connection (a writer reads
+/// transfer (the send window then by every served connection: [`RelayLimits`]), and at most twice `part_concurrency` streams open per connection (a writer reads
 /// that many parts at once over all its stripes; more waits rather than fails).
 pub fn server_config(
     ident: &Identity,
@@ -202,14 +288,21 @@ pub async fn serve(endpoint: quinn::Endpoint, opts: ServeOptions, shutdown: Canc
         scratch,
         egress,
         sources: Mutex::new(HashMap::new()),
+        opened: AtomicU64::new(0),
     });
     let counts = Arc::new(Counts::default());
+    let mut census = tokio::time::interval(CENSUS);
+    census.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
                 Some(i) => i,
                 None => return,
             },
+            _ = census.tick() => {
+                limits.endpoint_holds(endpoint.open_connections());
+                continue;
+            }
             () = shutdown.cancelled() => {
                 endpoint.close(quinn::VarInt::from_u32(proto::CLOSE_NORMAL), b"spoke shutting down");
                 return;
@@ -224,11 +317,12 @@ pub async fn serve(endpoint: quinn::Endpoint, opts: ServeOptions, shutdown: Canc
             incoming.refuse();
             continue;
         };
-        let (server, revoked, counts, limits) = (
+        let (server, revoked, counts, limits, endpoint) = (
             server.clone(),
             revoked.clone(),
             counts.clone(),
             limits.clone(),
+            endpoint.clone(),
         );
         tokio::spawn(async move {
             let conn = match tokio::time::timeout(HEADER_TIMEOUT, incoming).await {
@@ -258,6 +352,7 @@ pub async fn serve(endpoint: quinn::Endpoint, opts: ServeOptions, shutdown: Canc
                 );
                 return;
             };
+            let _serving = limits.join(&conn, endpoint.open_connections());
             while let Ok((send, recv)) = conn.accept_bi().await {
                 // A peer revoked after its handshake loses the connection at its next request.
                 if leaf.as_deref().is_none_or(|l| revoked.is_revoked(l)) {
@@ -345,10 +440,6 @@ impl Server {
         peer: i64,
         req: &RelayRequest,
     ) -> Result<Arc<dyn RangeSource>, RelayReply> {
-        let refused = |code: &str, message: &str| RelayReply::Refused {
-            code: code.to_owned(),
-            message: message.to_owned(),
-        };
         let Some(grant) = self.grants.get(&req.grant_id).await else {
             return Err(refused(
                 "unknown_grant",
@@ -379,9 +470,21 @@ impl Server {
         if let Err(e) = verify_data(&Tagger::new(key), &claims, &req.signature.0, now_secs()) {
             return Err(refused("forbidden", &e.to_string()));
         }
-        if let Some(s) = lock(&self.sources).get(&grant.grant_id) {
-            return Ok(s.clone());
-        }
+        let cell = {
+            let mut sources = lock(&self.sources);
+            if sources.len() >= MAX_SOURCES && !sources.contains_key(&grant.grant_id) {
+                sources.clear();
+            }
+            sources.entry(grant.grant_id.clone()).or_default().clone()
+        };
+        cell.get_or_try_init(|| self.open_source(&grant))
+            .await
+            .cloned()
+    }
+
+    /// Opens `grant`'s source: its storage connected (through the hub's egress policy, inside
+    /// this spoke's filesystem roots) and its object ready for ranges.
+    async fn open_source(&self, grant: &Grant) -> Result<Arc<dyn RangeSource>, RelayReply> {
         let path = StoragePath::parse(&grant.location.path)
             .map_err(|e| refused("not_found", &e.to_string()))?;
         self.grants
@@ -394,16 +497,12 @@ impl Server {
             budgets: crate::budget::global(),
             ..ConnectOptions::default()
         };
-        let source = Connector::connect(&grant.location.service, &opts)
+        let opened = self.opened.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(grant = %grant.grant_id, opened, "opening a relay source");
+        Connector::connect(&grant.location.service, &opts)
             .await
             .and_then(|c| range_source(&grant.location.service, &c, &path))
-            .map_err(|e| refused("unavailable", &e.to_string()))?;
-        let mut sources = lock(&self.sources);
-        if sources.len() >= MAX_SOURCES {
-            sources.clear();
-        }
-        sources.insert(grant.grant_id.clone(), source.clone());
-        Ok(source)
+            .map_err(|e| refused("unavailable", &e.to_string()))
     }
 }
 
@@ -433,6 +532,14 @@ fn log_path(conn: &quinn::Connection, stripe: Option<usize>, what: &str) {
 }
 
 /// A storage error as the relay's answer.
+/// A refusal with `code` (the writer maps it to a storage error) and `message`.
+fn refused(code: &str, message: &str) -> RelayReply {
+    RelayReply::Refused {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
 fn refusal(e: StorageError) -> RelayReply {
     let code = match &e {
         StorageError::NotFound => "not_found",
@@ -440,10 +547,7 @@ fn refusal(e: StorageError) -> RelayReply {
         StorageError::PermissionDenied(_) | StorageError::InvalidSettings(_) => "forbidden",
         _ => "unavailable",
     };
-    RelayReply::Refused {
-        code: code.to_owned(),
-        message: e.to_string(),
-    }
+    refused(code, &e.to_string())
 }
 
 /// Reads a stream's header: the preamble and one frame.
@@ -691,7 +795,7 @@ mod tests {
     use super::*;
     use crate::config::SpokeConfig;
     use crate::fsroots::FsRoots;
-    use shared::proto::{Grant, Location};
+    use shared::proto::Location;
     use shared::storage::service::FsSettings;
     use shared::storage::ServiceConfig;
     use std::time::Instant;
@@ -729,6 +833,7 @@ mod tests {
         settings: SpokeSettings,
         from: RelayFrom,
         data: Vec<u8>,
+        limits: Arc<RelayLimits>,
         _dir: tempfile::TempDir,
         shutdown: CancellationToken,
     }
@@ -739,13 +844,10 @@ mod tests {
         }
     }
 
-    async fn lab(settings: SpokeSettings) -> Lab {
-        let ca = shared::pki::Ca::generate("test", Duration::from_secs(3600)).expect("ca");
-        let dir = tempfile::tempdir().expect("tmp");
-        let root = dir.path().canonicalize().expect("canonical");
-        let data: Vec<u8> = (0..LEN).map(|i| (i * 31 % 251) as u8).collect();
-        std::fs::write(root.join("src.bin"), &data).expect("write");
-        let grants = Arc::new(Grants::new(FsRoots::new(vec![root.clone()])));
+    /// Grants holding one `RELAY` grant over `path` of `service` for spoke 2, and the
+    /// reference a writer gets for it (without the relay's address).
+    fn granted(service: ServiceConfig, path: &str, roots: FsRoots) -> (Arc<Grants>, RelayFrom) {
+        let grants = Arc::new(Grants::new(roots));
         use base64::Engine as _;
         grants.set_key(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(KEY));
         let expires = now_secs() + 600;
@@ -754,10 +856,8 @@ mod tests {
             method: "RELAY".into(),
             account: 9,
             location: Location {
-                service: ServiceConfig::Fs(FsSettings {
-                    root: root.display().to_string(),
-                }),
-                path: "src.bin".into(),
+                service,
+                path: path.into(),
             },
             file_id: String::new(),
             expires,
@@ -788,10 +888,27 @@ mod tests {
             signature: shared::proto::Redacted(signature),
         };
         grants.add(grant);
+        (grants, from)
+    }
+
+    async fn lab(settings: SpokeSettings) -> Lab {
+        let ca = shared::pki::Ca::generate("test", Duration::from_secs(3600)).expect("ca");
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path().canonicalize().expect("canonical");
+        let data: Vec<u8> = (0..LEN).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(root.join("src.bin"), &data).expect("write");
+        let (grants, from) = granted(
+            ServiceConfig::Fs(FsSettings {
+                root: root.display().to_string(),
+            }),
+            "src.bin",
+            FsRoots::new(vec![root.clone()]),
+        );
         let relaying = identity(&ca, 1, &settings);
         let endpoint = bind(&relaying, "127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = endpoint.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
+        let limits = RelayLimits::new(&settings);
         tokio::spawn(serve(
             endpoint,
             ServeOptions {
@@ -799,7 +916,7 @@ mod tests {
                 grants,
                 scratch: dir.path().join("scratch"),
                 egress: Default::default(),
-                limits: RelayLimits::new(&settings),
+                limits: limits.clone(),
             },
             shutdown.clone(),
         ));
@@ -811,6 +928,7 @@ mod tests {
                 ..from
             },
             data,
+            limits,
             _dir: dir,
             shutdown,
         }
@@ -846,6 +964,60 @@ mod tests {
             }
             other => panic!("spoke 3 read spoke 2's grant: {:?}", other.map(|b| b.len())),
         }
+    }
+
+    /// A transfer's stripes ask for their first ranges at once: the grant's source (for S3 an
+    /// HTTP client and its TLS roots, milliseconds of CPU each) is opened once and shared.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_first_requests_of_a_grant_share_one_source() {
+        let (grants, from) = granted(
+            ServiceConfig::S3(shared::storage::service::S3Settings {
+                bucket: "bucket".into(),
+                endpoint: Some("https://s3.example.com".into()),
+                region: None,
+                access_key_id: "key".into(),
+                secret_access_key: "secret".into(),
+                root: None,
+            }),
+            "src.bin",
+            FsRoots::new(Vec::new()),
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let server = Arc::new(Server {
+            grants,
+            scratch: dir.path().join("scratch"),
+            egress: Default::default(),
+            sources: Mutex::new(HashMap::new()),
+            opened: AtomicU64::new(0),
+        });
+        let req = RelayRequest {
+            grant_id: from.grant_id.clone(),
+            expires: from.expires,
+            signature: from.signature.clone(),
+            offset: 0,
+            len: 1,
+        };
+        const ASKS: usize = 8;
+        let start = Arc::new(tokio::sync::Barrier::new(ASKS));
+        let asks: Vec<_> = (0..ASKS)
+            .map(|_| {
+                let (server, req, start) = (server.clone(), req.clone(), start.clone());
+                tokio::spawn(async move {
+                    start.wait().await;
+                    server.authorize(2, &req).await.map(|_| ())
+                })
+            })
+            .collect();
+        for ask in asks {
+            ask.await.expect("task").expect("authorized");
+        }
+        assert_eq!(server.opened.load(Ordering::Relaxed), 1, "sources opened");
+        // Another spoke's request is refused before any source is opened for it.
+        let refused = server.authorize(3, &req).await.map(|_| ());
+        assert!(
+            matches!(refused, Err(RelayReply::Refused { ref code, .. }) if code == "forbidden")
+        );
+        assert_eq!(server.opened.load(Ordering::Relaxed), 1, "sources opened");
     }
 
     /// How many of `r`'s connections the relay closed as over the spoke's share: each is
@@ -924,6 +1096,62 @@ mod tests {
             assert!(Instant::now() < deadline, "the share never came back");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Waits up to 10 s for the relay to serve `n` connections.
+    async fn serving(lab: &Lab, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while lab.limits.serving() != n {
+            assert!(
+                Instant::now() < deadline,
+                "serving {} connections, not {n}",
+                lab.limits.serving()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every connection the relay serves shares one send window: a second transfer's stripes
+    /// (or a peer that opens all it may and reads slowly) take parts of the first one's
+    /// window instead of adding windows of their own, and a closed connection gives its part
+    /// back.
+    #[tokio::test]
+    async fn served_connections_share_one_send_window() {
+        let lab = lab(SpokeSettings {
+            max_jobs: 16,
+            relay_connections: 4,
+            ..SpokeSettings::default()
+        })
+        .await;
+        let writer = identity(&lab.ca, 2, &lab.settings);
+        let first = Relayed::connect(&writer, &lab.from, Congestion::Bbr, 4)
+            .await
+            .expect("connect");
+        assert_eq!(read_all(&first, LEN).await.expect("served"), lab.data);
+        serving(&lab, 4).await;
+        let hostile = identity(&lab.ca, 3, &lab.settings);
+        let many = Relayed::connect(&hostile, &lab.from, Congestion::Bbr, 16)
+            .await
+            .expect("connect");
+        assert_eq!(busy_stripes(&many).await, 0, "all 16 kept");
+        serving(&lab, 20).await;
+        // The first transfer still reads, over its smaller share.
+        assert_eq!(read_all(&first, LEN).await.expect("served"), lab.data);
+        many.close();
+        serving(&lab, 4).await;
+        first.close();
+        serving(&lab, 0).await;
+        // What the relay may hold in send buffers: the one window, until so many connections
+        // share it that each is at its floor.
+        for n in [1, 4, 20, 96, 97, 1024] {
+            let all = send_share(n) * n as u64;
+            assert!(
+                all <= SEND_WINDOW.max(n as u64 * MIN_SEND_SHARE),
+                "{n}: {all}"
+            );
+            assert!(send_share(n) >= MIN_SEND_SHARE);
+        }
+        assert_eq!(send_share(4), SEND_WINDOW / 4);
     }
 
     /// Handshakes that never finish (a flood of first packets from one address) take at most

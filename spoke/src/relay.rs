@@ -72,9 +72,11 @@ pub struct RelayLimits {
     /// The connections this relay serves, by `stable_id`, whose send windows share
     /// [`SEND_WINDOW`].
     serving: Mutex<HashMap<usize, quinn::Connection>>,
-    /// Connections the endpoint still holds, served or not: a closed connection keeps its
-    /// unacknowledged bytes for three probe timeouts (draining; over a second on a long lossy
-    /// path), so it keeps its part until it is gone.
+    /// Connections the endpoint still holds past their handshakes, served or not: a closed
+    /// connection keeps its unacknowledged bytes for three probe timeouts (draining; over a
+    /// second on a long lossy path), so it keeps its part until it is gone. Handshakes in
+    /// flight hold no bytes and do not count: a flood of them (no certificate needed) must not
+    /// shrink the windows of the spokes being served.
     open: AtomicUsize,
 }
 
@@ -184,6 +186,11 @@ struct Slot {
 }
 
 impl Counts {
+    /// How many slots `holder` holds now.
+    fn held(&self, holder: Holder) -> usize {
+        lock(&self.0).get(&holder).copied().unwrap_or(0)
+    }
+
     /// A slot of `holder`'s share when it holds fewer than `max`.
     fn take(self: &Arc<Self>, holder: Holder, max: usize) -> Option<Slot> {
         let mut m = lock(&self.0);
@@ -231,8 +238,9 @@ type SourceCell = tokio::sync::OnceCell<Arc<dyn RangeSource>>;
 /// The relay endpoint's server config from the network's `settings`: the spoke's certificate,
 /// network-CA clients only, bulk transport with `settings.congestion` (the relaying side sends
 /// the bytes, so its controller counts), windows shared by the `relay_connections` stripes of a
-/// transfer (the send window then by every served connection: [`RelayLimits`]), and at most twice `part_concurrency` streams open per connection (a writer reads
-/// that many parts at once over all its stripes; more waits rather than fails).
+/// transfer (the send window then by every served connection: [`RelayLimits`]), and at most
+/// twice `part_concurrency` streams open per connection (a writer reads that many parts at
+/// once over all its stripes; more waits rather than fails).
 pub fn server_config(
     ident: &Identity,
     settings: &SpokeSettings,
@@ -300,7 +308,7 @@ pub async fn serve(endpoint: quinn::Endpoint, opts: ServeOptions, shutdown: Canc
                 None => return,
             },
             _ = census.tick() => {
-                limits.endpoint_holds(endpoint.open_connections());
+                limits.endpoint_holds(past_handshakes(&endpoint, &counts));
                 continue;
             }
             () = shutdown.cancelled() => {
@@ -352,7 +360,7 @@ pub async fn serve(endpoint: quinn::Endpoint, opts: ServeOptions, shutdown: Canc
                 );
                 return;
             };
-            let _serving = limits.join(&conn, endpoint.open_connections());
+            let _serving = limits.join(&conn, past_handshakes(&endpoint, &counts));
             while let Ok((send, recv)) = conn.accept_bi().await {
                 // A peer revoked after its handshake loses the connection at its next request.
                 if leaf.as_deref().is_none_or(|l| revoked.is_revoked(l)) {
@@ -369,6 +377,13 @@ pub async fn serve(endpoint: quinn::Endpoint, opts: ServeOptions, shutdown: Canc
             log_path(&conn, None, "relay connection served");
         });
     }
+}
+
+/// Connections `endpoint` holds that finished their handshakes (served, refused or draining).
+fn past_handshakes(endpoint: &quinn::Endpoint, counts: &Counts) -> usize {
+    endpoint
+        .open_connections()
+        .saturating_sub(counts.held(Holder::Handshakes))
 }
 
 /// The DER of the certificate the peer of `conn` presented.
@@ -531,7 +546,6 @@ fn log_path(conn: &quinn::Connection, stripe: Option<usize>, what: &str) {
     );
 }
 
-/// A storage error as the relay's answer.
 /// A refusal with `code` (the writer maps it to a storage error) and `message`.
 fn refused(code: &str, message: &str) -> RelayReply {
     RelayReply::Refused {
@@ -540,6 +554,7 @@ fn refused(code: &str, message: &str) -> RelayReply {
     }
 }
 
+/// A storage error as the relay's answer.
 fn refusal(e: StorageError) -> RelayReply {
     let code = match &e {
         StorageError::NotFound => "not_found",
